@@ -1,0 +1,17 @@
+// Matrix products: C = alpha * op(A) @ op(B) + beta * C, on 2-D or batched 3-D tensors.
+#pragma once
+#include "core/tensor.h"
+
+namespace anvil::kernels {
+
+// a: [M, K] (or [K, M] if trans_a), b: [K, N] (or [N, K] if trans_b), c: [M, N].
+// With 3-D tensors the leading dim is a batch (equal in all three, or 1 in a or b
+// to broadcast it). The last dim must be contiguous; the row stride may be larger
+// (views into wider buffers are fine). beta = 0 ignores c's old contents (even NaN).
+void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+            float alpha = 1.0f, float beta = 0.0f);
+
+// Allocating form: returns op(A) @ op(B).
+Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
+
+}  // namespace anvil::kernels

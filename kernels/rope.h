@@ -1,0 +1,24 @@
+// Rotary position embedding in the Hugging Face Llama convention (rotate_half:
+// element i pairs with i + D/2), forward and backward.
+#pragma once
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace anvil::kernels {
+
+// Inverse frequencies theta^(-2i/D) for i < D/2 (a rope_scaling variant can
+// rewrite these before the table is built).
+std::vector<float> rope_inv_freq(int64_t head_dim, double theta);
+// cos and sin tables [max_positions, D/2]: angle(p, i) = p * inv_freq[i].
+void rope_tables(const std::vector<float>& inv_freq, int64_t max_positions, Tensor& cos, Tensor& sin);
+
+// x: [B, T, H, D] (last dim contiguous, other strides free), rotated in place for
+// positions start_pos .. start_pos + T - 1:
+//   out[i]       = x[i] cos - x[i + D/2] sin
+//   out[i + D/2] = x[i + D/2] cos + x[i] sin
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos);
+// The transpose of the rotation (rotation by -angle), applied in place to dx.
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos);
+
+}  // namespace anvil::kernels
