@@ -1,0 +1,28 @@
+// A pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(.)).
+#pragma once
+#include <memory>
+
+#include "models/attention.h"
+#include "models/config.h"
+#include "models/mlp.h"
+
+namespace anvil {
+
+class TransformerBlock : public Module {
+ public:
+  // prefix: "transformer.h.3" (GPT-2) or "model.layers.3" (Llama).
+  TransformerBlock(const std::string& prefix, const ModelConfig& config, std::shared_ptr<const RopeTables> rope);
+  Tensor forward(const Tensor& x, Cache& c) override;
+  Tensor backward(const Tensor& dy, Cache& c) override;
+  void collect_params(std::vector<Param*>& out) override;
+
+ private:
+  std::unique_ptr<Module> norm1_, norm2_;
+  Attention attn_;
+  MLP mlp_;
+};
+
+// The norm a family uses: LayerNorm (GPT-2) or RMSNorm (Llama).
+std::unique_ptr<Module> make_norm(const std::string& name, const ModelConfig& config);
+
+}  // namespace anvil

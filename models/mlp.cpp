@@ -1,0 +1,62 @@
+#include "models/mlp.h"
+
+#include "kernels/activation.h"
+#include "kernels/elementwise.h"
+
+namespace anvil {
+
+MLP::MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias)
+    : down_(prefix + (gated ? ".down_proj" : ".c_proj"), intermediate, hidden, bias) {
+  if (gated) {
+    gate_.emplace(prefix + ".gate_proj", hidden, intermediate, bias);
+    up_.emplace(prefix + ".up_proj", hidden, intermediate, bias);
+  } else {
+    fc_.emplace(prefix + ".c_fc", hidden, intermediate, bias);
+  }
+}
+
+Tensor MLP::forward(const Tensor& x, Cache& c) {
+  Tensor act;
+  if (gated()) {
+    const Tensor gate = gate_->forward(x, c.child(0));
+    const Tensor up = up_->forward(x, c.child(1));
+    act = Tensor::empty(gate.shape());
+    kernels::swiglu_forward(gate, up, act);
+    c["gate"] = gate;
+    c["up"] = up;
+  } else {
+    const Tensor pre = fc_->forward(x, c.child(0));
+    act = Tensor::empty(pre.shape());
+    kernels::gelu_forward(pre, act);
+    c["pre"] = pre;
+  }
+  return down_.forward(act, c.child(2));  // down_ saves act as its input
+}
+
+Tensor MLP::backward(const Tensor& dy, Cache& c) {
+  Tensor dact = down_.backward(dy, c.child(2));
+  if (gated()) {
+    const Tensor gate = c.get("gate"), up = c.get("up");
+    Tensor dgate = Tensor::empty(gate.shape());
+    kernels::swiglu_backward(dact, gate, up, dgate, dact);  // dup written over dact
+    c.clear_own();
+    Tensor dx = gate_->backward(dgate, c.child(0));
+    kernels::add_inplace(dx, up_->backward(dact, c.child(1)));
+    return dx;
+  }
+  kernels::gelu_backward(dact, c.get("pre"), dact);
+  c.clear_own();
+  return fc_->backward(dact, c.child(0));
+}
+
+void MLP::collect_params(std::vector<Param*>& out) {
+  if (gated()) {
+    gate_->collect_params(out);
+    up_->collect_params(out);
+  } else {
+    fc_->collect_params(out);
+  }
+  down_.collect_params(out);
+}
+
+}  // namespace anvil

@@ -1,0 +1,190 @@
+#include "models/transformer.h"
+
+#include <cmath>
+
+#include "core/rng.h"
+#include "kernels/elementwise.h"
+#include "kernels/loss.h"
+#include "kernels/matmul.h"
+
+namespace anvil {
+
+namespace {
+bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
+const ModelConfig& validated(const ModelConfig& c) {
+  c.validate();
+  return c;
+}
+// Cache children of the model: 0 embedding, 1..L blocks, L+1 final norm, L+2 head.
+}  // namespace
+
+TransformerLM::TransformerLM(const ModelConfig& config)
+    : config_(validated(config)),
+      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size) {
+  const bool gpt2 = is_gpt2(config);
+  if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
+  else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
+    blocks_.push_back(std::make_unique<TransformerBlock>(
+        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_));
+  norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
+  if (!config.tie_word_embeddings) lm_head_.emplace("lm_head", config.hidden_size, config.vocab_size, false);
+}
+
+void TransformerLM::init_weights(uint64_t seed) {
+  const float std = static_cast<float>(config_.initializer_range);
+  const float residual_std = is_gpt2(config_) ? std / std::sqrt(2.0f * config_.num_hidden_layers) : std;
+  auto ends_with = [](const std::string& s, const char* suffix) {
+    const std::string x(suffix);
+    return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
+  };
+  for (Param* p : params()) {
+    const PhiloxStream rng(seed, stream_id(p->name.c_str()));
+    if (p->role == ParamRole::Vector) {
+      // Norm weights start at 1, every bias at 0.
+      p->value.fill_(ends_with(p->name, ".bias") ? 0.0 : 1.0);
+    } else {
+      const bool residual_proj = ends_with(p->name, "c_proj.weight");
+      rng.fill_normal(p->value, 0.0f, residual_proj ? residual_std : std);
+    }
+  }
+}
+
+Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
+  check_dtype(ids, DType::I32, "token ids");
+  ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
+  const int64_t B = ids.size(0), T = ids.size(1), C = config_.hidden_size, V = config_.vocab_size;
+  ANVIL_CHECK(T <= config_.max_position_embeddings, "sequence length ", T, " exceeds max_position_embeddings = ",
+              config_.max_position_embeddings, " — shorten the sequences or raise the model's limit");
+  Tensor x = wte_.forward(ids, c.child(0));
+  if (wpe_) {
+    const Tensor positions = wpe_->weight.value.slice(0, 0, T);
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor row = x.select(0, b);
+      kernels::add_inplace(row, positions);
+    }
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, c.child(1 + i));
+  const size_t L = blocks_.size();
+  x = norm_f_->forward(x, c.child(L + 1));
+  if (lm_head_) return lm_head_->forward(x, c.child(L + 2));
+  Tensor logits = Tensor::empty({B * T, V});
+  kernels::matmul(x.view({B * T, C}), false, wte_.weight.value, true, logits);
+  c["head_input"] = x;
+  return logits.view({B, T, V});
+}
+
+Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
+  trunk_backward(head_backward(dlogits, c), c);
+  return Tensor();
+}
+
+Tensor TransformerLM::head_backward(Tensor dlogits, Cache& c) {
+  const int64_t C = config_.hidden_size, V = config_.vocab_size;
+  const size_t L = blocks_.size();
+  Tensor dx;
+  if (lm_head_) {
+    dx = lm_head_->backward(dlogits, c.child(L + 2));
+  } else {
+    const Tensor dl = dlogits.contiguous().view({-1, V});
+    const Tensor x = c.get("head_input").view({-1, C});
+    dx = Tensor::empty({dl.size(0), C});
+    kernels::matmul(dl, false, wte_.weight.value, false, dx);
+    if (wte_.weight.trainable) kernels::matmul(dl, true, x, false, wte_.weight.grad, 1.0f, 1.0f);
+    dx = dx.view(with_last_dim(dlogits.shape(), C));
+  }
+  c.clear_own();  // logits and the head input die here (with this function's copy of dlogits)
+  return dx;
+}
+
+void TransformerLM::trunk_backward(Tensor dx, Cache& c) {
+  const size_t L = blocks_.size();
+  dx = norm_f_->backward(dx, c.child(L + 1));
+  for (size_t i = L; i-- > 0;) dx = blocks_[i]->backward(dx, c.child(1 + i));
+  if (wpe_ && wpe_->weight.trainable) {
+    Tensor dpos = wpe_->weight.grad.slice(0, 0, dx.size(1));
+    for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx.select(0, b));
+  }
+  wte_.backward(dx, c.child(0));
+}
+
+float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
+  check_dtype(targets, DType::I32, "targets");
+  ANVIL_CHECK(targets.shape() == ids.shape(), "targets ", targets.describe(), " must match ids ", ids.describe());
+  const Tensor logits = forward(ids, c);
+  const int64_t N = ids.numel(), V = config_.vocab_size;
+  Tensor losses = Tensor::empty({N}), lse = Tensor::empty({N});
+  const Tensor flat_targets = targets.contiguous().view({N});
+  const int64_t count = kernels::cross_entropy_forward(logits.view({N, V}), flat_targets, ignore_index, losses, lse);
+  c["logits"] = logits;
+  c["targets"] = flat_targets;
+  c["lse"] = lse;
+  c["count"] = Tensor::full({1}, static_cast<double>(count));
+  c["ignore_index"] = Tensor::full({1}, ignore_index, DType::I32);
+  return count > 0 ? static_cast<float>(kernels::sum(losses) / count) : 0.0f;
+}
+
+void TransformerLM::backward_loss(Cache& c, float loss_scale) {
+  Tensor dx;
+  {
+    Tensor logits = c.get("logits");
+    const double count = c.get("count").item();
+    Tensor flat = logits.view({-1, config_.vocab_size});
+    kernels::cross_entropy_backward(flat, c.get("targets"), c.get("lse"),
+                                    static_cast<int>(c.get("ignore_index").item()),
+                                    count > 0 ? static_cast<float>(loss_scale / count) : 0.0f, flat);  // in place
+    dx = head_backward(std::move(logits), c);
+  }
+  trunk_backward(std::move(dx), c);
+}
+
+void TransformerLM::collect_params(std::vector<Param*>& out) {
+  wte_.collect_params(out);
+  if (wpe_) wpe_->collect_params(out);
+  for (auto& b : blocks_) b->collect_params(out);
+  norm_f_->collect_params(out);
+  if (lm_head_) lm_head_->collect_params(out);
+}
+
+Param& TransformerLM::param(const std::string& name) {
+  for (Param* p : params())
+    if (p->name == name) return *p;
+  ANVIL_FAIL("model has no parameter '", name, "' — names follow Hugging Face (e.g. ",
+             params().front()->name, ")");
+}
+
+void TransformerLM::zero_grad() {
+  for (Param* p : params()) p->zero_grad();
+}
+
+MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
+  const ModelConfig& m = config_;
+  const size_t f = sizeof(float);
+  const size_t N = B * T, C = m.hidden_size, V = m.vocab_size, I = m.intermediate_size;
+  const size_t H = m.num_attention_heads, Hkv = m.num_key_value_heads, D = m.resolved_head_dim();
+  const bool gpt2 = is_gpt2(m);
+  MemoryTable t;
+  for (Param* p : const_cast<TransformerLM*>(this)->params()) {
+    t.param_bytes += p->value.nbytes();
+    if (p->grad.defined()) t.grad_bytes += p->grad.nbytes();
+  }
+  if (rope_) t.buffer_bytes = rope_->cos.nbytes() + rope_->sin.nbytes();
+  const size_t norm_stats = gpt2 ? 2 * N : N;  // LayerNorm keeps mean and rstd; RMSNorm only rstd
+  size_t per_layer = 0;
+  per_layer += N * C + norm_stats;                 // norm1 output (attention input) and its stats
+  per_layer += N * (H + 2 * Hkv) * D;              // q, k, v (after RoPE)
+  per_layer += N * H * D + N * H;                  // attention output and its log-sum-exp
+  per_layer += N * C;                              // residual sum after attention
+  per_layer += N * C + norm_stats;                 // norm2 output and stats
+  per_layer += (m.gated_mlp() ? 3 : 2) * N * I;    // gate, up, swiglu | pre-GELU, GELU
+  per_layer += N * C;                              // block output (residual sum)
+  size_t act = N * C;                              // embedding output
+  act += m.num_hidden_layers * per_layer;
+  act += N * C + norm_stats;                       // final norm
+  act += N * V + 2 * N;                            // logits, per-row loss and log-sum-exp
+  t.activation_bytes = act * f;
+  t.workspace_bytes = N * C * f;                   // the head's input gradient, made while logits live
+  return t;
+}
+
+}  // namespace anvil

@@ -1,0 +1,62 @@
+// TransformerLM: a decoder-only language model of the GPT-2 or Llama family,
+// with explicit forward/backward through embedding, blocks, final norm and head.
+#pragma once
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "models/block.h"
+#include "models/config.h"
+
+namespace anvil {
+
+// Bytes a forward+backward step holds, from the size tables (llm.c style).
+struct MemoryTable {
+  size_t param_bytes = 0;
+  size_t grad_bytes = 0;        // trainable params only
+  size_t buffer_bytes = 0;      // non-trainable tables (RoPE cos/sin)
+  size_t activation_bytes = 0;  // everything forward saves, logits included
+  size_t workspace_bytes = 0;   // the largest transient alive at the peak (start of backward)
+  size_t total() const { return param_bytes + grad_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
+};
+
+class TransformerLM : public Module {
+ public:
+  explicit TransformerLM(const ModelConfig& config);
+
+  // Fresh weights from Philox keyed by (seed, param name): layout-independent.
+  // Matrices and embeddings ~ N(0, initializer_range) (GPT-2 scales its residual
+  // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
+  void init_weights(uint64_t seed);
+
+  // ids: i32 [B, T] -> logits [B, T, vocab].
+  Tensor forward(const Tensor& ids, Cache& c) override;
+  // dlogits: [B, T, vocab] -> accumulates every gradient; returns an undefined tensor.
+  Tensor backward(const Tensor& dlogits, Cache& c) override;
+
+  // Mean cross-entropy over targets != ignore_index; logits stay in the cache.
+  float forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index = -100);
+  // Backward from forward_loss's mean loss times loss_scale (1/micro-batches for accumulation).
+  void backward_loss(Cache& c, float loss_scale = 1.0f);
+
+  void collect_params(std::vector<Param*>& out) override;
+  Param& param(const std::string& name);  // throws naming the missing param
+  void zero_grad();
+
+  const ModelConfig& config() const { return config_; }
+  MemoryTable memory_table(int64_t batch, int64_t seq_len) const;
+
+ private:
+  // By value so the last reference to dlogits can die before the trunk's backward.
+  Tensor head_backward(Tensor dlogits, Cache& c);
+  void trunk_backward(Tensor dx, Cache& c);
+  ModelConfig config_;
+  std::shared_ptr<const RopeTables> rope_;
+  Embedding wte_;
+  std::optional<Embedding> wpe_;  // GPT-2 learned positions
+  std::vector<std::unique_ptr<TransformerBlock>> blocks_;
+  std::unique_ptr<Module> norm_f_;
+  std::optional<Linear> lm_head_;  // absent when tied to wte
+};
+
+}  // namespace anvil
