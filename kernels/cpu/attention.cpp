@@ -30,9 +30,12 @@ constexpr int64_t kBk = 64;  // key columns per block (the score tile is kBq x k
 #if defined(__AVX512F__)
 #define ANVIL_ATTN_VBYTES 64
 constexpr int kR = 4;  // rows per register tile: 4 x 4 zmm accumulators
-#else
+#elif defined(__AVX__)
 #define ANVIL_ATTN_VBYTES 32
 constexpr int kR = 2;  // 2 x 4 ymm accumulators fit the 16 AVX2 registers
+#else
+#define ANVIL_ATTN_VBYTES 16
+constexpr int kR = 2;  // SSE: 2 x 4 xmm accumulators
 #endif
 typedef float vf __attribute__((vector_size(ANVIL_ATTN_VBYTES)));
 typedef int32_t vi __attribute__((vector_size(ANVIL_ATTN_VBYTES)));

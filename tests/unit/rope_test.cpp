@@ -151,6 +151,14 @@ TEST(Rope, RejectsPositionsBeyondTheTables) {
   Tensor wrong_dim = random_tensor({1, 4, 1, 6}, 7);
   EXPECT_THROW(rope_forward(wrong_dim, t.cos, t.sin, 0), Error);
   EXPECT_THROW(rope_inv_freq(7, kTheta), Error);
+  std::vector<float> host(8, 0.0f);
+  Tensor on_gpu = Tensor::from_external(host.data(), {1, 1, 1, 8}, DType::F32, Device::cuda());
+  try {
+    rope_forward(on_gpu, t.cos, t.sin, 0);
+    FAIL() << "a CUDA tensor was accepted by the CPU kernel";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA backend is not built"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
