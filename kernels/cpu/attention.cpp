@@ -1,0 +1,429 @@
+// Causal grouped-query attention on the CPU, FlashAttention-2 style: queries are
+// processed in blocks of kBq rows against key blocks of kBk columns with an online
+// softmax, so each thread holds O(kBq * kBk + kBq * D) floats, never O(T^2).
+//
+// Cost (causal, Tq = Tk = T, per batch and query head, ignoring the diagonal blocks):
+//   forward  2 products (S = Q K^T, O = P V)               ~ 2 * T^2 * D FLOPs
+//   backward 7 products (S and dP = dO V^T are recomputed in both the dK/dV pass and
+//            the dQ pass, plus dV = P^T dO, dK = dS^T Q, dQ = dS K)   ~ 7 * T^2 * D FLOPs
+// plus one exp per visible score (T^2 / 2) in the forward and two in the backward.
+//
+// Determinism: every output element is produced by exactly one work item in a fixed
+// order (no atomics, no reductions across threads), so results are bitwise identical
+// for any thread count and schedule.
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+namespace anvil::kernels {
+
+namespace {
+
+constexpr int64_t kBq = 64;  // query rows per block
+constexpr int64_t kBk = 64;  // key columns per block (the score tile is kBq x kBk)
+
+#if defined(__AVX512F__)
+#define ANVIL_ATTN_VBYTES 64
+constexpr int kR = 4;  // rows per register tile: 4 x 4 zmm accumulators
+#elif defined(__AVX__)
+#define ANVIL_ATTN_VBYTES 32
+constexpr int kR = 2;  // 2 x 4 ymm accumulators fit the 16 AVX2 registers
+#else
+#define ANVIL_ATTN_VBYTES 16
+constexpr int kR = 2;  // SSE: 2 x 4 xmm accumulators
+#endif
+typedef float vf __attribute__((vector_size(ANVIL_ATTN_VBYTES)));
+typedef int32_t vi __attribute__((vector_size(ANVIL_ATTN_VBYTES)));
+constexpr int kVec = ANVIL_ATTN_VBYTES / 4;  // floats per vector
+constexpr int kNV = 4;                       // vectors per register tile row
+constexpr int kRowVecs = kBk / kVec;         // vectors in one score row
+static_assert(kBk % kVec == 0, "score rows must be whole vectors");
+
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline float hsum(vf v) { float s = 0; for (int i = 0; i < kVec; ++i) s += v[i]; return s; }
+inline float hmax(vf v) { float s = v[0]; for (int i = 1; i < kVec; ++i) s = std::max(s, v[i]); return s; }
+
+// expf for a vector (Cephes polynomial, ~2 ulp); inputs below -87 (and -inf) give 0.
+inline vf vexp(vf x) {
+  const vi under = x < -87.0f;  // lanes that underflow to 0
+  x = x < -87.0f ? vf{} - 87.0f : x;
+  x = x > 88.0f ? vf{} + 88.0f : x;
+  const vf magic = vf{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf n = (x * 1.44269504088896341f + magic) - magic;
+  const vf r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  vf y = vf{} + 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  y = y * scale;
+  return under ? vf{} : y;
+}
+
+// C[r][0 : NV*kVec] (+)= sum_k a(r, k) * B[k][0 : NV*kVec] for r < R, where
+// a(r, k) = A[r * lda + k], or A[k * lda + r] when TA (A stored transposed).
+template <int R, int NV, bool TA, bool ACC>
+inline void micro(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                  int64_t ldc) {
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (ACC) acc[r][v] = load(C + r * ldc + v * kVec);
+      else acc[r][v] = vf{};
+    }
+  for (int64_t k = 0; k < K; ++k) {
+    vf bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(B + k * ldb + v * kVec);
+    for (int r = 0; r < R; ++r) {
+      const float a = TA ? A[k * lda + r] : A[r * lda + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * bv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * kVec, acc[r][v]);
+}
+
+template <int R, bool TA, bool ACC>
+inline void micro_nv(int nv, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                     int64_t ldc) {
+  switch (nv) {
+    case 4: micro<R, 4, TA, ACC>(K, A, lda, B, ldb, C, ldc); break;
+    case 3: micro<R, 3, TA, ACC>(K, A, lda, B, ldb, C, ldc); break;
+    case 2: micro<R, 2, TA, ACC>(K, A, lda, B, ldb, C, ldc); break;
+    default: micro<R, 1, TA, ACC>(K, A, lda, B, ldb, C, ldc); break;
+  }
+}
+
+// C[M, N] (+)= op(A)[M, K] * B[K, N], all row-major; N must be a multiple of kVec.
+// op(A) = A ([M, K], lda) or, when TA, A^T with A stored [K, M] (lda).
+template <bool TA, bool ACC>
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+          int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * kVec) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, (N - n0) / kVec));
+    int64_t r = 0;
+    for (; r + kR <= M; r += kR)
+      micro_nv<kR, TA, ACC>(nv, K, TA ? A + r : A + r * lda, lda, B + n0, ldb, C + r * ldc + n0, ldc);
+    for (; r < M; ++r)
+      micro_nv<1, TA, ACC>(nv, K, TA ? A + r : A + r * lda, lda, B + n0, ldb, C + r * ldc + n0, ldc);
+  }
+}
+
+// 64-byte aligned per-thread scratch.
+struct Scratch {
+  explicit Scratch(size_t n) : p(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64)))) {}
+  ~Scratch() { ::operator delete[](p, std::align_val_t(64)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* p;
+};
+
+// A [B, T, H, D] f32 view: base pointer and element strides (last dim contiguous).
+struct View {
+  float* p;
+  int64_t sb, st, sh;
+  float* row(int64_t b, int64_t t, int64_t h) const { return p + b * sb + t * st + h * sh; }
+};
+View view_of(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+
+struct Dims {
+  int64_t B, Tq, Tk, Hq, Hkv, D, Dp, group, q_offset;
+  float scale;
+};
+
+// Copies rows [t0, t0 + n) of head h into dst [n, Dp] times `mul`, zero-padding columns.
+void copy_rows(const View& src, int64_t b, int64_t t0, int64_t n, int64_t h, const Dims& d, float mul, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* s = src.row(b, t0 + i, h);
+    float* o = dst + i * d.Dp;
+    for (int64_t c = 0; c < d.D; ++c) o[c] = mul * s[c];
+    for (int64_t c = d.D; c < d.Dp; ++c) o[c] = 0.0f;
+  }
+}
+
+// Transposes rows [t0, t0 + n) of head h into dst [D, kBk], zero-padding columns >= n.
+void copy_transposed(const View& src, int64_t b, int64_t t0, int64_t n, int64_t h, const Dims& d, float* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* s = src.row(b, t0 + j, h);
+    for (int64_t c = 0; c < d.D; ++c) dst[c * kBk + j] = s[c];
+  }
+  for (int64_t c = 0; c < d.D; ++c)
+    for (int64_t j = n; j < kBk; ++j) dst[c * kBk + j] = 0.0f;
+}
+
+// Number of keys of block [k0, k0 + kn) visible to query q (clamped to [0, kn]).
+inline int64_t visible(const Dims& d, int64_t q, int64_t k0, int64_t kn) {
+  return std::clamp<int64_t>(d.q_offset + q + 1 - k0, 0, kn);
+}
+
+// Masks columns >= jn of score row s to -inf, then replaces s by exp(s - sub).
+inline vf exp_row(float* s, int64_t jn, float sub) {
+  for (int64_t j = jn; j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+  vf sum{};
+  for (int v = 0; v < kRowVecs; ++v) {
+    const vf p = vexp(load(s + v * kVec) - sub);
+    store(s + v * kVec, p);
+    sum += p;
+  }
+  return sum;
+}
+
+void check_cpu(const Tensor& t, const char* op, const char* name) {
+  if (!t.device().is_cpu())
+    ANVIL_FAIL(op, ": ", name, " is ", t.describe(), " but the CUDA backend is not built for ", op,
+               " yet — run it on CPU tensors");
+}
+
+void check_bthd(const Tensor& t, const char* op, const char* name) {
+  ANVIL_CHECK(t.defined(), op, ": ", name, " is undefined");
+  check_cpu(t, op, name);
+  ANVIL_CHECK(t.dim() == 4, op, ": ", name, " must be [B, T, H, D], got ", t.describe());
+  ANVIL_CHECK(t.dtype() == DType::F32, op, ": ", name, " must be f32, got ", t.describe());
+  ANVIL_CHECK(t.stride(3) == 1 || t.size(3) <= 1, op, ": the last dim of ", name, " ", t.describe(),
+              " must be contiguous (stride 1), got stride ", t.stride(3));
+}
+
+// Allocates an undefined output with `shape`, otherwise checks it.
+void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* name) {
+  if (!t.defined()) t = Tensor::empty(shape);
+  check_bthd(t, op, name);
+  ANVIL_CHECK(t.shape() == shape, op, ": ", name, " ", t.describe(), " must have shape ", shape_str(shape));
+}
+
+Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
+                  const char* op) {
+  check_bthd(q, op, "q");
+  check_bthd(k, op, "k");
+  check_bthd(v, op, "v");
+  Dims d{};
+  d.B = q.size(0), d.Tq = q.size(1), d.Hq = q.size(2), d.D = q.size(3);
+  d.Tk = k.size(1), d.Hkv = k.size(2);
+  ANVIL_CHECK(k.size(0) == d.B && v.size(0) == d.B, op, ": batch sizes differ: q ", q.describe(), ", k ",
+              k.describe(), ", v ", v.describe());
+  ANVIL_CHECK(k.size(3) == d.D && v.size(3) == d.D, op, ": head dims differ: q ", q.describe(), ", k ",
+              k.describe(), ", v ", v.describe());
+  ANVIL_CHECK(v.shape() == k.shape(), op, ": k ", k.describe(), " and v ", v.describe(), " must have the same shape");
+  ANVIL_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, op, ": query heads Hq = ", d.Hq, " must be a multiple of KV heads Hkv = ",
+              d.Hkv, " (q ", q.describe(), ", k ", k.describe(), ")");
+  ANVIL_CHECK(q_offset >= 0 && q_offset + d.Tq <= d.Tk, op, ": q_offset ", q_offset, " must lie in [0, Tk - Tq] = [0, ",
+              d.Tk - d.Tq, "] (q ", q.describe(), ", k ", k.describe(), ") — query i sits at position q_offset + i");
+  ANVIL_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  d.group = d.Hq / d.Hkv;
+  d.Dp = (d.D + kVec - 1) / kVec * kVec;
+  d.q_offset = q_offset;
+  d.scale = scale;
+  return d;
+}
+
+void check_lse(const Tensor& lse, const Dims& d, const char* op) {
+  check_cpu(lse, op, "lse");
+  ANVIL_CHECK(lse.dtype() == DType::F32 && lse.is_contiguous() && lse.shape() == Shape({d.B, d.Hq, d.Tq}), op,
+              ": lse must be contiguous f32 [B, Hq, Tq] = ", shape_str({d.B, d.Hq, d.Tq}), ", got ", lse.describe());
+}
+
+int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
+
+}  // namespace
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
+                       Tensor& out, Tensor& lse) {
+  const char* op = "attention_forward";
+  const Dims d = check_inputs(q, k, v, scale, q_offset, op);
+  prepare_output(out, q.shape(), op, "out");
+  if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq});
+  check_lse(lse, d, op);
+  if (d.B == 0 || d.Tq == 0 || d.Hq == 0 || d.D == 0) return;
+
+  const View Q = view_of(q), K = view_of(k), V = view_of(v), O = view_of(out);
+  float* L = lse.data<float>();
+  const int64_t nqb = blocks(d.Tq, kBq), items = d.B * d.Hq * nqb;
+#pragma omp parallel if (items > 1)
+  {
+    Scratch buf(static_cast<size_t>(3 * kBq * d.Dp + d.D * kBk + kBk * d.Dp + kBq * kBk + 2 * kBq));
+    float* Qs = buf.p;                  // [kBq, Dp] scale * q
+    float* Acc = Qs + kBq * d.Dp;       // [kBq, Dp] unnormalised output
+    float* Vb = Acc + kBq * d.Dp;       // [kBk, Dp]
+    float* Kt = Vb + kBk * d.Dp;        // [D, kBk]
+    float* S = Kt + d.D * kBk;          // [kBq, kBk] scores, then probabilities
+    float* m = S + kBq * kBk;           // running max per row
+    float* l = m + kBq;                 // running sum per row
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < items; ++w) {
+      const int64_t qb = nqb - 1 - w % nqb, bh = w / nqb, b = bh / d.Hq, h = bh % d.Hq, kvh = h / d.group;
+      const int64_t q0 = qb * kBq, qn = std::min(kBq, d.Tq - q0);
+      const int64_t limit = std::min(d.Tk, d.q_offset + q0 + qn);
+      copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
+      std::fill(Acc, Acc + qn * d.Dp, 0.0f);
+      std::fill(m, m + qn, -std::numeric_limits<float>::infinity());
+      std::fill(l, l + qn, 0.0f);
+      for (int64_t k0 = 0; k0 < limit; k0 += kBk) {
+        const int64_t kn = std::min(kBk, limit - k0);
+        copy_transposed(K, b, k0, kn, kvh, d, Kt);
+        copy_rows(V, b, k0, kn, kvh, d, 1.0f, Vb);
+        gemm<false, false>(qn, kBk, d.D, Qs, d.Dp, Kt, kBk, S, kBk);
+        for (int64_t i = 0; i < qn; ++i) {
+          float* s = S + i * kBk;
+          const int64_t jn = visible(d, q0 + i, k0, kn);
+          if (jn == 0) { std::fill(s, s + kBk, 0.0f); continue; }
+          for (int64_t j = jn; j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+          vf mx = load(s);
+          for (int vv = 1; vv < kRowVecs; ++vv) mx = mx > load(s + vv * kVec) ? mx : load(s + vv * kVec);
+          const float m_new = std::max(m[i], hmax(mx));
+          const float alpha = std::exp(m[i] - m_new);  // 0 on the first block (m = -inf)
+          l[i] = l[i] * alpha + hsum(exp_row(s, jn, m_new));
+          m[i] = m_new;
+          if (alpha != 1.0f) {
+            float* a = Acc + i * d.Dp;
+            for (int64_t c = 0; c < d.Dp; ++c) a[c] *= alpha;
+          }
+        }
+        gemm<false, true>(qn, d.Dp, kn, S, kBk, Vb, d.Dp, Acc, d.Dp);
+      }
+      for (int64_t i = 0; i < qn; ++i) {
+        float* o = O.row(b, q0 + i, h);
+        const float inv = 1.0f / l[i];
+        const float* a = Acc + i * d.Dp;
+        for (int64_t c = 0; c < d.D; ++c) o[c] = a[c] * inv;
+        L[(b * d.Hq + h) * d.Tq + q0 + i] = m[i] + std::log(l[i]);
+      }
+    }
+  }
+}
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const char* op = "attention_backward";
+  const Dims d = check_inputs(q, k, v, scale, q_offset, op);
+  check_bthd(dout, op, "dout");
+  check_bthd(out, op, "out");
+  ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
+              out.describe(), " must have the shape of q ", q.describe());
+  check_lse(lse, d, op);
+  prepare_output(dq, q.shape(), op, "dq");
+  prepare_output(dk, k.shape(), op, "dk");
+  prepare_output(dv, v.shape(), op, "dv");
+  if (d.B == 0 || d.D == 0) return;  // nothing to write (Hq = 0 still zeroes dk, dv below)
+
+  const View Q = view_of(q), K = view_of(k), V = view_of(v), O = view_of(out), dO = view_of(dout);
+  const View dQ = view_of(dq), dK = view_of(dk), dV = view_of(dv);
+  const float* L = lse.data<float>();
+  const int64_t nqb = blocks(d.Tq, kBq), nkb = blocks(d.Tk, kBk);
+  const int64_t rows = d.B * d.Hq * d.Tq;
+
+  // Di = rowsum(dout * out), the softmax backward's per-row correction, in [B, Hq, Tq].
+  std::vector<float> Di(static_cast<size_t>(rows));
+#pragma omp parallel for schedule(static) if (rows * d.D >= (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = r % d.Tq, h = (r / d.Tq) % d.Hq, b = r / (d.Tq * d.Hq);
+    const float *g = dO.row(b, t, h), *o = O.row(b, t, h);
+    double s = 0;
+    for (int64_t c = 0; c < d.D; ++c) s += static_cast<double>(g[c]) * o[c];
+    Di[static_cast<size_t>(r)] = static_cast<float>(s);
+  }
+
+  // Recomputes P = exp(scale q k^T - lse) (masked) in S and dS = P * (dO v^T - Di) in dP
+  // for query rows [q0, q0 + qn) of head h against key block [k0, k0 + kn).
+  auto scores = [&](int64_t b, int64_t h, int64_t q0, int64_t qn, int64_t k0, int64_t kn, const float* Qs,
+                    const float* dOb, const float* Kt, const float* Vt, float* S, float* dP) {
+    gemm<false, false>(qn, kBk, d.D, Qs, d.Dp, Kt, kBk, S, kBk);
+    gemm<false, false>(qn, kBk, d.D, dOb, d.Dp, Vt, kBk, dP, kBk);
+    const float* lrow = L + (b * d.Hq + h) * d.Tq + q0;
+    const float* drow = Di.data() + (b * d.Hq + h) * d.Tq + q0;
+    for (int64_t i = 0; i < qn; ++i) {
+      float* s = S + i * kBk;
+      float* g = dP + i * kBk;
+      exp_row(s, visible(d, q0 + i, k0, kn), lrow[i]);
+      for (int vv = 0; vv < kRowVecs; ++vv)
+        store(g + vv * kVec, load(s + vv * kVec) * (load(g + vv * kVec) - drow[i]));
+    }
+  };
+
+  // Pass 1: dK and dV, one work item per (batch, KV head, key block); it loops over
+  // every query head of its group and every query block that can see its keys.
+  const int64_t kv_items = d.B * d.Hkv * nkb;
+#pragma omp parallel if (kv_items > 1)
+  {
+    Scratch buf(static_cast<size_t>(2 * d.D * kBk + 2 * kBq * d.Dp + 2 * kBk * d.Dp + 2 * kBq * kBk));
+    float* Kt = buf.p;                  // [D, kBk]
+    float* Vt = Kt + d.D * kBk;         // [D, kBk]
+    float* Qs = Vt + d.D * kBk;         // [kBq, Dp] scale * q
+    float* dOb = Qs + kBq * d.Dp;       // [kBq, Dp]
+    float* dKa = dOb + kBq * d.Dp;      // [kBk, Dp]
+    float* dVa = dKa + kBk * d.Dp;      // [kBk, Dp]
+    float* S = dVa + kBk * d.Dp;        // [kBq, kBk]
+    float* dP = S + kBq * kBk;          // [kBq, kBk]
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < kv_items; ++w) {
+      const int64_t kb = w % nkb, bh = w / nkb, b = bh / d.Hkv, kvh = bh % d.Hkv;
+      const int64_t k0 = kb * kBk, kn = std::min(kBk, d.Tk - k0);
+      copy_transposed(K, b, k0, kn, kvh, d, Kt);
+      copy_transposed(V, b, k0, kn, kvh, d, Vt);
+      std::fill(dKa, dKa + kn * d.Dp, 0.0f);
+      std::fill(dVa, dVa + kn * d.Dp, 0.0f);
+      const int64_t first_q = std::max<int64_t>(0, k0 - d.q_offset);  // first query that sees key k0
+      for (int64_t h = kvh * d.group; h < (kvh + 1) * d.group; ++h)
+        for (int64_t q0 = first_q / kBq * kBq; q0 < d.Tq; q0 += kBq) {
+          const int64_t qn = std::min(kBq, d.Tq - q0);
+          copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
+          copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
+          scores(b, h, q0, qn, k0, kn, Qs, dOb, Kt, Vt, S, dP);
+          gemm<true, true>(kn, d.Dp, qn, S, kBk, dOb, d.Dp, dVa, d.Dp);   // dV += P^T dO
+          gemm<true, true>(kn, d.Dp, qn, dP, kBk, Qs, d.Dp, dKa, d.Dp);   // dK += dS^T (scale q)
+        }
+      for (int64_t j = 0; j < kn; ++j) {
+        std::memcpy(dK.row(b, k0 + j, kvh), dKa + j * d.Dp, static_cast<size_t>(d.D) * sizeof(float));
+        std::memcpy(dV.row(b, k0 + j, kvh), dVa + j * d.Dp, static_cast<size_t>(d.D) * sizeof(float));
+      }
+    }
+  }
+
+  // Pass 2: dQ, one work item per (batch, query head, query block).
+  const int64_t q_items = d.B * d.Hq * nqb;
+#pragma omp parallel if (q_items > 1)
+  {
+    Scratch buf(static_cast<size_t>(2 * d.D * kBk + 3 * kBq * d.Dp + kBk * d.Dp + 2 * kBq * kBk));
+    float* Kt = buf.p;                  // [D, kBk]
+    float* Vt = Kt + d.D * kBk;         // [D, kBk]
+    float* Qs = Vt + d.D * kBk;         // [kBq, Dp] scale * q
+    float* dOb = Qs + kBq * d.Dp;       // [kBq, Dp]
+    float* dQa = dOb + kBq * d.Dp;      // [kBq, Dp]
+    float* Kb = dQa + kBq * d.Dp;       // [kBk, Dp]
+    float* S = Kb + kBk * d.Dp;         // [kBq, kBk]
+    float* dP = S + kBq * kBk;          // [kBq, kBk]
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < q_items; ++w) {
+      const int64_t qb = nqb - 1 - w % nqb, bh = w / nqb, b = bh / d.Hq, h = bh % d.Hq, kvh = h / d.group;
+      const int64_t q0 = qb * kBq, qn = std::min(kBq, d.Tq - q0);
+      const int64_t limit = std::min(d.Tk, d.q_offset + q0 + qn);
+      copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
+      copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
+      std::fill(dQa, dQa + qn * d.Dp, 0.0f);
+      for (int64_t k0 = 0; k0 < limit; k0 += kBk) {
+        const int64_t kn = std::min(kBk, limit - k0);
+        copy_transposed(K, b, k0, kn, kvh, d, Kt);
+        copy_transposed(V, b, k0, kn, kvh, d, Vt);
+        copy_rows(K, b, k0, kn, kvh, d, 1.0f, Kb);
+        scores(b, h, q0, qn, k0, kn, Qs, dOb, Kt, Vt, S, dP);
+        gemm<false, true>(qn, d.Dp, kn, dP, kBk, Kb, d.Dp, dQa, d.Dp);  // dQ += dS k
+      }
+      for (int64_t i = 0; i < qn; ++i) {
+        float* g = dQ.row(b, q0 + i, h);
+        const float* a = dQa + i * d.Dp;
+        for (int64_t c = 0; c < d.D; ++c) g[c] = d.scale * a[c];
+      }
+    }
+  }
+}
+
+}  // namespace anvil::kernels

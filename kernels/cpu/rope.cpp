@@ -1,0 +1,118 @@
+// Rotary position embedding, Hugging Face Llama convention (rotate_half: element i
+// pairs with i + D/2). Angles are formed in double; the tables hold f32 cos/sin.
+#include "kernels/rope.h"
+
+#include <cmath>
+
+namespace anvil::kernels {
+
+namespace {
+
+void require_cpu(const Tensor& t, const char* op, const char* what) {
+  ANVIL_CHECK(t.device().is_cpu(), op, ": ", what, " is ", t.describe(),
+              " but the CUDA backend is not built for ", op,
+              " yet — run it on CPU tensors");
+}
+
+// Validates x against the tables and returns D/2.
+int64_t check_rope_args(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos,
+                        const char* op, const char* xname) {
+  require_cpu(x, op, xname);
+  require_cpu(cos, op, "cos");
+  require_cpu(sin, op, "sin");
+  ANVIL_CHECK(x.dim() == 4, op, ": ", xname, " must be [B, T, H, D], got ", x.describe());
+  check_dtype(x, DType::F32, xname);
+  check_dtype(cos, DType::F32, "rope cos table");
+  check_dtype(sin, DType::F32, "rope sin table");
+  ANVIL_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.shape() == sin.shape(), op,
+              ": cos/sin tables must be contiguous [max_positions, D/2] of equal shape, got cos ",
+              cos.describe(), " and sin ", sin.describe(), " — build them with rope_tables");
+  const int64_t D = x.size(3), half = cos.size(1);
+  ANVIL_CHECK(D == 2 * half, op, ": head dim of ", xname, " ", x.describe(), " is ", D,
+              " but the tables ", cos.describe(), " are for head dim ", 2 * half);
+  ANVIL_CHECK(x.stride(3) == 1 || D <= 1, op, ": the last dim of ", xname, " ", x.describe(),
+              " must be contiguous (stride 1), got stride ", x.stride(3));
+  const int64_t T = x.size(1);
+  ANVIL_CHECK(start_pos >= 0 && start_pos + T <= cos.size(0), op, ": positions ", start_pos, " .. ",
+              start_pos + T - 1, " (start_pos ", start_pos, ", T ", T, ") exceed the ", cos.size(0),
+              " rows of the cos/sin tables — build the tables with max_positions >= start_pos + T");
+  return half;
+}
+
+// sign = +1: forward rotation by +angle; sign = -1: its transpose (rotation by -angle).
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos, float sign) {
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), half = cos.size(1);
+  if (B == 0 || T == 0 || H == 0 || half == 0) return;
+  float* base = x.data<float>();
+  const float* ctab = cos.data<float>();
+  const float* stab = sin.data<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1), sh = x.stride(2);
+  const int64_t rows = B * T;
+  const bool parallel = rows * H * half >= (1 << 15);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / T, t = r % T;
+    const float* c = ctab + (start_pos + t) * half;
+    const float* s = stab + (start_pos + t) * half;
+    for (int64_t h = 0; h < H; ++h) {
+      float* lo = base + b * sb + t * st + h * sh;
+      float* hi = lo + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = lo[i], bb = hi[i], ss = sign * s[i];
+        lo[i] = a * c[i] - bb * ss;
+        hi[i] = bb * c[i] + a * ss;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(int64_t head_dim, double theta) {
+  ANVIL_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope_inv_freq: head_dim must be positive and even, got ",
+              head_dim);
+  ANVIL_CHECK(theta > 0 && std::isfinite(theta), "rope_inv_freq: theta must be positive and finite, got ",
+              theta);
+  std::vector<float> inv(static_cast<size_t>(head_dim / 2));
+  for (int64_t i = 0; i < head_dim / 2; ++i)
+    inv[static_cast<size_t>(i)] =
+        static_cast<float>(std::pow(theta, -static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+  return inv;
+}
+
+void rope_tables(const std::vector<float>& inv_freq, int64_t max_positions, Tensor& cos, Tensor& sin) {
+  ANVIL_CHECK(max_positions >= 0, "rope_tables: max_positions must be >= 0, got ", max_positions);
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  const Shape shape{max_positions, half};
+  if (!cos.defined()) cos = Tensor::empty(shape);
+  if (!sin.defined()) sin = Tensor::empty(shape);
+  require_cpu(cos, "rope_tables", "cos");
+  require_cpu(sin, "rope_tables", "sin");
+  check_shape(cos, shape, "rope_tables cos");
+  check_shape(sin, shape, "rope_tables sin");
+  check_dtype(cos, DType::F32, "rope_tables cos");
+  check_dtype(sin, DType::F32, "rope_tables sin");
+  ANVIL_CHECK(cos.is_contiguous() && sin.is_contiguous(), "rope_tables: cos ", cos.describe(), " and sin ",
+              sin.describe(), " must be contiguous");
+  if (max_positions == 0 || half == 0) return;
+  float* c = cos.data<float>();
+  float* s = sin.data<float>();
+  for (int64_t p = 0; p < max_positions; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(p) * static_cast<double>(inv_freq[static_cast<size_t>(i)]);
+      c[p * half + i] = static_cast<float>(std::cos(angle));
+      s[p * half + i] = static_cast<float>(std::sin(angle));
+    }
+}
+
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  check_rope_args(x, cos, sin, start_pos, "rope_forward", "x");
+  rope_apply(x, cos, sin, start_pos, 1.0f);
+}
+
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  check_rope_args(dx, cos, sin, start_pos, "rope_backward", "dx");
+  rope_apply(dx, cos, sin, start_pos, -1.0f);
+}
+
+}  // namespace anvil::kernels
