@@ -1,4 +1,4 @@
-// Where a tensor lives. Crossing devices is always explicit (Tensor::to_device).
+// Where a tensor lives. Crossing devices is always explicit: no op copies between devices behind your back.
 #pragma once
 #include <string>
 
