@@ -31,7 +31,7 @@ Mat as_mat(const char* name, const Tensor& t) {
   m.cols = t.size(-1);
   ANVIL_CHECK(m.cols <= 1 || t.stride(-1) == 1, kOp, ": ", name, " ", t.describe(), " (strides ",
               shape_str(t.strides()), ") needs a contiguous last dimension — call .contiguous() first");
-  m.ld = m.rows <= 1 ? std::max<int64_t>(1, m.cols) : t.stride(-2);
+  m.ld = (m.rows <= 1 || m.cols == 0) ? std::max<int64_t>(1, m.cols) : t.stride(-2);
   ANVIL_CHECK(m.ld >= std::max<int64_t>(1, m.cols), kOp, ": ", name, " ", t.describe(), " has row stride ", m.ld,
               " smaller than its ", m.cols, " columns — call .contiguous() first");
   if (t.dim() == 3) {
@@ -52,12 +52,25 @@ std::pair<int64_t, int64_t> span(const Tensor& t) {
   return {lo, hi};
 }
 
-void require_disjoint(const Tensor& c, const char* name, const Tensor& x) {
-  if (!c.same_storage(x)) return;
+// True when two views of one storage could share an element. Row-strided views
+// with the same row stride whose column ranges never meet are disjoint even
+// though their address spans interleave (e.g. column slices of one buffer).
+bool may_overlap(const Tensor& c, const Tensor& x) {
+  if (!c.same_storage(x)) return false;
   const auto sc = span(c), sx = span(x);
-  const bool overlap = sc.first <= sc.second && sx.first <= sx.second && sc.first <= sx.second &&
-                       sx.first <= sc.second;
-  ANVIL_CHECK(!overlap, kOp, ": c ", c.describe(), " overlaps ", name, " ", x.describe(),
+  if (sc.first > sc.second || sx.first > sx.second || sc.second < sx.first || sx.second < sc.first) return false;
+  const int64_t ld = c.stride(-2);
+  if (ld <= 0 || x.stride(-2) != ld) return true;
+  for (const Tensor* t : {&c, &x})
+    for (int d = 0; d + 1 < t->dim(); ++d)
+      if (t->stride(d) % ld != 0) return true;
+  const int64_t c0 = c.offset() % ld, x0 = x.offset() % ld;
+  const int64_t c1 = c0 + c.size(-1), x1 = x0 + x.size(-1);
+  return !(c1 <= ld && x1 <= ld && (c1 <= x0 || x1 <= c0));
+}
+
+void require_disjoint(const Tensor& c, const char* name, const Tensor& x) {
+  ANVIL_CHECK(!may_overlap(c, x), kOp, ": c ", c.describe(), " overlaps ", name, " ", x.describe(),
               " in memory — write the product into a separate buffer");
 }
 
