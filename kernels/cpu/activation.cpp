@@ -24,7 +24,8 @@ void gelu_forward(const Tensor& x, Tensor& y) {
     for (int64_t j = j0; j < j1; ++j) {
       const float v = px[j];
       const float u = kSqrt2OverPi * (v + kGeluCubic * v * v * v);
-      py[j] = 0.5f * v * (1.0f + std::tanh(u));
+      // 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation, one vectorisable exp.
+      py[j] = v * cpu::vsigmoid(2.0f * u);
     }
   });
 }
@@ -42,9 +43,11 @@ void gelu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
     for (int64_t j = j0; j < j1; ++j) {
       const float v = px[j], g = pdy[j];
       const float u = kSqrt2OverPi * (v + kGeluCubic * v * v * v);
-      const float t = std::tanh(u);
+      // With s = sigmoid(2u) = 0.5 (1 + tanh(u)): 1 - tanh(u)^2 = 4 s (1 - s), so
+      // gelu' = 0.5 (1 + t) + 0.5 x (1 - t^2) u' = s + 2 x s (1 - s) u'.
+      const float s = cpu::vsigmoid(2.0f * u);
       const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * v * v);
-      pdx[j] = g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+      pdx[j] = g * (s + 2.0f * v * s * (1.0f - s) * du);
     }
   });
 }
@@ -61,7 +64,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y) {
     float* py = vy.row(r);
     for (int64_t j = j0; j < j1; ++j) {
       const float g = pg[j];
-      py[j] = g / (1.0f + std::exp(-g)) * pu[j];
+      py[j] = g * cpu::vsigmoid(g) * pu[j];
     }
   });
 }
@@ -85,7 +88,7 @@ void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Ten
     float* pdu = vdu.row(r);
     for (int64_t j = j0; j < j1; ++j) {
       const float d = pdy[j], g = pg[j], u = pu[j];
-      const float s = 1.0f / (1.0f + std::exp(-g));
+      const float s = cpu::vsigmoid(g);
       // d silu(g) / dg = s * (1 + g * (1 - s)).
       pdg[j] = d * u * s * (1.0f + g * (1.0f - s));
       pdu[j] = d * g * s;

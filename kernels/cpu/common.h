@@ -2,7 +2,9 @@
 // [rows, cols] views of tensors, and deterministic parallel loops/reductions.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "core/tensor.h"
@@ -11,6 +13,37 @@ namespace anvil::kernels::cpu {
 
 // Below this many elements a loop stays on one thread (fork/join costs more).
 constexpr int64_t kParallelMin = 1 << 15;
+
+// exp(x) in f32 without a library call, so loops calling it vectorise (glibc's
+// vector expf needs -ffast-math). Cephes expf: x = n ln2 + r (Cody-Waite split),
+// degree-5 polynomial, scale by 2^n; within 2 ulp of expf on [-87, 88]. Below -87
+// (exp < 1.7e-38) it returns 0, as flush-to-zero would; above 88 it saturates at
+// exp(88) = 1.65e38 instead of overflowing late; NaN stays NaN.
+inline float vexp(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -87.0f ? 0.0f : e * scale;
+}
+
+// 1 / (1 + exp(-x)), vectorisable; evaluated through exp(-|x|) so both tails are
+// accurate (sigmoid(-200) is 0, not 1 / (1 + saturated exp)).
+inline float vsigmoid(float x) {
+  const float e = vexp(-std::fabs(x));
+  const float inv = 1.0f / (1.0f + e);
+  return x >= 0.0f ? inv : e * inv;
+}
 
 // A tensor seen as rows of `cols` contiguous floats, `ld` floats apart.
 struct Rows {

@@ -48,7 +48,7 @@ int64_t cross_entropy_forward(const Tensor& logits, const Tensor& targets, int i
     for (int64_t j = 0; j < V; ++j) m = std::max(m, x[j]);
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < V; ++j) s += std::exp(x[j] - m);
+    for (int64_t j = 0; j < V; ++j) s += cpu::vexp(x[j] - m);
     const float l = m + std::log(s);
     ps[i] = l;
     pl[i] = pt[i] == ignore_index ? 0.0f : l - x[pt[i]];
@@ -75,7 +75,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
       return;
     }
     const float l = ps[i];
-    for (int64_t j = 0; j < V; ++j) d[j] = grad_scale * std::exp(x[j] - l);
+    for (int64_t j = 0; j < V; ++j) d[j] = grad_scale * cpu::vexp(x[j] - l);
     d[t] -= grad_scale;
   });
 }

@@ -172,3 +172,14 @@ TEST(CrossEntropy, BadTargetsThrowNamingRowTargetAndV) {
   expect_error_containing([&] { kernels::cross_entropy_forward(xc, big, kIgnore, losses, lse); },
                           {"cross_entropy_forward", "CUDA backend is not built"});
 }
+
+TEST(CrossEntropy, NaNLogitsPropagate) {
+  // A diverged model must show up as a NaN loss, never as a silently finite one.
+  Tensor logits = random_tensor({2, 5}, 60);
+  logits.data<float>()[7] = std::numeric_limits<float>::quiet_NaN();
+  Tensor targets = Tensor::from_vector(std::vector<int32_t>{1, 1}, {2});
+  Tensor losses = Tensor::empty({2}), lse = Tensor::empty({2});
+  kernels::cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  EXPECT_TRUE(std::isfinite(losses.item_at({0})));
+  EXPECT_TRUE(std::isnan(losses.item_at({1})));
+}
