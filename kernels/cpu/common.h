@@ -20,7 +20,7 @@ constexpr int64_t kParallelMin = 1 << 15;
 // (exp < 1.7e-38) it returns 0, as flush-to-zero would; above 88 it saturates at
 // exp(88) = 1.65e38 instead of overflowing late; NaN stays NaN.
 inline float vexp(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float xc = std::min(88.0f, std::max(-87.0f, x));  // NaN -> -87: keeps the int math defined
   const float n = std::nearbyint(xc * 1.44269504088896341f);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -31,10 +31,10 @@ inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return x < -87.0f ? 0.0f : e * scale;
+  return std::isnan(x) ? x : (x < -87.0f ? 0.0f : e * scale);
 }
 
 // 1 / (1 + exp(-x)), vectorisable; evaluated through exp(-|x|) so both tails are
