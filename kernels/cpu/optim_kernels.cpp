@@ -5,7 +5,7 @@
 namespace anvil::kernels {
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s) {
-  for (const Tensor* t : {&grad, &exp_avg, &exp_avg_sq})
+  for (const Tensor* t : {&grad, static_cast<const Tensor*>(&exp_avg), static_cast<const Tensor*>(&exp_avg_sq)})
     ANVIL_CHECK(t->shape() == param.shape() && t->is_contiguous() && t->dtype() == DType::F32,
                 "adamw_update: ", t->describe(), " does not match param ", param.describe());
   ANVIL_CHECK(param.is_contiguous() && param.device().is_cpu(), "adamw_update needs contiguous CPU f32 tensors, got ",

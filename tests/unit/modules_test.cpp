@@ -22,7 +22,7 @@ constexpr double kTol = 2e-2;
 
 // Compares analytic and numeric gradients on at most `samples` elements of x.
 void expect_grad_close(Tensor& x, const Tensor& analytic, const std::function<double()>& loss,
-                       const std::string& what, int samples = 48) {
+                       const std::string& what, int samples = 48, double eps = kEps) {
   ASSERT_TRUE(analytic.defined()) << what << ": no gradient";
   const int64_t n = x.numel();
   const int64_t step = std::max<int64_t>(1, n / samples);
@@ -30,12 +30,12 @@ void expect_grad_close(Tensor& x, const Tensor& analytic, const std::function<do
   double max_ref = 0, max_err = 0;
   for (int64_t i = 0; i < n; i += step) {
     const float saved = p[i];
-    p[i] = static_cast<float>(saved + kEps);
+    p[i] = static_cast<float>(saved + eps);
     const double up = loss();
-    p[i] = static_cast<float>(saved - kEps);
+    p[i] = static_cast<float>(saved - eps);
     const double down = loss();
     p[i] = saved;
-    const double numeric = (up - down) / (2 * kEps);
+    const double numeric = (up - down) / (2 * eps);
     max_ref = std::max(max_ref, std::fabs(numeric));
     max_err = std::max(max_err, std::fabs(numeric - analytic.data<float>()[i]));
   }
@@ -134,7 +134,10 @@ TEST(ModuleGrad, WholeModelsThroughTheLoss) {
     Cache cache;
     model.forward_loss(ids, targets, cache);
     model.backward_loss(cache);
-    for (Param* p : model.params()) expect_grad_close(p->value, p->grad, loss, std::string(family) + " " + p->name, 16);
+    // The mean loss is O(1) but strongly curved in the embeddings: a smaller step keeps
+    // the O(eps^2) term well under the tolerance while f32 rounding (~1e-7/eps) stays small.
+    for (Param* p : model.params())
+      expect_grad_close(p->value, p->grad, loss, std::string(family) + " " + p->name, 16, 1e-3);
   }
 }
 
