@@ -73,7 +73,8 @@ def llama_forward(cfg, p, ids):
     inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
     angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
     emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+    dtype = p["model.embed_tokens.weight"].dtype
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     rope = lambda t: t * cos + rotate_half(t) * sin
     x = p["model.embed_tokens.weight"][ids]
     for i in range(cfg["num_hidden_layers"]):
