@@ -6,6 +6,9 @@
   tokenizer_oracle.py train CORPUS_JSON VOCAB_SIZE OUT_TOKENIZER_JSON [SPECIAL ...]
       Trains a ByteLevel BPE (GPT-2 scheme) on the JSON list of texts in CORPUS_JSON
       with BpeTrainer(initial_alphabet=ByteLevel.alphabet()) and saves it.
+  tokenizer_oracle.py train-many CORPORA_JSON VOCAB_SIZE OUT_PREFIX
+      The same for each list of texts in CORPORA_JSON (a list of lists), saved as
+      OUT_PREFIX0.json, OUT_PREFIX1.json, ...
 
 Run with the python that sees PyPI packages (`tokenizers==0.23.3`, installed by
 scripts/install_deps.sh).
@@ -28,6 +31,10 @@ def encode(tokenizer_json, text_file, out_file):
 def train(corpus_json, vocab_size, out_file, specials):
     with open(corpus_json, encoding="utf-8") as f:
         texts = json.load(f)
+    train_texts(texts, vocab_size, out_file, specials)
+
+
+def train_texts(texts, vocab_size, out_file, specials):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -49,6 +56,11 @@ def main():
         encode(*sys.argv[2:5])
     elif cmd == "train" and len(sys.argv) >= 5:
         train(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:])
+    elif cmd == "train-many" and len(sys.argv) == 5:
+        with open(sys.argv[2], encoding="utf-8") as f:
+            corpora = json.load(f)
+        for i, texts in enumerate(corpora):
+            train_texts(texts, int(sys.argv[3]), f"{sys.argv[4]}{i}.json", [])
     else:
         sys.exit(__doc__)
 

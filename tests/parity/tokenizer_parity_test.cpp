@@ -96,6 +96,39 @@ std::vector<std::string> training_corpus() {
   return docs;
 }
 
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12)), out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18)), out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// Code points from all over Unicode (letters, marks, digits, spaces, symbols of
+// every script, unassigned ones), mixed with ASCII: checks the character classes.
+std::string random_unicode(uint32_t seed, int count) {
+  std::mt19937 rng(seed);
+  std::string out;
+  for (int i = 0; i < count; ++i) {
+    uint32_t cp;
+    switch (rng() % 4) {
+      case 0: cp = 0x20 + rng() % 0x5F; break;          // printable ASCII
+      case 1: cp = 0x80 + rng() % (0x3000 - 0x80); break;  // Latin .. CJK symbols, dense in classes
+      case 2: cp = 0x3000 + rng() % (0x10000 - 0x3000); break;
+      default: cp = 0x10000 + rng() % (0x110000 - 0x10000); break;
+    }
+    if (cp >= 0xD800 && cp <= 0xDFFF) cp = ' ';
+    append_utf8(out, cp);
+  }
+  return out;
+}
+
 std::string held_out_text() {
   std::string text = read_file("/usr/share/common-licenses/Apache-2.0");
   text += "<|endoftext|>";
@@ -103,6 +136,7 @@ std::string held_out_text() {
   text += "<|endoftext|><|pad|><|pad|>  leading spaces, trailing spaces   \n\n\n  \t tabs\t\tand "
           "\xE2\x80\x83" "em-space \xE3\x80\x80 ideographic<|endoftext";
   text += read_file("/usr/share/common-licenses/MPL-2.0").substr(0, 20000);
+  text += random_unicode(7, 20000);
   return text;
 }
 
@@ -176,6 +210,42 @@ TEST_F(TokenizerParity, TrainersLearnTheSameMerges) {
   EXPECT_EQ(ours.size(), theirs.size());
   EXPECT_EQ(agree, ours.size()) << "first differing merge: #" << agree;
   EXPECT_EQ(anvil_->hash(), hf.hash());
+}
+
+// Tiny alphabets and short texts make many equal counts, so the tie-breaking
+// decides most merges; both trainers must still agree on every one.
+TEST(TokenizerParityTies, RandomSmallAlphabetCorporaGiveIdenticalMerges) {
+  const std::string dir = ::testing::TempDir() + "anvil_tokenizer_ties_" + std::to_string(::getpid()) + "_";
+  const char* alphabets[] = {"ab", "abc", "aab c", "ab ", "xyz\n", "a\xC3\xA9 "};
+  std::mt19937 rng(11);
+  std::vector<std::vector<std::string>> corpora(60);
+  for (auto& docs : corpora) {
+    const std::string alpha = alphabets[rng() % 6];
+    docs.resize(1 + rng() % 5);
+    for (auto& d : docs) {
+      const size_t len = rng() % 60;
+      for (size_t i = 0; i < len; ++i) {
+        const char c = alpha[rng() % alpha.size()];
+        if (static_cast<unsigned char>(c) == 0xC3 || static_cast<unsigned char>(c) == 0xA9) d += "\xC3\xA9";
+        else d += c;
+      }
+    }
+  }
+  write_file(dir + "corpora.json", nlohmann::json(corpora).dump());
+  constexpr int32_t vocab = 300;
+  run_oracle("train-many " + dir + "corpora.json " + std::to_string(vocab) + " " + dir + "hf_");
+  int identical = 0;
+  for (size_t i = 0; i < corpora.size(); ++i) {
+    const std::string path = dir + "hf_" + std::to_string(i) + ".json";
+    const Tokenizer ours = Tokenizer::train(corpora[i], vocab);
+    const Tokenizer theirs = Tokenizer::load(path);
+    EXPECT_EQ(ours.merges(), theirs.merges()) << "corpus " << i << ": " << nlohmann::json(corpora[i]).dump();
+    identical += ours.hash() == theirs.hash();
+    std::remove(path.c_str());
+  }
+  std::remove((dir + "corpora.json").c_str());
+  std::printf("%d of %zu tie-heavy corpora: identical vocabulary and merges\n", identical, corpora.size());
+  EXPECT_EQ(identical, static_cast<int>(corpora.size()));
 }
 
 }  // namespace
