@@ -46,6 +46,11 @@ def main():
     mb = len(text.encode("utf-8", "surrogateescape")) / 2**20
     print(f"tokenizers: encode {len(ids)} tokens: {cold_s:.2f} s cold ({mb / cold_s:.1f} MB/s), "
           f"{warm_s:.2f} s warm ({mb / warm_s:.1f} MB/s)")
+    t0 = time.perf_counter()
+    batch = fresh.encode_batch(docs)
+    batch_s = time.perf_counter() - t0
+    print(f"tokenizers: encode_batch of the {len(docs)} documents: {sum(len(e.ids) for e in batch)} tokens, "
+          f"{batch_s:.2f} s ({mb / batch_s:.1f} MB/s; splitting at documents changes a few tokens)")
     if len(sys.argv) > 3:
         anvil = Tokenizer.from_file(sys.argv[3])
         ours = json.loads(anvil.to_str())["model"]["merges"]
