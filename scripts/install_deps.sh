@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages anvil builds and tests with; a no-op when all are present.
+# Installs the Debian packages anvil builds and tests with, and the PyPI packages its
+# parity tests use; a no-op when all are present.
 set -euo pipefail
 packages=(
   cmake ninja-build g++ make pkg-config
@@ -12,8 +13,16 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-echo "install_deps: installing ${missing[*]}"
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_deps: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Hugging Face tokenizers (the tokenizer parity oracle) for the python3 first on PATH
+# (pyenv, which sees PyPI; tests/CMakeLists.txt finds it as PYPI_PYTHON). No sudo.
+if ! python3 -c 'import tokenizers' >/dev/null 2>&1; then
+  echo "install_deps: installing tokenizers==0.23.3 for $(command -v python3)"
+  python3 -m pip install --quiet tokenizers==0.23.3
+fi
