@@ -1,7 +1,8 @@
 // KV-cache prefill/decode timing of a Llama on the CPU. bench/CMakeLists.txt (on
 // main) builds every bench/*.cpp into build/bin; on a branch without it:
 //   g++ -O3 -march=native -fopenmp -I. -I/usr/include/x86_64-linux-gnu/openblas-openmp -I/usr/include/hdf5/openmpi \
-//       bench/decode_bench.cpp build/libanvil_core.a -lopenblas -o /tmp/decode_bench
+//       bench/decode_bench.cpp build/libanvil_core.a -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas \
+//       -o /tmp/decode_bench
 //   OMP_NUM_THREADS=2 /tmp/decode_bench [hidden layers heads kv_heads vocab batch prompt new]
 #include <chrono>
 #include <cstdio>
