@@ -1,6 +1,7 @@
 #include "models/attention.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
@@ -15,6 +16,21 @@ std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max
 }
 
 namespace {
+// dst[:, start:start+T] = src for [B, T, H, D] tensors whose last dim is contiguous.
+void write_positions(Tensor& dst, const Tensor& src, int64_t start) {
+  const int64_t B = src.size(0), T = src.size(1), H = src.size(2), D = src.size(3);
+  ANVIL_CHECK(dst.device().is_cpu() && src.device().is_cpu(), "KV cache write: ", dst.describe(), " <- ",
+              src.describe(), " — the CUDA backend has no KV-cache path yet; run decoding on CPU tensors");
+  ANVIL_CHECK(dst.stride(3) == 1 && src.stride(3) == 1, "KV cache write: last dims must be contiguous");
+  float* d = dst.data<float>();
+  const float* s = src.data<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(d + b * dst.stride(0) + (start + t) * dst.stride(1) + h * dst.stride(2),
+                    s + b * src.stride(0) + t * src.stride(1) + h * src.stride(2), static_cast<size_t>(D) * 4);
+}
+
 const char* out_name(Attention::Projection p) { return p == Attention::Projection::Fused ? "c_proj" : "o_proj"; }
 }  // namespace
 
@@ -64,6 +80,41 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
   c["attn"] = attn;
   c["lse"] = lse;
   return out_.forward(attn.view({B, T, H * D}), c.child(3));
+}
+
+Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos) {
+  ANVIL_CHECK(x.dim() == 3, "attention input must be [B, T, hidden], got ", x.describe());
+  const int64_t B = x.size(0), T = x.size(1), H = shape_.num_heads, Hkv = shape_.num_kv_heads,
+                D = shape_.head_dim;
+  ANVIL_CHECK(kv.k.dim() == 4 && kv.k.size(0) == B && kv.k.size(2) == Hkv && kv.k.size(3) == D &&
+                  kv.v.shape() == kv.k.shape(),
+              "attention KV cache ", kv.k.describe(), " does not fit input ", x.describe(), " with ", Hkv,
+              " KV heads of dim ", D, " — build the KVCache for this model and batch");
+  const int64_t end = start_pos + T;
+  ANVIL_CHECK(start_pos >= 0 && end <= kv.k.size(1), "attention KV cache: positions ", start_pos, " .. ", end - 1,
+              " exceed its max_len = ", kv.k.size(1));
+  Tensor q, k, v;
+  if (projection_ == Projection::Fused) {
+    Tensor qkv = qkv_->infer(x).view({B, T, H + 2 * Hkv, D});
+    q = qkv.slice(2, 0, H);
+    k = qkv.slice(2, H, H + Hkv);
+    v = qkv.slice(2, H + Hkv, H + 2 * Hkv);
+  } else {
+    q = q_->infer(x).view({B, T, H, D});
+    k = k_->infer(x).view({B, T, Hkv, D});
+    v = v_->infer(x).view({B, T, Hkv, D});
+  }
+  if (rope_) {
+    kernels::rope_forward(q, rope_->cos, rope_->sin, start_pos);
+    kernels::rope_forward(k, rope_->cos, rope_->sin, start_pos);
+  }
+  write_positions(kv.k, k, start_pos);
+  write_positions(kv.v, v, start_pos);
+  Tensor attn = Tensor::empty({B, T, H, D});
+  Tensor lse = Tensor::empty({B, H, T});  // required by the kernel; scratch here
+  kernels::attention_forward(q, kv.k.slice(1, 0, end), kv.v.slice(1, 0, end), 1.0f / std::sqrt(static_cast<float>(D)),
+                             start_pos, attn, lse);
+  return out_.infer(attn.view({B, T, H * D}));
 }
 
 Tensor Attention::backward(const Tensor& dy, Cache& c) {

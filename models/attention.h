@@ -3,6 +3,7 @@
 #include <memory>
 #include <optional>
 
+#include "models/kv_cache.h"
 #include "models/layers.h"
 
 namespace anvil {
@@ -35,6 +36,12 @@ class Attention : public Module {
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden]
   Tensor backward(const Tensor& dy, Cache& c) override;
   void collect_params(std::vector<Param*>& out) override;
+
+  // Inference with a KV cache: x [B, T, hidden] holds positions start_pos ..
+  // start_pos + T - 1. Their keys and values (after RoPE) are written into kv at
+  // those positions, then the queries attend to keys 0 .. start_pos + T - 1.
+  // Saves nothing for backward.
+  Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
 
   const AttentionShape& shape() const { return shape_; }
 

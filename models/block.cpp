@@ -33,6 +33,14 @@ Tensor TransformerBlock::forward(const Tensor& x, Cache& c) {
   return y;
 }
 
+Tensor TransformerBlock::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos) {
+  Tensor h = attn_.forward_cached(norm1_->infer(x), kv, start_pos);
+  kernels::add(h, x, h);
+  Tensor y = mlp_.infer(norm2_->infer(h));
+  kernels::add(y, h, y);
+  return y;
+}
+
 Tensor TransformerBlock::backward(const Tensor& dy, Cache& c) {
   Tensor dh = norm2_->backward(mlp_.backward(dy, c.child(3)), c.child(2));
   kernels::add_inplace(dh, dy);  // residual branch

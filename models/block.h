@@ -14,6 +14,9 @@ class TransformerBlock : public Module {
   TransformerBlock(const std::string& prefix, const ModelConfig& config, std::shared_ptr<const RopeTables> rope);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
+  // Inference for positions start_pos .. start_pos + T - 1 of x [B, T, hidden],
+  // appending their keys/values to this layer's KV cache; saves nothing.
+  Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
   void collect_params(std::vector<Param*>& out) override;
 
  private:

@@ -21,17 +21,31 @@ Linear::Linear(const std::string& name, int64_t in_features, int64_t out_feature
     : weight(name + ".weight", Tensor::zeros({out_features, in_features}), ParamRole::Matrix),
       bias(with_bias ? Param(name + ".bias", Tensor::zeros({out_features}), ParamRole::Vector) : no_param()) {}
 
-Tensor Linear::forward(const Tensor& x, Cache& c) {
-  const int64_t in = weight.value.size(1), out = weight.value.size(0);
+namespace {
+// x as a contiguous [rows, in] matrix, after checking its last dim.
+Tensor linear_input(const Tensor& x, const Param& weight) {
+  const int64_t in = weight.value.size(1);
   ANVIL_CHECK(x.dim() >= 1 && x.size(-1) == in, weight.name, ": input ", x.describe(), " has last dim ",
               x.dim() ? x.size(-1) : 0, ", expected ", in);
-  const Tensor x2 = x.contiguous().view({-1, in});
+  return x.contiguous().view({-1, in});
+}
+}  // namespace
+
+Tensor Linear::apply(const Tensor& x2, const Shape& x_shape) const {
+  const int64_t out = weight.value.size(0);
   Tensor y = Tensor::empty({x2.size(0), out});
   kernels::matmul(x2, false, weight.value, true, y);
   if (has_bias()) kernels::add_bias(y, bias.value);
-  c["x"] = x2;
-  return y.view(with_last_dim(x.shape(), out));
+  return y.view(with_last_dim(x_shape, out));
 }
+
+Tensor Linear::forward(const Tensor& x, Cache& c) {
+  const Tensor x2 = linear_input(x, weight);
+  c["x"] = x2;
+  return apply(x2, x.shape());
+}
+
+Tensor Linear::infer(const Tensor& x) { return apply(linear_input(x, weight), x.shape()); }
 
 Tensor Linear::backward(const Tensor& dy, Cache& c) {
   const Tensor x2 = c.get("x");
@@ -54,15 +68,20 @@ void Linear::collect_params(std::vector<Param*>& out) {
 Embedding::Embedding(const std::string& name, int64_t num_embeddings, int64_t dim)
     : weight(name + ".weight", Tensor::zeros({num_embeddings, dim}), ParamRole::Embedding) {}
 
-Tensor Embedding::forward(const Tensor& ids, Cache& c) {
+Tensor Embedding::infer(const Tensor& ids) {
   check_dtype(ids, DType::I32, "embedding ids");
   const int64_t dim = weight.value.size(1);
   Shape out_shape = ids.shape();
   out_shape.push_back(dim);
   Tensor y = Tensor::empty({ids.numel(), dim});
   kernels::embedding_forward(ids.contiguous(), weight.value, y);
-  c["ids"] = ids.contiguous();
   return y.view(out_shape);
+}
+
+Tensor Embedding::forward(const Tensor& ids, Cache& c) {
+  Tensor y = infer(ids);
+  c["ids"] = ids.contiguous();
+  return y;
 }
 
 Tensor Embedding::backward(const Tensor& dy, Cache& c) {
@@ -88,6 +107,16 @@ Tensor LayerNorm::forward(const Tensor& x, Cache& c) {
   c["x"] = x2;
   c["mean"] = mean;
   c["rstd"] = rstd;
+  return y.view(x.shape());
+}
+
+Tensor LayerNorm::infer(const Tensor& x) {
+  const int64_t dim = weight.value.size(0);
+  ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
+  const Tensor x2 = x.contiguous().view({-1, dim});
+  // The kernel writes the row statistics; at inference they are scratch.
+  Tensor y = Tensor::empty(x2.shape()), mean = Tensor::empty({x2.size(0)}), rstd = Tensor::empty({x2.size(0)});
+  kernels::layernorm_forward(x2, weight.value, bias.value, eps, y, mean, rstd);
   return y.view(x.shape());
 }
 
@@ -118,6 +147,15 @@ Tensor RMSNorm::forward(const Tensor& x, Cache& c) {
   kernels::rmsnorm_forward(x2, weight.value, eps, y, rstd);
   c["x"] = x2;
   c["rstd"] = rstd;
+  return y.view(x.shape());
+}
+
+Tensor RMSNorm::infer(const Tensor& x) {
+  const int64_t dim = weight.value.size(0);
+  ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
+  const Tensor x2 = x.contiguous().view({-1, dim});
+  Tensor y = Tensor::empty(x2.shape()), rstd = Tensor::empty({x2.size(0)});  // rstd: scratch
+  kernels::rmsnorm_forward(x2, weight.value, eps, y, rstd);
   return y.view(x.shape());
 }
 

@@ -13,11 +13,15 @@ class Linear : public Module {
   Linear(const std::string& name, int64_t in_features, int64_t out_features, bool bias);
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [..., in]
   Tensor backward(const Tensor& dy, Cache& c) override; // dy: [..., out]
+  Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
 
   Param weight;
   Param bias;  // value undefined when the layer has no bias
   bool has_bias() const { return bias.value.defined(); }
+
+ private:
+  Tensor apply(const Tensor& x2, const Shape& x_shape) const;  // x2: x as contiguous [rows, in]
 };
 
 // Token (or position) lookup; input is an i32 id tensor, backward returns an undefined dx.
@@ -26,6 +30,7 @@ class Embedding : public Module {
   Embedding(const std::string& name, int64_t num_embeddings, int64_t dim);
   Tensor forward(const Tensor& ids, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
+  Tensor infer(const Tensor& ids) override;
   void collect_params(std::vector<Param*>& out) override;
 
   Param weight;  // [num_embeddings, dim]
@@ -36,6 +41,7 @@ class LayerNorm : public Module {
   LayerNorm(const std::string& name, int64_t dim, double eps);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
+  Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
 
   Param weight;
@@ -48,6 +54,7 @@ class RMSNorm : public Module {
   RMSNorm(const std::string& name, int64_t dim, double eps);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
+  Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
 
   Param weight;

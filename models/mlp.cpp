@@ -33,6 +33,19 @@ Tensor MLP::forward(const Tensor& x, Cache& c) {
   return down_.forward(act, c.child(2));  // down_ saves act as its input
 }
 
+Tensor MLP::infer(const Tensor& x) {
+  Tensor act;
+  if (gated()) {
+    const Tensor gate = gate_->infer(x);
+    act = up_->infer(x);
+    kernels::swiglu_forward(gate, act, act);  // written over up (elementwise, same index)
+  } else {
+    act = fc_->infer(x);
+    kernels::gelu_forward(act, act);  // in place (y may alias x)
+  }
+  return down_.infer(act);
+}
+
 Tensor MLP::backward(const Tensor& dy, Cache& c) {
   Tensor dact = down_.backward(dy, c.child(2));
   if (gated()) {

@@ -12,6 +12,7 @@ class MLP : public Module {
   MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
+  Tensor infer(const Tensor& x) override;  // forward without saving anything
   void collect_params(std::vector<Param*>& out) override;
 
   bool gated() const { return gate_.has_value(); }

@@ -74,6 +74,46 @@ Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
   return logits.view({B, T, V});
 }
 
+Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only) {
+  check_dtype(ids, DType::I32, "token ids");
+  ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
+              ids.describe());
+  const int64_t B = ids.size(0), T = ids.size(1), C = config_.hidden_size, V = config_.vocab_size;
+  const int64_t start = kv.length(), end = start + T;
+  ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
+                  kv.head_dim() == config_.resolved_head_dim(),
+              "forward_cached: the KVCache has ", kv.num_layers(), " layers of ", kv.num_kv_heads(), " KV heads x ",
+              kv.head_dim(), " but the model has ", config_.num_hidden_layers, " x ", config_.num_key_value_heads,
+              " x ", config_.resolved_head_dim(), " — build the KVCache from this model's config");
+  ANVIL_CHECK(kv.batch() == B, "forward_cached: ids ", ids.describe(), " have batch ", B,
+              " but the KVCache was built for batch ", kv.batch());
+  ANVIL_CHECK(end <= config_.max_position_embeddings, "forward_cached: positions ", start, " .. ", end - 1,
+              " need ", end, " positions but max_position_embeddings = ", config_.max_position_embeddings,
+              " — shorten the prompt or the generation");
+  kv.check_room(T);
+  Tensor x = wte_.infer(ids);
+  if (wpe_) {
+    const Tensor positions = wpe_->weight.value.slice(0, start, end);
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor row = x.select(0, b);
+      kernels::add_inplace(row, positions);
+    }
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
+  kv.advance(T);
+  int64_t Tout = T;
+  if (last_position_only && T > 1) {
+    x = x.slice(1, T - 1, T).contiguous();
+    Tout = 1;
+  }
+  x = norm_f_->infer(x);
+  if (lm_head_) return lm_head_->infer(x);
+  Tensor logits = Tensor::empty({B * Tout, V});
+  kernels::matmul(x.view({B * Tout, C}), false, wte_.weight.value, true, logits);
+  return logits.view({B, Tout, V});
+}
+
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
   trunk_backward(head_backward(dlogits, c), c);
   return Tensor();

@@ -7,6 +7,7 @@
 
 #include "models/block.h"
 #include "models/config.h"
+#include "models/kv_cache.h"
 
 namespace anvil {
 
@@ -33,6 +34,14 @@ class TransformerLM : public Module {
   Tensor forward(const Tensor& ids, Cache& c) override;
   // dlogits: [B, T, vocab] -> accumulates every gradient; returns an undefined tensor.
   Tensor backward(const Tensor& dlogits, Cache& c) override;
+
+  // Incremental inference with a KV cache (nothing is saved for backward): ids
+  // i32 [B, T_new] are positions kv.length() .. kv.length() + T_new - 1 of each
+  // sequence; their keys/values are written into kv, kv.length() advances by
+  // T_new, and the result is the logits [B, T_new, vocab] of those positions
+  // (or [B, 1, vocab] for the last one when last_position_only, which skips the
+  // head's work on a long prompt). Prefill with the prompt, then one token per step.
+  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
 
   // Mean cross-entropy over targets != ignore_index; logits stay in the cache.
   float forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index = -100);

@@ -111,6 +111,20 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
     return;
   }
 
+  // One output row (decoding a single token): a matrix-vector product. sgemm would
+  // first pack (copy) all of b, doubling the memory traffic of a memory-bound step.
+  if (B == 1 && M == 1) {
+    const blasint incx = static_cast<blasint>(trans_a ? ma.ld : 1);  // op(a) = a [1, K] or a^T with a [K, 1]
+    if (beta == 0.0f) std::fill(mc.p, mc.p + N, 0.0f);  // beta = 0 ignores NaN in c
+    if (trans_b)  // c^T = b [N, K] @ x
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(N), static_cast<blasint>(K), alpha, mb.p,
+                  static_cast<blasint>(mb.ld), ma.p, incx, beta, mc.p, 1);
+    else  // c^T = b^T @ x with b [K, N]
+      cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(K), static_cast<blasint>(N), alpha, mb.p,
+                  static_cast<blasint>(mb.ld), ma.p, incx, beta, mc.p, 1);
+    return;
+  }
+
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
   // A batched, untransposed a against a shared b whose batches sit back to back

@@ -121,6 +121,31 @@ TEST(Matmul, StridedRowViewsIntoWiderBuffers) {
     }
 }
 
+TEST(Matmul, SingleRowMatrixVectorPath) {
+  // M = 1 (one decoded token) goes through sgemv: every transpose combination,
+  // operands that are slices of wider buffers (a^T's column has a row stride),
+  // alpha/beta, and NaN in c with beta = 0.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t N = 37, K = 53;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      Tensor abuf = random_tensor({ta ? K : 1, 9 + K}, 60), bbuf = random_tensor({tb ? N : K, 70}, 61);
+      Tensor a = abuf.slice(1, 2, 2 + (ta ? 1 : K)), b = bbuf.slice(1, 5, 5 + (tb ? K : N));
+      for (const float beta : {0.0f, -0.5f}) {
+        Tensor cbuf = random_tensor({1, N + 8}, 62);
+        Tensor c = cbuf.slice(1, 3, 3 + N);
+        if (beta == 0.0f) c.fill_(nan);
+        const auto before = values(cbuf), old = values(c);
+        kernels::matmul(a, ta, b, tb, c, 1.25f, beta);
+        EXPECT_LT(rel_error(c, naive_matmul(a, ta, b, tb, old, {1, N}, 1.25, beta)), kTol)
+            << "ta=" << ta << " tb=" << tb << " beta=" << beta;
+        const auto after = values(cbuf);
+        for (int64_t j = 0; j < N + 8; ++j)
+          if (j < 3 || j >= 3 + N) EXPECT_EQ(after[j], before[j]) << "wrote outside the view at " << j;
+      }
+    }
+}
+
 TEST(Matmul, BatchedAndBroadcast) {
   const int64_t B = 3, M = 5, N = 7, K = 9;
   for (int ta = 0; ta < 2; ++ta)
