@@ -1,0 +1,362 @@
+// Run config loading: the typed sections, their range and cross-field checks, and path resolution.
+// The YAML side (overrides, unknown keys, typed reads with locations) is trainer/config_reader.cpp.
+#include "trainer/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "trainer/config_reader.h"
+#include "trainer/did_you_mean.h"
+
+namespace anvil {
+namespace fs = std::filesystem;
+
+namespace {
+
+using config_detail::Context;
+using config_detail::parse_whole_number;
+using config_detail::Section;
+using config_detail::shown;
+using detail::concat;
+
+std::string abs_normal(const fs::path& p) { return fs::absolute(p).lexically_normal().string(); }
+
+// Relative input paths: from the YAML file's directory, or from the working directory for --set.
+std::string resolve_input(const Context& ctx, const Section& s, const std::string& key, const std::string& raw) {
+  fs::path p(raw);
+  const char* home = std::getenv("HOME");
+  if (raw.rfind("~/", 0) == 0 && home) p = fs::path(home) / raw.substr(2);
+  if (p.is_absolute()) return p.lexically_normal().string();
+  return abs_normal((s.is_override(key) ? fs::current_path() : fs::path(ctx.base_dir)) / p);
+}
+
+std::string resolve_output(const std::string& raw) {
+  const char* home = std::getenv("HOME");
+  if (raw.rfind("~/", 0) == 0 && home) return abs_normal(fs::path(home) / raw.substr(2));
+  return abs_normal(raw);
+}
+
+// An input path that must exist: a file, or either a file or a directory when `allow_dir`.
+std::string existing_path(const Context& ctx, const Section& s, const std::string& key, const std::string& raw,
+                          bool allow_dir, const std::string& fix) {
+  s.require(!raw.empty(), key, "is empty — ", fix);
+  const std::string resolved = resolve_input(ctx, s, key, raw);
+  std::error_code ec;
+  const fs::file_status st = fs::status(resolved, ec);
+  if (!fs::exists(st)) {
+    std::string how;
+    if (resolved != raw)
+      how = concat(" (resolved to ", resolved, "; relative paths start from ",
+                   s.is_override(key) ? "the current directory for --set values" : "the config file's directory", ")");
+    s.fail(key, concat("file not found: ", raw, how, " — ", fix));
+  }
+  if (!allow_dir && fs::is_directory(st)) s.fail(key, concat(resolved, " is a directory, not a file — ", fix));
+  return resolved;
+}
+
+// An output directory: fine if absent (created later), an error if it is an existing file.
+std::string output_dir(const Section& s, const std::string& key, const std::string& raw) {
+  s.require(!raw.empty(), key, "is empty — give a directory such as runs/demo");
+  const std::string resolved = resolve_output(raw);
+  std::error_code ec;
+  s.require(!fs::exists(resolved, ec) || fs::is_directory(resolved, ec), key, resolved,
+            " exists and is not a directory — choose another path");
+  return resolved;
+}
+
+// ---- the sections ----
+
+void parse_run(const Section& s, const std::string& source, RunSection& run) {
+  run.name = fs::path(source).stem().string();
+  if (run.name.empty()) run.name = "run";
+  if (s.read("name", run.name)) {
+    s.require(!run.name.empty(), "name", "is empty — name the run, e.g. name: demo");
+    s.require(run.name.find('/') == std::string::npos, "name", "'", run.name,
+              "' contains '/' — the name is a single directory name; put the location in run.out_dir");
+  }
+  std::string out = "runs/" + run.name;
+  s.read("out_dir", out);
+  run.out_dir = output_dir(s, "out_dir", out);
+  s.read("seed", run.seed);
+  s.require(run.seed >= 0, "seed", "must be >= 0, got ", run.seed);
+  if (s.read("device", run.device) && run.device != "cpu" && run.device != "cuda") {
+    std::string hint;
+    if (run.device.rfind("cuda:", 0) == 0)
+      hint = "write cuda; each rank uses the GPU of its local rank. ";
+    else if (run.device == "gpu")
+      hint = "did you mean cuda? ";
+    else if (const std::string near = closest_match(run.device, {"cpu", "cuda"}); !near.empty())
+      hint = "did you mean " + near + "? ";
+    s.fail("device", concat("'", run.device, "' is not a device — ", hint, "valid values: cpu or cuda"));
+  }
+#ifndef ANVIL_WITH_CUDA
+  s.require(run.device != "cuda", "device",
+            "cuda, but this build of anvil has no CUDA backend — use device: cpu, or rebuild where nvcc is "
+            "found (/usr/local/cuda)");
+#endif
+  s.read("threads", run.threads);
+  s.require(run.threads >= 0, "threads", "must be >= 0 (0 = all cores), got ", run.threads);
+}
+
+void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
+  std::string type;
+  const bool has_type = s.read_choice("type", type, {"gpt2", "llama"});
+  ModelConfig base;
+  if (s.has("config")) {
+    std::string raw;
+    s.read("config", raw);
+    m.config_file = existing_path(ctx, s, "config", raw, false, "point model.config at a Hugging Face config.json");
+    try {
+      base = ModelConfig::from_file(m.config_file);
+    } catch (const Error& e) {
+      s.fail("config", concat(e.what()));
+    }
+    s.require(!has_type || type == base.model_type, "type", "'", type, "' disagrees with model_type '", base.model_type,
+              "' in ", m.config_file, " — remove model.type or make them agree");
+  } else {
+    base = type == "gpt2" ? ModelConfig::gpt2() : ModelConfig::llama();
+  }
+  static_cast<ModelConfig&>(m) = base;
+
+  if (s.has("vocab_size")) {
+    const YAML::Node& v = s.value("vocab_size");
+    int64_t n = 0;
+    if (!(v.IsScalar() && v.Scalar() == "auto") &&
+        (!v.IsScalar() || v.Tag() == "!" || !parse_whole_number(v.Scalar(), n)))
+      s.fail("vocab_size", concat("expected a whole number or auto, got ", shown(v)));
+    s.require(n >= 0, "vocab_size", "must be positive (or auto / 0 to take the tokenizer's), got ", n);
+    m.vocab_size_auto = n == 0;
+    if (n > 0) m.vocab_size = n;
+  }
+  if (m.vocab_size_auto) m.vocab_size = 0;
+  s.read("hidden_size", m.hidden_size);
+  s.read("num_hidden_layers", m.num_hidden_layers);
+  s.read("num_attention_heads", m.num_attention_heads);
+  s.read("num_key_value_heads", m.num_key_value_heads);
+  s.read("head_dim", m.head_dim);
+  s.read("intermediate_size", m.intermediate_size);
+  s.read("max_position_embeddings", m.max_position_embeddings);
+  s.read("rope_theta", m.rope_theta);
+  s.read("norm_eps", m.norm_eps);
+  s.read("initializer_range", m.initializer_range);
+  s.read("tie_word_embeddings", m.tie_word_embeddings);
+  s.read("attention_bias", m.attention_bias);
+  s.read("mlp_bias", m.mlp_bias);
+  s.read("hidden_act", m.hidden_act);
+  if (m.config_file.empty()) {  // Hugging Face's derived defaults (a config.json has them resolved)
+    if (!s.has("num_key_value_heads")) m.num_key_value_heads = m.num_attention_heads;
+    if (m.model_type == "gpt2" && !s.has("intermediate_size")) m.intermediate_size = 4 * m.hidden_size;
+  }
+  s.require(m.head_dim >= 0, "head_dim", "must be >= 0 (0 = hidden_size / num_attention_heads), got ", m.head_dim);
+  s.require(m.initializer_range >= 0, "initializer_range", "must be >= 0, got ", m.initializer_range);
+
+  ModelConfig check = m;
+  if (m.vocab_size_auto) check.vocab_size = 1;  // settled later by resolve_vocab_size
+  try {
+    check.validate();
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    const std::string prefix = "model config: ";
+    if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
+    if (!m.config_file.empty()) msg += " (architecture from " + m.config_file + ")";
+    // Point at the field the message names first, when the YAML sets it.
+    std::string at;
+    size_t first = std::string::npos;
+    for (const auto& [key, entry] : s.entries()) {
+      const size_t pos = msg.find(key + " =");
+      if (pos < first) first = pos, at = key;
+    }
+    if (!at.empty()) s.fail(at, msg);
+    s.fail_section(msg);
+  }
+  if (m.head_dim == 0) m.head_dim = m.resolved_head_dim();
+}
+
+void parse_data(const Context& ctx, const Section& s, const ModelSection& model, DataSection& d) {
+  std::string raw;
+  if (!s.read("train", raw))
+    s.fail("train",
+           "is required but missing — add `train: path/to/tokens.h5` under data: (make one with `anvil "
+           "data prepare`)");
+  d.train =
+      existing_path(ctx, s, "train", raw, false, "check the path, or make the token store with `anvil data prepare`");
+  d.seq_len = model.max_position_embeddings;
+  s.read("seq_len", d.seq_len);
+  s.require(d.seq_len >= 1, "seq_len", "must be at least 1, got ", d.seq_len);
+  s.require(d.seq_len <= model.max_position_embeddings, "seq_len", d.seq_len,
+            " exceeds model.max_position_embeddings = ", model.max_position_embeddings,
+            model.config_file.empty() ? "" : " (from " + model.config_file + ")",
+            " — lower data.seq_len or raise model.max_position_embeddings");
+  s.read("valid_fraction", d.valid_fraction);
+  s.require(d.valid_fraction >= 0 && d.valid_fraction < 1, "valid_fraction", "must be in [0, 1), got ",
+            d.valid_fraction, " — e.g. 0.01 keeps 1% of the documents for evaluation");
+  s.read("shuffle", d.shuffle);
+}
+
+void parse_tokenizer(const Context& ctx, const Section& s, TokenizerSection& t) {
+  std::string raw;
+  if (!s.read("path", raw))
+    s.fail("path", "is required but missing — add `path: path/to/tokenizer.json` under tokenizer:");
+  t.path =
+      existing_path(ctx, s, "path", raw, false, "check the path, or train a tokenizer with `anvil tokenizer train`");
+}
+
+void parse_optimizer(const Section& s, OptimizerSection& o) {
+  if (s.read("name", o.name) && o.name != "adamw") {
+    const bool planned = o.name == "muon" || o.name == "soap" || o.name == "cosmos";
+    const std::string near = closest_match(o.name, {"adamw"});
+    s.fail("name", concat("'", o.name, "' ", planned ? "is not available yet" : "is not an optimizer", " — ",
+                          near.empty() || planned ? "" : "did you mean adamw? ",
+                          "valid names: adamw (muon, soap and cosmos are planned)"));
+  }
+  s.read("lr", o.lr);
+  s.require(o.lr > 0, "lr", "must be positive, got ", o.lr, " — typical values are 1e-4 to 3e-3");
+  AdamWConfig& a = o.adamw;
+  s.read("beta1", a.beta1);
+  s.require(a.beta1 >= 0 && a.beta1 < 1, "beta1", "must be in [0, 1), got ", a.beta1, " — typically 0.9");
+  s.read("beta2", a.beta2);
+  s.require(a.beta2 >= 0 && a.beta2 < 1, "beta2", "must be in [0, 1), got ", a.beta2, " — typically 0.95 or 0.999");
+  s.read("eps", a.eps);
+  s.require(a.eps > 0, "eps", "must be positive, got ", a.eps, " — typically 1e-8");
+  s.read("weight_decay", a.weight_decay);
+  s.require(a.weight_decay >= 0, "weight_decay", "must be >= 0, got ", a.weight_decay);
+  s.read("decay_embeddings", a.decay_embeddings);
+  s.read("decay_norms_and_biases", a.decay_vectors);
+  s.read("grad_clip", o.grad_clip);
+  s.require(o.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off), got ", o.grad_clip);
+}
+
+void parse_training(const Section& s, const DataSection& data, TrainingSection& t) {
+  if (!s.read("steps", t.steps))
+    s.fail("steps", "is required but missing — add `steps: 1000` (optimizer steps) under training:");
+  s.require(t.steps >= 1, "steps", "must be at least 1, got ", t.steps);
+  s.read("micro_batch_size", t.micro_batch_size);
+  s.require(t.micro_batch_size >= 1, "micro_batch_size", "must be at least 1, got ", t.micro_batch_size);
+  s.read("grad_accum_steps", t.grad_accum_steps);
+  s.require(t.grad_accum_steps >= 1, "grad_accum_steps", "must be at least 1 (1 = no accumulation), got ",
+            t.grad_accum_steps);
+  if (s.read("trainable", t.trainable)) {
+    s.require(!t.trainable.empty(), "trainable",
+              "is an empty list, which would train nothing — use [\"*\"] to "
+              "train every parameter");
+    for (const auto& p : t.trainable)
+      s.require(!p.empty(), "trainable", "contains an empty pattern — remove it (\"*\" matches every parameter)");
+  }
+  s.read("eval_every", t.eval_every);
+  s.require(t.eval_every >= 0, "eval_every", "must be >= 0 (0 = never), got ", t.eval_every);
+  s.require(t.eval_every == 0 || data.valid_fraction > 0, "eval_every", t.eval_every,
+            " asks for evaluation, but data.valid_fraction = 0 leaves no validation split — set "
+            "data.valid_fraction (e.g. 0.01) or training.eval_every: 0");
+  s.read("eval_batches", t.eval_batches);
+  s.require(t.eval_batches >= 1, "eval_batches", "must be at least 1, got ", t.eval_batches);
+  s.read("sample_every", t.sample_every);
+  s.require(t.sample_every >= 0, "sample_every", "must be >= 0 (0 = never), got ", t.sample_every);
+  s.read("sample_prompt", t.sample_prompt);
+  s.read("sample_tokens", t.sample_tokens);
+  s.require(t.sample_tokens >= 1, "sample_tokens", "must be at least 1, got ", t.sample_tokens);
+  s.read("sample_temperature", t.sample_temperature);
+  s.require(t.sample_temperature >= 0, "sample_temperature", "must be >= 0 (0 = greedy), got ", t.sample_temperature);
+  s.read("sample_top_k", t.sample_top_k);
+  s.require(t.sample_top_k >= 0, "sample_top_k", "must be >= 0 (0 = no top-k filter), got ", t.sample_top_k);
+  s.read("sample_top_p", t.sample_top_p);
+  s.require(t.sample_top_p > 0 && t.sample_top_p <= 1, "sample_top_p",
+            "must be in (0, 1] (1 = no nucleus filter), got ", t.sample_top_p);
+  s.read("ignore_index", t.ignore_index);
+  s.require(t.ignore_index < 0, "ignore_index", "must be negative so that it never equals a real token id, got ",
+            t.ignore_index, " — the usual value is -100");
+}
+
+void parse_schedule(const Section& s, const OptimizerSection& o, const TrainingSection& t, ScheduleConfig& c) {
+  s.read_choice("kind", c.kind, {"constant", "cosine", "linear", "wsd"});
+  s.read("warmup_steps", c.warmup_steps);
+  s.require(c.warmup_steps >= 0, "warmup_steps", "must be >= 0, got ", c.warmup_steps);
+  s.require(c.warmup_steps <= t.steps, "warmup_steps", c.warmup_steps, " exceeds training.steps = ", t.steps,
+            " — lower the warmup or train longer");
+  s.read("min_lr_ratio", c.min_lr_ratio);
+  s.require(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1], got ", c.min_lr_ratio,
+            " — it is the final learning rate as a fraction of optimizer.lr");
+  s.read("decay_fraction", c.decay_fraction);
+  s.require(c.decay_fraction > 0 && c.decay_fraction <= 1, "decay_fraction", "must be in (0, 1], got ",
+            c.decay_fraction, " — the share of training.steps that wsd spends decaying");
+  c.peak_lr = o.lr;
+  c.total_steps = t.steps;
+  try {
+    validate_schedule(c);
+  } catch (const Error& e) {
+    s.fail_section(e.what());
+  }
+}
+
+void parse_parallel(const Section& s, const ModelSection& model, ParallelSection& p) {
+  const std::pair<const char*, int64_t*> axes[] = {{"dp", &p.dp}, {"tp", &p.tp}, {"pp", &p.pp}, {"sp", &p.sp}};
+  for (const auto& [key, degree] : axes) {
+    s.read(key, *degree);
+    s.require(*degree >= 1, key, "must be at least 1 (1 = not split along this axis), got ", *degree);
+  }
+  s.require(p.pp <= model.num_hidden_layers, "pp", p.pp,
+            " pipeline stages exceed model.num_hidden_layers = ", model.num_hidden_layers,
+            " — every stage needs at least one layer");
+}
+
+void parse_checkpoint(const Context& ctx, const Section& s, const RunSection& run, CheckpointSection& c) {
+  std::string dir;
+  if (s.read("dir", dir) && !dir.empty())
+    c.dir = output_dir(s, "dir", dir);
+  else
+    c.dir = abs_normal(fs::path(run.out_dir) / "checkpoints");
+  s.read("every", c.every);
+  s.require(c.every >= 0, "every", "must be >= 0 (0 = only at the end), got ", c.every);
+  s.read("keep", c.keep);
+  s.require(c.keep >= 0, "keep", "must be >= 0 (0 = keep all), got ", c.keep);
+  if (s.read("resume", c.resume) && c.resume != "auto" && c.resume != "none") {
+    const std::string near = closest_match(c.resume, {"auto", "none"});
+    c.resume = existing_path(ctx, s, "resume", c.resume, true,
+                             near.empty() ? "use auto (newest checkpoint in checkpoint.dir, if any), none (start "
+                                            "fresh) or an existing checkpoint path"
+                                          : "did you mean " + near + "? (auto | none | a checkpoint path)");
+  }
+}
+
+void parse_logging(const Section& s, LoggingSection& l) {
+  s.read("every", l.every);
+  s.require(l.every >= 1, "every", "must be at least 1 (log every N steps), got ", l.every);
+  s.read("jsonl", l.jsonl);
+}
+
+}  // namespace
+
+RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
+                           const std::vector<std::string>& overrides) {
+  Context ctx{source_name, abs_normal(base_dir.empty() ? "." : base_dir), {}};
+  const auto sections = config_detail::read_config_tree(ctx, yaml_text, overrides);
+  RunConfig c;
+  c.source = source_name;
+  parse_run(sections.at("run"), source_name, c.run);
+  parse_model(ctx, sections.at("model"), c.model);
+  parse_data(ctx, sections.at("data"), c.model, c.data);
+  parse_tokenizer(ctx, sections.at("tokenizer"), c.tokenizer);
+  parse_optimizer(sections.at("optimizer"), c.optimizer);
+  parse_training(sections.at("training"), c.data, c.training);
+  parse_schedule(sections.at("schedule"), c.optimizer, c.training, c.schedule);
+  parse_parallel(sections.at("parallel"), c.model, c.parallel);
+  parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
+  parse_logging(sections.at("logging"), c.logging);
+  return c;
+}
+
+RunConfig load_run_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  ANVIL_CHECK(fs::exists(yaml_path, ec), "config file not found: ", yaml_path, " (looked in ", abs_normal(yaml_path),
+              ") — check the path");
+  ANVIL_CHECK(!fs::is_directory(yaml_path, ec), "config path ", yaml_path,
+              " is a directory — pass the YAML file inside it");
+  std::ifstream in(yaml_path);
+  ANVIL_CHECK(in.good(), "cannot read config file ", yaml_path, " — check its permissions");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_run_config(text.str(), yaml_path, fs::path(abs_normal(yaml_path)).parent_path().string(), overrides);
+}
+
+}  // namespace anvil

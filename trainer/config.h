@@ -1,0 +1,171 @@
+// RunConfig: the typed tree behind `anvil train CONFIG.yaml [--set section.key=value ...]`.
+// Every field is parsed and validated here, before anything is allocated.
+//
+// Sections and keys (defaults in brackets; trainer/README.md has an annotated example):
+//   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda),
+//               threads [0 = all cores]
+//   model:      config (a Hugging Face config.json, optional), type (gpt2|llama) [llama], vocab_size
+//               ("auto" or 0 = the tokenizer's), hidden_size, num_hidden_layers, num_attention_heads,
+//               num_key_value_heads [= num_attention_heads], head_dim [hidden_size / heads],
+//               intermediate_size [llama: 11008, gpt2: 4 * hidden_size], max_position_embeddings,
+//               rope_theta, norm_eps, initializer_range, tie_word_embeddings, attention_bias, mlp_bias,
+//               hidden_act. Without `config` the defaults are ModelConfig::llama() / ::gpt2(); with it
+//               they are the file's values, and any field written next to `config` overrides the file.
+//   data:       train (required), seq_len [max_position_embeddings], valid_fraction [0.01], shuffle [true]
+//   tokenizer:  path (required)
+//   optimizer:  name [adamw], lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
+//               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off]
+//   schedule:   kind [cosine] (constant|cosine|linear|wsd), warmup_steps [0], min_lr_ratio [0.1],
+//               decay_fraction [0.2]; peak lr = optimizer.lr, total steps = training.steps
+//   training:   steps (required), micro_batch_size [8], grad_accum_steps [1], trainable [["*"]],
+//               eval_every [100; 0 = never], eval_batches [20], sample_every [0 = never], sample_prompt [""],
+//               sample_tokens [64], sample_temperature [0.8; 0 = greedy], sample_top_k [40; 0 = off],
+//               sample_top_p [1.0], ignore_index [-100]
+//   parallel:   dp, tp, pp, sp [1 each]
+//   checkpoint: dir ["" = <out_dir>/checkpoints], every [500; 0 = only at the end], keep [3; 0 = all],
+//               resume [auto] (auto | none | a checkpoint path)
+//   logging:    every [10], jsonl [true]
+//
+// Paths. Input files (model.config, data.train, tokenizer.path, checkpoint.resume) written in the YAML
+// file are resolved relative to the YAML file's directory, so a config works from any working directory.
+// Output directories (run.out_dir, checkpoint.dir) are relative to the current working directory.
+// Any path given with --set is relative to the current working directory, as a shell user expects.
+// All paths are stored absolute and normalised.
+//
+// Overrides. `--set section.key=value` parses `value` as YAML (numbers, bools, lists such as
+// training.trainable=["model.layers.*","lm_head.*"], flow maps) and replaces that node of the YAML
+// tree before typed parsing, so an override is validated exactly like the file; its errors name the
+// --set argument. `--set section={...}` replaces a whole section. An empty value is the empty string.
+//
+// Errors are anvil::Error, one per problem found first, each naming where (file:line:column or the
+// --set argument), the YAML path, the bad value and how to fix it; unknown keys suggest the closest
+// valid key.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/config.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace anvil {
+
+struct RunSection {
+  std::string name;            // default: the config file's stem
+  std::string out_dir;         // absolute; default: <cwd>/runs/<name>
+  int64_t seed = 1234;         // >= 0
+  std::string device = "cpu";  // cpu | cuda
+  int64_t threads = 0;         // 0 = all cores
+};
+
+// The architecture (ModelConfig, Hugging Face field names) plus where it came from.
+struct ModelSection : ModelConfig {
+  std::string config_file;       // absolute path of model.config, empty when inline (provenance only)
+  bool vocab_size_auto = false;  // vocab_size: auto (vocab_size is 0 until resolve_vocab_size)
+};
+
+struct DataSection {
+  std::string train;             // absolute path of the token store
+  int64_t seq_len = 0;           // filled with model.max_position_embeddings when not given
+  double valid_fraction = 0.01;  // [0, 1)
+  bool shuffle = true;
+};
+
+struct TokenizerSection {
+  std::string path;  // absolute path of tokenizer.json
+};
+
+struct OptimizerSection {
+  std::string name = "adamw";  // adamw (muon, soap, cosmos to come)
+  double lr = 1e-3;            // peak learning rate
+  double grad_clip = 1.0;      // global grad-norm clip; 0 = off
+  AdamWConfig adamw;           // beta1, beta2, eps, weight_decay, decay_embeddings, decay_vectors
+};
+
+struct TrainingSection {
+  int64_t steps = 0;  // required, >= 1
+  int64_t micro_batch_size = 8;
+  int64_t grad_accum_steps = 1;
+  std::vector<std::string> trainable{"*"};  // glob patterns over HF param names (see glob_match)
+  int64_t eval_every = 100;                 // 0 = never
+  int64_t eval_batches = 20;
+  int64_t sample_every = 0;  // 0 = never
+  std::string sample_prompt;
+  int64_t sample_tokens = 64;
+  double sample_temperature = 0.8;  // 0 = greedy
+  int64_t sample_top_k = 40;        // 0 = no top-k filter
+  double sample_top_p = 1.0;        // (0, 1]; 1 = no nucleus filter
+  int64_t ignore_index = -100;      // target id the loss skips; negative so it never is a real token
+};
+
+struct ParallelSection {
+  int64_t dp = 1, tp = 1, pp = 1, sp = 1;
+  int64_t world_size() const { return dp * tp * pp * sp; }
+};
+
+struct CheckpointSection {
+  std::string dir;              // absolute; default <out_dir>/checkpoints
+  int64_t every = 500;          // steps between checkpoints; 0 = only at the end
+  int64_t keep = 3;             // newest checkpoints kept; 0 = keep all
+  std::string resume = "auto";  // "auto" (newest in dir, if any) | "none" | an absolute path
+};
+
+struct LoggingSection {
+  int64_t every = 10;  // steps between log lines
+  bool jsonl = true;   // also write <out_dir>/metrics.jsonl
+};
+
+struct RunConfig {
+  RunSection run;
+  ModelSection model;
+  DataSection data;
+  TokenizerSection tokenizer;
+  OptimizerSection optimizer;
+  ScheduleConfig schedule;  // peak_lr = optimizer.lr, total_steps = training.steps
+  TrainingSection training;
+  ParallelSection parallel;
+  CheckpointSection checkpoint;
+  LoggingSection logging;
+
+  std::string source;  // the YAML file it was loaded from (for messages; not a setting)
+
+  // Tokens per optimizer step on one data-parallel replica (micro_batch * accum * seq_len).
+  int64_t tokens_per_step_per_replica() const {
+    return training.micro_batch_size * training.grad_accum_steps * data.seq_len;
+  }
+};
+
+// Loads, overrides, validates. Throws anvil::Error (one message: where — what — how to fix).
+RunConfig load_run_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
+
+// The same from YAML text; `source_name` names it in messages and relative input paths resolve
+// against `base_dir` (load_run_config passes the file's directory).
+RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
+                           const std::vector<std::string>& overrides = {});
+
+// The fully resolved config (every default filled in, absolute paths) as YAML; load_run_config of
+// this text gives back the same settings. It stands alone: a model.config file is named in a comment
+// and its architecture written out field by field, so a checkpoint's copy needs no config.json.
+// Suitable for printing at start-up and for storing with checkpoints.
+std::string to_yaml(const RunConfig& config);
+
+// Settings that differ, one line each ("training.steps: 1000 -> 2000"); empty when identical.
+// Provenance (`source`, `model.config_file`) is not a setting and is ignored.
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b);
+inline bool same_settings(const RunConfig& a, const RunConfig& b) { return config_differences(a, b).empty(); }
+
+// Settles `model.vocab_size: auto` once the tokenizer is loaded. An explicit vocab_size smaller than
+// the tokenizer's is an error (token ids would index past the embedding); a larger one is kept (padding).
+void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab);
+
+// Shell-style glob over a whole name: `*` matches any run of characters (dots included), `?` one
+// character; everything else is literal. glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight").
+bool glob_match(const std::string& pattern, const std::string& name);
+// True when any training.trainable pattern matches the param name.
+bool matches_trainable(const RunConfig& config, const std::string& param_name);
+// For the trainer once the model exists: throws if a trainable pattern matches no param (a typo would
+// otherwise silently freeze the model), listing example param names.
+void check_trainable_patterns(const RunConfig& config, const std::vector<std::string>& param_names);
+
+}  // namespace anvil

@@ -1,0 +1,281 @@
+// The resolved run config as YAML, config differences, vocab resolution and trainable-param globs.
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "trainer/config.h"
+#include "trainer/config_schema.h"
+#include "trainer/did_you_mean.h"
+
+namespace anvil {
+
+std::string format_config_double(double v) {
+  if (!std::isfinite(v)) return v != v ? ".nan" : v > 0 ? ".inf" : "-.inf";
+  char buf[48];
+  int precision = 1;
+  for (; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  // Whole numbers up to 1e15 without an exponent (10000.0, not 1e+04).
+  const double magnitude = std::fabs(v);
+  if (magnitude >= 1 && magnitude < 1e15) {
+    precision = std::max(precision, static_cast<int>(std::floor(std::log10(magnitude))) + 1);
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+  }
+  // YAML 1.1 readers (PyYAML) want a '.' in the mantissa and a signed exponent: 1.0e-08, not 1e-08.
+  std::string s = buf;
+  const size_t e = s.find_first_of("eE");
+  std::string mantissa = s.substr(0, e), exponent = e == std::string::npos ? "" : s.substr(e);
+  if (mantissa.find('.') == std::string::npos) mantissa += ".0";
+  return mantissa + exponent;
+}
+
+std::vector<ConfigField> config_fields(const RunConfig& c) {
+  using K = ConfigField::Kind;
+  std::vector<ConfigField> f;
+  std::string section;
+  auto plain = [&](const char* key, std::string text, std::string comment = "") {
+    f.push_back({section, key, K::Plain, std::move(text), {}, std::move(comment)});
+  };
+  auto integer = [&](const char* key, int64_t v, std::string comment = "") {
+    plain(key, std::to_string(v), std::move(comment));
+  };
+  auto real = [&](const char* key, double v, std::string comment = "") {
+    plain(key, format_config_double(v), std::move(comment));
+  };
+  auto boolean = [&](const char* key, bool v) { plain(key, v ? "true" : "false"); };
+  auto string = [&](const char* key, std::string v, std::string comment = "") {
+    f.push_back({section, key, K::String, std::move(v), {}, std::move(comment)});
+  };
+
+  section = "run";
+  string("name", c.run.name);
+  string("out_dir", c.run.out_dir);
+  integer("seed", c.run.seed);
+  string("device", c.run.device, "cpu | cuda");
+  integer("threads", c.run.threads, "0 = all cores");
+
+  section = "model";
+  const ModelSection& m = c.model;
+  // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.
+  string("type", m.model_type, "gpt2 | llama");
+  if (m.vocab_size_auto)
+    plain("vocab_size", "auto", "the tokenizer's");
+  else
+    integer("vocab_size", m.vocab_size);
+  integer("hidden_size", m.hidden_size);
+  integer("num_hidden_layers", m.num_hidden_layers);
+  integer("num_attention_heads", m.num_attention_heads);
+  integer("num_key_value_heads", m.num_key_value_heads);
+  integer("head_dim", m.head_dim);
+  integer("intermediate_size", m.intermediate_size);
+  integer("max_position_embeddings", m.max_position_embeddings);
+  real("rope_theta", m.rope_theta);
+  real("norm_eps", m.norm_eps);
+  real("initializer_range", m.initializer_range);
+  boolean("tie_word_embeddings", m.tie_word_embeddings);
+  boolean("attention_bias", m.attention_bias);
+  boolean("mlp_bias", m.mlp_bias);
+  string("hidden_act", m.hidden_act);
+
+  section = "data";
+  string("train", c.data.train);
+  integer("seq_len", c.data.seq_len);
+  real("valid_fraction", c.data.valid_fraction);
+  boolean("shuffle", c.data.shuffle);
+
+  section = "tokenizer";
+  string("path", c.tokenizer.path);
+
+  section = "optimizer";
+  string("name", c.optimizer.name);
+  real("lr", c.optimizer.lr, "peak learning rate");
+  real("beta1", c.optimizer.adamw.beta1);
+  real("beta2", c.optimizer.adamw.beta2);
+  real("eps", c.optimizer.adamw.eps);
+  real("weight_decay", c.optimizer.adamw.weight_decay);
+  boolean("decay_embeddings", c.optimizer.adamw.decay_embeddings);
+  boolean("decay_norms_and_biases", c.optimizer.adamw.decay_vectors);
+  real("grad_clip", c.optimizer.grad_clip, "0 = off");
+
+  section = "schedule";
+  string("kind", c.schedule.kind, "constant | cosine | linear | wsd");
+  integer("warmup_steps", c.schedule.warmup_steps);
+  real("min_lr_ratio", c.schedule.min_lr_ratio);
+  real("decay_fraction", c.schedule.decay_fraction, "wsd only");
+
+  section = "training";
+  const TrainingSection& t = c.training;
+  integer("steps", t.steps);
+  integer("micro_batch_size", t.micro_batch_size);
+  integer("grad_accum_steps", t.grad_accum_steps);
+  f.push_back({section, "trainable", K::List, "", t.trainable, "globs over parameter names"});
+  integer("eval_every", t.eval_every, "0 = never");
+  integer("eval_batches", t.eval_batches);
+  integer("sample_every", t.sample_every, "0 = never");
+  string("sample_prompt", t.sample_prompt);
+  integer("sample_tokens", t.sample_tokens);
+  real("sample_temperature", t.sample_temperature, "0 = greedy");
+  integer("sample_top_k", t.sample_top_k, "0 = off");
+  real("sample_top_p", t.sample_top_p);
+  integer("ignore_index", t.ignore_index);
+
+  section = "parallel";
+  integer("dp", c.parallel.dp);
+  integer("tp", c.parallel.tp);
+  integer("pp", c.parallel.pp);
+  integer("sp", c.parallel.sp);
+
+  section = "checkpoint";
+  string("dir", c.checkpoint.dir);
+  integer("every", c.checkpoint.every, "0 = only at the end");
+  integer("keep", c.checkpoint.keep, "0 = keep all");
+  string("resume", c.checkpoint.resume, "auto | none | a checkpoint path");
+
+  section = "logging";
+  integer("every", c.logging.every);
+  boolean("jsonl", c.logging.jsonl);
+  return f;
+}
+
+namespace {
+// A string YAML would read as something else (null, bool, number) or that is empty gets quotes.
+bool needs_quotes(const std::string& s) {
+  if (s.empty() || YAML::IsNullString(s)) return true;
+  static const char* const kWords[] = {"true", "false", "yes", "no", "on", "off", "y", "n"};
+  std::string lower = s;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  for (const char* w : kWords)
+    if (lower == w) return true;
+  char* end = nullptr;
+  std::strtod(s.c_str(), &end);
+  return *end == '\0';
+}
+}  // namespace
+
+std::string to_yaml(const RunConfig& config) {
+  YAML::Emitter out;
+  out << YAML::Comment("anvil run config, fully resolved: every default filled in, paths absolute" +
+                       (config.source.empty() ? std::string() : " (from " + config.source + ")"));
+  out << YAML::BeginMap;
+  const auto fields = config_fields(config);
+  for (size_t i = 0; i < fields.size();) {
+    const std::string section = fields[i].section;
+    out << YAML::Key << section << YAML::Value;
+    if (section == "model" && !config.model.config_file.empty())
+      out << YAML::Comment("read from " + config.model.config_file + "; every field written out below");
+    out << YAML::BeginMap;
+    for (; i < fields.size() && fields[i].section == section; ++i) {
+      const ConfigField& field = fields[i];
+      out << YAML::Key << field.key << YAML::Value;
+      if (field.kind == ConfigField::Kind::List) {
+        out << YAML::Flow << YAML::BeginSeq;
+        for (const auto& item : field.list) out << YAML::DoubleQuoted << item;
+        out << YAML::EndSeq;
+      } else if (field.kind == ConfigField::Kind::String && needs_quotes(field.text)) {
+        out << YAML::DoubleQuoted << field.text;
+      } else {
+        out << field.text;
+      }
+      if (!field.comment.empty()) out << YAML::Comment(field.comment);
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  ANVIL_CHECK(out.good(), "to_yaml: the YAML emitter failed (", out.GetLastError(), ") — please report this");
+  return std::string(out.c_str()) + "\n";
+}
+
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b) {
+  auto shown = [](const ConfigField& f) {
+    if (f.kind != ConfigField::Kind::List) return f.text;
+    std::string s = "[";
+    for (size_t i = 0; i < f.list.size(); ++i) s += (i ? ", \"" : "\"") + f.list[i] + "\"";
+    return s + "]";
+  };
+  const auto fa = config_fields(a), fb = config_fields(b);
+  std::vector<std::string> diffs;
+  auto find = [](const std::vector<ConfigField>& fields, const ConfigField& f) -> const ConfigField* {
+    for (const auto& g : fields)
+      if (g.section == f.section && g.key == f.key) return &g;
+    return nullptr;
+  };
+  for (const auto& f : fa) {
+    const ConfigField* g = find(fb, f);
+    const std::string before = shown(f), after = g ? shown(*g) : "(unset)";
+    if (before != after) diffs.push_back(f.section + "." + f.key + ": " + before + " -> " + after);
+  }
+  for (const auto& g : fb)
+    if (!find(fa, g)) diffs.push_back(g.section + "." + g.key + ": (unset) -> " + shown(g));
+  return diffs;
+}
+
+void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab) {
+  ANVIL_CHECK(tokenizer_vocab > 0, "the tokenizer ", config.tokenizer.path, " reports ", tokenizer_vocab,
+              " tokens — it is empty or failed to load");
+  ModelSection& m = config.model;
+  if (m.vocab_size_auto) {
+    m.vocab_size = tokenizer_vocab;
+    m.vocab_size_auto = false;
+    return;
+  }
+  ANVIL_CHECK(m.vocab_size >= tokenizer_vocab, config.source, ": model.vocab_size = ", m.vocab_size,
+              " is smaller than the tokenizer's ", tokenizer_vocab, " tokens (", config.tokenizer.path,
+              ") — ids up to ", tokenizer_vocab - 1, " would index past the embedding; set model.vocab_size: auto",
+              " or at least ", tokenizer_vocab);
+}
+
+bool glob_match(const std::string& pattern, const std::string& name) {
+  // Greedy match with one backtrack point: the most recent '*' absorbs one more character on a mismatch.
+  size_t p = 0, n = 0, star = std::string::npos, star_n = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
+      ++p, ++n;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      star_n = n;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      n = ++star_n;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+bool matches_trainable(const RunConfig& config, const std::string& param_name) {
+  for (const auto& pattern : config.training.trainable)
+    if (glob_match(pattern, param_name)) return true;
+  return false;
+}
+
+void check_trainable_patterns(const RunConfig& config, const std::vector<std::string>& param_names) {
+  for (const auto& pattern : config.training.trainable) {
+    if (std::any_of(param_names.begin(), param_names.end(),
+                    [&](const std::string& name) { return glob_match(pattern, name); }))
+      continue;
+    // Show the names that share the longest literal prefix with the pattern: the likely intent.
+    const std::string literal = pattern.substr(0, pattern.find_first_of("*?"));
+    size_t best = 0;
+    std::vector<std::string> near;
+    for (const auto& name : param_names) {
+      size_t common = 0;
+      while (common < literal.size() && common < name.size() && literal[common] == name[common]) ++common;
+      if (common > best) best = common, near.clear();
+      if (common == best && near.size() < 4) near.push_back(name);
+    }
+    ANVIL_FAIL(config.source, ": training.trainable: pattern '", pattern, "' matches none of the model's ",
+               param_names.size(), " parameters — names look like ", join_alternatives(near, ", "),
+               " (`*` matches any characters, dots included; `?` one character)");
+  }
+}
+
+}  // namespace anvil
