@@ -20,8 +20,7 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	@echo "make demo: the end-to-end training demo arrives with the single-machine trainer (issue 3)."
-	@echo "Until then, this built the library and its tests; run 'make test' to check them."
+	./scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -29,6 +29,7 @@ std::string error_text() {
 }
 
 void Context::fail(const std::string& what) const {
+  if (fix.empty()) ANVIL_FAIL(prefix, " '", path, "': ", what);
   ANVIL_FAIL(prefix, " '", path, "': ", what, " — ", fix);
 }
 

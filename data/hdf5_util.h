@@ -71,7 +71,7 @@ std::string error_text();
 struct Context {
   std::string prefix;  // e.g. "token store"
   std::string path;
-  std::string fix;     // how to fix a failure of this kind
+  std::string fix;     // how to fix a failure of this kind (empty: `what` already says)
 
   [[noreturn]] void fail(const std::string& what) const;
   [[noreturn]] void fail_h5(const std::string& what) const;  // appends error_text()

@@ -1,0 +1,23 @@
+// A tiny but real training setup for end-to-end tests: a tokenizer trained on a
+// text that every Debian system ships (the GPL), a token store prepared from it,
+// and a YAML run config for a small Llama model, all under a fresh directory.
+#pragma once
+#include <string>
+
+namespace anvil::testing {
+
+struct TinyRun {
+  std::string dir;          // everything lives here
+  std::string corpus;       // the text
+  std::string tokenizer;    // tokenizer.json
+  std::string store;        // token store (.h5)
+  std::string config;       // run config (YAML)
+};
+
+// `extra_yaml` is appended to the config (e.g. to add a bad key). Steps default to 20.
+TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml = "");
+
+// Runs a shell command; returns its exit status and puts stdout+stderr in `output`.
+int run_command(const std::string& command, std::string& output);
+
+}  // namespace anvil::testing

@@ -1,0 +1,265 @@
+#include "trainer/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "eval/generate.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "trainer/checkpoint.h"
+
+namespace anvil {
+
+namespace fs = std::filesystem;
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+std::string hash_hex(uint64_t h) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+void put_loader_state(CheckpointMeta& meta, const std::string& prefix, const LoaderState& s) {
+  meta.counters[prefix + ".epoch"] = s.epoch;
+  meta.counters[prefix + ".position"] = s.position;
+  meta.counters[prefix + ".num_samples"] = s.num_samples;
+  meta.counters[prefix + ".seq_len"] = s.seq_len;
+  meta.counters[prefix + ".num_tokens"] = s.num_tokens;
+  meta.counters[prefix + ".seed"] = static_cast<int64_t>(s.seed);
+  meta.counters[prefix + ".shuffle"] = s.shuffle;
+  meta.counters[prefix + ".split"] = s.split;
+}
+
+LoaderState get_loader_state(const CheckpointMeta& meta, const std::string& prefix, const std::string& dir) {
+  auto get = [&](const char* key) {
+    auto it = meta.counters.find(prefix + "." + key);
+    ANVIL_CHECK(it != meta.counters.end(), "checkpoint ", dir, " has no data position (", prefix, ".", key,
+                ") — it was not written by `anvil train`; start a fresh run (checkpoint.resume: none)");
+    return it->second;
+  };
+  LoaderState s;
+  s.epoch = get("epoch");
+  s.position = get("position");
+  s.num_samples = get("num_samples");
+  s.seq_len = get("seq_len");
+  s.num_tokens = get("num_tokens");
+  s.seed = static_cast<uint64_t>(get("seed"));
+  s.shuffle = get("shuffle");
+  s.split = get("split");
+  return s;
+}
+}  // namespace
+
+Trainer::Trainer(RunConfig config, TrainerMode mode)
+    : config_(std::move(config)), mode_(mode), verbose_(mode == TrainerMode::Train) {
+  ANVIL_CHECK(config_.run.device == "cpu", "run.device: ", config_.run.device,
+              " — this build trains on the CPU only; the CUDA backend arrives with the CUDA issue (use cpu)");
+  ANVIL_CHECK(config_.parallel.world_size() == 1, "parallel: dp*tp*pp*sp = ", config_.parallel.world_size(),
+              " but this process runs alone (world size 1) — set every degree to 1 until distributed training lands");
+  if (config_.run.threads > 0) omp_set_num_threads(static_cast<int>(config_.run.threads));
+
+  tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(config_.tokenizer.path));
+  resolve_vocab_size(config_, tokenizer_->vocab_size());
+  store_ = std::make_shared<const TokenStore>(TokenStore::open(config_.data.train));
+  store_->check_tokenizer(hash_hex(tokenizer_->hash()));
+  ANVIL_CHECK(store_->info().vocab_size <= config_.model.vocab_size, "data.train: store ", config_.data.train,
+              " has vocab_size ", store_->info().vocab_size, " but the model's vocab_size is ",
+              config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);
+
+  LoaderConfig lc;
+  lc.seq_len = config_.data.seq_len;
+  lc.batch_size = config_.training.micro_batch_size;
+  lc.seed = static_cast<uint64_t>(config_.run.seed);
+  lc.valid_fraction = config_.data.valid_fraction;
+  lc.shuffle = config_.data.shuffle;
+  lc.ignore_index = static_cast<int32_t>(config_.training.ignore_index);
+  train_loader_ = std::make_unique<Loader>(store_, lc, Split::Train);
+  if (config_.data.valid_fraction > 0) valid_loader_ = std::make_unique<Loader>(store_, lc, Split::Valid);
+
+  model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model));
+  model_->init_weights(static_cast<uint64_t>(config_.run.seed));
+  std::vector<std::string> names;
+  for (Param* p : model_->params()) names.push_back(p->name);
+  check_trainable_patterns(config_, names);  // a pattern that matches nothing is a typo, not a silent freeze
+  for (Param* p : model_->params()) {
+    p->set_trainable(matches_trainable(config_, p->name));
+    if (p->trainable) trainable_.push_back(p);
+  }
+  ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
+              "e.g. [\"*\"] to train everything");
+  const bool inference = mode_ == TrainerMode::Inference;
+  if (!inference) optimizer_ = std::make_unique<AdamW>(trainable_, config_.optimizer.adamw);
+
+  const std::string resolved = to_yaml(config_);
+  if (!inference) {
+    fs::create_directories(config_.run.out_dir);
+    std::ofstream(fs::path(config_.run.out_dir) / "config.yaml") << resolved;
+  }
+
+  std::string resume_from;
+  if (config_.checkpoint.resume == "auto") resume_from = latest_checkpoint(config_.checkpoint.dir);
+  else if (config_.checkpoint.resume != "none") resume_from = config_.checkpoint.resume;
+  if (!resume_from.empty()) restore(resume_from);
+
+  if (config_.logging.jsonl && !inference)
+    metrics_.open(fs::path(config_.run.out_dir) / "metrics.jsonl", step_ > 0 ? std::ios::app : std::ios::trunc);
+
+  if (verbose_) {
+    int64_t n_params = 0, n_trainable = 0;
+    for (Param* p : model_->params()) {
+      n_params += p->value.numel();
+      if (p->trainable) n_trainable += p->value.numel();
+    }
+    const MemoryTable mem = model_->memory_table(config_.training.micro_batch_size, config_.data.seq_len);
+    std::printf("%s", resolved.c_str());
+    std::printf("model: %s, %.2fM params (%.2fM trainable); data: %ld train / %ld valid sequences of %ld tokens\n",
+                config_.model.model_type.c_str(), n_params / 1e6, n_trainable / 1e6,
+                long(train_loader_->num_samples()), long(valid_loader_ ? valid_loader_->num_samples() : 0),
+                long(config_.data.seq_len));
+    std::printf("memory plan: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB per micro-batch; "
+                "%d threads\n", mem.param_bytes / 1e6, mem.grad_bytes / 1e6, optimizer_->state_bytes() / 1e6,
+                (mem.activation_bytes + mem.workspace_bytes) / 1e6, omp_get_max_threads());
+    if (step_ > 0) std::printf("resumed from %s at step %ld\n", resume_from.c_str(), long(step_));
+    std::fflush(stdout);
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::restore(const std::string& dir) {
+  const CheckpointMeta meta = load_checkpoint(dir, model_->params(), optimizer_.get());
+  step_ = meta.step;
+  if (!optimizer_) return;  // inference: params are all it needs
+  auto it = meta.counters.find("optimizer.steps");
+  optimizer_->set_step_count(it == meta.counters.end() ? meta.step : it->second);
+  train_loader_->restore(get_loader_state(meta, "data.train", dir));
+}
+
+std::string Trainer::save() {
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.run_config_yaml = to_yaml(config_);
+  meta.model_config_json = config_.model.to_json().dump();
+  meta.counters["optimizer.steps"] = optimizer_->step_count();
+  put_loader_state(meta, "data.train", train_loader_->state());
+  return save_checkpoint(config_.checkpoint.dir, meta, model_->params(), optimizer_.get(), config_.checkpoint.keep);
+}
+
+StepRecord Trainer::train_step() {
+  const auto t0 = Clock::now();
+  cpu_allocator().reset_peak();
+  model_->zero_grad();
+  const int64_t accum = config_.training.grad_accum_steps;
+  double loss_sum = 0;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const Batch batch = train_loader_->next();
+    Cache cache;
+    loss_sum += model_->forward_loss(batch.ids, batch.targets, cache, static_cast<int>(config_.training.ignore_index));
+    model_->backward_loss(cache, 1.0f / static_cast<float>(accum));
+  }
+  StepRecord r;
+  r.grad_norm = clip_grad_norm(trainable_, config_.optimizer.grad_clip);
+  r.lr = learning_rate(config_.schedule, step_);
+  optimizer_->step(r.lr);
+  ++step_;
+  r.step = step_;
+  r.loss = loss_sum / static_cast<double>(accum);
+  r.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  r.tokens_per_s = static_cast<double>(config_.tokens_per_step_per_replica()) / (r.ms / 1e3);
+  r.peak_mb = cpu_allocator().stats().peak_bytes / 1e6;
+  return r;
+}
+
+void Trainer::log(const StepRecord& r) {
+  if (metrics_.is_open()) {
+    nlohmann::json j = {{"step", r.step},           {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                        {"tokens_per_s", r.tokens_per_s}, {"ms", r.ms},    {"peak_mb", r.peak_mb}};
+    metrics_ << j.dump() << "\n";
+    metrics_.flush();
+  }
+  if (verbose_ && (r.step % config_.logging.every == 0 || r.step == config_.training.steps || r.step == 1)) {
+    std::printf("step %6ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | %7.1f ms | peak %.0f MB\n",
+                long(r.step), long(config_.training.steps), r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.ms,
+                r.peak_mb);
+    std::fflush(stdout);
+  }
+}
+
+void Trainer::train(int64_t stop_at_step) {
+  ANVIL_CHECK(optimizer_ != nullptr, "this Trainer was built for inference; it cannot train");
+  const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, config_.training.steps) : config_.training.steps;
+  const TrainingSection& t = config_.training;
+  while (step_ < last) {
+    const StepRecord r = train_step();
+    history_.push_back(r);
+    log(r);
+    const bool final_step = step_ == config_.training.steps;
+    if (valid_loader_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || final_step)) {
+      const double val = evaluate(t.eval_batches);
+      last_val_loss_ = val;
+      if (metrics_.is_open()) metrics_ << nlohmann::json{{"step", step_}, {"val_loss", val}}.dump() << "\n";
+      if (verbose_) std::printf("step %6ld | validation loss %.4f | perplexity %.2f\n", long(step_), val, std::exp(val));
+    }
+    if (t.sample_every > 0 && (step_ % t.sample_every == 0 || final_step) && verbose_)
+      std::printf("sample: %s\n", sample(t.sample_prompt, t.sample_tokens).c_str());
+    if (config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0 && step_ < last) save();
+  }
+  const std::string dir = save();
+  if (verbose_) std::printf("checkpoint: %s\n", dir.c_str());
+  std::fflush(stdout);
+}
+
+double Trainer::evaluate(int64_t batches) {
+  ANVIL_CHECK(valid_loader_ != nullptr, "evaluation needs a validation split — set data.valid_fraction > 0");
+  valid_loader_->reset();
+  const int64_t n = std::max<int64_t>(1, std::min(batches, valid_loader_->num_samples() /
+                                                               std::max<int64_t>(1, valid_loader_->global_batch())));
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Batch batch = valid_loader_->next();
+    Cache cache;  // dropped without backward: the activations go with it
+    total += model_->forward_loss(batch.ids, batch.targets, cache, static_cast<int>(config_.training.ignore_index));
+  }
+  return total / static_cast<double>(n);
+}
+
+std::string Trainer::sample(const std::string& prompt, int64_t tokens) {
+  std::vector<int32_t> ids = tokenizer_->encode(prompt);
+  const int32_t eos = store_->info().eos_id;
+  if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
+  const int64_t room = config_.model.max_position_embeddings - static_cast<int64_t>(ids.size());
+  SamplingConfig s;
+  s.temperature = config_.training.sample_temperature;
+  s.top_k = config_.training.sample_top_k;
+  s.top_p = config_.training.sample_top_p;
+  s.seed = static_cast<uint64_t>(config_.run.seed) + static_cast<uint64_t>(step_);
+  const auto out = generate(*model_, {ids}, static_cast<int>(std::min(tokens, room)), s,
+                            eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
+  return prompt + tokenizer_->decode(out[0]);
+}
+
+double Trainer::unigram_entropy() const {
+  std::vector<int64_t> counts(store_->info().vocab_size, 0);
+  int64_t total = 0;
+  for (int64_t doc : train_loader_->documents()) {
+    const int64_t begin = store_->doc_offsets()[doc], end = store_->doc_offsets()[doc + 1];
+    for (int64_t i = begin; i < end; ++i) ++counts[store_->token(i)];
+    total += end - begin;
+  }
+  double h = 0;
+  for (int64_t c : counts)
+    if (c > 0) {
+      const double p = static_cast<double>(c) / static_cast<double>(total);
+      h -= p * std::log(p);
+    }
+  return h;
+}
+
+}  // namespace anvil
