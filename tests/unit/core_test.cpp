@@ -142,3 +142,24 @@ TEST(Philox, StreamsAreIndexedNotSequential) {
   EXPECT_NEAR(s / n, 0.0, 0.01);
   EXPECT_NEAR(s2 / n, 1.0, 0.02);
 }
+
+TEST(Allocator, ReusesLargeBlocksWithoutCountingThemAsLive) {
+  Allocator& a = cpu_allocator();
+  a.empty_cache();
+  const size_t base = a.stats().current_bytes;
+  void* first;
+  {
+    Tensor big = Tensor::empty({1 << 18});  // 1 MiB: cached on release
+    first = big.raw_data();
+  }
+  EXPECT_EQ(a.stats().current_bytes, base);
+  EXPECT_GE(a.stats().cached_bytes, size_t{1} << 20);
+  {
+    Tensor again = Tensor::empty({1 << 18});
+    EXPECT_EQ(again.raw_data(), first);  // the same block came back
+    EXPECT_EQ(a.stats().cached_bytes, 0u);
+  }
+  a.empty_cache();
+  EXPECT_EQ(a.stats().cached_bytes, 0u);
+  EXPECT_EQ(a.stats().current_bytes, base);
+}
