@@ -148,6 +148,8 @@ std::string Trainer::save() {
   meta.run_config_yaml = to_yaml(config_);
   meta.model_config_json = config_.model.to_json().dump();
   meta.counters["optimizer.steps"] = optimizer_->step_count();
+  // Every random draw is Philox keyed by (seed, purpose, step): seed and step are the whole RNG state.
+  meta.counters["rng.seed"] = config_.run.seed;
   put_loader_state(meta, "data.train", train_loader_->state());
   return save_checkpoint(config_.checkpoint.dir, meta, model_->params(), optimizer_.get(), config_.checkpoint.keep);
 }
