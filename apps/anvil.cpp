@@ -19,12 +19,6 @@ using namespace anvil;
 
 namespace {
 
-std::string hash_hex(uint64_t h) {
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   ANVIL_CHECK(in.good(), "cannot read ", path, " — check the path and permissions");
@@ -104,7 +98,7 @@ int run_prepare(const PrepareArgs& a) {
   ANVIL_CHECK(eos.has_value(), "--eos '", a.eos, "' is not a token of ", a.tokenizer,
               " — pass one of its special tokens (train the tokenizer with --special)");
   o.eos_id = *eos;
-  o.tokenizer_hash = hash_hex(tok.hash());
+  o.tokenizer_hash = tok.hash_hex();
   o.vocab_size = tok.vocab_size();
   o.output = a.output;
   const auto t0 = std::chrono::steady_clock::now();

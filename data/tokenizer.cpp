@@ -275,4 +275,10 @@ uint64_t Tokenizer::hash() const {
   return h;
 }
 
+std::string Tokenizer::hash_hex() const {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(hash()));
+  return buf;
+}
+
 }  // namespace anvil

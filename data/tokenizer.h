@@ -67,6 +67,8 @@ class Tokenizer {
   // FNV-1a 64 of the canonical vocabulary, merges, special ids and options: equal
   // hashes mean equal encodings. Data stores record it to catch mismatches.
   uint64_t hash() const;
+  // hash() as 16 hex digits: how token stores record the tokenizer they were made with.
+  std::string hash_hex() const;
 
  private:
   struct Merge {

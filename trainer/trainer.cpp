@@ -20,12 +20,6 @@ namespace fs = std::filesystem;
 namespace {
 using Clock = std::chrono::steady_clock;
 
-std::string hash_hex(uint64_t h) {
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
 void put_loader_state(CheckpointMeta& meta, const std::string& prefix, const LoaderState& s) {
   meta.counters[prefix + ".epoch"] = s.epoch;
   meta.counters[prefix + ".position"] = s.position;
@@ -68,7 +62,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode)
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(config_.tokenizer.path));
   resolve_vocab_size(config_, tokenizer_->vocab_size());
   store_ = std::make_shared<const TokenStore>(TokenStore::open(config_.data.train));
-  store_->check_tokenizer(hash_hex(tokenizer_->hash()));
+  store_->check_tokenizer(tokenizer_->hash_hex());
   ANVIL_CHECK(store_->info().vocab_size <= config_.model.vocab_size, "data.train: store ", config_.data.train,
               " has vocab_size ", store_->info().vocab_size, " but the model's vocab_size is ",
               config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);

@@ -16,20 +16,6 @@ using namespace anvil::testing;
 
 namespace {
 
-// Random weights well away from the trivial init: norms near 1 with noise,
-// non-zero biases, matrices large enough that attention is far from uniform.
-void randomize(TransformerLM& model) {
-  for (Param* p : model.params()) {
-    Tensor noise = random_tensor(p->value.shape(), stream_id(p->name.c_str()), -0.1f, 0.1f);
-    if (p->role == ParamRole::Vector) {
-      for (int64_t i = 0; i < noise.numel(); ++i)
-        p->value.data<float>()[i] += noise.data<float>()[i];
-    } else {
-      p->value.copy_(random_tensor(p->value.shape(), stream_id(p->name.c_str()) + 1, -0.25f, 0.25f));
-    }
-  }
-}
-
 struct ParityCase {
   ModelConfig config;
   int64_t batch;
@@ -39,7 +25,7 @@ struct ParityCase {
 void check_parity(const ParityCase& pc, const std::string& tag) {
   TransformerLM model(pc.config);
   model.init_weights(7);
-  randomize(model);
+  randomize_params(model.params());
   const int64_t B = pc.batch, T = pc.seq_len, V = pc.config.vocab_size;
   Tensor ids = random_ids({B, T}, static_cast<int32_t>(V), 11);
   Tensor targets = random_ids({B, T}, static_cast<int32_t>(V), 12);

@@ -68,6 +68,27 @@ double dot(const Tensor& y, const Tensor& r) {
   return s;
 }
 
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+void randomize_params(const std::vector<Param*>& params) {
+  for (Param* p : params) {
+    const uint32_t stream = stream_id(p->name.c_str());
+    if (p->role == ParamRole::Vector) {
+      const Tensor noise = random_tensor(p->value.shape(), stream, -0.1f, 0.1f);
+      for (int64_t i = 0; i < noise.numel(); ++i) p->value.data<float>()[i] += noise.data<float>()[i];
+    } else {
+      p->value.copy_(random_tensor(p->value.shape(), stream + 1, -0.25f, 0.25f));
+    }
+  }
+}
+
 std::string source_path(const std::string& relative) { return std::string(ANVIL_SOURCE_DIR) + "/" + relative; }
 
 void run_torch_script(const std::string& script, const std::string& args) {

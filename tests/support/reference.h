@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "models/param.h"
 
 namespace anvil::testing {
 
@@ -23,6 +24,14 @@ Tensor finite_difference_grad(Tensor& x, const std::function<double()>& loss, do
 // sum(y * r) in double: turns a tensor output into a scalar loss with a random
 // cotangent r, so dL/dy = r.
 double dot(const Tensor& y, const Tensor& r);
+
+// The message of the anvil::Error that `f` throws; "(no error)" when it does not throw.
+std::string error_of(const std::function<void()>& f);
+
+// Random weights well away from a trivial init, for parity tests: vectors (norm
+// gains, biases) get uniform noise in [-0.1, 0.1) added, matrices and embeddings
+// are redrawn uniform in [-0.25, 0.25), each from a stream named after the param.
+void randomize_params(const std::vector<Param*>& params);
 
 // Where the PyTorch oracle scripts live, and the interpreter that sees Debian's torch.
 std::string source_path(const std::string& relative);

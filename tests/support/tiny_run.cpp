@@ -17,14 +17,6 @@ namespace anvil::testing {
 
 namespace fs = std::filesystem;
 
-namespace {
-std::string hash_hex(uint64_t h) {
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-}  // namespace
-
 TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml) {
   TinyRun r;
   r.dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
@@ -54,7 +46,7 @@ TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml) {
   o.inputs = {r.corpus};
   o.format = InputFormat::Text;
   o.eos_id = *tok.token_to_id("<|endoftext|>");
-  o.tokenizer_hash = hash_hex(tok.hash());
+  o.tokenizer_hash = tok.hash_hex();
   o.vocab_size = tok.vocab_size();
   o.output = r.store;
   prepare_dataset(o, [&](const std::string& t) { return tok.encode(t); });

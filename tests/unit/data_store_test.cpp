@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 
+#include "tests/support/reference.h"
 #include "core/rng.h"
 #include "data/token_store.h"
 #include "tests/support/data_fixtures.h"
@@ -14,6 +15,8 @@
 using namespace anvil;
 using namespace anvil::testing_data;
 namespace fs = std::filesystem;
+
+using anvil::testing::error_of;
 
 namespace {
 
@@ -27,17 +30,6 @@ std::vector<std::vector<int32_t>> random_docs(int n, int max_len, int64_t vocab,
     for (auto& t : d) t = static_cast<int32_t>(rng.u32(k++) % vocab);
   }
   return docs;
-}
-
-// The message of the anvil::Error that `f` throws ("" when it does not throw).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void expect_same(const TokenStore& s, const std::vector<std::vector<int32_t>>& docs,

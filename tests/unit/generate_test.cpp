@@ -15,18 +15,6 @@ using namespace anvil::testing;
 
 namespace {
 
-// Random weights as in tests/parity/model_parity_test.cpp.
-void randomize(TransformerLM& model) {
-  for (Param* p : model.params()) {
-    Tensor noise = random_tensor(p->value.shape(), stream_id(p->name.c_str()), -0.1f, 0.1f);
-    if (p->role == ParamRole::Vector) {
-      for (int64_t i = 0; i < noise.numel(); ++i) p->value.data<float>()[i] += noise.data<float>()[i];
-    } else {
-      p->value.copy_(random_tensor(p->value.shape(), stream_id(p->name.c_str()) + 1, -0.25f, 0.25f));
-    }
-  }
-}
-
 ModelConfig gpt2_config() {
   ModelConfig c = ModelConfig::gpt2();
   c.vocab_size = 97;
@@ -54,7 +42,7 @@ ModelConfig llama_gqa_config() {
 std::unique_ptr<TransformerLM> make_model(const ModelConfig& c) {
   auto m = std::make_unique<TransformerLM>(c);
   m->init_weights(7);
-  randomize(*m);
+  randomize_params(m->params());
   return m;
 }
 
@@ -129,16 +117,6 @@ std::vector<int32_t> naive_greedy(TransformerLM& model, std::vector<int32_t> seq
 std::vector<int32_t> prompt(int64_t len, int32_t vocab, uint32_t stream) {
   const Tensor t = random_ids({len}, vocab, stream);
   return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + len);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }

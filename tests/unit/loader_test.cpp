@@ -6,12 +6,15 @@
 #include <map>
 #include <set>
 
+#include "tests/support/reference.h"
 #include "core/rng.h"
 #include "data/loader.h"
 #include "tests/support/data_fixtures.h"
 
 using namespace anvil;
 using namespace anvil::testing_data;
+
+using anvil::testing::error_of;
 
 namespace {
 
@@ -98,16 +101,6 @@ std::vector<std::vector<int32_t>> batches(Loader& loader, int n) {
     out.push_back(flat);
   }
   return out;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -308,7 +301,7 @@ TEST(Loader, ConfigErrors) {
   msg = error_of([&] { Loader(store, LoaderConfig{2, 1, 0, 0.0, true, 5}, Split::Train); });
   EXPECT_NE(msg.find("ignore_index 5"), std::string::npos) << msg;
   msg = error_of([&] { Loader(store, LoaderConfig{2, 1, 0, 0.5}, Split::Valid); });  // 1 doc each way
-  EXPECT_EQ(msg, "");
+  EXPECT_EQ(msg, "(no error)");
   msg = error_of([&] { Loader(store, LoaderConfig{2, 1, 0, 0.9}, Split::Train); });
   EXPECT_NE(msg.find("leaves none for training"), std::string::npos) << msg;
 }

@@ -3,20 +3,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/support/reference.h"
 #include "models/transformer.h"
 
 using namespace anvil;
 
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
+using anvil::testing::error_of;
 
 TEST(ModelConfig, HeadsMustDivideHiddenSize) {
   ModelConfig c = ModelConfig::llama();

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "tests/support/reference.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/token_store.h"
@@ -12,6 +13,8 @@
 using namespace anvil;
 using namespace anvil::testing_data;
 namespace fs = std::filesystem;
+
+using anvil::testing::error_of;
 
 namespace {
 
@@ -37,16 +40,6 @@ std::vector<std::vector<int32_t>> all_documents(const TokenStore& s) {
   std::vector<std::vector<int32_t>> out;
   for (int64_t d = 0; d < s.num_documents(); ++d) out.push_back(s.document(d));
   return out;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

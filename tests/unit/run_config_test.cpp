@@ -8,6 +8,7 @@
 #include <functional>
 #include <iterator>
 
+#include "tests/support/reference.h"
 #include "core/error.h"
 #include "trainer/config.h"
 #include "trainer/config_schema.h"
@@ -16,16 +17,9 @@
 using namespace anvil;
 namespace fs = std::filesystem;
 
-namespace {
+using anvil::testing::error_of;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+namespace {
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
