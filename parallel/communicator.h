@@ -1,0 +1,58 @@
+// Communicator: the collectives every parallel layer is built from. Backends: MPI
+// (host buffers; the CPU path and the bootstrap) and, with the CUDA backend, NCCL.
+// Tensors must be contiguous; counts are in elements of the tensor's dtype.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace anvil {
+
+enum class ReduceOp { Sum, Max, Min };
+
+// An operation in flight; wait() returns once its buffers may be read or reused.
+class CommHandle {
+ public:
+  virtual ~CommHandle() = default;
+  virtual void wait() = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // In place over every rank.
+  virtual void all_reduce(Tensor& t, ReduceOp op = ReduceOp::Sum) = 0;
+  virtual std::unique_ptr<CommHandle> all_reduce_async(Tensor& t, ReduceOp op = ReduceOp::Sum) = 0;
+  // in: size() * n elements; out: n elements = this rank's chunk of the reduction.
+  virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::Sum) = 0;
+  // in: n elements; out: size() * n, rank r's contribution at [r*n, (r+1)*n).
+  virtual void all_gather(const Tensor& in, Tensor& out) = 0;
+  // in and out: size() equal chunks; chunk j of `in` goes to rank j, chunk i of `out` came from rank i.
+  virtual void all_to_all(const Tensor& in, Tensor& out) = 0;
+  // Variable chunks (element counts per peer, and displacements implied by the order).
+  virtual void all_to_allv(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
+                           const std::vector<int64_t>& recv_counts) = 0;
+  virtual void broadcast(Tensor& t, int root) = 0;
+  virtual void send(const Tensor& t, int dst, int tag = 0) = 0;
+  virtual void recv(Tensor& t, int src, int tag = 0) = 0;
+  virtual void barrier() = 0;
+
+  // A new communicator of the ranks sharing `color`, ordered by `key` (MPI_Comm_split).
+  virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
+
+  // Bytes this rank handed to collectives and sends since construction (payload
+  // sizes, not what the algorithm moved on the wire): for the comm benchmarks.
+  size_t payload_bytes() const { return payload_bytes_; }
+
+ protected:
+  void count_payload(size_t bytes) { payload_bytes_ += bytes; }
+
+ private:
+  size_t payload_bytes_ = 0;
+};
+
+}  // namespace anvil

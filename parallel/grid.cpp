@@ -1,0 +1,82 @@
+#include "parallel/grid.h"
+
+namespace anvil {
+
+const char* axis_name(Axis axis) {
+  switch (axis) {
+    case Axis::DP: return "dp";
+    case Axis::TP: return "tp";
+    case Axis::PP: return "pp";
+    case Axis::SP: return "sp";
+  }
+  return "?";
+}
+
+std::string GridDims::str() const {
+  return "dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp) +
+         " sp=" + std::to_string(sp);
+}
+
+ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims)
+    : world_(std::move(world)), dims_(dims) {
+  for (int d : {dims.dp, dims.tp, dims.pp, dims.sp})
+    ANVIL_CHECK(d >= 1, "parallel: every degree must be >= 1, got ", dims.str());
+  ANVIL_CHECK(dims.product() == world_->size(), "parallel: dp*tp*pp*sp = ", dims.dp, "*", dims.tp, "*", dims.pp, "*",
+              dims.sp, " = ", dims.product(), " but the job has ", world_->size(),
+              " processes — launch with mpirun -np ", dims.product(), " (or srun -n ", dims.product(),
+              "), or change the parallel section to multiply to ", world_->size());
+  int r = world_->rank();
+  coords_[static_cast<int>(Axis::TP)] = r % dims.tp;
+  r /= dims.tp;
+  coords_[static_cast<int>(Axis::SP)] = r % dims.sp;
+  r /= dims.sp;
+  coords_[static_cast<int>(Axis::DP)] = r % dims.dp;
+  r /= dims.dp;
+  coords_[static_cast<int>(Axis::PP)] = r;
+  // A sub-communicator groups the ranks that agree on every other coordinate.
+  for (Axis axis : {Axis::DP, Axis::TP, Axis::PP, Axis::SP}) {
+    int color = 0;
+    for (Axis other : {Axis::PP, Axis::DP, Axis::SP, Axis::TP}) {
+      const int extent = size(other);
+      color = color * extent + (other == axis ? 0 : coords_[static_cast<int>(other)]);
+    }
+    comms_[static_cast<int>(axis)] = world_->split(color, coords_[static_cast<int>(axis)]);
+  }
+}
+
+int ProcessGrid::size(Axis axis) const {
+  switch (axis) {
+    case Axis::DP: return dims_.dp;
+    case Axis::TP: return dims_.tp;
+    case Axis::PP: return dims_.pp;
+    case Axis::SP: return dims_.sp;
+  }
+  return 1;
+}
+
+int ProcessGrid::rank(Axis axis) const { return coords_[static_cast<int>(axis)]; }
+
+Communicator& ProcessGrid::comm(Axis axis) const { return *comms_[static_cast<int>(axis)]; }
+
+int ProcessGrid::world_rank(int dp_i, int tp_i, int pp_i, int sp_i) const {
+  return ((pp_i * dims_.dp + dp_i) * dims_.sp + sp_i) * dims_.tp + tp_i;
+}
+
+void validate_layout(const GridDims& dims, const ModelConfig& m) {
+  auto divides = [](int degree, int64_t n, const char* axis, const char* field) {
+    ANVIL_CHECK(n % degree == 0, "parallel.", axis, " = ", degree, " does not divide ", field, " = ", n,
+                " — pick a degree that divides it");
+  };
+  divides(dims.tp, m.num_attention_heads, "tp", "num_attention_heads");
+  divides(dims.tp, m.num_key_value_heads, "tp", "num_key_value_heads");
+  divides(dims.tp, m.intermediate_size, "tp", "intermediate_size");
+  divides(dims.tp, m.vocab_size, "tp", "vocab_size");
+  // Ulysses hands each sp rank whole heads of the tp shard, so sp*tp must divide the KV heads.
+  ANVIL_CHECK(m.num_key_value_heads % (dims.sp * dims.tp) == 0, "parallel.sp = ", dims.sp, " with tp = ", dims.tp,
+              ": sp*tp = ", dims.sp * dims.tp, " does not divide num_key_value_heads = ", m.num_key_value_heads,
+              " — sequence parallelism splits whole heads, so sp*tp must divide the KV head count");
+  ANVIL_CHECK(dims.pp <= m.num_hidden_layers, "parallel.pp = ", dims.pp, " exceeds num_hidden_layers = ",
+              m.num_hidden_layers, " — every pipeline stage needs at least one layer");
+}
+
+}  // namespace anvil

@@ -1,0 +1,50 @@
+// ProcessGrid: the rank layout over {dp, tp, pp, sp, ep} with tp fastest-varying,
+// then sp, dp, pp (Megatron's order; ep is reserved for MoE and folds into dp):
+//   world rank = ((pp_i * dp + dp_i) * sp + sp_i) * tp + tp_i
+// Every sub-communicator is built once, here, and passed explicitly; there are no
+// global accessors.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "models/config.h"
+#include "parallel/communicator.h"
+
+namespace anvil {
+
+enum class Axis { DP, TP, PP, SP };
+const char* axis_name(Axis axis);
+
+struct GridDims {
+  int dp = 1, tp = 1, pp = 1, sp = 1;
+  int product() const { return dp * tp * pp * sp; }
+  std::string str() const;  // "dp=2 tp=2 pp=1 sp=1"
+};
+
+class ProcessGrid {
+ public:
+  // Collective over `world`. Throws (on every rank alike) when the degrees do not
+  // multiply to the world size, naming both numbers and the launch fix.
+  ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims);
+
+  const GridDims& dims() const { return dims_; }
+  int size(Axis axis) const;
+  int rank(Axis axis) const;  // this process's coordinate on `axis`
+  Communicator& comm(Axis axis) const;
+  Communicator& world() const { return *world_; }
+  // The world rank at the given coordinates (for pipeline neighbours and tests).
+  int world_rank(int dp_i, int tp_i, int pp_i, int sp_i) const;
+
+ private:
+  std::shared_ptr<Communicator> world_;
+  GridDims dims_;
+  int coords_[4] = {0, 0, 0, 0};  // indexed by Axis
+  std::unique_ptr<Communicator> comms_[4];
+};
+
+// The layout checks that need the model: tp and sp must divide the KV heads (and so
+// the query heads), tp the vocabulary and intermediate size, pp the layer count.
+// Each failure names the degree, the model field and both numbers.
+void validate_layout(const GridDims& dims, const ModelConfig& model);
+
+}  // namespace anvil

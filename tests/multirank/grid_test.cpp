@@ -1,0 +1,70 @@
+// ProcessGrid at 8 ranks: coordinates follow tp-fastest, then sp, dp, pp; each
+// axis communicator holds exactly the ranks that differ only along that axis;
+// bad layouts fail on every rank with both numbers named.
+#include <gtest/gtest.h>
+
+#include "parallel/grid.h"
+#include "parallel/mpi_communicator.h"
+
+using namespace anvil;
+
+namespace {
+std::shared_ptr<Communicator> world() {
+  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
+  return w;
+}
+
+// The world ranks in `axis`'s communicator, gathered over that communicator.
+std::vector<int> members(const ProcessGrid& g, Axis axis) {
+  Communicator& c = g.comm(axis);
+  Tensor mine = Tensor::full({1}, g.world().rank(), DType::I32), all = Tensor::empty({c.size()}, DType::I32);
+  c.all_gather(mine, all);
+  return std::vector<int>(all.data<int32_t>(), all.data<int32_t>() + c.size());
+}
+}  // namespace
+
+TEST(ProcessGrid, CoordinatesAndSubCommunicators) {
+  for (GridDims dims : {GridDims{2, 2, 2, 1}, GridDims{2, 2, 1, 2}, GridDims{1, 8, 1, 1}, GridDims{2, 1, 4, 1}}) {
+    ProcessGrid g(world(), dims);
+    const int dp = g.rank(Axis::DP), tp = g.rank(Axis::TP), pp = g.rank(Axis::PP), sp = g.rank(Axis::SP);
+    EXPECT_EQ(g.world_rank(dp, tp, pp, sp), world()->rank()) << dims.str();
+    EXPECT_EQ(world()->rank() % dims.tp, tp) << "tp varies fastest";
+    for (Axis axis : {Axis::DP, Axis::TP, Axis::PP, Axis::SP}) {
+      const std::vector<int> got = members(g, axis);
+      ASSERT_EQ(static_cast<int>(got.size()), g.size(axis)) << dims.str() << " " << axis_name(axis);
+      for (int i = 0; i < g.size(axis); ++i) {
+        const int expect = g.world_rank(axis == Axis::DP ? i : dp, axis == Axis::TP ? i : tp,
+                                        axis == Axis::PP ? i : pp, axis == Axis::SP ? i : sp);
+        EXPECT_EQ(got[i], expect) << dims.str() << " " << axis_name(axis) << " member " << i;
+      }
+      EXPECT_EQ(g.comm(axis).rank(), g.rank(axis));
+    }
+  }
+}
+
+TEST(ProcessGrid, WrongProductFailsOnEveryRankNamingBothNumbers) {
+  try {
+    ProcessGrid g(world(), GridDims{1, 2, 1, 1});
+    FAIL() << "accepted tp=2 on 8 ranks";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("= 2"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("8 processes"), std::string::npos) << msg;
+  }
+}
+
+TEST(ProcessGrid, LayoutChecksNameDegreeAndField) {
+  ModelConfig m = ModelConfig::llama();
+  m.hidden_size = 96; m.num_attention_heads = 6; m.num_key_value_heads = 2; m.num_hidden_layers = 3;
+  m.intermediate_size = 256; m.vocab_size = 512;
+  EXPECT_NO_THROW(validate_layout(GridDims{2, 2, 2, 1}, m));
+  try {
+    validate_layout(GridDims{1, 4, 1, 1}, m);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.tp = 4"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("num_attention_heads = 6"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(validate_layout(GridDims{1, 1, 4, 1}, m), Error);  // 4 stages, 3 layers
+  EXPECT_THROW(validate_layout(GridDims{1, 2, 1, 2}, m), Error);  // sp*tp = 4 > 2 KV heads
+}
