@@ -192,6 +192,7 @@ void Trainer::train(int64_t stop_at_step) {
   ANVIL_CHECK(optimizer_ != nullptr, "this Trainer was built for inference; it cannot train");
   const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, config_.training.steps) : config_.training.steps;
   const TrainingSection& t = config_.training;
+  const int64_t first_step = step_;
   while (step_ < last) {
     const StepRecord r = train_step();
     history_.push_back(r);
@@ -207,6 +208,7 @@ void Trainer::train(int64_t stop_at_step) {
       std::printf("sample: %s\n", sample(t.sample_prompt, t.sample_tokens).c_str());
     if (config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0 && step_ < last) save();
   }
+  if (step_ == first_step) return;  // nothing trained (already at the final step): keep the checkpoint as it is
   const std::string dir = save();
   if (verbose_) std::printf("checkpoint: %s\n", dir.c_str());
   std::fflush(stdout);
