@@ -1,0 +1,192 @@
+// Ulysses attention: pack, all_to_allv, attend over the full sequence, and back.
+//
+// The head layout is stored T-major, [T, B, h, D], because all_to_allv concatenates
+// what it receives in source-rank order and the sources hold consecutive position
+// ranges: the received buffer is then the whole sequence with no unpacking, and the
+// kernel reads it through a transposed [B, T, h, D] view. Each exchange therefore
+// copies once, on the sequence-layout side (pack before sending, unpack after).
+#include "parallel/ulysses.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+
+namespace anvil {
+
+namespace {
+
+// Rows of D floats between sequence-layout tensors ([B, Tl, H_i, D], any strides but the
+// last) and a buffer [P][Tl][B][W][D], where block j holds heads [j*h_i, (j+1)*h_i) of
+// each tensor i side by side (W = sum of h_i). pack: tensors -> buffer; else buffer ->
+// tensors.
+void move_rows(const std::vector<Tensor>& tensors, const std::vector<int64_t>& local_heads, int P, int64_t Tl,
+               int64_t B, int64_t D, float* buffer, bool pack) {
+  int64_t W = 0;
+  for (int64_t h : local_heads) W += h;
+  const int64_t rows = static_cast<int64_t>(P) * Tl;
+  const size_t row_bytes = static_cast<size_t>(D) * sizeof(float);
+#pragma omp parallel for schedule(static) if (rows * B * W * D >= (1 << 16))
+  for (int64_t jt = 0; jt < rows; ++jt) {
+    const int64_t j = jt / Tl, t = jt % Tl;
+    for (int64_t b = 0; b < B; ++b) {
+      float* slot = buffer + (jt * B + b) * W * D;
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const Tensor& x = tensors[i];
+        float* base = x.data<float>() + b * x.stride(0) + t * x.stride(1);
+        for (int64_t hh = 0; hh < local_heads[i]; ++hh, slot += D) {
+          float* row = base + (j * local_heads[i] + hh) * x.stride(2);
+          if (pack) std::memcpy(slot, row, row_bytes);
+          else std::memcpy(row, slot, row_bytes);
+        }
+      }
+    }
+  }
+}
+
+void check_sequence_tensor(const Tensor& t, const Shape& shape, const char* op, const char* name) {
+  ANVIL_CHECK(t.defined(), op, ": ", name, " is undefined");
+  ANVIL_CHECK(t.device().is_cpu(), op, ": ", name, " is ", t.describe(),
+              " but Ulysses moves host buffers (MPI backend) — pass CPU tensors");
+  ANVIL_CHECK(t.dtype() == DType::F32, op, ": ", name, " must be f32, got ", t.describe());
+  ANVIL_CHECK(t.shape() == shape, op, ": ", name, " ", t.describe(), " must have shape ", shape_str(shape));
+  ANVIL_CHECK(t.stride(3) == 1 || t.size(3) <= 1, op, ": the last dim of ", name, " ", t.describe(),
+              " must be contiguous (stride 1), got stride ", t.stride(3));
+}
+
+// Allocates an undefined output, otherwise checks it.
+void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* name) {
+  if (!t.defined()) t = Tensor::empty(shape);
+  check_sequence_tensor(t, shape, op, name);
+}
+
+// Element counts for an all_to_allv in which peer s's share is length(s) rows of `row`
+// elements, and for the mirror side in which every peer's share is `local` rows.
+std::vector<int64_t> per_peer(const SequencePartition& part, int64_t row) {
+  std::vector<int64_t> counts(part.ranks);
+  for (int s = 0; s < part.ranks; ++s) counts[s] = part.length(s) * row;
+  return counts;
+}
+std::vector<int64_t> uniform(int P, int64_t count) { return std::vector<int64_t>(P, count); }
+
+std::string divisors_of(int64_t n) {
+  std::string s;
+  for (int64_t d = 1; d <= n; ++d)
+    if (n % d == 0) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return s;
+}
+
+}  // namespace
+
+void check_ulysses_heads(int P, int64_t q_heads, int64_t kv_heads) {
+  ANVIL_CHECK(kv_heads > 0 && q_heads % kv_heads == 0, "Ulysses attention: query heads Hq = ", q_heads,
+              " must be a positive multiple of KV heads Hkv = ", kv_heads, " (grouped-query attention)");
+  ANVIL_CHECK(kv_heads % P == 0, "Ulysses attention: sp = ", P, " does not divide the KV heads Hkv = ", kv_heads,
+              " — each sp rank attends over the full sequence with whole KV heads (and the query heads that share "
+              "them), so sp must divide Hkv (the KV heads left on each tp rank). Use sp in {", divisors_of(kv_heads),
+              "} and put the remaining ranks on dp, or lower tp so more KV heads remain per tp rank");
+}
+
+UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition& part, const Tensor& q,
+                                       const Tensor& k, const Tensor& v, float scale, Tensor& out) {
+  const char* op = "ulysses_attention_forward";
+  const int P = sp.size(), me = sp.rank();
+  ANVIL_CHECK(q.defined() && k.defined() && q.dim() == 4 && k.dim() == 4, op,
+              ": q and k must be [B, Tl, H, D], got ", q.describe(), " and ", k.describe());
+  const int64_t B = q.size(0), Tl = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
+  check_ulysses_heads(P, Hq, Hkv);
+  ANVIL_CHECK(part.ranks == P, op, ": the sequence partition is over ", part.ranks,
+              " ranks but the sp communicator has ", P, " — build it with partition_sequence(T, sp)");
+  ANVIL_CHECK(Tl == part.length(me), op, ": sp rank ", me, " holds ", Tl, " positions (q ", q.describe(),
+              ") but the partition of T = ", part.total, " over ", P, " ranks gives it ", part.length(me),
+              " (positions ", part.start(me), " .. ", part.end(me) - 1, ") — slice batches with the same partition");
+  check_sequence_tensor(q, {B, Tl, Hq, D}, op, "q");
+  check_sequence_tensor(k, {B, Tl, Hkv, D}, op, "k");
+  check_sequence_tensor(v, {B, Tl, Hkv, D}, op, "v");
+
+  UlyssesSaved s;
+  s.part = part;
+  s.q_heads = Hq;
+  s.kv_heads = Hkv;
+  s.scale = scale;
+  const int64_t T = part.total, hq = Hq / P, hkv = Hkv / P, W = hq + 2 * hkv;
+
+  // Sequence -> heads: q, k and v of destination j's heads travel in one message.
+  Tensor send = Tensor::empty({P * Tl * B * W * D});
+  move_rows({q, k, v}, {hq, hkv, hkv}, P, Tl, B, D, send.data<float>(), /*pack=*/true);
+  s.qkv = Tensor::empty({T, B, W, D});
+  sp.all_to_allv(send, uniform(P, Tl * B * W * D), s.qkv, per_peer(part, B * W * D));
+  send = Tensor();
+  const Tensor heads = s.qkv.transpose(0, 1);  // [B, T, W, D]
+  s.q = heads.slice(2, 0, hq);
+  s.k = heads.slice(2, hq, hq + hkv);
+  s.v = heads.slice(2, hq + hkv, W);
+
+  Tensor out_heads = Tensor::empty({T, B, hq, D});
+  s.out = out_heads.transpose(0, 1);
+  s.lse = Tensor::empty({B, hq, T});
+  kernels::attention_forward(s.q, s.k, s.v, scale, /*q_offset=*/0, s.out, s.lse);
+
+  // Heads -> sequence: peer s gets its positions of my heads, a contiguous row range.
+  Tensor recv = Tensor::empty({P * Tl * B * hq * D});
+  sp.all_to_allv(out_heads, per_peer(part, B * hq * D), recv, uniform(P, Tl * B * hq * D));
+  prepare_output(out, {B, Tl, Hq, D}, op, "out");
+  move_rows({out}, {hq}, P, Tl, B, D, recv.data<float>(), /*pack=*/false);
+  return s;
+}
+
+void ulysses_attention_backward(Communicator& sp, const Tensor& dout, const UlyssesSaved& s, Tensor& dq,
+                                Tensor& dk, Tensor& dv) {
+  const char* op = "ulysses_attention_backward";
+  const int P = sp.size(), me = sp.rank();
+  ANVIL_CHECK(s.qkv.defined() && s.lse.defined(), op, ": nothing saved — run ulysses_attention_forward first");
+  ANVIL_CHECK(s.part.ranks == P, op, ": the forward ran over ", s.part.ranks, " sp ranks, this communicator has ", P,
+              " — pass the same sp communicator to both");
+  const int64_t B = s.q.size(0), T = s.part.total, D = s.q.size(3), Tl = s.part.length(me);
+  const int64_t Hq = s.q_heads, Hkv = s.kv_heads, hq = Hq / P, hkv = Hkv / P, W = hq + 2 * hkv;
+  check_sequence_tensor(dout, {B, Tl, Hq, D}, op, "dout");
+
+  // Sequence -> heads for dout, the mirror of the forward's output exchange.
+  Tensor send = Tensor::empty({P * Tl * B * hq * D});
+  move_rows({dout}, {hq}, P, Tl, B, D, send.data<float>(), /*pack=*/true);
+  Tensor dout_heads = Tensor::empty({T, B, hq, D});
+  sp.all_to_allv(send, uniform(P, Tl * B * hq * D), dout_heads, per_peer(s.part, B * hq * D));
+  send = Tensor();
+
+  Tensor dqkv = Tensor::empty({T, B, W, D});
+  const Tensor grads = dqkv.transpose(0, 1);  // [B, T, W, D]
+  Tensor dq_heads = grads.slice(2, 0, hq), dk_heads = grads.slice(2, hq, hq + hkv),
+         dv_heads = grads.slice(2, hq + hkv, W);
+  kernels::attention_backward(dout_heads.transpose(0, 1), s.q, s.k, s.v, s.out, s.lse, s.scale, /*q_offset=*/0,
+                              dq_heads, dk_heads, dv_heads);
+  dout_heads = Tensor();
+
+  // Heads -> sequence for dq, dk and dv together, the mirror of the forward's q/k/v exchange.
+  Tensor recv = Tensor::empty({P * Tl * B * W * D});
+  sp.all_to_allv(dqkv, per_peer(s.part, B * W * D), recv, uniform(P, Tl * B * W * D));
+  prepare_output(dq, {B, Tl, Hq, D}, op, "dq");
+  prepare_output(dk, {B, Tl, Hkv, D}, op, "dk");
+  prepare_output(dv, {B, Tl, Hkv, D}, op, "dv");
+  move_rows({dq, dk, dv}, {hq, hkv, hkv}, P, Tl, B, D, recv.data<float>(), /*pack=*/false);
+}
+
+UlyssesCommBytes ulysses_comm_bytes(const SequencePartition& part, int rank, int64_t batch, int64_t q_heads,
+                                    int64_t kv_heads, int64_t head_dim, int64_t elem_bytes) {
+  check_ulysses_heads(part.ranks, q_heads, kv_heads);
+  const int P = part.ranks;
+  const int64_t Tl = part.length(rank), T = part.total, row = batch * head_dim * elem_bytes;
+  // Sequence -> heads keeps my positions of my heads; heads -> sequence keeps my heads at my positions.
+  const auto to_heads = [&](int64_t H) { return Tl * (H - H / P) * row; };
+  const auto to_sequence = [&](int64_t H) { return (T - Tl) * (H / P) * row; };
+  UlyssesCommBytes c;
+  c.q = to_heads(q_heads);
+  c.k = c.v = to_heads(kv_heads);
+  c.out = to_sequence(q_heads);
+  c.dout = to_heads(q_heads);
+  c.dq = to_sequence(q_heads);
+  c.dk = c.dv = to_sequence(kv_heads);
+  return c;
+}
+
+}  // namespace anvil
