@@ -29,11 +29,6 @@ std::shared_ptr<Communicator> world() {
 struct Case {
   int64_t T, Hq, Hkv;
 };
-void PrintTo(const Case& c, std::ostream* os) { *os << "T=" << c.T << " Hq=" << c.Hq << " Hkv=" << c.Hkv; }
-std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return "T" + std::to_string(info.param.T) + "_Hq" + std::to_string(info.param.Hq) + "_Hkv" +
-         std::to_string(info.param.Hkv);
-}
 
 constexpr int64_t kB = 2, kD = 16;
 
@@ -79,7 +74,6 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return ca.shape() == cb.shape() && (ca.nbytes() == 0 || std::memcmp(ca.raw_data(), cb.raw_data(), ca.nbytes()) == 0);
 }
 
-class UlyssesMatchesReference : public ::testing::TestWithParam<Case> {};
 
 }  // namespace
 
@@ -108,32 +102,33 @@ TEST(SequencePartition, BalancedContiguousSlices) {
   EXPECT_NE(error_of([] { partition_sequence(-1, 2); }).find("non-negative, got -1"), std::string::npos);
 }
 
-TEST_P(UlyssesMatchesReference, OutAndGradsOnEachSlice) {
-  const Case c = GetParam();
-  Communicator& sp = *world();
-  const int P = sp.size(), me = sp.rank();
-  if (c.Hkv % P != 0) GTEST_SKIP() << "sp = " << P << " does not divide Hkv = " << c.Hkv;
-  const Problem p = make_problem(c);
-  const SequencePartition part = partition_sequence(c.T, P);
-  const Result r = run_ulysses(sp, p, part);
-  SCOPED_TRACE("rank " + std::to_string(me) + " of " + std::to_string(P) + ", positions " +
-               std::to_string(part.start(me)) + " .. " + std::to_string(part.end(me) - 1));
-  EXPECT_LE(max_rel_diff(r.out, my_rows(p.out, part, me)), 1e-5);
-  EXPECT_LE(max_rel_diff(r.dq, my_rows(p.dq, part, me)), 1e-5);
-  EXPECT_LE(max_rel_diff(r.dk, my_rows(p.dk, part, me)), 1e-5);
-  EXPECT_LE(max_rel_diff(r.dv, my_rows(p.dv, part, me)), 1e-5);
-  ASSERT_EQ(r.out.shape(), Shape({kB, part.length(me), c.Hq, kD}));
-  ASSERT_EQ(r.dk.shape(), Shape({kB, part.length(me), c.Hkv, kD}));
-}
-
 // T = 64 divides 2 and 4 but not 3; T = 67 divides none; T = 3 leaves rank 3 of 4 empty.
 // Hq = 8 with Hkv = 8, 4, 2 runs at 2 and 4 ranks; Hq = 6 and 12 with Hkv = 6, 3 at 3 ranks.
-INSTANTIATE_TEST_SUITE_P(Shapes, UlyssesMatchesReference,
-                         ::testing::Values(Case{64, 8, 8}, Case{64, 8, 4}, Case{64, 8, 2}, Case{67, 8, 8},
-                                           Case{67, 8, 4}, Case{67, 8, 2}, Case{64, 6, 6}, Case{64, 12, 3},
-                                           Case{67, 6, 6}, Case{67, 6, 3}, Case{67, 12, 3}, Case{3, 8, 4},
-                                           Case{3, 6, 3}),
-                         case_name);
+// Each rank count runs the cases whose KV heads it divides (the others are the error test's).
+TEST(Ulysses, OutAndGradsOnEachSliceMatchTheReference) {
+  Communicator& sp = *world();
+  const int P = sp.size(), me = sp.rank();
+  int ran = 0;
+  for (const Case& c : {Case{64, 8, 8}, Case{64, 8, 4}, Case{64, 8, 2}, Case{67, 8, 8}, Case{67, 8, 4},
+                        Case{67, 8, 2}, Case{64, 6, 6}, Case{64, 12, 3}, Case{67, 6, 6}, Case{67, 6, 3},
+                        Case{67, 12, 3}, Case{3, 8, 4}, Case{3, 6, 3}}) {
+    if (c.Hkv % P != 0) continue;
+    ++ran;
+    const Problem p = make_problem(c);
+    const SequencePartition part = partition_sequence(c.T, P);
+    const Result r = run_ulysses(sp, p, part);
+    SCOPED_TRACE("T=" + std::to_string(c.T) + " Hq=" + std::to_string(c.Hq) + " Hkv=" + std::to_string(c.Hkv) +
+                 ", rank " + std::to_string(me) + " of " + std::to_string(P) + ", positions " +
+                 std::to_string(part.start(me)) + " .. " + std::to_string(part.end(me) - 1));
+    EXPECT_LE(max_rel_diff(r.out, my_rows(p.out, part, me)), 1e-5);
+    EXPECT_LE(max_rel_diff(r.dq, my_rows(p.dq, part, me)), 1e-5);
+    EXPECT_LE(max_rel_diff(r.dk, my_rows(p.dk, part, me)), 1e-5);
+    EXPECT_LE(max_rel_diff(r.dv, my_rows(p.dv, part, me)), 1e-5);
+    ASSERT_EQ(r.out.shape(), Shape({kB, part.length(me), c.Hq, kD}));
+    ASSERT_EQ(r.dk.shape(), Shape({kB, part.length(me), c.Hkv, kD}));
+  }
+  EXPECT_GE(ran, 5) << "too few shapes ran at " << P << " ranks";
+}
 
 TEST(Ulysses, StridedViewsIntoFusedBuffersGiveTheSameBits) {
   // The way models/Attention calls it: q, k, v are views of one fused projection and
@@ -179,7 +174,7 @@ TEST(Ulysses, BitwiseDeterministicAcrossRuns) {
 TEST(Ulysses, SpThatDoesNotDivideKvHeadsIsRefusedOnEveryRank) {
   Communicator& sp = *world();
   const int P = sp.size();
-  if (P == 1) GTEST_SKIP() << "every head count divides sp = 1";
+  ASSERT_GT(P, 1) << "registered for 2+ ranks: at 1 rank every head count divides sp";
   const int64_t Hkv = P + 1, Hq = 2 * Hkv, T = 8;  // P never divides P + 1
   const SequencePartition part = partition_sequence(T, P);
   const int64_t Tl = part.length(sp.rank());
