@@ -95,6 +95,7 @@ void DataParallel::set_sync_enabled(bool on) {
     b.launched = false;
   }
   next_launch_ = 0;
+  started_in_backward_ = 0;
 }
 
 void DataParallel::grads_ready(const std::vector<Param*>& ready) {
@@ -103,7 +104,9 @@ void DataParallel::grads_ready(const std::vector<Param*>& ready) {
     const int bi = bucket_of(p);
     if (bi >= 0) --buckets_[bi].pending;  // frozen or foreign params are not ours
   }
+  const size_t before = next_launch_;
   launch_ready_buckets();
+  started_in_backward_ += static_cast<int>(next_launch_ - before);
 }
 
 void DataParallel::launch_ready_buckets() {

@@ -100,6 +100,9 @@ class DataParallel {
   const std::vector<Param*>& params() const { return params_; }  // registration order
   Communicator& comm() const { return comm_; }
   int zero_stage() const { return config_.zero_stage; }
+  // Buckets of the last synchronised step whose reduction started from grads_ready,
+  // i.e. during backward rather than in finish_grad_sync (tests check the hook is wired).
+  int buckets_started_in_backward() const { return started_in_backward_; }
 
  private:
   void launch_ready_buckets();
@@ -118,6 +121,7 @@ class DataParallel {
   Tensor reduced_shard_;  // ZeRO-2: this rank's reduced grads, shard space
   int64_t flat_numel_ = 0, shard_numel_ = 0;
   size_t next_launch_ = 0;
+  int started_in_backward_ = 0;
   bool sync_enabled_ = false;
 };
 

@@ -159,6 +159,8 @@ void expect_same_trajectory(const std::string& store, const Layout& l) {
   ASSERT_NE(t.data_parallel(), nullptr);
   EXPECT_GT(t.data_parallel()->buckets().size(), l.bucket_mb < 1 ? 1u : 0u);
   t.train();
+  // The model's grad-ready hook started every bucket during backward, none at the end.
+  EXPECT_EQ(t.data_parallel()->buckets_started_in_backward(), static_cast<int>(t.data_parallel()->buckets().size()));
   ASSERT_EQ(t.history().size(), ref.history().size());
   double worst_loss = 0, worst_param = 0;
   for (size_t i = 0; i < t.history().size(); ++i) {
