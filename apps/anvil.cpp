@@ -12,6 +12,7 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "parallel/mpi_communicator.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
 
@@ -76,15 +77,36 @@ struct EvalArgs {
   std::vector<std::string> overrides;
 };
 
+// Under a launcher, errors every rank meets alike before any collective (the config,
+// the launch checks) are printed once, by rank 0; any later error is printed by the
+// rank that met it and aborts the job, so no peer waits forever in a collective.
 int run_train(const TrainArgs& a) {
-  Trainer trainer(load_run_config(a.config, a.overrides));
-  const double unigram = trainer.unigram_entropy();
-  std::printf("unigram entropy of the training tokens: %.4f nats/token\n", unigram);
-  trainer.train();
-  const double val = trainer.last_validation_loss();
-  if (!std::isnan(val))
-    std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n", val,
-                std::exp(val), unigram, unigram - val);
+  const LaunchInfo launch = launch_info();
+  RunConfig config;
+  try {
+    config = load_run_config(a.config, a.overrides);
+    check_parallel_launch(config.parallel, launch.size);
+  } catch (const Error& e) {
+    if (launch.rank == 0) std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  std::shared_ptr<Communicator> world;
+  if (launch.size > 1) world = MpiCommunicator::world();
+  try {
+    Trainer trainer(config, TrainerMode::Train, world);
+    const double unigram = trainer.unigram_entropy();
+    if (trainer.is_main_rank()) std::printf("unigram entropy of the training tokens: %.4f nats/token\n", unigram);
+    trainer.train();
+    const double val = trainer.last_validation_loss();
+    if (!std::isnan(val) && trainer.is_main_rank())
+      std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n",
+                  val, std::exp(val), unigram, unigram - val);
+  } catch (const std::exception& e) {
+    if (!world) throw;
+    std::fprintf(stderr, "error (rank %d of %d): %s\n", world->rank(), world->size(), e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   return 0;
 }
 

@@ -137,15 +137,28 @@ Tensor TransformerLM::head_backward(Tensor dlogits, Cache& c) {
   return dx;
 }
 
+void TransformerLM::report_grads_ready(std::initializer_list<Module*> modules) {
+  if (!grad_ready_) return;
+  std::vector<Param*> ready;
+  for (Module* m : modules)
+    if (m) m->collect_params(ready);
+  grad_ready_(ready);
+}
+
 void TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   const size_t L = blocks_.size();
   dx = norm_f_->backward(dx, c.child(L + 1));
-  for (size_t i = L; i-- > 0;) dx = blocks_[i]->backward(dx, c.child(1 + i));
+  report_grads_ready({norm_f_.get(), lm_head_ ? &*lm_head_ : nullptr});
+  for (size_t i = L; i-- > 0;) {
+    dx = blocks_[i]->backward(dx, c.child(1 + i));
+    report_grads_ready({blocks_[i].get()});
+  }
   if (wpe_ && wpe_->weight.trainable) {
     Tensor dpos = wpe_->weight.grad.slice(0, 0, dx.size(1));
     for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx.select(0, b));
   }
   wte_.backward(dx, c.child(0));
+  report_grads_ready({&wte_, wpe_ ? &*wpe_ : nullptr});
 }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
@@ -164,11 +177,11 @@ float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cach
   return count > 0 ? static_cast<float>(kernels::sum(losses) / count) : 0.0f;
 }
 
-void TransformerLM::backward_loss(Cache& c, float loss_scale) {
+void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
   Tensor dx;
   {
     Tensor logits = c.get("logits");
-    const double count = c.get("count").item();
+    const double count = loss_tokens >= 0 ? static_cast<double>(loss_tokens) : c.get("count").item();
     Tensor flat = logits.view({-1, config_.vocab_size});
     kernels::cross_entropy_backward(flat, c.get("targets"), c.get("lse"),
                                     static_cast<int>(c.get("ignore_index").item()),

@@ -1,6 +1,7 @@
 // TransformerLM: a decoder-only language model of the GPT-2 or Llama family,
 // with explicit forward/backward through embedding, blocks, final norm and head.
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -46,7 +47,18 @@ class TransformerLM : public Module {
   // Mean cross-entropy over targets != ignore_index; logits stay in the cache.
   float forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index = -100);
   // Backward from forward_loss's mean loss times loss_scale (1/micro-batches for accumulation).
-  void backward_loss(Cache& c, float loss_scale = 1.0f);
+  // loss_tokens: the token count the summed loss is divided by; -1 = this micro-batch's
+  // own count. Data parallelism passes the count over every rank's micro-batch, so the
+  // gradients summed over ranks are those of the mean over the whole global micro-batch.
+  void backward_loss(Cache& c, float loss_scale = 1.0f, int64_t loss_tokens = -1);
+
+  // Called during backward each time a group of params' gradients is final for this
+  // pass: the head and final norm, then each block from the last to the first, then
+  // the embeddings (a tied embedding is final only here). Data parallelism uses it to
+  // start a bucket's reduction while backward continues; the model knows nothing of
+  // who listens. Empty (the default) = no calls.
+  using GradReadyCallback = std::function<void(const std::vector<Param*>& ready)>;
+  void set_grad_ready_callback(GradReadyCallback callback) { grad_ready_ = std::move(callback); }
 
   void collect_params(std::vector<Param*>& out) override;
   Param& param(const std::string& name);  // throws naming the missing param
@@ -59,6 +71,8 @@ class TransformerLM : public Module {
   // By value so the last reference to dlogits can die before the trunk's backward.
   Tensor head_backward(Tensor dlogits, Cache& c);
   void trunk_backward(Tensor dx, Cache& c);
+  void report_grads_ready(std::initializer_list<Module*> modules);
+  GradReadyCallback grad_ready_;
   ModelConfig config_;
   std::shared_ptr<const RopeTables> rope_;
   Embedding wte_;

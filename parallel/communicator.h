@@ -18,6 +18,12 @@ class CommHandle {
   virtual void wait() = 0;
 };
 
+// A handle for work that finished before it was returned.
+class DoneHandle final : public CommHandle {
+ public:
+  void wait() override {}
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -29,6 +35,10 @@ class Communicator {
   virtual std::unique_ptr<CommHandle> all_reduce_async(Tensor& t, ReduceOp op = ReduceOp::Sum) = 0;
   // in: size() * n elements; out: n elements = this rank's chunk of the reduction.
   virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::Sum) = 0;
+  // The same in flight (in and out must stay alive and untouched until wait()). The
+  // default runs the blocking collective and returns a finished handle.
+  virtual std::unique_ptr<CommHandle> reduce_scatter_async(const Tensor& in, Tensor& out,
+                                                           ReduceOp op = ReduceOp::Sum);
   // in: n elements; out: size() * n, rank r's contribution at [r*n, (r+1)*n).
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
   // in and out: size() equal chunks; chunk j of `in` goes to rank j, chunk i of `out` came from rank i.
@@ -54,5 +64,10 @@ class Communicator {
  private:
   size_t payload_bytes_ = 0;
 };
+
+inline std::unique_ptr<CommHandle> Communicator::reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) {
+  reduce_scatter(in, out, op);
+  return std::make_unique<DoneHandle>();
+}
 
 }  // namespace anvil

@@ -62,6 +62,18 @@ class MpiHandle final : public CommHandle {
 
 }  // namespace
 
+LaunchInfo launch_info() {
+  const std::pair<const char*, const char*> vars[] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                                       {"PMI_RANK", "PMI_SIZE"},
+                                                       {"SLURM_PROCID", "SLURM_NTASKS"}};
+  for (const auto& [rank_var, size_var] : vars) {
+    const char* r = std::getenv(rank_var);
+    const char* n = std::getenv(size_var);
+    if (r && n) return {std::atoi(r), std::atoi(n), true};
+  }
+  return {};
+}
+
 void ensure_mpi_initialized() {
   int initialized = 0;
   MPI_Initialized(&initialized);
@@ -123,6 +135,19 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
   check(MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(), count_of(out.numel(), "reduce_scatter"),
                                  mpi_type(in.dtype()), mpi_op(op, in.dtype()), comm_),
         "reduce_scatter");
+}
+
+std::unique_ptr<CommHandle> MpiCommunicator::reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) {
+  require_host(in, "reduce_scatter_async");
+  require_host(out, "reduce_scatter_async");
+  ANVIL_CHECK(in.numel() == out.numel() * size_ && in.dtype() == out.dtype(), "reduce_scatter_async: input ",
+              in.describe(), " must hold ", size_, " x output ", out.describe());
+  count_payload(in.nbytes());
+  MPI_Request r;
+  check(MPI_Ireduce_scatter_block(in.raw_data(), out.raw_data(), count_of(out.numel(), "reduce_scatter"),
+                                  mpi_type(in.dtype()), mpi_op(op, in.dtype()), comm_, &r),
+        "reduce_scatter_async");
+  return std::make_unique<MpiHandle>(r);
 }
 
 void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {

@@ -6,6 +6,16 @@
 
 namespace anvil {
 
+// The rank and world size a launcher (mpirun, srun, hydra) gave this process, read
+// from its environment without initialising MPI: {0, 1, false} when started alone.
+// Lets every rank run the launch checks before any collective.
+struct LaunchInfo {
+  int rank = 0;
+  int size = 1;
+  bool launched = false;
+};
+LaunchInfo launch_info();
+
 // Initialises MPI once (thread level FUNNELED) and finalises it at exit. Works
 // under mpirun/srun and as a singleton without a launcher.
 void ensure_mpi_initialized();
@@ -22,6 +32,7 @@ class MpiCommunicator final : public Communicator {
   void all_reduce(Tensor& t, ReduceOp op) override;
   std::unique_ptr<CommHandle> all_reduce_async(Tensor& t, ReduceOp op) override;
   void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
+  std::unique_ptr<CommHandle> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override;
   void all_gather(const Tensor& in, Tensor& out) override;
   void all_to_all(const Tensor& in, Tensor& out) override;
   void all_to_allv(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,

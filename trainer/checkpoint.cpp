@@ -111,6 +111,19 @@ std::unique_ptr<OpenFile> open_checkpoint(const std::string& dir) {
 
 std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
                             Optimizer* optimizer, int64_t keep) {
+  if (!optimizer) {
+    CheckpointMeta plain = meta;
+    plain.optimizer_name.clear();
+    return save_checkpoint(root, plain, params, std::vector<NamedTensor>{}, keep);
+  }
+  CheckpointMeta named = meta;
+  named.optimizer_name = optimizer->name();
+  return save_checkpoint(root, named, params, optimizer->state(), keep);
+}
+
+std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
+                            const std::vector<NamedTensor>& optimizer_state, int64_t keep) {
+  const bool has_optimizer = !meta.optimizer_name.empty();
   fs::create_directories(root);
   const std::string name = step_dir_name(meta.step);
   const fs::path final_dir = fs::path(root) / name;
@@ -126,9 +139,9 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
       h5::Id group = create_group(ctx, file.get(), "params");
       for (const Param* p : params) write_tensor(ctx, group.get(), p->name, p->value);
     }
-    if (optimizer) {
+    if (has_optimizer) {
       h5::Id group = create_group(ctx, file.get(), "optimizer");
-      for (const NamedTensor& t : optimizer->state()) write_tensor(ctx, group.get(), t.name, t.tensor);
+      for (const NamedTensor& t : optimizer_state) write_tensor(ctx, group.get(), t.name, t.tensor);
     }
     {
       h5::Id state = create_group(ctx, file.get(), "state");
@@ -138,7 +151,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
     h5::write_attr_int(ctx, file.get(), "step", meta.step);
     h5::write_attr_string(ctx, file.get(), "run_config", meta.run_config_yaml);
     h5::write_attr_string(ctx, file.get(), "model_config", meta.model_config_json);
-    h5::write_attr_string(ctx, file.get(), "optimizer_name", optimizer ? optimizer->name() : "");
+    h5::write_attr_string(ctx, file.get(), "optimizer_name", meta.optimizer_name);
     h5::write_attr_int(ctx, file.get(), "complete", 1);  // last: a file without it was cut short
     ctx.check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush");
     if (!file.close()) ctx.fail("close failed (disk full?)");
@@ -194,7 +207,9 @@ CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>
       f->ctx.fail("it holds " + meta.optimizer_name + " state but the run uses " + optimizer->name() +
                   " — resume with the same optimizer, or start fresh (checkpoint.resume: none)");
     h5::Id group(f->ctx.check(H5Gopen2(f->file.get(), "optimizer", H5P_DEFAULT), "open group optimizer"), H5Gclose);
-    for (NamedTensor& t : optimizer->state()) read_tensor(f->ctx, group.get(), t.name, t.tensor, "optimizer state");
+    std::vector<NamedTensor> state = optimizer->state();
+    for (NamedTensor& t : state) read_tensor(f->ctx, group.get(), t.name, t.tensor, "optimizer state");
+    optimizer->load_state(state);
   }
   return meta;
 }

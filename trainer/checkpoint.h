@@ -34,6 +34,10 @@ inline constexpr const char* kCheckpointFile = "checkpoint.h5";
 // newest `keep` checkpoints (0 = all). Returns the checkpoint directory.
 std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
                             Optimizer* optimizer, int64_t keep);
+// The same with the optimizer's state already in hand (under ZeRO, Optimizer::state()
+// is a collective every rank calls; then one rank writes). meta.optimizer_name names it.
+std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
+                            const std::vector<NamedTensor>& optimizer_state, int64_t keep);
 
 // The newest complete checkpoint directory under root, or "" if none. Directories
 // that are incomplete or unreadable are skipped with a warning on stderr.
@@ -42,7 +46,8 @@ std::string latest_checkpoint(const std::string& root);
 // Reads the metadata only (for `anvil generate`/`eval` to rebuild the model).
 CheckpointMeta read_checkpoint_meta(const std::string& dir);
 
-// Restores params (and optimizer state when given) in place. Every model param must
+// Restores params (and optimizer state when given) in place; under ZeRO a collective
+// (every rank reads the file and keeps its shard of the optimizer state). Every model param must
 // be present with the same shape; a mismatch names the tensor, both shapes and the fix.
 CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>& params, Optimizer* optimizer);
 

@@ -2,6 +2,7 @@
 // The YAML side (overrides, unknown keys, typed reads with locations) is trainer/config_reader.cpp.
 #include "trainer/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -226,6 +227,9 @@ void parse_optimizer(const Section& s, OptimizerSection& o) {
   s.read("decay_norms_and_biases", a.decay_vectors);
   s.read("grad_clip", o.grad_clip);
   s.require(o.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off), got ", o.grad_clip);
+  s.read("zero", o.zero);
+  s.require(o.zero >= 0 && o.zero <= 2, "zero", "must be 0 (no sharding), 1 (optimizer state sharded over dp) or 2 "
+            "(optimizer state and gradients sharded), got ", o.zero);
 }
 
 void parse_training(const Section& s, const DataSection& data, TrainingSection& t) {
@@ -295,6 +299,9 @@ void parse_parallel(const Section& s, const ModelSection& model, ParallelSection
     s.read(key, *degree);
     s.require(*degree >= 1, key, "must be at least 1 (1 = not split along this axis), got ", *degree);
   }
+  s.read("bucket_mb", p.bucket_mb);
+  s.require(p.bucket_mb > 0 && std::isfinite(p.bucket_mb), "bucket_mb",
+            "must be positive (gradient bucket size in MB, e.g. 25), got ", p.bucket_mb);
   s.require(p.pp <= model.num_hidden_layers, "pp", p.pp,
             " pipeline stages exceed model.num_hidden_layers = ", model.num_hidden_layers,
             " — every stage needs at least one layer");

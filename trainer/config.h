@@ -14,14 +14,17 @@
 //   data:       train (required), seq_len [max_position_embeddings], valid_fraction [0.01], shuffle [true]
 //   tokenizer:  path (required)
 //   optimizer:  name [adamw], lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
-//               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off]
+//               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
+//               zero [0] (0 | 1: optimizer state sharded over dp | 2: and gradients reduce-scattered;
+//               no effect when dp = 1)
 //   schedule:   kind [cosine] (constant|cosine|linear|wsd), warmup_steps [0], min_lr_ratio [0.1],
 //               decay_fraction [0.2]; peak lr = optimizer.lr, total steps = training.steps
 //   training:   steps (required), micro_batch_size [8], grad_accum_steps [1], trainable [["*"]],
 //               eval_every [100; 0 = never], eval_batches [20], sample_every [0 = never], sample_prompt [""],
 //               sample_tokens [64], sample_temperature [0.8; 0 = greedy], sample_top_k [40; 0 = off],
 //               sample_top_p [1.0], ignore_index [-100]
-//   parallel:   dp, tp, pp, sp [1 each]
+//   parallel:   dp, tp, pp, sp [1 each] (only dp > 1 is built so far), bucket_mb [25] (gradient
+//               all-reduce / reduce-scatter bucket size in MB)
 //   checkpoint: dir ["" = <out_dir>/checkpoints], every [500; 0 = only at the end], keep [3; 0 = all],
 //               resume [auto] (auto | none | a checkpoint path)
 //   logging:    every [10], jsonl [true]
@@ -80,6 +83,7 @@ struct OptimizerSection {
   std::string name = "adamw";  // adamw (muon, soap, cosmos to come)
   double lr = 1e-3;            // peak learning rate
   double grad_clip = 1.0;      // global grad-norm clip; 0 = off
+  int64_t zero = 0;            // ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients
   AdamWConfig adamw;           // beta1, beta2, eps, weight_decay, decay_embeddings, decay_vectors
 };
 
@@ -101,6 +105,7 @@ struct TrainingSection {
 
 struct ParallelSection {
   int64_t dp = 1, tp = 1, pp = 1, sp = 1;
+  double bucket_mb = 25.0;  // data-parallel gradient bucket size
   int64_t world_size() const { return dp * tp * pp * sp; }
 };
 
@@ -134,6 +139,8 @@ struct RunConfig {
   int64_t tokens_per_step_per_replica() const {
     return training.micro_batch_size * training.grad_accum_steps * data.seq_len;
   }
+  // Tokens per optimizer step over every replica (the global batch).
+  int64_t tokens_per_step() const { return tokens_per_step_per_replica() * parallel.dp; }
 };
 
 // Loads, overrides, validates. Throws anvil::Error (one message: where — what — how to fix).

@@ -103,6 +103,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   boolean("decay_embeddings", c.optimizer.adamw.decay_embeddings);
   boolean("decay_norms_and_biases", c.optimizer.adamw.decay_vectors);
   real("grad_clip", c.optimizer.grad_clip, "0 = off");
+  integer("zero", c.optimizer.zero, "0 | 1 (sharded optimizer state) | 2 (and gradients)");
 
   section = "schedule";
   string("kind", c.schedule.kind, "constant | cosine | linear | wsd");
@@ -131,6 +132,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("tp", c.parallel.tp);
   integer("pp", c.parallel.pp);
   integer("sp", c.parallel.sp);
+  real("bucket_mb", c.parallel.bucket_mb, "gradient bucket size");
 
   section = "checkpoint";
   string("dir", c.checkpoint.dir);

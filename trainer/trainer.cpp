@@ -10,6 +10,7 @@
 
 #include "eval/generate.h"
 #include "optim/adamw.h"
+#include "optim/sharded_adamw.h"
 #include "optim/schedule.h"
 #include "trainer/checkpoint.h"
 
@@ -49,14 +50,47 @@ LoaderState get_loader_state(const CheckpointMeta& meta, const std::string& pref
   s.split = get("split");
   return s;
 }
+
+int64_t count_loss_tokens(const Tensor& targets, int64_t ignore_index) {
+  const int32_t* t = targets.data<int32_t>();
+  int64_t n = 0;
+  for (int64_t i = 0; i < targets.numel(); ++i) n += t[i] != ignore_index;
+  return n;
+}
 }  // namespace
 
-Trainer::Trainer(RunConfig config, TrainerMode mode)
-    : config_(std::move(config)), mode_(mode), verbose_(mode == TrainerMode::Train) {
+void check_parallel_launch(const ParallelSection& p, int world_size) {
+  const int64_t product = p.world_size();
+  if (product != world_size) {
+    const std::string degrees = "parallel: dp*tp*pp*sp = " + std::to_string(p.dp) + "*" + std::to_string(p.tp) + "*" +
+                                std::to_string(p.pp) + "*" + std::to_string(p.sp) + " = " + std::to_string(product);
+    ANVIL_CHECK(world_size != 1, degrees, " but this process runs alone (world size 1) — launch it with mpirun -np ",
+                product, " (or srun -n ", product, "), or set the degrees to 1");
+    ANVIL_FAIL(degrees, " but the job has ", world_size, " processes — launch with mpirun -np ", product,
+               " (or srun -n ", product, "), or change the parallel section to multiply to ", world_size);
+  }
+  const std::pair<const char*, int64_t> unbuilt[] = {{"tp", p.tp}, {"pp", p.pp}, {"sp", p.sp}};
+  for (const auto& [axis, degree] : unbuilt)
+    ANVIL_CHECK(degree == 1, "parallel.", axis, " = ", degree, ": ", axis,
+                " parallelism is not built yet (this build has data parallelism only) — set parallel.", axis,
+                ": 1 and use dp");
+}
+
+Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
+    : config_(std::move(config)), mode_(mode), world_(std::move(world)) {
   ANVIL_CHECK(config_.run.device == "cpu", "run.device: ", config_.run.device,
               " — this build trains on the CPU only; the CUDA backend arrives with the CUDA issue (use cpu)");
-  ANVIL_CHECK(config_.parallel.world_size() == 1, "parallel: dp*tp*pp*sp = ", config_.parallel.world_size(),
-              " but this process runs alone (world size 1) — set every degree to 1 until distributed training lands");
+  // Every rank checks the same numbers before any collective, so a bad launch fails everywhere at once.
+  check_parallel_launch(config_.parallel, world_ ? world_->size() : 1);
+  validate_layout(GridDims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
+                           int(config_.parallel.sp)},
+                  config_.model);
+  if (world_) {
+    grid_ = std::make_unique<ProcessGrid>(world_, GridDims{int(config_.parallel.dp), int(config_.parallel.tp),
+                                                           int(config_.parallel.pp), int(config_.parallel.sp)});
+    main_rank_ = grid_->rank(Axis::DP) == 0;
+  }
+  verbose_ = mode == TrainerMode::Train && main_rank_;
   if (config_.run.threads > 0) omp_set_num_threads(static_cast<int>(config_.run.threads));
 
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(config_.tokenizer.path));
@@ -74,6 +108,10 @@ Trainer::Trainer(RunConfig config, TrainerMode mode)
   lc.valid_fraction = config_.data.valid_fraction;
   lc.shuffle = config_.data.shuffle;
   lc.ignore_index = static_cast<int32_t>(config_.training.ignore_index);
+  if (grid_) {  // every dp rank takes its slice of the same global batch
+    lc.rank = grid_->rank(Axis::DP);
+    lc.world = grid_->size(Axis::DP);
+  }
   train_loader_ = std::make_unique<Loader>(store_, lc, Split::Train);
   if (config_.data.valid_fraction > 0) valid_loader_ = std::make_unique<Loader>(store_, lc, Split::Valid);
 
@@ -89,10 +127,21 @@ Trainer::Trainer(RunConfig config, TrainerMode mode)
   ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
               "e.g. [\"*\"] to train everything");
   const bool inference = mode_ == TrainerMode::Inference;
-  if (!inference) optimizer_ = std::make_unique<AdamW>(trainable_, config_.optimizer.adamw);
+  if (grid_ && grid_->size(Axis::DP) > 1 && !inference) {
+    DataParallelConfig dc;
+    dc.bucket_mb = config_.parallel.bucket_mb;
+    dc.zero_stage = static_cast<int>(config_.optimizer.zero);
+    dc.average = false;  // the loss is normalised by the global token count instead (see trainer.h)
+    dp_ = std::make_unique<DataParallel>(trainable_, grid_->comm(Axis::DP), dc);
+    model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) { dp_->grads_ready(ready); });
+  }
+  if (!inference) {
+    if (dp_ && dp_->zero_stage() > 0) optimizer_ = std::make_unique<ShardedAdamW>(*dp_, config_.optimizer.adamw);
+    else optimizer_ = std::make_unique<AdamW>(trainable_, config_.optimizer.adamw);
+  }
 
   const std::string resolved = to_yaml(config_);
-  if (!inference) {
+  if (!inference && main_rank_) {
     fs::create_directories(config_.run.out_dir);
     std::ofstream(fs::path(config_.run.out_dir) / "config.yaml") << resolved;
   }
@@ -102,7 +151,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode)
   else if (config_.checkpoint.resume != "none") resume_from = config_.checkpoint.resume;
   if (!resume_from.empty()) restore(resume_from);
 
-  if (config_.logging.jsonl && !inference)
+  if (config_.logging.jsonl && !inference && main_rank_)
     metrics_.open(fs::path(config_.run.out_dir) / "metrics.jsonl", step_ > 0 ? std::ios::app : std::ios::trunc);
 
   if (verbose_) {
@@ -120,6 +169,11 @@ Trainer::Trainer(RunConfig config, TrainerMode mode)
     std::printf("memory plan: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB per micro-batch; "
                 "%d threads\n", mem.param_bytes / 1e6, mem.grad_bytes / 1e6, optimizer_->state_bytes() / 1e6,
                 (mem.activation_bytes + mem.workspace_bytes) / 1e6, omp_get_max_threads());
+    if (dp_)
+      std::printf("data parallel: dp=%ld, ZeRO-%ld, %zu gradient buckets of <= %.1f MB; optimizer state above is per "
+                  "rank; global batch %ld sequences\n", long(config_.parallel.dp), long(config_.optimizer.zero),
+                  dp_->buckets().size(), config_.parallel.bucket_mb,
+                  long(config_.training.micro_batch_size * config_.training.grad_accum_steps * config_.parallel.dp));
     if (step_ > 0) std::printf("resumed from %s at step %ld\n", resume_from.c_str(), long(step_));
     std::fflush(stdout);
   }
@@ -145,7 +199,12 @@ std::string Trainer::save() {
   // Every random draw is Philox keyed by (seed, purpose, step): seed and step are the whole RNG state.
   meta.counters["rng.seed"] = config_.run.seed;
   put_loader_state(meta, "data.train", train_loader_->state());
-  return save_checkpoint(config_.checkpoint.dir, meta, model_->params(), optimizer_.get(), config_.checkpoint.keep);
+  meta.optimizer_name = optimizer_->name();
+  const std::vector<NamedTensor> state = optimizer_->state();  // under ZeRO: gathered to full shape, collectively
+  std::string dir;
+  if (main_rank_) dir = save_checkpoint(config_.checkpoint.dir, meta, model_->params(), state, config_.checkpoint.keep);
+  if (world_) world_->barrier();  // nobody reads the checkpoint before it is complete
+  return dir;
 }
 
 StepRecord Trainer::train_step() {
@@ -153,22 +212,39 @@ StepRecord Trainer::train_step() {
   cpu_allocator().reset_peak();
   model_->zero_grad();
   const int64_t accum = config_.training.grad_accum_steps;
+  const int ignore = static_cast<int>(config_.training.ignore_index);
   double loss_sum = 0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     const Batch batch = train_loader_->next();
     Cache cache;
-    loss_sum += model_->forward_loss(batch.ids, batch.targets, cache, static_cast<int>(config_.training.ignore_index));
-    model_->backward_loss(cache, 1.0f / static_cast<float>(accum));
+    const float loss = model_->forward_loss(batch.ids, batch.targets, cache, ignore);
+    if (dp_) {
+      // The mean over the global micro-batch's tokens (trainer.h): weight by token counts.
+      const int64_t local = count_loss_tokens(batch.targets, ignore);
+      const int64_t global = all_reduce_sum(dp_->comm(), local);
+      loss_sum += global > 0 ? static_cast<double>(loss) * static_cast<double>(local) / static_cast<double>(global) : 0;
+      dp_->set_sync_enabled(micro == accum - 1);  // only the last backward communicates
+      model_->backward_loss(cache, 1.0f / static_cast<float>(accum), global);
+    } else {
+      loss_sum += loss;
+      model_->backward_loss(cache, 1.0f / static_cast<float>(accum));
+    }
   }
   StepRecord r;
-  r.grad_norm = clip_grad_norm(trainable_, config_.optimizer.grad_clip);
+  if (dp_) {
+    dp_->finish_grad_sync();
+    loss_sum = all_reduce_sum(dp_->comm(), loss_sum);
+    r.grad_norm = dp_->clip_grad_norm(config_.optimizer.grad_clip);
+  } else {
+    r.grad_norm = clip_grad_norm(trainable_, config_.optimizer.grad_clip);
+  }
   r.lr = learning_rate(config_.schedule, step_);
   optimizer_->step(r.lr);
   ++step_;
   r.step = step_;
   r.loss = loss_sum / static_cast<double>(accum);
   r.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  r.tokens_per_s = static_cast<double>(config_.tokens_per_step_per_replica()) / (r.ms / 1e3);
+  r.tokens_per_s = static_cast<double>(config_.tokens_per_step()) / (r.ms / 1e3);  // the global batch
   r.peak_mb = cpu_allocator().stats().peak_bytes / 1e6;
   return r;
 }
@@ -219,12 +295,21 @@ double Trainer::evaluate(int64_t batches) {
   valid_loader_->reset();
   const int64_t n = std::max<int64_t>(1, std::min(batches, valid_loader_->num_samples() /
                                                                std::max<int64_t>(1, valid_loader_->global_batch())));
-  double total = 0;
+  const int ignore = static_cast<int>(config_.training.ignore_index);
+  std::vector<double> sums(n), counts(n);  // per batch: summed token losses and tokens on this rank
   for (int64_t i = 0; i < n; ++i) {
     const Batch batch = valid_loader_->next();
     Cache cache;  // dropped without backward: the activations go with it
-    total += model_->forward_loss(batch.ids, batch.targets, cache, static_cast<int>(config_.training.ignore_index));
+    const double loss = model_->forward_loss(batch.ids, batch.targets, cache, ignore);
+    counts[i] = static_cast<double>(count_loss_tokens(batch.targets, ignore));
+    sums[i] = loss * counts[i];
   }
+  if (grid_ && grid_->size(Axis::DP) > 1) {  // each batch's mean over the whole global batch
+    sums = all_reduce_sum(grid_->comm(Axis::DP), sums);
+    counts = all_reduce_sum(grid_->comm(Axis::DP), counts);
+  }
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += counts[i] > 0 ? sums[i] / counts[i] : 0.0;
   return total / static_cast<double>(n);
 }
 

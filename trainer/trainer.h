@@ -1,6 +1,23 @@
 // Trainer: builds tokenizer, data, model and optimizer from a RunConfig, resumes
 // from the newest checkpoint, and runs the loop (micro-batch accumulation, clipping,
 // schedule, logging, validation, samples, checkpoints).
+//
+// Data parallelism (parallel.dp > 1, given a world communicator): every dp rank
+// reads its slice of the same global batch, gradients are reduced in buckets during
+// the last micro-batch's backward (parallel/data_parallel.h), and optimizer.zero
+// shards the AdamW state (1) and the reduced gradients (2) over dp. Only dp rank 0
+// prints, writes metrics, config.yaml and checkpoints; checkpoints hold full-shape
+// tensors, so any dp layout resumes any other.
+//
+// The invariant (tested in tests/multirank/data_parallel_test.cpp): a run with dp = D
+// and micro_batch_size = B takes the same steps as one process with micro_batch_size
+// = D * B (same grad_accum_steps), up to fp32 reduction order. Each micro-batch's loss
+// is the mean over the non-ignored target tokens of the whole global micro-batch
+// (D * B sequences): every rank divides its summed token losses by the token count
+// all-reduced over dp, and the gradients are then summed (not averaged) over dp. So
+// ranks holding more masked (ignore_index) tokens weigh less, exactly as those tokens
+// would in one big batch; plain averaging of per-rank means would not match whenever
+// the ranks' token counts differ.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -13,9 +30,16 @@
 #include "data/tokenizer.h"
 #include "models/transformer.h"
 #include "optim/optimizer.h"
+#include "parallel/data_parallel.h"
+#include "parallel/grid.h"
 #include "trainer/config.h"
 
 namespace anvil {
+
+// The launch checks every rank computes alike before any collective: the degrees
+// must multiply to the world size, and only dp may exceed 1 for now. Each failure is
+// one Error naming both numbers and the fix.
+void check_parallel_launch(const ParallelSection& parallel, int world_size);
 
 struct StepRecord {
   int64_t step = 0;  // 1-based: the optimizer step just taken
@@ -36,7 +60,10 @@ class Trainer {
  public:
   // Validates the run against its files (tokenizer, store), builds everything and
   // restores the checkpoint chosen by checkpoint.resume.
-  explicit Trainer(RunConfig config, TrainerMode mode = TrainerMode::Train);
+  // `world`: the job's communicator (null = this process alone). With a world, its
+  // ranks form the process grid of config.parallel.
+  explicit Trainer(RunConfig config, TrainerMode mode = TrainerMode::Train,
+                   std::shared_ptr<Communicator> world = nullptr);
   ~Trainer();
 
   // Trains until training.steps, or until `stop_at_step` (then saves a checkpoint so
@@ -56,7 +83,12 @@ class Trainer {
   // Entropy (nats/token) of the unigram distribution of the training tokens: the
   // loss of the best model that ignores context, the bar a real LM must clear.
   double unigram_entropy() const;
-  std::string save();  // a checkpoint at the current step; returns its directory
+  // A checkpoint at the current step (a collective under dp: every rank calls it, dp
+  // rank 0 writes); returns its directory on the writing rank, "" on the others.
+  std::string save();
+  Optimizer& optimizer() { return *optimizer_; }
+  DataParallel* data_parallel() { return dp_.get(); }  // null unless dp > 1
+  bool is_main_rank() const { return main_rank_; }
 
  private:
   StepRecord train_step();
@@ -65,7 +97,11 @@ class Trainer {
 
   RunConfig config_;
   TrainerMode mode_;
+  bool main_rank_ = true;  // dp rank 0 (the only one that prints and writes)
   bool verbose_;
+  std::shared_ptr<Communicator> world_;
+  std::unique_ptr<ProcessGrid> grid_;
+  std::unique_ptr<DataParallel> dp_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const TokenStore> store_;
   std::unique_ptr<Loader> train_loader_, valid_loader_;

@@ -53,6 +53,10 @@ TEST(Communicator, ReduceScatterAndAllGatherAreConjugate) {
     for (int r = 0; r < P; ++r) expect += 100.0 * r + me * chunk + i + 0.5;
     EXPECT_EQ(out.item_at({i}), expect);
   }
+  Tensor async_out = Tensor::empty({chunk});
+  auto handle = w->reduce_scatter_async(in, async_out, ReduceOp::Sum);
+  handle->wait();
+  for (int64_t i = 0; i < chunk; ++i) EXPECT_EQ(async_out.item_at({i}), out.item_at({i}));
   Tensor gathered = Tensor::empty({chunk * P});
   w->all_gather(input_of(me, chunk), gathered);
   for (int r = 0; r < P; ++r)

@@ -661,3 +661,25 @@ TEST(RunConfigYaml, DoublesAreShortExactAndReadableByYaml11) {
 }
 
 }  // namespace
+
+TEST_F(RunConfigTest, ZeroStageAndBucketSize) {
+  const RunConfig d = load(kMinimal);
+  EXPECT_EQ(d.optimizer.zero, 0);
+  EXPECT_EQ(d.parallel.bucket_mb, 25.0);
+  const RunConfig c = load(std::string(kMinimal) + "optimizer: {zero: 2}\nparallel: {dp: 4, bucket_mb: 0.5}\n");
+  EXPECT_EQ(c.optimizer.zero, 2);
+  EXPECT_EQ(c.parallel.bucket_mb, 0.5);
+  EXPECT_EQ(c.tokens_per_step(), 4 * c.tokens_per_step_per_replica());
+  const RunConfig round = load(to_yaml(c));  // the resolved YAML carries both keys
+  EXPECT_EQ(round.optimizer.zero, 2);
+  EXPECT_EQ(round.parallel.bucket_mb, 0.5);
+  EXPECT_TRUE(same_settings(c, round));
+  const std::string bad = error(kMinimal, {"optimizer.zero=3"});
+  EXPECT_HAS(bad, "--set optimizer.zero=3");
+  EXPECT_HAS(bad, "optimizer.zero: must be 0 (no sharding), 1 (optimizer state sharded over dp) or 2");
+  EXPECT_HAS(bad, "got 3");
+  EXPECT_HAS(error(kMinimal, {"optimizer.zero=-1"}), "optimizer.zero: must be 0");
+  EXPECT_HAS(error(kMinimal, {"optimizer.zero=one"}), "optimizer.zero");
+  EXPECT_HAS(error(kMinimal, {"parallel.bucket_mb=0"}), "parallel.bucket_mb: must be positive");
+  EXPECT_HAS(error(kMinimal, {"optimizer.zeros=1"}), "did you mean optimizer.zero?");
+}
