@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/linalg.h"
+#include "kernels/newton_schulz.h"
 
 namespace anvil {
 namespace {
@@ -97,7 +98,7 @@ void cosmos_matrix_step(const CosmosMatrix<T>& x, int64_t t, const CosmosConfig&
   const T scale = static_cast<T>(std::sqrt(static_cast<double>(mn)));
   if (r < n) {  // with r == n the residual is exactly zero: B = 0, not normalized rounding noise
     host_gemm<T>(false, true, m, n, r, T(-1), h.data(), r, x.p, r, T(1), resid.data(), n);
-    newton_schulz<T>(resid.data(), resid.data(), m, n, cfg.newton_schulz);
+    kernels::newton_schulz<T>(resid.data(), resid.data(), m, n, cfg.newton_schulz);
     // 7. U = A + gamma * sqrt(mn) * O / (||O|| + eps).
     const T coef = static_cast<T>(cfg.gamma) * scale / (static_cast<T>(frobenius(resid)) + eps);
     for (int64_t i = 0; i < mn; ++i) update[i] += coef * resid[i];

@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "optim/newton_schulz.h"
+#include "kernels/newton_schulz.h"
 #include "optim/optimizer.h"
 
 namespace anvil {
@@ -33,7 +33,14 @@ struct CosmosConfig {
   // reference decays every param in a group).
   bool decay_embeddings = false;
   bool decay_vectors = false;
-  NewtonSchulzConfig newton_schulz;  // 5 steps in bf16, as the reference
+  // 5 steps in emulated bf16 with fp32 coefficients, as the reference on CUDA (bf16 = false: fp32/fp64).
+  kernels::NewtonSchulzConfig newton_schulz = default_newton_schulz();
+
+  static kernels::NewtonSchulzConfig default_newton_schulz() {
+    kernels::NewtonSchulzConfig ns;
+    ns.bf16 = true;
+    return ns;
+  }
 };
 
 // One matrix-branch update on raw row-major buffers of precision T (the optimizer

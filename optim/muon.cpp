@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/elementwise.h"
+#include "kernels/muon_kernels.h"
 
 namespace anvil {
 
@@ -29,7 +30,7 @@ void MuonConfig::validate() const {
   ANVIL_CHECK(weight_decay >= 0.0, "muon: weight_decay = ", weight_decay, " must be >= 0");
   ANVIL_CHECK(ns.steps >= 1 && ns.steps <= 20, "muon: ns_steps = ", ns.steps,
               " must be in [1, 20] (the reference uses 5)");
-  ANVIL_CHECK(ns.eps > 0.0f, "muon: ns eps = ", ns.eps, " must be > 0");
+  ANVIL_CHECK(ns.eps > 0.0, "muon: ns eps = ", ns.eps, " must be > 0");
 }
 
 Muon::Muon(std::vector<Param*> params, const MuonConfig& config) : config_(config) {

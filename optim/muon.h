@@ -1,13 +1,14 @@
 // Muon: momentum + Newton–Schulz orthogonalised updates for 2-D hidden weight
 // matrices (ALGORITHMS.md 2a). Embeddings, heads and vectors belong to AdamW;
 // HybridOptimizer (optim/hybrid.h) does that routing.
-// Differences from KellerJordan/Muon, on purpose: NS runs in fp32 (the reference casts
-// to bf16; there is no bf16 GEMM on the CPU backend, and fp32 sits closer to the fp64
-// ideal), and the gradient is left untouched (the reference overwrites it with U).
+// Differences from KellerJordan/Muon, on purpose: NS runs in fp32 by default (the
+// reference casts to bf16; there is no bf16 GEMM on the CPU backend, and fp32 sits
+// closer to the fp64 ideal; ns.bf16 = true emulates the reference's bf16), and the
+// gradient is left untouched (the reference overwrites it with U).
 #pragma once
 #include <string>
 
-#include "kernels/muon_kernels.h"
+#include "kernels/newton_schulz.h"
 #include "optim/optimizer.h"
 
 namespace anvil {
@@ -35,7 +36,7 @@ struct MuonConfig {
   double weight_decay = 0.0;  // decoupled, with the unscaled lr: W *= 1 - lr * wd, before the update
   MuonScale scale = MuonScale::Keller;
   MuonMomentum momentum_form = MuonMomentum::Ema;
-  kernels::NewtonSchulzConfig ns;  // 5 steps, (3.4445, -4.7750, 2.0315), eps 1e-7
+  kernels::NewtonSchulzConfig ns;  // 5 steps, (3.4445, -4.7750, 2.0315), eps 1e-7, fp32 (bf16 = false)
 
   // Throws naming the field when a value is out of range.
   void validate() const;

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "kernels/newton_schulz.h"
 #include "optim/cosmos.h"
 #include "optim/schedule.h"
 #include "tests/support/reference.h"
@@ -112,10 +113,12 @@ TEST(CosmosParity, Bf16NewtonSchulzMatchesTorchBf16) {
   write_tensor_file(in, {{"ns_input", g}});
   run_torch_script("tests/parity/torch_cosmos.py", in + " " + out);
   const TensorMap ref = read_tensor_file(out);
-  NewtonSchulzConfig cpu_torch;
+  const kernels::NewtonSchulzConfig cosmos_default = CosmosConfig{}.newton_schulz;  // bf16, fp32 coefficients
+  ASSERT_TRUE(cosmos_default.bf16);
+  kernels::NewtonSchulzConfig cpu_torch = cosmos_default;
   cpu_torch.bf16_coefficients = true;
-  const double same_rules = max_rel_diff(newton_schulz(g, cpu_torch), ref.at("ns_bf16"));
-  const double fp32_coefficients = max_rel_diff(newton_schulz(g, NewtonSchulzConfig{}), ref.at("ns_f64"));
+  const double same_rules = max_rel_diff(kernels::newton_schulz(g, cpu_torch), ref.at("ns_bf16"));
+  const double fp32_coefficients = max_rel_diff(kernels::newton_schulz(g, cosmos_default), ref.at("ns_f64"));
   const double torch_bf16_vs_f64 = max_rel_diff(ref.at("ns_bf16"), ref.at("ns_f64"));
   std::printf("newton-schulz bf16: vs torch bf16 %.3g; fp32-coefficient bf16 vs f64 %.3g; torch bf16 vs f64 %.3g\n",
               same_rules, fp32_coefficients, torch_bf16_vs_f64);

@@ -71,8 +71,9 @@ Errors run_against_torch(const MuonConfig& muon, const HybridConfig& hybrid, dou
   inputs["muon"] = Tensor::from_vector(
       std::vector<float>{static_cast<float>(muon.momentum), muon.nesterov ? 1.0f : 0.0f,
                          static_cast<float>(muon.weight_decay), muon.scale == MuonScale::Moonlight ? 1.0f : 0.0f,
-                         muon.momentum_form == MuonMomentum::Sum ? 1.0f : 0.0f, static_cast<float>(ns.steps), ns.a,
-                         ns.b, ns.c, ns.eps},
+                         muon.momentum_form == MuonMomentum::Sum ? 1.0f : 0.0f, static_cast<float>(ns.steps),
+                         static_cast<float>(ns.a), static_cast<float>(ns.b), static_cast<float>(ns.c),
+                         static_cast<float>(ns.eps)},
       {10});
   inputs["adamw"] = Tensor::from_vector(
       std::vector<float>{static_cast<float>(hybrid.adamw.beta1), static_cast<float>(hybrid.adamw.beta2),

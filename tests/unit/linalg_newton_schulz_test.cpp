@@ -1,12 +1,12 @@
-// Host linear algebra (eigh, QR, canonical null-space basis) and the shared
-// Newton–Schulz helper: ALGORITHMS.md 2a's fp64 check and the bf16 emulation.
+// Host linear algebra (eigh, QR, canonical null-space basis) and Newton–Schulz's fp64
+// and bf16-emulation paths (kernels/newton_schulz.h): ALGORITHMS.md 2a's fp64 check.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
 #include "kernels/linalg.h"
-#include "optim/newton_schulz.h"
+#include "kernels/newton_schulz.h"
 #include "tests/support/reference.h"
 
 using namespace anvil;
@@ -78,9 +78,9 @@ TEST(Linalg, CanonicalNullSpaceBasisDoesNotDependOnTheInputBasis) {
 TEST(NewtonSchulz, Fp64SingularValuesOfDiag) {
   // ALGORITHMS.md 2a: in fp64, NS5 of diag(1, 0.5, 0.1) has singular values [1.11874, 0.71196, 0.69884].
   std::vector<double> d = {1, 0, 0, 0, 0.5, 0, 0, 0, 0.1}, out(9);
-  NewtonSchulzConfig cfg;
+  kernels::NewtonSchulzConfig cfg;
   cfg.bf16 = false;
-  newton_schulz<double>(d.data(), out.data(), 3, 3, cfg);
+  kernels::newton_schulz<double>(d.data(), out.data(), 3, 3, cfg);
   // The output stays diagonal; the notes list the set of singular values (sorted):
   // 1 -> 0.69884, 0.5 -> 1.11874, 0.1 -> 0.71196 (NS maps sizes non-monotonically).
   EXPECT_NEAR(out[0], 0.69884, 1e-5);
@@ -95,16 +95,18 @@ TEST(NewtonSchulz, TransposeCommutesAndBf16StaysCloseToFp64) {
   std::vector<double> gt(r * c), o(r * c), ot(r * c);
   for (int64_t i = 0; i < r; ++i)
     for (int64_t j = 0; j < c; ++j) gt[j * r + i] = g[i * c + j];
-  NewtonSchulzConfig f64;
+  kernels::NewtonSchulzConfig f64;
   f64.bf16 = false;
-  newton_schulz<double>(g.data(), o.data(), r, c, f64);
-  newton_schulz<double>(gt.data(), ot.data(), c, r, f64);
+  kernels::newton_schulz<double>(g.data(), o.data(), r, c, f64);
+  kernels::newton_schulz<double>(gt.data(), ot.data(), c, r, f64);
   for (int64_t i = 0; i < r; ++i)
     for (int64_t j = 0; j < c; ++j) EXPECT_NEAR(ot[j * r + i], o[i * c + j], 1e-12);
   // bf16 emulation: every output is a bf16 value, and it drifts from fp64 by a few
   // bf16 ulps (ALGORITHMS.md: compare with a loose tolerance), not zero, not more.
   std::vector<float> gf(g.begin(), g.end()), of(r * c);
-  newton_schulz<float>(gf.data(), of.data(), r, c, NewtonSchulzConfig{});
+  kernels::NewtonSchulzConfig bf16;
+  bf16.bf16 = true;
+  kernels::newton_schulz<float>(gf.data(), of.data(), r, c, bf16);
   double max_diff = 0, max_ref = 0;
   for (int64_t i = 0; i < r * c; ++i) {
     EXPECT_EQ(of[i], bf16_to_float(float_to_bf16(of[i])));
@@ -113,4 +115,23 @@ TEST(NewtonSchulz, TransposeCommutesAndBf16StaysCloseToFp64) {
   }
   EXPECT_GT(max_diff / max_ref, 1e-4);
   EXPECT_LT(max_diff / max_ref, 5e-2);
+}
+
+TEST(NewtonSchulz, Bf16TallIsBitwiseTheTransposedWideIteration) {
+  // The tall case iterates on X^T X without transposing (as the fp32 path); under the
+  // bf16 emulation it must still be the reference's transposed iteration bit for bit.
+  const int64_t r = 40, c = 24;
+  const auto g = random_doubles(r * c, 5);
+  std::vector<float> tall(g.begin(), g.end()), wide(r * c), o_tall(r * c), o_wide(r * c);
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) wide[j * r + i] = tall[i * c + j];
+  for (bool coefficients : {false, true}) {
+    kernels::NewtonSchulzConfig cfg;
+    cfg.bf16 = true;
+    cfg.bf16_coefficients = coefficients;
+    kernels::newton_schulz<float>(tall.data(), o_tall.data(), r, c, cfg);
+    kernels::newton_schulz<float>(wide.data(), o_wide.data(), c, r, cfg);
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < c; ++j) ASSERT_EQ(o_tall[i * c + j], o_wide[j * r + i]) << i << "," << j;
+  }
 }

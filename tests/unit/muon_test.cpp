@@ -8,7 +8,7 @@
 #include <map>
 
 #include "kernels/elementwise.h"
-#include "kernels/muon_kernels.h"
+#include "kernels/newton_schulz.h"
 #include "models/transformer.h"
 #include "optim/hybrid.h"
 #include "tests/support/reference.h"
