@@ -20,14 +20,19 @@ double AdamW::decay_for(const Param& p) const {
   return 0.0;
 }
 
-void AdamW::step(double lr) {
-  ++steps_;
+kernels::AdamWStep adamw_step_constants(const AdamWConfig& config, double lr, int64_t step) {
   kernels::AdamWStep s;
   s.lr = static_cast<float>(lr);
-  s.beta1 = static_cast<float>(config_.beta1);
-  s.beta2 = static_cast<float>(config_.beta2);
-  s.eps = static_cast<float>(config_.eps);
-  s.step = steps_;
+  s.beta1 = static_cast<float>(config.beta1);
+  s.beta2 = static_cast<float>(config.beta2);
+  s.eps = static_cast<float>(config.eps);
+  s.step = step;
+  return s;
+}
+
+void AdamW::step(double lr) {
+  ++steps_;
+  kernels::AdamWStep s = adamw_step_constants(config_, lr, steps_);
   for (Slot& slot : slots_) {
     s.weight_decay = static_cast<float>(decay_for(*slot.param));
     kernels::adamw_update(slot.param->value, slot.param->grad, slot.exp_avg, slot.exp_avg_sq, s);

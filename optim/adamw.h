@@ -1,5 +1,6 @@
 // AdamW with decoupled weight decay chosen per param role (PyTorch semantics).
 #pragma once
+#include "kernels/optim_kernels.h"
 #include "optim/optimizer.h"
 
 namespace anvil {
@@ -13,6 +14,9 @@ struct AdamWConfig {
   bool decay_embeddings = false;
   bool decay_vectors = false;  // norms and biases
 };
+
+// The fused kernel's per-step constants for this config (weight decay set per param).
+kernels::AdamWStep adamw_step_constants(const AdamWConfig& config, double lr, int64_t step);
 
 class AdamW : public Optimizer {
  public:

@@ -15,12 +15,7 @@ ShardedAdamW::ShardedAdamW(DataParallel& dp, const AdamWConfig& config)
 
 void ShardedAdamW::step(double lr) {
   ++steps_;
-  kernels::AdamWStep s;
-  s.lr = static_cast<float>(lr);
-  s.beta1 = static_cast<float>(config_.beta1);
-  s.beta2 = static_cast<float>(config_.beta2);
-  s.eps = static_cast<float>(config_.eps);
-  s.step = steps_;
+  kernels::AdamWStep s = adamw_step_constants(config_, lr, steps_);
   std::vector<Tensor> grads, params;
   for (size_t b = 0; b < dp_.buckets().size(); ++b) {
     grads.push_back(dp_.shard_grad(static_cast<int>(b)));
