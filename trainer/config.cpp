@@ -205,13 +205,7 @@ void parse_tokenizer(const Context& ctx, const Section& s, TokenizerSection& t) 
 }
 
 void parse_optimizer(const Section& s, OptimizerSection& o) {
-  if (s.read("name", o.name) && o.name != "adamw") {
-    const bool planned = o.name == "muon" || o.name == "soap" || o.name == "cosmos";
-    const std::string near = closest_match(o.name, {"adamw"});
-    s.fail("name", concat("'", o.name, "' ", planned ? "is not available yet" : "is not an optimizer", " — ",
-                          near.empty() || planned ? "" : "did you mean adamw? ",
-                          "valid names: adamw (muon, soap and cosmos are planned)"));
-  }
+  s.read_choice("name", o.name, {"adamw", "muon", "soap", "cosmos"});
   s.read("lr", o.lr);
   s.require(o.lr > 0, "lr", "must be positive, got ", o.lr, " — typical values are 1e-4 to 3e-3");
   AdamWConfig& a = o.adamw;
@@ -230,6 +224,49 @@ void parse_optimizer(const Section& s, OptimizerSection& o) {
   s.read("zero", o.zero);
   s.require(o.zero >= 0 && o.zero <= 2, "zero", "must be 0 (no sharding), 1 (optimizer state sharded over dp) or 2 "
             "(optimizer state and gradients sharded), got ", o.zero);
+  s.require(o.zero == 0 || o.name == "adamw", "zero", "ZeRO sharding is built for adamw; ", o.name,
+            " needs whole matrices per rank (not built yet) — use zero: 0 with ", o.name);
+  o.adamw_lr_ratio = o.name == "muon" ? 0.015 : 1.0;
+  s.read("adamw_lr_ratio", o.adamw_lr_ratio);
+  s.require(o.adamw_lr_ratio > 0, "adamw_lr_ratio", "must be positive, got ", o.adamw_lr_ratio,
+            " — the AdamW group (embeddings, head, norms, biases) steps at lr * adamw_lr_ratio");
+  s.read("force_adamw", o.force_adamw);
+  s.read("force_matrix", o.force_matrix);
+  auto unit_interval = [&](const char* key, double& v) {
+    s.read(key, v);
+    s.require(v >= 0 && v < 1, key, "must be in [0, 1), got ", v);
+  };
+  auto non_negative = [&](const char* key, double& v) {
+    s.read(key, v);
+    s.require(v >= 0, key, "must be >= 0, got ", v);
+  };
+  MuonConfig& mu = o.muon;
+  unit_interval("muon_momentum", mu.momentum);
+  s.read("muon_nesterov", mu.nesterov);
+  int64_t ns_steps = mu.ns.steps;
+  s.read("muon_ns_steps", ns_steps);
+  s.require(ns_steps >= 1 && ns_steps <= 20, "muon_ns_steps", "must be in [1, 20], got ", ns_steps, " — 5 is standard");
+  mu.ns.steps = static_cast<int>(ns_steps);
+  std::string scale = mu.scale == MuonScale::Keller ? "keller" : "moonlight";
+  if (s.read_choice("muon_scale", scale, {"keller", "moonlight"})) mu.scale = parse_muon_scale(scale);
+  non_negative("muon_weight_decay", mu.weight_decay);
+  SoapConfig& so = o.soap;
+  unit_interval("soap_beta1", so.beta1);
+  unit_interval("soap_beta2", so.beta2);
+  non_negative("soap_weight_decay", so.weight_decay);
+  s.read("soap_precondition_frequency", so.precondition_frequency);
+  s.require(so.precondition_frequency >= 1, "soap_precondition_frequency", "must be >= 1, got ",
+            so.precondition_frequency);
+  CosmosConfig& co = o.cosmos;
+  unit_interval("cosmos_beta1", co.beta1);
+  unit_interval("cosmos_beta2", co.beta2);
+  s.read("cosmos_lr_ratio", co.lr_ratio);
+  s.require(co.lr_ratio > 0, "cosmos_lr_ratio", "must be positive, got ", co.lr_ratio);
+  s.read("cosmos_rank", co.rank);
+  s.require(co.rank >= 1, "cosmos_rank", "must be >= 1, got ", co.rank);
+  non_negative("cosmos_gamma", co.gamma);
+  non_negative("cosmos_weight_decay", co.weight_decay);
+  s.read("cosmos_nesterov", co.nesterov);
 }
 
 void parse_training(const Section& s, const DataSection& data, TrainingSection& t) {

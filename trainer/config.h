@@ -50,6 +50,9 @@
 
 #include "models/config.h"
 #include "optim/adamw.h"
+#include "optim/cosmos.h"
+#include "optim/muon.h"
+#include "optim/soap.h"
 #include "optim/schedule.h"
 
 namespace anvil {
@@ -80,11 +83,18 @@ struct TokenizerSection {
 };
 
 struct OptimizerSection {
-  std::string name = "adamw";  // adamw (muon, soap, cosmos to come)
+  std::string name = "adamw";  // adamw | muon | soap | cosmos
   double lr = 1e-3;            // peak learning rate
   double grad_clip = 1.0;      // global grad-norm clip; 0 = off
   int64_t zero = 0;            // ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients
   AdamWConfig adamw;           // beta1, beta2, eps, weight_decay, decay_embeddings, decay_vectors
+  // muon | soap | cosmos: hidden matrices go to that optimizer, embeddings, the LM head,
+  // norms and biases to AdamW (above) stepping at lr * adamw_lr_ratio; globs override.
+  double adamw_lr_ratio = 1.0;  // default: 0.015 for muon (3e-4 / 0.02, Keller's pair), else 1
+  std::vector<std::string> force_adamw, force_matrix;
+  MuonConfig muon;
+  SoapConfig soap;
+  CosmosConfig cosmos;
 };
 
 struct TrainingSection {

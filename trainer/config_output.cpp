@@ -104,6 +104,26 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   boolean("decay_norms_and_biases", c.optimizer.adamw.decay_vectors);
   real("grad_clip", c.optimizer.grad_clip, "0 = off");
   integer("zero", c.optimizer.zero, "0 | 1 (sharded optimizer state) | 2 (and gradients)");
+  const OptimizerSection& o = c.optimizer;
+  real("adamw_lr_ratio", o.adamw_lr_ratio, "muon/soap/cosmos: the AdamW group's lr / lr");
+  f.push_back({section, "force_adamw", K::List, "", o.force_adamw, "globs sent to AdamW"});
+  f.push_back({section, "force_matrix", K::List, "", o.force_matrix, "globs sent to the matrix optimizer"});
+  real("muon_momentum", o.muon.momentum);
+  boolean("muon_nesterov", o.muon.nesterov);
+  integer("muon_ns_steps", o.muon.ns.steps);
+  string("muon_scale", o.muon.scale == MuonScale::Keller ? "keller" : "moonlight", "keller | moonlight");
+  real("muon_weight_decay", o.muon.weight_decay);
+  real("soap_beta1", o.soap.beta1);
+  real("soap_beta2", o.soap.beta2);
+  real("soap_weight_decay", o.soap.weight_decay);
+  integer("soap_precondition_frequency", o.soap.precondition_frequency);
+  real("cosmos_beta1", o.cosmos.beta1);
+  real("cosmos_beta2", o.cosmos.beta2);
+  real("cosmos_lr_ratio", o.cosmos.lr_ratio);
+  integer("cosmos_rank", o.cosmos.rank);
+  real("cosmos_gamma", o.cosmos.gamma);
+  real("cosmos_weight_decay", o.cosmos.weight_decay);
+  boolean("cosmos_nesterov", o.cosmos.nesterov);
 
   section = "schedule";
   string("kind", c.schedule.kind, "constant | cosine | linear | wsd");

@@ -13,6 +13,7 @@
 #include "optim/sharded_adamw.h"
 #include "optim/schedule.h"
 #include "trainer/checkpoint.h"
+#include "trainer/optimizer_factory.h"
 
 namespace anvil {
 
@@ -137,7 +138,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   if (!inference) {
     if (dp_ && dp_->zero_stage() > 0) optimizer_ = std::make_unique<ShardedAdamW>(*dp_, config_.optimizer.adamw);
-    else optimizer_ = std::make_unique<AdamW>(trainable_, config_.optimizer.adamw);
+    else optimizer_ = make_optimizer(config_.optimizer, trainable_);
   }
 
   const std::string resolved = to_yaml(config_);
@@ -166,6 +167,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
                 config_.model.model_type.c_str(), n_params / 1e6, n_trainable / 1e6,
                 long(train_loader_->num_samples()), long(valid_loader_ ? valid_loader_->num_samples() : 0),
                 long(config_.data.seq_len));
+    const std::string groups = describe_optimizer_groups(*optimizer_);
+    if (!groups.empty()) std::printf("optimizer %s, param groups:\n%s", optimizer_->name(), groups.c_str());
     std::printf("memory plan: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB per micro-batch; "
                 "%d threads\n", mem.param_bytes / 1e6, mem.grad_bytes / 1e6, optimizer_->state_bytes() / 1e6,
                 (mem.activation_bytes + mem.workspace_bytes) / 1e6, omp_get_max_threads());

@@ -401,8 +401,11 @@ TEST_F(RunConfigTest, OutOfRangeValuesAreRejected) {
       {"optimizer.lr=-0.001", "optimizer.lr: must be positive, got -0.001", ""},
       {"optimizer.beta2=1.0", "optimizer.beta2: must be in [0, 1)", ""},
       {"optimizer.eps=0", "optimizer.eps: must be positive", ""},
-      {"optimizer.name=muon", "'muon' is not available yet", "valid names: adamw"},
-      {"optimizer.name=adam", "did you mean adamw?", "muon, soap and cosmos are planned"},
+      {"optimizer.name=lion", "'lion' is not valid", "adamw, muon, soap or cosmos"},
+      {"optimizer.name=adam", "did you mean adamw?", "adamw, muon, soap or cosmos"},
+      {"optimizer.muon_scale=kj", "'kj' is not valid", "keller"},
+      {"optimizer.cosmos_rank=0", "must be >= 1", "cosmos_rank"},
+      {"optimizer.soap_beta2=1", "must be in [0, 1)", "soap_beta2"},
       {"training.grad_accum_steps=0", "training.grad_accum_steps: must be at least 1 (1 = no accumulation), got 0", ""},
       {"training.micro_batch_size=0", "training.micro_batch_size: must be at least 1", ""},
       {"training.trainable=[]", "training.trainable: is an empty list", ""},
@@ -432,6 +435,8 @@ TEST_F(RunConfigTest, OutOfRangeValuesAreRejected) {
     EXPECT_HAS(msg, c.expect1);
     if (!c.expect2.empty()) EXPECT_HAS(msg, c.expect2);
   }
+  // ZeRO shards element-wise; the matrix optimizers need whole matrices.
+  EXPECT_HAS(error(kMinimal, {"optimizer.name=muon", "optimizer.zero=1"}), "ZeRO sharding is built for adamw");
   // The same mistake in the file points at its line.
   const std::string msg = error(std::string(kMinimal) + "optimizer:\n  lr: -1.0\n");
   EXPECT_HAS(msg, "config.yaml:14:7: optimizer.lr: must be positive, got -1");
