@@ -20,9 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Hugging Face tokenizers (the tokenizer parity oracle) for the python3 first on PATH
-# (pyenv, which sees PyPI; tests/CMakeLists.txt finds it as PYPI_PYTHON). No sudo.
-if ! python3 -c 'import tokenizers' >/dev/null 2>&1; then
-  echo "install_deps: installing tokenizers==0.23.3 for $(command -v python3)"
-  python3 -m pip install --quiet tokenizers==0.23.3
+# PyPI oracles for the python3 first on PATH (pyenv, which sees PyPI; tests/CMakeLists.txt
+# finds it as PYPI_PYTHON): Hugging Face tokenizers and safetensors. No sudo.
+pypi=()
+python3 -c 'import tokenizers' >/dev/null 2>&1 || pypi+=(tokenizers==0.23.3)
+python3 -c 'import safetensors' >/dev/null 2>&1 || pypi+=(safetensors==0.8.0)
+if [ ${#pypi[@]} -gt 0 ]; then
+  echo "install_deps: installing ${pypi[*]} for $(command -v python3)"
+  python3 -m pip install --quiet "${pypi[@]}"
 fi
