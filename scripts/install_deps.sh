@@ -29,3 +29,23 @@ if [ ${#pypi[@]} -gt 0 ]; then
   echo "install_deps: installing ${pypi[*]} for $(command -v python3)"
   python3 -m pip install --quiet "${pypi[@]}"
 fi
+
+# transformers for Debian's torch 1.13 (/usr/bin/python3, which pip may not modify: Debian marks it
+# externally managed): a pinned set, every wheel without dependencies, into a --target directory that
+# tests/parity/hf_parity_test.cpp puts on PYTHONPATH. transformers 4.38.2 runs on torch 1.13 and Debian's
+# numpy 1.24 (GPT-2 and Llama build, save and load); the rest are versions it accepts. The set is
+# recorded in the directory, so a changed pin reinstalls. ANVIL_PYDEPS overrides the location
+# (tests/CMakeLists.txt reads the same variable at configure time).
+pydeps="${ANVIL_PYDEPS:-$HOME/.cache/anvil-pydeps}"
+hf_pins=(
+  transformers==4.38.2 tokenizers==0.15.2 safetensors==0.4.2 huggingface-hub==0.21.4
+  regex==2023.12.25 tqdm==4.66.2 filelock==3.13.1 packaging==23.2 fsspec==2024.2.0
+)
+if [ "$(cat "$pydeps/.anvil-pins" 2>/dev/null)" != "${hf_pins[*]}" ] ||
+   ! PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import transformers, tokenizers, safetensors' >/dev/null 2>&1; then
+  echo "install_deps: installing ${hf_pins[*]} into $pydeps for /usr/bin/python3"
+  rm -rf "$pydeps"
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$pydeps" "${hf_pins[@]}"
+  PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import torch, transformers; transformers.LlamaForCausalLM; transformers.GPT2LMHeadModel'
+  echo "${hf_pins[*]}" > "$pydeps/.anvil-pins"
+fi

@@ -1,0 +1,251 @@
+#include "models/hf_convert.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.h"
+#include "data/tokenizer.h"
+#include "models/transformer.h"
+
+namespace anvil {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Checks a field's value against what anvil implements; `ok` decides, the message names it.
+void reject_if(bool bad, const std::string& source, const std::string& field, const nlohmann::json& value,
+               const std::string& why) {
+  ANVIL_CHECK(!bad, source, ": unsupported field value ", field, " = ", value.dump(), " — ", why);
+}
+
+// The rope_scaling object: null or {"type"/"rope_type": "default"} is plain RoPE; anything else
+// (linear, dynamic, yarn, longrope, llama3, ...) changes the rotary frequencies, which anvil lacks.
+void check_rope_scaling(const nlohmann::json& j, const std::string& source) {
+  auto it = j.find("rope_scaling");
+  if (it == j.end() || it->is_null()) return;
+  std::string type = "(no type)";
+  if (it->is_object()) {
+    for (const char* key : {"rope_type", "type"})
+      if (it->contains(key) && (*it)[key].is_string()) type = (*it)[key].get<std::string>();
+  }
+  reject_if(type != "default", source, "rope_scaling", *it,
+            "anvil implements plain RoPE only (rope_scaling null or type 'default'); '" + type +
+                "' scaling is not implemented");
+}
+
+}  // namespace
+
+ModelConfig hf_config_from_json(const nlohmann::json& j, const std::string& source) {
+  ANVIL_CHECK(j.is_object(), source, ": expected a JSON object");
+  auto field = [&](const char* key) -> const nlohmann::json* {
+    auto it = j.find(key);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  const nlohmann::json* type = field("model_type");
+  ANVIL_CHECK(type != nullptr, source, ": missing 'model_type' — expected 'gpt2' or 'llama'");
+  const std::string t = type->is_string() ? type->get<std::string>() : type->dump();
+  if (t == "mistral" || t == "qwen2" || t == "mixtral" || t == "gemma" || t == "phi3")
+    ANVIL_FAIL(source, ": unsupported field value model_type = \"", t,
+               "\" — anvil loads 'gpt2' and 'llama' checkpoints so far (", t, " is not implemented yet)");
+  ANVIL_CHECK(t == "gpt2" || t == "llama", source, ": unsupported field value model_type = ", type->dump(),
+              " — anvil loads 'gpt2' and 'llama' checkpoints");
+
+  if (t == "llama") {
+    check_rope_scaling(j, source);
+    if (const auto* v = field("sliding_window"))
+      reject_if(true, source, "sliding_window", *v, "llama attends to the whole context; sliding-window "
+                "attention (Mistral) is not implemented");
+    if (const auto* v = field("pretraining_tp"))
+      reject_if(!v->is_number_integer() || v->get<int64_t>() < 1, source, "pretraining_tp", *v,
+                "expected a positive integer (it only changes how transformers slices the matmuls)");
+    if (const auto* v = field("attention_dropout"))
+      reject_if(!v->is_number() || v->get<double>() != 0.0, source, "attention_dropout", *v,
+                "anvil has no dropout; set it to 0.0");
+  } else {  // gpt2
+    auto flag = [&](const char* key, bool wanted, const std::string& why) {
+      if (const auto* v = field(key)) reject_if(!v->is_boolean() || v->get<bool>() != wanted, source, key, *v, why);
+    };
+    flag("scale_attn_weights", true, "anvil always scales attention scores by 1/sqrt(head_dim)");
+    flag("scale_attn_by_inverse_layer_idx", false, "scaling attention by 1/(layer index + 1) is not implemented");
+    flag("add_cross_attention", false, "anvil models are decoder-only; cross-attention is not implemented");
+    if (const auto* v = field("n_inner"))
+      reject_if(!v->is_number_integer() || v->get<int64_t>() <= 0, source, "n_inner", *v,
+                "expected a positive integer or null (4 * n_embd)");
+  }
+  ModelConfig c = ModelConfig::from_json(j, source);  // field types, sizes and the activation
+  return c;
+}
+
+ModelConfig read_hf_config(const std::string& dir_or_file) {
+  std::error_code ec;
+  const std::string path =
+      fs::is_directory(dir_or_file, ec) ? (fs::path(dir_or_file) / "config.json").string() : dir_or_file;
+  std::ifstream in(path);
+  ANVIL_CHECK(in.good(), "cannot open ", path, " — a Hugging Face model directory holds config.json");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    ANVIL_FAIL(path, ": not valid JSON (", e.what(), ")");
+  }
+  return hf_config_from_json(j, path);
+}
+
+nlohmann::json hf_config_json(const ModelConfig& config) {
+  nlohmann::json j = config.to_json();
+  const bool gpt2 = config.family() == ModelFamily::GPT2;
+  j["architectures"] = nlohmann::json::array({gpt2 ? "GPT2LMHeadModel" : "LlamaForCausalLM"});
+  j["torch_dtype"] = "float32";
+  if (gpt2) {
+    // anvil has no dropout; transformers defaults these to 0.1 (inactive in eval mode anyway).
+    for (const char* key : {"attn_pdrop", "embd_pdrop", "resid_pdrop"}) j[key] = 0.0;
+    j["scale_attn_weights"] = true;
+    j["scale_attn_by_inverse_layer_idx"] = false;
+    j["reorder_and_upcast_attn"] = false;
+  } else {
+    j["rope_scaling"] = nullptr;
+    j["attention_dropout"] = 0.0;
+    j["pretraining_tp"] = 1;
+  }
+  return j;
+}
+
+namespace {
+
+// GPT-2's Conv1D weights: stored [in, out] by Hugging Face.
+bool is_conv1d(const ModelConfig& config, const std::string& name) {
+  if (config.family() != ModelFamily::GPT2) return false;
+  return ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_proj.weight") ||
+         ends_with(name, ".mlp.c_fc.weight") || ends_with(name, ".mlp.c_proj.weight");
+}
+
+// Non-parameter tensors that real checkpoints carry and anvil recomputes.
+bool is_known_buffer(const ModelConfig& config, const std::string& name) {
+  if (config.family() == ModelFamily::GPT2) return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
+  return ends_with(name, ".rotary_emb.inv_freq");
+}
+
+std::string prefix_of(const ModelConfig& config) {
+  return config.family() == ModelFamily::GPT2 ? "transformer." : "model.";
+}
+
+std::string shape_text(const Shape& s) { return shape_str(s); }
+
+}  // namespace
+
+void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
+  const ModelConfig& config = model.config();
+  const std::string& src = index.path();
+  const std::string prefix = prefix_of(config);
+  const std::vector<Param*> params = model.params();
+
+  // Base-model files (GPT2Model / LlamaModel) drop the prefix: decide by the embedding's name.
+  const std::string embed = params.front()->name;  // wte / embed_tokens comes first
+  const bool unprefixed = !index.contains(embed) && embed.rfind(prefix, 0) == 0 &&
+                          index.contains(embed.substr(prefix.size()));
+  auto file_name = [&](const std::string& param_name) {
+    if (unprefixed && param_name.rfind(prefix, 0) == 0) return param_name.substr(prefix.size());
+    return param_name;
+  };
+
+  // Check everything first, so a bad file leaves the model untouched.
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  for (Param* p : params) {
+    const std::string name = file_name(p->name);
+    if (!index.contains(name)) {
+      missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    const SafetensorsInfo& info = index.info(name);
+    const bool conv = is_conv1d(config, p->name);
+    const Shape& want = p->value.shape();
+    const Shape expected = conv ? Shape{want[1], want[0]} : want;
+    ANVIL_CHECK(info.shape == expected, index.file_of(name).path(), ": tensor '", name, "' has shape ",
+                shape_text(info.shape), " but the model expects ", shape_text(expected),
+                conv ? " (GPT-2 Conv1D layout [in, out])" : "",
+                " — config.json does not describe these weights (check hidden_size, intermediate_size, "
+                "num_key_value_heads, vocab_size)");
+    const bool float_type = info.supported && (info.dtype == DType::F32 || info.dtype == DType::BF16 ||
+                                               info.dtype == DType::F16);
+    ANVIL_CHECK(float_type, index.file_of(name).path(), ": tensor '", name, "' has dtype ", info.format_dtype,
+                " — anvil loads weights stored as F32, BF16 or F16");
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", '" : "'") + missing[i] + "'";
+    if (missing.size() > 5) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+    ANVIL_FAIL(src, ": missing tensor ", list, " — the checkpoint lacks weights the ", config.model_type,
+               " model in config.json needs",
+               config.tie_word_embeddings ? "" : " (a missing lm_head.weight means the head is tied: set "
+                                                 "tie_word_embeddings true)");
+  }
+
+  // Tensors the model does not use.
+  std::string tied_head;
+  for (const std::string& name : index.names()) {
+    if (used.count(name) || is_known_buffer(config, name)) continue;
+    if (config.tie_word_embeddings && name == "lm_head.weight") {
+      tied_head = name;
+      continue;
+    }
+    ANVIL_FAIL(index.file_of(name).path(), ": unexpected tensor '", name, "' ", shape_text(index.info(name).shape),
+               " — the ", config.model_type, " model in config.json has no such parameter (a different "
+               "architecture, or a config.json that does not match these weights)");
+  }
+
+  for (Param* p : params) {
+    const std::string name = file_name(p->name);
+    Tensor w = index.get_f32(name);
+    if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
+    p->value.copy_(w);
+  }
+
+  if (!tied_head.empty()) {
+    const Tensor head = index.get_f32(tied_head);
+    const Tensor& emb = params.front()->value;
+    ANVIL_CHECK(head.shape() == emb.shape() &&
+                    std::memcmp(head.data<float>(), emb.contiguous().data<float>(), head.nbytes()) == 0,
+                index.file_of(tied_head).path(), ": tensor 'lm_head.weight' differs from the embedding '",
+                file_name(params.front()->name), "', but config.json says tie_word_embeddings = true — set "
+                "tie_word_embeddings false to load a separate head");
+  }
+}
+
+void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
+             uint64_t max_shard_bytes) {
+  const ModelConfig& config = model.config();
+  // params() only lists the params; nothing is modified.
+  const std::vector<Param*> params = const_cast<TransformerLM&>(model).params();
+  TensorMap tensors;
+  for (const Param* p : params) {
+    Tensor v = p->value;
+    ANVIL_CHECK(v.device().is_cpu(), "save_hf: param ", p->name, " is on ", v.describe(),
+                " — copy the model to the CPU first");
+    if (is_conv1d(config, p->name)) v = v.transpose(0, 1).contiguous();
+    tensors.emplace(p->name, v);
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  ANVIL_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
+  write_safetensors_sharded(dir, tensors, max_shard_bytes);
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  {
+    std::ofstream out(config_path + ".tmp");
+    out << hf_config_json(config).dump(2) << "\n";
+    ANVIL_CHECK(out.good(), "cannot write ", config_path, " — check the directory's permissions and free space");
+  }
+  fs::rename(config_path + ".tmp", config_path);
+  if (tokenizer) tokenizer->save((fs::path(dir) / "tokenizer.json").string());
+}
+
+}  // namespace anvil

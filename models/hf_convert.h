@@ -1,0 +1,60 @@
+// Hugging Face checkpoint interop: a directory holding config.json, model.safetensors (or
+// model.safetensors.index.json + shards) and tokenizer.json maps to a TransformerLM and back.
+//
+//   ModelConfig config = read_hf_config("gpt2-small/");       // rejects what anvil cannot run
+//   TransformerLM model(config);
+//   load_hf_weights(model, SafetensorsIndex::open("gpt2-small/"));
+//   save_hf(model, &tokenizer, "out/");                       // transformers' from_pretrained reads it
+//
+// Names: anvil's params already carry Hugging Face names ("transformer.h.0.attn.c_attn.weight",
+// "model.layers.0.self_attn.q_proj.weight"), so the mapping is the identity except:
+//   - GPT-2's Conv1D weights (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) are stored [in, out]
+//     by Hugging Face and [out, in] by anvil: transposed on the way in and out.
+//   - Files written from the base model class (GPT2Model, LlamaModel) lack the "transformer." /
+//     "model." prefix; both spellings load.
+//   - Buffers some checkpoints carry are skipped: GPT-2's attn.bias / attn.masked_bias (causal
+//     masks) and Llama's self_attn.rotary_emb.inv_freq.
+//   - A tied head (tie_word_embeddings) has no lm_head.weight param; a file that carries one
+//     anyway loads when it equals the embedding (as transformers would tie it) and is an error
+//     otherwise. save_hf writes the tied matrix once, as transformers does.
+// Weights in f32, bf16 or f16 load exactly into anvil's f32 params.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "data/safetensors.h"
+#include "models/config.h"
+
+namespace anvil {
+
+class TransformerLM;
+class Tokenizer;
+
+// DIR/config.json (or a path to the .json itself) as a ModelConfig. Supports model_type gpt2
+// and llama; any field value anvil would compute differently (rope_scaling other than none/
+// "default", sliding_window on llama, GPT-2's scale_attn_weights=false or
+// scale_attn_by_inverse_layer_idx, cross-attention, an unsupported activation, ...) is an
+// anvil::Error naming the file, the field and its value.
+ModelConfig read_hf_config(const std::string& dir_or_file);
+// The same checks on a parsed config.json object; `source` names it in messages.
+ModelConfig hf_config_from_json(const nlohmann::json& j, const std::string& source);
+
+// A complete config.json for `config`: its Hugging Face fields plus architectures, model_type,
+// torch_dtype "float32" and the values transformers would otherwise default differently.
+nlohmann::json hf_config_json(const ModelConfig& config);
+
+// Copies every param of `model` from the checkpoint. Every param must be present at the
+// expected shape (Conv1D layout for GPT-2); every tensor in the files must be used, be a
+// known buffer, or be a tied lm_head.weight equal to the embedding. Errors name the file,
+// the tensor and both shapes. Nothing is partially loaded on error: the checks run first.
+void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
+
+// Writes DIR/config.json, DIR/model.safetensors (sharded with an index when the weights exceed
+// max_shard_bytes, as save_pretrained does) and DIR/tokenizer.json when `tokenizer` is given.
+// Creates DIR; refuses to mix with an existing checkpoint of the other (single/sharded) form.
+void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
+             uint64_t max_shard_bytes = 5'000'000'000ull);
+
+}  // namespace anvil
