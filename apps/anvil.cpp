@@ -1,17 +1,20 @@
 // anvil: the one command-line tool. Subcommands: train, data prepare, tokenizer
-// train, generate, eval. Every failure prints one line a user can act on and
+// train, generate, eval, convert. Every failure prints one line a user can act on and
 // exits non-zero; nothing here aborts on bad input.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "models/hf_convert.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
@@ -28,8 +31,8 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
-// The run config stored in a checkpoint, pointed back at that checkpoint.
-RunConfig config_from_checkpoint(const std::string& path, const std::vector<std::string>& overrides) {
+// A checkpoint directory (holding checkpoint.h5), or the newest one under a run directory or root.
+std::string find_checkpoint_dir(const std::string& path) {
   std::string dir = path;
   if (std::ifstream(dir + "/" + kCheckpointFile).good() == false) {
     // A run directory or a checkpoint root: take the newest checkpoint under it.
@@ -39,6 +42,12 @@ RunConfig config_from_checkpoint(const std::string& path, const std::vector<std:
                 " — pass a checkpoint directory (…/checkpoints/step_N) or a run directory");
     dir = found;
   }
+  return dir;
+}
+
+// The run config stored in a checkpoint, pointed back at that checkpoint.
+RunConfig config_from_checkpoint(const std::string& path, const std::vector<std::string>& overrides) {
+  const std::string dir = find_checkpoint_dir(path);
   const CheckpointMeta meta = read_checkpoint_meta(dir);
   std::vector<std::string> all = overrides;
   all.push_back("checkpoint.resume=" + dir);
@@ -69,6 +78,11 @@ struct GenerateArgs {
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
   uint64_t seed = 0;
+};
+
+struct ConvertArgs {
+  std::vector<std::string> from, to;
+  std::string tokenizer;
 };
 
 struct EvalArgs {
@@ -178,6 +192,92 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+namespace fs = std::filesystem;
+
+// A Hugging Face directory -> an anvil checkpoint under `out` (out/step_00000000/checkpoint.h5,
+// params only), out/tokenizer.json, and a run config whose model section is the HF config and
+// whose data.train is none, so `anvil generate --checkpoint out` works as it stands.
+int convert_from_hf(const std::string& hf_dir, const std::string& out, const std::string& tokenizer_arg) {
+  const ModelConfig mc = read_hf_config(hf_dir);
+  const std::string tok_src = tokenizer_arg.empty() ? (fs::path(hf_dir) / "tokenizer.json").string() : tokenizer_arg;
+  ANVIL_CHECK(fs::is_regular_file(tok_src), "no tokenizer: ", tok_src,
+              " does not exist — pass --tokenizer path/to/tokenizer.json (generate and eval need one)");
+  const Tokenizer tok = Tokenizer::load(tok_src);  // anvil must be able to encode with it
+  ANVIL_CHECK(tok.vocab_size() <= mc.vocab_size, tok_src, " has ", tok.vocab_size(), " tokens but ", hf_dir,
+              "/config.json says vocab_size = ", mc.vocab_size, " — the tokenizer does not belong to this model");
+  std::error_code ec;
+  ANVIL_CHECK(!fs::exists(out, ec) || (fs::is_directory(out, ec) && fs::is_empty(out, ec)), "--to ", out,
+              " exists and is not empty — choose a new directory");
+  TransformerLM model(mc);
+  load_hf_weights(model, SafetensorsIndex::open(hf_dir));
+
+  const std::string root = fs::absolute(out).lexically_normal().string();
+  fs::create_directories(root);
+  const std::string tok_path = (fs::path(root) / "tokenizer.json").string();
+  fs::copy_file(tok_src, tok_path, fs::copy_options::overwrite_existing);
+  // The architecture inline (JSON is YAML), so the stored config stands alone.
+  nlohmann::json model_fields = nlohmann::json::object();
+  model_fields["type"] = mc.model_type;
+  model_fields["vocab_size"] = mc.vocab_size;
+  model_fields["hidden_size"] = mc.hidden_size;
+  model_fields["num_hidden_layers"] = mc.num_hidden_layers;
+  model_fields["num_attention_heads"] = mc.num_attention_heads;
+  model_fields["num_key_value_heads"] = mc.num_key_value_heads;
+  model_fields["head_dim"] = mc.resolved_head_dim();
+  model_fields["intermediate_size"] = mc.intermediate_size;
+  model_fields["max_position_embeddings"] = mc.max_position_embeddings;
+  model_fields["rope_theta"] = mc.rope_theta;
+  model_fields["norm_eps"] = mc.norm_eps;
+  model_fields["initializer_range"] = mc.initializer_range;
+  model_fields["tie_word_embeddings"] = mc.tie_word_embeddings;
+  model_fields["attention_bias"] = mc.attention_bias;
+  model_fields["mlp_bias"] = mc.mlp_bias;
+  model_fields["hidden_act"] = mc.hidden_act;
+  const std::string name = fs::path(root).filename().string();
+  const nlohmann::json run = {{"name", name.empty() ? "converted" : name}, {"out_dir", root}};
+  const std::string yaml = "run: " + run.dump() + "\nmodel: " + model_fields.dump() +
+                           "\ndata: {train: none}\ntokenizer: " + nlohmann::json{{"path", tok_path}}.dump() +
+                           "\ntraining: {steps: 1}\ncheckpoint: " +
+                           nlohmann::json{{"dir", root}, {"resume", "none"}}.dump() + "\n";
+  RunConfig cfg = parse_run_config(yaml, "anvil convert", root);
+  cfg.source = "anvil convert --from hf " + hf_dir;
+  CheckpointMeta meta;
+  meta.step = 0;
+  meta.run_config_yaml = to_yaml(cfg);
+  meta.model_config_json = mc.to_json().dump();
+  const std::string dir = save_checkpoint(root, meta, model.params(), nullptr, 0);
+  std::printf("wrote %s (%s, %zu tensors) and %s from %s\n", dir.c_str(), mc.model_type.c_str(),
+              model.params().size(), tok_path.c_str(), hf_dir.c_str());
+  return 0;
+}
+
+// An anvil checkpoint (or run directory) -> a Hugging Face directory.
+int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
+  const std::string dir = find_checkpoint_dir(checkpoint);
+  const CheckpointMeta meta = read_checkpoint_meta(dir);
+  // Only the model and tokenizer matter here: the training data may be long gone.
+  const RunConfig cfg = parse_run_config(meta.run_config_yaml, dir + "/" + kCheckpointFile, dir, {"data.train=none"});
+  ANVIL_CHECK(!cfg.model.vocab_size_auto, dir, ": the stored config has vocab_size: auto — it was not written by "
+              "`anvil train`");
+  TransformerLM model(cfg.model);
+  load_checkpoint(dir, model.params(), nullptr);
+  std::unique_ptr<Tokenizer> tok;
+  if (fs::is_regular_file(cfg.tokenizer.path)) tok = std::make_unique<Tokenizer>(Tokenizer::load(cfg.tokenizer.path));
+  save_hf(model, tok.get(), hf_dir);
+  std::printf("wrote %s (config.json, model.safetensors%s) from %s\n", hf_dir.c_str(),
+              tok ? ", tokenizer.json" : "", dir.c_str());
+  return 0;
+}
+
+int run_convert(const ConvertArgs& a) {
+  const bool from_hf = a.from.size() == 2 && a.from[0] == "hf" && a.to.size() == 1;
+  const bool to_hf = a.from.size() == 1 && a.to.size() == 2 && a.to[0] == "hf";
+  ANVIL_CHECK(from_hf || to_hf, "convert: use `--from hf HF_DIR --to CHECKPOINT_DIR` or `--from CHECKPOINT --to hf "
+              "HF_DIR`");
+  ANVIL_CHECK(a.tokenizer.empty() || from_hf, "convert: --tokenizer applies to --from hf only");
+  return from_hf ? convert_from_hf(a.from[1], a.to[0], a.tokenizer) : convert_to_hf(a.from[0], a.to[1]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,11 +333,21 @@ int main(int argc, char** argv) {
       CLI::PositiveNumber);
   eval_cmd->add_option("--set", ev.overrides, "Override a config field, e.g. data.train=other.h5");
 
+  ConvertArgs conv;
+  auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
+  conv_cmd->add_option("--from", conv.from, "hf HF_DIR | CHECKPOINT (a checkpoint or run directory)")
+      ->required()->expected(1, 2);
+  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR")->required()->expected(1, 2);
+  conv_cmd->add_option("--tokenizer", conv.tokenizer, "with --from hf: tokenizer.json when HF_DIR has none")
+      ->check(CLI::ExistingFile);
+  conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
+                   "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo");
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->get_name() == argv[1];
     if (!known) {
-      std::fprintf(stderr, "error: unknown command '%s' — use one of train, data, tokenizer, generate, eval "
+      std::fprintf(stderr, "error: unknown command '%s' — use one of train, data, tokenizer, generate, eval, convert "
                    "(anvil --help)\n", argv[1]);
       return 2;
     }
@@ -253,6 +363,7 @@ int main(int argc, char** argv) {
     if (*tok_train) return run_tokenizer_train(tok);
     if (*gen_cmd) return run_generate(gen);
     if (*eval_cmd) return run_eval(ev);
+    if (*conv_cmd) return run_convert(conv);
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "models/hf_convert.h"
 #include "trainer/config_reader.h"
 #include "trainer/did_you_mean.h"
 
@@ -105,7 +106,25 @@ void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
   std::string type;
   const bool has_type = s.read_choice("type", type, {"gpt2", "llama"});
   ModelConfig base;
-  if (s.has("config")) {
+  std::string init_from;
+  if (s.read("init_from", init_from) && !init_from.empty()) {
+    s.require(!s.has("config"), "init_from", "and model.config both give the architecture — keep init_from (its "
+              "config.json is used) and remove model.config");
+    m.init_from = existing_path(ctx, s, "init_from", init_from, true,
+                                "point model.init_from at a Hugging Face model directory (config.json + "
+                                "model.safetensors)");
+    std::error_code ec;
+    s.require(fs::is_directory(m.init_from, ec), "init_from", m.init_from, " is not a directory — give the Hugging "
+              "Face model directory holding config.json and model.safetensors");
+    m.config_file = abs_normal(fs::path(m.init_from) / "config.json");
+    try {
+      base = read_hf_config(m.init_from);
+    } catch (const Error& e) {
+      s.fail("init_from", concat(e.what()));
+    }
+    s.require(!has_type || type == base.model_type, "type", "'", type, "' disagrees with model_type '", base.model_type,
+              "' in ", m.config_file, " — remove model.type or make them agree");
+  } else if (s.has("config")) {
     std::string raw;
     s.read("config", raw);
     m.config_file = existing_path(ctx, s, "config", raw, false, "point model.config at a Hugging Face config.json");
@@ -181,8 +200,9 @@ void parse_data(const Context& ctx, const Section& s, const ModelSection& model,
     s.fail("train",
            "is required but missing — add `train: path/to/tokens.h5` under data: (make one with `anvil "
            "data prepare`)");
-  d.train =
-      existing_path(ctx, s, "train", raw, false, "check the path, or make the token store with `anvil data prepare`");
+  d.train = raw == "none" ? raw
+                          : existing_path(ctx, s, "train", raw, false,
+                                          "check the path, or make the token store with `anvil data prepare`");
   d.seq_len = model.max_position_embeddings;
   s.read("seq_len", d.seq_len);
   s.require(d.seq_len >= 1, "seq_len", "must be at least 1, got ", d.seq_len);
@@ -196,10 +216,19 @@ void parse_data(const Context& ctx, const Section& s, const ModelSection& model,
   s.read("shuffle", d.shuffle);
 }
 
-void parse_tokenizer(const Context& ctx, const Section& s, TokenizerSection& t) {
+void parse_tokenizer(const Context& ctx, const Section& s, const ModelSection& model, TokenizerSection& t) {
   std::string raw;
-  if (!s.read("path", raw))
-    s.fail("path", "is required but missing — add `path: path/to/tokenizer.json` under tokenizer:");
+  if (!s.read("path", raw)) {
+    const std::string hf = model.init_from.empty() ? "" : abs_normal(fs::path(model.init_from) / "tokenizer.json");
+    std::error_code ec;
+    if (!hf.empty() && fs::is_regular_file(hf, ec)) {
+      t.path = hf;
+      return;
+    }
+    s.fail("path", hf.empty() ? "is required but missing — add `path: path/to/tokenizer.json` under tokenizer:"
+                              : "is required but missing — model.init_from has no tokenizer.json (" + hf +
+                                    "); add `path: path/to/tokenizer.json` under tokenizer:");
+  }
   t.path =
       existing_path(ctx, s, "path", raw, false, "check the path, or train a tokenizer with `anvil tokenizer train`");
 }
@@ -380,7 +409,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_run(sections.at("run"), source_name, c.run);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
-  parse_tokenizer(ctx, sections.at("tokenizer"), c.tokenizer);
+  parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
   parse_optimizer(sections.at("optimizer"), c.optimizer);
   parse_training(sections.at("training"), c.data, c.training);
   parse_schedule(sections.at("schedule"), c.optimizer, c.training, c.schedule);

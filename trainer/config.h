@@ -11,8 +11,13 @@
 //               rope_theta, norm_eps, initializer_range, tie_word_embeddings, attention_bias, mlp_bias,
 //               hidden_act. Without `config` the defaults are ModelConfig::llama() / ::gpt2(); with it
 //               they are the file's values, and any field written next to `config` overrides the file.
-//   data:       train (required), seq_len [max_position_embeddings], valid_fraction [0.01], shuffle [true]
-//   tokenizer:  path (required)
+//               init_from [""]: a Hugging Face directory (config.json, model.safetensors or a sharded
+//               index, tokenizer.json); its weights replace the fresh init (a resumed checkpoint still
+//               wins), its config.json is the architecture (as `config`; the two exclude each other).
+//   data:       train (required; `none` = no data: the config can only serve generate/eval --set
+//               data.train=..., as `anvil convert` writes it), seq_len [max_position_embeddings],
+//               valid_fraction [0.01], shuffle [true]
+//   tokenizer:  path (required; default with model.init_from: that directory's tokenizer.json)
 //   optimizer:  name [adamw], lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
 //               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
 //               zero [0] (0 | 1: optimizer state sharded over dp | 2: and gradients reduce-scattered;
@@ -68,6 +73,7 @@ struct RunSection {
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
 struct ModelSection : ModelConfig {
   std::string config_file;       // absolute path of model.config, empty when inline (provenance only)
+  std::string init_from;         // absolute path of a Hugging Face directory whose weights start the run; "" = none
   bool vocab_size_auto = false;  // vocab_size: auto (vocab_size is 0 until resolve_vocab_size)
 };
 

@@ -64,6 +64,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   section = "model";
   const ModelSection& m = c.model;
   // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.
+  string("init_from", m.init_from, "Hugging Face directory whose weights start the run");
   string("type", m.model_type, "gpt2 | llama");
   if (m.vocab_size_auto)
     plain("vocab_size", "auto", "the tokenizer's");

@@ -17,7 +17,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
   static const std::vector<ConfigSectionKeys> schema = {
       {"run", {"name", "out_dir", "seed", "device", "threads"}},
       {"model",
-       {"config", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+       {"config", "init_from", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "rope_theta", "norm_eps",
         "initializer_range", "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act"}},
       {"data", {"train", "seq_len", "valid_fraction", "shuffle"}},

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/generate.h"
+#include "models/hf_convert.h"
 #include "optim/adamw.h"
 #include "optim/sharded_adamw.h"
 #include "optim/schedule.h"
@@ -96,11 +97,16 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
 
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(config_.tokenizer.path));
   resolve_vocab_size(config_, tokenizer_->vocab_size());
-  store_ = std::make_shared<const TokenStore>(TokenStore::open(config_.data.train));
-  store_->check_tokenizer(tokenizer_->hash_hex());
-  ANVIL_CHECK(store_->info().vocab_size <= config_.model.vocab_size, "data.train: store ", config_.data.train,
-              " has vocab_size ", store_->info().vocab_size, " but the model's vocab_size is ",
-              config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);
+  const bool has_data = config_.data.train != "none";
+  ANVIL_CHECK(has_data || mode == TrainerMode::Inference, config_.source, ": data.train is none (no token store; "
+              "`anvil convert` writes such configs) — training needs data: --set data.train=path/to/tokens.h5");
+  if (has_data) {
+    store_ = std::make_shared<const TokenStore>(TokenStore::open(config_.data.train));
+    store_->check_tokenizer(tokenizer_->hash_hex());
+    ANVIL_CHECK(store_->info().vocab_size <= config_.model.vocab_size, "data.train: store ", config_.data.train,
+                " has vocab_size ", store_->info().vocab_size, " but the model's vocab_size is ",
+                config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);
+  }
 
   LoaderConfig lc;
   lc.seq_len = config_.data.seq_len;
@@ -113,11 +119,15 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     lc.rank = grid_->rank(Axis::DP);
     lc.world = grid_->size(Axis::DP);
   }
-  train_loader_ = std::make_unique<Loader>(store_, lc, Split::Train);
-  if (config_.data.valid_fraction > 0) valid_loader_ = std::make_unique<Loader>(store_, lc, Split::Valid);
+  if (has_data) {
+    train_loader_ = std::make_unique<Loader>(store_, lc, Split::Train);
+    if (config_.data.valid_fraction > 0) valid_loader_ = std::make_unique<Loader>(store_, lc, Split::Valid);
+  }
 
   model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model));
   model_->init_weights(static_cast<uint64_t>(config_.run.seed));
+  // model.init_from: the Hugging Face weights replace the fresh init; a checkpoint restored below still wins.
+  if (!config_.model.init_from.empty()) load_hf_weights(*model_, SafetensorsIndex::open(config_.model.init_from));
   std::vector<std::string> names;
   for (Param* p : model_->params()) names.push_back(p->name);
   check_trainable_patterns(config_, names);  // a pattern that matches nothing is a typo, not a silent freeze
@@ -294,6 +304,7 @@ void Trainer::train(int64_t stop_at_step) {
 }
 
 double Trainer::evaluate(int64_t batches) {
+  ANVIL_CHECK(store_ != nullptr, "evaluation needs data: data.train is none — pass --set data.train=path/to/tokens.h5");
   ANVIL_CHECK(valid_loader_ != nullptr, "evaluation needs a validation split — set data.valid_fraction > 0");
   valid_loader_->reset();
   const int64_t n = std::max<int64_t>(1, std::min(batches, valid_loader_->num_samples() /
@@ -318,7 +329,10 @@ double Trainer::evaluate(int64_t batches) {
 
 std::string Trainer::sample(const std::string& prompt, int64_t tokens) {
   std::vector<int32_t> ids = tokenizer_->encode(prompt);
-  const int32_t eos = store_->info().eos_id;
+  // The store's EOS; without data (data.train: none), the tokenizer's <|endoftext|> when it has one.
+  int32_t eos = -1;
+  if (store_) eos = store_->info().eos_id;
+  else if (const auto id = tokenizer_->token_to_id("<|endoftext|>")) eos = *id;
   if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
   const int64_t room = config_.model.max_position_embeddings - static_cast<int64_t>(ids.size());
   SamplingConfig s;
@@ -332,6 +346,8 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens) {
 }
 
 double Trainer::unigram_entropy() const {
+  ANVIL_CHECK(store_ != nullptr, "the unigram entropy needs data: data.train is none — pass --set "
+              "data.train=path/to/tokens.h5");
   std::vector<int64_t> counts(store_->info().vocab_size, 0);
   int64_t total = 0;
   for (int64_t doc : train_loader_->documents()) {
