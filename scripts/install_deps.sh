@@ -7,7 +7,7 @@ packages=(
   libopenblas-openmp-dev libgtest-dev
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
-  python3-torch python3-numpy
+  python3-torch python3-numpy python3-pip
 )
 missing=()
 for p in "${packages[@]}"; do
