@@ -10,4 +10,11 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
 // dtable[ids[i], :] += dout[i, :]; deterministic (no atomics, fixed order per row).
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
 
+// The same for a table split by rows over ranks (vocab-parallel embedding): table_shard
+// holds ids [vocab_start, vocab_start + Vs). Ids outside it give zero rows (forward) and
+// contribute nothing (backward). Ids are not range-checked here (the caller checks them
+// against the full vocabulary).
+void embedding_shard_forward(const Tensor& ids, const Tensor& table_shard, int64_t vocab_start, Tensor& out);
+void embedding_shard_backward(const Tensor& ids, const Tensor& dout, int64_t vocab_start, Tensor& dtable_shard);
+
 }  // namespace anvil::kernels

@@ -32,23 +32,35 @@ void write_positions(Tensor& dst, const Tensor& src, int64_t start) {
 }
 
 const char* out_name(Attention::Projection p) { return p == Attention::Projection::Fused ? "c_proj" : "o_proj"; }
+
+// The full shape checked, then with this rank's head counts (whole KV groups per rank).
+AttentionShape local_shape(const std::string& prefix, AttentionShape s, const Communicator* tp) {
+  ANVIL_CHECK(s.num_heads % s.num_kv_heads == 0, prefix, ": num_key_value_heads = ", s.num_kv_heads,
+              " does not divide num_attention_heads = ", s.num_heads);
+  const int degree = tp ? tp->size() : 1;
+  ANVIL_CHECK(s.num_kv_heads % degree == 0, prefix, ": tp = ", degree, " does not divide num_key_value_heads = ",
+              s.num_kv_heads, " — each rank holds whole KV heads; pick a tensor-parallel degree that divides it");
+  s.num_heads /= degree;
+  s.num_kv_heads /= degree;
+  return s;
+}
 }  // namespace
 
 Attention::Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
-                     std::shared_ptr<const RopeTables> rope)
-    : shape_(shape),
+                     std::shared_ptr<const RopeTables> rope, Communicator* tp)
+    : shape_(local_shape(prefix, shape, tp)),
       projection_(projection),
       rope_(std::move(rope)),
-      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.bias) {
-  ANVIL_CHECK(shape.num_heads % shape.num_kv_heads == 0, prefix, ": num_key_value_heads = ", shape.num_kv_heads,
-              " does not divide num_attention_heads = ", shape.num_heads);
+      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.bias, tp) {
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
-    qkv_.emplace(prefix + ".c_attn", shape.hidden, q_dim + 2 * kv_dim, shape.bias);
+    // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
+    qkv_.emplace(prefix + ".c_attn", shape.hidden, q_dim + 2 * kv_dim, shape.bias, tp,
+                 std::vector<int64_t>{q_dim, kv_dim, kv_dim});
   } else {
-    q_.emplace(prefix + ".q_proj", shape.hidden, q_dim, shape.bias);
-    k_.emplace(prefix + ".k_proj", shape.hidden, kv_dim, shape.bias);
-    v_.emplace(prefix + ".v_proj", shape.hidden, kv_dim, shape.bias);
+    q_.emplace(prefix + ".q_proj", shape.hidden, q_dim, shape.bias, tp);
+    k_.emplace(prefix + ".k_proj", shape.hidden, kv_dim, shape.bias, tp);
+    v_.emplace(prefix + ".v_proj", shape.hidden, kv_dim, shape.bias, tp);
   }
 }
 
@@ -141,10 +153,10 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     kernels::rope_backward(dk, rope_->cos, rope_->sin, 0);
   }
   if (projection_ == Projection::Fused) return qkv_->backward(dqkv.view({B, T, -1}), c.child(0));
-  Tensor dx = q_->backward(dq.view({B, T, H * D}), c.child(0));
-  kernels::add_inplace(dx, k_->backward(dk.view({B, T, Hkv * D}), c.child(1)));
-  kernels::add_inplace(dx, v_->backward(dv.view({B, T, Hkv * D}), c.child(2)));
-  return dx;
+  // q, k and v read the same input: one input-gradient reduction for the three.
+  return column_parallel_backward({&*q_, &*k_, &*v_},
+                                  {dq.view({B, T, H * D}), dk.view({B, T, Hkv * D}), dv.view({B, T, Hkv * D})},
+                                  {&c.child(0), &c.child(1), &c.child(2)});
 }
 
 void Attention::collect_params(std::vector<Param*>& out) {

@@ -5,6 +5,7 @@
 
 #include "models/kv_cache.h"
 #include "models/layers.h"
+#include "models/tensor_parallel_layers.h"
 
 namespace anvil {
 
@@ -29,9 +30,12 @@ class Attention : public Module {
     Fused,     // GPT-2: one c_attn projection to [q | k | v], output c_proj
     Separate,  // Llama: q_proj, k_proj, v_proj, output o_proj
   };
-  // `rope` is null for models with learned positions.
+  // `rope` is null for models with learned positions. With a tp communicator the heads are
+  // split: each rank holds a contiguous group of num_kv_heads / tp KV heads with their query
+  // heads (q/k/v or c_attn column-parallel, each rank's c_attn rows its q|k|v chunks;
+  // o_proj / c_proj row-parallel). `shape` is the full model's.
   Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
-            std::shared_ptr<const RopeTables> rope);
+            std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr);
 
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden]
   Tensor backward(const Tensor& dy, Cache& c) override;
@@ -43,15 +47,16 @@ class Attention : public Module {
   // Saves nothing for backward.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
 
+  // This rank's shape: the head counts are local under tensor parallelism.
   const AttentionShape& shape() const { return shape_; }
 
  private:
   AttentionShape shape_;
   Projection projection_;
   std::shared_ptr<const RopeTables> rope_;
-  std::optional<Linear> qkv_;  // Fused
-  std::optional<Linear> q_, k_, v_;  // Separate
-  Linear out_;
+  std::optional<ColumnParallelLinear> qkv_;     // Fused
+  std::optional<ColumnParallelLinear> q_, k_, v_;  // Separate
+  RowParallelLinear out_;
 };
 
 }  // namespace anvil

@@ -18,12 +18,12 @@ AttentionShape attention_shape(const ModelConfig& c) {
 }  // namespace
 
 TransformerBlock::TransformerBlock(const std::string& prefix, const ModelConfig& config,
-                                   std::shared_ptr<const RopeTables> rope)
+                                   std::shared_ptr<const RopeTables> rope, Communicator* tp)
     : norm1_(make_norm(prefix + (is_gpt2(config) ? ".ln_1" : ".input_layernorm"), config)),
       norm2_(make_norm(prefix + (is_gpt2(config) ? ".ln_2" : ".post_attention_layernorm"), config)),
       attn_(prefix + (is_gpt2(config) ? ".attn" : ".self_attn"), attention_shape(config),
-            is_gpt2(config) ? Attention::Projection::Fused : Attention::Projection::Separate, std::move(rope)),
-      mlp_(prefix + ".mlp", config.hidden_size, config.intermediate_size, config.gated_mlp(), config.mlp_bias) {}
+            is_gpt2(config) ? Attention::Projection::Fused : Attention::Projection::Separate, std::move(rope), tp),
+      mlp_(prefix + ".mlp", config.hidden_size, config.intermediate_size, config.gated_mlp(), config.mlp_bias, tp) {}
 
 Tensor TransformerBlock::forward(const Tensor& x, Cache& c) {
   Tensor h = attn_.forward(norm1_->forward(x, c.child(0)), c.child(1));

@@ -5,13 +5,13 @@
 
 namespace anvil {
 
-MLP::MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias)
-    : down_(prefix + (gated ? ".down_proj" : ".c_proj"), intermediate, hidden, bias) {
+MLP::MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias, Communicator* tp)
+    : down_(prefix + (gated ? ".down_proj" : ".c_proj"), intermediate, hidden, bias, tp) {
   if (gated) {
-    gate_.emplace(prefix + ".gate_proj", hidden, intermediate, bias);
-    up_.emplace(prefix + ".up_proj", hidden, intermediate, bias);
+    gate_.emplace(prefix + ".gate_proj", hidden, intermediate, bias, tp);
+    up_.emplace(prefix + ".up_proj", hidden, intermediate, bias, tp);
   } else {
-    fc_.emplace(prefix + ".c_fc", hidden, intermediate, bias);
+    fc_.emplace(prefix + ".c_fc", hidden, intermediate, bias, tp);
   }
 }
 
@@ -53,9 +53,8 @@ Tensor MLP::backward(const Tensor& dy, Cache& c) {
     Tensor dgate = Tensor::empty(gate.shape());
     kernels::swiglu_backward(dact, gate, up, dgate, dact);  // dup written over dact
     c.clear_own();
-    Tensor dx = gate_->backward(dgate, c.child(0));
-    kernels::add_inplace(dx, up_->backward(dact, c.child(1)));
-    return dx;
+    // gate and up read the same input: one input-gradient reduction for both.
+    return column_parallel_backward({&*gate_, &*up_}, {dgate, dact}, {&c.child(0), &c.child(1)});
   }
   kernels::gelu_backward(dact, c.get("pre"), dact);
   c.clear_own();

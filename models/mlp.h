@@ -4,12 +4,16 @@
 #include <optional>
 
 #include "models/layers.h"
+#include "models/tensor_parallel_layers.h"
 
 namespace anvil {
 
 class MLP : public Module {
  public:
-  MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias);
+  // With a tp communicator the intermediate dim is split: c_fc / gate_proj / up_proj
+  // column-parallel, c_proj / down_proj row-parallel (one all-reduce forward, one backward).
+  MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias,
+      Communicator* tp = nullptr);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
   Tensor infer(const Tensor& x) override;  // forward without saving anything
@@ -18,9 +22,9 @@ class MLP : public Module {
   bool gated() const { return gate_.has_value(); }
 
  private:
-  std::optional<Linear> fc_;           // GELU: c_fc
-  std::optional<Linear> gate_, up_;    // SwiGLU: gate_proj, up_proj
-  Linear down_;                        // c_proj / down_proj
+  std::optional<ColumnParallelLinear> fc_;         // GELU: c_fc
+  std::optional<ColumnParallelLinear> gate_, up_;  // SwiGLU: gate_proj, up_proj
+  RowParallelLinear down_;                         // c_proj / down_proj
 };
 
 }  // namespace anvil

@@ -25,4 +25,55 @@ void Param::zero_grad() {
   if (grad.defined()) grad.zero_();
 }
 
+ShardSpec even_shard(GridAxis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+                     const std::string& what) {
+  ShardSpec s;
+  s.axis = axis;
+  s.dim = dim;
+  int64_t global = 0, local = 0;
+  for (int64_t part : parts) {
+    ANVIL_CHECK(part % degree == 0, what, ": size ", part, " does not split evenly over ", degree,
+                " ranks — pick a parallel degree that divides it");
+    const int64_t chunk = part / degree;
+    s.runs.push_back({local, global + rank * chunk, chunk});
+    local += chunk;
+    global += part;
+  }
+  s.full_size = global;
+  return s;
+}
+
+Shape logical_shape(const Param& p) {
+  Shape shape = p.value.shape();
+  if (p.shard.sharded()) shape[p.shard.dim] = p.shard.full_size;
+  return shape;
+}
+
+namespace {
+// Copies every run between the local tensor and the full one, in the given direction.
+void copy_runs(const Param& p, const Tensor& local, const Tensor& full, bool to_full) {
+  check_shape(local, p.value.shape(), "local shard");
+  check_shape(full, logical_shape(p), "full logical tensor");
+  if (!p.shard.sharded()) {
+    Tensor dst = to_full ? full : local;
+    dst.copy_(to_full ? local : full);
+    return;
+  }
+  for (const ShardRun& r : p.shard.runs) {
+    Tensor l = local.slice(p.shard.dim, r.local_start, r.local_start + r.length);
+    Tensor f = full.slice(p.shard.dim, r.global_start, r.global_start + r.length);
+    if (to_full) f.copy_(l);
+    else l.copy_(f);
+  }
+}
+}  // namespace
+
+Tensor take_shard(const Param& p, const Tensor& full) {
+  Tensor local = Tensor::empty(p.value.shape(), full.dtype(), full.device());
+  copy_runs(p, local, full, false);
+  return local;
+}
+
+void place_shard(const Param& p, const Tensor& local, Tensor& full) { copy_runs(p, local, full, true); }
+
 }  // namespace anvil

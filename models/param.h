@@ -2,6 +2,7 @@
 // optimizers, freezing, adapters and sharding act on.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -13,9 +14,17 @@ const char* param_role_name(ParamRole role);
 
 // Which process-grid axis splits which logical dim (set by the parallel layers).
 enum class GridAxis { None, DP, TP, PP, SP, EP };
+// One contiguous stretch of the split dim: local [local_start, +length) holds logical
+// [global_start, +length). A tensor-parallel GPT-2 c_attn holds three (its q, k and v rows).
+struct ShardRun {
+  int64_t local_start = 0, global_start = 0, length = 0;
+};
 struct ShardSpec {
   GridAxis axis = GridAxis::None;
-  int dim = -1;  // logical dim split over `axis`; -1 when replicated
+  int dim = -1;                // logical dim split over `axis`; -1 when replicated
+  int64_t full_size = 0;       // the logical extent of `dim`
+  std::vector<ShardRun> runs;  // in local order; together they cover the local extent
+  bool sharded() const { return axis != GridAxis::None; }
 };
 
 struct Param {
@@ -31,5 +40,19 @@ struct Param {
   void set_trainable(bool on);
   void zero_grad();
 };
+
+// The shard of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
+// or {full} for a plain split), each part evenly over `degree` ranks; `rank` holds its
+// chunk of every part, concatenated in part order. Throws when a part does not divide.
+ShardSpec even_shard(GridAxis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+                     const std::string& what);
+
+// The param's full logical shape: its local shape with the split dim restored.
+Shape logical_shape(const Param& p);
+// This rank's shard of a full logical tensor, as a new tensor of the param's local shape
+// (for loading checkpoints and for tests); a replicated param gets a copy of `full`.
+Tensor take_shard(const Param& p, const Tensor& full);
+// Writes a local shard into its place in a full logical tensor (the inverse of take_shard).
+void place_shard(const Param& p, const Tensor& local, Tensor& full);
 
 }  // namespace anvil

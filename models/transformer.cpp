@@ -6,29 +6,54 @@
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
+#include "parallel/grid.h"
 
 namespace anvil {
 
 namespace {
 bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
-const ModelConfig& validated(const ModelConfig& c) {
+const ModelConfig& validated(const ModelConfig& c, const Communicator* tp) {
   c.validate();
+  if (tp) {
+    GridDims dims;
+    dims.tp = tp->size();
+    validate_layout(dims, c);
+  }
   return c;
 }
 // Cache children of the model: 0 embedding, 1..L blocks, L+1 final norm, L+2 head.
+
+// N(0, std) draws by logical element index, so a shard holds exactly its slice of the
+// single-process tensor: each run of the split dim is a contiguous local block.
+void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
+  if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
+  const Shape& shape = p.value.shape();
+  const int d = p.shard.dim;
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= shape[i];
+  for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
+  const Tensor v = p.value.view({outer, shape[d], inner});
+  for (int64_t o = 0; o < outer; ++o)
+    for (const ShardRun& r : p.shard.runs) {
+      Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
+      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
+    }
+}
 }  // namespace
 
-TransformerLM::TransformerLM(const ModelConfig& config)
-    : config_(validated(config)),
-      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size) {
+TransformerLM::TransformerLM(const ModelConfig& config, Communicator* tp)
+    : config_(validated(config, tp)),
+      tp_(tp),
+      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, tp),
+      head_(config.tie_word_embeddings ? ColumnParallelLinear(wte_.weight, tp)
+                                       : ColumnParallelLinear("lm_head", config.hidden_size, config.vocab_size, false, tp)) {
   const bool gpt2 = is_gpt2(config);
   if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
   else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
     blocks_.push_back(std::make_unique<TransformerBlock>(
-        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_));
+        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp));
   norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
-  if (!config.tie_word_embeddings) lm_head_.emplace("lm_head", config.hidden_size, config.vocab_size, false);
 }
 
 void TransformerLM::init_weights(uint64_t seed) {
@@ -45,7 +70,7 @@ void TransformerLM::init_weights(uint64_t seed) {
       p->value.fill_(ends_with(p->name, ".bias") ? 0.0 : 1.0);
     } else {
       const bool residual_proj = ends_with(p->name, "c_proj.weight");
-      rng.fill_normal(p->value, 0.0f, residual_proj ? residual_std : std);
+      fill_normal_logical(rng, *p, residual_proj ? residual_std : std);
     }
   }
 }
@@ -53,7 +78,7 @@ void TransformerLM::init_weights(uint64_t seed) {
 Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
-  const int64_t B = ids.size(0), T = ids.size(1), C = config_.hidden_size, V = config_.vocab_size;
+  const int64_t B = ids.size(0), T = ids.size(1);
   ANVIL_CHECK(T <= config_.max_position_embeddings, "sequence length ", T, " exceeds max_position_embeddings = ",
               config_.max_position_embeddings, " — shorten the sequences or raise the model's limit");
   Tensor x = wte_.forward(ids, c.child(0));
@@ -67,18 +92,16 @@ Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, c.child(1 + i));
   const size_t L = blocks_.size();
   x = norm_f_->forward(x, c.child(L + 1));
-  if (lm_head_) return lm_head_->forward(x, c.child(L + 2));
-  Tensor logits = Tensor::empty({B * T, V});
-  kernels::matmul(x.view({B * T, C}), false, wte_.weight.value, true, logits);
-  c["head_input"] = x;
-  return logits.view({B, T, V});
+  return head_.forward(x, c.child(L + 2));
 }
 
 Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
-  const int64_t B = ids.size(0), T = ids.size(1), C = config_.hidden_size, V = config_.vocab_size;
+  ANVIL_CHECK(tp_ == nullptr, "forward_cached: KV-cached decoding is not tensor-parallel yet — generate with a "
+              "model built without a tp communicator (load the full checkpoint on one rank)");
+  const int64_t B = ids.size(0), T = ids.size(1);
   const int64_t start = kv.length(), end = start + T;
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
                   kv.head_dim() == config_.resolved_head_dim(),
@@ -102,16 +125,9 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   for (size_t i = 0; i < blocks_.size(); ++i)
     x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
   kv.advance(T);
-  int64_t Tout = T;
-  if (last_position_only && T > 1) {
-    x = x.slice(1, T - 1, T).contiguous();
-    Tout = 1;
-  }
+  if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
   x = norm_f_->infer(x);
-  if (lm_head_) return lm_head_->infer(x);
-  Tensor logits = Tensor::empty({B * Tout, V});
-  kernels::matmul(x.view({B * Tout, C}), false, wte_.weight.value, true, logits);
-  return logits.view({B, Tout, V});
+  return head_.infer(x);
 }
 
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
@@ -120,19 +136,7 @@ Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
 }
 
 Tensor TransformerLM::head_backward(Tensor dlogits, Cache& c) {
-  const int64_t C = config_.hidden_size, V = config_.vocab_size;
-  const size_t L = blocks_.size();
-  Tensor dx;
-  if (lm_head_) {
-    dx = lm_head_->backward(dlogits, c.child(L + 2));
-  } else {
-    const Tensor dl = dlogits.contiguous().view({-1, V});
-    const Tensor x = c.get("head_input").view({-1, C});
-    dx = Tensor::empty({dl.size(0), C});
-    kernels::matmul(dl, false, wte_.weight.value, false, dx);
-    if (wte_.weight.trainable) kernels::matmul(dl, true, x, false, wte_.weight.grad, 1.0f, 1.0f);
-    dx = dx.view(with_last_dim(dlogits.shape(), C));
-  }
+  Tensor dx = head_.backward(dlogits, c.child(blocks_.size() + 2));
   c.clear_own();  // logits and the head input die here (with this function's copy of dlogits)
   return dx;
 }
@@ -148,7 +152,7 @@ void TransformerLM::report_grads_ready(std::initializer_list<Module*> modules) {
 void TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   const size_t L = blocks_.size();
   dx = norm_f_->backward(dx, c.child(L + 1));
-  report_grads_ready({norm_f_.get(), lm_head_ ? &*lm_head_ : nullptr});
+  report_grads_ready({norm_f_.get(), &head_});  // the tied head lists no params
   for (size_t i = L; i-- > 0;) {
     dx = blocks_[i]->backward(dx, c.child(1 + i));
     report_grads_ready({blocks_[i].get()});
@@ -165,10 +169,11 @@ float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cach
   check_dtype(targets, DType::I32, "targets");
   ANVIL_CHECK(targets.shape() == ids.shape(), "targets ", targets.describe(), " must match ids ", ids.describe());
   const Tensor logits = forward(ids, c);
-  const int64_t N = ids.numel(), V = config_.vocab_size;
+  const int64_t N = ids.numel();
   Tensor losses = Tensor::empty({N}), lse = Tensor::empty({N});
   const Tensor flat_targets = targets.contiguous().view({N});
-  const int64_t count = kernels::cross_entropy_forward(logits.view({N, V}), flat_targets, ignore_index, losses, lse);
+  const int64_t count = VocabParallelCrossEntropy::forward(tp_, logits.view({N, logits.size(-1)}), vocab_start(),
+                                                           config_.vocab_size, flat_targets, ignore_index, losses, lse);
   c["logits"] = logits;
   c["targets"] = flat_targets;
   c["lse"] = lse;
@@ -182,10 +187,10 @@ void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_token
   {
     Tensor logits = c.get("logits");
     const double count = loss_tokens >= 0 ? static_cast<double>(loss_tokens) : c.get("count").item();
-    Tensor flat = logits.view({-1, config_.vocab_size});
-    kernels::cross_entropy_backward(flat, c.get("targets"), c.get("lse"),
-                                    static_cast<int>(c.get("ignore_index").item()),
-                                    count > 0 ? static_cast<float>(loss_scale / count) : 0.0f, flat);  // in place
+    Tensor flat = logits.view({-1, logits.size(-1)});
+    VocabParallelCrossEntropy::backward(tp_, flat, vocab_start(), c.get("targets"), c.get("lse"),
+                                        static_cast<int>(c.get("ignore_index").item()),
+                                        count > 0 ? static_cast<float>(loss_scale / count) : 0.0f, flat);  // in place
     dx = head_backward(std::move(logits), c);
   }
   trunk_backward(std::move(dx), c);
@@ -196,7 +201,7 @@ void TransformerLM::collect_params(std::vector<Param*>& out) {
   if (wpe_) wpe_->collect_params(out);
   for (auto& b : blocks_) b->collect_params(out);
   norm_f_->collect_params(out);
-  if (lm_head_) lm_head_->collect_params(out);
+  head_.collect_params(out);
 }
 
 Param& TransformerLM::param(const std::string& name) {
@@ -213,8 +218,10 @@ void TransformerLM::zero_grad() {
 MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   const ModelConfig& m = config_;
   const size_t f = sizeof(float);
-  const size_t N = B * T, C = m.hidden_size, V = m.vocab_size, I = m.intermediate_size;
-  const size_t H = m.num_attention_heads, Hkv = m.num_key_value_heads, D = m.resolved_head_dim();
+  // Per rank: under tensor parallelism heads, MLP width and logits are this rank's shard.
+  const size_t tp = tp_ ? tp_->size() : 1;
+  const size_t N = B * T, C = m.hidden_size, V = m.vocab_size / tp, I = m.intermediate_size / tp;
+  const size_t H = m.num_attention_heads / tp, Hkv = m.num_key_value_heads / tp, D = m.resolved_head_dim();
   const bool gpt2 = is_gpt2(m);
   MemoryTable t;
   for (Param* p : const_cast<TransformerLM*>(this)->params()) {

@@ -24,16 +24,26 @@ struct MemoryTable {
 
 class TransformerLM : public Module {
  public:
-  explicit TransformerLM(const ModelConfig& config);
+  // With a tp communicator the model is tensor-parallel over its ranks (Megatron layout):
+  // vocab-parallel embedding, heads and MLP width split per block, LM head column-parallel
+  // over the vocabulary (the tied head reuses the embedding shard) feeding a vocab-parallel
+  // cross-entropy. Params keep their names with local shapes and ShardSpec{TP, dim}.
+  // Every tp rank must pass the same ids and targets. Degrees that do not divide the model
+  // (KV heads, vocabulary, intermediate size) throw validate_layout's error. Null: one device.
+  explicit TransformerLM(const ModelConfig& config, Communicator* tp = nullptr);
+  // Not movable: the tied head points at the embedding's weight.
+  TransformerLM(const TransformerLM&) = delete;
+  TransformerLM& operator=(const TransformerLM&) = delete;
 
   // Fresh weights from Philox keyed by (seed, param name): layout-independent.
   // Matrices and embeddings ~ N(0, initializer_range) (GPT-2 scales its residual
   // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
   void init_weights(uint64_t seed);
 
-  // ids: i32 [B, T] -> logits [B, T, vocab].
+  // ids: i32 [B, T] -> logits [B, T, vocab] (under tp: this rank's vocabulary shard
+  // [B, T, vocab / tp], ids vocab_start() ..; gather them with GatherFromTensorParallelRegion).
   Tensor forward(const Tensor& ids, Cache& c) override;
-  // dlogits: [B, T, vocab] -> accumulates every gradient; returns an undefined tensor.
+  // dlogits: [B, T, vocab] (under tp: the shard) -> accumulates every gradient; returns an undefined tensor.
   Tensor backward(const Tensor& dlogits, Cache& c) override;
 
   // Incremental inference with a KV cache (nothing is saved for backward): ids
@@ -42,6 +52,7 @@ class TransformerLM : public Module {
   // T_new, and the result is the logits [B, T_new, vocab] of those positions
   // (or [B, 1, vocab] for the last one when last_position_only, which skips the
   // head's work on a long prompt). Prefill with the prompt, then one token per step.
+  // Not tensor-parallel yet: throws when the model was built with a tp communicator.
   Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
 
   // Mean cross-entropy over targets != ignore_index; logits stay in the cache.
@@ -65,7 +76,9 @@ class TransformerLM : public Module {
   void zero_grad();
 
   const ModelConfig& config() const { return config_; }
-  MemoryTable memory_table(int64_t batch, int64_t seq_len) const;
+  Communicator* tensor_parallel() const { return tp_; }
+  int64_t vocab_start() const { return wte_.vocab_start(); }  // first id of this rank's logits
+  MemoryTable memory_table(int64_t batch, int64_t seq_len) const;  // this rank's bytes
 
  private:
   // By value so the last reference to dlogits can die before the trunk's backward.
@@ -74,12 +87,13 @@ class TransformerLM : public Module {
   void report_grads_ready(std::initializer_list<Module*> modules);
   GradReadyCallback grad_ready_;
   ModelConfig config_;
+  Communicator* tp_;
   std::shared_ptr<const RopeTables> rope_;
-  Embedding wte_;
+  VocabParallelEmbedding wte_;
   std::optional<Embedding> wpe_;  // GPT-2 learned positions
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;
   std::unique_ptr<Module> norm_f_;
-  std::optional<Linear> lm_head_;  // absent when tied to wte
+  ColumnParallelLinear head_;  // lm_head, or the tied head on wte's weight (owning no params)
 };
 
 }  // namespace anvil

@@ -57,4 +57,42 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
   }
 }
 
+void embedding_shard_forward(const Tensor& ids, const Tensor& table_shard, int64_t vocab_start, Tensor& out) {
+  constexpr const char* op = "embedding_shard_forward";
+  const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
+  const cpu::Rows vt = cpu::as_rows(op, "table_shard", table_shard), vo = cpu::as_rows(op, "out", out);
+  const int64_t N = ids.numel(), V = vt.rows, C = vt.cols;
+  ANVIL_CHECK(table_shard.dim() == 2 && vo.cols == C && vo.rows == N, op, ": out has shape ", shape_str(out.shape()),
+              " but ids ", shape_str(ids.shape()), " and table_shard ", shape_str(table_shard.shape()), " give [", N,
+              ", ", C, "]");
+  cpu::parallel_rows(N, C, [&](int64_t i) {
+    const int64_t local = static_cast<int64_t>(pid[i]) - vocab_start;
+    if (local >= 0 && local < V) std::memcpy(vo.row(i), vt.row(local), static_cast<size_t>(C) * sizeof(float));
+    else std::memset(vo.row(i), 0, static_cast<size_t>(C) * sizeof(float));
+  });
+}
+
+void embedding_shard_backward(const Tensor& ids, const Tensor& dout, int64_t vocab_start, Tensor& dtable_shard) {
+  constexpr const char* op = "embedding_shard_backward";
+  const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
+  const cpu::Rows vd = cpu::as_rows(op, "dout", dout), vt = cpu::as_rows(op, "dtable_shard", dtable_shard);
+  const int64_t N = ids.numel(), V = vt.rows, C = vt.cols;
+  ANVIL_CHECK(dtable_shard.dim() == 2 && vd.cols == C && vd.rows == N, op, ": dout has shape ",
+              shape_str(dout.shape()), " but ids ", shape_str(ids.shape()), " and dtable_shard ",
+              shape_str(dtable_shard.shape()), " need [", N, ", ", C, "]");
+  constexpr int64_t kBlock = 64;  // as embedding_backward: column strips, rows in position order
+  const int64_t nblocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (N * C >= cpu::kParallelMin && nblocks > 1)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t j0 = b * kBlock, j1 = std::min(C, j0 + kBlock);
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t local = static_cast<int64_t>(pid[i]) - vocab_start;
+      if (local < 0 || local >= V) continue;
+      const float* src = vd.row(i);
+      float* dst = vt.row(local);
+      for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+    }
+  }
+}
+
 }  // namespace anvil::kernels

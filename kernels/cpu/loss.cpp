@@ -80,4 +80,54 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   });
 }
 
+void cross_entropy_shard_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_start, int ignore_index,
+                               Tensor& row_max, Tensor& sum_exp, Tensor& target_logit) {
+  constexpr const char* op = "cross_entropy_shard_stats";
+  const cpu::Rows vl = cpu::as_rows(op, "logits", logits);
+  const int32_t* pt = targets_for(op, targets, vl, logits);
+  float* pm = cpu::contiguous_f32(op, "row_max", row_max);
+  float* ps = cpu::contiguous_f32(op, "sum_exp", sum_exp);
+  float* px = cpu::contiguous_f32(op, "target_logit", target_logit);
+  for (const Tensor* t : {&row_max, &sum_exp, &target_logit})
+    cpu::require_numel(op, "row statistics", *t, vl.rows, "one value per row of logits");
+  const int64_t N = vl.rows, V = vl.cols;
+  ANVIL_CHECK(V > 0 || N == 0, op, ": logits ", logits.describe(), " has an empty vocabulary shard");
+  cpu::parallel_rows(N, V, [&](int64_t i) {
+    const float* x = vl.row(i);
+    float m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < V; ++j) m = std::max(m, x[j]);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < V; ++j) s += cpu::vexp(x[j] - m);
+    pm[i] = m;
+    ps[i] = s;
+    const int64_t local = static_cast<int64_t>(pt[i]) - vocab_start;
+    px[i] = pt[i] != ignore_index && local >= 0 && local < V ? x[local] : 0.0f;
+  });
+}
+
+void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets, int64_t vocab_start,
+                                  const Tensor& lse, int ignore_index, float grad_scale, Tensor& dlogits) {
+  constexpr const char* op = "cross_entropy_shard_backward";
+  const cpu::Rows vl = cpu::as_rows(op, "logits", logits), vd = cpu::as_rows(op, "dlogits", dlogits);
+  cpu::require_same_shape(op, "dlogits", dlogits, "logits", logits);
+  const int32_t* pt = targets_for(op, targets, vl, logits);
+  const float* ps = cpu::contiguous_f32(op, "lse", lse);
+  cpu::require_numel(op, "lse", lse, vl.rows, "one value per row of logits");
+  const int64_t N = vl.rows, V = vl.cols;
+  cpu::parallel_rows(N, V, [&](int64_t i) {
+    const float* x = vl.row(i);
+    float* d = vd.row(i);  // may alias x: x[j] is read before d[j] is written
+    if (pt[i] == ignore_index) {
+      for (int64_t j = 0; j < V; ++j) d[j] = 0.0f;
+      return;
+    }
+    const float l = ps[i];
+    for (int64_t j = 0; j < V; ++j) d[j] = grad_scale * cpu::vexp(x[j] - l);
+    const int64_t local = static_cast<int64_t>(pt[i]) - vocab_start;
+    if (local >= 0 && local < V) d[local] -= grad_scale;
+  });
+}
+
 }  // namespace anvil::kernels

@@ -1,0 +1,122 @@
+#include "parallel/tensor_parallel.h"
+
+#include <cmath>
+
+#include "kernels/elementwise.h"
+#include "kernels/loss.h"
+
+namespace anvil {
+
+namespace {
+bool active(const Communicator* tp) { return tp != nullptr && tp->size() > 1; }
+
+// x as contiguous [rows, last].
+Tensor as_rows(const Tensor& x) { return x.contiguous().view({-1, x.size(-1)}); }
+}  // namespace
+
+std::unique_ptr<CommHandle> CopyToTensorParallelRegion::backward_start(Communicator* tp, Tensor& dx) {
+  if (!active(tp)) return std::make_unique<DoneHandle>();
+  return tp->all_reduce_async(dx);
+}
+
+void ReduceFromTensorParallelRegion::forward(Communicator* tp, Tensor& y) {
+  if (active(tp)) tp->all_reduce(y);
+}
+
+Tensor GatherFromTensorParallelRegion::forward(Communicator* tp, const Tensor& x) {
+  if (!active(tp)) return x;
+  const int n = tp->size();
+  const Tensor local = as_rows(x);
+  const int64_t rows = local.size(0), cols = local.size(1);
+  Tensor gathered = Tensor::empty({n, rows, cols}, x.dtype(), x.device());
+  tp->all_gather(local, gathered);
+  // Rank-major [n, rows, cols] -> [rows, n * cols].
+  Tensor out = Tensor::empty({rows, n * cols}, x.dtype(), x.device());
+  for (int r = 0; r < n; ++r) out.slice(1, r * cols, (r + 1) * cols).copy_(gathered.select(0, r));
+  Shape shape = x.shape();
+  shape.back() = n * cols;
+  return out.view(shape);
+}
+
+Tensor GatherFromTensorParallelRegion::backward(Communicator* tp, const Tensor& dy) {
+  return ScatterToTensorParallelRegion::forward(tp, dy);
+}
+
+Tensor ScatterToTensorParallelRegion::forward(Communicator* tp, const Tensor& x) {
+  if (!active(tp)) return x;
+  const int64_t full = x.size(-1);
+  ANVIL_CHECK(full % tp->size() == 0, "scatter to tensor-parallel region: last dim ", full, " of ", x.describe(),
+              " does not split over tp = ", tp->size());
+  const int64_t chunk = full / tp->size();
+  return x.slice(x.dim() - 1, tp->rank() * chunk, (tp->rank() + 1) * chunk).contiguous();
+}
+
+Tensor ScatterToTensorParallelRegion::backward(Communicator* tp, const Tensor& dy) {
+  return GatherFromTensorParallelRegion::forward(tp, dy);
+}
+
+int64_t vocab_shard_start(Communicator* tp, int64_t vocab_size) {
+  if (!active(tp)) return 0;
+  return tp->rank() * (vocab_size / tp->size());
+}
+
+int64_t VocabParallelCrossEntropy::forward(Communicator* tp, const Tensor& logits, int64_t vocab_start,
+                                           int64_t vocab_size, const Tensor& targets, int ignore_index,
+                                           Tensor& losses, Tensor& lse) {
+  if (!active(tp)) return kernels::cross_entropy_forward(logits, targets, ignore_index, losses, lse);
+  const int64_t N = targets.numel();
+  check_dtype(targets, DType::I32, "vocab-parallel cross-entropy targets");
+  const Tensor flat_targets = targets.contiguous();
+  const int32_t* t = flat_targets.data<int32_t>();
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    ANVIL_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < vocab_size), "vocab-parallel cross-entropy: target ",
+                t[i], " at row ", i, " is outside [0, ", vocab_size, ") and is not ignore_index (", ignore_index,
+                ") — check the labels against the vocabulary size");
+    count += t[i] != ignore_index;
+  }
+  Tensor row_max = Tensor::empty({N});
+  Tensor stats = Tensor::empty({2, N});  // [sum of exp, target logit]: one all-reduce for both
+  Tensor sum_exp = stats.select(0, 0), target_logit = stats.select(0, 1);
+  kernels::cross_entropy_shard_stats(logits, flat_targets, vocab_start, ignore_index, row_max, sum_exp, target_logit);
+  Tensor global_max = row_max.clone();
+  tp->all_reduce(global_max, ReduceOp::Max);
+  float* s = sum_exp.data<float>();
+  const float* m = row_max.data<float>();
+  const float* g = global_max.data<float>();
+  for (int64_t i = 0; i < N; ++i) s[i] *= std::exp(m[i] - g[i]);  // rescale to the global max
+  tp->all_reduce(stats);
+  const float* x = target_logit.data<float>();
+  float* pl = losses.data<float>();
+  float* ps = lse.data<float>();
+  ANVIL_CHECK(losses.numel() == N && lse.numel() == N, "vocab-parallel cross-entropy: losses ", losses.describe(),
+              " and lse ", lse.describe(), " need one value per row (", N, ")");
+  for (int64_t i = 0; i < N; ++i) {
+    ps[i] = g[i] + std::log(s[i]);
+    pl[i] = t[i] == ignore_index ? 0.0f : ps[i] - x[i];
+  }
+  return count;
+}
+
+void VocabParallelCrossEntropy::backward(Communicator* tp, const Tensor& logits, int64_t vocab_start,
+                                         const Tensor& targets, const Tensor& lse, int ignore_index,
+                                         float grad_scale, Tensor& dlogits) {
+  if (!active(tp)) return kernels::cross_entropy_backward(logits, targets, lse, ignore_index, grad_scale, dlogits);
+  kernels::cross_entropy_shard_backward(logits, targets, vocab_start, lse, ignore_index, grad_scale, dlogits);
+}
+
+double tensor_parallel_grad_norm(Communicator* tp, const std::vector<Param*>& params) {
+  double sharded = 0, replicated = 0;
+  for (const Param* p : params) {
+    if (!p->grad.defined()) continue;
+    (p->shard.axis == GridAxis::TP ? sharded : replicated) += kernels::sum_squares(p->grad);
+  }
+  if (active(tp)) {
+    Tensor sum = Tensor::full({1}, sharded);
+    tp->all_reduce(sum);
+    sharded = sum.item();
+  }
+  return std::sqrt(sharded + replicated);
+}
+
+}  // namespace anvil
