@@ -41,12 +41,16 @@ void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
 }
 }  // namespace
 
-TransformerLM::TransformerLM(const ModelConfig& config, Communicator* tp)
-    : config_(validated(config, tp)),
-      tp_(tp),
-      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, tp),
-      head_(config.tie_word_embeddings ? ColumnParallelLinear(wte_.weight, tp)
-                                       : ColumnParallelLinear("lm_head", config.hidden_size, config.vocab_size, false, tp)) {
+TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout)
+    : config_(validated(config, layout.tp)),
+      layout_(layout),
+      tp_(layout.tp),
+      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, layout.tp),
+      head_(config.tie_word_embeddings ? ColumnParallelLinear(wte_.weight, layout.tp)
+                                       : ColumnParallelLinear("lm_head", config.hidden_size, config.vocab_size, false, layout.tp)) {
+  ANVIL_CHECK(layout.sp == nullptr && layout.stages == 1,
+              "TransformerLM: sequence and pipeline parallelism are not built into the model yet");
+  Communicator* tp = layout.tp;
   const bool gpt2 = is_gpt2(config);
   if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
   else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);

@@ -22,15 +22,23 @@ struct MemoryTable {
   size_t total() const { return param_bytes + grad_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
 };
 
+// How this rank's model is split over the process grid. All null / 1: the whole model in
+// one process. Each communicator is the grid's sub-communicator for that axis.
+struct ModelLayout {
+  Communicator* tp = nullptr;  // tensor parallel: heads, MLP width and vocabulary split
+  Communicator* sp = nullptr;  // Ulysses sequence parallel: each rank holds a slice of every sequence
+  int stage = 0, stages = 1;   // pipeline parallel: this rank's stage of `stages` contiguous layer ranges
+};
+
 class TransformerLM : public Module {
  public:
-  // With a tp communicator the model is tensor-parallel over its ranks (Megatron layout):
+  // With a layout.tp communicator the model is tensor-parallel over its ranks (Megatron layout):
   // vocab-parallel embedding, heads and MLP width split per block, LM head column-parallel
   // over the vocabulary (the tied head reuses the embedding shard) feeding a vocab-parallel
   // cross-entropy. Params keep their names with local shapes and ShardSpec{TP, dim}.
   // Every tp rank must pass the same ids and targets. Degrees that do not divide the model
   // (KV heads, vocabulary, intermediate size) throw validate_layout's error. Null: one device.
-  explicit TransformerLM(const ModelConfig& config, Communicator* tp = nullptr);
+  explicit TransformerLM(const ModelConfig& config, const ModelLayout& layout = {});
   // Not movable: the tied head points at the embedding's weight.
   TransformerLM(const TransformerLM&) = delete;
   TransformerLM& operator=(const TransformerLM&) = delete;
@@ -77,6 +85,7 @@ class TransformerLM : public Module {
 
   const ModelConfig& config() const { return config_; }
   Communicator* tensor_parallel() const { return tp_; }
+  const ModelLayout& layout() const { return layout_; }
   int64_t vocab_start() const { return wte_.vocab_start(); }  // first id of this rank's logits
   MemoryTable memory_table(int64_t batch, int64_t seq_len) const;  // this rank's bytes
 
@@ -87,7 +96,8 @@ class TransformerLM : public Module {
   void report_grads_ready(std::initializer_list<Module*> modules);
   GradReadyCallback grad_ready_;
   ModelConfig config_;
-  Communicator* tp_;
+  ModelLayout layout_;
+  Communicator* tp_;  // layout_.tp
   std::shared_ptr<const RopeTables> rope_;
   VocabParallelEmbedding wte_;
   std::optional<Embedding> wpe_;  // GPT-2 learned positions

@@ -82,7 +82,7 @@ Models build(const ModelConfig& c) {
   m.ref = std::make_unique<TransformerLM>(c);
   m.ref->init_weights(kSeed);
   anvil::testing::randomize_params(m.ref->params());
-  m.tp = std::make_unique<TransformerLM>(c, tp());
+  m.tp = std::make_unique<TransformerLM>(c, ModelLayout{tp()});
   for (Param* p : m.tp->params()) p->value.copy_(take_shard(*p, m.ref->param(p->name).value));
   return m;
 }
@@ -152,7 +152,7 @@ TEST(VocabParallelCrossEntropy, MatchesTheFullVocabularyKernel) {
 
 TEST(TensorParallelModel, InitShardsAreSlicesOfTheSingleProcessInit) {
   for (const Case& k : cases()) {
-    TransformerLM ref(k.config), sharded(k.config, tp());
+    TransformerLM ref(k.config), sharded(k.config, ModelLayout{tp()});
     ref.init_weights(kSeed);
     sharded.init_weights(kSeed);
     ASSERT_EQ(sharded.params().size(), ref.params().size()) << k.name;
@@ -273,7 +273,7 @@ TEST(TensorParallelModel, AdamWStepsKeepShardsEqualToSlices) {
 TEST(TensorParallelModel, ShardedParamsHoldOneTpthOfTheBytes) {
   const size_t n = static_cast<size_t>(tp()->size());
   for (const Case& k : cases()) {
-    TransformerLM ref(k.config), sharded(k.config, tp());
+    TransformerLM ref(k.config), sharded(k.config, ModelLayout{tp()});
     size_t sharded_bytes = 0, full_bytes = 0, count = 0;
     for (Param* p : sharded.params()) {
       const Param& full = ref.param(p->name);
@@ -308,7 +308,7 @@ TEST(TensorParallelModel, DegreesThatDoNotDivideTheModelRaiseValidateLayoutsErro
   for (const auto& [config, field] : {std::pair{kv, "num_key_value_heads"}, std::pair{vocab, "vocab_size"}}) {
     const std::string expected = error_of([&] { validate_layout(dims, config); });
     EXPECT_NE(expected.find(field), std::string::npos) << expected;
-    EXPECT_EQ(error_of([&] { TransformerLM m(config, tp()); }), expected);
+    EXPECT_EQ(error_of([&] { TransformerLM m(config, ModelLayout{tp()}); }), expected);
   }
   // Without tensor parallelism the same configs build.
   EXPECT_EQ(error_of([&] { TransformerLM m(kv); }), "(no error)");
@@ -316,7 +316,7 @@ TEST(TensorParallelModel, DegreesThatDoNotDivideTheModelRaiseValidateLayoutsErro
 }
 
 TEST(TensorParallelModel, KvCachedDecodingRefusesTensorParallelism) {
-  TransformerLM m(small_llama(true), tp());
+  TransformerLM m(small_llama(true), ModelLayout{tp()});
   KVCache kv(m.config(), 1, 8);
   EXPECT_NE(error_of([&] { m.forward_cached(Tensor::zeros({1, 2}, DType::I32), kv); }).find("not tensor-parallel"),
             std::string::npos);
