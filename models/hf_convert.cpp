@@ -168,7 +168,7 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
     used.insert(name);
     const SafetensorsInfo& info = index.info(name);
     const bool conv = is_conv1d(config, p->name);
-    const Shape& want = p->value.shape();
+    const Shape want = logical_shape(*p);  // a tensor-parallel shard loads its slice of the full tensor
     const Shape expected = conv ? Shape{want[1], want[0]} : want;
     ANVIL_CHECK(info.shape == expected, index.file_of(name).path(), ": tensor '", name, "' has shape ",
                 shape_text(info.shape), " but the model expects ", shape_text(expected),
@@ -207,12 +207,14 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
     const std::string name = file_name(p->name);
     Tensor w = index.get_f32(name);
     if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
-    p->value.copy_(w);
+    p->value.copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);
   }
 
   if (!tied_head.empty()) {
-    const Tensor head = index.get_f32(tied_head);
-    const Tensor& emb = params.front()->value;
+    const Param& embedding = *params.front();
+    Tensor head = index.get_f32(tied_head);
+    if (embedding.shard.sharded()) head = take_shard(embedding, head);  // compare this rank's vocabulary rows
+    const Tensor& emb = embedding.value;
     ANVIL_CHECK(head.shape() == emb.shape() &&
                     std::memcmp(head.data<float>(), emb.contiguous().data<float>(), head.nbytes()) == 0,
                 index.file_of(tied_head).path(), ": tensor 'lm_head.weight' differs from the embedding '",

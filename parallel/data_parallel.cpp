@@ -158,25 +158,37 @@ Tensor DataParallel::shard_param(int b) {
 }
 
 double DataParallel::grad_norm() {
-  if (config_.zero_stage == 0) return std::sqrt(kernels::sum_squares(flat_grads_));  // identical on every rank
-  double local = 0;
-  for (size_t b = 0; b < buckets_.size(); ++b) local += kernels::sum_squares(shard_grad(static_cast<int>(b)));
-  return std::sqrt(all_reduce_sum(comm_, local));
+  return std::sqrt(grad_sum_squares([](const Param&) { return true; }));
+}
+
+double DataParallel::grad_sum_squares(const std::function<bool(const Param&)>& counted) {
+  double sum = 0;
+  if (config_.zero_stage == 0) {  // the full reduced buffer, identical on every rank
+    for (const Param* p : params_)
+      if (counted(*p)) sum += kernels::sum_squares(p->grad);
+    return sum;
+  }
+  for (const Segment& seg : segments_) {
+    if (!counted(*seg.param)) continue;
+    const Bucket& bk = buckets_[seg.bucket];
+    const int64_t at = seg.shard_offset - bk.shard_base;
+    sum += kernels::sum_squares(shard_grad(seg.bucket).slice(0, at, at + seg.length));
+  }
+  return all_reduce_sum(comm_, sum);
+}
+
+void DataParallel::scale_grads(float scale) {
+  if (config_.zero_stage == 0) return kernels::scale_inplace(flat_grads_, scale);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    Tensor g = shard_grad(static_cast<int>(b));
+    kernels::scale_inplace(g, scale);
+  }
 }
 
 double DataParallel::clip_grad_norm(double max_norm) {
   const double norm = grad_norm();
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));  // as optim/clip_grad_norm
-    if (config_.zero_stage == 0) {
-      kernels::scale_inplace(flat_grads_, scale);
-    } else {
-      for (size_t b = 0; b < buckets_.size(); ++b) {
-        Tensor g = shard_grad(static_cast<int>(b));
-        kernels::scale_inplace(g, scale);
-      }
-    }
-  }
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm))
+    scale_grads(static_cast<float>(max_norm / (norm + 1e-6)));  // as optim/clip_grad_norm
   return norm;
 }
 

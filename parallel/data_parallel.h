@@ -23,6 +23,7 @@
 // non-ignored token of the global micro-batch, as one process would compute it.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -78,6 +79,12 @@ class DataParallel {
   // The global gradient norm (of the reduced grads, before clipping): ZeRO 0 from the
   // full buffer; ZeRO 1/2 from each rank's shard, summed over ranks (no double counting).
   double grad_norm();
+  // The sum of squares of the reduced grads of the params `counted` selects, over the
+  // whole dp group, identical on every rank. A model split further (tensor or pipeline
+  // parallel) counts each element on one rank only and sums the result over those axes.
+  double grad_sum_squares(const std::function<bool(const Param&)>& counted);
+  // Multiplies the reduced grads (ZeRO 0/1: the flat buffer; ZeRO-2: this rank's shard) by `scale`.
+  void scale_grads(float scale);
   // Scales the reduced grads so their global norm is at most max_norm (as
   // clip_grad_norm); returns the norm before clipping. max_norm <= 0 only measures.
   double clip_grad_norm(double max_norm);

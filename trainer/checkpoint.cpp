@@ -4,7 +4,12 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <sstream>
+#include <typeinfo>
+
 #include "data/hdf5_util.h"
+#include "parallel/collectives.h"
+#include "parallel/mpi_communicator.h"
 
 namespace anvil {
 
@@ -26,24 +31,61 @@ h5::Id create_group(const h5::Context& ctx, hid_t loc, const char* name) {
                 H5Gclose);
 }
 
-void write_tensor(const h5::Context& ctx, hid_t group, const std::string& name, const Tensor& t) {
-  const Tensor c = t.contiguous();
-  ANVIL_CHECK(c.dtype() == DType::F32, "checkpoint: ", name, " is ", c.describe(), "; only f32 is stored");
-  std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
-  h5::Id space(ctx.check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), "dataspace for " + name),
-               H5Sclose);
-  h5::Id set(ctx.check(H5Dcreate2(group, name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
-                                  H5P_DEFAULT),
-                       "create dataset " + name),
-             H5Dclose);
-  if (c.numel() > 0)
-    ctx.check_status(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data()),
-                     "write " + name);
+// The hyperslabs of a tensor: one block per shard run (the split dim restricted to the
+// run, every other dim whole), or the whole tensor. For each: where it starts in the
+// local tensor and in the logical one, and its extent.
+struct Slab {
+  std::vector<hsize_t> local_start, logical_start, count;
+};
+std::vector<Slab> slabs_of(const CheckpointTensor& t) {
+  const Shape& shape = t.local.shape();
+  const size_t rank = shape.size();
+  Slab whole{std::vector<hsize_t>(rank, 0), std::vector<hsize_t>(rank, 0), std::vector<hsize_t>(shape.begin(), shape.end())};
+  if (!t.shard.sharded()) return {whole};
+  std::vector<Slab> out;
+  for (const ShardRun& run : t.shard.runs) {
+    Slab s = whole;
+    s.local_start[t.shard.dim] = static_cast<hsize_t>(run.local_start);
+    s.logical_start[t.shard.dim] = static_cast<hsize_t>(run.global_start);
+    s.count[t.shard.dim] = static_cast<hsize_t>(run.length);
+    out.push_back(s);
+  }
+  return out;
+}
+
+// Selects `start`/`count` in a fresh copy of `space` (a scalar tensor selects everything).
+h5::Id select(const h5::Context& ctx, hid_t space, const std::vector<hsize_t>& start,
+              const std::vector<hsize_t>& count, const std::string& name) {
+  h5::Id s(ctx.check(H5Scopy(space), "dataspace of " + name), H5Sclose);
+  if (!start.empty())
+    ctx.check_status(H5Sselect_hyperslab(s.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr),
+                     "select a slab of " + name);
+  return s;
+}
+
+h5::Id simple_space(const h5::Context& ctx, const Shape& shape, const std::string& name) {
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  return h5::Id(ctx.check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), "dataspace for " + name),
+                H5Sclose);
+}
+
+void write_slabs(const h5::Context& ctx, hid_t set, const CheckpointTensor& t) {
+  const Tensor c = t.local.contiguous();
+  ANVIL_CHECK(c.dtype() == DType::F32, "checkpoint: ", t.name, " is ", c.describe(), "; only f32 is stored");
+  if (c.numel() == 0) return;
+  const h5::Id mem = simple_space(ctx, c.shape(), t.name);
+  h5::Id file(ctx.check(H5Dget_space(set), "dataspace of " + t.name), H5Sclose);
+  for (const Slab& slab : slabs_of(t)) {
+    const h5::Id m = select(ctx, mem.get(), slab.local_start, slab.count, t.name);
+    const h5::Id f = select(ctx, file.get(), slab.logical_start, slab.count, t.name);
+    ctx.check_status(H5Dwrite(set, H5T_NATIVE_FLOAT, m.get(), f.get(), H5P_DEFAULT, c.raw_data()), "write " + t.name);
+  }
 }
 
 // Errors about what a tensor holds carry their own fix, so they use a context without one.
-void read_tensor(const h5::Context& file_ctx, hid_t group, const std::string& name, Tensor& into, const char* kind) {
+void read_slabs(const h5::Context& file_ctx, hid_t group, CheckpointTensor& t, const char* kind) {
   const h5::Context ctx{file_ctx.prefix, file_ctx.path, ""};
+  const std::string& name = t.name;
   if (H5Lexists(group, name.c_str(), H5P_DEFAULT) <= 0)
     ctx.fail(std::string(kind) + " '" + name + "' is missing — the checkpoint was saved from a different model or "
              "trainable set; start a fresh run or resume from a matching checkpoint");
@@ -54,17 +96,55 @@ void read_tensor(const h5::Context& file_ctx, hid_t group, const std::string& na
   std::vector<hsize_t> dims(rank);
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   const Shape shape(dims.begin(), dims.end());
-  if (shape != into.shape())
+  if (shape != t.logical())
     ctx.fail(std::string(kind) + " '" + name + "' has shape " + shape_str(shape) + " but the model expects " +
-             shape_str(into.shape()) + " — the checkpoint comes from a different model shape; fix model.* in the "
+             shape_str(t.logical()) + " — the checkpoint comes from a different model shape; fix model.* in the "
              "config to match it, or start a fresh run (checkpoint.resume: none)");
   h5::Id type(file_ctx.check(H5Dget_type(set.get()), "type of " + name), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_FLOAT) ctx.fail(std::string(kind) + " '" + name + "' is not floating point");
-  Tensor buf = into.is_contiguous() ? into : Tensor::empty(into.shape());
-  if (buf.numel() > 0)
-    file_ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.raw_data()),
-                     "read " + name);
-  if (!buf.same_storage(into)) into.copy_(buf);
+  Tensor buf = t.local.is_contiguous() ? t.local : Tensor::empty(t.local.shape());
+  if (buf.numel() == 0) return;
+  const h5::Id mem = simple_space(file_ctx, buf.shape(), name);
+  for (const Slab& slab : slabs_of(t)) {
+    const h5::Id m = select(file_ctx, mem.get(), slab.local_start, slab.count, name);
+    const h5::Id f = select(file_ctx, space.get(), slab.logical_start, slab.count, name);
+    file_ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, m.get(), f.get(), H5P_DEFAULT, buf.raw_data()),
+                          "read " + name);
+  }
+  if (!buf.same_storage(t.local)) t.local.copy_(buf);
+}
+
+// Every tensor name and logical shape any rank holds, in one sorted catalog identical on
+// every rank (parallel HDF5 creates datasets collectively, so all ranks need all of them).
+using Catalog = std::map<std::pair<int, std::string>, Shape>;  // (0 params | 1 optimizer, name) -> shape
+Catalog gather_catalog(const CheckpointContents& contents, Communicator* world) {
+  std::string mine;
+  for (int g = 0; g < 2; ++g)
+    for (const CheckpointTensor& t : g == 0 ? contents.params : contents.optimizer) {
+      mine += std::to_string(g) + '\t' + t.name + '\t';
+      for (int64_t d : t.logical()) mine += std::to_string(d) + ',';
+      mine += '\n';
+    }
+  const std::vector<std::string> texts = world ? all_gather_strings(*world, mine) : std::vector<std::string>{mine};
+  Catalog catalog;
+  for (size_t r = 0; r < texts.size(); ++r) {
+    std::istringstream lines(texts[r]);
+    std::string line;
+    while (std::getline(lines, line)) {
+      const size_t a = line.find('\t'), b = line.rfind('\t');
+      const int group = std::stoi(line.substr(0, a));
+      const std::string name = line.substr(a + 1, b - a - 1);
+      Shape shape;
+      std::istringstream dims(line.substr(b + 1));
+      std::string d;
+      while (std::getline(dims, d, ',')) shape.push_back(std::stoll(d));
+      const auto [it, added] = catalog.emplace(std::make_pair(group, name), shape);
+      ANVIL_CHECK(added || it->second == shape, "checkpoint: rank ", r, " holds '", name, "' with logical shape ",
+                  shape_str(shape), " but another rank has ", shape_str(it->second),
+                  " — the ranks disagree on the model; every rank must build it from the same config");
+    }
+  }
+  return catalog;
 }
 
 CheckpointMeta read_meta(const h5::Context& ctx, hid_t file) {
@@ -109,40 +189,81 @@ std::unique_ptr<OpenFile> open_checkpoint(const std::string& dir) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
-                            Optimizer* optimizer, int64_t keep) {
-  if (!optimizer) {
-    CheckpointMeta plain = meta;
-    plain.optimizer_name.clear();
-    return save_checkpoint(root, plain, params, std::vector<NamedTensor>{}, keep);
-  }
-  CheckpointMeta named = meta;
-  named.optimizer_name = optimizer->name();
-  return save_checkpoint(root, named, params, optimizer->state(), keep);
+Shape CheckpointTensor::logical() const {
+  Shape shape = local.shape();
+  if (shard.sharded()) shape[shard.dim] = shard.full_size;
+  return shape;
+}
+
+std::vector<CheckpointTensor> checkpoint_tensors(const std::vector<Param*>& params) {
+  std::vector<CheckpointTensor> out;
+  for (const Param* p : params) out.push_back({p->name, p->value, p->shard, true});
+  return out;
 }
 
 std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
-                            const std::vector<NamedTensor>& optimizer_state, int64_t keep) {
+                            Optimizer* optimizer, int64_t keep) {
+  CheckpointContents contents;
+  contents.params = checkpoint_tensors(params);
+  CheckpointMeta named = meta;
+  named.optimizer_name = optimizer ? optimizer->name() : "";
+  if (optimizer)
+    for (const NamedTensor& t : optimizer->state()) contents.optimizer.push_back({t.name, t.tensor, {}, true});
+  return save_checkpoint(root, named, contents, keep);
+}
+
+std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const CheckpointContents& contents,
+                            int64_t keep, Communicator* world) {
+  if (world && world->size() == 1) world = nullptr;
+  const bool lead = !world || world->rank() == 0;
   const bool has_optimizer = !meta.optimizer_name.empty();
-  fs::create_directories(root);
+  if (world) {  // a collective file: every rank must name the same one, or MPI-IO would wait forever
+    const std::vector<std::string> roots = all_gather_strings(*world, fs::absolute(root).lexically_normal().string());
+    for (size_t r = 1; r < roots.size(); ++r)
+      ANVIL_CHECK(roots[r] == roots[0], "checkpoint: the ranks save into different directories (rank 0: ", roots[0],
+                  ", rank ", r, ": ", roots[r], ") — checkpoint.dir must name one directory shared by the whole job");
+  }
+  const Catalog catalog = gather_catalog(contents, world);
   const std::string name = step_dir_name(meta.step);
   const fs::path final_dir = fs::path(root) / name;
   const fs::path temp_dir = fs::path(root) / ("." + name + ".tmp");
-  fs::remove_all(temp_dir);
-  fs::create_directories(temp_dir);
+  if (lead) {
+    fs::create_directories(root);
+    fs::remove_all(temp_dir);
+    fs::create_directories(temp_dir);
+  }
+  if (world) world->barrier();
   const std::string path = (temp_dir / kCheckpointFile).string();
   {
     h5::Quiet quiet;
     const h5::Context ctx{"checkpoint", path, "check free disk space and write permission in checkpoint.dir"};
-    h5::Id file(ctx.check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "create"), H5Fclose);
+    h5::Id access(ctx.check(H5Pcreate(H5P_FILE_ACCESS), "file access list"), H5Pclose);
+    if (world) {
+      auto* mpi = dynamic_cast<MpiCommunicator*>(world);
+      ANVIL_CHECK(mpi != nullptr, "checkpoint: parallel HDF5 needs the MPI communicator of the job (MPI-IO); "
+                  "pass the MPI world, not a ", typeid(*world).name());
+      ctx.check_status(H5Pset_fapl_mpio(access.get(), mpi->handle(), MPI_INFO_NULL), "use MPI-IO");
+    }
+    // Collective from here on: every rank creates the same groups, datasets and attributes.
+    h5::Id file(ctx.check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()), "create"), H5Fclose);
+    std::map<std::pair<int, std::string>, h5::Id> sets;
     {
-      h5::Id group = create_group(ctx, file.get(), "params");
-      for (const Param* p : params) write_tensor(ctx, group.get(), p->name, p->value);
+      h5::Id groups[2] = {create_group(ctx, file.get(), "params"),
+                          has_optimizer ? create_group(ctx, file.get(), "optimizer") : h5::Id()};
+      for (const auto& [key, shape] : catalog) {
+        if (key.first == 1 && !has_optimizer) continue;
+        const h5::Id space = simple_space(ctx, shape, key.second);
+        sets.emplace(key, h5::Id(ctx.check(H5Dcreate2(groups[key.first].get(), key.second.c_str(), H5T_IEEE_F32LE,
+                                                      space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                           "create dataset " + key.second),
+                                 H5Dclose));
+      }
     }
-    if (has_optimizer) {
-      h5::Id group = create_group(ctx, file.get(), "optimizer");
-      for (const NamedTensor& t : optimizer_state) write_tensor(ctx, group.get(), t.name, t.tensor);
-    }
+    // Independent from here: each rank writes the hyperslabs it owns.
+    for (int g = 0; g < (has_optimizer ? 2 : 1); ++g)
+      for (const CheckpointTensor& t : g == 0 ? contents.params : contents.optimizer)
+        if (t.writer) write_slabs(ctx, sets.at({g, t.name}).get(), t);
+    sets.clear();
     {
       h5::Id state = create_group(ctx, file.get(), "state");
       for (const auto& [key, value] : meta.counters) h5::write_attr_int(ctx, state.get(), key.c_str(), value);
@@ -156,17 +277,21 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
     ctx.check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush");
     if (!file.close()) ctx.fail("close failed (disk full?)");
   }
-  fs::remove_all(final_dir);  // a re-save of the same step replaces it
-  fs::rename(temp_dir, final_dir);
-  if (keep > 0) {
-    std::vector<fs::path> steps;
-    for (const auto& entry : fs::directory_iterator(root)) {
-      const std::string n = entry.path().filename().string();
-      if (entry.is_directory() && n.rfind("step_", 0) == 0) steps.push_back(entry.path());
+  if (world) world->barrier();  // every rank's slabs are in the file before it becomes visible
+  if (lead) {
+    fs::remove_all(final_dir);  // a re-save of the same step replaces it
+    fs::rename(temp_dir, final_dir);
+    if (keep > 0) {
+      std::vector<fs::path> steps;
+      for (const auto& entry : fs::directory_iterator(root)) {
+        const std::string n = entry.path().filename().string();
+        if (entry.is_directory() && n.rfind("step_", 0) == 0) steps.push_back(entry.path());
+      }
+      std::sort(steps.begin(), steps.end());
+      for (size_t i = 0; i + keep < steps.size(); ++i) fs::remove_all(steps[i]);
     }
-    std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + keep < steps.size(); ++i) fs::remove_all(steps[i]);
   }
+  if (world) world->barrier();  // nobody looks for the checkpoint before it has its final name
   return final_dir.string();
 }
 
@@ -195,22 +320,33 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   return read_meta(f->ctx, f->file.get());
 }
 
-CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>& params, Optimizer* optimizer) {
+CheckpointMeta load_checkpoint(const std::string& dir, CheckpointContents& contents,
+                               const std::string& optimizer_name) {
   auto f = open_checkpoint(dir);
   CheckpointMeta meta = read_meta(f->ctx, f->file.get());
   {
     h5::Id group(f->ctx.check(H5Gopen2(f->file.get(), "params", H5P_DEFAULT), "open group params"), H5Gclose);
-    for (Param* p : params) read_tensor(f->ctx, group.get(), p->name, p->value, "parameter");
+    for (CheckpointTensor& t : contents.params) read_slabs(f->ctx, group.get(), t, "parameter");
   }
-  if (optimizer) {
-    if (meta.optimizer_name != optimizer->name())
-      f->ctx.fail("it holds " + meta.optimizer_name + " state but the run uses " + optimizer->name() +
+  if (!contents.optimizer.empty()) {
+    if (meta.optimizer_name != optimizer_name)
+      f->ctx.fail("it holds " + (meta.optimizer_name.empty() ? std::string("no optimizer") : meta.optimizer_name) +
+                  " state but the run uses " + optimizer_name +
                   " — resume with the same optimizer, or start fresh (checkpoint.resume: none)");
     h5::Id group(f->ctx.check(H5Gopen2(f->file.get(), "optimizer", H5P_DEFAULT), "open group optimizer"), H5Gclose);
-    std::vector<NamedTensor> state = optimizer->state();
-    for (NamedTensor& t : state) read_tensor(f->ctx, group.get(), t.name, t.tensor, "optimizer state");
-    optimizer->load_state(state);
+    for (CheckpointTensor& t : contents.optimizer) read_slabs(f->ctx, group.get(), t, "optimizer state");
   }
+  return meta;
+}
+
+CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>& params, Optimizer* optimizer) {
+  CheckpointContents contents;
+  contents.params = checkpoint_tensors(params);
+  std::vector<NamedTensor> state;
+  if (optimizer) state = optimizer->state();
+  for (const NamedTensor& t : state) contents.optimizer.push_back({t.name, t.tensor, {}, true});
+  const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer ? optimizer->name() : "");
+  if (optimizer) optimizer->load_state(state);
   return meta;
 }
 

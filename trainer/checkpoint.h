@@ -4,8 +4,14 @@
 // temporary name and renamed when complete, so a killed job never leaves a
 // checkpoint that looks whole; `latest_checkpoint` skips anything incomplete.
 //
+// Layout-free and parallel: with a communicator, every rank opens the file together
+// through MPI-IO (parallel HDF5), all datasets are created collectively at their full
+// logical shapes, and each rank writes only its hyperslabs (a tensor-parallel shard
+// writes its slice of the split dim; a replica is written by one rank). Loading reads
+// each rank's slice of the same datasets, so any layout resumes any other.
+//
 // Layout: <root>/step_00000100/checkpoint.h5
-//   /params/<hf name>            f32, the param's shape
+//   /params/<hf name>            f32, the param's logical shape
 //   /optimizer/<state name>      f32 (e.g. model.norm.weight.exp_avg)
 //   attributes on /: format_version, step, complete, run_config (YAML), model_config (JSON),
 //                    optimizer_name; /state/<key>: int64 counters (data loader, optimizer step, ...)
@@ -17,6 +23,7 @@
 
 #include "models/param.h"
 #include "optim/optimizer.h"
+#include "parallel/communicator.h"
 
 namespace anvil {
 
@@ -30,14 +37,31 @@ struct CheckpointMeta {
 
 inline constexpr const char* kCheckpointFile = "checkpoint.h5";
 
+// One tensor of a checkpoint as this rank holds it: `local` is the whole logical tensor,
+// or (shard.sharded()) this rank's slice of it along shard.dim, laid out by shard.runs.
+struct CheckpointTensor {
+  std::string name;
+  Tensor local;
+  ShardSpec shard;
+  bool writer = true;  // false on a replica that another rank writes
+  Shape logical() const;
+};
+struct CheckpointContents {
+  std::vector<CheckpointTensor> params;     // /params
+  std::vector<CheckpointTensor> optimizer;  // /optimizer (meta.optimizer_name names the optimizer)
+};
+// Every param whole or as its shard (ShardSpec), each written by this rank.
+std::vector<CheckpointTensor> checkpoint_tensors(const std::vector<Param*>& params);
+
 // Saves into <root>/step_<step> (atomically: temp dir, then rename) and keeps the
-// newest `keep` checkpoints (0 = all). Returns the checkpoint directory.
+// newest `keep` checkpoints (0 = all). Returns the checkpoint directory (on every rank).
+// With `world` (size > 1) a collective: every rank passes the same meta and its own
+// contents; tensors of one name must agree on the logical shape across ranks.
+std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const CheckpointContents& contents,
+                            int64_t keep, Communicator* world = nullptr);
+// One process: params (and the optimizer's state when given) as they are.
 std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
                             Optimizer* optimizer, int64_t keep);
-// The same with the optimizer's state already in hand (under ZeRO, Optimizer::state()
-// is a collective every rank calls; then one rank writes). meta.optimizer_name names it.
-std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta, const std::vector<Param*>& params,
-                            const std::vector<NamedTensor>& optimizer_state, int64_t keep);
 
 // The newest complete checkpoint directory under root, or "" if none. Directories
 // that are incomplete or unreadable are skipped with a warning on stderr.
@@ -46,9 +70,13 @@ std::string latest_checkpoint(const std::string& root);
 // Reads the metadata only (for `anvil generate`/`eval` to rebuild the model).
 CheckpointMeta read_checkpoint_meta(const std::string& dir);
 
-// Restores params (and optimizer state when given) in place; under ZeRO a collective
-// (every rank reads the file and keeps its shard of the optimizer state). Every model param must
-// be present with the same shape; a mismatch names the tensor, both shapes and the fix.
+// Reads every tensor of `contents` (its slice, for a shard) into its `local` in place.
+// Every tensor must be present with the logical shape; a mismatch names the tensor, both
+// shapes and the fix. meta.optimizer_name is checked against `optimizer_name` when
+// contents.optimizer is not empty.
+CheckpointMeta load_checkpoint(const std::string& dir, CheckpointContents& contents,
+                               const std::string& optimizer_name = "");
+// One process: restores params (and the optimizer's state when given) in place.
 CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>& params, Optimizer* optimizer);
 
 }  // namespace anvil

@@ -368,6 +368,9 @@ void parse_parallel(const Section& s, const ModelSection& model, ParallelSection
   s.read("bucket_mb", p.bucket_mb);
   s.require(p.bucket_mb > 0 && std::isfinite(p.bucket_mb), "bucket_mb",
             "must be positive (gradient bucket size in MB, e.g. 25), got ", p.bucket_mb);
+  s.read("pp_schedule", p.pp_schedule);
+  s.require(p.pp_schedule == "1f1b" || p.pp_schedule == "gpipe", "pp_schedule",
+            "must be 1f1b or gpipe (the pipeline schedule), got '", p.pp_schedule, "'");
   s.require(p.pp <= model.num_hidden_layers, "pp", p.pp,
             " pipeline stages exceed model.num_hidden_layers = ", model.num_hidden_layers,
             " — every stage needs at least one layer");

@@ -154,6 +154,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("pp", c.parallel.pp);
   integer("sp", c.parallel.sp);
   real("bucket_mb", c.parallel.bucket_mb, "gradient bucket size");
+  string("pp_schedule", c.parallel.pp_schedule, "1f1b | gpipe");
 
   section = "checkpoint";
   string("dir", c.checkpoint.dir);

@@ -32,7 +32,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"training",
        {"steps", "micro_batch_size", "grad_accum_steps", "trainable", "eval_every", "eval_batches", "sample_every",
         "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "sample_top_p", "ignore_index"}},
-      {"parallel", {"dp", "tp", "pp", "sp", "bucket_mb"}},
+      {"parallel", {"dp", "tp", "pp", "sp", "bucket_mb", "pp_schedule"}},
       {"checkpoint", {"dir", "every", "keep", "resume"}},
       {"logging", {"every", "jsonl"}},
   };

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/generate.h"
+#include "kernels/elementwise.h"
 #include "models/hf_convert.h"
 #include "optim/adamw.h"
 #include "optim/sharded_adamw.h"
@@ -71,11 +72,11 @@ void check_parallel_launch(const ParallelSection& p, int world_size) {
     ANVIL_FAIL(degrees, " but the job has ", world_size, " processes — launch with mpirun -np ", product,
                " (or srun -n ", product, "), or change the parallel section to multiply to ", world_size);
   }
-  const std::pair<const char*, int64_t> unbuilt[] = {{"tp", p.tp}, {"pp", p.pp}, {"sp", p.sp}};
+  const std::pair<const char*, int64_t> unbuilt[] = {{"pp", p.pp}, {"sp", p.sp}};
   for (const auto& [axis, degree] : unbuilt)
     ANVIL_CHECK(degree == 1, "parallel.", axis, " = ", degree, ": ", axis,
-                " parallelism is not built yet (this build has data parallelism only) — set parallel.", axis,
-                ": 1 and use dp");
+                " parallelism is not wired into the trainer yet (this build trains with dp and tp) — set parallel.",
+                axis, ": 1 and use dp or tp");
 }
 
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
@@ -90,7 +91,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   if (world_) {
     grid_ = std::make_unique<ProcessGrid>(world_, GridDims{int(config_.parallel.dp), int(config_.parallel.tp),
                                                            int(config_.parallel.pp), int(config_.parallel.sp)});
-    main_rank_ = grid_->rank(Axis::DP) == 0;
+    main_rank_ = world_->rank() == 0;
   }
   verbose_ = mode == TrainerMode::Train && main_rank_;
   if (config_.run.threads > 0) omp_set_num_threads(static_cast<int>(config_.run.threads));
@@ -124,7 +125,9 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     if (config_.data.valid_fraction > 0) valid_loader_ = std::make_unique<Loader>(store_, lc, Split::Valid);
   }
 
-  model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model));
+  ModelLayout layout;
+  if (grid_ && grid_->size(Axis::TP) > 1) layout.tp = &grid_->comm(Axis::TP);
+  model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model), layout);
   model_->init_weights(static_cast<uint64_t>(config_.run.seed));
   // model.init_from: the Hugging Face weights replace the fresh init; a checkpoint restored below still wins.
   if (!config_.model.init_from.empty()) load_hf_weights(*model_, SafetensorsIndex::open(config_.model.init_from));
@@ -194,10 +197,67 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
 
 Trainer::~Trainer() = default;
 
+bool Trainer::writes(bool tp_shard) const {
+  if (!grid_) return true;
+  // One copy of each element reaches the file: dp and sp replicas leave it to their rank 0,
+  // and a tensor-parallel replica (not split) to tp rank 0.
+  return grid_->rank(Axis::DP) == 0 && grid_->rank(Axis::SP) == 0 && (tp_shard || grid_->rank(Axis::TP) == 0);
+}
+
+double Trainer::clip_gradients() {
+  // Each gradient element counts once in the global norm: a tp shard on its own rank, a tp
+  // replica on tp rank 0 only; dp replicas once (DataParallel sums ZeRO shards over dp).
+  const bool tp_rank0 = !grid_ || grid_->rank(Axis::TP) == 0;
+  auto counted = [&](const Param& p) { return p.shard.sharded() || tp_rank0; };
+  double sum = 0;
+  if (dp_) {
+    sum = dp_->grad_sum_squares(counted);
+  } else {
+    for (const Param* p : trainable_)
+      if (p->grad.defined() && counted(*p)) sum += kernels::sum_squares(p->grad);
+  }
+  if (grid_ && grid_->size(Axis::TP) > 1) sum = all_reduce_sum(grid_->comm(Axis::TP), sum);
+  const double norm = std::sqrt(sum), max_norm = config_.optimizer.grad_clip;
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
+    const float scale = static_cast<float>(max_norm / (norm + 1e-6));  // as optim/clip_grad_norm
+    if (dp_) dp_->scale_grads(scale);
+    else
+      for (Param* p : trainable_)
+        if (p->grad.defined()) kernels::scale_inplace(p->grad, scale);
+  }
+  return norm;
+}
+
+CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& state) {
+  CheckpointContents contents;
+  std::map<std::string, const Param*> by_name;
+  for (Param* p : model_->params()) {
+    contents.params.push_back({p->name, p->value, p->shard, writes(p->shard.sharded())});
+    by_name[p->name] = p;
+  }
+  // Optimizer state is named "<param>.<what>". A tensor shaped like its param's shard is a
+  // shard of the same split; anything else is held whole (full logical shape) by every rank.
+  for (const NamedTensor& t : state) {
+    const Param* owner = nullptr;
+    for (size_t dot = t.name.rfind('.'); dot != std::string::npos && !owner; dot = t.name.rfind('.', dot - 1)) {
+      const auto it = by_name.find(t.name.substr(0, dot));
+      if (it != by_name.end()) owner = it->second;
+      if (dot == 0) break;
+    }
+    const bool shard = owner && owner->shard.sharded() && t.tensor.shape() == owner->value.shape();
+    contents.optimizer.push_back({t.name, t.tensor, shard ? owner->shard : ShardSpec{}, writes(shard)});
+  }
+  return contents;
+}
+
 void Trainer::restore(const std::string& dir) {
-  const CheckpointMeta meta = load_checkpoint(dir, model_->params(), optimizer_.get());
+  std::vector<NamedTensor> state;
+  if (optimizer_) state = optimizer_->state();  // under ZeRO a collective: gathered views to read into
+  CheckpointContents contents = checkpoint_contents(state);
+  const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer_ ? optimizer_->name() : "");
   step_ = meta.step;
   if (!optimizer_) return;  // inference: params are all it needs
+  optimizer_->load_state(state);
   auto it = meta.counters.find("optimizer.steps");
   optimizer_->set_step_count(it == meta.counters.end() ? meta.step : it->second);
   train_loader_->restore(get_loader_state(meta, "data.train", dir));
@@ -213,11 +273,10 @@ std::string Trainer::save() {
   meta.counters["rng.seed"] = config_.run.seed;
   put_loader_state(meta, "data.train", train_loader_->state());
   meta.optimizer_name = optimizer_->name();
-  const std::vector<NamedTensor> state = optimizer_->state();  // under ZeRO: gathered to full shape, collectively
-  std::string dir;
-  if (main_rank_) dir = save_checkpoint(config_.checkpoint.dir, meta, model_->params(), state, config_.checkpoint.keep);
-  if (world_) world_->barrier();  // nobody reads the checkpoint before it is complete
-  return dir;
+  const std::vector<NamedTensor> state = optimizer_->state();  // under ZeRO: gathered over dp, collectively
+  const std::string dir = save_checkpoint(config_.checkpoint.dir, meta, checkpoint_contents(state),
+                                          config_.checkpoint.keep, world_.get());
+  return main_rank_ ? dir : "";
 }
 
 StepRecord Trainer::train_step() {
@@ -247,10 +306,8 @@ StepRecord Trainer::train_step() {
   if (dp_) {
     dp_->finish_grad_sync();
     loss_sum = all_reduce_sum(dp_->comm(), loss_sum);
-    r.grad_norm = dp_->clip_grad_norm(config_.optimizer.grad_clip);
-  } else {
-    r.grad_norm = clip_grad_norm(trainable_, config_.optimizer.grad_clip);
   }
+  r.grad_norm = clip_gradients();
   r.lr = learning_rate(config_.schedule, step_);
   optimizer_->step(r.lr);
   ++step_;
@@ -293,7 +350,9 @@ void Trainer::train(int64_t stop_at_step) {
       if (metrics_.is_open()) metrics_ << nlohmann::json{{"step", step_}, {"val_loss", val}}.dump() << "\n";
       if (verbose_) std::printf("step %6ld | validation loss %.4f | perplexity %.2f\n", long(step_), val, std::exp(val));
     }
-    if (t.sample_every > 0 && (step_ % t.sample_every == 0 || final_step) && verbose_)
+    // KV-cached decoding runs on one unsplit model; a split one is sampled after conversion.
+    const bool can_sample = model_->tensor_parallel() == nullptr;
+    if (t.sample_every > 0 && (step_ % t.sample_every == 0 || final_step) && verbose_ && can_sample)
       std::printf("sample: %s\n", sample(t.sample_prompt, t.sample_tokens).c_str());
     if (config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0 && step_ < last) save();
   }
