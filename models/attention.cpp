@@ -6,6 +6,7 @@
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/rope.h"
+#include "parallel/ulysses.h"
 
 namespace anvil {
 
@@ -47,11 +48,14 @@ AttentionShape local_shape(const std::string& prefix, AttentionShape s, const Co
 }  // namespace
 
 Attention::Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
-                     std::shared_ptr<const RopeTables> rope, Communicator* tp)
+                     std::shared_ptr<const RopeTables> rope, Communicator* tp,
+                     std::shared_ptr<const SequenceParallelContext> sequence)
     : shape_(local_shape(prefix, shape, tp)),
       projection_(projection),
       rope_(std::move(rope)),
+      sequence_(std::move(sequence)),
       out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.bias, tp) {
+  if (sequence_) check_ulysses_heads(sequence_->sp->size(), shape_.num_heads, shape_.num_kv_heads);
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
     // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
@@ -79,18 +83,32 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     k = k_->forward(x, c.child(1)).view({B, T, Hkv, D});
     v = v_->forward(x, c.child(2)).view({B, T, Hkv, D});
   }
+  const int64_t start = sequence_ ? sequence_->start() : 0;  // global position of x's first token
   if (rope_) {
-    kernels::rope_forward(q, rope_->cos, rope_->sin, 0);
-    kernels::rope_forward(k, rope_->cos, rope_->sin, 0);
+    kernels::rope_forward(q, rope_->cos, rope_->sin, start);
+    kernels::rope_forward(k, rope_->cos, rope_->sin, start);
   }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   Tensor attn = Tensor::empty({B, T, H, D});
-  Tensor lse = Tensor::empty({B, H, T});
-  kernels::attention_forward(q, k, v, 1.0f / std::sqrt(static_cast<float>(D)), 0, attn, lse);
-  c["q"] = q;
-  c["k"] = k;
-  c["v"] = v;
-  c["attn"] = attn;
-  c["lse"] = lse;
+  if (sequence_) {
+    // Scatter heads, gather the sequence, attend, and back (parallel/ulysses.h).
+    const UlyssesSaved s = ulysses_attention_forward(*sequence_->sp, sequence_->part, q, k, v, scale, attn);
+    c["qkv_heads"] = s.qkv;
+    c["attn_heads"] = s.out;
+    c["lse"] = s.lse;
+    Tensor sequence = Tensor::empty({2}, DType::I64);
+    sequence.data<int64_t>()[0] = s.part.total;
+    sequence.data<int64_t>()[1] = start;
+    c["sequence"] = sequence;  // this forward's T and slice start (the context moves on)
+  } else {
+    Tensor lse = Tensor::empty({B, H, T});
+    kernels::attention_forward(q, k, v, scale, 0, attn, lse);
+    c["q"] = q;
+    c["k"] = k;
+    c["v"] = v;
+    c["attn"] = attn;
+    c["lse"] = lse;
+  }
   return out_.forward(attn.view({B, T, H * D}), c.child(3));
 }
 
@@ -130,9 +148,9 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
 }
 
 Tensor Attention::backward(const Tensor& dy, Cache& c) {
-  const Tensor q = c.get("q"), k = c.get("k"), v = c.get("v");
-  const int64_t B = q.size(0), T = q.size(1), H = shape_.num_heads, Hkv = shape_.num_kv_heads,
+  const int64_t B = dy.size(0), T = dy.size(1), H = shape_.num_heads, Hkv = shape_.num_kv_heads,
                 D = shape_.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const Tensor dattn = out_.backward(dy, c.child(3)).view({B, T, H, D});
   Tensor dq, dk, dv, dqkv;
   if (projection_ == Projection::Fused) {
@@ -145,14 +163,24 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     dk = Tensor::empty({B, T, Hkv, D});
     dv = Tensor::empty({B, T, Hkv, D});
   }
-  kernels::attention_backward(dattn, q, k, v, c.get("attn"), c.get("lse"), 1.0f / std::sqrt(static_cast<float>(D)),
-                              0, dq, dk, dv);
+  int64_t start = 0;
+  if (sequence_) {
+    const int64_t* sequence = c.get("sequence").data<int64_t>();
+    start = sequence[1];
+    Communicator& sp = *sequence_->sp;
+    const UlyssesSaved s = ulysses_saved(partition_sequence(sequence[0], sp.size()), H, Hkv, scale,
+                                         c.get("qkv_heads"), c.get("attn_heads"), c.get("lse"));
+    ulysses_attention_backward(sp, dattn, s, dq, dk, dv);
+  } else {
+    kernels::attention_backward(dattn, c.get("q"), c.get("k"), c.get("v"), c.get("attn"), c.get("lse"), scale, 0, dq,
+                                dk, dv);
+  }
   c.clear_own();  // q/k/v/attn are no longer needed; free them before the projections' backward
   if (rope_) {
-    kernels::rope_backward(dq, rope_->cos, rope_->sin, 0);
-    kernels::rope_backward(dk, rope_->cos, rope_->sin, 0);
+    kernels::rope_backward(dq, rope_->cos, rope_->sin, start);
+    kernels::rope_backward(dk, rope_->cos, rope_->sin, start);
   }
-  if (projection_ == Projection::Fused) return qkv_->backward(dqkv.view({B, T, -1}), c.child(0));
+  if (projection_ == Projection::Fused) return qkv_->backward(dqkv.view({B, T, (H + 2 * Hkv) * D}), c.child(0));
   // q, k and v read the same input: one input-gradient reduction for the three.
   return column_parallel_backward({&*q_, &*k_, &*v_},
                                   {dq.view({B, T, H * D}), dk.view({B, T, Hkv * D}), dv.view({B, T, Hkv * D})},

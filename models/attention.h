@@ -6,6 +6,7 @@
 #include "models/kv_cache.h"
 #include "models/layers.h"
 #include "models/tensor_parallel_layers.h"
+#include "parallel/sequence_partition.h"
 
 namespace anvil {
 
@@ -15,6 +16,16 @@ struct RopeTables {
   Tensor sin;
 };
 std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta);
+
+// Ulysses sequence parallelism, shared by a model's attention layers (like its RoPE tables):
+// the sp communicator and how the sequences of the forward now running are split over it.
+// The model sets `part` at the start of each forward (TransformerLM::forward); each layer
+// saves what its backward needs in its own Cache, so several micro-batches may be in flight.
+struct SequenceParallelContext {
+  Communicator* sp = nullptr;
+  SequencePartition part;
+  int64_t start() const { return part.start(sp->rank()); }  // this rank's first position
+};
 
 struct AttentionShape {
   int64_t hidden = 0;
@@ -33,11 +44,15 @@ class Attention : public Module {
   // `rope` is null for models with learned positions. With a tp communicator the heads are
   // split: each rank holds a contiguous group of num_kv_heads / tp KV heads with their query
   // heads (q/k/v or c_attn column-parallel, each rank's c_attn rows its q|k|v chunks;
-  // o_proj / c_proj row-parallel). `shape` is the full model's.
+  // o_proj / c_proj row-parallel). `shape` is the full model's. With a `sequence` context
+  // x holds this sp rank's slice of each sequence: projections and RoPE (at the slice's
+  // global positions) stay local, and the causal attention itself runs through Ulysses
+  // (parallel/ulysses.h) over the tp-local heads.
   Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
-            std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr);
+            std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr,
+            std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
 
-  Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden]
+  Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden] (under sp: [B, Tl, hidden])
   Tensor backward(const Tensor& dy, Cache& c) override;
   void collect_params(std::vector<Param*>& out) override;
 
@@ -54,6 +69,7 @@ class Attention : public Module {
   AttentionShape shape_;
   Projection projection_;
   std::shared_ptr<const RopeTables> rope_;
+  std::shared_ptr<const SequenceParallelContext> sequence_;  // null without sequence parallelism
   std::optional<ColumnParallelLinear> qkv_;     // Fused
   std::optional<ColumnParallelLinear> q_, k_, v_;  // Separate
   RowParallelLinear out_;

@@ -18,11 +18,13 @@ AttentionShape attention_shape(const ModelConfig& c) {
 }  // namespace
 
 TransformerBlock::TransformerBlock(const std::string& prefix, const ModelConfig& config,
-                                   std::shared_ptr<const RopeTables> rope, Communicator* tp)
+                                   std::shared_ptr<const RopeTables> rope, Communicator* tp,
+                                   std::shared_ptr<const SequenceParallelContext> sequence)
     : norm1_(make_norm(prefix + (is_gpt2(config) ? ".ln_1" : ".input_layernorm"), config)),
       norm2_(make_norm(prefix + (is_gpt2(config) ? ".ln_2" : ".post_attention_layernorm"), config)),
       attn_(prefix + (is_gpt2(config) ? ".attn" : ".self_attn"), attention_shape(config),
-            is_gpt2(config) ? Attention::Projection::Fused : Attention::Projection::Separate, std::move(rope), tp),
+            is_gpt2(config) ? Attention::Projection::Fused : Attention::Projection::Separate, std::move(rope), tp,
+            std::move(sequence)),
       mlp_(prefix + ".mlp", config.hidden_size, config.intermediate_size, config.gated_mlp(), config.mlp_bias, tp) {}
 
 Tensor TransformerBlock::forward(const Tensor& x, Cache& c) {

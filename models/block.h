@@ -11,9 +11,10 @@ namespace anvil {
 class TransformerBlock : public Module {
  public:
   // prefix: "transformer.h.3" (GPT-2) or "model.layers.3" (Llama). With a tp communicator
-  // attention and MLP are tensor-parallel; the norms and residuals stay replicated.
+  // attention and MLP are tensor-parallel; the norms and residuals stay replicated. With a
+  // `sequence` context attention is Ulysses sequence-parallel; everything else is token-local.
   TransformerBlock(const std::string& prefix, const ModelConfig& config, std::shared_ptr<const RopeTables> rope,
-                   Communicator* tp = nullptr);
+                   Communicator* tp = nullptr, std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
   Tensor forward(const Tensor& x, Cache& c) override;
   Tensor backward(const Tensor& dy, Cache& c) override;
   // Inference for positions start_pos .. start_pos + T - 1 of x [B, T, hidden],

@@ -6,17 +6,19 @@
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
+#include "parallel/data_parallel.h"
 #include "parallel/grid.h"
 
 namespace anvil {
 
 namespace {
 bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
-const ModelConfig& validated(const ModelConfig& c, const Communicator* tp) {
+const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
   c.validate();
-  if (tp) {
+  if (layout.tp || layout.sp) {
     GridDims dims;
-    dims.tp = tp->size();
+    dims.tp = layout.tp ? layout.tp->size() : 1;
+    dims.sp = layout.sp ? layout.sp->size() : 1;
     validate_layout(dims, c);
   }
   return c;
@@ -42,21 +44,21 @@ void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
 }  // namespace
 
 TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout)
-    : config_(validated(config, layout.tp)),
+    : config_(validated(config, layout)),
       layout_(layout),
       tp_(layout.tp),
       wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, layout.tp),
       head_(config.tie_word_embeddings ? ColumnParallelLinear(wte_.weight, layout.tp)
                                        : ColumnParallelLinear("lm_head", config.hidden_size, config.vocab_size, false, layout.tp)) {
-  ANVIL_CHECK(layout.sp == nullptr && layout.stages == 1,
-              "TransformerLM: sequence and pipeline parallelism are not built into the model yet");
+  ANVIL_CHECK(layout.stages == 1, "TransformerLM: pipeline parallelism is not built into the model yet");
   Communicator* tp = layout.tp;
   const bool gpt2 = is_gpt2(config);
   if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
   else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
+  if (layout.sp) sequence_ = std::make_shared<SequenceParallelContext>(SequenceParallelContext{layout.sp, {}});
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
     blocks_.push_back(std::make_unique<TransformerBlock>(
-        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp));
+        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp, sequence_));
   norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
 }
 
@@ -83,11 +85,14 @@ Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
   const int64_t B = ids.size(0), T = ids.size(1);
-  ANVIL_CHECK(T <= config_.max_position_embeddings, "sequence length ", T, " exceeds max_position_embeddings = ",
-              config_.max_position_embeddings, " — shorten the sequences or raise the model's limit");
+  const int64_t start = enter_sequence(T), total = sequence_ ? sequence_->part.total : T;
+  ANVIL_CHECK(total <= config_.max_position_embeddings, "sequence length ", total,
+              " exceeds max_position_embeddings = ", config_.max_position_embeddings,
+              " — shorten the sequences or raise the model's limit");
   Tensor x = wte_.forward(ids, c.child(0));
   if (wpe_) {
-    const Tensor positions = wpe_->weight.value.slice(0, 0, T);
+    c.child(0)["position_start"] = Tensor::full({1}, static_cast<double>(start), DType::I64);  // for wpe's gradient
+    const Tensor positions = wpe_->weight.value.slice(0, start, start + T);
     for (int64_t b = 0; b < B; ++b) {
       Tensor row = x.select(0, b);
       kernels::add_inplace(row, positions);
@@ -105,6 +110,9 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
               ids.describe());
   ANVIL_CHECK(tp_ == nullptr, "forward_cached: KV-cached decoding is not tensor-parallel yet — generate with a "
               "model built without a tp communicator (load the full checkpoint on one rank)");
+  ANVIL_CHECK(layout_.sp == nullptr, "forward_cached: KV-cached decoding is not sequence-parallel — each new token "
+              "attends to the whole cache, so there is no sequence to split; generate with a model built without an "
+              "sp communicator (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
   const int64_t start = kv.length(), end = start + T;
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
@@ -162,7 +170,8 @@ void TransformerLM::trunk_backward(Tensor dx, Cache& c) {
     report_grads_ready({blocks_[i].get()});
   }
   if (wpe_ && wpe_->weight.trainable) {
-    Tensor dpos = wpe_->weight.grad.slice(0, 0, dx.size(1));
+    const int64_t start = static_cast<int64_t>(c.child(0).get("position_start").item());  // the slice's positions
+    Tensor dpos = wpe_->weight.grad.slice(0, start, start + dx.size(1));
     for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx.select(0, b));
   }
   wte_.backward(dx, c.child(0));
@@ -178,12 +187,19 @@ float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cach
   const Tensor flat_targets = targets.contiguous().view({N});
   const int64_t count = VocabParallelCrossEntropy::forward(tp_, logits.view({N, logits.size(-1)}), vocab_start(),
                                                            config_.vocab_size, flat_targets, ignore_index, losses, lse);
+  double loss_sum = kernels::sum(losses), tokens = static_cast<double>(count);
+  if (sequence_) {
+    // The mean over the whole sequences: every sp rank divides by the group's token count.
+    const std::vector<double> group = all_reduce_sum(*layout_.sp, {loss_sum, tokens});
+    loss_sum = group[0];
+    tokens = group[1];
+  }
   c["logits"] = logits;
   c["targets"] = flat_targets;
   c["lse"] = lse;
-  c["count"] = Tensor::full({1}, static_cast<double>(count));
+  c["count"] = Tensor::full({1}, tokens, DType::I64);
   c["ignore_index"] = Tensor::full({1}, ignore_index, DType::I32);
-  return count > 0 ? static_cast<float>(kernels::sum(losses) / count) : 0.0f;
+  return tokens > 0 ? static_cast<float>(loss_sum / tokens) : 0.0f;
 }
 
 void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
@@ -198,6 +214,26 @@ void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_token
     dx = head_backward(std::move(logits), c);
   }
   trunk_backward(std::move(dx), c);
+}
+
+int64_t TransformerLM::enter_sequence(int64_t local_length) {
+  if (!sequence_) return 0;
+  Communicator& sp = *sequence_->sp;
+  const int P = sp.size();
+  Tensor mine = Tensor::full({1}, static_cast<double>(local_length), DType::I64);
+  Tensor lengths = Tensor::empty({P}, DType::I64);
+  sp.all_gather(mine, lengths);
+  const int64_t* len = lengths.data<int64_t>();
+  int64_t total = 0;
+  for (int r = 0; r < P; ++r) total += len[r];
+  const SequencePartition part = partition_sequence(total, P);
+  for (int r = 0; r < P; ++r)
+    ANVIL_CHECK(len[r] == part.length(r), "sequence parallelism: sp rank ", r, " passed ", len[r],
+                " positions, but the balanced split of the T = ", total, " positions the ", P,
+                " sp ranks passed gives it ", part.length(r), " (positions ", part.start(r), " .. ", part.end(r) - 1,
+                ") — cut each rank's ids and targets with sequence_slice(batch, sp) from the same full batch");
+  sequence_->part = part;
+  return part.start(sp.rank());
 }
 
 void TransformerLM::collect_params(std::vector<Param*>& out) {
@@ -222,9 +258,12 @@ void TransformerLM::zero_grad() {
 MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   const ModelConfig& m = config_;
   const size_t f = sizeof(float);
-  // Per rank: under tensor parallelism heads, MLP width and logits are this rank's shard.
-  const size_t tp = tp_ ? tp_->size() : 1;
-  const size_t N = B * T, C = m.hidden_size, V = m.vocab_size / tp, I = m.intermediate_size / tp;
+  // Per rank: under tensor parallelism heads, MLP width and logits are this rank's shard;
+  // under sequence parallelism token-local tensors hold the longest slice of N tokens and
+  // attention's saved tensors the head layout (all T positions of H / sp heads).
+  const size_t tp = tp_ ? tp_->size() : 1, sp = layout_.sp ? layout_.sp->size() : 1;
+  const size_t Tl = partition_sequence(T, static_cast<int>(sp)).max_length();
+  const size_t N = B * Tl, C = m.hidden_size, V = m.vocab_size / tp, I = m.intermediate_size / tp;
   const size_t H = m.num_attention_heads / tp, Hkv = m.num_key_value_heads / tp, D = m.resolved_head_dim();
   const bool gpt2 = is_gpt2(m);
   MemoryTable t;
@@ -236,8 +275,15 @@ MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   const size_t norm_stats = gpt2 ? 2 * N : N;  // LayerNorm keeps mean and rstd; RMSNorm only rstd
   size_t per_layer = 0;
   per_layer += N * C + norm_stats;                 // norm1 output (attention input) and its stats
-  per_layer += N * (H + 2 * Hkv) * D;              // q, k, v (after RoPE)
-  per_layer += N * H * D + N * H;                  // attention output and its log-sum-exp
+  if (sp == 1) {
+    per_layer += N * (H + 2 * Hkv) * D;            // q, k, v (after RoPE)
+    per_layer += N * H * D + N * H;                // attention output and its log-sum-exp
+  } else {
+    const size_t all = B * T, h = H / sp, hkv = Hkv / sp;  // every position, this rank's heads
+    per_layer += all * (h + 2 * hkv) * D;          // gathered q, k, v (after RoPE)
+    per_layer += all * h * D + all * h;            // attention output (head layout) and its log-sum-exp
+    per_layer += N * H * D;                        // the output back in the sequence layout (o_proj's input)
+  }
   per_layer += N * C;                              // residual sum after attention
   per_layer += N * C + norm_stats;                 // norm2 output and stats
   per_layer += (m.gated_mlp() ? 3 : 2) * N * I;    // gate, up, swiglu | pre-GELU, GELU

@@ -38,6 +38,16 @@ class TransformerLM : public Module {
   // cross-entropy. Params keep their names with local shapes and ShardSpec{TP, dim}.
   // Every tp rank must pass the same ids and targets. Degrees that do not divide the model
   // (KV heads, vocabulary, intermediate size) throw validate_layout's error. Null: one device.
+  //
+  // With a layout.sp communicator of P ranks the model is Ulysses sequence-parallel: each sp
+  // rank passes its slice of every sequence, ids [B, Tl] = positions part.start(r) .. + Tl
+  // of partition_sequence(T, P) (cut it with sequence_slice(ids, *layout.sp), the targets
+  // likewise). Embedding, norms, MLP, head and loss stay token-local; attention exchanges
+  // q/k/v all-to-all (heads scattered, sequence gathered) and back; RoPE and GPT-2's wpe
+  // use the slice's global positions. T need not divide P (balanced slices, no padding).
+  // Every param's gradient is then this rank's partial sum: sum it over sp (the trainer
+  // does, over ProcessGrid::data_sequence_comm() together with dp). sp must divide the
+  // KV heads of each tp rank (validate_layout's error otherwise). Composes with tp.
   explicit TransformerLM(const ModelConfig& config, const ModelLayout& layout = {});
   // Not movable: the tied head points at the embedding's weight.
   TransformerLM(const TransformerLM&) = delete;
@@ -50,6 +60,9 @@ class TransformerLM : public Module {
 
   // ids: i32 [B, T] -> logits [B, T, vocab] (under tp: this rank's vocabulary shard
   // [B, T, vocab / tp], ids vocab_start() ..; gather them with GatherFromTensorParallelRegion).
+  // Under sp, ids [B, Tl] are this rank's slice and the logits are those of its positions;
+  // the forward first all-gathers the slice lengths over sp (T is their sum) and refuses,
+  // on every sp rank alike, slices that do not follow partition_sequence.
   Tensor forward(const Tensor& ids, Cache& c) override;
   // dlogits: [B, T, vocab] (under tp: the shard) -> accumulates every gradient; returns an undefined tensor.
   Tensor backward(const Tensor& dlogits, Cache& c) override;
@@ -60,14 +73,17 @@ class TransformerLM : public Module {
   // T_new, and the result is the logits [B, T_new, vocab] of those positions
   // (or [B, 1, vocab] for the last one when last_position_only, which skips the
   // head's work on a long prompt). Prefill with the prompt, then one token per step.
-  // Not tensor-parallel yet: throws when the model was built with a tp communicator.
+  // Not tensor- or sequence-parallel: throws when the model was built with a tp or sp communicator.
   Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
 
-  // Mean cross-entropy over targets != ignore_index; logits stay in the cache.
+  // Mean cross-entropy over targets != ignore_index; logits stay in the cache. Under sp
+  // (ids and targets this rank's slices) the mean over the whole sp group's tokens, the
+  // same on every sp rank and equal to one process's loss on the full sequences.
   float forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index = -100);
   // Backward from forward_loss's mean loss times loss_scale (1/micro-batches for accumulation).
   // loss_tokens: the token count the summed loss is divided by; -1 = this micro-batch's
-  // own count. Data parallelism passes the count over every rank's micro-batch, so the
+  // own count (under sp: the count over the sp group's slices). Data parallelism passes
+  // the count over every rank's micro-batch (under sp, summed over dp x sp), so the
   // gradients summed over ranks are those of the mean over the whole global micro-batch.
   void backward_loss(Cache& c, float loss_scale = 1.0f, int64_t loss_tokens = -1);
 
@@ -85,20 +101,28 @@ class TransformerLM : public Module {
 
   const ModelConfig& config() const { return config_; }
   Communicator* tensor_parallel() const { return tp_; }
+  Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
   int64_t vocab_start() const { return wte_.vocab_start(); }  // first id of this rank's logits
-  MemoryTable memory_table(int64_t batch, int64_t seq_len) const;  // this rank's bytes
+  // This rank's bytes for micro-batches of `batch` sequences of seq_len tokens (under sp the
+  // full length: the rank holds the longest slice).
+  MemoryTable memory_table(int64_t batch, int64_t seq_len) const;
 
  private:
   // By value so the last reference to dlogits can die before the trunk's backward.
   Tensor head_backward(Tensor dlogits, Cache& c);
   void trunk_backward(Tensor dx, Cache& c);
   void report_grads_ready(std::initializer_list<Module*> modules);
+  // Under sp: all-gathers the slice lengths, checks them against partition_sequence (every
+  // rank alike), sets the attention layers' partition; returns the slice's first position.
+  // Without sp: 0 (the slice is the whole sequence).
+  int64_t enter_sequence(int64_t local_length);
   GradReadyCallback grad_ready_;
   ModelConfig config_;
   ModelLayout layout_;
   Communicator* tp_;  // layout_.tp
   std::shared_ptr<const RopeTables> rope_;
+  std::shared_ptr<SequenceParallelContext> sequence_;  // null without sp; shared with the attention layers
   VocabParallelEmbedding wte_;
   std::optional<Embedding> wpe_;  // GPT-2 learned positions
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;

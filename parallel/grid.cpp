@@ -1,5 +1,7 @@
 #include "parallel/grid.h"
 
+#include "parallel/ulysses.h"
+
 namespace anvil {
 
 const char* axis_name(Axis axis) {
@@ -42,6 +44,8 @@ ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& di
     }
     comms_[static_cast<int>(axis)] = world_->split(color, coords_[static_cast<int>(axis)]);
   }
+  const int dp_sp_color = rank(Axis::PP) * dims.tp + rank(Axis::TP);
+  data_sequence_ = world_->split(dp_sp_color, rank(Axis::DP) * dims.sp + rank(Axis::SP));
 }
 
 int ProcessGrid::size(Axis axis) const {
@@ -71,10 +75,14 @@ void validate_layout(const GridDims& dims, const ModelConfig& m) {
   divides(dims.tp, m.num_key_value_heads, "tp", "num_key_value_heads");
   divides(dims.tp, m.intermediate_size, "tp", "intermediate_size");
   divides(dims.tp, m.vocab_size, "tp", "vocab_size");
-  // Ulysses hands each sp rank whole heads of the tp shard, so sp*tp must divide the KV heads.
-  ANVIL_CHECK(m.num_key_value_heads % (dims.sp * dims.tp) == 0, "parallel.sp = ", dims.sp, " with tp = ", dims.tp,
-              ": sp*tp = ", dims.sp * dims.tp, " does not divide num_key_value_heads = ", m.num_key_value_heads,
-              " — sequence parallelism splits whole heads, so sp*tp must divide the KV head count");
+  // Ulysses hands each sp rank whole KV heads of its tp rank's shard (with their query heads).
+  const int64_t kv_per_tp = m.num_key_value_heads / dims.tp;
+  ANVIL_CHECK(kv_per_tp % dims.sp == 0, "parallel.sp = ", dims.sp, dims.sp > kv_per_tp ? " exceeds" : " does not divide",
+              " the ", kv_per_tp, " KV heads of each tp rank (num_key_value_heads = ", m.num_key_value_heads,
+              " over tp = ", dims.tp, ") — Ulysses sequence parallelism gives every sp rank whole KV heads for the "
+              "full sequence, so sp must divide num_key_value_heads / tp = ", kv_per_tp, " (at most ", kv_per_tp,
+              "). Use sp in {", ulysses_sp_degrees(kv_per_tp), "} and put the other ranks on dp",
+              dims.tp > 1 ? ", or lower tp to leave more KV heads per tp rank" : "");
   ANVIL_CHECK(dims.pp <= m.num_hidden_layers, "parallel.pp = ", dims.pp, " exceeds num_hidden_layers = ",
               m.num_hidden_layers, " — every pipeline stage needs at least one layer");
 }

@@ -32,6 +32,12 @@ class ProcessGrid {
   int rank(Axis axis) const;  // this process's coordinate on `axis`
   Communicator& comm(Axis axis) const;
   Communicator& world() const { return *world_; }
+  // The dp x sp communicator: the ranks sharing this rank's tp and pp coordinates, ordered
+  // dp_i * sp + sp_i. Under Ulysses sequence parallelism every gradient is a partial sum
+  // over the sp ranks as well as the dp ranks (each saw a slice of the tokens), so the
+  // trainer sums gradients and loss-token counts over this group and shards ZeRO state
+  // over it, as DeepSpeed-Ulysses does. With sp = 1 it has the dp communicator's members.
+  Communicator& data_sequence_comm() const { return *data_sequence_; }
   // The world rank at the given coordinates (for pipeline neighbours and tests).
   int world_rank(int dp_i, int tp_i, int pp_i, int sp_i) const;
 
@@ -40,11 +46,13 @@ class ProcessGrid {
   GridDims dims_;
   int coords_[4] = {0, 0, 0, 0};  // indexed by Axis
   std::unique_ptr<Communicator> comms_[4];
+  std::unique_ptr<Communicator> data_sequence_;
 };
 
-// The layout checks that need the model: tp and sp must divide the KV heads (and so
-// the query heads), tp the vocabulary and intermediate size, pp the layer count.
-// Each failure names the degree, the model field and both numbers.
+// The layout checks that need the model: tp must divide the heads, KV heads, vocabulary
+// and intermediate size; sp the KV heads of each tp rank (Ulysses splits whole heads, so
+// sp <= num_key_value_heads / tp; the error lists the degrees that work); pp the layer
+// count. Each failure names the degree, the model field and both numbers.
 void validate_layout(const GridDims& dims, const ModelConfig& model);
 
 }  // namespace anvil

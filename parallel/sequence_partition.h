@@ -1,11 +1,17 @@
 // How a sequence of T tokens is split over the P ranks of a sequence-parallel group:
 // contiguous slices in rank order, balanced, with no padding. The trainer slices its
-// batches (tokens, labels, positions) with it; Ulysses attention routes by it.
+// batches (ids and targets) with sequence_slice; Ulysses attention routes by it.
+//
+// Uneven T needs no padding or masking: slices differ by at most one token and Ulysses
+// moves them with all_to_allv, so every rank computes exactly the T real positions. That
+// is what "pad to a multiple of sp and mask the pad" computes, without the pad's work.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "parallel/communicator.h"
 
 namespace anvil {
 
@@ -36,6 +42,16 @@ inline SequencePartition partition_sequence(int64_t T, int P) {
   ANVIL_CHECK(P >= 1, "partition_sequence: the sequence-parallel degree must be at least 1, got ", P);
   ANVIL_CHECK(T >= 0, "partition_sequence: the sequence length must be non-negative, got ", T);
   return SequencePartition{T, P};
+}
+
+// This sp rank's slice of a batch [B, T, ...] along dim 1: positions part.start(rank) ..
+// part.end(rank) - 1 of partition_sequence(T, sp.size()), contiguous. Every
+// rank of the sp group passes the same full batch (tokens and their targets alike).
+inline Tensor sequence_slice(const Tensor& x, const Communicator& sp) {
+  ANVIL_CHECK(x.defined() && x.dim() >= 2, "sequence_slice: expected a batch [B, T, ...], got ",
+              x.defined() ? x.describe() : std::string("an undefined tensor"));
+  const SequencePartition part = partition_sequence(x.size(1), sp.size());
+  return x.slice(1, part.start(sp.rank()), part.end(sp.rank())).contiguous();
 }
 
 }  // namespace anvil

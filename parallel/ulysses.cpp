@@ -70,22 +70,46 @@ std::vector<int64_t> per_peer(const SequencePartition& part, int64_t row) {
 }
 std::vector<int64_t> uniform(int P, int64_t count) { return std::vector<int64_t>(P, count); }
 
-std::string divisors_of(int64_t n) {
-  std::string s;
-  for (int64_t d = 1; d <= n; ++d)
-    if (n % d == 0) s += (s.empty() ? "" : ", ") + std::to_string(d);
+}  // namespace
+
+UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64_t kv_heads, float scale, Tensor qkv,
+                           Tensor out, Tensor lse) {
+  const int P = part.ranks;
+  const int64_t hq = q_heads / P, hkv = kv_heads / P, W = hq + 2 * hkv;
+  ANVIL_CHECK(qkv.dim() == 4 && qkv.size(0) == part.total && qkv.size(2) == W && out.dim() == 4 && lse.dim() == 3,
+              "ulysses_saved: qkv ", qkv.describe(), ", out ", out.describe(), " and lse ", lse.describe(),
+              " are not the head layout of T = ", part.total, " with ", hq, " + 2 x ", hkv, " local heads");
+  UlyssesSaved s;
+  s.part = part;
+  s.q_heads = q_heads;
+  s.kv_heads = kv_heads;
+  s.scale = scale;
+  s.qkv = std::move(qkv);
+  s.out = std::move(out);
+  s.lse = std::move(lse);
+  const Tensor heads = s.qkv.transpose(0, 1);  // [B, T, W, D]
+  s.q = heads.slice(2, 0, hq);
+  s.k = heads.slice(2, hq, hq + hkv);
+  s.v = heads.slice(2, hq + hkv, W);
   return s;
 }
 
-}  // namespace
+std::string ulysses_sp_degrees(int64_t kv_heads) {
+  std::string s;
+  for (int64_t d = 1; d <= kv_heads; ++d)
+    if (kv_heads % d == 0) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return s;
+}
 
 void check_ulysses_heads(int P, int64_t q_heads, int64_t kv_heads) {
   ANVIL_CHECK(kv_heads > 0 && q_heads % kv_heads == 0, "Ulysses attention: query heads Hq = ", q_heads,
               " must be a positive multiple of KV heads Hkv = ", kv_heads, " (grouped-query attention)");
-  ANVIL_CHECK(kv_heads % P == 0, "Ulysses attention: sp = ", P, " does not divide the KV heads Hkv = ", kv_heads,
+  ANVIL_CHECK(kv_heads % P == 0, "Ulysses attention: sp = ", P,
+              P > kv_heads ? " exceeds" : " does not divide", " the KV heads Hkv = ", kv_heads,
               " — each sp rank attends over the full sequence with whole KV heads (and the query heads that share "
-              "them), so sp must divide Hkv (the KV heads left on each tp rank). Use sp in {", divisors_of(kv_heads),
-              "} and put the remaining ranks on dp, or lower tp so more KV heads remain per tp rank");
+              "them), so sp must divide Hkv (the KV heads left on each tp rank; at most Hkv). Use sp in {",
+              ulysses_sp_degrees(kv_heads), "} and put the remaining ranks on dp, or lower tp so more KV heads "
+              "remain per tp rank");
 }
 
 UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition& part, const Tensor& q,
@@ -105,27 +129,17 @@ UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition
   check_sequence_tensor(k, {B, Tl, Hkv, D}, op, "k");
   check_sequence_tensor(v, {B, Tl, Hkv, D}, op, "v");
 
-  UlyssesSaved s;
-  s.part = part;
-  s.q_heads = Hq;
-  s.kv_heads = Hkv;
-  s.scale = scale;
   const int64_t T = part.total, hq = Hq / P, hkv = Hkv / P, W = hq + 2 * hkv;
 
   // Sequence -> heads: q, k and v of destination j's heads travel in one message.
   Tensor send = Tensor::empty({P * Tl * B * W * D});
   move_rows({q, k, v}, {hq, hkv, hkv}, P, Tl, B, D, send.data<float>(), /*pack=*/true);
-  s.qkv = Tensor::empty({T, B, W, D});
-  sp.all_to_allv(send, uniform(P, Tl * B * W * D), s.qkv, per_peer(part, B * W * D));
+  Tensor qkv = Tensor::empty({T, B, W, D});
+  sp.all_to_allv(send, uniform(P, Tl * B * W * D), qkv, per_peer(part, B * W * D));
   send = Tensor();
-  const Tensor heads = s.qkv.transpose(0, 1);  // [B, T, W, D]
-  s.q = heads.slice(2, 0, hq);
-  s.k = heads.slice(2, hq, hq + hkv);
-  s.v = heads.slice(2, hq + hkv, W);
 
   Tensor out_heads = Tensor::empty({T, B, hq, D});
-  s.out = out_heads.transpose(0, 1);
-  s.lse = Tensor::empty({B, hq, T});
+  UlyssesSaved s = ulysses_saved(part, Hq, Hkv, scale, qkv, out_heads.transpose(0, 1), Tensor::empty({B, hq, T}));
   kernels::attention_forward(s.q, s.k, s.v, scale, /*q_offset=*/0, s.out, s.lse);
 
   // Heads -> sequence: peer s gets its positions of my heads, a contiguous row range.

@@ -22,6 +22,7 @@
 // those of this tp rank: with tensor parallelism, pass the tp-local heads.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 #include "parallel/communicator.h"
@@ -39,6 +40,11 @@ struct UlyssesSaved {
   Tensor out;   // [B, T, hq, D]: the local heads' attention output (a view, T-major storage)
   Tensor lse;   // f32 [B, hq, T]
 };
+
+// The saved state from its three tensors (qkv, out, lse as ulysses_attention_forward made
+// them), for a caller that keeps only tensors between forward and backward (a module Cache).
+UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64_t kv_heads, float scale, Tensor qkv,
+                           Tensor out, Tensor lse);
 
 // Causal attention of this rank's slice. q [B, Tl, Hq, D], k, v [B, Tl, Hkv, D], last dim
 // contiguous, other strides free (views into a fused projection are fine). `out`
@@ -59,6 +65,8 @@ void ulysses_attention_backward(Communicator& sp, const Tensor& dout, const Ulys
 // Throws unless an sp group of P ranks can split these heads: P | Hkv and Hkv | Hq.
 // The trainer can call it at start-up; the forward calls it on every step.
 void check_ulysses_heads(int P, int64_t q_heads, int64_t kv_heads);
+// The sp degrees Ulysses can use with `kv_heads` KV heads per tp rank: its divisors ("1, 2, 4").
+std::string ulysses_sp_degrees(int64_t kv_heads);
 
 // Bytes rank `rank` sends to other ranks (the wire volume; what stays local is not
 // counted) in one forward and one backward of Ulysses attention. Sequence -> heads

@@ -77,7 +77,7 @@ void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Ten
   cpu::require_same_shape(op, "dy", dy, "gate", gate);
   cpu::require_same_shape(op, "dgate", dgate, "gate", gate);
   cpu::require_same_shape(op, "dup", dup, "gate", gate);
-  ANVIL_CHECK(!(vdg.p == vdu.p && vdg.cols > 0), op, ": dgate and dup are the same memory (",
+  ANVIL_CHECK(!(vdg.p == vdu.p && vdg.rows > 0 && vdg.cols > 0), op, ": dgate and dup are the same memory (",
               dgate.describe(), ") — at most one of them may alias dy");
   cpu::merge_dense({&vdy, &vg, &vu, &vdg, &vdu});
   cpu::parallel_tiles(vg.rows, vg.cols, [&](int64_t r, int64_t j0, int64_t j1) {

@@ -5,6 +5,7 @@
 
 #include "parallel/grid.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/support/reference.h"
 
 using namespace anvil;
 
@@ -67,4 +68,46 @@ TEST(ProcessGrid, LayoutChecksNameDegreeAndField) {
   }
   EXPECT_THROW(validate_layout(GridDims{1, 1, 4, 1}, m), Error);  // 4 stages, 3 layers
   EXPECT_THROW(validate_layout(GridDims{1, 2, 1, 2}, m), Error);  // sp*tp = 4 > 2 KV heads
+}
+
+// The dp x sp communicator (gradients and token counts under sequence parallelism) holds the
+// ranks sharing tp and pp, ordered dp_i * sp + sp_i; with sp = 1 it is the dp group.
+TEST(ProcessGrid, DataSequenceCommunicatorSpansDpTimesSp) {
+  for (GridDims dims : {GridDims{2, 2, 1, 2}, GridDims{1, 2, 2, 2}, GridDims{2, 1, 2, 2}, GridDims{4, 1, 1, 2},
+                        GridDims{2, 2, 2, 1}, GridDims{1, 1, 1, 8}}) {
+    ProcessGrid g(world(), dims);
+    Communicator& c = g.data_sequence_comm();
+    ASSERT_EQ(c.size(), dims.dp * dims.sp) << dims.str();
+    EXPECT_EQ(c.rank(), g.rank(Axis::DP) * dims.sp + g.rank(Axis::SP)) << dims.str();
+    Tensor mine = Tensor::full({1}, g.world().rank(), DType::I32), all = Tensor::empty({c.size()}, DType::I32);
+    c.all_gather(mine, all);
+    for (int d = 0; d < dims.dp; ++d)
+      for (int s = 0; s < dims.sp; ++s)
+        EXPECT_EQ(all.data<int32_t>()[d * dims.sp + s], g.world_rank(d, g.rank(Axis::TP), g.rank(Axis::PP), s))
+            << dims.str() << " member " << d * dims.sp + s;
+  }
+}
+
+// Ulysses splits whole KV heads over sp: the error states the limit (num_key_value_heads / tp)
+// and lists the degrees that work.
+TEST(ProcessGrid, SequenceParallelHeadLimitIsExplained) {
+  ModelConfig m = ModelConfig::llama();
+  m.hidden_size = 128; m.num_attention_heads = 8; m.num_key_value_heads = 4; m.num_hidden_layers = 2;
+  m.intermediate_size = 256; m.vocab_size = 512;
+  EXPECT_NO_THROW(validate_layout(GridDims{2, 2, 1, 2}, m));
+  EXPECT_NO_THROW(validate_layout(GridDims{2, 1, 1, 4}, m));
+  const std::string exceeds = anvil::testing::error_of([&] { validate_layout(GridDims{1, 1, 1, 8}, m); });
+  EXPECT_NE(exceeds.find("parallel.sp = 8 exceeds the 4 KV heads of each tp rank"), std::string::npos) << exceeds;
+  EXPECT_NE(exceeds.find("sp must divide num_key_value_heads / tp = 4 (at most 4)"), std::string::npos) << exceeds;
+  EXPECT_NE(exceeds.find("Use sp in {1, 2, 4}"), std::string::npos) << exceeds;
+  const std::string with_tp = anvil::testing::error_of([&] { validate_layout(GridDims{1, 2, 1, 4}, m); });
+  EXPECT_NE(with_tp.find("parallel.sp = 4 exceeds the 2 KV heads of each tp rank (num_key_value_heads = 4 over tp = 2)"),
+            std::string::npos) << with_tp;
+  EXPECT_NE(with_tp.find("Use sp in {1, 2}"), std::string::npos) << with_tp;
+  EXPECT_NE(with_tp.find("or lower tp"), std::string::npos) << with_tp;
+  m.num_attention_heads = 12;
+  m.num_key_value_heads = 6;
+  const std::string uneven = anvil::testing::error_of([&] { validate_layout(GridDims{2, 1, 1, 4}, m); });
+  EXPECT_NE(uneven.find("parallel.sp = 4 does not divide the 6 KV heads"), std::string::npos) << uneven;
+  EXPECT_NE(uneven.find("Use sp in {1, 2, 3, 6}"), std::string::npos) << uneven;
 }
