@@ -75,8 +75,10 @@ void validate_layout(const GridDims& dims, const ModelConfig& m) {
   ANVIL_CHECK(m.num_key_value_heads % (dims.sp * dims.tp) == 0, "parallel.sp = ", dims.sp, " with tp = ", dims.tp,
               ": sp*tp = ", dims.sp * dims.tp, " does not divide num_key_value_heads = ", m.num_key_value_heads,
               " — sequence parallelism splits whole heads, so sp*tp must divide the KV head count");
-  ANVIL_CHECK(dims.pp <= m.num_hidden_layers, "parallel.pp = ", dims.pp, " exceeds num_hidden_layers = ",
-              m.num_hidden_layers, " — every pipeline stage needs at least one layer");
+  // Stage s owns layers [s*L/pp, (s+1)*L/pp): equal contiguous ranges, each at least one layer.
+  ANVIL_CHECK(m.num_hidden_layers % dims.pp == 0, "parallel.pp = ", dims.pp, " does not divide num_hidden_layers = ",
+              m.num_hidden_layers, " — pipeline stages own equal ranges of layers, so pick a pp that divides ",
+              m.num_hidden_layers);
 }
 
 }  // namespace anvil
