@@ -114,8 +114,10 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
-  ANVIL_CHECK(tp_ == nullptr && layout_.stages == 1, "forward_cached: KV-cached decoding is not tensor- or "
-              "pipeline-parallel yet — generate with a model built without a layout (load the full checkpoint on one rank)");
+  ANVIL_CHECK(tp_ == nullptr, "forward_cached: KV-cached decoding is not tensor-parallel yet — generate with a "
+              "model built without a tp communicator (load the full checkpoint on one rank)");
+  ANVIL_CHECK(layout_.stages == 1, "forward_cached: KV-cached decoding is not pipeline-parallel yet — generate with "
+              "a model built without pipeline stages (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
   const int64_t start = kv.length(), end = start + T;
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
@@ -209,6 +211,9 @@ float TransformerLM::cross_entropy_loss(const Tensor& logits, const Tensor& targ
 }
 
 void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward_loss runs the whole model, but this rank holds pipeline "
+              "stage ", layout_.stage, " of ", layout_.stages,
+              " — run it through backward_stage_loss (PipelineExecutor)");
   loss_backward(c, loss_scale, loss_tokens);
 }
 

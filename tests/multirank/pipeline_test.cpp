@@ -172,7 +172,8 @@ bool stage_owns(const std::string& name, const ModelConfig& c, int stage, int st
 double tied_copies_diff(TransformerLM& m, Communicator& pp, bool grads) {
   const int stages = m.layout().stages;
   if (!m.config().tie_word_embeddings || stages == 1) return 0;
-  const std::string name = m.config().family() == ModelFamily::GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight";
+  const std::string name =
+      m.config().family() == ModelFamily::GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight";
   if (m.is_last_stage()) {
     EXPECT_EQ(m.tied_embedding_copy(), &m.param(name));
     const Param& copy = *m.tied_embedding_copy();
@@ -400,17 +401,37 @@ TEST(PipelineModel, BadLayoutsGiveOneClearError) {
 
   // A stage model refuses the whole-model entry points, and the wrong stage's ones.
   const ModelConfig c = small_llama(true);
-  TransformerLM first(c, ModelLayout{nullptr, nullptr, 0, stages}), last(c, ModelLayout{nullptr, nullptr, stages - 1, stages});
+  TransformerLM first(c, ModelLayout{nullptr, nullptr, 0, stages});
+  TransformerLM last(c, ModelLayout{nullptr, nullptr, stages - 1, stages});
   const Tensor ids = Tensor::zeros({1, 4}, DType::I32);
   Cache cache;
   EXPECT_NE(error_of([&] { first.forward(ids, cache); }).find("forward_stage"), std::string::npos);
-  EXPECT_NE(error_of([&] { first.forward_stage_loss(ids, ids, cache); }).find("only the last stage"), std::string::npos);
+  EXPECT_NE(error_of([&] { first.forward_stage_loss(ids, ids, cache); }).find("only the last stage"),
+            std::string::npos);
   EXPECT_NE(error_of([&] { last.forward_stage(ids, cache); }).find("only stage 0 takes token ids"), std::string::npos);
   // The executor needs the pipeline communicator whose rank is the model's stage.
   EXPECT_NE(error_of([&] { PipelineExecutor e(first, nullptr, PipeSchedule::OneFOneB); }).find("grid.comm(Axis::PP)"),
             std::string::npos);
   TransformerLM whole(c);  // one stage needs none
   EXPECT_EQ(error_of([&] { PipelineExecutor e(whole, nullptr, PipeSchedule::GPipe); }), "(no error)");
+}
+
+// With one stage the executor is plain gradient accumulation: the same numbers bit for bit.
+TEST(PipelineModel, OneStageExecutorIsGradientAccumulation) {
+  for (const Case& k : cases()) {
+    TransformerLM ref(k.config), whole(k.config);
+    ref.init_weights(kSeed);
+    whole.init_weights(kSeed);
+    const std::vector<PipelineMicroBatch> mbs = micro_batches(k.config, 80);
+    const RefStep expected = reference_step(ref, mbs);
+    whole.zero_grad();
+    const PipelineStepResult r = PipelineExecutor(whole, nullptr, PipeSchedule::OneFOneB).step(mbs);
+    EXPECT_EQ(r.losses, expected.losses) << k.name;
+    EXPECT_EQ(r.loss, expected.loss) << k.name;
+    EXPECT_EQ(r.peak_in_flight, 1) << k.name;
+    for (Param* p : whole.params())
+      EXPECT_EQ(max_abs_diff(p->grad, ref.param(p->name).grad), 0.0) << k.name << " " << p->name;
+  }
 }
 
 // dp2 x pp2 (4 ranks) the way the trainer composes them: each dp replica's pipeline takes its
@@ -469,7 +490,8 @@ TEST(PipelineWithDataParallel, StageGradReadyReportsDriveBucketReductions) {
         Tensor shards = Tensor::empty({dp.shard_numel()});
         for (size_t b = 0; b < dp.buckets().size(); ++b) {
           const DataParallel::Bucket& bucket = dp.buckets()[b];
-          shards.slice(0, bucket.shard_base, bucket.shard_base + bucket.shard).copy_(dp.shard_grad(static_cast<int>(b)));
+          Tensor mine = shards.slice(0, bucket.shard_base, bucket.shard_base + bucket.shard);
+          mine.copy_(dp.shard_grad(static_cast<int>(b)));
         }
         flat = dp.gather_shards(shards);
       }
