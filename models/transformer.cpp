@@ -15,10 +15,13 @@ namespace {
 bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
 const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
   c.validate();
-  if (layout.tp || layout.sp) {
+  ANVIL_CHECK(layout.stages >= 1 && layout.stage >= 0 && layout.stage < layout.stages, "TransformerLM: pipeline stage ",
+              layout.stage, " of ", layout.stages, " is out of range — stage must be in [0, stages)");
+  if (layout.tp || layout.sp || layout.stages > 1) {
     GridDims dims;
     dims.tp = layout.tp ? layout.tp->size() : 1;
     dims.sp = layout.sp ? layout.sp->size() : 1;
+    dims.pp = layout.stages;
     validate_layout(dims, c);
   }
   return c;
@@ -47,19 +50,25 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
     : config_(validated(config, layout)),
       layout_(layout),
       tp_(layout.tp),
-      wte_(is_gpt2(config) ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, layout.tp),
-      head_(config.tie_word_embeddings ? ColumnParallelLinear(wte_.weight, layout.tp)
-                                       : ColumnParallelLinear("lm_head", config.hidden_size, config.vocab_size, false, layout.tp)) {
-  ANVIL_CHECK(layout.stages == 1, "TransformerLM: pipeline parallelism is not built into the model yet");
+      vocab_start_(vocab_shard_start(layout.tp, config.vocab_size)) {
   Communicator* tp = layout.tp;
   const bool gpt2 = is_gpt2(config);
-  if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
-  else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
+  const bool first = is_first_stage(), last = is_last_stage();
+  if (first || (last && config.tie_word_embeddings))
+    wte_.emplace(gpt2 ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, tp);
+  if (gpt2 && first) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
+  if (!gpt2) rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
   if (layout.sp) sequence_ = std::make_shared<SequenceParallelContext>(SequenceParallelContext{layout.sp, {}});
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
+  const int64_t per_stage = config.num_hidden_layers / layout.stages;
+  first_layer_ = layout.stage * per_stage;
+  for (int64_t i = first_layer_; i < first_layer_ + per_stage; ++i)
     blocks_.push_back(std::make_unique<TransformerBlock>(
         (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp, sequence_));
-  norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
+  if (last) {
+    norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
+    if (config.tie_word_embeddings) head_.emplace(wte_->weight, tp);
+    else head_.emplace("lm_head", config.hidden_size, config.vocab_size, false, tp);
+  }
 }
 
 void TransformerLM::init_weights(uint64_t seed) {
@@ -82,26 +91,9 @@ void TransformerLM::init_weights(uint64_t seed) {
 }
 
 Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
-  check_dtype(ids, DType::I32, "token ids");
-  ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
-  const int64_t B = ids.size(0), T = ids.size(1);
-  const int64_t start = enter_sequence(T), total = sequence_ ? sequence_->part.total : T;
-  ANVIL_CHECK(total <= config_.max_position_embeddings, "sequence length ", total,
-              " exceeds max_position_embeddings = ", config_.max_position_embeddings,
-              " — shorten the sequences or raise the model's limit");
-  Tensor x = wte_.forward(ids, c.child(0));
-  if (wpe_) {
-    c.child(0)["position_start"] = Tensor::full({1}, static_cast<double>(start), DType::I64);  // for wpe's gradient
-    const Tensor positions = wpe_->weight.value.slice(0, start, start + T);
-    for (int64_t b = 0; b < B; ++b) {
-      Tensor row = x.select(0, b);
-      kernels::add_inplace(row, positions);
-    }
-  }
-  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward(x, c.child(1 + i));
-  const size_t L = blocks_.size();
-  x = norm_f_->forward(x, c.child(L + 1));
-  return head_.forward(x, c.child(L + 2));
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward runs the whole model, but this rank holds pipeline stage ",
+              layout_.stage, " of ", layout_.stages, " — run it through forward_stage (PipelineExecutor)");
+  return forward_stage(ids, c);  // the one stage: embeddings, every block, norm and head
 }
 
 Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only) {
@@ -113,6 +105,8 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   ANVIL_CHECK(layout_.sp == nullptr, "forward_cached: KV-cached decoding is not sequence-parallel — each new token "
               "attends to the whole cache, so there is no sequence to split; generate with a model built without an "
               "sp communicator (load the full checkpoint on one rank)");
+  ANVIL_CHECK(layout_.stages == 1, "forward_cached: KV-cached decoding is not pipeline-parallel yet — generate with "
+              "a model built without pipeline stages (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
   const int64_t start = kv.length(), end = start + T;
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
@@ -126,7 +120,7 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
               " need ", end, " positions but max_position_embeddings = ", config_.max_position_embeddings,
               " — shorten the prompt or the generation");
   kv.check_room(T);
-  Tensor x = wte_.infer(ids);
+  Tensor x = wte_->infer(ids);
   if (wpe_) {
     const Tensor positions = wpe_->weight.value.slice(0, start, end);
     for (int64_t b = 0; b < B; ++b) {
@@ -139,16 +133,18 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   kv.advance(T);
   if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
   x = norm_f_->infer(x);
-  return head_.infer(x);
+  return head_->infer(x);
 }
 
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward runs the whole model, but this rank holds pipeline stage ",
+              layout_.stage, " of ", layout_.stages, " — run it through backward_stage (PipelineExecutor)");
   trunk_backward(head_backward(dlogits, c), c);
   return Tensor();
 }
 
 Tensor TransformerLM::head_backward(Tensor dlogits, Cache& c) {
-  Tensor dx = head_.backward(dlogits, c.child(blocks_.size() + 2));
+  Tensor dx = head_->backward(dlogits, c.child(blocks_.size() + 2));
   c.clear_own();  // logits and the head input die here (with this function's copy of dlogits)
   return dx;
 }
@@ -161,28 +157,37 @@ void TransformerLM::report_grads_ready(std::initializer_list<Module*> modules) {
   grad_ready_(ready);
 }
 
-void TransformerLM::trunk_backward(Tensor dx, Cache& c) {
+Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   const size_t L = blocks_.size();
-  dx = norm_f_->backward(dx, c.child(L + 1));
-  report_grads_ready({norm_f_.get(), &head_});  // the tied head lists no params
+  if (is_last_stage()) {
+    dx = norm_f_->backward(dx, c.child(L + 1));
+    report_grads_ready({norm_f_.get(), &*head_});  // the tied head lists no params
+  }
   for (size_t i = L; i-- > 0;) {
     dx = blocks_[i]->backward(dx, c.child(1 + i));
     report_grads_ready({blocks_[i].get()});
   }
+  if (!is_first_stage()) return dx;  // the previous stage's output gradient
   if (wpe_ && wpe_->weight.trainable) {
     const int64_t start = static_cast<int64_t>(c.child(0).get("position_start").item());  // the slice's positions
     Tensor dpos = wpe_->weight.grad.slice(0, start, start + dx.size(1));
     for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx.select(0, b));
   }
-  wte_.backward(dx, c.child(0));
-  report_grads_ready({&wte_, wpe_ ? &*wpe_ : nullptr});
+  wte_->backward(dx, c.child(0));
+  // Over several stages a tied embedding is final only after all_reduce_tied_embedding_grad.
+  report_grads_ready({tied_over_stages() ? nullptr : &*wte_, wpe_ ? &*wpe_ : nullptr});
+  return Tensor();
 }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
   check_dtype(targets, DType::I32, "targets");
   ANVIL_CHECK(targets.shape() == ids.shape(), "targets ", targets.describe(), " must match ids ", ids.describe());
-  const Tensor logits = forward(ids, c);
-  const int64_t N = ids.numel();
+  return cross_entropy_loss(forward(ids, c), targets, c, ignore_index);
+}
+
+// The mean over non-ignored targets; saves what loss_backward needs (the logits too) in c.
+float TransformerLM::cross_entropy_loss(const Tensor& logits, const Tensor& targets, Cache& c, int ignore_index) {
+  const int64_t N = targets.numel();
   Tensor losses = Tensor::empty({N}), lse = Tensor::empty({N});
   const Tensor flat_targets = targets.contiguous().view({N});
   const int64_t count = VocabParallelCrossEntropy::forward(tp_, logits.view({N, logits.size(-1)}), vocab_start(),
@@ -203,6 +208,13 @@ float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cach
 }
 
 void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward_loss runs the whole model, but this rank holds pipeline "
+              "stage ", layout_.stage, " of ", layout_.stages,
+              " — run it through backward_stage_loss (PipelineExecutor)");
+  loss_backward(c, loss_scale, loss_tokens);
+}
+
+Tensor TransformerLM::loss_backward(Cache& c, float loss_scale, int64_t loss_tokens) {
   Tensor dx;
   {
     Tensor logits = c.get("logits");
@@ -213,7 +225,7 @@ void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_token
                                         count > 0 ? static_cast<float>(loss_scale / count) : 0.0f, flat);  // in place
     dx = head_backward(std::move(logits), c);
   }
-  trunk_backward(std::move(dx), c);
+  return trunk_backward(std::move(dx), c);
 }
 
 int64_t TransformerLM::enter_sequence(int64_t local_length) {
@@ -237,11 +249,11 @@ int64_t TransformerLM::enter_sequence(int64_t local_length) {
 }
 
 void TransformerLM::collect_params(std::vector<Param*>& out) {
-  wte_.collect_params(out);
+  if (wte_) wte_->collect_params(out);
   if (wpe_) wpe_->collect_params(out);
   for (auto& b : blocks_) b->collect_params(out);
-  norm_f_->collect_params(out);
-  head_.collect_params(out);
+  if (norm_f_) norm_f_->collect_params(out);
+  if (head_) head_->collect_params(out);
 }
 
 Param& TransformerLM::param(const std::string& name) {
@@ -288,12 +300,14 @@ MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   per_layer += N * C + norm_stats;                 // norm2 output and stats
   per_layer += (m.gated_mlp() ? 3 : 2) * N * I;    // gate, up, swiglu | pre-GELU, GELU
   per_layer += N * C;                              // block output (residual sum)
-  size_t act = N * C;                              // embedding output
-  act += m.num_hidden_layers * per_layer;
-  act += N * C + norm_stats;                       // final norm
-  act += N * V + 2 * N;                            // logits, per-row loss and log-sum-exp
+  size_t act = N * C;                              // embedding output (a later stage: the received input)
+  act += blocks_.size() * per_layer;               // this stage's layers
+  if (is_last_stage()) {
+    act += N * C + norm_stats;                     // final norm
+    act += N * V + 2 * N;                          // logits, per-row loss and log-sum-exp
+  }
   t.activation_bytes = act * f;
-  t.workspace_bytes = N * C * f;                   // the head's input gradient, made while logits live
+  t.workspace_bytes = N * C * f;  // the head's input gradient made while logits live (other stages: the received one)
   return t;
 }
 

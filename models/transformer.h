@@ -48,6 +48,13 @@ class TransformerLM : public Module {
   // Every param's gradient is then this rank's partial sum: sum it over sp (the trainer
   // does, over ProcessGrid::data_sequence_comm() together with dp). sp must divide the
   // KV heads of each tp rank (validate_layout's error otherwise). Composes with tp.
+  //
+  // With layout.stages = P > 1 this rank holds pipeline stage layout.stage: layers
+  // [stage*L/P, (stage+1)*L/P) under their global names (model.layers.<i>...), the embeddings
+  // on stage 0, the final norm and head on stage P-1. A tied head on the last stage holds its
+  // own copy of the embedding weight (same name, same init); see all_reduce_tied_embedding_grad.
+  // Such a model runs through the stage entry points below (parallel/pipeline_executor.h),
+  // not forward / forward_loss. P must divide the layer count (validate_layout's error).
   explicit TransformerLM(const ModelConfig& config, const ModelLayout& layout = {});
   // Not movable: the tied head points at the embedding's weight.
   TransformerLM(const TransformerLM&) = delete;
@@ -87,11 +94,44 @@ class TransformerLM : public Module {
   // gradients summed over ranks are those of the mean over the whole global micro-batch.
   void backward_loss(Cache& c, float loss_scale = 1.0f, int64_t loss_tokens = -1);
 
+  // ---- Pipeline stages (any layout.stages; with one stage they run the whole model) ----
+  // Stage forward. input: the first stage's token ids i32 [B, T]; any later stage's incoming
+  // hidden state f32 [B, T, hidden] (the previous stage's output). Returns the hidden state
+  // [B, T, hidden] to send on, or on the last stage the logits (as forward).
+  Tensor forward_stage(const Tensor& input, Cache& c);
+  // Stage backward of a stage that is not the last: dy is the gradient of its output (from
+  // the next stage). Accumulates this stage's gradients; returns the gradient of its input
+  // hidden state to send back, or an undefined tensor on the first stage.
+  Tensor backward_stage(const Tensor& dy, Cache& c);
+  // The last stage's forward_stage then forward_loss's mean cross-entropy (targets i32 [B, T]).
+  float forward_stage_loss(const Tensor& input, const Tensor& targets, Cache& c, int ignore_index = -100);
+  // The last stage's backward from forward_stage_loss, with backward_loss's loss_scale and
+  // loss_tokens; returns the gradient of the stage's input (undefined with one stage).
+  Tensor backward_stage_loss(Cache& c, float loss_scale = 1.0f, int64_t loss_tokens = -1);
+  bool is_first_stage() const { return layout_.stage == 0; }
+  bool is_last_stage() const { return layout_.stage == layout_.stages - 1; }
+  int64_t first_layer() const { return first_layer_; }  // this stage's first global layer index
+  int64_t num_stage_layers() const { return static_cast<int64_t>(blocks_.size()); }
+
+  // Tied embeddings over P > 1 stages (Megatron's embedding group): the first stage's
+  // embedding and the last stage's copy, which its head reads, are one logical parameter,
+  // so after the step's last backward both hold their own partial gradient. This sums the
+  // two over `pp` (the grid's pipeline communicator: rank = stage) so both hold the full
+  // one and, updated alike, stay identical; then reports that param to the grad-ready
+  // callback. Collective between the first and last stage; a no-op on every other stage,
+  // when untied, or with one stage. PipelineExecutor::step calls it once per step.
+  void all_reduce_tied_embedding_grad(Communicator& pp);
+  // The last stage's copy of a tied embedding (nullptr elsewhere): the first stage's
+  // weight is authoritative, so checkpoints save stage 0's and load into both.
+  Param* tied_embedding_copy();
+
   // Called during backward each time a group of params' gradients is final for this
   // pass: the head and final norm, then each block from the last to the first, then
-  // the embeddings (a tied embedding is final only here). Data parallelism uses it to
-  // start a bucket's reduction while backward continues; the model knows nothing of
-  // who listens. Empty (the default) = no calls.
+  // the embeddings (a tied embedding is final only here). On a pipeline stage: the
+  // stage's own params in the same order; a tied embedding over P > 1 stages is reported
+  // by all_reduce_tied_embedding_grad instead (only then is it final). Data parallelism
+  // uses it to start a bucket's reduction while backward continues; the model knows
+  // nothing of who listens. Empty (the default) = no calls.
   using GradReadyCallback = std::function<void(const std::vector<Param*>& ready)>;
   void set_grad_ready_callback(GradReadyCallback callback) { grad_ready_ = std::move(callback); }
 
@@ -103,15 +143,22 @@ class TransformerLM : public Module {
   Communicator* tensor_parallel() const { return tp_; }
   Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
-  int64_t vocab_start() const { return wte_.vocab_start(); }  // first id of this rank's logits
-  // This rank's bytes for micro-batches of `batch` sequences of seq_len tokens (under sp the
-  // full length: the rank holds the longest slice).
+  int64_t vocab_start() const { return vocab_start_; }  // first id of this rank's logits
+  // This rank's bytes: its pipeline stage's params and one micro-batch's activations (under
+  // sp for the full length: the rank holds the longest slice).
   MemoryTable memory_table(int64_t batch, int64_t seq_len) const;
 
  private:
   // By value so the last reference to dlogits can die before the trunk's backward.
   Tensor head_backward(Tensor dlogits, Cache& c);
-  void trunk_backward(Tensor dx, Cache& c);
+  // Final norm (last stage), this stage's blocks, embeddings (first stage); returns the
+  // gradient of the stage's input (undefined on the first stage).
+  Tensor trunk_backward(Tensor dx, Cache& c);
+  float cross_entropy_loss(const Tensor& logits, const Tensor& targets, Cache& c, int ignore_index);
+  Tensor loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
+  // Token (and GPT-2 position) embeddings of ids whose first position is `start`.
+  Tensor embed_stage_input(const Tensor& ids, int64_t start, Cache& c);
+  bool tied_over_stages() const { return config_.tie_word_embeddings && layout_.stages > 1; }
   void report_grads_ready(std::initializer_list<Module*> modules);
   // Under sp: all-gathers the slice lengths, checks them against partition_sequence (every
   // rank alike), sets the attention layers' partition; returns the slice's first position.
@@ -121,13 +168,16 @@ class TransformerLM : public Module {
   ModelConfig config_;
   ModelLayout layout_;
   Communicator* tp_;  // layout_.tp
+  int64_t vocab_start_;
+  int64_t first_layer_ = 0;  // global index of blocks_[0]
   std::shared_ptr<const RopeTables> rope_;
   std::shared_ptr<SequenceParallelContext> sequence_;  // null without sp; shared with the attention layers
-  VocabParallelEmbedding wte_;
-  std::optional<Embedding> wpe_;  // GPT-2 learned positions
-  std::vector<std::unique_ptr<TransformerBlock>> blocks_;
-  std::unique_ptr<Module> norm_f_;
-  ColumnParallelLinear head_;  // lm_head, or the tied head on wte's weight (owning no params)
+  // Each part exists only on the pipeline stage that runs it (all of them with one stage).
+  std::optional<VocabParallelEmbedding> wte_;  // first stage; also the last when tied (the head's weight)
+  std::optional<Embedding> wpe_;  // GPT-2 learned positions; first stage
+  std::vector<std::unique_ptr<TransformerBlock>> blocks_;  // this stage's layers
+  std::unique_ptr<Module> norm_f_;  // last stage
+  std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)
 };
 
 }  // namespace anvil

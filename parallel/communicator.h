@@ -11,17 +11,23 @@ namespace anvil {
 
 enum class ReduceOp { Sum, Max, Min };
 
+// The largest message tag every MPI implementation accepts (the standard's minimum MPI_TAG_UB).
+constexpr int kMaxPortableTag = 32767;
+
 // An operation in flight; wait() returns once its buffers may be read or reused.
 class CommHandle {
  public:
   virtual ~CommHandle() = default;
   virtual void wait() = 0;
+  // Whether it has finished, without blocking (and helping it progress); true after wait().
+  virtual bool test() = 0;
 };
 
 // A handle for work that finished before it was returned.
 class DoneHandle final : public CommHandle {
  public:
   void wait() override {}
+  bool test() override { return true; }
 };
 
 class Communicator {
@@ -49,6 +55,12 @@ class Communicator {
   virtual void broadcast(Tensor& t, int root) = 0;
   virtual void send(const Tensor& t, int dst, int tag = 0) = 0;
   virtual void recv(Tensor& t, int src, int tag = 0) = 0;
+  // Non-blocking point-to-point: the handle keeps t's storage alive until it finishes; an
+  // isend's t must not be written and an irecv's t not read before wait(). Two neighbours
+  // that both send before they receive deadlock with blocking sends of large messages
+  // (rendezvous); with isend they do not (the pipeline executor relies on this).
+  virtual std::unique_ptr<CommHandle> isend(const Tensor& t, int dst, int tag = 0) = 0;
+  virtual std::unique_ptr<CommHandle> irecv(Tensor& t, int src, int tag = 0) = 0;
   virtual void barrier() = 0;
 
   // A new communicator of the ranks sharing `color`, ordered by `key` (MPI_Comm_split).

@@ -83,8 +83,10 @@ void validate_layout(const GridDims& dims, const ModelConfig& m) {
               "full sequence, so sp must divide num_key_value_heads / tp = ", kv_per_tp, " (at most ", kv_per_tp,
               "). Use sp in {", ulysses_sp_degrees(kv_per_tp), "} and put the other ranks on dp",
               dims.tp > 1 ? ", or lower tp to leave more KV heads per tp rank" : "");
-  ANVIL_CHECK(dims.pp <= m.num_hidden_layers, "parallel.pp = ", dims.pp, " exceeds num_hidden_layers = ",
-              m.num_hidden_layers, " — every pipeline stage needs at least one layer");
+  // Stage s owns layers [s*L/pp, (s+1)*L/pp): equal contiguous ranges, each at least one layer.
+  ANVIL_CHECK(m.num_hidden_layers % dims.pp == 0, "parallel.pp = ", dims.pp, " does not divide num_hidden_layers = ",
+              m.num_hidden_layers, " — pipeline stages own equal ranges of layers, so pick a pp that divides ",
+              m.num_hidden_layers);
 }
 
 }  // namespace anvil

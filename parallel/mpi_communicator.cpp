@@ -48,16 +48,23 @@ void require_host(const Tensor& t, const char* op) {
               " needs a contiguous host tensor (the MPI backend moves host buffers)");
 }
 
+// `buffer` (optional) keeps a point-to-point message's storage alive while MPI reads or writes it.
 class MpiHandle final : public CommHandle {
  public:
-  explicit MpiHandle(MPI_Request r) : request_(r) {}
+  explicit MpiHandle(MPI_Request r, Tensor buffer = Tensor()) : request_(r), buffer_(std::move(buffer)) {}
   ~MpiHandle() override {
     if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
   void wait() override { check(MPI_Wait(&request_, MPI_STATUS_IGNORE), "wait"); }
+  bool test() override {
+    int done = 0;
+    check(MPI_Test(&request_, &done, MPI_STATUS_IGNORE), "test");
+    return done != 0;
+  }
 
  private:
   MPI_Request request_;
+  Tensor buffer_;
 };
 
 }  // namespace
@@ -213,6 +220,21 @@ void MpiCommunicator::recv(Tensor& t, int src, int tag) {
   check(MPI_Recv(t.raw_data(), count_of(t.numel(), "recv"), mpi_type(t.dtype()), src, tag, comm_,
                  MPI_STATUS_IGNORE),
         "recv");
+}
+
+std::unique_ptr<CommHandle> MpiCommunicator::isend(const Tensor& t, int dst, int tag) {
+  require_host(t, "isend");
+  count_payload(t.nbytes());
+  MPI_Request r;
+  check(MPI_Isend(t.raw_data(), count_of(t.numel(), "isend"), mpi_type(t.dtype()), dst, tag, comm_, &r), "isend");
+  return std::make_unique<MpiHandle>(r, t);
+}
+
+std::unique_ptr<CommHandle> MpiCommunicator::irecv(Tensor& t, int src, int tag) {
+  require_host(t, "irecv");
+  MPI_Request r;
+  check(MPI_Irecv(t.raw_data(), count_of(t.numel(), "irecv"), mpi_type(t.dtype()), src, tag, comm_, &r), "irecv");
+  return std::make_unique<MpiHandle>(r, t);
 }
 
 void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "barrier"); }

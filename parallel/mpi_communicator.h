@@ -40,6 +40,8 @@ class MpiCommunicator final : public Communicator {
   void broadcast(Tensor& t, int root) override;
   void send(const Tensor& t, int dst, int tag) override;
   void recv(Tensor& t, int src, int tag) override;
+  std::unique_ptr<CommHandle> isend(const Tensor& t, int dst, int tag) override;
+  std::unique_ptr<CommHandle> irecv(Tensor& t, int src, int tag) override;
   void barrier() override;
   std::unique_ptr<Communicator> split(int color, int key) const override;
 

@@ -111,3 +111,24 @@ TEST(Communicator, BroadcastSendRecvAndSplit) {
   w->barrier();
   EXPECT_GT(w->payload_bytes(), 0u);
 }
+
+// Every rank sends to its right neighbour before receiving from its left: with a blocking
+// send of a message far past MPI's eager limit (4 MB here) this deadlocks; isend must not.
+// The handle keeps the sent tensor alive after the caller drops it; irecv fills its buffer.
+TEST(Communicator, NonBlockingSendsBeforeReceivesDoNotDeadlock) {
+  auto w = world();
+  const int P = w->size(), me = w->rank();
+  const int64_t n = 1 << 20;
+  const int right = (me + 1) % P, left = (me + P - 1) % P;
+  std::unique_ptr<CommHandle> sent = w->isend(input_of(me, n), right, 3);  // the tensor's only owner is the handle
+  Tensor from_left = Tensor::full({n}, -1.0);
+  std::unique_ptr<CommHandle> received = w->irecv(from_left, left, 3);
+  received->wait();
+  EXPECT_TRUE(received->test());
+  sent->wait();
+  EXPECT_TRUE(sent->test());
+  const Tensor expected = input_of(left, n);
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n; ++i) wrong += from_left.data<float>()[i] != expected.data<float>()[i];
+  EXPECT_EQ(wrong, 0);
+}

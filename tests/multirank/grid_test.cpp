@@ -56,7 +56,7 @@ TEST(ProcessGrid, WrongProductFailsOnEveryRankNamingBothNumbers) {
 
 TEST(ProcessGrid, LayoutChecksNameDegreeAndField) {
   ModelConfig m = ModelConfig::llama();
-  m.hidden_size = 96; m.num_attention_heads = 6; m.num_key_value_heads = 2; m.num_hidden_layers = 3;
+  m.hidden_size = 96; m.num_attention_heads = 6; m.num_key_value_heads = 2; m.num_hidden_layers = 4;
   m.intermediate_size = 256; m.vocab_size = 512;
   EXPECT_NO_THROW(validate_layout(GridDims{2, 2, 2, 1}, m));
   try {
@@ -66,7 +66,14 @@ TEST(ProcessGrid, LayoutChecksNameDegreeAndField) {
     EXPECT_NE(std::string(e.what()).find("parallel.tp = 4"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("num_attention_heads = 6"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(validate_layout(GridDims{1, 1, 4, 1}, m), Error);  // 4 stages, 3 layers
+  EXPECT_THROW(validate_layout(GridDims{1, 1, 8, 1}, m), Error);  // 8 stages, 4 layers
+  try {
+    validate_layout(GridDims{1, 1, 3, 1}, m);  // stages own equal layer ranges: 3 does not divide 4
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.pp = 3 does not divide num_hidden_layers = 4"), std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(validate_layout(GridDims{1, 2, 1, 2}, m), Error);  // sp*tp = 4 > 2 KV heads
 }
 
