@@ -458,7 +458,7 @@ TEST(OptimizerMemory, PerRankStateBytesSumToTheSingleProcessTotal) {
 // bytes, and one process resumes it on the single-process trajectory.
 TEST(OptimizerTrainer, MuonUnderZeroTwoTrainsSavesAndOneProcessResumes) {
   const int dp = world()->size();
-  const std::string name = "optimizer_layouts";
+  const std::string name = "optimizer_layouts_np" + std::to_string(dp);  // the np2 and np4 runs apart
   if (is_root()) anvil::testing::make_tiny_run(name);
   world()->barrier();
   const std::string dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
