@@ -51,17 +51,19 @@ Shape logical_shape(const Param& p) {
 
 namespace {
 // Copies every run between the local tensor and the full one, in the given direction.
-void copy_runs(const Param& p, const Tensor& local, const Tensor& full, bool to_full) {
-  check_shape(local, p.value.shape(), "local shard");
-  check_shape(full, logical_shape(p), "full logical tensor");
-  if (!p.shard.sharded()) {
+void copy_runs(const ShardSpec& spec, const Tensor& local, const Tensor& full, bool to_full) {
+  if (!spec.sharded()) {
+    check_shape(full, local.shape(), "full tensor of a replicated param");
     Tensor dst = to_full ? full : local;
     dst.copy_(to_full ? local : full);
     return;
   }
-  for (const ShardRun& r : p.shard.runs) {
-    Tensor l = local.slice(p.shard.dim, r.local_start, r.local_start + r.length);
-    Tensor f = full.slice(p.shard.dim, r.global_start, r.global_start + r.length);
+  Shape expected = local.shape();
+  expected.at(spec.dim) = spec.full_size;
+  check_shape(full, expected, "full logical tensor");
+  for (const ShardRun& r : spec.runs) {
+    Tensor l = local.slice(spec.dim, r.local_start, r.local_start + r.length);
+    Tensor f = full.slice(spec.dim, r.global_start, r.global_start + r.length);
     if (to_full) f.copy_(l);
     else l.copy_(f);
   }
@@ -70,10 +72,17 @@ void copy_runs(const Param& p, const Tensor& local, const Tensor& full, bool to_
 
 Tensor take_shard(const Param& p, const Tensor& full) {
   Tensor local = Tensor::empty(p.value.shape(), full.dtype(), full.device());
-  copy_runs(p, local, full, false);
+  check_shape(full, logical_shape(p), "full logical tensor");
+  copy_runs(p.shard, local, full, false);
   return local;
 }
 
-void place_shard(const Param& p, const Tensor& local, Tensor& full) { copy_runs(p, local, full, true); }
+void place_shard(const Param& p, const Tensor& local, Tensor& full) {
+  check_shape(local, p.value.shape(), "local shard");
+  copy_runs(p.shard, local, full, true);
+}
+
+void take_shard(const ShardSpec& spec, const Tensor& full, Tensor& local) { copy_runs(spec, local, full, false); }
+void place_shard(const ShardSpec& spec, const Tensor& local, Tensor& full) { copy_runs(spec, local, full, true); }
 
 }  // namespace anvil

@@ -54,5 +54,9 @@ Shape logical_shape(const Param& p);
 Tensor take_shard(const Param& p, const Tensor& full);
 // Writes a local shard into its place in a full logical tensor (the inverse of take_shard).
 void place_shard(const Param& p, const Tensor& local, Tensor& full);
+// The same for any rank's shard spec (e.g. another tp rank's, when gathering a whole tensor):
+// `local` has the shard's shape, `full` the logical one; a replicated spec copies the whole tensor.
+void take_shard(const ShardSpec& spec, const Tensor& full, Tensor& local);
+void place_shard(const ShardSpec& spec, const Tensor& local, Tensor& full);
 
 }  // namespace anvil

@@ -4,7 +4,13 @@
 // then all_gathers the updated params. Checkpoint state is gathered back to every
 // param's full shape under AdamW's names, so sharded and unsharded runs read and
 // write the same files.
+//
+// It may own a subset of DataParallel's params (the rest belong to another optimizer,
+// e.g. DistributedOptimizer's matrix owners): its moments then cover only the subset's
+// segments of this rank's shard, packed without gaps or padding.
 #pragma once
+#include <unordered_set>
+
 #include "optim/adamw.h"
 #include "parallel/data_parallel.h"
 
@@ -13,21 +19,34 @@ namespace anvil {
 class ShardedAdamW : public Optimizer {
  public:
   // `dp` (zero_stage 1 or 2) must outlive this optimizer; its grads must be reduced
-  // (finish_grad_sync) and clipped before step().
+  // (finish_grad_sync) and clipped before step(). Owns every param of `dp`.
   ShardedAdamW(DataParallel& dp, const AdamWConfig& config);
+  // Owns only `params` (each must be one of dp's).
+  ShardedAdamW(DataParallel& dp, const AdamWConfig& config, const std::vector<Param*>& params);
   const char* name() const override { return "adamw"; }  // the same state, so the same checkpoints
+  // update_shard(lr), then dp.all_gather_params().
   void step(double lr) override;
-  std::vector<NamedTensor> state() override;  // collective: gathers full-shape moments
+  // One step on this rank's shard of the owned params only (no communication): for a caller
+  // that changes other params' shards too and all_gathers once.
+  void update_shard(double lr);
+  std::vector<NamedTensor> state() override;  // collective over dp: gathers full-shape moments
   void load_state(const std::vector<NamedTensor>& full) override;
   size_t state_bytes() override { return exp_avg_.nbytes() + exp_avg_sq_.nbytes(); }
   int64_t step_count() const override { return steps_; }
   void set_step_count(int64_t steps) override { steps_ = steps; }
 
  private:
+  // An owned param's piece of this rank's shard and where its moments live in exp_avg_.
+  struct Piece {
+    DataParallel::Segment segment;
+    int64_t moment_offset;
+  };
   DataParallel& dp_;
   AdamW decay_rule_;  // holds no state: only answers decay_for(param)
   AdamWConfig config_;
-  Tensor exp_avg_, exp_avg_sq_;  // this rank's shard space (DataParallel::shard_numel)
+  std::vector<Param*> params_;  // owned, in dp's registration order
+  std::vector<Piece> pieces_;
+  Tensor exp_avg_, exp_avg_sq_;  // the pieces' moments, packed
   int64_t steps_ = 0;
 };
 

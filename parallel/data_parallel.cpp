@@ -60,15 +60,23 @@ DataParallel::DataParallel(std::vector<Param*> trainable, Communicator& comm, co
 
   // This rank's shard of each bucket, cut at param boundaries (each piece keeps its
   // param's weight decay); padding belongs to no param and gets no segment.
-  const int me = comm.rank();
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const int bi = param_bucket_[k];
-    const Bucket& b = buckets_[bi];
-    const int64_t shard_begin = b.begin + me * b.shard, shard_end = shard_begin + b.shard;
-    const int64_t p_begin = param_offset_[k], p_end = p_begin + params_[k]->value.numel();
-    const int64_t lo = std::max(shard_begin, p_begin), hi = std::min(shard_end, p_end);
-    if (lo < hi) segments_.push_back({params_[k], bi, b.shard_base + (lo - shard_begin), lo - p_begin, hi - lo});
+  for (Param* p : params_) {
+    const Segment seg = segment_of(p, comm.rank());
+    if (seg.length > 0) segments_.push_back(seg);
   }
+}
+
+DataParallel::Segment DataParallel::segment_of(const Param* p, int rank) const {
+  const auto it = index_.find(p);
+  ANVIL_CHECK(it != index_.end(), "data parallelism: param ", p->name, " is not in the gradient buckets");
+  ANVIL_CHECK(rank >= 0 && rank < comm_.size(), "data parallelism: rank ", rank, " is outside [0, ", comm_.size(), ")");
+  const size_t k = it->second;
+  const int bi = param_bucket_[k];
+  const Bucket& b = buckets_[bi];
+  const int64_t shard_begin = b.begin + rank * b.shard, shard_end = shard_begin + b.shard;
+  const int64_t p_begin = param_offset_[k], p_end = p_begin + p->value.numel();
+  const int64_t lo = std::max(shard_begin, p_begin), hi = std::max(lo, std::min(shard_end, p_end));
+  return {params_[k], bi, b.shard_base + (lo - shard_begin), lo - p_begin, hi - lo};
 }
 
 DataParallel::~DataParallel() {

@@ -100,6 +100,9 @@ class DataParallel {
   // The flat offset of a param (its view starts there) and the segments of my shard.
   int64_t flat_offset(const Param* p) const;
   const std::vector<Segment>& segments() const { return segments_; }
+  // The piece of p that dp rank `rank`'s shard holds (length 0 when none; shard_offset is in
+  // that rank's shard space): for optimizers that move whole params between shard owners.
+  Segment segment_of(const Param* p, int rank) const;
 
   int64_t flat_numel() const { return flat_numel_; }
   int64_t shard_numel() const { return shard_numel_; }

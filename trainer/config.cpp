@@ -253,8 +253,6 @@ void parse_optimizer(const Section& s, OptimizerSection& o) {
   s.read("zero", o.zero);
   s.require(o.zero >= 0 && o.zero <= 2, "zero", "must be 0 (no sharding), 1 (optimizer state sharded over dp) or 2 "
             "(optimizer state and gradients sharded), got ", o.zero);
-  s.require(o.zero == 0 || o.name == "adamw", "zero", "ZeRO sharding is built for adamw; ", o.name,
-            " needs whole matrices per rank (not built yet) — use zero: 0 with ", o.name);
   o.adamw_lr_ratio = o.name == "muon" ? 0.015 : 1.0;
   s.read("adamw_lr_ratio", o.adamw_lr_ratio);
   s.require(o.adamw_lr_ratio > 0, "adamw_lr_ratio", "must be positive, got ", o.adamw_lr_ratio,

@@ -8,10 +8,13 @@
 
 namespace anvil {
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerSection& o, const std::vector<Param*>& trainable) {
-  if (o.name == "adamw") return std::make_unique<AdamW>(trainable, o.adamw);
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSection& o, const std::vector<Param*>& trainable,
+                                          const OptimizerLayout& layout) {
+  const bool distributed = layout.dp || layout.tp;
   MatrixOptimizerFactory matrix;
-  if (o.name == "muon") {
+  if (o.name == "adamw") {
+    if (!distributed) return std::make_unique<AdamW>(trainable, o.adamw);
+  } else if (o.name == "muon") {
     matrix = [&o](std::vector<Param*> ps) -> std::unique_ptr<Optimizer> { return std::make_unique<Muon>(ps, o.muon); };
   } else if (o.name == "soap") {
     matrix = [&o](std::vector<Param*> ps) -> std::unique_ptr<Optimizer> { return std::make_unique<Soap>(ps, o.soap); };
@@ -27,12 +30,30 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerSection& o, const std::
   h.routing.force_matrix = o.force_matrix;
   h.adamw = o.adamw;
   h.adamw_lr_ratio = o.adamw_lr_ratio;
+  if (distributed) return std::make_unique<DistributedOptimizer>(trainable, matrix, h, layout);
   return std::make_unique<HybridOptimizer>(trainable, matrix, h);
 }
 
 std::string describe_optimizer_groups(Optimizer& optimizer) {
-  auto* hybrid = dynamic_cast<HybridOptimizer*>(&optimizer);
-  return hybrid ? format_routing(hybrid->routing()) : "";
+  if (auto* hybrid = dynamic_cast<HybridOptimizer*>(&optimizer)) return format_routing(hybrid->routing());
+  if (auto* distributed = dynamic_cast<DistributedOptimizer*>(&optimizer)) {
+    const std::string routing = distributed->routing().empty() ? "" : format_routing(distributed->routing());
+    return routing + distributed->describe();
+  }
+  return "";
+}
+
+std::map<std::string, int64_t> optimizer_state_bytes_counters(Optimizer& optimizer) {
+  std::vector<int64_t> per_rank = {static_cast<int64_t>(optimizer.state_bytes())};
+  if (auto* distributed = dynamic_cast<DistributedOptimizer*>(&optimizer)) per_rank = distributed->state_bytes_per_rank();
+  std::map<std::string, int64_t> counters;
+  int64_t total = 0;
+  for (size_t k = 0; k < per_rank.size(); ++k) {
+    counters["optimizer.state_bytes.rank" + std::to_string(k)] = per_rank[k];
+    total += per_rank[k];
+  }
+  counters["optimizer.state_bytes.total"] = total;
+  return counters;
 }
 
 }  // namespace anvil

@@ -12,7 +12,6 @@
 #include "kernels/elementwise.h"
 #include "models/hf_convert.h"
 #include "optim/adamw.h"
-#include "optim/sharded_adamw.h"
 #include "optim/schedule.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer_factory.h"
@@ -150,8 +149,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) { dp_->grads_ready(ready); });
   }
   if (!inference) {
-    if (dp_ && dp_->zero_stage() > 0) optimizer_ = std::make_unique<ShardedAdamW>(*dp_, config_.optimizer.adamw);
-    else optimizer_ = make_optimizer(config_.optimizer, trainable_);
+    Communicator* tp = grid_ && grid_->size(Axis::TP) > 1 ? &grid_->comm(Axis::TP) : nullptr;
+    optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), tp});
   }
 
   const std::string resolved = to_yaml(config_);
@@ -269,6 +268,7 @@ std::string Trainer::save() {
   meta.run_config_yaml = to_yaml(config_);
   meta.model_config_json = config_.model.to_json().dump();
   meta.counters["optimizer.steps"] = optimizer_->step_count();
+  for (const auto& [key, bytes] : optimizer_state_bytes_counters(*optimizer_)) meta.counters[key] = bytes;
   // Every random draw is Philox keyed by (seed, purpose, step): seed and step are the whole RNG state.
   meta.counters["rng.seed"] = config_.run.seed;
   put_loader_state(meta, "data.train", train_loader_->state());

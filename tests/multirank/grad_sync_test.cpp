@@ -163,8 +163,12 @@ TEST_P(GradSyncStages, ShardedAdamWMatchesAdamWAndGathersItsState) {
     const auto a = ps[i]->value.to_vector(), b = ref[i]->value.to_vector();
     for (size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], 1e-6) << ps[i]->name << "[" << j << "]";
   }
-  // Per rank: a 1/dp share of the state (plus padding).
-  EXPECT_EQ(sharded.state_bytes(), static_cast<size_t>(2 * dp.shard_numel() * 4));
+  // Per rank: two moments for each element of its shard's params (padding holds none), and
+  // over the ranks exactly AdamW's state.
+  int64_t mine = 0;
+  for (const DataParallel::Segment& seg : dp.segments()) mine += seg.length;
+  EXPECT_EQ(sharded.state_bytes(), static_cast<size_t>(2 * mine * 4));
+  EXPECT_EQ(all_reduce_sum(*w, static_cast<int64_t>(sharded.state_bytes())), static_cast<int64_t>(adamw.state_bytes()));
   // Gathered state: AdamW's names and shapes, AdamW's values.
   const auto full = sharded.state(), expect = adamw.state();
   ASSERT_EQ(full.size(), expect.size());

@@ -435,8 +435,9 @@ TEST_F(RunConfigTest, OutOfRangeValuesAreRejected) {
     EXPECT_HAS(msg, c.expect1);
     if (!c.expect2.empty()) EXPECT_HAS(msg, c.expect2);
   }
-  // ZeRO shards element-wise; the matrix optimizers need whole matrices.
-  EXPECT_HAS(error(kMinimal, {"optimizer.name=muon", "optimizer.zero=1"}), "ZeRO sharding is built for adamw");
+  // Every optimizer runs under ZeRO (the matrix optimizers own whole matrices per dp rank).
+  for (const char* name : {"muon", "soap", "cosmos"})
+    EXPECT_EQ(load(kMinimal, {std::string("optimizer.name=") + name, "optimizer.zero=2"}).optimizer.zero, 2) << name;
   // The same mistake in the file points at its line.
   const std::string msg = error(std::string(kMinimal) + "optimizer:\n  lr: -1.0\n");
   EXPECT_HAS(msg, "config.yaml:14:7: optimizer.lr: must be positive, got -1");
