@@ -149,12 +149,12 @@ int run_train(const TrainArgs& a) {
 // `anvil topology`: where each rank landed, as the launcher and MPI see it. Without a
 // launcher (or with one rank) it prints this process's view; with several ranks it starts
 // MPI (through the file rendezvous where needed), so it also proves the ranks can talk.
-int run_topology() {
+int run_topology(bool local_only) {
   const LaunchInfo launch = launch_info();
   const char* omp = std::getenv("OMP_NUM_THREADS");
   const std::string mine = describe_launch(launch) + " | pid " + std::to_string(getpid()) + " | OMP_NUM_THREADS " +
                            (omp ? omp : "unset");
-  if (launch.size <= 1) {
+  if (launch.size <= 1 || local_only) {
     std::printf("%s\n", mine.c_str());
     return 0;
   }
@@ -395,7 +395,9 @@ int main(int argc, char** argv) {
   conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
                    "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo");
 
+  bool topo_local = false;
   auto* topo_cmd = app.add_subcommand("topology", "Print where each rank landed (run it under mpirun or srun)");
+  topo_cmd->add_flag("--local", topo_local, "Only this process's view from the launcher's variables (no MPI)");
 
   std::string plot_dir, plot_out;
   auto* plot_cmd = app.add_subcommand("plot", "Draw a run's loss, learning rate and throughput curves as a PNG");
@@ -423,7 +425,7 @@ int main(int argc, char** argv) {
     if (*gen_cmd) return run_generate(gen);
     if (*eval_cmd) return run_eval(ev);
     if (*conv_cmd) return run_convert(conv);
-    if (*topo_cmd) return run_topology();
+    if (*topo_cmd) return run_topology(topo_local);
     if (*plot_cmd) {
       std::printf("wrote %s\n", plot_run(plot_dir, plot_out).c_str());
       return 0;

@@ -172,6 +172,11 @@ Rendezvous rendezvous_join(const LaunchInfo& info, const std::string& dir_name, 
   deadline.stage("waiting for rank 0's server.uri");
   wait_for([&] { return fs::exists(dir / "server.uri"); });
   setenv("OMPI_MCA_pmix_server_uri", ("file:" + (dir / "server.uri").string()).c_str(), 1);
+  // Shared memory (vader) cannot reach a process of another job, and every rank here is its own
+  // job: a BTL list without tcp would leave the ranks unable to talk.
+  if (const char* btl = std::getenv("OMPI_MCA_btl"); btl && std::string(btl).find("tcp") == std::string::npos &&
+                                                      btl[0] != '^')
+    setenv("OMPI_MCA_btl", (std::string(btl) + ",tcp").c_str(), 1);
   deadline.stage("MPI_Init");
   init_singleton();
 

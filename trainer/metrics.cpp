@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "parallel/launch.h"
 #include "trainer/tensorboard.h"
 #include "trainer/trainer.h"
 
@@ -145,7 +146,9 @@ nlohmann::json number_or_null(double x) { return std::isfinite(x) ? nlohmann::js
 MetricsLogger::MetricsLogger(const RunConfig& config, bool writer, bool verbose, int64_t resume_step)
     : config_(config), writer_(writer), verbose_(verbose) {
   const std::string& mode = config.logging.progress;
-  progress_ = verbose && (mode == "always" || (mode == "auto" && isatty(STDOUT_FILENO)));
+  // mpirun hands every rank a pseudo-terminal even when its own output goes to a file: no redraws there.
+  const bool terminal = isatty(STDOUT_FILENO) && launch_info().launcher != Launcher::Mpirun;
+  progress_ = verbose && (mode == "always" || (mode == "auto" && terminal));
   peak_ = lookup_peak_flops(device_name(config.run.device), config.logging.peak_tflops);
   flops_per_token_ = training_flops_per_token(config.model, config.data.seq_len);
   world_ = static_cast<int>(config.parallel.world_size());
@@ -224,7 +227,7 @@ void MetricsLogger::step(const StepRecord& r) {
       line += buf;
     }
     if (world_ > 1 && r.rank_step_ms.size() > 1) {  // who is slow, and whether it is waiting on the others
-      line += " | ranks ms";
+      line += " | rank step/comm ms";
       for (size_t i = 0; i < r.rank_step_ms.size(); ++i) {
         std::snprintf(buf, sizeof buf, " %.0f/%.0f", r.rank_step_ms[i], r.rank_comm_ms[i]);
         line += buf;

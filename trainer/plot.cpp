@@ -109,7 +109,8 @@ void draw_line(Image& img, int x0, int y0, int x1, int y1, uint32_t color, int t
 std::string tick_label(double v) {
   char buf[32];
   const double a = std::fabs(v);
-  if (a != 0 && (a < 1e-2 || a >= 1e5)) std::snprintf(buf, sizeof buf, "%.2e", v);
+  if (a != 0 && (a < 1e-2 || a >= 1e7)) std::snprintf(buf, sizeof buf, "%.2e", v);
+  else if (a >= 1e4) std::snprintf(buf, sizeof buf, "%.0f", v);
   else std::snprintf(buf, sizeof buf, "%.4g", v);
   return buf;
 }
