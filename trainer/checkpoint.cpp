@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/checksum.h"
 #include "data/hdf5_util.h"
 
 namespace anvil {
@@ -14,6 +15,7 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kFix = "pick another checkpoint (or remove this one) and resume again";
+constexpr const char* kChecksumAttr = "crc32c";  // of the tensor's f32 bytes
 
 std::string step_dir_name(int64_t step) {
   char buf[32];
@@ -39,6 +41,8 @@ void write_tensor(const h5::Context& ctx, hid_t group, const std::string& name, 
   if (c.numel() > 0)
     ctx.check_status(H5Dwrite(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data()),
                      "write " + name);
+  // HDF5 checksums its metadata but not raw data: damaged bytes must not load silently.
+  h5::write_attr_int(ctx, set.get(), kChecksumAttr, crc32c(c.raw_data(), c.nbytes()));
 }
 
 // Errors about what a tensor holds carry their own fix, so they use a context without one.
@@ -64,7 +68,36 @@ void read_tensor(const h5::Context& file_ctx, hid_t group, const std::string& na
   if (buf.numel() > 0)
     file_ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.raw_data()),
                      "read " + name);
+  if (h5::has_attr(file_ctx, set.get(), kChecksumAttr) &&
+      h5::read_attr_int(file_ctx, set.get(), kChecksumAttr) != static_cast<int64_t>(crc32c(buf.raw_data(), buf.nbytes())))
+    ctx.fail(std::string(kind) + " '" + name + "' does not match its checksum — the file is corrupted; " + kFix);
   if (!buf.same_storage(into)) into.copy_(buf);
+}
+
+// Reads every tensor of group `name` and checks it against its checksum.
+void verify_group(const h5::Context& ctx, hid_t file, const char* name) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return;
+  h5::Id group(ctx.check(H5Gopen2(file, name, H5P_DEFAULT), std::string("open group ") + name), H5Gclose);
+  std::vector<std::string> names;
+  auto collect = [](hid_t, const char* n, const H5L_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->push_back(n);
+    return 0;
+  };
+  ctx.check_status(H5Literate(group.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect, &names),
+                   std::string("list ") + name);
+  for (const std::string& n : names) {
+    h5::Id set(ctx.check(H5Dopen2(group.get(), n.c_str(), H5P_DEFAULT), "open " + n), H5Dclose);
+    h5::Id space(ctx.check(H5Dget_space(set.get()), "dataspace of " + n), H5Sclose);
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    if (count < 0) ctx.fail("'" + n + "' has an invalid shape");
+    std::vector<float> data(static_cast<size_t>(count));
+    if (count > 0)
+      ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), "read " + n);
+    if (h5::has_attr(ctx, set.get(), kChecksumAttr) &&
+        h5::read_attr_int(ctx, set.get(), kChecksumAttr) !=
+            static_cast<int64_t>(crc32c(data.data(), data.size() * sizeof(float))))
+      ctx.fail(std::string(name) + "/" + n + " does not match its checksum (corrupted)");
+  }
 }
 
 CheckpointMeta read_meta(const h5::Context& ctx, hid_t file) {
@@ -182,6 +215,9 @@ std::string latest_checkpoint(const std::string& root) {
     try {
       auto f = open_checkpoint(dir.string());
       read_meta(f->ctx, f->file.get());
+      // Every tensor read back and checked: a checkpoint that would fail to load is skipped here.
+      verify_group(f->ctx, f->file.get(), "params");
+      verify_group(f->ctx, f->file.get(), "optimizer");
       return dir.string();
     } catch (const Error& e) {
       std::fprintf(stderr, "warning: skipping checkpoint %s: %s\n", dir.string().c_str(), e.what());

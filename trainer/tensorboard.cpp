@@ -7,24 +7,12 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/checksum.h"
 #include "core/error.h"
 
 namespace anvil {
 
 namespace {
-
-const std::array<uint32_t, 256>& crc_table() {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;  // reflected Castagnoli
-      t[i] = c;
-    }
-    return t;
-  }();
-  return table;
-}
 
 void put_varint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
@@ -55,14 +43,6 @@ double now_seconds() {
 }
 
 }  // namespace
-
-uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
-  const auto& t = crc_table();
-  const auto* p = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = t[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
 
 uint32_t masked_crc32c(const void* data, size_t n) {
   const uint32_t c = crc32c(data, n);

@@ -10,8 +10,7 @@
 
 namespace anvil {
 
-// CRC-32C (Castagnoli), as TFRecord uses it, and its masked form.
-uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
+// TFRecord's masked CRC-32C (core/checksum.h).
 uint32_t masked_crc32c(const void* data, size_t n);
 
 // The protobuf bytes of one scalar Event (exposed for tests).
