@@ -20,6 +20,7 @@ double from_bits(int64_t b) {
   return x;
 }
 std::string number(double x) {
+  if (std::isnan(x)) return "nan";
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4g", x);
   return buf;

@@ -160,6 +160,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     std::ofstream(fs::path(config_.run.out_dir) / "config.yaml") << resolved;
   }
 
+  guard_ = NumericsGuard(config_.guard);  // before restore(): the checkpoint carries its state
   std::string resume_from;
   if (config_.checkpoint.resume == "auto") resume_from = latest_checkpoint(config_.checkpoint.dir);
   else if (config_.checkpoint.resume != "none") resume_from = config_.checkpoint.resume;

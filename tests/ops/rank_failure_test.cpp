@@ -54,6 +54,10 @@ TEST(RankFailure, AKilledRankIsNamedAndTheSurvivorExitsWithin60Seconds) {
             0)
       << again;
   EXPECT_EQ(occurrences(again, "resumed from " + newest + " at step " + std::to_string(step)), 1) << again;
+  // metrics.jsonl was rewound to the checkpoint: the steps the killed run logged after it are not repeated.
+  const auto lines = step_lines(run.dir + "/run/metrics.jsonl");
+  ASSERT_EQ(lines.size(), static_cast<size_t>(step + 5));
+  for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(lines[i].step, static_cast<int64_t>(i + 1));
 }
 
 namespace {
