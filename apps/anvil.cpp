@@ -3,7 +3,10 @@
 // exits non-zero; nothing here aborts on bad input.
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +19,9 @@
 #include "eval/generate.h"
 #include "models/hf_convert.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/timed_communicator.h"
+#include "trainer/exit_codes.h"
+#include "trainer/plot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
 
@@ -105,22 +111,68 @@ int run_train(const TrainArgs& a) {
     return 1;
   }
   std::shared_ptr<Communicator> world;
-  if (launch.size > 1) world = MpiCommunicator::world();
+  // Timed, so every step reports each rank's time blocked in communication.
+  if (launch.size > 1) world = std::make_shared<TimedCommunicator>(MpiCommunicator::world());
+  int code = kExitOk;
   try {
     Trainer trainer(config, TrainerMode::Train, world);
     const double unigram = trainer.unigram_entropy();
     if (trainer.is_main_rank()) std::printf("unigram entropy of the training tokens: %.4f nats/token\n", unigram);
     trainer.train();
-    const double val = trainer.last_validation_loss();
-    if (!std::isnan(val) && trainer.is_main_rank())
-      std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n",
-                  val, std::exp(val), unigram, unigram - val);
+    switch (trainer.stop_reason()) {
+      case StopReason::Preempted:  // every rank agreed and the checkpoint is complete
+        if (trainer.is_main_rank()) std::printf("%s (exit code %d)\n", trainer.stop_message().c_str(), kExitPreempted);
+        code = kExitPreempted;
+        break;
+      case StopReason::NumericsGuard:  // every rank saw the same reduced values
+        if (trainer.is_main_rank()) std::fprintf(stderr, "error: %s\n", trainer.stop_message().c_str());
+        code = kExitNumerics;
+        break;
+      case StopReason::Finished: {
+        const double val = trainer.last_validation_loss();
+        if (!std::isnan(val) && trainer.is_main_rank())
+          std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n",
+                      val, std::exp(val), unigram, unigram - val);
+      }
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
   } catch (const std::exception& e) {
     if (!world) throw;
     std::fprintf(stderr, "error (rank %d of %d): %s\n", world->rank(), world->size(), e.what());
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    abort_job(1);
   }
+  return code;
+}
+
+// `anvil topology`: where each rank landed, as the launcher and MPI see it. Without a
+// launcher (or with one rank) it prints this process's view; with several ranks it starts
+// MPI (through the file rendezvous where needed), so it also proves the ranks can talk.
+int run_topology(bool local_only) {
+  const LaunchInfo launch = launch_info();
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  const std::string mine = describe_launch(launch) + " | pid " + std::to_string(getpid()) + " | OMP_NUM_THREADS " +
+                           (omp ? omp : "unset");
+  if (launch.size <= 1 || local_only) {
+    std::printf("%s\n", mine.c_str());
+    return 0;
+  }
+  auto world = MpiCommunicator::world();
+  ANVIL_CHECK(world->size() == launch.size, "the launcher says ", launch.size, " ranks but MPI joined ",
+              world->size(), " — under srun use --mpi=pmix, or --mpi=none with the file rendezvous (launch/README.md)");
+  constexpr int64_t kLine = 256;
+  Tensor line = Tensor::zeros({kLine}, DType::U8);
+  std::memcpy(line.raw_data(), mine.data(), std::min<size_t>(mine.size(), kLine - 1));
+  Tensor all = Tensor::zeros({kLine * world->size()}, DType::U8);
+  world->all_gather(line, all);
+  if (world->rank() == 0) {
+    std::printf("world: %d ranks, MPI rank = launcher rank on every one\n", world->size());
+    for (int r = 0; r < world->size(); ++r)
+      std::printf("  %s\n", reinterpret_cast<const char*>(all.data<uint8_t>()) + r * kLine);
+  }
+  std::fflush(stdout);
+  world->barrier();
   return 0;
 }
 
@@ -343,11 +395,20 @@ int main(int argc, char** argv) {
   conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
                    "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo");
 
+  bool topo_local = false;
+  auto* topo_cmd = app.add_subcommand("topology", "Print where each rank landed (run it under mpirun or srun)");
+  topo_cmd->add_flag("--local", topo_local, "Only this process's view from the launcher's variables (no MPI)");
+
+  std::string plot_dir, plot_out;
+  auto* plot_cmd = app.add_subcommand("plot", "Draw a run's loss, learning rate and throughput curves as a PNG");
+  plot_cmd->add_option("run_dir", plot_dir, "Run directory (holding metrics.jsonl)")->required();
+  plot_cmd->add_option("--output", plot_out, "PNG to write (default RUN_DIR/curves.png)");
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (const CLI::App* sub : app.get_subcommands({})) known = known || sub->get_name() == argv[1];
     if (!known) {
-      std::fprintf(stderr, "error: unknown command '%s' — use one of train, data, tokenizer, generate, eval, convert "
+      std::fprintf(stderr, "error: unknown command '%s' — use one of train, data, tokenizer, generate, eval, convert, plot, topology "
                    "(anvil --help)\n", argv[1]);
       return 2;
     }
@@ -364,6 +425,11 @@ int main(int argc, char** argv) {
     if (*gen_cmd) return run_generate(gen);
     if (*eval_cmd) return run_eval(ev);
     if (*conv_cmd) return run_convert(conv);
+    if (*topo_cmd) return run_topology(topo_local);
+    if (*plot_cmd) {
+      std::printf("wrote %s\n", plot_run(plot_dir, plot_out).c_str());
+      return 0;
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <string>
 
+#include "trainer/metrics.h"
 #include "core/rng.h"
 #include "kernels/matmul.h"
 #include "models/transformer.h"
@@ -26,15 +27,6 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 // Model FLOPs per token for forward+backward: 6 per matmul weight (2 fwd, 4 bwd)
 // plus causal attention 6 * L * T * C (QK^T and PV: 4*T*C fwd per token over the
 // full square, halved by the mask, times 3 for fwd+bwd).
-double flops_per_token(const ModelConfig& c, int64_t T) {
-  const double C = c.hidden_size, I = c.intermediate_size, L = c.num_hidden_layers;
-  const double D = c.resolved_head_dim(), H = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  const double attn_proj = C * (H + 2 * Hkv) * D + H * D * C;
-  const double mlp = (c.gated_mlp() ? 3 : 2) * C * I;
-  const double head = C * c.vocab_size;
-  return 6 * (L * (attn_proj + mlp) + head) + 6 * L * T * C;
-}
-
 double sgemm_gflops(int64_t m, int64_t n, int64_t k) {
   Tensor a = Tensor::empty({m, k}), b = Tensor::empty({n, k}), c = Tensor::empty({m, n});
   PhiloxStream(1, 1).fill_uniform(a, -1, 1);
@@ -102,7 +94,7 @@ int main(int argc, char** argv) {
   for (int64_t s = 0; s < steps; ++s) loss = train_step();
   const double elapsed = seconds_since(t0);
   const double tokens_per_s = static_cast<double>(batch * seq * steps) / elapsed;
-  const double gflops = tokens_per_s * flops_per_token(c, seq) / 1e9;
+  const double gflops = tokens_per_s * training_flops_per_token(c, seq) / 1e9;
   // The hot GEMM shape of this model: [B*T, C] x [C, 4C] (the MLP up-projection).
   const double peak = sgemm_gflops(batch * seq, c.intermediate_size, hidden);
   std::printf("anvil %s: %.2fM params, B=%ld T=%ld, %d threads, %ld steps, loss %.4f\n", family.c_str(),

@@ -2,6 +2,9 @@
 
 #include <climits>
 #include <cstdlib>
+#include <string>
+
+#include "parallel/rendezvous.h"
 
 namespace anvil {
 
@@ -69,37 +72,56 @@ class MpiHandle final : public CommHandle {
 
 }  // namespace
 
-LaunchInfo launch_info() {
-  const std::pair<const char*, const char*> vars[] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-                                                       {"PMI_RANK", "PMI_SIZE"},
-                                                       {"SLURM_PROCID", "SLURM_NTASKS"}};
-  for (const auto& [rank_var, size_var] : vars) {
-    const char* r = std::getenv(rank_var);
-    const char* n = std::getenv(size_var);
-    if (r && n) return {std::atoi(r), std::atoi(n), true};
-  }
-  return {};
+namespace {
+Rendezvous& joined() {
+  static Rendezvous r;
+  return r;
 }
+}  // namespace
 
 void ensure_mpi_initialized() {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) return;
-  int provided = 0;
-  check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "init");
+  const LaunchInfo launch = launch_info();
+  const char* mode = std::getenv("ANVIL_RENDEZVOUS");
+  const bool off = mode && std::string(mode) == "off";
+  if (launch.needs_rendezvous() && !off) {
+    const char* t = std::getenv("ANVIL_RENDEZVOUS_TIMEOUT");
+    const double timeout = t && std::atof(t) > 0 ? std::atof(t) : 120.0;
+    joined() = rendezvous_join(launch, rendezvous_dir(launch), timeout);
+  } else {
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "init");
+  }
   // Errors come back as codes so they become anvil::Errors instead of aborting.
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(world_comm(), MPI_ERRORS_RETURN);
   std::atexit([] {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) MPI_Finalize();
+    if (finalized) return;
+    if (joined().world != MPI_COMM_NULL) {
+      // Connected singletons hang in MPI_Finalize (rendezvous.h): leave without it.
+      rendezvous_cleanup(joined());
+      return;
+    }
+    MPI_Finalize();
   });
+}
+
+MPI_Comm world_comm() { return joined().world != MPI_COMM_NULL ? joined().world : MPI_COMM_WORLD; }
+
+void abort_job(int code) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Abort(world_comm(), code);
+  std::_Exit(code);
 }
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::world() {
   ensure_mpi_initialized();
   MPI_Comm dup;
-  check(MPI_Comm_dup(MPI_COMM_WORLD, &dup), "comm_dup");
+  check(MPI_Comm_dup(world_comm(), &dup), "comm_dup");
   return std::make_unique<MpiCommunicator>(dup);
 }
 

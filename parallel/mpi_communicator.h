@@ -3,26 +3,26 @@
 #include <mpi.h>
 
 #include "parallel/communicator.h"
+#include "parallel/launch.h"
 
 namespace anvil {
 
-// The rank and world size a launcher (mpirun, srun, hydra) gave this process, read
-// from its environment without initialising MPI: {0, 1, false} when started alone.
-// Lets every rank run the launch checks before any collective.
-struct LaunchInfo {
-  int rank = 0;
-  int size = 1;
-  bool launched = false;
-};
-LaunchInfo launch_info();
+// launch_info(): rank, size and layout from the launcher's environment (parallel/launch.h).
 
-// Initialises MPI once (thread level FUNNELED) and finalises it at exit. Works
-// under mpirun/srun and as a singleton without a launcher.
+// Initialises MPI once (thread level FUNNELED) and finalises it at exit. Works under
+// mpirun, srun with PMIx, srun without PMIx (the file rendezvous of parallel/rendezvous.h)
+// and as a singleton without a launcher.
 void ensure_mpi_initialized();
+
+// The job's world: MPI_COMM_WORLD, or the communicator the file rendezvous joined.
+MPI_Comm world_comm();
+
+// Ends the job on every rank after an error one rank met alone (MPI_Abort on the world).
+[[noreturn]] void abort_job(int code);
 
 class MpiCommunicator final : public Communicator {
  public:
-  // The world (a private duplicate of MPI_COMM_WORLD, so our traffic never mixes with a user's).
+  // The world (a private duplicate of world_comm(), so our traffic never mixes with a user's).
   static std::unique_ptr<MpiCommunicator> world();
   explicit MpiCommunicator(MPI_Comm comm);  // takes ownership
   ~MpiCommunicator() override;

@@ -8,6 +8,8 @@ packages=(
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   python3-torch python3-numpy python3-pip
+  zlib1g-dev
+  slurm-wlm slurmctld slurmd slurm-client munge
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -21,10 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # PyPI oracles for the python3 first on PATH (pyenv, which sees PyPI; tests/CMakeLists.txt
-# finds it as PYPI_PYTHON): Hugging Face tokenizers and safetensors. No sudo.
+# finds it as PYPI_PYTHON): Hugging Face tokenizers and safetensors, TensorBoard. No sudo.
 pypi=()
 python3 -c 'import tokenizers' >/dev/null 2>&1 || pypi+=(tokenizers==0.23.3)
 python3 -c 'import safetensors' >/dev/null 2>&1 || pypi+=(safetensors==0.8.0)
+# TensorBoard's own reader checks the event files anvil writes (tests/ops/tensorboard_test.cpp).
+python3 -c 'import tensorboard' >/dev/null 2>&1 || pypi+=(tensorboard==2.21.0)
 if [ ${#pypi[@]} -gt 0 ]; then
   echo "install_deps: installing ${pypi[*]} for $(command -v python3)"
   python3 -m pip install --quiet "${pypi[@]}"

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include <sstream>
 #include <typeinfo>
 
+#include "core/checksum.h"
 #include "data/hdf5_util.h"
 #include "parallel/collectives.h"
 #include "parallel/mpi_communicator.h"
@@ -19,6 +21,7 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kFix = "pick another checkpoint (or remove this one) and resume again";
+constexpr const char* kChecksumAttr = "crc32c";  // of the tensor's f32 bytes
 
 std::string step_dir_name(int64_t step) {
   char buf[32];
@@ -111,6 +114,10 @@ void read_slabs(const h5::Context& file_ctx, hid_t group, CheckpointTensor& t, c
     file_ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, m.get(), f.get(), H5P_DEFAULT, buf.raw_data()),
                           "read " + name);
   }
+  // A whole tensor is checked against its checksum here; a shard's slice cannot be (latest_checkpoint verifies whole files).
+  if (!t.shard.sharded() && h5::has_attr(file_ctx, set.get(), kChecksumAttr) &&
+      h5::read_attr_int(file_ctx, set.get(), kChecksumAttr) != static_cast<int64_t>(crc32c(buf.raw_data(), buf.nbytes())))
+    ctx.fail(std::string(kind) + " '" + name + "' does not match its checksum — the file is corrupted; " + kFix);
   if (!buf.same_storage(t.local)) t.local.copy_(buf);
 }
 
@@ -145,6 +152,55 @@ Catalog gather_catalog(const CheckpointContents& contents, Communicator* world) 
     }
   }
   return catalog;
+}
+
+// Reads every tensor of group `name` whole and hands it to `visit` with its dataset.
+void for_each_tensor(const h5::Context& ctx, hid_t file, const char* name,
+                     const std::function<void(const std::string&, hid_t, const std::vector<float>&)>& visit) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return;
+  h5::Id group(ctx.check(H5Gopen2(file, name, H5P_DEFAULT), std::string("open group ") + name), H5Gclose);
+  std::vector<std::string> names;
+  auto collect = [](hid_t, const char* n, const H5L_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->push_back(n);
+    return 0;
+  };
+  ctx.check_status(H5Literate(group.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect, &names),
+                   std::string("list ") + name);
+  for (const std::string& n : names) {
+    h5::Id set(ctx.check(H5Dopen2(group.get(), n.c_str(), H5P_DEFAULT), "open " + n), H5Dclose);
+    h5::Id space(ctx.check(H5Dget_space(set.get()), "dataspace of " + n), H5Sclose);
+    const hssize_t count = H5Sget_simple_extent_npoints(space.get());
+    if (count < 0) ctx.fail("'" + n + "' has an invalid shape");
+    std::vector<float> data(static_cast<size_t>(count));
+    if (count > 0)
+      ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), "read " + n);
+    visit(n, set.get(), data);
+  }
+}
+
+uint32_t checksum_of(const std::vector<float>& data) { return crc32c(data.data(), data.size() * sizeof(float)); }
+
+// Reads every tensor of group `name` and checks it against its checksum.
+void verify_group(const h5::Context& ctx, hid_t file, const char* name) {
+  for_each_tensor(ctx, file, name, [&](const std::string& n, hid_t set, const std::vector<float>& data) {
+    if (h5::has_attr(ctx, set, kChecksumAttr) &&
+        h5::read_attr_int(ctx, set, kChecksumAttr) != static_cast<int64_t>(checksum_of(data)))
+      ctx.fail(std::string(name) + "/" + n + " does not match its checksum (corrupted)");
+  });
+}
+
+// HDF5 checksums its metadata but not raw data, so damaged bytes must be caught by our own
+// CRC. The ranks wrote slabs of each tensor; the lead reads the finished file back and
+// records each whole tensor's checksum (this also proves every slab landed and reads back).
+void add_checksums(const std::string& path) {
+  h5::Quiet quiet;
+  const h5::Context ctx{"checkpoint", path, "check free disk space and write permission in checkpoint.dir"};
+  h5::Id file(ctx.check(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), "reopen to checksum"), H5Fclose);
+  for (const char* group : {"params", "optimizer"})
+    for_each_tensor(ctx, file.get(), group, [&](const std::string&, hid_t set, const std::vector<float>& data) {
+      h5::write_attr_int(ctx, set, kChecksumAttr, checksum_of(data));
+    });
+  if (!file.close()) ctx.fail("close failed (disk full?)");
 }
 
 CheckpointMeta read_meta(const h5::Context& ctx, hid_t file) {
@@ -277,8 +333,9 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
     ctx.check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush");
     if (!file.close()) ctx.fail("close failed (disk full?)");
   }
-  if (world) world->barrier();  // every rank's slabs are in the file before it becomes visible
+  if (world) world->barrier();  // every rank's slabs are in the file before it is checksummed
   if (lead) {
+    add_checksums(path);
     fs::remove_all(final_dir);  // a re-save of the same step replaces it
     fs::rename(temp_dir, final_dir);
     if (keep > 0) {
@@ -307,6 +364,9 @@ std::string latest_checkpoint(const std::string& root) {
     try {
       auto f = open_checkpoint(dir.string());
       read_meta(f->ctx, f->file.get());
+      // Every tensor read back and checked: a checkpoint that would fail to load is skipped here.
+      verify_group(f->ctx, f->file.get(), "params");
+      verify_group(f->ctx, f->file.get(), "optimizer");
       return dir.string();
     } catch (const Error& e) {
       std::fprintf(stderr, "warning: skipping checkpoint %s: %s\n", dir.string().c_str(), e.what());

@@ -64,7 +64,8 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
                             Optimizer* optimizer, int64_t keep);
 
 // The newest complete checkpoint directory under root, or "" if none. Directories
-// that are incomplete or unreadable are skipped with a warning on stderr.
+// that are incomplete, unreadable, truncated or corrupted (every tensor is read back and
+// checked against the CRC-32C stored with it) are skipped with a warning on stderr.
 std::string latest_checkpoint(const std::string& root);
 
 // Reads the metadata only (for `anvil generate`/`eval` to rebuild the model).

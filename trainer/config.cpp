@@ -100,6 +100,9 @@ void parse_run(const Section& s, const std::string& source, RunSection& run) {
 #endif
   s.read("threads", run.threads);
   s.require(run.threads >= 0, "threads", "must be >= 0 (0 = all cores), got ", run.threads);
+  s.read("peer_timeout", run.peer_timeout);
+  s.require(run.peer_timeout == 0 || run.peer_timeout >= 1, "peer_timeout",
+            "must be 0 (no watchdog) or at least 1 second, got ", run.peer_timeout);
 }
 
 void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
@@ -391,12 +394,31 @@ void parse_checkpoint(const Context& ctx, const Section& s, const RunSection& ru
                                             "fresh) or an existing checkpoint path"
                                           : "did you mean " + near + "? (auto | none | a checkpoint path)");
   }
+  s.read("on_preempt", c.on_preempt);
+}
+
+void parse_guard(const Section& s, GuardConfig& g) {
+  s.read_choice("on_nonfinite", g.on_nonfinite, {"skip", "stop"});
+  s.read_choice("on_spike", g.on_spike, {"skip", "stop"});
+  s.read("spike_zscore", g.spike_zscore);
+  s.require(g.spike_zscore == 0 || g.spike_zscore >= 1, "spike_zscore",
+            "must be 0 (no spike test) or at least 1 (standard deviations; 6 is a common choice), got ", g.spike_zscore);
+  s.read("spike_window", g.spike_window);
+  s.require(g.spike_window >= 2, "spike_window", "must be at least 2 steps, got ", g.spike_window);
+  s.read("max_consecutive_skips", g.max_consecutive_skips);
+  s.require(g.max_consecutive_skips >= 0, "max_consecutive_skips", "must be >= 0 (0 = no limit), got ",
+            g.max_consecutive_skips);
 }
 
 void parse_logging(const Section& s, LoggingSection& l) {
   s.read("every", l.every);
   s.require(l.every >= 1, "every", "must be at least 1 (log every N steps), got ", l.every);
   s.read("jsonl", l.jsonl);
+  s.read("tensorboard", l.tensorboard);
+  s.read_choice("progress", l.progress, {"auto", "always", "never"});
+  s.read("peak_tflops", l.peak_tflops);
+  s.require(l.peak_tflops >= 0, "peak_tflops", "must be >= 0 (0 = look the device up in the peak table), got ",
+            l.peak_tflops);
 }
 
 }  // namespace
@@ -416,6 +438,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_schedule(sections.at("schedule"), c.optimizer, c.training, c.schedule);
   parse_parallel(sections.at("parallel"), c.model, c.parallel);
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
+  parse_guard(sections.at("guard"), c.guard);
   parse_logging(sections.at("logging"), c.logging);
   return c;
 }

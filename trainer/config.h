@@ -3,7 +3,8 @@
 //
 // Sections and keys (defaults in brackets; trainer/README.md has an annotated example):
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda),
-//               threads [0 = all cores]
+//               threads [0 = all cores], peer_timeout [30] (seconds without a heartbeat before another rank
+//               counts as lost and the job stops with exit code 69; 0 = no watchdog)
 //   model:      config (a Hugging Face config.json, optional), type (gpt2|llama) [llama], vocab_size
 //               ("auto" or 0 = the tokenizer's), hidden_size, num_hidden_layers, num_attention_heads,
 //               num_key_value_heads [= num_attention_heads], head_dim [hidden_size / heads],
@@ -32,8 +33,14 @@
 //               size in MB), pp_schedule [1f1b] (1f1b | gpipe; training.grad_accum_steps micro-batches
 //               flow through the pipeline)
 //   checkpoint: dir ["" = <out_dir>/checkpoints], every [500; 0 = only at the end], keep [3; 0 = all],
-//               resume [auto] (auto | none | a checkpoint path)
-//   logging:    every [10], jsonl [true]
+//               resume [auto] (auto | none | a checkpoint path), on_preempt [true] (SIGTERM/SIGUSR1: finish
+//               the step, checkpoint, exit with code 75 so a batch script requeues; false = die at once)
+//   guard:      on_nonfinite [stop] (skip | stop: a NaN/inf loss or gradient norm), spike_zscore [0 = off],
+//               spike_window [100], on_spike [skip] (skip | stop), max_consecutive_skips [10; 0 = no limit]
+//               (trainer/numerics_guard.h; stopping exits with code 65)
+//   logging:    every [10], jsonl [true], tensorboard [true] (<out_dir>/tensorboard), progress [auto]
+//               (auto = a redrawn progress line when stdout is a terminal | always | never), peak_tflops
+//               [0 = the device table; MFU is 'unknown' for devices it lacks]
 //
 // Paths. Input files (model.config, data.train, tokenizer.path, checkpoint.resume) written in the YAML
 // file are resolved relative to the YAML file's directory, so a config works from any working directory.
@@ -60,6 +67,7 @@
 #include "optim/muon.h"
 #include "optim/soap.h"
 #include "optim/schedule.h"
+#include "trainer/numerics_guard.h"
 
 namespace anvil {
 
@@ -69,6 +77,7 @@ struct RunSection {
   int64_t seed = 1234;         // >= 0
   std::string device = "cpu";  // cpu | cuda
   int64_t threads = 0;         // 0 = all cores
+  double peer_timeout = 30;    // seconds; 0 = no peer watchdog
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
@@ -132,11 +141,15 @@ struct CheckpointSection {
   int64_t every = 500;          // steps between checkpoints; 0 = only at the end
   int64_t keep = 3;             // newest checkpoints kept; 0 = keep all
   std::string resume = "auto";  // "auto" (newest in dir, if any) | "none" | an absolute path
+  bool on_preempt = true;       // SIGTERM/SIGUSR1 -> checkpoint and exit 75
 };
 
 struct LoggingSection {
   int64_t every = 10;  // steps between log lines
   bool jsonl = true;   // also write <out_dir>/metrics.jsonl
+  bool tensorboard = true;       // event files in <out_dir>/tensorboard
+  std::string progress = "auto";  // auto | always | never
+  double peak_tflops = 0;        // per device; 0 = the table in trainer/metrics.cpp
 };
 
 struct RunConfig {
@@ -149,6 +162,7 @@ struct RunConfig {
   TrainingSection training;
   ParallelSection parallel;
   CheckpointSection checkpoint;
+  GuardConfig guard;
   LoggingSection logging;
 
   std::string source;  // the YAML file it was loaded from (for messages; not a setting)

@@ -60,6 +60,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("seed", c.run.seed);
   string("device", c.run.device, "cpu | cuda");
   integer("threads", c.run.threads, "0 = all cores");
+  real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 
   section = "model";
   const ModelSection& m = c.model;
@@ -161,10 +162,21 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("every", c.checkpoint.every, "0 = only at the end");
   integer("keep", c.checkpoint.keep, "0 = keep all");
   string("resume", c.checkpoint.resume, "auto | none | a checkpoint path");
+  boolean("on_preempt", c.checkpoint.on_preempt);
+
+  section = "guard";
+  string("on_nonfinite", c.guard.on_nonfinite, "skip | stop");
+  real("spike_zscore", c.guard.spike_zscore, "0 = off");
+  integer("spike_window", c.guard.spike_window);
+  string("on_spike", c.guard.on_spike, "skip | stop");
+  integer("max_consecutive_skips", c.guard.max_consecutive_skips, "0 = no limit");
 
   section = "logging";
   integer("every", c.logging.every);
   boolean("jsonl", c.logging.jsonl);
+  boolean("tensorboard", c.logging.tensorboard);
+  string("progress", c.logging.progress, "auto | always | never");
+  real("peak_tflops", c.logging.peak_tflops, "0 = the device table");
   return f;
 }
 

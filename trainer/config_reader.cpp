@@ -15,7 +15,7 @@ namespace anvil {
 
 const std::vector<ConfigSectionKeys>& run_config_schema() {
   static const std::vector<ConfigSectionKeys> schema = {
-      {"run", {"name", "out_dir", "seed", "device", "threads"}},
+      {"run", {"name", "out_dir", "seed", "device", "threads", "peer_timeout"}},
       {"model",
        {"config", "init_from", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "rope_theta", "norm_eps",
@@ -33,8 +33,9 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
        {"steps", "micro_batch_size", "grad_accum_steps", "trainable", "eval_every", "eval_batches", "sample_every",
         "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "sample_top_p", "ignore_index"}},
       {"parallel", {"dp", "tp", "pp", "sp", "bucket_mb", "pp_schedule"}},
-      {"checkpoint", {"dir", "every", "keep", "resume"}},
-      {"logging", {"every", "jsonl"}},
+      {"checkpoint", {"dir", "every", "keep", "resume", "on_preempt"}},
+      {"guard", {"on_nonfinite", "spike_zscore", "spike_window", "on_spike", "max_consecutive_skips"}},
+      {"logging", {"every", "jsonl", "tensorboard", "progress", "peak_tflops"}},
   };
   return schema;
 }

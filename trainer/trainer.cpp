@@ -13,7 +13,10 @@
 #include "models/hf_convert.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "parallel/timed_communicator.h"
 #include "trainer/checkpoint.h"
+#include "trainer/exit_codes.h"
+#include "trainer/preemption.h"
 #include "trainer/optimizer_factory.h"
 
 namespace anvil {
@@ -159,13 +162,18 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     std::ofstream(fs::path(config_.run.out_dir) / "config.yaml") << resolved;
   }
 
+  guard_ = NumericsGuard(config_.guard);  // before restore(): the checkpoint carries its state
   std::string resume_from;
   if (config_.checkpoint.resume == "auto") resume_from = latest_checkpoint(config_.checkpoint.dir);
   else if (config_.checkpoint.resume != "none") resume_from = config_.checkpoint.resume;
   if (!resume_from.empty()) restore(resume_from);
 
-  if (config_.logging.jsonl && !inference && main_rank_)
-    metrics_.open(fs::path(config_.run.out_dir) / "metrics.jsonl", step_ > 0 ? std::ios::app : std::ios::trunc);
+  if (!inference) {
+    metrics_ = std::make_unique<MetricsLogger>(config_, main_rank_, verbose_, step_);
+    if (world_ && world_->size() > 1 && config_.run.peer_timeout > 0)
+      watchdog_ = std::make_unique<PeerWatchdog>(*world_, (fs::path(config_.run.out_dir) / ".ranks").string(),
+                                                 config_.run.peer_timeout, kExitPeerLost);
+  }
 
   if (verbose_) {
     int64_t n_params = 0, n_trainable = 0;
@@ -189,6 +197,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
                   "rank; global batch %ld sequences\n", long(config_.parallel.dp), long(config_.optimizer.zero),
                   dp_->buckets().size(), config_.parallel.bucket_mb,
                   long(config_.training.micro_batch_size * config_.training.grad_accum_steps * config_.parallel.dp));
+    std::printf("%s\n", metrics_->peak().describe().c_str());
     if (step_ > 0) std::printf("resumed from %s at step %ld\n", resume_from.c_str(), long(step_));
     std::fflush(stdout);
   }
@@ -257,6 +266,7 @@ void Trainer::restore(const std::string& dir) {
   step_ = meta.step;
   if (!optimizer_) return;  // inference: params are all it needs
   optimizer_->load_state(state);
+  guard_.restore(meta.counters);
   auto it = meta.counters.find("optimizer.steps");
   optimizer_->set_step_count(it == meta.counters.end() ? meta.step : it->second);
   train_loader_->restore(get_loader_state(meta, "data.train", dir));
@@ -272,6 +282,7 @@ std::string Trainer::save() {
   // Every random draw is Philox keyed by (seed, purpose, step): seed and step are the whole RNG state.
   meta.counters["rng.seed"] = config_.run.seed;
   put_loader_state(meta, "data.train", train_loader_->state());
+  guard_.save(meta.counters);
   meta.optimizer_name = optimizer_->name();
   const std::vector<NamedTensor> state = optimizer_->state();  // under ZeRO: gathered over dp, collectively
   const std::string dir = save_checkpoint(config_.checkpoint.dir, meta, checkpoint_contents(state),
@@ -281,6 +292,8 @@ std::string Trainer::save() {
 
 StepRecord Trainer::train_step() {
   const auto t0 = Clock::now();
+  const CommClock* clock = world_ ? comm_clock(world_.get()) : nullptr;
+  const double comm0 = clock ? clock->seconds : 0;
   cpu_allocator().reset_peak();
   model_->zero_grad();
   const int64_t accum = config_.training.grad_accum_steps;
@@ -309,56 +322,75 @@ StepRecord Trainer::train_step() {
   }
   r.grad_norm = clip_gradients();
   r.lr = learning_rate(config_.schedule, step_);
-  optimizer_->step(r.lr);
+  r.loss = loss_sum / static_cast<double>(accum);
+  // On reduced values only, so every rank reaches the same verdict.
+  const GuardDecision verdict = guard_.check(step_ + 1, r.loss, r.grad_norm);
+  if (verdict.verdict == GuardVerdict::Stop) {
+    stop_reason_ = StopReason::NumericsGuard;
+    stop_message_ = "numerics guard stopped the run at step " + std::to_string(step_ + 1) + ": " + verdict.reason +
+                    " — the step was not applied and the newest checkpoint is untouched; lower optimizer.lr or "
+                    "raise optimizer.grad_clip, or let the guard skip such steps (guard.on_nonfinite / guard.on_spike: "
+                    "skip)";
+    return r;
+  }
+  r.skipped = verdict.verdict == GuardVerdict::Skip;
+  r.guard_reason = verdict.reason;
+  r.skipped_total = guard_.skipped_total();
+  if (!r.skipped) optimizer_->step(r.lr);
   ++step_;
   r.step = step_;
-  r.loss = loss_sum / static_cast<double>(accum);
   r.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   r.tokens_per_s = static_cast<double>(config_.tokens_per_step()) / (r.ms / 1e3);  // the global batch
   r.peak_mb = cpu_allocator().stats().peak_bytes / 1e6;
+  r.comm_ms = clock ? (clock->seconds - comm0) * 1e3 : 0;
   return r;
 }
 
-void Trainer::log(const StepRecord& r) {
-  if (metrics_.is_open()) {
-    nlohmann::json j = {{"step", r.step},           {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                        {"tokens_per_s", r.tokens_per_s}, {"ms", r.ms},    {"peak_mb", r.peak_mb}};
-    metrics_ << j.dump() << "\n";
-    metrics_.flush();
-  }
-  if (verbose_ && (r.step % config_.logging.every == 0 || r.step == config_.training.steps || r.step == 1)) {
-    std::printf("step %6ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | %7.1f ms | peak %.0f MB\n",
-                long(r.step), long(config_.training.steps), r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.ms,
-                r.peak_mb);
-    std::fflush(stdout);
-  }
-}
+void Trainer::log(const StepRecord& r) { metrics_->step(r); }
 
 void Trainer::train(int64_t stop_at_step) {
   ANVIL_CHECK(optimizer_ != nullptr, "this Trainer was built for inference; it cannot train");
   const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, config_.training.steps) : config_.training.steps;
   const TrainingSection& t = config_.training;
   const int64_t first_step = step_;
+  stop_reason_ = StopReason::Finished;
+  if (config_.checkpoint.on_preempt) install_preemption_handlers();
+  bool preempted = false;
   while (step_ < last) {
-    const StepRecord r = train_step();
+    StepRecord r = train_step();
+    if (stop_reason_ == StopReason::NumericsGuard) return;  // every rank saw the same reduced values
+    // Any rank's signal stops every rank after this same step (a signal may reach one rank only).
+    const StepSync sync = sync_step(world_.get(), preemption_signal() != 0, r.ms, r.comm_ms);
+    r.rank_step_ms = sync.step_ms;
+    r.rank_comm_ms = sync.comm_ms;
     history_.push_back(r);
     log(r);
     const bool final_step = step_ == config_.training.steps;
     if (valid_loader_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || final_step)) {
       const double val = evaluate(t.eval_batches);
       last_val_loss_ = val;
-      if (metrics_.is_open()) metrics_ << nlohmann::json{{"step", step_}, {"val_loss", val}}.dump() << "\n";
-      if (verbose_) std::printf("step %6ld | validation loss %.4f | perplexity %.2f\n", long(step_), val, std::exp(val));
+      metrics_->validation(step_, val);
     }
     // KV-cached decoding runs on one unsplit model; a split one is sampled after conversion.
     const bool can_sample = model_->tensor_parallel() == nullptr;
     if (t.sample_every > 0 && (step_ % t.sample_every == 0 || final_step) && verbose_ && can_sample)
-      std::printf("sample: %s\n", sample(t.sample_prompt, t.sample_tokens).c_str());
+      metrics_->print("sample: " + sample(t.sample_prompt, t.sample_tokens));
+    if (sync.stop && config_.checkpoint.on_preempt) {
+      preempted = true;
+      break;
+    }
     if (config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0 && step_ < last) save();
   }
-  if (step_ == first_step) return;  // nothing trained (already at the final step): keep the checkpoint as it is
+  if (step_ == first_step && !preempted) return;  // nothing trained (already at the final step): keep the checkpoint
   const std::string dir = save();
-  if (verbose_) std::printf("checkpoint: %s\n", dir.c_str());
+  if (preempted) {
+    stop_reason_ = StopReason::Preempted;
+    const int sig = preemption_signal();
+    stop_message_ = std::string("preempted (") + (sig ? signal_name(sig) : "a signal on another rank") +
+                    ") after step " + std::to_string(step_) + ": checkpoint " + dir +
+                    " written; run the same command again to resume";
+  }
+  if (verbose_) metrics_->print("checkpoint: " + dir);
   std::fflush(stdout);
 }
 

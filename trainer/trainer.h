@@ -33,7 +33,10 @@
 #include "parallel/data_parallel.h"
 #include "parallel/grid.h"
 #include "trainer/checkpoint.h"
+#include "parallel/peer_watchdog.h"
 #include "trainer/config.h"
+#include "trainer/metrics.h"
+#include "trainer/numerics_guard.h"
 
 namespace anvil {
 
@@ -50,7 +53,15 @@ struct StepRecord {
   double tokens_per_s = 0;
   double ms = 0;
   double peak_mb = 0;  // host allocator high-water mark
+  bool skipped = false;       // the numerics guard skipped the update (trainer/numerics_guard.h)
+  std::string guard_reason;   // why it skipped
+  int64_t skipped_total = 0;  // steps skipped so far in the run
+  double comm_ms = 0;         // this rank's time blocked in communication during the step
+  std::vector<double> rank_step_ms, rank_comm_ms;  // every world rank's (after the step's sync)
 };
+
+// Why train() returned.
+enum class StopReason { Finished, Preempted, NumericsGuard };
 
 // Train: writes the run directory and restores optimizer state. Inference (eval,
 // generate): restores params only, writes nothing, prints nothing. Quiet: Train
@@ -90,6 +101,11 @@ class Trainer {
   Optimizer& optimizer() { return *optimizer_; }
   DataParallel* data_parallel() { return dp_.get(); }  // null unless dp > 1
   bool is_main_rank() const { return main_rank_; }
+  // Why the last train() returned, and for a stop, the message (preemption: the signal and
+  // the checkpoint; numerics guard: the step and the reason).
+  StopReason stop_reason() const { return stop_reason_; }
+  const std::string& stop_message() const { return stop_message_; }
+  const NumericsGuard& numerics_guard() const { return guard_; }
 
  private:
   StepRecord train_step();
@@ -120,7 +136,11 @@ class Trainer {
   int64_t step_ = 0;
   double last_val_loss_ = std::nan("");
   std::vector<StepRecord> history_;
-  std::ofstream metrics_;
+  NumericsGuard guard_;
+  std::unique_ptr<MetricsLogger> metrics_;
+  std::unique_ptr<PeerWatchdog> watchdog_;
+  StopReason stop_reason_ = StopReason::Finished;
+  std::string stop_message_;
 };
 
 }  // namespace anvil
