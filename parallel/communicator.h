@@ -66,6 +66,10 @@ class Communicator {
   // A new communicator of the ranks sharing `color`, ordered by `key` (MPI_Comm_split).
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
 
+  // The backend communicator doing the work: this one, or the one a wrapper (timing,
+  // say) forwards to. Code that needs the backend's own handle (MPI-IO) looks here.
+  virtual Communicator& backend() { return *this; }
+
   // Bytes this rank handed to collectives and sends since construction (payload
   // sizes, not what the algorithm moved on the wire): for the comm benchmarks.
   size_t payload_bytes() const { return payload_bytes_; }

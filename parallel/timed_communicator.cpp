@@ -27,6 +27,7 @@ class TimedHandle final : public CommHandle {
     Timed t(*clock_);
     inner_->wait();
   }
+  bool test() override { return inner_->test(); }
 
  private:
   std::unique_ptr<CommHandle> inner_;
@@ -100,6 +101,17 @@ void TimedCommunicator::recv(Tensor& t, int src, int tag) {
 void TimedCommunicator::barrier() {
   Timed timed(*clock_);
   inner_->barrier();
+}
+
+std::unique_ptr<CommHandle> TimedCommunicator::isend(const Tensor& t, int dst, int tag) {
+  count_payload(t.nbytes());
+  Timed timed(*clock_);
+  return std::make_unique<TimedHandle>(inner_->isend(t, dst, tag), clock_);
+}
+
+std::unique_ptr<CommHandle> TimedCommunicator::irecv(Tensor& t, int src, int tag) {
+  Timed timed(*clock_);
+  return std::make_unique<TimedHandle>(inner_->irecv(t, src, tag), clock_);
 }
 
 std::unique_ptr<Communicator> TimedCommunicator::split(int color, int key) const {

@@ -35,7 +35,10 @@ class TimedCommunicator final : public Communicator {
   void send(const Tensor& t, int dst, int tag) override;
   void recv(Tensor& t, int src, int tag) override;
   void barrier() override;
+  std::unique_ptr<CommHandle> isend(const Tensor& t, int dst, int tag) override;
+  std::unique_ptr<CommHandle> irecv(Tensor& t, int src, int tag) override;
   std::unique_ptr<Communicator> split(int color, int key) const override;
+  Communicator& backend() override { return inner_->backend(); }
 
  private:
   std::shared_ptr<Communicator> inner_;

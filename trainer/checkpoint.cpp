@@ -6,7 +6,6 @@
 #include <functional>
 
 #include <sstream>
-#include <typeinfo>
 
 #include "core/checksum.h"
 #include "data/hdf5_util.h"
@@ -295,9 +294,9 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
     const h5::Context ctx{"checkpoint", path, "check free disk space and write permission in checkpoint.dir"};
     h5::Id access(ctx.check(H5Pcreate(H5P_FILE_ACCESS), "file access list"), H5Pclose);
     if (world) {
-      auto* mpi = dynamic_cast<MpiCommunicator*>(world);
+      auto* mpi = dynamic_cast<MpiCommunicator*>(&world->backend());
       ANVIL_CHECK(mpi != nullptr, "checkpoint: parallel HDF5 needs the MPI communicator of the job (MPI-IO); "
-                  "pass the MPI world, not a ", typeid(*world).name());
+                  "pass the MPI world (or a wrapper of it), not another backend");
       ctx.check_status(H5Pset_fapl_mpio(access.get(), mpi->handle(), MPI_INFO_NULL), "use MPI-IO");
     }
     // Collective from here on: every rank creates the same groups, datasets and attributes.
