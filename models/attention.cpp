@@ -9,9 +9,11 @@
 
 namespace anvil {
 
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta) {
+std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+                                                   const RopeScaling& scaling) {
   auto tables = std::make_shared<RopeTables>();
-  kernels::rope_tables(kernels::rope_inv_freq(head_dim, theta), max_positions, tables->cos, tables->sin);
+  kernels::rope_tables(scaling.apply(kernels::rope_inv_freq(head_dim, theta)), max_positions, tables->cos,
+                       tables->sin);
   return tables;
 }
 
@@ -51,7 +53,7 @@ Attention::Attention(const std::string& prefix, const AttentionShape& shape, Pro
     : shape_(local_shape(prefix, shape, tp)),
       projection_(projection),
       rope_(std::move(rope)),
-      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.bias, tp) {
+      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.out_bias, tp) {
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
     // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
@@ -85,7 +87,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
   }
   Tensor attn = Tensor::empty({B, T, H, D});
   Tensor lse = Tensor::empty({B, H, T});
-  kernels::attention_forward(q, k, v, 1.0f / std::sqrt(static_cast<float>(D)), 0, attn, lse);
+  kernels::attention_forward(q, k, v, 1.0f / std::sqrt(static_cast<float>(D)), 0, attn, lse, shape_.window);
   c["q"] = q;
   c["k"] = k;
   c["v"] = v;
@@ -125,7 +127,7 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
   Tensor attn = Tensor::empty({B, T, H, D});
   Tensor lse = Tensor::empty({B, H, T});  // required by the kernel; scratch here
   kernels::attention_forward(q, kv.k.slice(1, 0, end), kv.v.slice(1, 0, end), 1.0f / std::sqrt(static_cast<float>(D)),
-                             start_pos, attn, lse);
+                             start_pos, attn, lse, shape_.window);
   return out_.infer(attn.view({B, T, H * D}));
 }
 
@@ -146,7 +148,7 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     dv = Tensor::empty({B, T, Hkv, D});
   }
   kernels::attention_backward(dattn, q, k, v, c.get("attn"), c.get("lse"), 1.0f / std::sqrt(static_cast<float>(D)),
-                              0, dq, dk, dv);
+                              0, dq, dk, dv, shape_.window);
   c.clear_own();  // q/k/v/attn are no longer needed; free them before the projections' backward
   if (rope_) {
     kernels::rope_backward(dq, rope_->cos, rope_->sin, 0);

@@ -14,14 +14,18 @@ struct RopeTables {
   Tensor cos;  // [max_positions, head_dim / 2]
   Tensor sin;
 };
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta);
+// `scaling` rescales the inverse frequencies first (config.json's rope_scaling).
+std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+                                                   const RopeScaling& scaling = {});
 
 struct AttentionShape {
   int64_t hidden = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
-  bool bias = false;
+  bool bias = false;       // on q/k/v (c_attn)
+  bool out_bias = false;   // on o_proj (c_proj)
+  int64_t window = 0;      // sliding window: a query sees the last `window` positions; 0 = all
 };
 
 class Attention : public Module {

@@ -53,7 +53,8 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   Communicator* tp = layout.tp;
   const bool gpt2 = is_gpt2(config);
   if (gpt2) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
-  else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
+  else rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta,
+                                config.rope_scaling);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
     blocks_.push_back(std::make_unique<TransformerBlock>(
         (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp));

@@ -8,6 +8,7 @@ packages=(
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   python3-torch python3-numpy python3-pip
+  clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz)
 )
 missing=()
 for p in "${packages[@]}"; do
