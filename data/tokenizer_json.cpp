@@ -77,7 +77,7 @@ Tokenizer Tokenizer::parse_json(const std::string& text, const std::string& orig
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (found by fuzzing)
     ANVIL_FAIL(where, ": not valid JSON (", e.what(), ") — the file is truncated or not a tokenizer.json");
   }
   try {

@@ -9,14 +9,18 @@
 
 namespace anvil::fuzz {
 
+// Never destroyed (the exit handler that removes the directory runs after static destructors).
 inline const std::string& scratch_dir() {
-  static const std::string dir = [] {
-    std::string pattern = (std::filesystem::temp_directory_path() / "anvil_fuzz_XXXXXX").string();
-    if (!mkdtemp(pattern.data())) std::abort();
-    std::atexit([] { std::filesystem::remove_all(scratch_dir()); });
-    return pattern;
+  static const std::string* dir = [] {
+    auto* path = new std::string((std::filesystem::temp_directory_path() / "anvil_fuzz_XXXXXX").string());
+    if (!mkdtemp(path->data())) std::abort();
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(scratch_dir(), ec);
+    });
+    return path;
   }();
-  return dir;
+  return *dir;
 }
 
 inline void write_bytes(const std::string& path, const uint8_t* data, size_t size) {

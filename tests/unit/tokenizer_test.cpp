@@ -288,6 +288,18 @@ TEST(TokenizerJson, MalformedFilesGiveErrorsNamingTheField) {
       EXPECT_MENTIONS(std::string(e.what()), "not valid JSON");
     }
   }
+  {  // a number beyond double: nlohmann throws out_of_range, not parse_error (found by the fuzzer)
+    const std::string path = ::testing::TempDir() + "number_overflow.json";
+    std::ofstream(path) << "{\"version\": 1e999}";
+    std::string msg = "(no error)";
+    try {
+      Tokenizer::load(path);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    EXPECT_MENTIONS(msg, "number_overflow.json");
+    EXPECT_MENTIONS(msg, "not valid JSON");
+  }
   nlohmann::json j;
   j = small_json(), j["model"]["type"] = "WordPiece";
   EXPECT_MENTIONS(load_error(j), "model.type");
