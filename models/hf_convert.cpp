@@ -79,12 +79,14 @@ ModelConfig read_hf_config(const std::string& dir_or_file) {
   return hf_config_from_json(j, path);
 }
 
+namespace {
 const char* hf_architecture(const std::string& model_type) {
   if (model_type == "gpt2") return "GPT2LMHeadModel";
   if (model_type == "qwen2") return "Qwen2ForCausalLM";
   if (model_type == "mistral") return "MistralForCausalLM";
   return "LlamaForCausalLM";
 }
+}  // namespace
 
 nlohmann::json hf_config_json(const ModelConfig& config, std::optional<int32_t> eos_token_id) {
   nlohmann::json j = config.to_json();
