@@ -285,6 +285,8 @@ int convert_from_hf(const std::string& hf_dir, const std::string& out, const std
   model_fields["attention_bias"] = mc.attention_bias;
   model_fields["mlp_bias"] = mc.mlp_bias;
   model_fields["hidden_act"] = mc.hidden_act;
+  model_fields["rope_scaling"] = mc.rope_scaling.to_json();
+  model_fields["sliding_window"] = mc.sliding_window;
   const std::string name = fs::path(root).filename().string();
   const nlohmann::json run = {{"name", name.empty() ? "converted" : name}, {"out_dir", root}};
   const std::string yaml = "run: " + run.dump() + "\nmodel: " + model_fields.dump() +
@@ -317,7 +319,7 @@ int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
   if (fs::is_regular_file(cfg.tokenizer.path)) tok = std::make_unique<Tokenizer>(Tokenizer::load(cfg.tokenizer.path));
   save_hf(model, tok.get(), hf_dir);
   std::printf("wrote %s (config.json, model.safetensors%s) from %s\n", hf_dir.c_str(),
-              tok ? ", tokenizer.json" : "", dir.c_str());
+              tok ? ", tokenizer.json, tokenizer_config.json" : "", dir.c_str());
   return 0;
 }
 

@@ -1,7 +1,9 @@
 // Tokenizer <-> Hugging Face tokenizer.json. Writing produces what tokenizers
 // saves for a ByteLevel BPE (pre-tokenizer, decoder and post-processor ByteLevel;
-// merges in the ["a", "b"] form); reading accepts both merge forms and checks every
-// field anvil relies on, throwing anvil::Error that names the file and the field.
+// merges in the "a b" form that every tokenizers version reads, 0.15 included, or the
+// ["a", "b"] form of tokenizers >= 0.20 when a merged token holds a space); reading
+// accepts both merge forms and checks every field anvil relies on, throwing
+// anvil::Error that names the file and the field.
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -75,7 +77,7 @@ Tokenizer Tokenizer::parse_json(const std::string& text, const std::string& orig
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (found by fuzzing)
     ANVIL_FAIL(where, ": not valid JSON (", e.what(), ") — the file is truncated or not a tokenizer.json");
   }
   try {
@@ -267,10 +269,16 @@ std::string Tokenizer::to_json() const {
     out += str(tokens_[id]) + ": " + std::to_string(id);
   }
   out += tokens_.empty() ? "},\n" : "\n    },\n";
+  // "a b" is ambiguous only when a token holds a space (byte-level tokens spell it 'Ġ').
+  bool spaced = false;
+  for (const Merge& m : merges_)
+    spaced = spaced || tokens_[m.left].find(' ') != std::string::npos || tokens_[m.right].find(' ') != std::string::npos;
   out += "    \"merges\": [";
   for (size_t r = 0; r < merges_.size(); ++r) {
-    out += r ? ",\n      [" : "\n      [";
-    out += str(tokens_[merges_[r].left]) + ", " + str(tokens_[merges_[r].right]) + "]";
+    out += r ? ",\n      " : "\n      ";
+    const std::string& a = tokens_[merges_[r].left];
+    const std::string& b = tokens_[merges_[r].right];
+    out += spaced ? "[" + str(a) + ", " + str(b) + "]" : str(a + " " + b);
   }
   out += merges_.empty() ? "]\n" : "\n    ]\n";
   out += "  }\n}\n";

@@ -11,13 +11,16 @@ namespace anvil::kernels {
 // keys j <= q_offset + i (q_offset = Tk - Tq for decoding with a KV cache; 0 when
 // training). out: [B, Tq, Hq, D] (may be a strided view); lse: f32 [B, Hq, Tq]
 // contiguous, the row log-sum-exp of the scaled scores, saved for backward.
+// window > 0 is a sliding window (Mistral's sliding_window): query i then sees only keys
+// q_offset + i - window < j <= q_offset + i, the last `window` positions including its own;
+// key blocks wholly outside every query's window are skipped. window = 0: no lower bound.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                       int64_t q_offset, Tensor& out, Tensor& lse);
+                       int64_t q_offset, Tensor& out, Tensor& lse, int64_t window = 0);
 
 // Recomputes the scores blockwise from q, k and lse. dq, dk, dv assigned (same
-// shapes as q, k, v; may be strided views into one fused gradient buffer).
+// shapes as q, k, v; may be strided views into one fused gradient buffer). `window` as in forward.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, float scale, int64_t q_offset,
-                        Tensor& dq, Tensor& dk, Tensor& dv);
+                        Tensor& dq, Tensor& dk, Tensor& dv, int64_t window = 0);
 
 }  // namespace anvil::kernels

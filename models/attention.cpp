@@ -10,9 +10,11 @@
 
 namespace anvil {
 
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta) {
+std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+                                                   const RopeScaling& scaling) {
   auto tables = std::make_shared<RopeTables>();
-  kernels::rope_tables(kernels::rope_inv_freq(head_dim, theta), max_positions, tables->cos, tables->sin);
+  kernels::rope_tables(scaling.apply(kernels::rope_inv_freq(head_dim, theta)), max_positions, tables->cos,
+                       tables->sin);
   return tables;
 }
 
@@ -54,8 +56,10 @@ Attention::Attention(const std::string& prefix, const AttentionShape& shape, Pro
       projection_(projection),
       rope_(std::move(rope)),
       sequence_(std::move(sequence)),
-      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.bias, tp) {
+      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.out_bias, tp) {
   if (sequence_) check_ulysses_heads(sequence_->sp->size(), shape_.num_heads, shape_.num_kv_heads);
+  ANVIL_CHECK(!(sequence_ && shape_.window > 0), prefix, ": a sliding attention window (sliding_window = ", shape_.window,
+              ") is not sequence-parallel yet — train this model with parallel.sp: 1");
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
     // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
@@ -102,7 +106,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     c["sequence"] = sequence;  // this forward's T and slice start (the context moves on)
   } else {
     Tensor lse = Tensor::empty({B, H, T});
-    kernels::attention_forward(q, k, v, scale, 0, attn, lse);
+    kernels::attention_forward(q, k, v, scale, 0, attn, lse, shape_.window);
     c["q"] = q;
     c["k"] = k;
     c["v"] = v;
@@ -143,7 +147,7 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
   Tensor attn = Tensor::empty({B, T, H, D});
   Tensor lse = Tensor::empty({B, H, T});  // required by the kernel; scratch here
   kernels::attention_forward(q, kv.k.slice(1, 0, end), kv.v.slice(1, 0, end), 1.0f / std::sqrt(static_cast<float>(D)),
-                             start_pos, attn, lse);
+                             start_pos, attn, lse, shape_.window);
   return out_.infer(attn.view({B, T, H * D}));
 }
 
@@ -173,7 +177,7 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     ulysses_attention_backward(sp, dattn, s, dq, dk, dv);
   } else {
     kernels::attention_backward(dattn, c.get("q"), c.get("k"), c.get("v"), c.get("attn"), c.get("lse"), scale, 0, dq,
-                                dk, dv);
+                                dk, dv, shape_.window);
   }
   c.clear_own();  // q/k/v/attn are no longer needed; free them before the projections' backward
   if (rope_) {

@@ -15,7 +15,9 @@ struct RopeTables {
   Tensor cos;  // [max_positions, head_dim / 2]
   Tensor sin;
 };
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta);
+// `scaling` rescales the inverse frequencies first (config.json's rope_scaling).
+std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+                                                   const RopeScaling& scaling = {});
 
 // Ulysses sequence parallelism, shared by a model's attention layers (like its RoPE tables):
 // the sp communicator and how the sequences of the forward now running are split over it.
@@ -32,7 +34,9 @@ struct AttentionShape {
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
-  bool bias = false;
+  bool bias = false;       // on q/k/v (c_attn)
+  bool out_bias = false;   // on o_proj (c_proj)
+  int64_t window = 0;      // sliding window: a query sees the last `window` positions; 0 = all
 };
 
 class Attention : public Module {

@@ -13,7 +13,8 @@ namespace {
 bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
 
 AttentionShape attention_shape(const ModelConfig& c) {
-  return {c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.resolved_head_dim(), c.attention_bias};
+  return {c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.resolved_head_dim(), c.qkv_bias(),
+          c.out_bias(), c.sliding_window};
 }
 }  // namespace
 

@@ -26,21 +26,6 @@ void reject_if(bool bad, const std::string& source, const std::string& field, co
   ANVIL_CHECK(!bad, source, ": unsupported field value ", field, " = ", value.dump(), " — ", why);
 }
 
-// The rope_scaling object: null or {"type"/"rope_type": "default"} is plain RoPE; anything else
-// (linear, dynamic, yarn, longrope, llama3, ...) changes the rotary frequencies, which anvil lacks.
-void check_rope_scaling(const nlohmann::json& j, const std::string& source) {
-  auto it = j.find("rope_scaling");
-  if (it == j.end() || it->is_null()) return;
-  std::string type = "(no type)";
-  if (it->is_object()) {
-    for (const char* key : {"rope_type", "type"})
-      if (it->contains(key) && (*it)[key].is_string()) type = (*it)[key].get<std::string>();
-  }
-  reject_if(type != "default", source, "rope_scaling", *it,
-            "anvil implements plain RoPE only (rope_scaling null or type 'default'); '" + type +
-                "' scaling is not implemented");
-}
-
 }  // namespace
 
 ModelConfig hf_config_from_json(const nlohmann::json& j, const std::string& source) {
@@ -50,19 +35,14 @@ ModelConfig hf_config_from_json(const nlohmann::json& j, const std::string& sour
     return it == j.end() || it->is_null() ? nullptr : &*it;
   };
   const nlohmann::json* type = field("model_type");
-  ANVIL_CHECK(type != nullptr, source, ": missing 'model_type' — expected 'gpt2' or 'llama'");
+  ANVIL_CHECK(type != nullptr, source, ": missing 'model_type' — expected 'gpt2', 'llama', 'qwen2' or 'mistral'");
   const std::string t = type->is_string() ? type->get<std::string>() : type->dump();
-  if (t == "mistral" || t == "qwen2" || t == "mixtral" || t == "gemma" || t == "phi3")
-    ANVIL_FAIL(source, ": unsupported field value model_type = \"", t,
-               "\" — anvil loads 'gpt2' and 'llama' checkpoints so far (", t, " is not implemented yet)");
-  ANVIL_CHECK(t == "gpt2" || t == "llama", source, ": unsupported field value model_type = ", type->dump(),
-              " — anvil loads 'gpt2' and 'llama' checkpoints");
+  ANVIL_CHECK(t == "gpt2" || t == "llama" || t == "qwen2" || t == "mistral", source,
+              ": unsupported field value model_type = ", type->dump(),
+              " — anvil loads 'gpt2', 'llama', 'qwen2' and 'mistral' checkpoints");
 
-  if (t == "llama") {
-    check_rope_scaling(j, source);
-    if (const auto* v = field("sliding_window"))
-      reject_if(true, source, "sliding_window", *v, "llama attends to the whole context; sliding-window "
-                "attention (Mistral) is not implemented");
+  // rope_scaling, sliding_window and use_sliding_window are checked by ModelConfig::from_json.
+  if (t != "gpt2") {
     if (const auto* v = field("pretraining_tp"))
       reject_if(!v->is_number_integer() || v->get<int64_t>() < 1, source, "pretraining_tp", *v,
                 "expected a positive integer (it only changes how transformers slices the matmuls)");
@@ -99,11 +79,24 @@ ModelConfig read_hf_config(const std::string& dir_or_file) {
   return hf_config_from_json(j, path);
 }
 
-nlohmann::json hf_config_json(const ModelConfig& config) {
+namespace {
+const char* hf_architecture(const std::string& model_type) {
+  if (model_type == "gpt2") return "GPT2LMHeadModel";
+  if (model_type == "qwen2") return "Qwen2ForCausalLM";
+  if (model_type == "mistral") return "MistralForCausalLM";
+  return "LlamaForCausalLM";
+}
+}  // namespace
+
+nlohmann::json hf_config_json(const ModelConfig& config, std::optional<int32_t> eos_token_id) {
   nlohmann::json j = config.to_json();
   const bool gpt2 = config.family() == ModelFamily::GPT2;
-  j["architectures"] = nlohmann::json::array({gpt2 ? "GPT2LMHeadModel" : "LlamaForCausalLM"});
+  j["architectures"] = nlohmann::json::array({hf_architecture(config.model_type)});
   j["torch_dtype"] = "float32";
+  // transformers' defaults (llama: bos 1, eos 2; gpt2: 50256) would stop generation at an arbitrary token.
+  const nlohmann::json eos = eos_token_id ? nlohmann::json(*eos_token_id) : nlohmann::json(nullptr);
+  j["bos_token_id"] = eos;
+  j["eos_token_id"] = eos;
   if (gpt2) {
     // anvil has no dropout; transformers defaults these to 0.1 (inactive in eval mode anyway).
     for (const char* key : {"attn_pdrop", "embd_pdrop", "resid_pdrop"}) j[key] = 0.0;
@@ -111,9 +104,8 @@ nlohmann::json hf_config_json(const ModelConfig& config) {
     j["scale_attn_by_inverse_layer_idx"] = false;
     j["reorder_and_upcast_attn"] = false;
   } else {
-    j["rope_scaling"] = nullptr;
     j["attention_dropout"] = 0.0;
-    j["pretraining_tp"] = 1;
+    if (config.model_type == "llama") j["pretraining_tp"] = 1;
   }
   return j;
 }
@@ -138,6 +130,26 @@ std::string prefix_of(const ModelConfig& config) {
 }
 
 std::string shape_text(const Shape& s) { return shape_str(s); }
+
+// Written under a temporary name and renamed, so a reader never sees half a file.
+void write_json_file(const std::string& path, const nlohmann::json& j) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << j.dump(2) << "\n";
+    ANVIL_CHECK(out.good(), "cannot write ", path, " — check the directory's permissions and free space");
+  }
+  fs::rename(path + ".tmp", path);
+}
+
+// tokenizer_config.json: the generic fast tokenizer over tokenizer.json, decoding the bytes as they
+// are (no clean-up of spaces before punctuation, which anvil's decode does not do either).
+nlohmann::json hf_tokenizer_config(const Tokenizer& tokenizer, int64_t max_length) {
+  nlohmann::json j = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                      {"clean_up_tokenization_spaces", false},
+                      {"model_max_length", max_length}};
+  if (tokenizer.token_to_id(kHfEosToken)) j["bos_token"] = j["eos_token"] = kHfEosToken;
+  return j;
+}
 
 }  // namespace
 
@@ -240,14 +252,13 @@ void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::
   fs::create_directories(dir, ec);
   ANVIL_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
   write_safetensors_sharded(dir, tensors, max_shard_bytes);
-  const std::string config_path = (fs::path(dir) / "config.json").string();
-  {
-    std::ofstream out(config_path + ".tmp");
-    out << hf_config_json(config).dump(2) << "\n";
-    ANVIL_CHECK(out.good(), "cannot write ", config_path, " — check the directory's permissions and free space");
+  write_json_file((fs::path(dir) / "config.json").string(),
+                  hf_config_json(config, tokenizer ? tokenizer->token_to_id(kHfEosToken) : std::nullopt));
+  if (tokenizer) {
+    tokenizer->save((fs::path(dir) / "tokenizer.json").string());
+    write_json_file((fs::path(dir) / "tokenizer_config.json").string(),
+                    hf_tokenizer_config(*tokenizer, config.max_position_embeddings));
   }
-  fs::rename(config_path + ".tmp", config_path);
-  if (tokenizer) tokenizer->save((fs::path(dir) / "tokenizer.json").string());
 }
 
 }  // namespace anvil

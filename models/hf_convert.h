@@ -1,5 +1,8 @@
 // Hugging Face checkpoint interop: a directory holding config.json, model.safetensors (or
 // model.safetensors.index.json + shards) and tokenizer.json maps to a TransformerLM and back.
+// Model types: gpt2 (GPT2LMHeadModel), llama (LlamaForCausalLM, rope_scaling linear/llama3),
+// qwen2 (Qwen2ForCausalLM: q/k/v biases, none on o_proj) and mistral (MistralForCausalLM:
+// sliding_window attention).
 //
 //   ModelConfig config = read_hf_config("gpt2-small/");       // rejects what anvil cannot run
 //   TransformerLM model(config);
@@ -20,6 +23,7 @@
 // Weights in f32, bf16 or f16 load exactly into anvil's f32 params.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
@@ -32,18 +36,22 @@ namespace anvil {
 class TransformerLM;
 class Tokenizer;
 
-// DIR/config.json (or a path to the .json itself) as a ModelConfig. Supports model_type gpt2
-// and llama; any field value anvil would compute differently (rope_scaling other than none/
-// "default", sliding_window on llama, GPT-2's scale_attn_weights=false or
-// scale_attn_by_inverse_layer_idx, cross-attention, an unsupported activation, ...) is an
-// anvil::Error naming the file, the field and its value.
+// DIR/config.json (or a path to the .json itself) as a ModelConfig. Supports model_type gpt2,
+// llama, qwen2 and mistral; any field value anvil would compute differently (a rope_scaling type
+// other than default/linear/llama3, sliding_window on llama, Qwen2's use_sliding_window=true,
+// GPT-2's scale_attn_weights=false or scale_attn_by_inverse_layer_idx, cross-attention, an
+// unsupported activation, ...) is an anvil::Error naming the file, the field and its value.
 ModelConfig read_hf_config(const std::string& dir_or_file);
 // The same checks on a parsed config.json object; `source` names it in messages.
 ModelConfig hf_config_from_json(const nlohmann::json& j, const std::string& source);
 
+// The special token anvil treats as end of text (and transformers' bos/eos) in an export.
+inline constexpr const char* kHfEosToken = "<|endoftext|>";
+
 // A complete config.json for `config`: its Hugging Face fields plus architectures, model_type,
-// torch_dtype "float32" and the values transformers would otherwise default differently.
-nlohmann::json hf_config_json(const ModelConfig& config);
+// torch_dtype "float32", bos/eos_token_id (eos_token_id or null, so generate stops where anvil
+// does) and the values transformers would otherwise default differently.
+nlohmann::json hf_config_json(const ModelConfig& config, std::optional<int32_t> eos_token_id = std::nullopt);
 
 // Copies every param of `model` from the checkpoint. Every param must be present at the
 // expected shape (Conv1D layout for GPT-2); every tensor in the files must be used, be a
@@ -52,7 +60,9 @@ nlohmann::json hf_config_json(const ModelConfig& config);
 void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
 
 // Writes DIR/config.json, DIR/model.safetensors (sharded with an index when the weights exceed
-// max_shard_bytes, as save_pretrained does) and DIR/tokenizer.json when `tokenizer` is given.
+// max_shard_bytes, as save_pretrained does) and, when `tokenizer` is given, DIR/tokenizer.json
+// and DIR/tokenizer_config.json (PreTrainedTokenizerFast, <|endoftext|> as bos/eos when the
+// tokenizer has it), so AutoTokenizer.from_pretrained(DIR) loads it.
 // Creates DIR; refuses to mix with an existing checkpoint of the other (single/sharded) form.
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes = 5'000'000'000ull);

@@ -3,7 +3,9 @@
 // when the cache is built; decoding writes new positions in place and never
 // reallocates. All layers share one length: the positions 0 .. length() - 1 that
 // have been processed. Keys are stored after RoPE (Llama), so a cached key never
-// has to be rotated again.
+// has to be rotated again. A sliding-window model (mistral) keeps every position as
+// well (truncate() may roll back into the window); attention reads only the last
+// sliding_window keys, skipping the older blocks.
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -57,7 +57,8 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   if (first || (last && config.tie_word_embeddings))
     wte_.emplace(gpt2 ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, tp);
   if (gpt2 && first) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
-  if (!gpt2) rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta);
+  if (!gpt2) rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta,
+                                     config.rope_scaling);
   if (layout.sp) sequence_ = std::make_shared<SequenceParallelContext>(SequenceParallelContext{layout.sp, {}});
   const int64_t per_stage = config.num_hidden_layers / layout.stages;
   first_layer_ = layout.stage * per_stage;

@@ -10,6 +10,7 @@ packages=(
   python3-torch python3-numpy python3-pip
   zlib1g-dev
   slurm-wlm slurmctld slurmd slurm-client munge
+  clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "models/hf_convert.h"
 #include "trainer/config_reader.h"
@@ -105,9 +107,35 @@ void parse_run(const Section& s, const std::string& source, RunSection& run) {
             "must be 0 (no watchdog) or at least 1 second, got ", run.peer_timeout);
 }
 
+// A YAML map of scalars as the JSON object config.json would hold (numbers stay numbers).
+nlohmann::json scalar_map_to_json(const Section& s, const std::string& key) {
+  const YAML::Node& node = s.value(key);
+  if (node.IsNull() || (node.IsScalar() && node.Tag() != "!" && (node.Scalar() == "none" || node.Scalar() == "null")))
+    return nullptr;
+  if (!node.IsMap())
+    s.fail(key, concat("expected none or a map such as {rope_type: llama3, factor: 8.0, low_freq_factor: 1.0, "
+                       "high_freq_factor: 4.0, original_max_position_embeddings: 8192}, got ", shown(node)));
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& entry : node) {
+    const std::string name = entry.first.as<std::string>();
+    const YAML::Node& v = entry.second;
+    if (!v.IsScalar()) s.fail(key, concat("field '", name, "' must be a single value, got ", shown(v)));
+    const std::string text = v.Scalar();
+    char* end = nullptr;
+    if (v.Tag() != "!" && !text.empty()) {
+      const long long whole = std::strtoll(text.c_str(), &end, 10);
+      if (*end == '\0') { j[name] = static_cast<int64_t>(whole); continue; }
+      const double real = std::strtod(text.c_str(), &end);
+      if (*end == '\0') { j[name] = real; continue; }
+    }
+    j[name] = text;
+  }
+  return j;
+}
+
 void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
   std::string type;
-  const bool has_type = s.read_choice("type", type, {"gpt2", "llama"});
+  const bool has_type = s.read_choice("type", type, {"gpt2", "llama", "qwen2", "mistral"});
   ModelConfig base;
   std::string init_from;
   if (s.read("init_from", init_from) && !init_from.empty()) {
@@ -139,7 +167,7 @@ void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
     s.require(!has_type || type == base.model_type, "type", "'", type, "' disagrees with model_type '", base.model_type,
               "' in ", m.config_file, " — remove model.type or make them agree");
   } else {
-    base = type == "gpt2" ? ModelConfig::gpt2() : ModelConfig::llama();
+    base = ModelConfig::preset(has_type ? type : "llama");
   }
   static_cast<ModelConfig&>(m) = base;
 
@@ -168,6 +196,17 @@ void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
   s.read("attention_bias", m.attention_bias);
   s.read("mlp_bias", m.mlp_bias);
   s.read("hidden_act", m.hidden_act);
+  s.read("sliding_window", m.sliding_window);
+  if (s.has("rope_scaling")) {
+    try {
+      m.rope_scaling = RopeScaling::from_json(scalar_map_to_json(s, "rope_scaling"), "rope_scaling");
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      const std::string prefix = "rope_scaling: unsupported field value rope_scaling = ";
+      if (msg.rfind(prefix, 0) == 0) msg = "unsupported value " + msg.substr(prefix.size());
+      s.fail("rope_scaling", msg);
+    }
+  }
   if (m.config_file.empty()) {  // Hugging Face's derived defaults (a config.json has them resolved)
     if (!s.has("num_key_value_heads")) m.num_key_value_heads = m.num_attention_heads;
     if (m.model_type == "gpt2" && !s.has("intermediate_size")) m.intermediate_size = 4 * m.hidden_size;

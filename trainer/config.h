@@ -5,12 +5,13 @@
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda),
 //               threads [0 = all cores], peer_timeout [30] (seconds without a heartbeat before another rank
 //               counts as lost and the job stops with exit code 69; 0 = no watchdog)
-//   model:      config (a Hugging Face config.json, optional), type (gpt2|llama) [llama], vocab_size
+//   model:      config (a Hugging Face config.json, optional), type (gpt2|llama|qwen2|mistral) [llama], vocab_size
 //               ("auto" or 0 = the tokenizer's), hidden_size, num_hidden_layers, num_attention_heads,
 //               num_key_value_heads [= num_attention_heads], head_dim [hidden_size / heads],
 //               intermediate_size [llama: 11008, gpt2: 4 * hidden_size], max_position_embeddings,
 //               rope_theta, norm_eps, initializer_range, tie_word_embeddings, attention_bias, mlp_bias,
-//               hidden_act. Without `config` the defaults are ModelConfig::llama() / ::gpt2(); with it
+//               hidden_act, rope_scaling [none; or a map with config.json's keys], sliding_window [0; mistral
+//               only]. Without `config` the defaults are ModelConfig::preset(type); with it
 //               they are the file's values, and any field written next to `config` overrides the file.
 //               init_from [""]: a Hugging Face directory (config.json, model.safetensors or a sharded
 //               index, tokenizer.json); its weights replace the fresh init (a resumed checkpoint still

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "trainer/config.h"
@@ -66,7 +67,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   const ModelSection& m = c.model;
   // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.
   string("init_from", m.init_from, "Hugging Face directory whose weights start the run");
-  string("type", m.model_type, "gpt2 | llama");
+  string("type", m.model_type, "gpt2 | llama | qwen2 | mistral");
   if (m.vocab_size_auto)
     plain("vocab_size", "auto", "the tokenizer's");
   else
@@ -85,6 +86,8 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   boolean("attention_bias", m.attention_bias);
   boolean("mlp_bias", m.mlp_bias);
   string("hidden_act", m.hidden_act);
+  plain("rope_scaling", m.rope_scaling.none() ? "none" : m.rope_scaling.to_json().dump(), "none | linear | llama3");
+  integer("sliding_window", m.sliding_window, "mistral; 0 = whole context");
 
   section = "data";
   string("train", c.data.train);
@@ -214,6 +217,8 @@ std::string to_yaml(const RunConfig& config) {
         out << YAML::Flow << YAML::BeginSeq;
         for (const auto& item : field.list) out << YAML::DoubleQuoted << item;
         out << YAML::EndSeq;
+      } else if (field.kind == ConfigField::Kind::Plain && field.text.rfind('{', 0) == 0) {
+        out << YAML::Flow << YAML::Load(field.text);  // a map (model.rope_scaling), written inline
       } else if (field.kind == ConfigField::Kind::String && needs_quotes(field.text)) {
         out << YAML::DoubleQuoted << field.text;
       } else {

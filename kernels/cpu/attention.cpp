@@ -139,6 +139,7 @@ View view_of(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1
 
 struct Dims {
   int64_t B, Tq, Tk, Hq, Hkv, D, Dp, group, q_offset;
+  int64_t window;  // 0: every earlier key; W > 0: only the last W positions
   float scale;
 };
 
@@ -162,14 +163,32 @@ void copy_transposed(const View& src, int64_t b, int64_t t0, int64_t n, int64_t 
     for (int64_t j = n; j < kBk; ++j) dst[c * kBk + j] = 0.0f;
 }
 
-// Number of keys of block [k0, k0 + kn) visible to query q (clamped to [0, kn]).
-inline int64_t visible(const Dims& d, int64_t q, int64_t k0, int64_t kn) {
-  return std::clamp<int64_t>(d.q_offset + q + 1 - k0, 0, kn);
+// The columns [lo, hi) of key block [k0, k0 + kn) that query q sees: keys at positions
+// p - window < j <= p for its position p = q_offset + q (no lower bound when window = 0).
+struct Span {
+  int64_t lo, hi;
+  bool empty() const { return hi <= lo; }
+};
+inline Span visible(const Dims& d, int64_t q, int64_t k0, int64_t kn) {
+  const int64_t p = d.q_offset + q;
+  const int64_t lo = d.window > 0 ? std::clamp<int64_t>(p - d.window + 1 - k0, 0, kn) : 0;
+  return {lo, std::clamp<int64_t>(p + 1 - k0, 0, kn)};
 }
 
-// Masks columns >= jn of score row s to -inf, then replaces s by exp(s - sub).
-inline vf exp_row(float* s, int64_t jn, float sub) {
-  for (int64_t j = jn; j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+// The first key, rounded down to a block start, that any of queries [q0, ...) can see.
+inline int64_t first_key_block(const Dims& d, int64_t q0) {
+  return d.window > 0 ? std::max<int64_t>(0, d.q_offset + q0 - d.window + 1) / kBk * kBk : 0;
+}
+
+// Sets the columns of score row s outside `span` to -inf.
+inline void mask_row(float* s, Span span) {
+  for (int64_t j = 0; j < span.lo; ++j) s[j] = -std::numeric_limits<float>::infinity();
+  for (int64_t j = std::max(span.hi, span.lo); j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+}
+
+// Masks score row s outside `span`, then replaces s by exp(s - sub).
+inline vf exp_row(float* s, Span span, float sub) {
+  mask_row(s, span);
   vf sum{};
   for (int v = 0; v < kRowVecs; ++v) {
     const vf p = vexp(load(s + v * kVec) - sub);
@@ -202,7 +221,7 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
 }
 
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                  const char* op) {
+                  int64_t window, const char* op) {
   check_bthd(q, op, "q");
   check_bthd(k, op, "k");
   check_bthd(v, op, "v");
@@ -219,9 +238,11 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale
   ANVIL_CHECK(q_offset >= 0 && q_offset + d.Tq <= d.Tk, op, ": q_offset ", q_offset, " must lie in [0, Tk - Tq] = [0, ",
               d.Tk - d.Tq, "] (q ", q.describe(), ", k ", k.describe(), ") — query i sits at position q_offset + i");
   ANVIL_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  ANVIL_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
   d.group = d.Hq / d.Hkv;
   d.Dp = (d.D + kVec - 1) / kVec * kVec;
   d.q_offset = q_offset;
+  d.window = window;
   d.scale = scale;
   return d;
 }
@@ -237,9 +258,9 @@ int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                       Tensor& out, Tensor& lse) {
+                       Tensor& out, Tensor& lse, int64_t window) {
   const char* op = "attention_forward";
-  const Dims d = check_inputs(q, k, v, scale, q_offset, op);
+  const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
   prepare_output(out, q.shape(), op, "out");
   if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq});
   check_lse(lse, d, op);
@@ -267,21 +288,21 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
       std::fill(Acc, Acc + qn * d.Dp, 0.0f);
       std::fill(m, m + qn, -std::numeric_limits<float>::infinity());
       std::fill(l, l + qn, 0.0f);
-      for (int64_t k0 = 0; k0 < limit; k0 += kBk) {
+      for (int64_t k0 = first_key_block(d, q0); k0 < limit; k0 += kBk) {
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_rows(V, b, k0, kn, kvh, d, 1.0f, Vb);
         gemm<false, false>(qn, kBk, d.D, Qs, d.Dp, Kt, kBk, S, kBk);
         for (int64_t i = 0; i < qn; ++i) {
           float* s = S + i * kBk;
-          const int64_t jn = visible(d, q0 + i, k0, kn);
-          if (jn == 0) { std::fill(s, s + kBk, 0.0f); continue; }
-          for (int64_t j = jn; j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+          const Span span = visible(d, q0 + i, k0, kn);
+          if (span.empty()) { std::fill(s, s + kBk, 0.0f); continue; }
+          mask_row(s, span);
           vf mx = load(s);
           for (int vv = 1; vv < kRowVecs; ++vv) mx = mx > load(s + vv * kVec) ? mx : load(s + vv * kVec);
           const float m_new = std::max(m[i], hmax(mx));
           const float alpha = std::exp(m[i] - m_new);  // 0 on the first block (m = -inf)
-          l[i] = l[i] * alpha + hsum(exp_row(s, jn, m_new));
+          l[i] = l[i] * alpha + hsum(exp_row(s, span, m_new));
           m[i] = m_new;
           if (alpha != 1.0f) {
             float* a = Acc + i * d.Dp;
@@ -302,9 +323,10 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv) {
+                        const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
+                        int64_t window) {
   const char* op = "attention_backward";
-  const Dims d = check_inputs(q, k, v, scale, q_offset, op);
+  const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
   check_bthd(dout, op, "dout");
   check_bthd(out, op, "out");
   ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
@@ -372,8 +394,10 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       std::fill(dKa, dKa + kn * d.Dp, 0.0f);
       std::fill(dVa, dVa + kn * d.Dp, 0.0f);
       const int64_t first_q = std::max<int64_t>(0, k0 - d.q_offset);  // first query that sees key k0
+      // One past the last query that sees key k0 + kn - 1 (its window's oldest key).
+      const int64_t end_q = d.window > 0 ? std::clamp<int64_t>(k0 + kn - 1 + d.window - d.q_offset, 0, d.Tq) : d.Tq;
       for (int64_t h = kvh * d.group; h < (kvh + 1) * d.group; ++h)
-        for (int64_t q0 = first_q / kBq * kBq; q0 < d.Tq; q0 += kBq) {
+        for (int64_t q0 = first_q / kBq * kBq; q0 < end_q; q0 += kBq) {
           const int64_t qn = std::min(kBq, d.Tq - q0);
           copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
           copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
@@ -409,7 +433,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
       copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
       std::fill(dQa, dQa + qn * d.Dp, 0.0f);
-      for (int64_t k0 = 0; k0 < limit; k0 += kBk) {
+      for (int64_t k0 = first_key_block(d, q0); k0 < limit; k0 += kBk) {
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_transposed(V, b, k0, kn, kvh, d, Vt);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/safetensors.h"
+#include "eval/generate.h"
 #include "models/hf_convert.h"
 #include "tests/support/reference.h"
 #include "tests/support/tiny_run.h"
@@ -124,3 +125,42 @@ TEST(Convert, InitFromLoadsTheDirectorysWeights) {
   EXPECT_HAS(error_of([&] { parse_run_config(yaml, "init.yaml", run.dir, {"tokenizer.path=" + run.tokenizer}); }),
              "unsupported field value rope_scaling");
 }
+
+// The variants' own fields survive `anvil convert --from hf` (the stored run config is YAML):
+// a Mistral with a sliding window and Llama-3 rope scaling generates, from the converted
+// checkpoint, exactly what the same weights generate in process.
+TEST(Convert, MistralWithWindowAndRopeScalingConvertsAndGenerates) {
+  const auto run = make_tiny_run("convert_mistral");
+  const Tokenizer tok = Tokenizer::load(run.tokenizer);
+  ModelConfig c = ModelConfig::mistral();
+  c.vocab_size = tok.vocab_size();
+  c.hidden_size = 32;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.intermediate_size = 64;
+  c.max_position_embeddings = 64;
+  c.sliding_window = 3;
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 32;
+  TransformerLM source(c);
+  source.init_weights(5);
+  randomize_params(source.params());
+  const std::string hf = run.dir + "/hf", ckpt = run.dir + "/ckpt";
+  save_hf(source, &tok, hf);
+  must_run(kAnvil + " convert --from hf " + hf + " --to " + ckpt);
+  const CheckpointMeta meta = read_checkpoint_meta(latest_checkpoint(ckpt));
+  const RunConfig cfg = parse_run_config(meta.run_config_yaml, "stored", ckpt);
+  EXPECT_EQ(cfg.model.model_type, "mistral");
+  EXPECT_EQ(cfg.model.sliding_window, 3);
+  EXPECT_TRUE(cfg.model.rope_scaling == c.rope_scaling) << meta.run_config_yaml;
+
+  const std::string prompt = "The GNU General";
+  const auto ids = tok.encode(prompt);
+  const auto ours = generate(source, {ids}, 16, SamplingConfig::greedy(), tok.token_to_id("<|endoftext|>"));
+  const std::string printed = must_run(kAnvil + " generate --checkpoint " + ckpt + " --prompt '" + prompt +
+                                       "' --max-tokens 16 --temperature 0");
+  EXPECT_EQ(printed, prompt + tok.decode(ours[0]) + "\n");
+}
+

@@ -1,20 +1,26 @@
 // Parity with Hugging Face transformers (tests/parity/hf_oracle.py, run with Debian's torch and
-// the pinned transformers that scripts/install_deps.sh puts in ANVIL_HF_PYDEPS): a small model
-// built and randomly initialised by transformers, saved with save_pretrained, loads into anvil
-// and gives transformers' logits (fp32, max|diff| / max|ref| <= 1e-5); anvil's save_hf output
-// loads back into transformers and gives the same logits again.
+// the pinned transformers that scripts/install_deps.sh puts in ANVIL_HF_PYDEPS), for every model
+// type anvil loads: GPT-2, Llama (GQA, tied/untied, biases, linear and Llama-3 rope_scaling),
+// Qwen2 (q/k/v biases) and Mistral (a sliding window shorter than the test sequence). A small model
+// built and randomly initialised by transformers, saved with save_pretrained, loads into anvil and
+// gives transformers' logits (fp32, max|diff| / max|ref| <= 1e-5) both from the full forward and
+// from KV-cached decoding; anvil's save_hf output loads back into transformers and gives the same
+// logits again. Where a config field is the point of a case (rope_scaling, sliding_window), the
+// model without it must give clearly different logits, so the case cannot pass by ignoring it.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "data/safetensors.h"
 #include "data/tokenizer.h"
 #include "models/hf_convert.h"
 #include "models/transformer.h"
+#include "tests/support/hf_oracle.h"
 #include "tests/support/reference.h"
 
 using namespace anvil;
@@ -22,22 +28,6 @@ using namespace anvil::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Runs the oracle with transformers on PYTHONPATH; fails the test with the script's output.
-void run_oracle(const std::string& args) {
-  const std::string pydeps = ANVIL_HF_PYDEPS;
-  ASSERT_TRUE(fs::exists(pydeps + "/transformers/__init__.py"))
-      << "transformers is not installed in " << pydeps << " — run `make deps` (scripts/install_deps.sh)";
-  const std::string cmd = "PYTHONPATH=" + pydeps + " HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 " +
-                          std::string(ANVIL_TORCH_PYTHON) + " " + source_path("tests/parity/hf_oracle.py") + " " +
-                          args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  ASSERT_NE(pipe, nullptr) << cmd;
-  std::string output;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) output.append(buf, n);
-  ASSERT_EQ(pclose(pipe), 0) << "oracle failed: " << cmd << "\n" << output;
-}
 
 Tensor read_tensor(const std::string& path, const std::string& name) {
   return SafetensorsFile::open(path).tensor(name).clone();
@@ -48,11 +38,26 @@ Tensor anvil_logits(TransformerLM& model, const Tensor& ids) {
   return model.forward(ids, cache).clone();
 }
 
+// The logits of KV-cached decoding: the first half of each sequence as one prefill, then one
+// position at a time, concatenated along the sequence.
+Tensor cached_logits(TransformerLM& model, const Tensor& ids) {
+  const int64_t B = ids.size(0), T = ids.size(1), V = model.config().vocab_size;
+  KVCache kv(model.config(), B, T);
+  Tensor out = Tensor::empty({B, T, V});
+  const int64_t prefill = T / 2;
+  out.slice(1, 0, prefill).copy_(model.forward_cached(ids.slice(1, 0, prefill).contiguous(), kv));
+  for (int64_t t = prefill; t < T; ++t)
+    out.slice(1, t, t + 1).copy_(model.forward_cached(ids.slice(1, t, t + 1).contiguous(), kv));
+  return out;
+}
+
 struct Case {
   std::string tag;
   nlohmann::json hf;  // fields for AutoConfig.for_model (model_type included)
   int64_t batch = 2, seq_len = 13;
   uint64_t shard_bytes = 0;  // > 0: save_pretrained shards the checkpoint
+  // The field under test turned off (e.g. rope_scaling none): the logits must then move away.
+  std::function<void(ModelConfig&)> without_feature;
 };
 
 void check_case(const Case& c) {
@@ -67,11 +72,12 @@ void check_case(const Case& c) {
   write_safetensors(ids_path, {{"ids", ids}});
   std::string args = "make " + config + " " + ids_path + " " + hf_dir + " " + ref_path + " --bf16-dir " + bf16_dir;
   if (c.shard_bytes) args += " --shard-bytes " + std::to_string(c.shard_bytes);
-  ASSERT_NO_FATAL_FAILURE(run_oracle(args));
+  ASSERT_NO_FATAL_FAILURE(run_hf_oracle(args));
   if (c.shard_bytes) ASSERT_TRUE(fs::exists(hf_dir + "/model.safetensors.index.json")) << "expected a sharded save";
 
   // transformers -> anvil
   const ModelConfig mc = read_hf_config(hf_dir);
+  EXPECT_EQ(mc.model_type, c.hf.at("model_type").get<std::string>());
   TransformerLM model(mc);
   model.init_weights(99);  // overwritten: every param must come from the file
   load_hf_weights(model, SafetensorsIndex::open(hf_dir));
@@ -81,9 +87,22 @@ void check_case(const Case& c) {
   const double err_in = max_rel_diff(logits, ref);
   EXPECT_LE(err_in, 1e-5) << c.tag << ": anvil loading transformers' checkpoint";
   EXPECT_GT(max_abs_diff(ref, Tensor::zeros(ref.shape())), 1.0) << c.tag << ": logits should not be near zero";
+  const double err_cached = max_rel_diff(cached_logits(model, ids), ref);
+  EXPECT_LE(err_cached, 1e-5) << c.tag << ": anvil's KV-cached decoding";
+
+  double err_without = -1;
+  if (c.without_feature) {
+    ModelConfig plain = mc;
+    c.without_feature(plain);
+    TransformerLM ablated(plain);
+    load_hf_weights(ablated, SafetensorsIndex::open(hf_dir));
+    err_without = max_rel_diff(anvil_logits(ablated, ids), ref);
+    EXPECT_GT(err_without, 1e-3) << c.tag << ": the field under test does not change these logits";
+  }
 
   // bf16 checkpoint: every weight is the f32 weight rounded to bf16, exactly.
   TransformerLM half(read_hf_config(bf16_dir));
+  EXPECT_EQ(half.config().to_json(), mc.to_json()) << c.tag << " bf16 config.json";
   load_hf_weights(half, SafetensorsIndex::open(bf16_dir));
   const auto full_params = model.params(), half_params = half.params();
   for (size_t i = 0; i < full_params.size(); ++i) {
@@ -96,24 +115,31 @@ void check_case(const Case& c) {
                                          {"<|endoftext|>"});
   const std::string out_dir = dir + "/exported", ref2_path = dir + "/ref2.safetensors";
   save_hf(model, &tok, out_dir);
-  ASSERT_NO_FATAL_FAILURE(run_oracle("logits " + out_dir + " " + ids_path + " " + ref2_path));
+  ASSERT_NO_FATAL_FAILURE(run_hf_oracle("logits " + out_dir + " " + ids_path + " " + ref2_path));
   const Tensor ref2 = read_tensor(ref2_path, "logits");
   const double err_out = max_rel_diff(logits, ref2);
   EXPECT_LE(err_out, 1e-5) << c.tag << ": transformers loading anvil's export";
-  // The tokenizer goes out as Tokenizer::save writes it (its HF compatibility is
-  // tokenizer_parity_test's subject; transformers 4.38's tokenizers 0.15 predates its merge format).
   EXPECT_EQ(Tokenizer::load(out_dir + "/tokenizer.json").hash(), tok.hash()) << c.tag << " tokenizer.json";
 
-  // anvil -> anvil: bit-exact weights.
+  // anvil -> anvil: the same config and bit-exact weights.
   TransformerLM again(read_hf_config(out_dir));
+  EXPECT_EQ(again.config().to_json(), mc.to_json()) << c.tag << " exported config.json";
   load_hf_weights(again, SafetensorsIndex::open(out_dir));
   const auto again_params = again.params();
   ASSERT_EQ(again_params.size(), full_params.size());
   for (size_t i = 0; i < full_params.size(); ++i)
     EXPECT_EQ(max_abs_diff(again_params[i]->value, full_params[i]->value), 0.0) << c.tag << " " << full_params[i]->name;
 
-  std::printf("%s: %zu params; logits rel err, transformers checkpoint in anvil %.2e; anvil export in "
-              "transformers %.2e\n", c.tag.c_str(), full_params.size(), err_in, err_out);
+  std::printf("%s: %zu params; logits rel err, transformers checkpoint in anvil %.2e (KV-cached %.2e); anvil export "
+              "in transformers %.2e", c.tag.c_str(), full_params.size(), err_in, err_cached, err_out);
+  if (c.without_feature) std::printf("; without the field under test %.2e", err_without);
+  std::printf("\n");
+}
+
+nlohmann::json llama_fields(int32_t vocab, int64_t hidden, int64_t heads, int64_t kv_heads, int64_t max_positions) {
+  return {{"model_type", "llama"}, {"vocab_size", vocab}, {"hidden_size", hidden}, {"num_hidden_layers", 2},
+          {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads}, {"intermediate_size", 96},
+          {"max_position_embeddings", max_positions}, {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
 }
 
 }  // namespace
@@ -133,12 +159,9 @@ TEST(HfParity, Gpt2UntiedSharded) {
 }
 
 TEST(HfParity, LlamaGqaUntied) {
-  check_case({"llama_gqa",
-              {{"model_type", "llama"}, {"vocab_size", 307}, {"hidden_size", 64}, {"num_hidden_layers", 2},
-               {"num_attention_heads", 8}, {"num_key_value_heads", 2}, {"intermediate_size", 96},
-               {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}, {"rope_theta", 500000.0},
-               {"tie_word_embeddings", false}},
-              2, 19});
+  nlohmann::json f = llama_fields(307, 64, 8, 2, 64);
+  f["rope_theta"] = 500000.0;
+  check_case({"llama_gqa", f, 2, 19});
 }
 
 TEST(HfParity, LlamaTiedShardedWithBias) {
@@ -147,4 +170,44 @@ TEST(HfParity, LlamaTiedShardedWithBias) {
                {"num_attention_heads", 4}, {"num_key_value_heads", 4}, {"intermediate_size", 80},
                {"max_position_embeddings", 32}, {"tie_word_embeddings", true}, {"attention_bias", true}},
               2, 11, 30000});
+}
+
+// transformers 4.38 runs linear scaling itself (LlamaLinearScalingRotaryEmbedding).
+TEST(HfParity, LlamaRopeScalingLinear) {
+  nlohmann::json f = llama_fields(263, 64, 4, 2, 64);
+  f["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  check_case({"llama_rope_linear", f, 2, 30, 0, [](ModelConfig& m) { m.rope_scaling = RopeScaling(); }});
+}
+
+// Llama 3.1's scaling; transformers 4.38 predates it, so the oracle rescales the inverse frequencies of
+// its LlamaRotaryEmbedding modules with the published formula (see hf_oracle.py). head_dim 16 with
+// theta 1e4 gives wavelengths 6.3 (kept: < 64 / 4), 20 and 63 (blended) and 199 .. 19869 (divided by
+// factor: > 64 / 1), so all three bands of the formula are exercised.
+TEST(HfParity, LlamaRopeScalingLlama3) {
+  nlohmann::json f = llama_fields(263, 64, 4, 2, 64);
+  f["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 64}};
+  check_case({"llama3_rope", f, 2, 40, 0, [](ModelConfig& m) { m.rope_scaling = RopeScaling(); }});
+}
+
+TEST(HfParity, Qwen2QkvBiasUntied) {
+  nlohmann::json f = llama_fields(311, 64, 4, 2, 64);
+  f["model_type"] = "qwen2";
+  f["rope_theta"] = 1000000.0;
+  check_case({"qwen2", f, 2, 15});
+}
+
+TEST(HfParity, Qwen2TiedSharded) {
+  nlohmann::json f = llama_fields(257, 48, 4, 1, 32);
+  f["model_type"] = "qwen2";
+  f["tie_word_embeddings"] = true;
+  check_case({"qwen2_tied", f, 1, 12, 30000});
+}
+
+// A window of 6 positions on sequences of 19: most queries lose some of their context.
+TEST(HfParity, MistralSlidingWindow) {
+  nlohmann::json f = llama_fields(269, 64, 8, 2, 64);
+  f["model_type"] = "mistral";
+  f["sliding_window"] = 6;
+  check_case({"mistral_window", f, 2, 19, 0, [](ModelConfig& m) { m.sliding_window = 0; }});
 }

@@ -1,6 +1,6 @@
 // kernels/attention: the blockwise CPU kernel against a naive full-matrix reference
-// (explicit causal mask, softmax, analytic backward, all in double), against central
-// finite differences, and for bitwise reproducibility.
+// (explicit causal and sliding-window mask, softmax, analytic backward, all in double),
+// against central finite differences, and for bitwise reproducibility.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -24,6 +24,7 @@ struct Case {
   const char* name;
   int64_t B, Tq, Tk, Hq, Hkv, D;
   bool fused;  // q/k/v carved out of one [B, Tk, (Hq + 2 Hkv) * D] buffer
+  int64_t window = 0;  // sliding window (0 = none)
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
@@ -53,7 +54,7 @@ struct Naive {
 };
 
 Naive naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, double scale,
-                      int64_t q_offset) {
+                      int64_t q_offset, int64_t window = 0) {
   const int64_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3), Tk = k.size(1), Hkv = k.size(2);
   const auto vq = q.to_vector(), vk = k.to_vector(), vv = v.to_vector();
   const std::vector<float> vg = dout.defined() ? dout.to_vector() : std::vector<float>();
@@ -72,7 +73,8 @@ Naive naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, const T
       for (int64_t i = 0; i < Tq; ++i) {
         double mx = -INFINITY;
         for (int64_t j = 0; j < Tk; ++j) {
-          const bool visible = j <= q_offset + i;  // the causal mask
+          const int64_t p = q_offset + i;
+          const bool visible = j <= p && (window == 0 || j > p - window);  // causal, then the window
           double dotqk = 0;
           for (int64_t d = 0; d < D; ++d) dotqk += double(vq[qi(b, i, h) + d]) * vk[ki(b, j, kh) + d];
           s[j] = visible ? scale * dotqk : -INFINITY;
@@ -137,6 +139,14 @@ const Case kCases[] = {
     {"Tq1_Tk70_decode_group4", 2, 1, 70, 4, 1, 32, false},
     {"T100_D128_group2", 1, 100, 100, 2, 1, 128, false},
     {"T129_D96_group1", 1, 129, 129, 1, 1, 96, false},
+    // Sliding windows: inside one block, across blocks, of one key, wider than the sequence, decoding.
+    {"T67_D12_window5", 2, 67, 67, 4, 2, 12, false, 5},
+    {"T200_D64_window70_fused", 1, 200, 200, 4, 2, 64, true, 70},
+    {"T130_D12_window1", 1, 130, 130, 2, 1, 12, false, 1},
+    {"T130_D12_window64_group4", 1, 130, 130, 4, 1, 12, false, 64},
+    {"T40_D12_window100", 1, 40, 40, 2, 2, 12, false, 100},
+    {"Tq67_Tk200_offset133_window90", 2, 67, 200, 4, 2, 12, false, 90},
+    {"Tq1_Tk150_decode_window64", 2, 1, 150, 4, 1, 32, false, 64},
 };
 
 class AttentionShapes : public ::testing::TestWithParam<Case> {};
@@ -150,8 +160,8 @@ TEST_P(AttentionShapes, ForwardMatchesNaive) {
   Tensor out = out_buf.as_strided({c.B, c.Tq, c.Hq, c.D},
                                   {out_buf.stride(0), out_buf.stride(1), 2 * c.D, 1}, 0);
   Tensor lse;
-  attention_forward(in.q, in.k, in.v, scale_of(c), q_offset_of(c), out, lse);
-  const Naive ref = naive_attention(in.q, in.k, in.v, Tensor(), scale_of(c), q_offset_of(c));
+  attention_forward(in.q, in.k, in.v, scale_of(c), q_offset_of(c), out, lse, c.window);
+  const Naive ref = naive_attention(in.q, in.k, in.v, Tensor(), scale_of(c), q_offset_of(c), c.window);
   EXPECT_LT(rel_err(out, ref.out), 1e-5);
   EXPECT_LT(rel_err(lse, ref.lse), 1e-6);
   EXPECT_TRUE(all_nan(out_buf.as_strided({c.B, c.Tq, c.Hq, c.D}, {out_buf.stride(0), out_buf.stride(1), 2 * c.D, 1},
@@ -163,9 +173,9 @@ TEST_P(AttentionShapes, BackwardMatchesNaiveAnalytic) {
   const Case c = GetParam();
   const Inputs in = make_inputs(c, 20);
   Tensor out, lse;
-  attention_forward(in.q, in.k, in.v, scale_of(c), q_offset_of(c), out, lse);
+  attention_forward(in.q, in.k, in.v, scale_of(c), q_offset_of(c), out, lse, c.window);
   const Tensor dout = random_tensor(out.shape(), 30);
-  const Naive ref = naive_attention(in.q, in.k, in.v, dout, scale_of(c), q_offset_of(c));
+  const Naive ref = naive_attention(in.q, in.k, in.v, dout, scale_of(c), q_offset_of(c), c.window);
 
   // Gradients land in strided views of one fused NaN-filled buffer: every element
   // must be assigned.
@@ -176,7 +186,7 @@ TEST_P(AttentionShapes, BackwardMatchesNaiveAnalytic) {
     dk = grad_buf.slice(2, c.Hq, c.Hq + c.Hkv);
     dv = grad_buf.slice(2, c.Hq + c.Hkv, c.Hq + 2 * c.Hkv);
   }
-  attention_backward(dout, in.q, in.k, in.v, out, lse, scale_of(c), q_offset_of(c), dq, dk, dv);
+  attention_backward(dout, in.q, in.k, in.v, out, lse, scale_of(c), q_offset_of(c), dq, dk, dv, c.window);
   EXPECT_LT(rel_err(dq, ref.dq), 1e-5);
   EXPECT_LT(rel_err(dk, ref.dk), 1e-5);
   EXPECT_LT(rel_err(dv, ref.dv), 1e-5);
@@ -188,19 +198,19 @@ INSTANTIATE_TEST_SUITE_P(Cases, AttentionShapes, ::testing::ValuesIn(kCases),
 // Central differences of L = sum(out * r) on small shapes. eps = 1e-2 on O(1) inputs:
 // truncation error O(eps^2) plus f32 rounding of L / eps keeps the error well below
 // the stated 1e-2 relative tolerance.
-void check_against_finite_differences(int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D) {
+void check_against_finite_differences(int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D, int64_t window = 0) {
   const int64_t q_offset = Tk - Tq;
   const float scale = 0.7f;
   Tensor q = random_tensor({1, Tq, Hq, D}, 40), k = random_tensor({1, Tk, Hkv, D}, 41);
   Tensor v = random_tensor({1, Tk, Hkv, D}, 42), r = random_tensor({1, Tq, Hq, D}, 43);
   auto loss = [&] {
     Tensor out, lse;
-    attention_forward(q, k, v, scale, q_offset, out, lse);
+    attention_forward(q, k, v, scale, q_offset, out, lse, window);
     return dot(out, r);
   };
   Tensor out, lse, dq, dk, dv;
-  attention_forward(q, k, v, scale, q_offset, out, lse);
-  attention_backward(r, q, k, v, out, lse, scale, q_offset, dq, dk, dv);
+  attention_forward(q, k, v, scale, q_offset, out, lse, window);
+  attention_backward(r, q, k, v, out, lse, scale, q_offset, dq, dk, dv, window);
   const double tol = 1e-2, eps = 1e-2;
   EXPECT_LT(max_rel_diff(dq, finite_difference_grad(q, loss, eps)), tol);
   EXPECT_LT(max_rel_diff(dk, finite_difference_grad(k, loss, eps)), tol);
@@ -210,6 +220,17 @@ void check_against_finite_differences(int64_t Tq, int64_t Tk, int64_t Hq, int64_
 TEST(Attention, BackwardMatchesFiniteDifferences) { check_against_finite_differences(9, 9, 2, 1, 4); }
 
 TEST(Attention, BackwardMatchesFiniteDifferencesWithOffset) { check_against_finite_differences(4, 9, 4, 2, 4); }
+
+TEST(Attention, BackwardMatchesFiniteDifferencesWithWindow) { check_against_finite_differences(6, 11, 2, 1, 4, 3); }
+
+// The window really masks: with window = 1 every query attends to itself alone, so out = its own v row.
+TEST(Attention, WindowOfOneReturnsEachPositionsOwnValue) {
+  const Tensor q = random_tensor({1, 70, 2, 8}, 70), k = random_tensor({1, 70, 1, 8}, 71);
+  const Tensor v = random_tensor({1, 70, 1, 8}, 72);
+  Tensor out, lse;
+  attention_forward(q, k, v, 0.5f, 0, out, lse, 1);
+  for (int64_t h = 0; h < 2; ++h) EXPECT_EQ(max_abs_diff(out.slice(2, h, h + 1), v), 0.0) << "head " << h;
+}
 
 TEST(Attention, BitwiseReproducibleAcrossRunsAndThreadCounts) {
   const Case c{"repro", 2, 130, 130, 4, 2, 64, true};
@@ -259,6 +280,12 @@ TEST(Attention, RejectsBadShapesWithClearMessages) {
   Tensor good_out, good_lse, dq, dk, dv;
   attention_forward(q, k3, k3, 1.0f, 0, good_out, good_lse);
   EXPECT_THROW(attention_backward(good_out, q, k3, k3, good_out, bad_lse, 1.0f, 0, dq, dk, dv), Error);
+  try {
+    attention_forward(q, k3, k3, 1.0f, 0, out, lse, -2);
+    FAIL() << "a negative window was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("window must be >= 0"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Attention, NonCpuTensorsSayTheCudaBackendIsMissing) {

@@ -127,6 +127,23 @@ TEST(ForwardCached, Gpt2MatchesFullForward) { check_cached_matches_full(gpt2_con
 
 TEST(ForwardCached, LlamaGqaMatchesFullForward) { check_cached_matches_full(llama_gqa_config(), "llama_gqa"); }
 
+// A window of 20 on T = 75: chunks and single steps whose window starts inside earlier key blocks.
+TEST(ForwardCached, MistralSlidingWindowMatchesFullForward) {
+  ModelConfig c = llama_gqa_config();
+  c.model_type = "mistral";
+  c.sliding_window = 20;
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.original_max_position_embeddings = 32;
+  check_cached_matches_full(c, "mistral_window20");
+}
+
+TEST(ForwardCached, Qwen2MatchesFullForward) {
+  ModelConfig c = llama_gqa_config();
+  c.model_type = "qwen2";
+  check_cached_matches_full(c, "qwen2");
+}
+
 TEST(ForwardCached, LlamaTiedMatchesFullForward) {
   ModelConfig c = llama_gqa_config();
   c.tie_word_embeddings = true;

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "data/safetensors.h"
@@ -134,6 +135,82 @@ TEST(HfConvert, LlamaRoundTripsTiedAndUntied) {
     load_hf_weights(back, SafetensorsIndex::open(dir));
     for (Param* p : model->params()) EXPECT_EQ(max_abs_diff(back.param(p->name).value, p->value), 0.0) << p->name;
   }
+}
+
+// Qwen2 and Mistral as thin Llama variants, Llama with rope_scaling: architectures, the fields
+// transformers reads, the params each has, and exact round trips.
+TEST(HfConvert, Qwen2MistralAndRopeScalingRoundTrip) {
+  ModelConfig qwen = tiny_llama(false);
+  qwen.model_type = "qwen2";
+  ModelConfig mistral = tiny_llama(true);
+  mistral.model_type = "mistral";
+  mistral.sliding_window = 5;
+  ModelConfig llama3 = tiny_llama(false);
+  llama3.rope_scaling.type = "llama3";
+  llama3.rope_scaling.factor = 8.0;
+  llama3.rope_scaling.original_max_position_embeddings = 16;
+  ModelConfig linear = tiny_llama(true);
+  linear.rope_scaling.type = "linear";
+  linear.rope_scaling.factor = 2.5;
+  const Tokenizer tok = Tokenizer::train({"a b c abc"}, 270, 1, {"<|endoftext|>"});
+  std::map<std::string, nlohmann::json> written;  // config.json by case
+  for (const ModelConfig& c : {qwen, mistral, llama3, linear}) {
+    const auto model = random_model(c);
+    const std::string tag = c.model_type + "_" + c.rope_scaling.type, dir = fresh_dir(tag);
+    save_hf(*model, &tok, dir);
+    const nlohmann::json cfg = written[tag] = read_json(dir + "/config.json");
+    EXPECT_EQ(cfg.at("model_type"), c.model_type);
+    EXPECT_EQ(cfg.at("eos_token_id"), *tok.token_to_id("<|endoftext|>"));
+    EXPECT_EQ(cfg.at("bos_token_id"), *tok.token_to_id("<|endoftext|>"));
+    EXPECT_EQ(read_json(dir + "/tokenizer_config.json").at("tokenizer_class"), "PreTrainedTokenizerFast");
+    const ModelConfig back_config = read_hf_config(dir);
+    EXPECT_EQ(back_config.to_json(), c.to_json());
+    EXPECT_TRUE(back_config.rope_scaling == c.rope_scaling);
+    EXPECT_EQ(back_config.sliding_window, c.sliding_window);
+    TransformerLM back(back_config);
+    load_hf_weights(back, SafetensorsIndex::open(dir));
+    for (Param* p : model->params()) EXPECT_EQ(max_abs_diff(back.param(p->name).value, p->value), 0.0) << p->name;
+  }
+  const nlohmann::json& q = written.at("qwen2_none");
+  EXPECT_EQ(q.at("architectures"), nlohmann::json::array({"Qwen2ForCausalLM"}));
+  EXPECT_EQ(q.at("use_sliding_window"), false);
+  EXPECT_FALSE(q.contains("attention_bias"));
+  const nlohmann::json& m = written.at("mistral_none");
+  EXPECT_EQ(m.at("architectures"), nlohmann::json::array({"MistralForCausalLM"}));
+  EXPECT_EQ(m.at("sliding_window"), 5);
+  const nlohmann::json& l = written.at("llama_llama3");
+  EXPECT_EQ(l.at("rope_scaling").at("rope_type"), "llama3");
+  EXPECT_EQ(l.at("rope_scaling").at("original_max_position_embeddings"), 16);
+  EXPECT_EQ(written.at("llama_linear").at("rope_scaling"), (nlohmann::json{{"type", "linear"}, {"factor", 2.5}}));
+
+  // Qwen2: q/k/v biases and no o_proj bias; Mistral: no biases.
+  TransformerLM qm(qwen);
+  for (const char* name : {"q_proj", "k_proj", "v_proj"})
+    EXPECT_NO_THROW(qm.param(std::string("model.layers.0.self_attn.") + name + ".bias")) << name;
+  EXPECT_THROW(qm.param("model.layers.0.self_attn.o_proj.bias"), Error);
+  TransformerLM mm(mistral);
+  for (Param* p : mm.params()) EXPECT_EQ(p->name.find(".bias"), std::string::npos) << p->name;
+}
+
+TEST(HfConvert, VariantFieldsAreValidated) {
+  ModelConfig c = tiny_llama(false);
+  c.sliding_window = 8;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("sliding_window = 8 is set but model_type 'llama'"), std::string::npos);
+  c.model_type = "mistral";
+  EXPECT_EQ(error_of([&] { c.validate(); }), "(no error)");
+  c.sliding_window = -1;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("sliding_window = -1 must be >= 0"), std::string::npos);
+  c = tiny_llama(false);
+  c.model_type = "qwen2";
+  c.attention_bias = true;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("qwen2 always has q/k/v biases and no o_proj bias"), std::string::npos);
+  c = tiny_gpt2();
+  c.rope_scaling.type = "linear";
+  c.rope_scaling.factor = 2;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("gpt2 has learned positions"), std::string::npos);
+  c = tiny_llama(false);
+  c.rope_scaling.type = "ntk";
+  EXPECT_NE(error_of([&] { c.validate(); }).find("rope_scaling type 'ntk' is not supported"), std::string::npos);
 }
 
 TEST(HfConvert, ShardsLikeSavePretrained) {
@@ -270,18 +347,37 @@ TEST(HfConvert, UnsupportedConfigFieldsAreNamed) {
   };
   std::string msg = error_with("model_type", "bert");
   EXPECT_HAS(msg, path + ": unsupported field value model_type = \"bert\"");
-  msg = error_with("model_type", "mistral");
-  EXPECT_HAS(msg, "model_type = \"mistral\"");
-  EXPECT_HAS(msg, "not implemented yet");
-  msg = error_with("rope_scaling", {{"type", "linear"}, {"factor", 2.0}});
-  EXPECT_HAS(msg, path + ": unsupported field value rope_scaling = {\"factor\":2.0,\"type\":\"linear\"}");
-  EXPECT_HAS(msg, "'linear' scaling is not implemented");
-  msg = error_with("rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}});
-  EXPECT_HAS(msg, "'llama3' scaling is not implemented");
+  msg = error_with("model_type", "mixtral");
+  EXPECT_HAS(msg, "model_type = \"mixtral\"");
+  EXPECT_HAS(msg, "anvil loads 'gpt2', 'llama', 'qwen2' and 'mistral' checkpoints");
+  // rope_scaling: linear and llama3 are implemented, every other type or field is named.
+  EXPECT_EQ(error_with("rope_scaling", {{"type", "linear"}, {"factor", 2.0}}), "(no error)");
+  EXPECT_EQ(read_hf_config(dir).rope_scaling.type, "linear");
+  const nlohmann::json llama3 = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                 {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  EXPECT_EQ(error_with("rope_scaling", llama3), "(no error)");
+  EXPECT_EQ(read_hf_config(dir).rope_scaling.to_json(), llama3);
+  msg = error_with("rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}});
+  EXPECT_HAS(msg, path + ": unsupported field value rope_scaling = {\"factor\":2.0,\"type\":\"dynamic\"}");
+  EXPECT_HAS(msg, "'dynamic' is not implemented");
+  EXPECT_HAS(error_with("rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}), "'yarn' is not implemented");
+  EXPECT_HAS(error_with("rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}),
+             "llama3 scaling needs 'low_freq_factor'");
+  nlohmann::json extra = llama3;
+  extra["attention_factor"] = 1.0;
+  EXPECT_HAS(error_with("rope_scaling", extra), "'attention_factor' is not a field of llama3 scaling");
+  EXPECT_HAS(error_with("rope_scaling", {{"type", "linear"}, {"rope_type", "llama3"}, {"factor", 2.0}}),
+             "'rope_type' and 'type' disagree");
+  EXPECT_HAS(error_with("rope_scaling", {{"type", "linear"}, {"factor", -2.0}}), "factor = -2 must be positive");
+  nlohmann::json inverted = llama3;
+  inverted["high_freq_factor"] = 0.5;
+  EXPECT_HAS(error_with("rope_scaling", inverted), "high_freq_factor = 0.5 must exceed low_freq_factor = 1");
+  EXPECT_HAS(error_with("rope_scaling", "linear"), "unsupported field value rope_scaling = \"linear\"");
   EXPECT_EQ(error_with("rope_scaling", {{"rope_type", "default"}}), "(no error)");
   EXPECT_EQ(error_with("rope_scaling", nullptr), "(no error)");
   msg = error_with("sliding_window", 4096);
   EXPECT_HAS(msg, path + ": unsupported field value sliding_window = 4096");
+  EXPECT_HAS(msg, "model_type 'mistral'");
   EXPECT_EQ(error_with("sliding_window", nullptr), "(no error)");
   msg = error_with("hidden_act", "gelu");
   EXPECT_HAS(msg, "hidden_act 'gelu' is not supported for llama");
@@ -290,6 +386,27 @@ TEST(HfConvert, UnsupportedConfigFieldsAreNamed) {
   write_json(path, nlohmann::json{{"vocab_size", 10}});
   EXPECT_HAS(error_of([&] { read_hf_config(dir); }), path + ": missing 'model_type'");
   EXPECT_HAS(error_of([&] { read_hf_config(dir + "/nope"); }), "cannot open " + dir + "/nope");
+
+  // Qwen2 and Mistral: their own fields.
+  nlohmann::json q = good;
+  q["model_type"] = "qwen2";
+  q["use_sliding_window"] = true;
+  write_json(path, q);
+  EXPECT_HAS(error_of([&] { read_hf_config(dir); }), path + ": unsupported field value use_sliding_window = true");
+  q["use_sliding_window"] = false;
+  q["sliding_window"] = 4096;  // ignored without use_sliding_window, as in transformers
+  write_json(path, q);
+  EXPECT_EQ(read_hf_config(dir).sliding_window, 0);
+  nlohmann::json m = good;
+  m["model_type"] = "mistral";
+  for (const nlohmann::json& bad : {nlohmann::json(0), nlohmann::json(-3), nlohmann::json("4096"), nlohmann::json(1.5)}) {
+    m["sliding_window"] = bad;
+    write_json(path, m);
+    EXPECT_HAS(error_of([&] { read_hf_config(dir); }), path + ": unsupported field value sliding_window = " + bad.dump());
+  }
+  m["sliding_window"] = nullptr;
+  write_json(path, m);
+  EXPECT_EQ(read_hf_config(dir).sliding_window, 0);
 
   const std::string gdir = fresh_dir("config_gpt2");
   save_hf(*random_model(tiny_gpt2()), nullptr, gdir);

@@ -121,11 +121,17 @@ TEST(ModuleGrad, TransformerBlocks) {
 }
 
 TEST(ModuleGrad, WholeModelsThroughTheLoss) {
-  for (const char* family : {"gpt2", "llama"}) {
-    ModelConfig c = std::string(family) == "gpt2" ? ModelConfig::gpt2() : ModelConfig::llama();
+  // qwen2: q/k/v biases; mistral: a window of 3 on 9 positions, with llama3 rope scaling.
+  for (const char* family : {"gpt2", "llama", "qwen2", "mistral"}) {
+    ModelConfig c = ModelConfig::preset(family);
     c.vocab_size = 37; c.hidden_size = 16; c.num_hidden_layers = 2;
     c.num_attention_heads = 4; c.num_key_value_heads = std::string(family) == "gpt2" ? 4 : 2;
     c.intermediate_size = 24; c.max_position_embeddings = 16; c.initializer_range = 0.3;
+    if (std::string(family) == "mistral") {
+      c.sliding_window = 3;
+      c.rope_scaling.type = "llama3";
+      c.rope_scaling.original_max_position_embeddings = 8;
+    }
     TransformerLM model(c);
     model.init_weights(3);
     Tensor ids = random_ids({2, 9}, 37, 21), targets = random_ids({2, 9}, 37, 22);

@@ -423,7 +423,7 @@ TEST_F(RunConfigTest, OutOfRangeValuesAreRejected) {
       {"data.valid_fraction=0", "training.eval_every: 100 asks for evaluation", "data.valid_fraction = 0",
        "config.yaml:5:1"},  // the default eval_every conflicts: point at the training section
       {"model.num_attention_heads=5", "num_attention_heads = 5 does not divide hidden_size = 64", ""},
-      {"model.type=bert", "model.type: 'bert' is not valid", "gpt2 or llama"},
+      {"model.type=bert", "model.type: 'bert' is not valid", "gpt2, llama, qwen2 or mistral"},
       {"model.vocab_size=-3", "model.vocab_size: must be positive", "auto"},
       {"model.vocab_size=many", "model.vocab_size: expected a whole number or auto", ""},
       {"checkpoint.resume=autp", "checkpoint.resume: file not found: autp", "did you mean auto?"},
@@ -667,6 +667,46 @@ TEST(RunConfigYaml, DoublesAreShortExactAndReadableByYaml11) {
 }
 
 }  // namespace
+
+// The Llama variants and their fields: type qwen2 / mistral, sliding_window, rope_scaling as a map with
+// config.json's keys; the resolved YAML round-trips them and mistakes name the key.
+TEST_F(RunConfigTest, LlamaVariantsRopeScalingAndSlidingWindow) {
+  const std::string mistral = std::string(kMinimal) + "  type: mistral\n  num_key_value_heads: 2\n  sliding_window: 16\n";
+  const RunConfig m = load(mistral);
+  EXPECT_EQ(m.model.model_type, "mistral");
+  EXPECT_EQ(m.model.sliding_window, 16);
+  const RunConfig m2 = load_run_config(write("resolved.yaml", to_yaml(m)), {});
+  for (const auto& d : config_differences(m, m2)) ADD_FAILURE() << d;
+  EXPECT_EQ(m2.model.sliding_window, 16);
+  EXPECT_EQ(load(std::string(kMinimal) + "  type: mistral\n").model.sliding_window, 4096);  // transformers' default
+
+  const std::string llama3 = std::string(kMinimal) +
+                             "  rope_scaling: {rope_type: llama3, factor: 8, low_freq_factor: 1.0, high_freq_factor: 4.0,\n"
+                             "                 original_max_position_embeddings: 64}\n";
+  const RunConfig l = load(llama3);
+  EXPECT_EQ(l.model.rope_scaling.type, "llama3");
+  EXPECT_EQ(l.model.rope_scaling.factor, 8.0);
+  EXPECT_EQ(l.model.rope_scaling.original_max_position_embeddings, 64);
+  const std::string resolved = to_yaml(l);
+  EXPECT_HAS(resolved, "rope_scaling: {");
+  const RunConfig l2 = load_run_config(write("resolved3.yaml", resolved), {});
+  for (const auto& d : config_differences(l, l2)) ADD_FAILURE() << d;
+  EXPECT_TRUE(l2.model.rope_scaling == l.model.rope_scaling);
+  EXPECT_TRUE(load(kMinimal).model.rope_scaling.none());
+  EXPECT_TRUE(load(std::string(kMinimal) + "  rope_scaling: none\n").model.rope_scaling.none());
+  EXPECT_EQ(load(kMinimal, {"model.rope_scaling={type: linear, factor: 2.5}"}).model.rope_scaling.factor, 2.5);
+
+  std::string msg = error(std::string(kMinimal) + "  rope_scaling: {rope_type: yarn, factor: 4}\n");
+  EXPECT_HAS(msg, "config.yaml:");
+  EXPECT_HAS(msg, "model.rope_scaling: unsupported value {\"factor\":4,\"rope_type\":\"yarn\"}");
+  EXPECT_HAS(msg, "'yarn' is not implemented");
+  EXPECT_HAS(error(std::string(kMinimal) + "  rope_scaling: llama3\n"), "model.rope_scaling: expected none or a map");
+  EXPECT_HAS(error(kMinimal, {"model.rope_scaling={type: linear}"}), "linear scaling needs 'factor'");
+  msg = error(std::string(kMinimal) + "  sliding_window: 8\n");
+  EXPECT_HAS(msg, "model.sliding_window: sliding_window = 8 is set but model_type 'llama'");
+  EXPECT_HAS(error(std::string(kMinimal) + "  type: qwen2\n  attention_bias: true\n"),
+             "model.attention_bias: attention_bias = true does not apply to qwen2");
+}
 
 TEST_F(RunConfigTest, ZeroStageAndBucketSize) {
   const RunConfig d = load(kMinimal);

@@ -267,6 +267,9 @@ TEST(SafetensorsIndex, MalformedIndexFilesAreNamed) {
       {R"({"weight_map": {"a": "../s1.safetensors"}})", "not a file inside the checkpoint directory"},
       {R"({"weight_map": {"a": "/etc/passwd"}})", "not a file inside the checkpoint directory"},
       {R"({"metadata": {"total_size": -1}, "weight_map": {}})", "metadata.total_size is -1"},
+      {"{\"weight_map\": {\"a\xff\xfe\": \"s1.safetensors\"}}", "is not valid JSON"},  // a non-UTF-8 name
+      {R"({"metadata": {"total_size": 36}, "weight_map": {"a": "s1.safe)", "is not valid JSON"},  // truncated
+      {R"({"weight_map": {"a": "."}})", "(holding tensor 'a') is missing"},  // a directory
   };
   for (const auto& [text, expected] : cases) {
     TempDir dir;

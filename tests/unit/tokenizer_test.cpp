@@ -229,13 +229,37 @@ std::string load_error(const nlohmann::json& j, const std::string& name = "bad_t
 #define EXPECT_MENTIONS(message, text) \
   EXPECT_NE((message).find(text), std::string::npos) << "expected '" << (text) << "' in: " << (message)
 
-TEST(TokenizerJson, AcceptsStringMergesAndIgnoreMerges) {
+// Merges as "a b" split at the one space.
+nlohmann::json merge_pair(const nlohmann::json& m) {
+  const std::string s = m.get<std::string>();
+  const size_t space = s.find(' ');
+  return {s.substr(0, space), s.substr(space + 1)};
+}
+
+TEST(TokenizerJson, WritesStringMergesAndReadsBothForms) {
   nlohmann::json j = small_json();
-  const Tokenizer pairs = Tokenizer::from_json(j.dump());
-  for (auto& m : j["model"]["merges"]) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
+  // Written as "a b" strings, which tokenizers 0.15 (transformers 4.38) requires.
+  ASSERT_FALSE(j["model"]["merges"].empty());
+  for (const auto& m : j["model"]["merges"]) ASSERT_TRUE(m.is_string()) << m.dump();
   const Tokenizer strings = Tokenizer::from_json(j.dump());
+  for (auto& m : j["model"]["merges"]) m = merge_pair(m);
+  const Tokenizer pairs = Tokenizer::from_json(j.dump());
   EXPECT_EQ(strings.hash(), pairs.hash());
   EXPECT_EQ(load_error(j), "");
+  // A merge token holding a space (possible in files of tokenizers >= 0.20) makes the writer use pairs.
+  {
+    nlohmann::json spaced = j;
+    const int32_t n = pairs.vocab_size();
+    spaced["model"]["vocab"]["x y"] = n;
+    spaced["model"]["vocab"]["x yz"] = n + 1;
+    spaced["model"]["merges"].push_back({"x y", "z"});
+    const Tokenizer tok = Tokenizer::from_json(spaced.dump());
+    const nlohmann::json written = nlohmann::json::parse(tok.to_json());
+    for (const auto& m : written["model"]["merges"]) ASSERT_TRUE(m.is_array()) << m.dump();
+    EXPECT_EQ(Tokenizer::from_json(written.dump()).hash(), tok.hash());
+    EXPECT_EQ(tok.merges().back(), (std::pair<std::string, std::string>{"x y", "z"}));
+  }
+
   // ignore_merges: a piece that is itself a token is encoded as that token.
   j["model"]["ignore_merges"] = true;
   j["model"]["vocab"]["xyz"] = pairs.vocab_size();
@@ -263,6 +287,18 @@ TEST(TokenizerJson, MalformedFilesGiveErrorsNamingTheField) {
       EXPECT_MENTIONS(std::string(e.what()), "truncated.json");
       EXPECT_MENTIONS(std::string(e.what()), "not valid JSON");
     }
+  }
+  {  // a number beyond double: nlohmann throws out_of_range, not parse_error (found by the fuzzer)
+    const std::string path = ::testing::TempDir() + "number_overflow.json";
+    std::ofstream(path) << "{\"version\": 1e999}";
+    std::string msg = "(no error)";
+    try {
+      Tokenizer::load(path);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    EXPECT_MENTIONS(msg, "number_overflow.json");
+    EXPECT_MENTIONS(msg, "not valid JSON");
   }
   nlohmann::json j;
   j = small_json(), j["model"]["type"] = "WordPiece";
@@ -324,7 +360,7 @@ TEST(TokenizerJson, MissingByteSymbolFailsAtEncodeNamingTheByte) {
     if (token.find('z') == std::string::npos) vocab[token] = id++;
   nlohmann::json merges = nlohmann::json::array();
   for (const auto& m : j["model"]["merges"])
-    if (m[0].get<std::string>().find('z') == std::string::npos && m[1].get<std::string>().find('z') == std::string::npos)
+    if (m.get<std::string>().find('z') == std::string::npos)
       merges.push_back(m);
   j["model"]["vocab"] = vocab, j["model"]["merges"] = merges;
   j["added_tokens"][0]["id"] = vocab["<|endoftext|>"];
