@@ -106,6 +106,10 @@ int run_train(const TrainArgs& a) {
   try {
     config = load_run_config(a.config, a.overrides);
     check_parallel_launch(config.parallel, launch.size);
+    // The model's split too (heads, layers), so a layout it cannot take is one message, not one per rank.
+    validate_layout(GridDims{int(config.parallel.dp), int(config.parallel.tp), int(config.parallel.pp),
+                             int(config.parallel.sp)},
+                    config.model);
   } catch (const Error& e) {
     if (launch.rank == 0) std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -202,14 +202,17 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
                                                  "tie_word_embeddings true)");
   }
 
-  // Tensors the model does not use.
+  // Tensors the model does not use. A pipeline stage holds only its own layers, so there it
+  // checks only that its tensors are present and well-shaped (above), not what else the file holds.
   std::string tied_head;
+  const bool whole_model = model.layout().stages == 1;
   for (const std::string& name : index.names()) {
     if (used.count(name) || is_known_buffer(config, name)) continue;
     if (config.tie_word_embeddings && name == "lm_head.weight") {
       tied_head = name;
       continue;
     }
+    if (!whole_model) continue;
     ANVIL_FAIL(index.file_of(name).path(), ": unexpected tensor '", name, "' ", shape_text(index.info(name).shape),
                " — the ", config.model_type, " model in config.json has no such parameter (a different "
                "architecture, or a config.json that does not match these weights)");
@@ -222,7 +225,7 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
     p->value.copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);
   }
 
-  if (!tied_head.empty()) {
+  if (!tied_head.empty() && model.is_first_stage()) {  // the first stage holds the embedding
     const Param& embedding = *params.front();
     Tensor head = index.get_f32(tied_head);
     if (embedding.shard.sharded()) head = take_shard(embedding, head);  // compare this rank's vocabulary rows

@@ -1,5 +1,6 @@
 #include "parallel/peer_watchdog.h"
 
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -13,6 +14,8 @@
 #include <fstream>
 #include <sstream>
 #include <vector>
+
+#include "parallel/collectives.h"
 
 namespace anvil {
 
@@ -45,18 +48,31 @@ PeerWatchdog::PeerWatchdog(Communicator& world, const std::string& dir, double t
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   host_ = host;
+  // Every rank must watch the same directory, or nobody would see anybody's heartbeat.
+  const std::vector<std::string> dirs = all_gather_strings(world, fs::absolute(dir_).lexically_normal().string());
+  for (size_t r = 1; r < dirs.size(); ++r)
+    ANVIL_CHECK(dirs[r] == dirs[0], "the ranks' heartbeat directories differ (rank 0: ", dirs[0], ", rank ", r, ": ",
+                dirs[r], ") — run.out_dir must name one directory every rank shares, or set run.peer_timeout: 0 "
+                "to run without the peer watchdog");
   if (rank_ == 0) {  // a fresh directory: files of an earlier run must not count
     std::error_code ec;
     fs::remove_all(dir_, ec);
     fs::create_directories(dir_);
   }
   world.barrier();
-  {
+  std::string failure;  // decided together below, so a rank that cannot write does not strand the others
+  try {
     const std::string tmp = rank_file(dir_, rank_) + ".tmp";
     std::ofstream(tmp) << host_ << " " << static_cast<long>(getpid()) << "\n";
     fs::rename(tmp, rank_file(dir_, rank_));
+  } catch (const std::exception& e) {
+    failure = e.what();
   }
-  world.barrier();
+  const std::vector<std::string> failures = all_gather_strings(world, failure);
+  for (size_t r = 0; r < failures.size(); ++r)
+    ANVIL_CHECK(failures[r].empty(), "rank ", r, " cannot write its heartbeat file in ", dir_, ": ", failures[r],
+                " — run.out_dir must be a directory every rank can write (a shared file system), or set "
+                "run.peer_timeout: 0 to run without the peer watchdog");
   thread_ = std::thread([this] { run(); });
 }
 

@@ -122,6 +122,30 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
   return result;
 }
 
+std::vector<float> PipelineExecutor::evaluate(const std::vector<PipelineMicroBatch>& micro_batches,
+                                              int ignore_index) {
+  const int M = static_cast<int>(micro_batches.size());
+  const bool first = model_.is_first_stage(), last = model_.is_last_stage();
+  const int64_t C = model_.config().hidden_size;
+  std::vector<float> losses(M, 0.0f);
+  std::vector<std::unique_ptr<CommHandle>> sends;
+  for (int m = 0; m < M; ++m) {  // stage by stage, one micro-batch after another (same tags as step)
+    const PipelineMicroBatch& mb = micro_batches[m];
+    Cache c;  // dropped at once: nothing runs backward
+    Tensor input = mb.ids;
+    if (!first) {
+      input = Tensor::empty({mb.ids.size(0), mb.ids.size(1), C});
+      pp_->recv(input, stage_ - 1, activation_tag(m));
+    }
+    if (last) losses[m] = model_.forward_stage_loss(input, mb.targets, c, ignore_index);
+    else sends.push_back(pp_->isend(model_.forward_stage(input, c), stage_ + 1, activation_tag(m)));
+  }
+  for (auto& h : sends) h->wait();
+  Tensor shared = Tensor::from_vector(losses, {M});
+  if (pp_ && stages_ > 1) pp_->broadcast(shared, stages_ - 1);
+  return std::vector<float>(shared.data<float>(), shared.data<float>() + M);
+}
+
 double pipeline_grad_norm(TransformerLM& model, Communicator* pp) {
   const Param* copy = model.tied_embedding_copy();
   std::vector<Param*> counted;

@@ -74,6 +74,10 @@ class PipelineExecutor {
   // are broadcast from the last stage. Collective over pp.
   PipelineStepResult step(const std::vector<PipelineMicroBatch>& micro_batches, int ignore_index = -100);
 
+  // Forward only (evaluation): each micro-batch's mean loss over its non-ignored tokens, on
+  // every pp rank; nothing is kept for backward and no gradient changes. Collective over pp.
+  std::vector<float> evaluate(const std::vector<PipelineMicroBatch>& micro_batches, int ignore_index = -100);
+
  private:
   TransformerLM& model_;
   Communicator* pp_;

@@ -13,6 +13,8 @@
 #include "models/hf_convert.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "parallel/collectives.h"
+#include "parallel/sequence_partition.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/checkpoint.h"
 #include "trainer/exit_codes.h"
@@ -74,11 +76,6 @@ void check_parallel_launch(const ParallelSection& p, int world_size) {
     ANVIL_FAIL(degrees, " but the job has ", world_size, " processes — launch with mpirun -np ", product,
                " (or srun -n ", product, "), or change the parallel section to multiply to ", world_size);
   }
-  const std::pair<const char*, int64_t> unbuilt[] = {{"pp", p.pp}, {"sp", p.sp}};
-  for (const auto& [axis, degree] : unbuilt)
-    ANVIL_CHECK(degree == 1, "parallel.", axis, " = ", degree, ": ", axis,
-                " parallelism is not wired into the trainer yet (this build trains with dp and tp) — set parallel.",
-                axis, ": 1 and use dp or tp");
 }
 
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
@@ -129,6 +126,11 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
 
   ModelLayout layout;
   if (grid_ && grid_->size(Axis::TP) > 1) layout.tp = &grid_->comm(Axis::TP);
+  if (grid_ && grid_->size(Axis::SP) > 1) layout.sp = &grid_->comm(Axis::SP);
+  if (grid_ && grid_->size(Axis::PP) > 1) {
+    layout.stage = grid_->rank(Axis::PP);
+    layout.stages = grid_->size(Axis::PP);
+  }
   model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model), layout);
   model_->init_weights(static_cast<uint64_t>(config_.run.seed));
   // model.init_from: the Hugging Face weights replace the fresh init; a checkpoint restored below still wins.
@@ -143,14 +145,23 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
               "e.g. [\"*\"] to train everything");
   const bool inference = mode_ == TrainerMode::Inference;
-  if (grid_ && grid_->size(Axis::DP) > 1 && !inference) {
+  // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
+  // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
+  if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();
+  if (data_group_ && !inference) {
     DataParallelConfig dc;
     dc.bucket_mb = config_.parallel.bucket_mb;
     dc.zero_stage = static_cast<int>(config_.optimizer.zero);
     dc.average = false;  // the loss is normalised by the global token count instead (see trainer.h)
-    dp_ = std::make_unique<DataParallel>(trainable_, grid_->comm(Axis::DP), dc);
+    dp_ = std::make_unique<DataParallel>(trainable_, *data_group_, dc);
     model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) { dp_->grads_ready(ready); });
   }
+  // Every step runs through the pipeline executor; with one stage its table is plain
+  // accumulation (forward, backward, forward, backward ...).
+  pipeline_ = std::make_unique<PipelineExecutor>(*model_, grid_ && grid_->size(Axis::PP) > 1 ? &grid_->comm(Axis::PP)
+                                                                                               : nullptr,
+                                                 parse_pipe_schedule(config_.parallel.pp_schedule));
+  if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
   if (!inference) {
     Communicator* tp = grid_ && grid_->size(Axis::TP) > 1 ? &grid_->comm(Axis::TP) : nullptr;
     optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), tp});
@@ -208,15 +219,19 @@ Trainer::~Trainer() = default;
 bool Trainer::writes(bool tp_shard) const {
   if (!grid_) return true;
   // One copy of each element reaches the file: dp and sp replicas leave it to their rank 0,
-  // and a tensor-parallel replica (not split) to tp rank 0.
+  // and a tensor-parallel replica (not split) to tp rank 0. Pipeline stages hold disjoint
+  // params (the last stage's tied-embedding copy is left to the first: see checkpoint_contents).
   return grid_->rank(Axis::DP) == 0 && grid_->rank(Axis::SP) == 0 && (tp_shard || grid_->rank(Axis::TP) == 0);
 }
 
 double Trainer::clip_gradients() {
   // Each gradient element counts once in the global norm: a tp shard on its own rank, a tp
   // replica on tp rank 0 only; dp replicas once (DataParallel sums ZeRO shards over dp).
+  // Pipeline stages hold disjoint params, summed over pp; the last stage's copy of a tied
+  // embedding is the first stage's (equal gradients) and counts there only.
   const bool tp_rank0 = !grid_ || grid_->rank(Axis::TP) == 0;
-  auto counted = [&](const Param& p) { return p.shard.sharded() || tp_rank0; };
+  const Param* tied_copy = model_->tied_embedding_copy();
+  auto counted = [&](const Param& p) { return &p != tied_copy && (p.shard.sharded() || tp_rank0); };
   double sum = 0;
   if (dp_) {
     sum = dp_->grad_sum_squares(counted);
@@ -225,6 +240,7 @@ double Trainer::clip_gradients() {
       if (p->grad.defined() && counted(*p)) sum += kernels::sum_squares(p->grad);
   }
   if (grid_ && grid_->size(Axis::TP) > 1) sum = all_reduce_sum(grid_->comm(Axis::TP), sum);
+  if (grid_ && grid_->size(Axis::PP) > 1) sum = all_reduce_sum(grid_->comm(Axis::PP), sum);
   const double norm = std::sqrt(sum), max_norm = config_.optimizer.grad_clip;
   if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
     const float scale = static_cast<float>(max_norm / (norm + 1e-6));  // as optim/clip_grad_norm
@@ -239,8 +255,9 @@ double Trainer::clip_gradients() {
 CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& state) {
   CheckpointContents contents;
   std::map<std::string, const Param*> by_name;
+  const Param* tied_copy = model_->tied_embedding_copy();  // the first stage writes the embedding
   for (Param* p : model_->params()) {
-    contents.params.push_back({p->name, p->value, p->shard, writes(p->shard.sharded())});
+    contents.params.push_back({p->name, p->value, p->shard, p != tied_copy && writes(p->shard.sharded())});
     by_name[p->name] = p;
   }
   // Optimizer state is named "<param>.<what>". A tensor shaped like its param's shard is a
@@ -253,7 +270,8 @@ CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& 
       if (dot == 0) break;
     }
     const bool shard = owner && owner->shard.sharded() && t.tensor.shape() == owner->value.shape();
-    contents.optimizer.push_back({t.name, t.tensor, shard ? owner->shard : ShardSpec{}, writes(shard)});
+    contents.optimizer.push_back(
+        {t.name, t.tensor, shard ? owner->shard : ShardSpec{}, owner != tied_copy && writes(shard)});
   }
   return contents;
 }
@@ -290,39 +308,62 @@ std::string Trainer::save() {
   return main_rank_ ? dir : "";
 }
 
+void Trainer::report_memory() {
+  size_t params = 0, grads = 0;
+  for (const Param* p : model_->params()) {
+    params += p->value.nbytes();
+    if (p->grad.defined()) grads += p->grad.nbytes();
+  }
+  const MemoryStats mem = cpu_allocator().stats();  // the last step's high-water mark
+  const size_t activations = mem.peak_bytes > step_resident_bytes_ ? mem.peak_bytes - step_resident_bytes_ : 0;
+  char line[256];
+  std::string where = "rank 0";
+  if (grid_)
+    where = "rank " + std::to_string(world_->rank()) + " (dp " + std::to_string(grid_->rank(Axis::DP)) + ", tp " +
+            std::to_string(grid_->rank(Axis::TP)) + ", pp " + std::to_string(grid_->rank(Axis::PP)) + ", sp " +
+            std::to_string(grid_->rank(Axis::SP)) + ")";
+  std::snprintf(line, sizeof line, "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f)",
+                where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
+                mem.peak_bytes / 1e6);
+  // Gathered so the lines print together, in rank order, from the main rank.
+  const std::vector<std::string> lines = world_ ? all_gather_strings(*world_, line) : std::vector<std::string>{line};
+  if (!verbose_) return;
+  std::string text = "peak memory per rank in the last step (MB):";
+  for (const std::string& l : lines) text += "\n" + l;
+  metrics_->print(text);
+}
+
+Batch Trainer::sliced(Batch batch) const {
+  if (!grid_ || grid_->size(Axis::SP) == 1) return batch;
+  const Communicator& sp = grid_->comm(Axis::SP);  // every sp rank read the same batch: keep my positions
+  batch.ids = sequence_slice(batch.ids, sp);
+  batch.targets = sequence_slice(batch.targets, sp);
+  return batch;
+}
+
 StepRecord Trainer::train_step() {
   const auto t0 = Clock::now();
   const CommClock* clock = world_ ? comm_clock(world_.get()) : nullptr;
   const double comm0 = clock ? clock->seconds : 0;
   cpu_allocator().reset_peak();
+  step_resident_bytes_ = cpu_allocator().stats().current_bytes;  // params, grads, optimizer state
   model_->zero_grad();
   const int64_t accum = config_.training.grad_accum_steps;
   const int ignore = static_cast<int>(config_.training.ignore_index);
-  double loss_sum = 0;
-  for (int64_t micro = 0; micro < accum; ++micro) {
-    const Batch batch = train_loader_->next();
-    Cache cache;
-    const float loss = model_->forward_loss(batch.ids, batch.targets, cache, ignore);
-    if (dp_) {
-      // The mean over the global micro-batch's tokens (trainer.h): weight by token counts.
-      const int64_t local = count_loss_tokens(batch.targets, ignore);
-      const int64_t global = all_reduce_sum(dp_->comm(), local);
-      loss_sum += global > 0 ? static_cast<double>(loss) * static_cast<double>(local) / static_cast<double>(global) : 0;
-      dp_->set_sync_enabled(micro == accum - 1);  // only the last backward communicates
-      model_->backward_loss(cache, 1.0f / static_cast<float>(accum), global);
-    } else {
-      loss_sum += loss;
-      model_->backward_loss(cache, 1.0f / static_cast<float>(accum));
-    }
+  // The step's micro-batches; each token-count normaliser is the global micro-batch's (trainer.h).
+  std::vector<PipelineMicroBatch> micro(accum);
+  for (int64_t m = 0; m < accum; ++m) {
+    const Batch batch = sliced(train_loader_->next());
+    micro[m] = {batch.ids, batch.targets, 1.0f / static_cast<float>(accum), -1};
+    if (data_group_) micro[m].loss_tokens = all_reduce_sum(*data_group_, count_loss_tokens(batch.targets, ignore));
   }
+  double loss_sum = pipeline_->step(micro, ignore).loss;  // every pp rank has it
   StepRecord r;
-  if (dp_) {
-    dp_->finish_grad_sync();
-    loss_sum = all_reduce_sum(dp_->comm(), loss_sum);
-  }
+  if (dp_) dp_->finish_grad_sync();
+  if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
   r.grad_norm = clip_gradients();
   r.lr = learning_rate(config_.schedule, step_);
-  r.loss = loss_sum / static_cast<double>(accum);
+  r.loss = loss_sum;  // the mean over the step's micro-batches
   // On reduced values only, so every rank reaches the same verdict.
   const GuardDecision verdict = guard_.check(step_ + 1, r.loss, r.grad_norm);
   if (verdict.verdict == GuardVerdict::Stop) {
@@ -372,7 +413,7 @@ void Trainer::train(int64_t stop_at_step) {
       metrics_->validation(step_, val);
     }
     // KV-cached decoding runs on one unsplit model; a split one is sampled after conversion.
-    const bool can_sample = model_->tensor_parallel() == nullptr;
+    const bool can_sample = !grid_ || grid_->dims().product() == grid_->dims().dp;
     if (t.sample_every > 0 && (step_ % t.sample_every == 0 || final_step) && verbose_ && can_sample)
       metrics_->print("sample: " + sample(t.sample_prompt, t.sample_tokens));
     if (sync.stop && config_.checkpoint.on_preempt) {
@@ -382,6 +423,7 @@ void Trainer::train(int64_t stop_at_step) {
     if (config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0 && step_ < last) save();
   }
   if (step_ == first_step && !preempted) return;  // nothing trained (already at the final step): keep the checkpoint
+  report_memory();
   const std::string dir = save();
   if (preempted) {
     stop_reason_ = StopReason::Preempted;
@@ -401,17 +443,22 @@ double Trainer::evaluate(int64_t batches) {
   const int64_t n = std::max<int64_t>(1, std::min(batches, valid_loader_->num_samples() /
                                                                std::max<int64_t>(1, valid_loader_->global_batch())));
   const int ignore = static_cast<int>(config_.training.ignore_index);
-  std::vector<double> sums(n), counts(n);  // per batch: summed token losses and tokens on this rank
+  std::vector<PipelineMicroBatch> micro(n);
   for (int64_t i = 0; i < n; ++i) {
-    const Batch batch = valid_loader_->next();
-    Cache cache;  // dropped without backward: the activations go with it
-    const double loss = model_->forward_loss(batch.ids, batch.targets, cache, ignore);
-    counts[i] = static_cast<double>(count_loss_tokens(batch.targets, ignore));
-    sums[i] = loss * counts[i];
+    const Batch batch = sliced(valid_loader_->next());
+    micro[i] = {batch.ids, batch.targets, 1.0f, -1};
   }
-  if (grid_ && grid_->size(Axis::DP) > 1) {  // each batch's mean over the whole global batch
-    sums = all_reduce_sum(grid_->comm(Axis::DP), sums);
-    counts = all_reduce_sum(grid_->comm(Axis::DP), counts);
+  // Each batch's loss is the mean over this rank's dp replica (its sp group's tokens); weigh
+  // it by this rank's token count so the sums over dp x sp give the global batch's mean.
+  const std::vector<float> losses = pipeline_->evaluate(micro, ignore);
+  std::vector<double> sums(n), counts(n);
+  for (int64_t i = 0; i < n; ++i) {
+    counts[i] = static_cast<double>(count_loss_tokens(micro[i].targets, ignore));
+    sums[i] = losses[i] * counts[i];
+  }
+  if (data_group_) {
+    sums = all_reduce_sum(*data_group_, sums);
+    counts = all_reduce_sum(*data_group_, counts);
   }
   double total = 0;
   for (int64_t i = 0; i < n; ++i) total += counts[i] > 0 ? sums[i] / counts[i] : 0.0;

@@ -32,6 +32,7 @@
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
 #include "parallel/grid.h"
+#include "parallel/pipeline_executor.h"
 #include "trainer/checkpoint.h"
 #include "parallel/peer_watchdog.h"
 #include "trainer/config.h"
@@ -109,6 +110,12 @@ class Trainer {
 
  private:
   StepRecord train_step();
+  // Every rank's bytes of params, grads, optimizer state and the last step's activations,
+  // printed together by the main rank (a collective).
+  void report_memory();
+  size_t step_resident_bytes_ = 0;  // allocated at the start of the last step
+  // This rank's part of a batch every rank of its dp replica read: its sequence-parallel slice.
+  Batch sliced(Batch batch) const;
   void log(const StepRecord& r);
   void restore(const std::string& dir);
   // Whether this rank writes its copy of a tensor into checkpoints (replicas leave it to
@@ -126,7 +133,9 @@ class Trainer {
   bool verbose_;
   std::shared_ptr<Communicator> world_;
   std::unique_ptr<ProcessGrid> grid_;
+  Communicator* data_group_ = nullptr;  // dp x sp: the ranks whose gradients sum (null when one)
   std::unique_ptr<DataParallel> dp_;
+  std::unique_ptr<PipelineExecutor> pipeline_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const TokenStore> store_;
   std::unique_ptr<Loader> train_loader_, valid_loader_;

@@ -97,11 +97,12 @@ const Fixture& fixture() {
 // would hide, are caught by the grad-norm comparison.
 RunConfig config(const std::string& label, int64_t dp, int64_t zero, const std::string& store,
                  std::vector<std::string> extra = {}) {
-  const std::string out = fixture().run.dir + "/out_" + label + "_rank" + std::to_string(world()->rank());
-  // A job's ranks share one checkpoint directory; single-process runs (on every rank) have their own.
-  const std::string checkpoints = dp > 1 ? fixture().run.dir + "/checkpoints_" + label : out + "/checkpoints";
+  // A job's ranks share their run directory (heartbeats, checkpoints); single-process runs
+  // (on every rank) have their own.
+  const std::string out =
+      fixture().run.dir + "/out_" + label + (dp > 1 ? "" : "_rank" + std::to_string(world()->rank()));
   std::vector<std::string> sets = {"run.out_dir=" + out,
-                                   "checkpoint.dir=" + checkpoints,
+                                   "checkpoint.dir=" + out + "/checkpoints",
                                    "checkpoint.resume=none",
                                    "optimizer.eps=1e-6",
                                    "run.threads=1",

@@ -483,7 +483,8 @@ TEST(OptimizerTrainer, MuonUnderZeroTwoTrainsSavesAndOneProcessResumes) {
   const std::string dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
   auto config = [&](const std::string& label, int degree, std::vector<std::string> extra) {
     std::vector<std::string> sets = {
-        "run.out_dir=" + dir + "/out_" + label + "_rank" + std::to_string(world()->rank()),
+        // A job's ranks share their run directory; single-process runs (on every rank) have their own.
+        "run.out_dir=" + dir + "/out_" + label + (degree > 1 ? "" : "_rank" + std::to_string(world()->rank())),
         "checkpoint.resume=none", "optimizer.name=muon", "optimizer.lr=0.02", "run.threads=1",
         "data.train=" + dir + "/gpl.h5", "training.steps=5", "training.eval_every=0",
         "training.micro_batch_size=" + std::to_string(8 / degree), "checkpoint.every=0", "checkpoint.keep=0",
