@@ -2,12 +2,17 @@
 // from the newest checkpoint, and runs the loop (micro-batch accumulation, clipping,
 // schedule, logging, validation, samples, checkpoints).
 //
-// Data parallelism (parallel.dp > 1, given a world communicator): every dp rank
-// reads its slice of the same global batch, gradients are reduced in buckets during
-// the last micro-batch's backward (parallel/data_parallel.h), and optimizer.zero
-// shards the AdamW state (1) and the reduced gradients (2) over dp. Only dp rank 0
-// prints, writes metrics, config.yaml and checkpoints; checkpoints hold full-shape
-// tensors, so any dp layout resumes any other.
+// Parallelism (given a world communicator, the ranks form the grid of config.parallel):
+// every dp rank reads its slice of the same global batch; tp ranks split heads, MLP width
+// and vocabulary; each sp rank keeps its Ulysses slice of every sequence; pp stages own
+// contiguous layers and every step runs through the PipelineExecutor (with one stage its
+// table is plain accumulation). Gradients are partial sums over dp x sp, reduced in buckets
+// during the last micro-batch's backward (parallel/data_parallel.h); optimizer.zero shards
+// optimizer state (1) and reduced gradients (2) over that group. The gradient norm counts
+// every element once (tp shards, tp replicas on tp rank 0, stages summed, the tied copy
+// left out). World rank 0 prints and writes config.yaml and metrics; checkpoints are written
+// by all ranks together (trainer/checkpoint.h: each writes its hyperslabs), at full logical
+// shapes, so any layout resumes any other (tests/multirank/layout_equivalence_test.cpp).
 //
 // The invariant (tested in tests/multirank/data_parallel_test.cpp): a run with dp = D
 // and micro_batch_size = B takes the same steps as one process with micro_batch_size
