@@ -27,7 +27,7 @@ for run in "${runs[@]}"; do
     log="$dir.log"
     # shellcheck disable=SC2086
     "$anvil" train configs/demo.yaml --set run.out_dir="$dir" --set optimizer.name="$name" \
-      --set optimizer.lr="$this_lr" $extra --set training.steps="$steps" --set training.eval_every=50 \
+      --set optimizer.lr="$this_lr" $extra --set training.steps="$steps" --set training.eval_every=${EVAL_EVERY:-25} \
       --set training.sample_every=0 --set checkpoint.every=0 --set checkpoint.resume=none \
       --set schedule.warmup_steps=30 --set logging.every=50 > "$log" 2>&1
     echo "$name lr=$this_lr: $(grep -o 'optimizer [0-9.]* MB' "$log" | head -1), $(grep 'final validation' "$log")"
@@ -52,6 +52,13 @@ best = {}
 for name, (val, _) in runs.items():
     opt = name.split("_lr")[0]
     if opt not in best or val[-1][1] < best[opt][1][-1][1]: best[opt] = (name, val)
+# The goal: reach AdamW's final validation loss in fewer tokens (every step is the same tokens).
+if "adamw" in best:
+    target = best["adamw"][1][-1][1]
+    print(f"steps to reach AdamW's best final validation loss {target:.4f} (best lr of each; evaluations every few steps):")
+    for opt, (name, val) in sorted(best.items()):
+        hit = next((s for s, v in val if v <= target), None)
+        print(f"  {name:24s} {('step %d' % hit) if hit else 'not reached'}")
 try:
     import matplotlib
     matplotlib.use("Agg")

@@ -97,10 +97,11 @@ const Fixture& fixture() {
 // would hide, are caught by the grad-norm comparison.
 RunConfig config(const std::string& label, int64_t dp, int64_t zero, const std::string& store,
                  std::vector<std::string> extra = {}) {
-  // A job's ranks share their run directory (heartbeats, checkpoints); single-process runs
-  // (on every rank) have their own.
-  const std::string out =
-      fixture().run.dir + "/out_" + label + (dp > 1 ? "" : "_rank" + std::to_string(world()->rank()));
+  // A job's ranks share their run directory (heartbeats, checkpoints): group_of(dp) runs
+  // world / dp jobs side by side, each its own; single-process runs (on every rank) too.
+  const int rank = world()->rank();
+  const std::string out = fixture().run.dir + "/out_" + label +
+                          (dp > 1 ? "_group" + std::to_string(rank / dp) : "_rank" + std::to_string(rank));
   std::vector<std::string> sets = {"run.out_dir=" + out,
                                    "checkpoint.dir=" + out + "/checkpoints",
                                    "checkpoint.resume=none",
