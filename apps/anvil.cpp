@@ -111,7 +111,12 @@ int run_train(const TrainArgs& a) {
                              int(config.parallel.sp)},
                     config.model);
   } catch (const Error& e) {
-    if (launch.rank == 0) std::fprintf(stderr, "error: %s\n", e.what());
+    if (launch.rank == 0) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      std::fflush(stderr);
+    }
+    // The others leave only after rank 0 has printed: mpirun kills the job at the first non-zero exit.
+    if (launch.size > 1) MpiCommunicator::world()->barrier();
     return 1;
   }
   std::shared_ptr<Communicator> world;

@@ -2,7 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -96,22 +96,41 @@ void wait_for(Ready ready) {
   while (!ready()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
 }
 
+// The server dies with rank 0 however rank 0 ends (the peer watchdog's _exit, kill -9):
+// the child asks the kernel for SIGTERM when its parent goes (PR_SET_PDEATHSIG), which
+// posix_spawn cannot do, so this forks and execs by hand. A pipe closed by exec reports
+// whether the exec worked.
 pid_t start_server(const fs::path& dir) {
   const std::string uri_tmp = (dir / "server.uri.tmp").string(), log = (dir / "ompi-server.log").string();
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   std::vector<std::string> args = {"ompi-server", "--no-daemonize", "-r", uri_tmp};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, "ompi-server", &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ANVIL_CHECK(rc == 0, "rendezvous: cannot start ompi-server (", std::strerror(rc),
-              ") — it comes with Open MPI (Debian: openmpi-bin); put it on PATH");
+  int status_pipe[2];
+  ANVIL_CHECK(pipe2(status_pipe, O_CLOEXEC) == 0, "rendezvous: pipe failed (", std::strerror(errno), ")");
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  ANVIL_CHECK(pid >= 0, "rendezvous: cannot fork for ompi-server (", std::strerror(errno), ")");
+  if (pid == 0) {  // child: only async-signal-safe calls until exec
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);  // the parent is already gone
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), in = open("/dev/null", O_RDONLY);
+    if (out >= 0) dup2(out, 1), dup2(out, 2);
+    if (in >= 0) dup2(in, 0);
+    execvp("ompi-server", argv.data());
+    const int err = errno;
+    (void)!write(status_pipe[1], &err, sizeof err);
+    _exit(127);
+  }
+  close(status_pipe[1]);
+  int err = 0;
+  const ssize_t got = read(status_pipe[0], &err, sizeof err);  // 0 bytes: exec succeeded (the pipe closed)
+  close(status_pipe[0]);
+  if (got == static_cast<ssize_t>(sizeof err)) {
+    waitpid(pid, nullptr, 0);
+    ANVIL_FAIL("rendezvous: cannot start ompi-server (", std::strerror(err),
+               ") — it comes with Open MPI (Debian: openmpi-bin); put it on PATH");
+  }
   return pid;
 }
 

@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "trainer/checkpoint.h"
+
 namespace anvil::ops_test {
 
 inline std::string read_text(const std::string& path) {
@@ -133,6 +135,17 @@ class Background {
 };
 
 // Polls `ready` every 100 ms for up to `seconds`.
+// The step of the newest complete checkpoint under root (0: none yet). A run that keeps the
+// newest few prunes older ones while we look, so wait on this rather than on one directory.
+inline int64_t newest_checkpoint_step(const std::string& root) {
+  try {
+    const std::string dir = anvil::latest_checkpoint(root);
+    return dir.empty() ? 0 : anvil::read_checkpoint_meta(dir).step;
+  } catch (const anvil::Error&) {
+    return 0;  // pruned between the listing and the read
+  }
+}
+
 inline bool wait_until(double seconds, const std::function<bool()>& ready) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (std::chrono::steady_clock::now() < deadline) {
