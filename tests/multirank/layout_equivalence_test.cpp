@@ -15,6 +15,7 @@
 #include <map>
 
 #include "parallel/mpi_communicator.h"
+#include "tests/support/reference.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
@@ -101,17 +102,6 @@ RunConfig config(const std::string& label, const Layout& l, std::vector<std::str
 
 double rel(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
 
-// max |a - b| / max |b| over one tensor.
-double tensor_error(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector(), y = b.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    diff = std::max(diff, std::fabs(double(x[i]) - y[i]));
-    scale = std::max(scale, std::fabs(double(y[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
 // The single-process reference on this rank (10 steps, trained once).
 Trainer& reference() {
   static std::unique_ptr<Trainer> t = [] {
@@ -149,7 +139,7 @@ void expect_same_training(const Layout& l) {
     EXPECT_EQ(back.step(), kSteps);
     double worst_param = 0;
     for (Param* p : back.model().params()) {
-      const double e = tensor_error(p->value, ref.model().param(p->name).value);
+      const double e = anvil::testing::max_rel_diff(p->value, ref.model().param(p->name).value);
       worst_param = std::max(worst_param, e);
       EXPECT_LT(e, 1e-5) << label << " " << p->name;
     }
