@@ -58,8 +58,6 @@ Attention::Attention(const std::string& prefix, const AttentionShape& shape, Pro
       sequence_(std::move(sequence)),
       out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.out_bias, tp) {
   if (sequence_) check_ulysses_heads(sequence_->sp->size(), shape_.num_heads, shape_.num_kv_heads);
-  ANVIL_CHECK(!(sequence_ && shape_.window > 0), prefix, ": a sliding attention window (sliding_window = ", shape_.window,
-              ") is not sequence-parallel yet — train this model with parallel.sp: 1");
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
     // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
@@ -96,7 +94,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
   Tensor attn = Tensor::empty({B, T, H, D});
   if (sequence_) {
     // Scatter heads, gather the sequence, attend, and back (parallel/ulysses.h).
-    const UlyssesSaved s = ulysses_attention_forward(*sequence_->sp, sequence_->part, q, k, v, scale, attn);
+    const UlyssesSaved s = ulysses_attention_forward(*sequence_->sp, sequence_->part, q, k, v, scale, attn, shape_.window);
     c["qkv_heads"] = s.qkv;
     c["attn_heads"] = s.out;
     c["lse"] = s.lse;
@@ -173,7 +171,7 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     start = sequence[1];
     Communicator& sp = *sequence_->sp;
     const UlyssesSaved s = ulysses_saved(partition_sequence(sequence[0], sp.size()), H, Hkv, scale,
-                                         c.get("qkv_heads"), c.get("attn_heads"), c.get("lse"));
+                                         c.get("qkv_heads"), c.get("attn_heads"), c.get("lse"), shape_.window);
     ulysses_attention_backward(sp, dattn, s, dq, dk, dv);
   } else {
     kernels::attention_backward(dattn, c.get("q"), c.get("k"), c.get("v"), c.get("attn"), c.get("lse"), scale, 0, dq,

@@ -73,7 +73,7 @@ std::vector<int64_t> uniform(int P, int64_t count) { return std::vector<int64_t>
 }  // namespace
 
 UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64_t kv_heads, float scale, Tensor qkv,
-                           Tensor out, Tensor lse) {
+                           Tensor out, Tensor lse, int64_t window) {
   const int P = part.ranks;
   const int64_t hq = q_heads / P, hkv = kv_heads / P, W = hq + 2 * hkv;
   ANVIL_CHECK(qkv.dim() == 4 && qkv.size(0) == part.total && qkv.size(2) == W && out.dim() == 4 && lse.dim() == 3,
@@ -84,6 +84,7 @@ UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64
   s.q_heads = q_heads;
   s.kv_heads = kv_heads;
   s.scale = scale;
+  s.window = window;
   s.qkv = std::move(qkv);
   s.out = std::move(out);
   s.lse = std::move(lse);
@@ -113,7 +114,8 @@ void check_ulysses_heads(int P, int64_t q_heads, int64_t kv_heads) {
 }
 
 UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition& part, const Tensor& q,
-                                       const Tensor& k, const Tensor& v, float scale, Tensor& out) {
+                                       const Tensor& k, const Tensor& v, float scale, Tensor& out,
+                                       int64_t window) {
   const char* op = "ulysses_attention_forward";
   const int P = sp.size(), me = sp.rank();
   ANVIL_CHECK(q.defined() && k.defined() && q.dim() == 4 && k.dim() == 4, op,
@@ -139,8 +141,10 @@ UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition
   send = Tensor();
 
   Tensor out_heads = Tensor::empty({T, B, hq, D});
-  UlyssesSaved s = ulysses_saved(part, Hq, Hkv, scale, qkv, out_heads.transpose(0, 1), Tensor::empty({B, hq, T}));
-  kernels::attention_forward(s.q, s.k, s.v, scale, /*q_offset=*/0, s.out, s.lse);
+  UlyssesSaved s =
+      ulysses_saved(part, Hq, Hkv, scale, qkv, out_heads.transpose(0, 1), Tensor::empty({B, hq, T}), window);
+  // The whole sequence from position 0: a sliding window applies as in one process.
+  kernels::attention_forward(s.q, s.k, s.v, scale, /*q_offset=*/0, s.out, s.lse, window);
 
   // Heads -> sequence: peer s gets its positions of my heads, a contiguous row range.
   Tensor recv = Tensor::empty({P * Tl * B * hq * D});
@@ -173,7 +177,7 @@ void ulysses_attention_backward(Communicator& sp, const Tensor& dout, const Ulys
   Tensor dq_heads = grads.slice(2, 0, hq), dk_heads = grads.slice(2, hq, hq + hkv),
          dv_heads = grads.slice(2, hq + hkv, W);
   kernels::attention_backward(dout_heads.transpose(0, 1), s.q, s.k, s.v, s.out, s.lse, s.scale, /*q_offset=*/0,
-                              dq_heads, dk_heads, dv_heads);
+                              dq_heads, dk_heads, dv_heads, s.window);
   dout_heads = Tensor();
 
   // Heads -> sequence for dq, dk and dv together, the mirror of the forward's q/k/v exchange.

@@ -35,6 +35,7 @@ struct UlyssesSaved {
   SequencePartition part;
   int64_t q_heads = 0, kv_heads = 0;  // global Hq, Hkv (the local ones are these / P)
   float scale = 1.0f;
+  int64_t window = 0;  // sliding window (a query sees the last `window` positions); 0 = all
   Tensor qkv;   // [T, B, hq + 2 hkv, D] contiguous: the gathered q, k, v of the local heads
   Tensor q, k, v;  // [B, T, h, D] views into qkv
   Tensor out;   // [B, T, hq, D]: the local heads' attention output (a view, T-major storage)
@@ -44,7 +45,7 @@ struct UlyssesSaved {
 // The saved state from its three tensors (qkv, out, lse as ulysses_attention_forward made
 // them), for a caller that keeps only tensors between forward and backward (a module Cache).
 UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64_t kv_heads, float scale, Tensor qkv,
-                           Tensor out, Tensor lse);
+                           Tensor out, Tensor lse, int64_t window = 0);
 
 // Causal attention of this rank's slice. q [B, Tl, Hq, D], k, v [B, Tl, Hkv, D], last dim
 // contiguous, other strides free (views into a fused projection are fine). `out`
@@ -54,7 +55,8 @@ UlyssesSaved ulysses_saved(const SequencePartition& part, int64_t q_heads, int64
 // communication, naming the numbers. The shape checks are identical on every rank
 // except the local length, which only this rank can see.
 UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition& part, const Tensor& q,
-                                       const Tensor& k, const Tensor& v, float scale, Tensor& out);
+                                       const Tensor& k, const Tensor& v, float scale, Tensor& out,
+                                       int64_t window = 0);
 
 // dout [B, Tl, Hq, D] -> dq, dk, dv assigned in the sequence layout (same shapes as q,
 // k, v; allocated when undefined; may be strided views into one fused gradient buffer).

@@ -68,8 +68,27 @@ struct Case {
   const char* name;
   ModelConfig config;
 };
+// Mistral: Llama with a sliding window shorter than the test sequences, so every sp slice
+// attends across a window edge that falls inside another rank's positions.
+ModelConfig small_mistral() {
+  ModelConfig c = ModelConfig::mistral();
+  const ModelConfig llama = small_llama(false);
+  c.vocab_size = llama.vocab_size;
+  c.hidden_size = llama.hidden_size;
+  c.num_hidden_layers = llama.num_hidden_layers;
+  c.num_attention_heads = llama.num_attention_heads;
+  c.num_key_value_heads = llama.num_key_value_heads;
+  c.intermediate_size = llama.intermediate_size;
+  c.max_position_embeddings = llama.max_position_embeddings;
+  c.sliding_window = 5;
+  return c;
+}
+
 std::vector<Case> cases() {
-  return {{"llama_gqa_untied", small_llama(false)}, {"llama_gqa_tied", small_llama(true)}, {"gpt2", small_gpt2()}};
+  return {{"llama_gqa_untied", small_llama(false)},
+          {"llama_gqa_tied", small_llama(true)},
+          {"gpt2", small_gpt2()},
+          {"mistral_window5", small_mistral()}};
 }
 
 // The layouts this world size runs: sp = world, and at 4 ranks sp2 x tp2 and dp2 x sp2.
