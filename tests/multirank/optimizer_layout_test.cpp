@@ -25,6 +25,7 @@
 #include "parallel/grid.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer_factory.h"
@@ -33,6 +34,8 @@
 using namespace anvil;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
+using anvil::testing::small_gpt2;
+using anvil::testing::small_llama;
 namespace fs = std::filesystem;
 
 namespace {
@@ -48,33 +51,6 @@ constexpr int64_t kGlobalBatch = 8, kT = 16;
 constexpr int kSteps = 5;
 constexpr double kTolerance = 1e-5;           // max|diff| / max|ref| per tensor
 constexpr double kSameInputTolerance = 1e-6;  // the optimizer alone (0 measured)
-
-// Heads, KV heads, MLP width and vocabulary divide by 2.
-ModelConfig small_llama(bool tied) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.intermediate_size = 96;
-  c.max_position_embeddings = 32;
-  c.tie_word_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;
-  return c;
-}
-
-// Tied, with biases; under tp its fused c_attn weight holds three runs (its q, k and v rows).
-ModelConfig small_gpt2() {
-  ModelConfig c = ModelConfig::gpt2();
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 32;
-  return c;
-}
 
 struct Model {
   const char* name;

@@ -23,12 +23,15 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/pipeline_executor.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
 using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
+using anvil::testing::small_gpt2;
+using anvil::testing::small_llama;
 
 namespace {
 
@@ -42,39 +45,9 @@ constexpr uint64_t kSeed = 4321;
 constexpr int64_t kB = 2, kT = 16;
 constexpr int kMicroBatches = 4;
 
-// Four layers (pp 2 and 4); vocabulary, heads, KV heads and MLP width divide by tp = 2.
-ModelConfig small_llama(bool tied) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;  // GQA
-  c.intermediate_size = 96;
-  c.max_position_embeddings = 32;
-  c.tie_word_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;
-  return c;
-}
-
-ModelConfig small_gpt2() {
-  ModelConfig c = ModelConfig::gpt2();  // tied, with biases and learned positions
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 32;
-  return c;
-}
-
-struct Case {
-  const char* name;
-  ModelConfig config;
-};
-std::vector<Case> cases() {
-  return {{"llama_gqa_untied", small_llama(false)}, {"llama_gqa_tied", small_llama(true)}, {"gpt2", small_gpt2()}};
-}
+using Case = anvil::testing::ModelCase;
+// Four layers, so pp 2 and 4 split them.
+std::vector<Case> cases() { return anvil::testing::small_model_cases(4); }
 
 struct Layout {
   std::string name;
@@ -355,7 +328,7 @@ TEST(PipelineInFlight, OneFOneBHoldsAtMostStagesMinusStageMicroBatches) {
   const int M = 8;
   GridDims dims;
   dims.pp = world()->size();
-  const ModelConfig c = small_llama(false);
+  const ModelConfig c = small_llama(false, 4);
   const Layout gpipe{"", dims, PipeSchedule::GPipe};
   Stages s = build(gpipe, c);
   const int stage = s.stage->layout().stage, stages = s.stage->layout().stages;
@@ -387,7 +360,7 @@ TEST(PipelineInFlight, OneFOneBHoldsAtMostStagesMinusStageMicroBatches) {
 
 TEST(PipelineModel, BadLayoutsGiveOneClearError) {
   const int stages = world()->size();
-  ModelConfig uneven = small_llama(false);
+  ModelConfig uneven = small_llama(false, 4);
   uneven.num_hidden_layers = stages + 1;  // stages >= 2 never divide stages + 1
   GridDims dims;
   dims.pp = stages;
@@ -395,12 +368,12 @@ TEST(PipelineModel, BadLayoutsGiveOneClearError) {
   EXPECT_NE(expected.find("does not divide num_hidden_layers = " + std::to_string(stages + 1)), std::string::npos)
       << expected;
   EXPECT_EQ(error_of([&] { TransformerLM m(uneven, ModelLayout{nullptr, nullptr, 0, stages}); }), expected);
-  EXPECT_NE(error_of([&] { TransformerLM m(small_llama(false), ModelLayout{nullptr, nullptr, stages, stages}); })
+  EXPECT_NE(error_of([&] { TransformerLM m(small_llama(false, 4), ModelLayout{nullptr, nullptr, stages, stages}); })
                 .find("stage must be in [0, stages)"),
             std::string::npos);
 
   // A stage model refuses the whole-model entry points, and the wrong stage's ones.
-  const ModelConfig c = small_llama(true);
+  const ModelConfig c = small_llama(true, 4);
   TransformerLM first(c, ModelLayout{nullptr, nullptr, 0, stages});
   TransformerLM last(c, ModelLayout{nullptr, nullptr, stages - 1, stages});
   const Tensor ids = Tensor::zeros({1, 4}, DType::I32);

@@ -21,11 +21,15 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/sequence_partition.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
+using anvil::testing::small_gpt2;
+using anvil::testing::small_llama;
+using anvil::testing::small_mistral;
 
 namespace {
 
@@ -39,56 +43,14 @@ constexpr uint64_t kSeed = 4321;
 constexpr int64_t kB = 2;  // sequences per dp rank
 constexpr int kIgnore = -100;
 
-ModelConfig small_llama(bool tied) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;  // GQA: two query heads per KV head; sp4, and sp2 x tp2, split them
-  c.intermediate_size = 96;
-  c.max_position_embeddings = 32;
-  c.tie_word_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;
-  return c;
-}
-
-ModelConfig small_gpt2() {
-  ModelConfig c = ModelConfig::gpt2();  // tied, with biases, learned positions
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 32;
-  return c;
-}
-
-struct Case {
-  const char* name;
-  ModelConfig config;
-};
-// Mistral: Llama with a sliding window shorter than the test sequences, so every sp slice
+using Case = anvil::testing::ModelCase;
+// Plus Mistral with a sliding window shorter than the test sequences, so every sp slice
 // attends across a window edge that falls inside another rank's positions.
-ModelConfig small_mistral() {
-  ModelConfig c = ModelConfig::mistral();
-  const ModelConfig llama = small_llama(false);
-  c.vocab_size = llama.vocab_size;
-  c.hidden_size = llama.hidden_size;
-  c.num_hidden_layers = llama.num_hidden_layers;
-  c.num_attention_heads = llama.num_attention_heads;
-  c.num_key_value_heads = llama.num_key_value_heads;
-  c.intermediate_size = llama.intermediate_size;
-  c.max_position_embeddings = llama.max_position_embeddings;
-  c.sliding_window = 5;
-  return c;
-}
-
 std::vector<Case> cases() {
   return {{"llama_gqa_untied", small_llama(false)},
           {"llama_gqa_tied", small_llama(true)},
           {"gpt2", small_gpt2()},
-          {"mistral_window5", small_mistral()}};
+          {"mistral_window5", small_mistral(/*window=*/5)}};
 }
 
 // The layouts this world size runs: sp = world, and at 4 ranks sp2 x tp2 and dp2 x sp2.

@@ -18,6 +18,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/tensor_parallel.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
@@ -25,6 +26,8 @@ using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
 using anvil::testing::random_tensor;
+using anvil::testing::small_gpt2;
+using anvil::testing::small_llama;
 
 namespace {
 
@@ -38,39 +41,8 @@ bool is_root() { return world()->rank() == 0; }
 constexpr uint64_t kSeed = 1234;
 constexpr int64_t kB = 2, kT = 16;
 
-// Vocabulary, heads, KV heads and MLP width all divide by 2 and 4.
-ModelConfig small_llama(bool tied) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;  // GQA: two query heads per KV head
-  c.intermediate_size = 96;
-  c.max_position_embeddings = 32;
-  c.tie_word_embeddings = tied;
-  c.attention_bias = c.mlp_bias = !tied;  // the untied case also checks sharded and once-added biases
-  return c;
-}
-
-ModelConfig small_gpt2() {
-  ModelConfig c = ModelConfig::gpt2();  // tied, with biases
-  c.vocab_size = 132;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 128;
-  c.max_position_embeddings = 32;
-  return c;
-}
-
-struct Case {
-  const char* name;
-  ModelConfig config;
-};
-std::vector<Case> cases() {
-  return {{"llama_gqa_untied", small_llama(false)}, {"llama_gqa_tied", small_llama(true)}, {"gpt2", small_gpt2()}};
-}
+using Case = anvil::testing::ModelCase;
+std::vector<Case> cases() { return anvil::testing::small_model_cases(); }
 
 // The reference and the tp model with the same (randomized, non-trivial) weights: the tp
 // model's shards are copied from the reference's tensors.

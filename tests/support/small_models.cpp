@@ -1,0 +1,49 @@
+#include "tests/support/small_models.h"
+
+namespace anvil::testing {
+
+namespace {
+void small_shape(ModelConfig& c, int64_t layers) {
+  c.vocab_size = 132;
+  c.hidden_size = 64;
+  c.num_hidden_layers = layers;
+  c.max_position_embeddings = 32;
+}
+}  // namespace
+
+ModelConfig small_llama(bool tied, int64_t layers) {
+  ModelConfig c = ModelConfig::llama();
+  small_shape(c, layers);
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 4;
+  c.intermediate_size = 96;
+  c.tie_word_embeddings = tied;
+  c.attention_bias = c.mlp_bias = !tied;
+  return c;
+}
+
+ModelConfig small_gpt2(int64_t layers) {
+  ModelConfig c = ModelConfig::gpt2();
+  small_shape(c, layers);
+  c.num_attention_heads = c.num_key_value_heads = 4;
+  c.intermediate_size = 128;
+  return c;
+}
+
+ModelConfig small_mistral(int64_t window, int64_t layers) {
+  ModelConfig c = ModelConfig::mistral();
+  small_shape(c, layers);
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 4;
+  c.intermediate_size = 96;
+  c.sliding_window = window;
+  return c;
+}
+
+std::vector<ModelCase> small_model_cases(int64_t layers) {
+  return {{"llama_gqa_untied", small_llama(false, layers)},
+          {"llama_gqa_tied", small_llama(true, layers)},
+          {"gpt2", small_gpt2(layers)}};
+}
+
+}  // namespace anvil::testing

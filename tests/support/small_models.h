@@ -1,0 +1,27 @@
+// The small models the multi-rank layout tests split (tensor, pipeline, sequence parallel,
+// distributed optimizers): vocabulary 132, hidden 64, 32 positions.
+//   Llama  8 query / 4 KV heads (GQA; tp, sp and tp x sp up to 4 split them), MLP 96; the
+//          untied variant has attention and MLP biases, so it also checks sharded and
+//          once-added biases.
+//   GPT-2  4 heads, MLP 128, tied, with biases and learned positions.
+//   Mistral  the Llama shape with a sliding window.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "models/config.h"
+
+namespace anvil::testing {
+
+ModelConfig small_llama(bool tied, int64_t layers = 2);
+ModelConfig small_gpt2(int64_t layers = 2);
+ModelConfig small_mistral(int64_t window, int64_t layers = 2);
+
+struct ModelCase {
+  const char* name;
+  ModelConfig config;
+};
+// Llama untied, Llama tied and GPT-2.
+std::vector<ModelCase> small_model_cases(int64_t layers = 2);
+
+}  // namespace anvil::testing
