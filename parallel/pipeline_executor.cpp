@@ -146,16 +146,5 @@ std::vector<float> PipelineExecutor::evaluate(const std::vector<PipelineMicroBat
   return std::vector<float>(shared.data<float>(), shared.data<float>() + M);
 }
 
-double pipeline_grad_norm(TransformerLM& model, Communicator* pp) {
-  const Param* copy = model.tied_embedding_copy();
-  std::vector<Param*> counted;
-  for (Param* p : model.params())
-    if (p != copy) counted.push_back(p);
-  const double stage_norm = tensor_parallel_grad_norm(model.tensor_parallel(), counted);
-  if (!pp || pp->size() == 1) return stage_norm;
-  Tensor squares = Tensor::full({1}, stage_norm * stage_norm);
-  pp->all_reduce(squares);
-  return std::sqrt(squares.item());
-}
 
 }  // namespace anvil

@@ -86,9 +86,4 @@ class PipelineExecutor {
   BeforeBackward before_backward_;
 };
 
-// The global gradient norm of a pipeline-parallel (and possibly tensor-parallel) model:
-// each stage's squares (tensor_parallel_grad_norm over tp) summed over pp, counting a tied
-// embedding once (the last stage's copy is left out). Collective over pp and tp.
-double pipeline_grad_norm(TransformerLM& model, Communicator* pp);
-
 }  // namespace anvil

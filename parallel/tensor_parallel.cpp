@@ -105,18 +105,5 @@ void VocabParallelCrossEntropy::backward(Communicator* tp, const Tensor& logits,
   kernels::cross_entropy_shard_backward(logits, targets, vocab_start, lse, ignore_index, grad_scale, dlogits);
 }
 
-double tensor_parallel_grad_norm(Communicator* tp, const std::vector<Param*>& params) {
-  double sharded = 0, replicated = 0;
-  for (const Param* p : params) {
-    if (!p->grad.defined()) continue;
-    (p->shard.axis == GridAxis::TP ? sharded : replicated) += kernels::sum_squares(p->grad);
-  }
-  if (active(tp)) {
-    Tensor sum = Tensor::full({1}, sharded);
-    tp->all_reduce(sum);
-    sharded = sum.item();
-  }
-  return std::sqrt(sharded + replicated);
-}
 
 }  // namespace anvil

@@ -59,9 +59,5 @@ struct VocabParallelCrossEntropy {
 // The first vocabulary id of this rank's shard when `vocab_size` is split evenly over tp.
 int64_t vocab_shard_start(Communicator* tp, int64_t vocab_size);
 
-// The global gradient norm of a tensor-parallel model: squares of tp-sharded gradients are
-// summed over the tp ranks, replicated ones (norms, row-parallel biases: equal on every tp
-// rank) are counted once. A collective over tp; with tp null it is global_grad_norm.
-double tensor_parallel_grad_norm(Communicator* tp, const std::vector<Param*>& params);
 
 }  // namespace anvil

@@ -14,6 +14,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "parallel/collectives.h"
+#include "parallel/grad_norm.h"
 #include "parallel/sequence_partition.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/checkpoint.h"
@@ -224,34 +225,6 @@ bool Trainer::writes(bool tp_shard) const {
   return grid_->rank(Axis::DP) == 0 && grid_->rank(Axis::SP) == 0 && (tp_shard || grid_->rank(Axis::TP) == 0);
 }
 
-double Trainer::clip_gradients() {
-  // Each gradient element counts once in the global norm: a tp shard on its own rank, a tp
-  // replica on tp rank 0 only; dp replicas once (DataParallel sums ZeRO shards over dp).
-  // Pipeline stages hold disjoint params, summed over pp; the last stage's copy of a tied
-  // embedding is the first stage's (equal gradients) and counts there only.
-  const bool tp_rank0 = !grid_ || grid_->rank(Axis::TP) == 0;
-  const Param* tied_copy = model_->tied_embedding_copy();
-  auto counted = [&](const Param& p) { return &p != tied_copy && (p.shard.sharded() || tp_rank0); };
-  double sum = 0;
-  if (dp_) {
-    sum = dp_->grad_sum_squares(counted);
-  } else {
-    for (const Param* p : trainable_)
-      if (p->grad.defined() && counted(*p)) sum += kernels::sum_squares(p->grad);
-  }
-  if (grid_ && grid_->size(Axis::TP) > 1) sum = all_reduce_sum(grid_->comm(Axis::TP), sum);
-  if (grid_ && grid_->size(Axis::PP) > 1) sum = all_reduce_sum(grid_->comm(Axis::PP), sum);
-  const double norm = std::sqrt(sum), max_norm = config_.optimizer.grad_clip;
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));  // as optim/clip_grad_norm
-    if (dp_) dp_->scale_grads(scale);
-    else
-      for (Param* p : trainable_)
-        if (p->grad.defined()) kernels::scale_inplace(p->grad, scale);
-  }
-  return norm;
-}
-
 CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& state) {
   CheckpointContents contents;
   std::map<std::string, const Param*> by_name;
@@ -361,7 +334,9 @@ StepRecord Trainer::train_step() {
   StepRecord r;
   if (dp_) dp_->finish_grad_sync();
   if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
-  r.grad_norm = clip_gradients();
+  r.grad_norm = clip_model_grad_norm(*model_, dp_.get(),
+                                     grid_ && grid_->size(Axis::PP) > 1 ? &grid_->comm(Axis::PP) : nullptr,
+                                     config_.optimizer.grad_clip);
   r.lr = learning_rate(config_.schedule, step_);
   r.loss = loss_sum;  // the mean over the step's micro-batches
   // On reduced values only, so every rank reaches the same verdict.

@@ -126,8 +126,6 @@ class Trainer {
   // Whether this rank writes its copy of a tensor into checkpoints (replicas leave it to
   // one rank); tp_shard: the tensor is this rank's tensor-parallel shard.
   bool writes(bool tp_shard) const;
-  // The global gradient norm over every rank's share (before clipping); clips in place.
-  double clip_gradients();
   // What this rank reads and writes in a checkpoint: every param (a shard at its place in
   // the logical tensor) and the optimizer state.
   CheckpointContents checkpoint_contents(const std::vector<NamedTensor>& state);

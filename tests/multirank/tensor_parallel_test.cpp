@@ -14,6 +14,7 @@
 #include "kernels/loss.h"
 #include "models/transformer.h"
 #include "optim/adamw.h"
+#include "parallel/grad_norm.h"
 #include "parallel/grid.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/tensor_parallel.h"
@@ -165,7 +166,7 @@ TEST(TensorParallelModel, LossLogitsAndGradientShardsMatchOneProcess) {
       EXPECT_LE(e, 1e-5) << k.name << " gradient of " << p->name;
       if (e >= worst) worst = e, worst_name = p->name;
     }
-    const double norm_err = rel(tensor_parallel_grad_norm(tp(), m.tp->params()), global_grad_norm(m.ref->params()));
+    const double norm_err = rel(model_grad_norm(*m.tp, nullptr, nullptr), global_grad_norm(m.ref->params()));
     EXPECT_LE(norm_err, 1e-5) << k.name << " grad norm";
     if (is_root())
       std::printf("[tp=%d %s] loss rel err %.2e, logits %.2e, worst grad shard %.2e (%s), grad norm %.2e\n",
