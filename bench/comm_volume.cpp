@@ -107,10 +107,10 @@ double textbook_bytes(Trainer& t) {
   const RunConfig& c = t.config();  // resolved (vocab_size: auto is the tokenizer's)
   const ParallelSection& p = c.parallel;
   const ModelConfig& m = c.model;
-  const TransformerLM& model = t.model();
+  TransformerLM& model = t.model();
   double grads = 0, params = 0;
-  for (Param* q : t.model().params())
-    if (q->trainable && q != const_cast<TransformerLM&>(model).tied_embedding_copy()) {
+  for (Param* q : model.params())
+    if (q->trainable && q != model.tied_embedding_copy()) {
       grads += q->grad.nbytes();
       params += q->value.nbytes();
     }

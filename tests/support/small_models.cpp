@@ -9,14 +9,18 @@ void small_shape(ModelConfig& c, int64_t layers) {
   c.num_hidden_layers = layers;
   c.max_position_embeddings = 32;
 }
+// Llama-family attention and MLP: 8 query / 4 KV heads, MLP 96.
+void small_gqa(ModelConfig& c) {
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 4;
+  c.intermediate_size = 96;
+}
 }  // namespace
 
 ModelConfig small_llama(bool tied, int64_t layers) {
   ModelConfig c = ModelConfig::llama();
   small_shape(c, layers);
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.intermediate_size = 96;
+  small_gqa(c);
   c.tie_word_embeddings = tied;
   c.attention_bias = c.mlp_bias = !tied;
   return c;
@@ -33,9 +37,7 @@ ModelConfig small_gpt2(int64_t layers) {
 ModelConfig small_mistral(int64_t window, int64_t layers) {
   ModelConfig c = ModelConfig::mistral();
   small_shape(c, layers);
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 4;
-  c.intermediate_size = 96;
+  small_gqa(c);
   c.sliding_window = window;
   return c;
 }
