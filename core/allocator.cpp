@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/cuda_device.h"
 #include "core/error.h"
 
 namespace anvil {
@@ -99,9 +100,7 @@ Allocator& cpu_allocator() {
 }
 
 Allocator& allocator_for(Device device) {
-  ANVIL_CHECK(device.is_cpu(), "no allocator for device ", device.str(),
-              " — this build has only the CPU backend; rebuild with nvcc present for CUDA");
-  return cpu_allocator();
+  return device.is_cuda() ? cuda_allocator(device.index) : cpu_allocator();
 }
 
 }  // namespace anvil

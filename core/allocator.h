@@ -45,7 +45,7 @@ constexpr size_t kCpuAlignment = 64;  // a cache line; also what AVX-512 loads l
 // (page faults, zeroing) cost ~5% of a CPU step. Smaller blocks go to malloc,
 // which caches them itself.
 Allocator& cpu_allocator();
-// The allocator for a device; CUDA arrives with the CUDA backend.
+// The allocator for a device (CUDA: core/cuda/allocator.cpp; throws in a CPU-only build).
 Allocator& allocator_for(Device device);
 
 }  // namespace anvil

@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/cuda_device.h"
+
 #include <cstring>
 #include <sstream>
 
@@ -260,10 +262,16 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_(*this);
+  return t;
+}
+
 void Tensor::copy_(const Tensor& src) {
   ANVIL_CHECK(shape_ == src.shape_, "copy_: shape ", shape_str(src.shape_), " into ", describe());
-  require_cpu(*this, "copy_");
-  require_cpu(src, "copy_");
+  if (device_.is_cuda() || src.device_.is_cuda()) return cuda_copy(src, *this);
   if (numel() == 0) return;
   if (dtype_ == src.dtype_ && is_contiguous() && src.is_contiguous()) {
     std::memmove(raw_data(), src.raw_data(), nbytes());
@@ -289,7 +297,7 @@ void Tensor::copy_(const Tensor& src) {
 }
 
 void Tensor::fill_(double value) {
-  require_cpu(*this, "fill_");
+  if (device_.is_cuda()) return cuda_fill(*this, value);
   void* base = storage_->data();
   if (dtype_ == DType::F32 && is_contiguous()) {
     float* p = data<float>();
@@ -301,7 +309,7 @@ void Tensor::fill_(double value) {
 }
 
 double Tensor::item_at(const Shape& index) const {
-  require_cpu(*this, "item_at");
+  require_cpu(*this, "item_at");  // device values cross explicitly: t.to(Device::cpu())
   ANVIL_CHECK(index.size() == shape_.size(), "item_at", shape_str(index), " on ", describe());
   int64_t off = offset_;
   for (size_t i = 0; i < index.size(); ++i) {

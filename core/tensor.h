@@ -87,11 +87,14 @@ class Tensor {
   Tensor contiguous() const;  // this tensor when already contiguous
   Tensor clone() const;
   Tensor to(DType dtype) const;
-  void copy_(const Tensor& src);  // same shape; converts dtype; any strides
+  // A copy on `device` (this tensor itself when already there). The one way data crosses
+  // devices, besides copy_ between tensors on different devices; device->host blocks.
+  Tensor to(Device device) const;
+  void copy_(const Tensor& src);  // same shape; converts dtype; any strides; any devices
   void fill_(double value);
   void zero_() { fill_(0.0); }
 
-  // Element access for tests and small host-side code (not for kernels).
+  // Element access for tests and small host-side code (not for kernels); CPU tensors only.
   double item_at(const Shape& index) const;
   double item() const;
   std::vector<float> to_vector() const;  // logical order, as f32

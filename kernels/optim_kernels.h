@@ -15,5 +15,10 @@ struct AdamWStep {
 //   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s);
+// Mixed precision: `param` is the f32 master weight; in the same pass the updated value,
+// rounded to low_precision's dtype (bf16), is written to low_precision, the copy the model
+// computes with. Undefined low_precision: the plain update above.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s,
+                  Tensor& low_precision);
 
 }  // namespace anvil::kernels

@@ -54,3 +54,21 @@ if [ "$(cat "$pydeps/.anvil-pins" 2>/dev/null)" != "${hf_pins[*]}" ] ||
   PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import torch, transformers; transformers.LlamaForCausalLM; transformers.GPT2LMHeadModel'
   echo "${hf_pins[*]}" > "$pydeps/.anvil-pins"
 fi
+
+# The cuDNN frontend (header-only C++ graph API for fused attention) from PyPI's
+# nvidia-cudnn-frontend wheel: only its include/ is unpacked, into the directory CMake's
+# ANVIL_CUDNN_FRONTEND_DIR defaults to. Needed only where nvcc exists (the CUDA backend).
+cudnn_fe_version=1.32.0
+cudnn_fe_dir="${ANVIL_DEPS:-$HOME/.cache/anvil-deps}/cudnn_frontend"
+if { command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; } &&
+   [ "$(cat "$cudnn_fe_dir/.version" 2>/dev/null)" != "$cudnn_fe_version" ]; then
+  echo "install_deps: unpacking nvidia-cudnn-frontend $cudnn_fe_version headers into $cudnn_fe_dir"
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.11 --platform manylinux_2_28_x86_64 -d "$tmp" "nvidia-cudnn-frontend==$cudnn_fe_version"
+  rm -rf "$cudnn_fe_dir" && mkdir -p "$cudnn_fe_dir"
+  python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(n, sys.argv[2]) for n in z.namelist() if n.startswith("include/")]' \
+    "$tmp"/nvidia_cudnn_frontend-*.whl "$cudnn_fe_dir"
+  rm -rf "$tmp"
+  echo "$cudnn_fe_version" > "$cudnn_fe_dir/.version"
+fi

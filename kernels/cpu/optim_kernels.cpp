@@ -2,9 +2,18 @@
 
 #include <cmath>
 
+#include "kernels/backend.h"
+
 namespace anvil::kernels {
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s) {
+  Tensor none;
+  adamw_update(param, grad, exp_avg, exp_avg_sq, s, none);
+}
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s,
+                  Tensor& low_precision) {
+  ANVIL_DISPATCH_CUDA(param, adamw_update, param, grad, exp_avg, exp_avg_sq, s, low_precision);
   for (const Tensor* t : {&grad, static_cast<const Tensor*>(&exp_avg), static_cast<const Tensor*>(&exp_avg_sq)})
     ANVIL_CHECK(t->shape() == param.shape() && t->is_contiguous() && t->dtype() == DType::F32,
                 "adamw_update: ", t->describe(), " does not match param ", param.describe());
@@ -30,6 +39,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
     v[i] = vi;
     p[i] = p[i] * decay - step_size * mi / ((std::sqrt(vi) / sqrt_c2 + eps));
   }
+  if (low_precision.defined()) low_precision.copy_(param);
 }
 
 }  // namespace anvil::kernels

@@ -1,0 +1,83 @@
+// The CUDA backend's entry points: the same signatures as the device-agnostic ones in
+// kernels/*.h, which forward here when their first tensor is on a CUDA device
+// (ANVIL_DISPATCH_CUDA in kernels/backend.h). Compiled only with nvcc present.
+//
+// Dtypes on CUDA (mixed precision, DESIGN.md): activations and parameter values are f32 or
+// bf16 (one dtype per call); parameter gradients (dweight, dbias, dtable) are always f32 and
+// accumulate; saved statistics (mean, rstd, lse, losses) are f32; arithmetic is f32.
+// matmul: a and b share a dtype (f32 or bf16), c is f32 or bf16, accumulation f32.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "kernels/newton_schulz.h"
+#include "kernels/optim_kernels.h"
+
+namespace anvil::kernels::cuda {
+
+// activation.h
+void gelu_forward(const Tensor& x, Tensor& y);
+void gelu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y);
+void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
+
+// attention.h (cuDNN frontend SDPA where the shape allows, else the fallback kernel)
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset, Tensor& out,
+                       Tensor& lse, int64_t window);
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
+                        int64_t window);
+
+// elementwise.h
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+void add_inplace(Tensor& y, const Tensor& x);
+void axpy(float alpha, const Tensor& x, Tensor& y);
+void scale_inplace(Tensor& x, float alpha);
+void add_bias(Tensor& y, const Tensor& bias);
+void bias_grad(const Tensor& dy, Tensor& dbias);
+void sum_rows(const Tensor& x, Tensor& out);
+double sum(const Tensor& x);
+double sum_squares(const Tensor& x);
+double max_abs(const Tensor& x);
+
+// embedding.h
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
+void embedding_shard_forward(const Tensor& ids, const Tensor& table_shard, int64_t vocab_start, Tensor& out);
+void embedding_shard_backward(const Tensor& ids, const Tensor& dout, int64_t vocab_start, Tensor& dtable_shard);
+
+// loss.h (logits f32 or bf16; losses, lse and the shard statistics f32)
+int64_t cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index, Tensor& losses,
+                              Tensor& lse);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
+                            float grad_scale, Tensor& dlogits);
+void cross_entropy_shard_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_start, int ignore_index,
+                               Tensor& row_max, Tensor& sum_exp, Tensor& target_logit);
+void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& lse,
+                                  int ignore_index, float grad_scale, Tensor& dlogits);
+
+// matmul.h (cuBLASLt)
+void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta);
+
+// muon_kernels.h, newton_schulz.h
+void muon_momentum(const Tensor& grad, Tensor& buffer, Tensor& update, float beta, bool nesterov, bool ema);
+void newton_schulz(const Tensor& u, Tensor& out, const NewtonSchulzConfig& cfg);
+
+// norm.h
+void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& y, Tensor& mean,
+                       Tensor& rstd);
+void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                        const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias);
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
+                      Tensor& dweight);
+
+// optim_kernels.h (param, grad, states f32; low_precision: the bf16 compute copy, or undefined)
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s,
+                  Tensor& low_precision);
+
+// rope.h (cos/sin tables f32 on the same device)
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos);
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos);
+
+}  // namespace anvil::kernels::cuda
