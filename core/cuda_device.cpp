@@ -14,6 +14,8 @@ constexpr const char* kNoCuda =
 int cuda_device_count() { return 0; }
 std::string cuda_unavailable_reason() { return kNoCuda; }
 bool cuda_built() { return false; }
+void cuda_set_device(int) { ANVIL_FAIL("select a CUDA device: ", kNoCuda); }
+std::string cuda_device_name(int) { ANVIL_FAIL("name a CUDA device: ", kNoCuda); }
 Allocator& cuda_allocator(int) { ANVIL_FAIL("no allocator for a CUDA device: ", kNoCuda); }
 void cuda_copy(const Tensor&, Tensor&) { ANVIL_FAIL("copy to or from a CUDA tensor: ", kNoCuda); }
 void cuda_fill(Tensor&, double) { ANVIL_FAIL("fill_ on a CUDA tensor: ", kNoCuda); }

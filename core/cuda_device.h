@@ -18,6 +18,12 @@ std::string cuda_unavailable_reason();
 // True when this build has the CUDA backend compiled in (a GPU may still be absent).
 bool cuda_built();
 
+// Makes device `index` this thread's current device (cudaSetDevice): the trainer calls it once at
+// start-up so library handles and any work not guarded by a DeviceGuard land on the rank's GPU.
+void cuda_set_device(int index);
+// The device's product name ("NVIDIA H100 80GB HBM3"), for MFU's peak table and logs.
+std::string cuda_device_name(int index);
+
 // The caching allocator of CUDA device `index` (stream-aware; see core/cuda/allocator.cpp).
 Allocator& cuda_allocator(int index);
 

@@ -340,6 +340,22 @@ std::string Tensor::describe() const {
   return std::string(dtype_name(dtype_)) + shape_str(shape_) + " " + device_.str();
 }
 
+Tensor empty_like(const Tensor& like, const Shape& shape) { return empty_like(like, shape, like.dtype()); }
+Tensor empty_like(const Tensor& like, const Shape& shape, DType dtype) {
+  ANVIL_CHECK(like.defined(), "empty_like", shape_str(shape), ": the tensor to take the device from is undefined");
+  return Tensor::empty(shape, dtype, like.device());
+}
+Tensor zeros_like(const Tensor& like, const Shape& shape) { return zeros_like(like, shape, like.dtype()); }
+Tensor zeros_like(const Tensor& like, const Shape& shape, DType dtype) {
+  ANVIL_CHECK(like.defined(), "zeros_like", shape_str(shape), ": the tensor to take the device from is undefined");
+  return Tensor::zeros(shape, dtype, like.device());
+}
+
+Tensor host_f32(const Tensor& t) {
+  const Tensor host = t.to(Device::cpu());
+  return host.dtype() == DType::F32 ? host : host.to(DType::F32);
+}
+
 void check_shape(const Tensor& t, const Shape& shape, const char* what) {
   ANVIL_CHECK(t.defined(), what, " is undefined; expected shape ", shape_str(shape));
   ANVIL_CHECK(t.shape() == shape, what, " has shape ", shape_str(t.shape()), ", expected ", shape_str(shape));

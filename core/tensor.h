@@ -112,6 +112,18 @@ class Tensor {
   int64_t offset_ = 0;
 };
 
+// Buffers derived from another tensor (activations, gradients, scratch): on like's device and in
+// like's dtype unless `dtype` says otherwise, so code written once follows its inputs to the GPU
+// and into bf16. Uninitialised (empty_like) or zero-filled (zeros_like).
+Tensor empty_like(const Tensor& like, const Shape& shape);
+Tensor empty_like(const Tensor& like, const Shape& shape, DType dtype);
+Tensor zeros_like(const Tensor& like, const Shape& shape);
+Tensor zeros_like(const Tensor& like, const Shape& shape, DType dtype);
+
+// t as f32 on the host, for host code that reads values (checkpoints, sampling, exports): t
+// itself when it already is one, else an explicit copy (device -> host blocks).
+Tensor host_f32(const Tensor& t);
+
 // Throws an Error naming `what` when `t` does not have exactly `shape`.
 void check_shape(const Tensor& t, const Shape& shape, const char* what);
 void check_dtype(const Tensor& t, DType dtype, const char* what);

@@ -30,6 +30,19 @@ std::string cuda_unavailable_reason() {
 
 bool cuda_built() { return true; }
 
+void cuda_set_device(int index) {
+  const int count = cuda_device_count();
+  ANVIL_CHECK(index >= 0 && index < count, "CUDA device ", index, " does not exist: ", count,
+              " device(s) are visible — check CUDA_VISIBLE_DEVICES and the ranks per node");
+  ANVIL_CUDA_CHECK(cudaSetDevice(index));
+}
+
+std::string cuda_device_name(int index) {
+  cudaDeviceProp prop{};
+  ANVIL_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+  return prop.name;
+}
+
 void cuda_synchronize(int index) { cuda::synchronize(index); }
 
 namespace {
