@@ -139,11 +139,12 @@ void generate_batch(TransformerLM& model, const std::vector<std::vector<int32_t>
   const int64_t P = static_cast<int64_t>(prompts[which[0]].size());
   const int64_t V = model.config().vocab_size;
   // The last generated token is never fed back, so P + max_new_tokens - 1 positions suffice.
-  KVCache kv(model.config(), B, P + max_new_tokens - 1);
+  // The cache and the ids live where the model computes; sampling reads the logits on the host.
+  KVCache kv(model.config(), B, P + max_new_tokens - 1, model.device(), model.compute_dtype());
   Tensor ids = Tensor::empty({B, P}, DType::I32);
   for (int64_t b = 0; b < B; ++b)
     std::copy(prompts[which[b]].begin(), prompts[which[b]].end(), ids.data<int32_t>() + b * P);
-  Tensor logits = model.forward_cached(ids, kv, /*last_position_only=*/true);
+  Tensor logits = host_f32(model.forward_cached(ids.to(model.device()), kv, /*last_position_only=*/true));
   std::vector<bool> done(static_cast<size_t>(B), false);
   Tensor next = Tensor::empty({B, 1}, DType::I32);
   for (int step = 0; step < max_new_tokens; ++step) {
@@ -162,7 +163,7 @@ void generate_batch(TransformerLM& model, const std::vector<std::vector<int32_t>
       all_done = all_done && done[b];
     }
     if (all_done || step + 1 == max_new_tokens) break;
-    logits = model.forward_cached(next, kv);
+    logits = host_f32(model.forward_cached(next.to(model.device()), kv));
   }
 }
 

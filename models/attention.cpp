@@ -1,7 +1,6 @@
 #include "models/attention.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
@@ -10,8 +9,8 @@
 
 namespace anvil {
 
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
-                                                   const RopeScaling& scaling) {
+std::shared_ptr<RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+                                             const RopeScaling& scaling) {
   auto tables = std::make_shared<RopeTables>();
   kernels::rope_tables(scaling.apply(kernels::rope_inv_freq(head_dim, theta)), max_positions, tables->cos,
                        tables->sin);
@@ -19,19 +18,10 @@ std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max
 }
 
 namespace {
-// dst[:, start:start+T] = src for [B, T, H, D] tensors whose last dim is contiguous.
+// dst[:, start:start+T] = src for [B, T, H, D] tensors (any device; the cache's dtype is the model's).
 void write_positions(Tensor& dst, const Tensor& src, int64_t start) {
-  const int64_t B = src.size(0), T = src.size(1), H = src.size(2), D = src.size(3);
-  ANVIL_CHECK(dst.device().is_cpu() && src.device().is_cpu(), "KV cache write: ", dst.describe(), " <- ",
-              src.describe(), " — the CUDA backend has no KV-cache path yet; run decoding on CPU tensors");
-  ANVIL_CHECK(dst.stride(3) == 1 && src.stride(3) == 1, "KV cache write: last dims must be contiguous");
-  float* d = dst.data<float>();
-  const float* s = src.data<float>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t h = 0; h < H; ++h)
-        std::memcpy(d + b * dst.stride(0) + (start + t) * dst.stride(1) + h * dst.stride(2),
-                    s + b * src.stride(0) + t * src.stride(1) + h * src.stride(2), static_cast<size_t>(D) * 4);
+  Tensor slot = dst.slice(1, start, start + src.size(1));
+  slot.copy_(src);
 }
 
 const char* out_name(Attention::Projection p) { return p == Attention::Projection::Fused ? "c_proj" : "o_proj"; }
@@ -91,7 +81,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     kernels::rope_forward(k, rope_->cos, rope_->sin, start);
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  Tensor attn = Tensor::empty({B, T, H, D});
+  Tensor attn = empty_like(x, {B, T, H, D});
   if (sequence_) {
     // Scatter heads, gather the sequence, attend, and back (parallel/ulysses.h).
     const UlyssesSaved s = ulysses_attention_forward(*sequence_->sp, sequence_->part, q, k, v, scale, attn, shape_.window);
@@ -103,7 +93,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     sequence.data<int64_t>()[1] = start;
     c["sequence"] = sequence;  // this forward's T and slice start (the context moves on)
   } else {
-    Tensor lse = Tensor::empty({B, H, T});
+    Tensor lse = empty_like(x, {B, H, T}, DType::F32);
     kernels::attention_forward(q, k, v, scale, 0, attn, lse, shape_.window);
     c["q"] = q;
     c["k"] = k;
@@ -142,8 +132,8 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
   }
   write_positions(kv.k, k, start_pos);
   write_positions(kv.v, v, start_pos);
-  Tensor attn = Tensor::empty({B, T, H, D});
-  Tensor lse = Tensor::empty({B, H, T});  // required by the kernel; scratch here
+  Tensor attn = empty_like(x, {B, T, H, D});
+  Tensor lse = empty_like(x, {B, H, T}, DType::F32);  // required by the kernel; scratch here
   kernels::attention_forward(q, kv.k.slice(1, 0, end), kv.v.slice(1, 0, end), 1.0f / std::sqrt(static_cast<float>(D)),
                              start_pos, attn, lse, shape_.window);
   return out_.infer(attn.view({B, T, H * D}));
@@ -156,14 +146,14 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
   const Tensor dattn = out_.backward(dy, c.child(3)).view({B, T, H, D});
   Tensor dq, dk, dv, dqkv;
   if (projection_ == Projection::Fused) {
-    dqkv = Tensor::empty({B, T, H + 2 * Hkv, D});
+    dqkv = empty_like(dattn, {B, T, H + 2 * Hkv, D});
     dq = dqkv.slice(2, 0, H);
     dk = dqkv.slice(2, H, H + Hkv);
     dv = dqkv.slice(2, H + Hkv, H + 2 * Hkv);
   } else {
-    dq = Tensor::empty({B, T, H, D});
-    dk = Tensor::empty({B, T, Hkv, D});
-    dv = Tensor::empty({B, T, Hkv, D});
+    dq = empty_like(dattn, {B, T, H, D});
+    dk = empty_like(dattn, {B, T, Hkv, D});
+    dv = empty_like(dattn, {B, T, Hkv, D});
   }
   int64_t start = 0;
   if (sequence_) {

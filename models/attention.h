@@ -10,13 +10,14 @@
 
 namespace anvil {
 
-// cos/sin tables shared by every attention layer of a model.
+// cos/sin tables shared by every attention layer of a model (f32 on the model's device; the
+// model owns them and moves them with its params, the layers only read them).
 struct RopeTables {
   Tensor cos;  // [max_positions, head_dim / 2]
   Tensor sin;
 };
-// `scaling` rescales the inverse frequencies first (config.json's rope_scaling).
-std::shared_ptr<const RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
+// `scaling` rescales the inverse frequencies first (config.json's rope_scaling). Built on the CPU.
+std::shared_ptr<RopeTables> make_rope_tables(int64_t head_dim, int64_t max_positions, double theta,
                                                    const RopeScaling& scaling = {});
 
 // Ulysses sequence parallelism, shared by a model's attention layers (like its RoPE tables):

@@ -222,16 +222,16 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
     const std::string name = file_name(p->name);
     Tensor w = index.get_f32(name);
     if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
-    p->value.copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);
+    master_weight(*p).copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);
+    refresh_value(*p);
   }
 
   if (!tied_head.empty() && model.is_first_stage()) {  // the first stage holds the embedding
     const Param& embedding = *params.front();
     Tensor head = index.get_f32(tied_head);
     if (embedding.shard.sharded()) head = take_shard(embedding, head);  // compare this rank's vocabulary rows
-    const Tensor& emb = embedding.value;
-    ANVIL_CHECK(head.shape() == emb.shape() &&
-                    std::memcmp(head.data<float>(), emb.contiguous().data<float>(), head.nbytes()) == 0,
+    const Tensor emb = host_f32(master_weight(embedding)).contiguous();
+    ANVIL_CHECK(head.shape() == emb.shape() && std::memcmp(head.data<float>(), emb.data<float>(), head.nbytes()) == 0,
                 index.file_of(tied_head).path(), ": tensor 'lm_head.weight' differs from the embedding '",
                 file_name(params.front()->name), "', but config.json says tie_word_embeddings = true — set "
                 "tie_word_embeddings false to load a separate head");
@@ -245,9 +245,7 @@ void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::
   const std::vector<Param*> params = const_cast<TransformerLM&>(model).params();
   TensorMap tensors;
   for (const Param* p : params) {
-    Tensor v = p->value;
-    ANVIL_CHECK(v.device().is_cpu(), "save_hf: param ", p->name, " is on ", v.describe(),
-                " — copy the model to the CPU first");
+    Tensor v = host_f32(master_weight(*p));  // the f32 weights, on the host
     if (is_conv1d(config, p->name)) v = v.transpose(0, 1).contiguous();
     tensors.emplace(p->name, v);
   }

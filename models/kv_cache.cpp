@@ -2,7 +2,7 @@
 
 namespace anvil {
 
-KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Device device)
+KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Device device, DType dtype)
     : batch_(batch),
       max_len_(max_len),
       num_kv_heads_(config.num_key_value_heads),
@@ -15,7 +15,7 @@ KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Devi
   const Shape shape{batch, max_len, num_kv_heads_, head_dim_};
   layers_.reserve(static_cast<size_t>(config.num_hidden_layers));
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
-    layers_.push_back({Tensor::empty(shape, DType::F32, device), Tensor::empty(shape, DType::F32, device)});
+    layers_.push_back({Tensor::empty(shape, dtype, device), Tensor::empty(shape, dtype, device)});
 }
 
 KVLayer& KVCache::layer(int64_t i) {

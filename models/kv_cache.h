@@ -16,15 +16,17 @@
 namespace anvil {
 
 struct KVLayer {
-  Tensor k;  // f32 [B, max_len, Hkv, D]
-  Tensor v;  // f32 [B, max_len, Hkv, D]
+  Tensor k;  // [B, max_len, Hkv, D] in the model's compute dtype, on its device
+  Tensor v;  // [B, max_len, Hkv, D]
 };
 
 class KVCache {
  public:
   // Buffers for `config`'s layers and KV heads, for `batch` sequences of up to
-  // `max_len` positions. max_len must lie in [1, max_position_embeddings].
-  KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Device device = Device::cpu());
+  // `max_len` positions. max_len must lie in [1, max_position_embeddings]. `device` and `dtype`
+  // are the model's (TransformerLM::device(), compute_dtype()).
+  KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Device device = Device::cpu(),
+          DType dtype = DType::F32);
 
   int64_t batch() const { return batch_; }
   int64_t max_len() const { return max_len_; }

@@ -33,7 +33,7 @@ Tensor linear_input(const Tensor& x, const Param& weight) {
 
 Tensor Linear::apply(const Tensor& x2, const Shape& x_shape) const {
   const int64_t out = weight.value.size(0);
-  Tensor y = Tensor::empty({x2.size(0), out});
+  Tensor y = empty_like(x2, {x2.size(0), out});
   kernels::matmul(x2, false, weight.value, true, y);
   if (has_bias()) kernels::add_bias(y, bias.value);
   return y.view(with_last_dim(x_shape, out));
@@ -52,7 +52,7 @@ Tensor Linear::backward(const Tensor& dy, Cache& c) {
   const int64_t in = weight.value.size(1), out = weight.value.size(0);
   const Tensor dy2 = dy.contiguous().view({-1, out});
   // Input gradient first: under tensor parallelism its collective starts while dW is computed.
-  Tensor dx = Tensor::empty({dy2.size(0), in});
+  Tensor dx = empty_like(dy2, {dy2.size(0), in});
   kernels::matmul(dy2, false, weight.value, false, dx);
   if (weight.trainable) kernels::matmul(dy2, true, x2, false, weight.grad, 1.0f, 1.0f);
   if (has_bias() && bias.trainable) kernels::bias_grad(dy2, bias.grad);
@@ -73,7 +73,7 @@ Tensor Embedding::infer(const Tensor& ids) {
   const int64_t dim = weight.value.size(1);
   Shape out_shape = ids.shape();
   out_shape.push_back(dim);
-  Tensor y = Tensor::empty({ids.numel(), dim});
+  Tensor y = empty_like(weight.value, {ids.numel(), dim});  // the table's dtype and device
   kernels::embedding_forward(ids.contiguous(), weight.value, y);
   return y.view(out_shape);
 }
@@ -102,7 +102,8 @@ Tensor LayerNorm::forward(const Tensor& x, Cache& c) {
   const int64_t dim = weight.value.size(0);
   ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
   const Tensor x2 = x.contiguous().view({-1, dim});
-  Tensor y = Tensor::empty(x2.shape()), mean = Tensor::empty({x2.size(0)}), rstd = Tensor::empty({x2.size(0)});
+  Tensor y = empty_like(x2, x2.shape()), mean = empty_like(x2, {x2.size(0)}, DType::F32),
+         rstd = empty_like(x2, {x2.size(0)}, DType::F32);
   kernels::layernorm_forward(x2, weight.value, bias.value, eps, y, mean, rstd);
   c["x"] = x2;
   c["mean"] = mean;
@@ -115,14 +116,15 @@ Tensor LayerNorm::infer(const Tensor& x) {
   ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
   const Tensor x2 = x.contiguous().view({-1, dim});
   // The kernel writes the row statistics; at inference they are scratch.
-  Tensor y = Tensor::empty(x2.shape()), mean = Tensor::empty({x2.size(0)}), rstd = Tensor::empty({x2.size(0)});
+  Tensor y = empty_like(x2, x2.shape()), mean = empty_like(x2, {x2.size(0)}, DType::F32),
+         rstd = empty_like(x2, {x2.size(0)}, DType::F32);
   kernels::layernorm_forward(x2, weight.value, bias.value, eps, y, mean, rstd);
   return y.view(x.shape());
 }
 
 Tensor LayerNorm::backward(const Tensor& dy, Cache& c) {
   const Tensor x2 = c.get("x");
-  Tensor dx = Tensor::empty(x2.shape());
+  Tensor dx = empty_like(x2, x2.shape());
   Tensor dw = weight.trainable ? weight.grad : Tensor();
   Tensor db = bias.trainable ? bias.grad : Tensor();
   kernels::layernorm_backward(dy.contiguous().view(x2.shape()), x2, weight.value, c.get("mean"), c.get("rstd"),
@@ -143,7 +145,7 @@ Tensor RMSNorm::forward(const Tensor& x, Cache& c) {
   const int64_t dim = weight.value.size(0);
   ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
   const Tensor x2 = x.contiguous().view({-1, dim});
-  Tensor y = Tensor::empty(x2.shape()), rstd = Tensor::empty({x2.size(0)});
+  Tensor y = empty_like(x2, x2.shape()), rstd = empty_like(x2, {x2.size(0)}, DType::F32);
   kernels::rmsnorm_forward(x2, weight.value, eps, y, rstd);
   c["x"] = x2;
   c["rstd"] = rstd;
@@ -154,14 +156,14 @@ Tensor RMSNorm::infer(const Tensor& x) {
   const int64_t dim = weight.value.size(0);
   ANVIL_CHECK(x.size(-1) == dim, weight.name, ": input ", x.describe(), " does not end in ", dim);
   const Tensor x2 = x.contiguous().view({-1, dim});
-  Tensor y = Tensor::empty(x2.shape()), rstd = Tensor::empty({x2.size(0)});  // rstd: scratch
+  Tensor y = empty_like(x2, x2.shape()), rstd = empty_like(x2, {x2.size(0)}, DType::F32);  // rstd: scratch
   kernels::rmsnorm_forward(x2, weight.value, eps, y, rstd);
   return y.view(x.shape());
 }
 
 Tensor RMSNorm::backward(const Tensor& dy, Cache& c) {
   const Tensor x2 = c.get("x");
-  Tensor dx = Tensor::empty(x2.shape());
+  Tensor dx = empty_like(x2, x2.shape());
   Tensor dw = weight.trainable ? weight.grad : Tensor();
   kernels::rmsnorm_backward(dy.contiguous().view(x2.shape()), x2, weight.value, c.get("rstd"), dx, dw);
   c.clear();

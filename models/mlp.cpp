@@ -20,13 +20,13 @@ Tensor MLP::forward(const Tensor& x, Cache& c) {
   if (gated()) {
     const Tensor gate = gate_->forward(x, c.child(0));
     const Tensor up = up_->forward(x, c.child(1));
-    act = Tensor::empty(gate.shape());
+    act = empty_like(gate, gate.shape());
     kernels::swiglu_forward(gate, up, act);
     c["gate"] = gate;
     c["up"] = up;
   } else {
     const Tensor pre = fc_->forward(x, c.child(0));
-    act = Tensor::empty(pre.shape());
+    act = empty_like(pre, pre.shape());
     kernels::gelu_forward(pre, act);
     c["pre"] = pre;
   }
@@ -50,7 +50,7 @@ Tensor MLP::backward(const Tensor& dy, Cache& c) {
   Tensor dact = down_.backward(dy, c.child(2));
   if (gated()) {
     const Tensor gate = c.get("gate"), up = c.get("up");
-    Tensor dgate = Tensor::empty(gate.shape());
+    Tensor dgate = empty_like(gate, gate.shape());
     kernels::swiglu_backward(dact, gate, up, dgate, dact);  // dup written over dact
     c.clear_own();
     // gate and up read the same input: one input-gradient reduction for both.

@@ -12,13 +12,49 @@ const char* param_role_name(ParamRole role) {
 }
 
 Param::Param(std::string n, Tensor v, ParamRole r) : name(std::move(n)), value(std::move(v)), role(r) {
-  if (value.defined()) grad = Tensor::zeros(value.shape(), value.dtype(), value.device());
+  if (value.defined()) grad = zeros_like(value, value.shape(), DType::F32);
 }
 
 void Param::set_trainable(bool on) {
   trainable = on;
-  if (!on) grad = Tensor();
-  else if (!grad.defined()) grad = Tensor::zeros(value.shape(), value.dtype(), value.device());
+  if (!on) {
+    grad = Tensor();
+    return;
+  }
+  if (!grad.defined()) grad = zeros_like(value, value.shape(), DType::F32);
+  if (value.dtype() != DType::F32 && !master.defined()) master = value.to(DType::F32);
+}
+
+Tensor& master_weight(Param& p) { return p.master.defined() ? p.master : p.value; }
+const Tensor& master_weight(const Param& p) { return p.master.defined() ? p.master : p.value; }
+
+void refresh_value(Param& p) {
+  if (p.master.defined()) p.value.copy_(p.master);
+}
+
+void refresh_values(const std::vector<Param*>& params) {
+  for (Param* p : params) refresh_value(*p);
+}
+
+void move_params(const std::vector<Param*>& params, Device device, DType compute) {
+  ANVIL_CHECK(compute == DType::F32 || compute == DType::BF16, "move_params: compute dtype ", dtype_name(compute),
+              " is not supported — use f32 or bf16");
+  for (Param* p : params) {
+    if (!p->value.defined()) continue;
+    const bool keep_master = p->trainable && compute != DType::F32;
+    if (p->value.device() == device && p->value.dtype() == compute && p->master.defined() == keep_master) continue;
+    const Tensor source = master_weight(*p);  // the f32 weights: the master when there is one
+    if (keep_master) {
+      const Tensor moved = source.to(device);
+      p->master = moved.dtype() == DType::F32 ? moved : moved.to(DType::F32);
+      p->value = p->master.to(compute);
+    } else {
+      p->master = Tensor();
+      const Tensor moved = source.to(device);
+      p->value = moved.dtype() == compute ? moved : moved.to(compute);
+    }
+    if (p->grad.defined()) p->grad = zeros_like(p->value, p->value.shape(), DType::F32);
+  }
 }
 
 void Param::zero_grad() {

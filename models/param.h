@@ -27,19 +27,42 @@ struct ShardSpec {
   bool sharded() const { return axis != GridAxis::None; }
 };
 
+// Mixed precision (models/README.md): `value` is what the model computes with, in the run's
+// compute dtype (f32, or bf16 on a GPU). With a lower-precision value a trainable param also
+// holds `master`, the f32 weight the optimizer updates and checkpoints save; the optimizer
+// writes the rounded result back into value (refresh_value). In f32 there is no master: the
+// value is its own. Gradients are f32 on the value's device whatever the compute dtype.
 struct Param {
   std::string name;  // Hugging Face dotted name, e.g. model.layers.3.self_attn.q_proj.weight
   Tensor value;
-  Tensor grad;       // undefined when frozen: frozen params cost no gradient memory
+  Tensor master;     // f32 master weight when value is held in lower precision; undefined otherwise
+  Tensor grad;       // f32; undefined when frozen: frozen params cost no gradient memory
   bool trainable = true;
   ParamRole role = ParamRole::Vector;
   ShardSpec shard;
 
   Param(std::string name, Tensor value, ParamRole role);
-  // Freezing drops the gradient buffer; unfreezing allocates a zeroed one.
+  // Freezing drops the gradient buffer; unfreezing allocates a zeroed one (and an f32 master
+  // when the value is in lower precision).
   void set_trainable(bool on);
   void zero_grad();
 };
+
+// The f32 weight optimizers update and checkpoints save: the master when there is one, else the value.
+Tensor& master_weight(Param& p);
+const Tensor& master_weight(const Param& p);
+// value := master rounded to value's dtype, after an optimizer or a checkpoint load wrote the
+// master. A no-op without a master.
+void refresh_value(Param& p);
+void refresh_values(const std::vector<Param*>& params);
+
+// Moves params to `device` with values in `compute` (f32 or bf16): a trainable param whose
+// compute dtype is not f32 gets an f32 master on the device (copied from its master or value),
+// its value becomes the rounded compute-dtype copy, and its gradient f32 zeros on the device.
+// A frozen param keeps only the compute-dtype value (nothing updates it). Models are built,
+// initialised and loaded on the CPU in f32, then moved once; a param already where it should
+// be is left untouched (the CPU f32 path allocates nothing).
+void move_params(const std::vector<Param*>& params, Device device, DType compute);
 
 // The shard of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
 // or {full} for a plain split), each part evenly over `degree` ranks; `rank` holds its

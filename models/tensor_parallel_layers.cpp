@@ -57,7 +57,7 @@ ColumnParallelLinear::ColumnParallelLinear(Param& tied_weight, Communicator* tp)
 
 Tensor ColumnParallelLinear::apply(const Tensor& x2) const {
   const Param& w = weight();
-  Tensor y = Tensor::empty({x2.size(0), w.value.size(0)});
+  Tensor y = empty_like(x2, {x2.size(0), w.value.size(0)});
   kernels::matmul(x2, false, w.value, true, y);
   if (has_bias()) kernels::add_bias(y, bias_.value);
   return y;
@@ -76,7 +76,7 @@ Tensor ColumnParallelLinear::infer(const Tensor& x) {
 Tensor ColumnParallelLinear::input_grad(const Tensor& dy) const {
   const Param& w = weight();
   const Tensor dy2 = dy.contiguous().view({-1, w.value.size(0)});
-  Tensor dx = Tensor::empty({dy2.size(0), w.value.size(1)});
+  Tensor dx = empty_like(dy2, {dy2.size(0), w.value.size(1)});
   kernels::matmul(dy2, false, w.value, false, dx);
   return dx.view(with_last_dim(dy.shape(), w.value.size(1)));
 }
@@ -122,7 +122,7 @@ RowParallelLinear::RowParallelLinear(const std::string& name, int64_t in, int64_
 
 Tensor RowParallelLinear::apply(const Tensor& x2, const Shape& x_shape) const {
   const int64_t out = weight.value.size(0);
-  Tensor y = Tensor::empty({x2.size(0), out});
+  Tensor y = empty_like(x2, {x2.size(0), out});
   kernels::matmul(x2, false, weight.value, true, y);
   ReduceFromTensorParallelRegion::forward(tp_, y);  // sum of the ranks' partial products
   if (has_bias()) kernels::add_bias(y, bias.value);  // once, after the reduction
@@ -142,7 +142,7 @@ Tensor RowParallelLinear::backward(const Tensor& dy_in, Cache& c) {
   const Tensor x2 = c.get("x");
   const int64_t in = weight.value.size(1), out = weight.value.size(0);
   const Tensor dy2 = dy.contiguous().view({-1, out});
-  Tensor dx = Tensor::empty({dy2.size(0), in});
+  Tensor dx = empty_like(dy2, {dy2.size(0), in});
   kernels::matmul(dy2, false, weight.value, false, dx);
   if (weight.trainable) kernels::matmul(dy2, true, x2, false, weight.grad, 1.0f, 1.0f);
   if (has_bias() && bias.trainable) kernels::bias_grad(dy2, bias.grad);
@@ -171,12 +171,13 @@ Tensor VocabParallelEmbedding::infer(const Tensor& ids_in) {
   const int64_t dim = weight.value.size(1);
   Shape out_shape = ids.shape();
   out_shape.push_back(dim);
-  Tensor y = Tensor::empty({ids.numel(), dim});
+  Tensor y = empty_like(weight.value, {ids.numel(), dim});  // the table's dtype and device
   if (!tp_) {
     kernels::embedding_forward(ids, weight.value, y);
     return y.view(out_shape);
   }
-  const int32_t* p = ids.data<int32_t>();
+  const Tensor host_ids = ids.to(Device::cpu());  // the range check reads the ids on the host
+  const int32_t* p = host_ids.data<int32_t>();
   for (int64_t i = 0; i < ids.numel(); ++i)
     ANVIL_CHECK(p[i] >= 0 && p[i] < num_embeddings_, weight.name, ": id ", p[i], " at position ", i,
                 " is outside the vocabulary [0, ", num_embeddings_,

@@ -72,6 +72,16 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   }
 }
 
+void TransformerLM::to(Device device, DType compute) {
+  move_params(params(), device, compute);
+  if (rope_) {  // the kernels read the tables in f32 on the activations' device
+    rope_->cos = rope_->cos.to(device);
+    rope_->sin = rope_->sin.to(device);
+  }
+  device_ = device;
+  compute_ = compute;
+}
+
 void TransformerLM::init_weights(uint64_t seed) {
   const float std = static_cast<float>(config_.initializer_range);
   const float residual_std = is_gpt2(config_) ? std / std::sqrt(2.0f * config_.num_hidden_layers) : std;
@@ -172,7 +182,8 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   if (wpe_ && wpe_->weight.trainable) {
     const int64_t start = static_cast<int64_t>(c.child(0).get("position_start").item());  // the slice's positions
     Tensor dpos = wpe_->weight.grad.slice(0, start, start + dx.size(1));
-    for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx.select(0, b));
+    const Tensor dx32 = dx.dtype() == DType::F32 ? dx : dx.to(DType::F32);  // grads accumulate in f32
+    for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx32.select(0, b));
   }
   wte_->backward(dx, c.child(0));
   // Over several stages a tied embedding is final only after all_reduce_tied_embedding_grad.
@@ -189,7 +200,7 @@ float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cach
 // The mean over non-ignored targets; saves what loss_backward needs (the logits too) in c.
 float TransformerLM::cross_entropy_loss(const Tensor& logits, const Tensor& targets, Cache& c, int ignore_index) {
   const int64_t N = targets.numel();
-  Tensor losses = Tensor::empty({N}), lse = Tensor::empty({N});
+  Tensor losses = empty_like(logits, {N}, DType::F32), lse = empty_like(logits, {N}, DType::F32);
   const Tensor flat_targets = targets.contiguous().view({N});
   const int64_t count = VocabParallelCrossEntropy::forward(tp_, logits.view({N, logits.size(-1)}), vocab_start(),
                                                            config_.vocab_size, flat_targets, ignore_index, losses, lse);
@@ -270,7 +281,8 @@ void TransformerLM::zero_grad() {
 
 MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   const ModelConfig& m = config_;
-  const size_t f = sizeof(float);
+  // Activations are in the compute dtype; saved statistics (norm stats, log-sum-exp, losses) in f32.
+  const size_t a = dtype_size(compute_), f = sizeof(float);
   // Per rank: under tensor parallelism heads, MLP width and logits are this rank's shard;
   // under sequence parallelism token-local tensors hold the longest slice of N tokens and
   // attention's saved tensors the head layout (all T positions of H / sp heads).
@@ -281,34 +293,41 @@ MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
   const bool gpt2 = is_gpt2(m);
   MemoryTable t;
   for (Param* p : const_cast<TransformerLM*>(this)->params()) {
-    t.param_bytes += p->value.nbytes();
+    t.param_bytes += p->value.nbytes() + (p->master.defined() ? p->master.nbytes() : 0);
     if (p->grad.defined()) t.grad_bytes += p->grad.nbytes();
   }
   if (rope_) t.buffer_bytes = rope_->cos.nbytes() + rope_->sin.nbytes();
   const size_t norm_stats = gpt2 ? 2 * N : N;  // LayerNorm keeps mean and rstd; RMSNorm only rstd
-  size_t per_layer = 0;
-  per_layer += N * C + norm_stats;                 // norm1 output (attention input) and its stats
+  size_t per_layer = 0, per_layer_stats = 0;
+  per_layer += N * C;                              // norm1 output (attention input)
+  per_layer_stats += norm_stats;                   // and its stats
   if (sp == 1) {
     per_layer += N * (H + 2 * Hkv) * D;            // q, k, v (after RoPE)
-    per_layer += N * H * D + N * H;                // attention output and its log-sum-exp
+    per_layer += N * H * D;                        // attention output
+    per_layer_stats += N * H;                      // and its log-sum-exp
   } else {
     const size_t all = B * T, h = H / sp, hkv = Hkv / sp;  // every position, this rank's heads
     per_layer += all * (h + 2 * hkv) * D;          // gathered q, k, v (after RoPE)
-    per_layer += all * h * D + all * h;            // attention output (head layout) and its log-sum-exp
+    per_layer += all * h * D;                      // attention output (head layout)
+    per_layer_stats += all * h;                    // and its log-sum-exp
     per_layer += N * H * D;                        // the output back in the sequence layout (o_proj's input)
   }
   per_layer += N * C;                              // residual sum after attention
-  per_layer += N * C + norm_stats;                 // norm2 output and stats
+  per_layer += N * C;                              // norm2 output
+  per_layer_stats += norm_stats;                   // and stats
   per_layer += (m.gated_mlp() ? 3 : 2) * N * I;    // gate, up, swiglu | pre-GELU, GELU
   per_layer += N * C;                              // block output (residual sum)
   size_t act = N * C;                              // embedding output (a later stage: the received input)
   act += blocks_.size() * per_layer;               // this stage's layers
+  size_t stats = blocks_.size() * per_layer_stats;
   if (is_last_stage()) {
-    act += N * C + norm_stats;                     // final norm
-    act += N * V + 2 * N;                          // logits, per-row loss and log-sum-exp
+    act += N * C;                                  // final norm
+    stats += norm_stats;
+    act += N * V;                                  // logits
+    stats += 2 * N;                                // per-row loss and log-sum-exp
   }
-  t.activation_bytes = act * f;
-  t.workspace_bytes = N * C * f;  // the head's input gradient made while logits live (other stages: the received one)
+  t.activation_bytes = act * a + stats * f;
+  t.workspace_bytes = N * C * a;  // the head's input gradient made while logits live (other stages: the received one)
   return t;
 }
 

@@ -60,6 +60,14 @@ class TransformerLM : public Module {
   TransformerLM(const TransformerLM&) = delete;
   TransformerLM& operator=(const TransformerLM&) = delete;
 
+  // Moves every param (move_params: f32 masters and `compute`-dtype values when compute is
+  // bf16) and the RoPE tables to `device`; activations then follow (they are allocated like
+  // their inputs), and forward takes ids on that device. Build, init_weights and load weights
+  // on the CPU first (they run in f32 there), then move once.
+  void to(Device device, DType compute);
+  Device device() const { return device_; }
+  DType compute_dtype() const { return compute_; }  // the dtype of values and activations
+
   // Fresh weights from Philox keyed by (seed, param name): layout-independent.
   // Matrices and embeddings ~ N(0, initializer_range) (GPT-2 scales its residual
   // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
@@ -96,7 +104,7 @@ class TransformerLM : public Module {
 
   // ---- Pipeline stages (any layout.stages; with one stage they run the whole model) ----
   // Stage forward. input: the first stage's token ids i32 [B, T]; any later stage's incoming
-  // hidden state f32 [B, T, hidden] (the previous stage's output). Returns the hidden state
+  // hidden state [B, T, hidden] in compute_dtype() (the previous stage's output). Returns the hidden state
   // [B, T, hidden] to send on, or on the last stage the logits (as forward).
   Tensor forward_stage(const Tensor& input, Cache& c);
   // Stage backward of a stage that is not the last: dy is the gradient of its output (from
@@ -170,7 +178,9 @@ class TransformerLM : public Module {
   Communicator* tp_;  // layout_.tp
   int64_t vocab_start_;
   int64_t first_layer_ = 0;  // global index of blocks_[0]
-  std::shared_ptr<const RopeTables> rope_;
+  std::shared_ptr<RopeTables> rope_;  // shared read-only with the attention layers; moved by to()
+  Device device_;
+  DType compute_ = DType::F32;
   std::shared_ptr<SequenceParallelContext> sequence_;  // null without sp; shared with the attention layers
   // Each part exists only on the pipeline stage that runs it (all of them with one stage).
   std::optional<VocabParallelEmbedding> wte_;  // first stage; also the last when tied (the head's weight)

@@ -34,10 +34,10 @@ Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c) {
   if (is_first_stage()) {
     x = embed_stage_input(input, start, c);
   } else {
-    ANVIL_CHECK(input.dtype() == DType::F32 && input.dim() == 3 && input.size(2) == config_.hidden_size,
-                "pipeline stage ", layout_.stage,
-                " takes the previous stage's hidden state f32 [batch, seq_len, ", config_.hidden_size, "], got ",
-                input.describe(), " — only stage 0 takes token ids");
+    ANVIL_CHECK(input.dtype() == compute_ && input.dim() == 3 && input.size(2) == config_.hidden_size,
+                "pipeline stage ", layout_.stage, " takes the previous stage's hidden state ", dtype_name(compute_),
+                " [batch, seq_len, ", config_.hidden_size, "], got ", input.describe(),
+                " — only stage 0 takes token ids");
     x = input;
   }
   const size_t L = blocks_.size();
@@ -50,7 +50,7 @@ Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c) {
 Tensor TransformerLM::backward_stage(const Tensor& dy, Cache& c) {
   ANVIL_CHECK(!is_last_stage(), "backward_stage: stage ", layout_.stage, " of ", layout_.stages,
               " is the last; it starts backward from its loss with backward_stage_loss");
-  check_dtype(dy, DType::F32, "pipeline stage output gradient");
+  check_dtype(dy, compute_, "pipeline stage output gradient");
   ANVIL_CHECK(dy.dim() == 3 && dy.size(2) == config_.hidden_size, "backward_stage: the output gradient must be [batch, "
               "seq_len, ", config_.hidden_size, "], got ", dy.describe());
   return trunk_backward(dy, c);
@@ -84,7 +84,7 @@ void TransformerLM::all_reduce_tied_embedding_grad(Communicator& pp) {
   Param& w = wte_->weight;
   if (w.grad.defined()) {  // frozen on both ends alike (freezing goes by name)
     const int peer = is_first_stage() ? layout_.stages - 1 : 0;
-    Tensor theirs = Tensor::empty(w.grad.shape());
+    Tensor theirs = empty_like(w.grad, w.grad.shape());
     // Both ends send before they receive, so the send must not block (see Communicator::isend).
     std::unique_ptr<CommHandle> sent = pp.isend(w.grad, peer, kMaxPortableTag);
     pp.recv(theirs, peer, kMaxPortableTag);

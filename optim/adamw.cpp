@@ -7,7 +7,8 @@ namespace anvil {
 AdamW::AdamW(std::vector<Param*> params, const AdamWConfig& config) : config_(config) {
   for (Param* p : params) {
     if (!p->trainable) continue;  // frozen params carry no optimizer state
-    slots_.push_back({p, Tensor::zeros(p->value.shape()), Tensor::zeros(p->value.shape())});
+    const Tensor& w = master_weight(*p);  // moments are f32 where the weights live
+    slots_.push_back({p, zeros_like(w, w.shape(), DType::F32), zeros_like(w, w.shape(), DType::F32)});
   }
 }
 
@@ -35,7 +36,10 @@ void AdamW::step(double lr) {
   kernels::AdamWStep s = adamw_step_constants(config_, lr, steps_);
   for (Slot& slot : slots_) {
     s.weight_decay = static_cast<float>(decay_for(*slot.param));
-    kernels::adamw_update(slot.param->value, slot.param->grad, slot.exp_avg, slot.exp_avg_sq, s);
+    Param& p = *slot.param;
+    // Mixed precision: the master is updated and the rounded value written in the same pass.
+    Tensor low_precision = p.master.defined() ? p.value : Tensor();
+    kernels::adamw_update(master_weight(p), p.grad, slot.exp_avg, slot.exp_avg_sq, s, low_precision);
   }
 }
 

@@ -8,9 +8,10 @@
 namespace anvil {
 namespace {
 
-// One all_to_allv of f32 tensors: sends[r] are copied out to rank r in order, recvs[r] are
-// filled from rank r in order (any shapes and strides; both sides list matching numels).
-void exchange(Communicator& comm, const std::vector<std::vector<Tensor>>& sends,
+// One all_to_allv of f32 tensors through staging buffers on `device` (the params'): sends[r]
+// are copied out to rank r in order, recvs[r] are filled from rank r in order (any shapes and
+// strides; both sides list matching numels).
+void exchange(Communicator& comm, Device device, const std::vector<std::vector<Tensor>>& sends,
               const std::vector<std::vector<Tensor>>& recvs) {
   const int n = comm.size();
   std::vector<int64_t> send_counts(n, 0), recv_counts(n, 0);
@@ -20,7 +21,8 @@ void exchange(Communicator& comm, const std::vector<std::vector<Tensor>>& sends,
   }
   const int64_t send_total = std::accumulate(send_counts.begin(), send_counts.end(), int64_t{0});
   const int64_t recv_total = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
-  Tensor out = Tensor::empty({std::max<int64_t>(send_total, 1)}), in = Tensor::empty({std::max<int64_t>(recv_total, 1)});
+  Tensor out = Tensor::empty({std::max<int64_t>(send_total, 1)}, DType::F32, device);
+  Tensor in = Tensor::empty({std::max<int64_t>(recv_total, 1)}, DType::F32, device);
   int64_t at = 0;
   for (int r = 0; r < n; ++r)
     for (const Tensor& t : sends[r]) {
@@ -60,6 +62,7 @@ DistributedOptimizer::DistributedOptimizer(const std::vector<Param*>& params, co
   std::vector<Param*> trainable;
   for (Param* p : params)
     if (p->trainable) trainable.push_back(p);
+  if (!trainable.empty()) device_ = trainable.front()->grad.device();  // where the weights and the state live
   for (const Param* p : trainable)
     ANVIL_CHECK(p->shard.axis == GridAxis::None || (p->shard.axis == GridAxis::TP && layout.tp),
                 "optimizer: param ", p->name, " is split over ", p->shard.axis == GridAxis::TP ? "tp" : "an axis",
@@ -156,7 +159,8 @@ void DistributedOptimizer::assign_owners(const MatrixOptimizerFactory& make_matr
     if (owns(m)) {
       Param* target = m.param;
       if (m.tp_sharded) {
-        m.proxy = std::make_unique<Param>(m.param->name, Tensor::zeros(m.full_shape), m.param->role);
+        m.proxy = std::make_unique<Param>(m.param->name, Tensor::zeros(m.full_shape, DType::F32, device_),
+                                          m.param->role);
         target = m.proxy.get();
       }
       m.optimizer = make_matrix({target});
@@ -178,15 +182,20 @@ void DistributedOptimizer::step(double lr) {
   if (zero_) gather_grads_to_dp_owners();
   for (Matrix& m : matrices_)
     if (m.proxy) {
-      m.proxy->value = Tensor::empty(m.full_shape);
-      m.proxy->grad = Tensor::empty(m.full_shape);
+      m.proxy->value = Tensor::empty(m.full_shape, DType::F32, device_);
+      m.proxy->grad = Tensor::empty(m.full_shape, DType::F32, device_);
     }
   if (layout_.tp) gather_shards_to_tp_owners();
   for (Matrix& m : matrices_)
     if (m.optimizer) m.optimizer->step(lr);
   if (layout_.tp) scatter_values_from_tp_owners();
-  for (Matrix& m : matrices_)
+  for (Matrix& m : matrices_) {
     if (m.proxy) m.proxy->value = m.proxy->grad = Tensor();
+    // Mixed precision: a master written by scatter_values_from_tp_owners rounds its value here
+    // (the owner's matrix optimizer refreshes an unsharded matrix itself; under ZeRO
+    // all_gather_params rounds every value below).
+    if (layout_.tp && !zero_ && in_owner_row(m) && (m.tp_sharded || !owns(m))) refresh_value(*m.param);
+  }
   if (zero_) {
     scatter_values_from_dp_owners();
     layout_.dp->all_gather_params();
@@ -208,7 +217,7 @@ void DistributedOptimizer::gather_grads_to_dp_owners() {
       if (theirs.length > 0) recvs[r].push_back(flat_piece(m.param->grad, theirs.param_offset, theirs.length));
     }
   }
-  exchange(dp.comm(), sends, recvs);
+  exchange(dp.comm(), device_, sends, recvs);
 }
 
 void DistributedOptimizer::gather_shards_to_tp_owners() {
@@ -216,19 +225,19 @@ void DistributedOptimizer::gather_shards_to_tp_owners() {
   std::vector<std::pair<Matrix*, std::vector<Tensor>>> arrivals;  // per owned matrix: (value, grad) per tp rank
   for (Matrix& m : matrices_) {
     if (!in_owner_row(m) || !m.tp_sharded) continue;
-    sends[m.owner_tp].push_back(m.param->value);
+    sends[m.owner_tp].push_back(master_weight(*m.param));
     sends[m.owner_tp].push_back(m.param->grad);
     if (!owns(m)) continue;
     std::vector<Tensor> shards;
     for (int r = 0; r < tp_size_; ++r) {
       for (int k = 0; k < 2; ++k) {
-        shards.push_back(Tensor::empty(m.param->value.shape()));
+        shards.push_back(empty_like(m.param->grad, m.param->grad.shape()));
         recvs[r].push_back(shards.back());
       }
     }
     arrivals.push_back({&m, std::move(shards)});
   }
-  exchange(*layout_.tp, sends, recvs);
+  exchange(*layout_.tp, device_, sends, recvs);
   for (auto& [m, shards] : arrivals) {
     const std::vector<ShardSpec>& specs = tp_specs_.at(m->param);
     for (int r = 0; r < tp_size_; ++r) {
@@ -242,23 +251,24 @@ void DistributedOptimizer::scatter_values_from_tp_owners() {
   std::vector<std::vector<Tensor>> sends(tp_size_), recvs(tp_size_);
   for (Matrix& m : matrices_) {
     if (!in_owner_row(m)) continue;
+    Tensor& weights = master_weight(*m.param);
     if (m.tp_sharded) {
-      recvs[m.owner_tp].push_back(m.param->value);
+      recvs[m.owner_tp].push_back(weights);
       if (!owns(m)) continue;
       const std::vector<ShardSpec>& specs = tp_specs_.at(m.param);
       for (int r = 0; r < tp_size_; ++r) {
-        Tensor shard = Tensor::empty(m.param->value.shape());
+        Tensor shard = empty_like(weights, weights.shape());
         take_shard(specs[r], m.proxy->value, shard);
         sends[r].push_back(shard);
       }
     } else if (owns(m)) {  // replicated over tp: the owner updated it in place; the others receive it whole
       for (int r = 0; r < tp_size_; ++r)
-        if (r != tp_rank_) sends[r].push_back(m.param->value);
+        if (r != tp_rank_) sends[r].push_back(weights);
     } else {
-      recvs[m.owner_tp].push_back(m.param->value);
+      recvs[m.owner_tp].push_back(weights);
     }
   }
-  exchange(*layout_.tp, sends, recvs);
+  exchange(*layout_.tp, device_, sends, recvs);
 }
 
 void DistributedOptimizer::scatter_values_from_dp_owners() {
@@ -269,21 +279,22 @@ void DistributedOptimizer::scatter_values_from_dp_owners() {
       for (int r = 0; r < dp_size_; ++r) {
         const DataParallel::Segment theirs = dp.segment_of(m.param, r);
         if (r != dp_rank_ && theirs.length > 0)
-          sends[r].push_back(flat_piece(m.param->value, theirs.param_offset, theirs.length));
+          sends[r].push_back(flat_piece(master_weight(*m.param), theirs.param_offset, theirs.length));
       }
     } else {
       const DataParallel::Segment mine = dp.segment_of(m.param, dp_rank_);
-      if (mine.length > 0) recvs[m.owner_dp].push_back(flat_piece(m.param->value, mine.param_offset, mine.length));
+      if (mine.length > 0)
+        recvs[m.owner_dp].push_back(flat_piece(master_weight(*m.param), mine.param_offset, mine.length));
     }
   }
-  exchange(dp.comm(), sends, recvs);
+  exchange(dp.comm(), device_, sends, recvs);
 }
 
 Tensor DistributedOptimizer::gather_over_tp(const Param* p, const Tensor& local) {
   const int64_t n = local.numel();
-  Tensor all = Tensor::empty({n * tp_size_});
+  Tensor all = empty_like(local, {n * tp_size_});
   layout_.tp->all_gather(local.contiguous(), all);
-  Tensor full = Tensor::empty(logical_shape(*p));
+  Tensor full = empty_like(local, logical_shape(*p));
   const std::vector<ShardSpec>& specs = tp_specs_.at(p);
   for (int r = 0; r < tp_size_; ++r) place_shard(specs[r], all.slice(0, r * n, (r + 1) * n).view(local.shape()), full);
   return full;
@@ -296,7 +307,7 @@ std::vector<NamedTensor> DistributedOptimizer::state() {
     if (m.optimizer)
       for (NamedTensor& t : m.optimizer->state()) live[t.name] = t.tensor;
     for (const auto& [name, shape] : m.state_layout) {
-      Tensor t = m.optimizer ? live.at(name).contiguous().clone() : Tensor::zeros(shape);
+      Tensor t = m.optimizer ? live.at(name).contiguous().clone() : Tensor::zeros(shape, DType::F32, device_);
       if (layout_.tp && in_owner_row(m)) layout_.tp->broadcast(t, m.owner_tp);
       if (m.owner_dp >= 0 && dp_size_ > 1) layout_.dp->comm().broadcast(t, m.owner_dp);
       out.push_back({name, t});

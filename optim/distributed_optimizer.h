@@ -115,6 +115,7 @@ class DistributedOptimizer : public Optimizer {
   Tensor gather_over_tp(const Param* p, const Tensor& local);
 
   OptimizerLayout layout_;
+  Device device_;  // the params' (weights, grads and every state tensor live there)
   HybridConfig config_;
   std::string name_;
   int dp_size_ = 1, dp_rank_ = 0, tp_size_ = 1, tp_rank_ = 0;

@@ -39,10 +39,11 @@ Muon::Muon(std::vector<Param*> params, const MuonConfig& config) : config_(confi
     if (!p->trainable) continue;  // frozen params carry no optimizer state
     ANVIL_CHECK(p->value.dim() >= 2, "muon: param ", p->name, " is ", p->value.describe(),
                 " but Muon only updates matrices — route params with fewer than 2 dims to AdamW");
-    ANVIL_CHECK(p->value.dtype() == DType::F32 && p->value.is_contiguous(), "muon: param ", p->name, " is ",
-                p->value.describe(), " but Muon needs contiguous f32 params");
-    const int64_t rows = p->value.size(0);
-    slots_.push_back({p, Tensor::zeros(p->value.shape()), rows, rows ? p->value.numel() / rows : 0});
+    const Tensor& w = master_weight(*p);  // the f32 master under mixed precision
+    ANVIL_CHECK(w.dtype() == DType::F32 && w.is_contiguous(), "muon: param ", p->name, " is ", w.describe(),
+                " but Muon needs contiguous f32 weights (an f32 master for a bf16 value)");
+    const int64_t rows = w.size(0);
+    slots_.push_back({p, zeros_like(w, w.shape(), DType::F32), rows, rows ? w.numel() / rows : 0});
   }
 }
 
@@ -61,13 +62,14 @@ void Muon::step(double lr) {
                 "was built? Rebuild the optimizer after changing trainable params");
     if (p.value.numel() == 0) continue;
     // U lives in a scratch buffer: unlike the reference, the gradient is left untouched.
-    Tensor update = Tensor::empty({s.rows, s.cols});
+    Tensor update = empty_like(s.momentum_buffer, {s.rows, s.cols});
     Tensor buffer = s.momentum_buffer.view({s.rows, s.cols});
     kernels::muon_momentum(p.grad.view({s.rows, s.cols}), buffer, update, beta, config_.nesterov, ema);
     kernels::newton_schulz(update, update, config_.ns);
-    Tensor w = p.value.view({s.rows, s.cols});
+    Tensor w = master_weight(p).view({s.rows, s.cols});
     if (config_.weight_decay != 0.0) kernels::scale_inplace(w, static_cast<float>(1.0 - lr * config_.weight_decay));
     kernels::axpy(static_cast<float>(-lr * update_scale(s.rows, s.cols)), update, w);
+    refresh_value(p);  // mixed precision: the compute copy follows the master
   }
 }
 

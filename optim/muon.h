@@ -44,8 +44,9 @@ struct MuonConfig {
 
 class Muon : public Optimizer {
  public:
-  // Every trainable param must be f32 with at least 2 dims (more than 2 are viewed
-  // as [size(0), rest], like conv filters); frozen params get no state.
+  // Every trainable param must have f32 weights (under mixed precision its f32 master: the
+  // update goes there and refresh_value rounds it into the value) and at least 2 dims (more
+  // than 2 are viewed as [size(0), rest], like conv filters); frozen params get no state.
   Muon(std::vector<Param*> params, const MuonConfig& config);
   const char* name() const override { return "muon"; }
   // Per param: momentum, U, O = NS(U); W *= 1 - lr*wd; W -= lr * scale(shape) * O.

@@ -21,8 +21,8 @@ ShardedAdamW::ShardedAdamW(DataParallel& dp, const AdamWConfig& config, const st
     pieces_.push_back({seg, packed});
     packed += seg.length;
   }
-  exp_avg_ = Tensor::zeros({packed});
-  exp_avg_sq_ = Tensor::zeros({packed});
+  exp_avg_ = Tensor::zeros({packed}, DType::F32, dp.device());
+  exp_avg_sq_ = Tensor::zeros({packed}, DType::F32, dp.device());
 }
 
 void ShardedAdamW::update_shard(double lr) {
@@ -36,6 +36,7 @@ void ShardedAdamW::update_shard(double lr) {
     Tensor m = exp_avg_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     Tensor v = exp_avg_sq_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     s.weight_decay = static_cast<float>(decay_rule_.decay_for(*seg.param));
+    // p is the f32 master shard under mixed precision; all_gather_params rounds the values.
     kernels::adamw_update(p, g, m, v, s);
   }
 }
@@ -49,7 +50,7 @@ std::vector<NamedTensor> ShardedAdamW::state() {
   // Unpack into DataParallel's shard space (zeros elsewhere), gather, cut out the owned params.
   std::vector<Tensor> gathered;
   for (const Tensor* packed : {&exp_avg_, &exp_avg_sq_}) {
-    Tensor shard_space = Tensor::zeros({dp_.shard_numel()});
+    Tensor shard_space = zeros_like(*packed, {dp_.shard_numel()});
     for (const Piece& piece : pieces_) {
       const DataParallel::Segment& seg = piece.segment;
       Tensor dst = shard_space.slice(0, seg.shard_offset, seg.shard_offset + seg.length);

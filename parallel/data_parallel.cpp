@@ -13,10 +13,18 @@ DataParallel::DataParallel(std::vector<Param*> trainable, Communicator& comm, co
               " — use 0 (plain data parallelism), 1 (sharded optimizer state) or 2 (and sharded gradients)");
   ANVIL_CHECK(config.bucket_mb > 0, "parallel.bucket_mb = ", config.bucket_mb, " must be positive (e.g. 25)");
   const int dp = comm.size();
+  // Every bucket lives on the grads' device; with mixed precision the flat weights are the f32
+  // masters and the bf16 values the model reads get their own flat buffer.
+  const Device device = params_.empty() ? Device::cpu() : params_.front()->grad.device();
+  const bool mixed = !params_.empty() && params_.front()->master.defined();
   for (const Param* p : params_)
-    ANVIL_CHECK(p->trainable && p->grad.defined() && p->value.dtype() == DType::F32 && p->value.device().is_cpu(),
-                "data parallelism: param ", p->name, " (", p->value.describe(),
-                ") must be a trainable f32 host param — frozen params stay outside the gradient buckets");
+    ANVIL_CHECK(p->trainable && p->grad.defined() && p->grad.dtype() == DType::F32 && p->grad.device() == device &&
+                    master_weight(*p).dtype() == DType::F32 && master_weight(*p).device() == device &&
+                    p->master.defined() == mixed,
+                "data parallelism: param ", p->name, " (", p->value.describe(), ", grad ", p->grad.describe(),
+                ") must be trainable with f32 weights and gradients on ", device.str(),
+                " like the others — frozen params stay outside the gradient buckets; move the whole model once "
+                "(TransformerLM::to) before building DataParallel");
   const int64_t capacity = std::max<int64_t>(1, static_cast<int64_t>(config.bucket_mb * 1e6 / sizeof(float)));
 
   // Buckets over the params in reverse registration order: the order backward finishes them.
@@ -44,19 +52,29 @@ DataParallel::DataParallel(std::vector<Param*> trainable, Communicator& comm, co
     flat_numel_ = b.begin + b.padded;
   }
 
-  flat_values_ = Tensor::zeros({flat_numel_});
-  flat_grads_ = Tensor::zeros({flat_numel_});
+  flat_values_ = Tensor::zeros({flat_numel_}, DType::F32, device);
+  flat_grads_ = Tensor::zeros({flat_numel_}, DType::F32, device);
+  if (mixed) flat_compute_ = Tensor::zeros({flat_numel_}, params_.front()->value.dtype(), device);
   for (size_t k = 0; k < params_.size(); ++k) {
     Param* p = params_[k];
     const int64_t n = p->value.numel();
-    Tensor value = flat_values_.slice(0, param_offset_[k], param_offset_[k] + n).view(p->value.shape());
-    Tensor grad = flat_grads_.slice(0, param_offset_[k], param_offset_[k] + n).view(p->value.shape());
-    value.copy_(p->value);
+    auto view_of = [&](const Tensor& flat) {
+      return flat.slice(0, param_offset_[k], param_offset_[k] + n).view(p->value.shape());
+    };
+    Tensor weights = view_of(flat_values_), grad = view_of(flat_grads_);
+    weights.copy_(master_weight(*p));
     grad.copy_(p->grad);
-    p->value = value;
+    if (mixed) {
+      Tensor value = view_of(flat_compute_);
+      value.copy_(p->value);
+      p->master = weights;
+      p->value = value;
+    } else {
+      p->value = weights;
+    }
     p->grad = grad;
   }
-  if (config.zero_stage == 2) reduced_shard_ = Tensor::zeros({shard_numel_});
+  if (config.zero_stage == 2) reduced_shard_ = Tensor::zeros({shard_numel_}, DType::F32, device);
 
   // This rank's shard of each bucket, cut at param boundaries (each piece keeps its
   // param's weight decay); padding belongs to no param and gets no segment.
@@ -206,13 +224,19 @@ void DataParallel::all_gather_params() {
     const Tensor mine = shard_param(static_cast<int>(b)).clone();  // all_gather's input may not alias its output
     Tensor whole = flat_values_.slice(0, bk.begin, bk.begin + bk.padded);
     comm_.all_gather(mine, whole);
+    // Mixed precision: the f32 masters travel (every rank keeps them whole, so checkpoints and
+    // matrix owners read current weights), then the compute copy is rounded from them.
+    if (flat_compute_.defined()) {
+      Tensor compute = flat_compute_.slice(0, bk.begin, bk.begin + bk.padded);
+      compute.copy_(whole);
+    }
   }
 }
 
 Tensor DataParallel::gather_shards(const Tensor& shard_space) {
   ANVIL_CHECK(shard_space.numel() == shard_numel_ && shard_space.is_contiguous(), "gather_shards: expected ",
               shard_numel_, " contiguous elements, got ", shard_space.describe());
-  Tensor flat = Tensor::zeros({flat_numel_});
+  Tensor flat = zeros_like(flat_grads_, {flat_numel_}, shard_space.dtype());
   for (const Bucket& bk : buckets_) {
     const Tensor mine = shard_space.slice(0, bk.shard_base, bk.shard_base + bk.shard);
     Tensor whole = flat.slice(0, bk.begin, bk.begin + bk.padded);

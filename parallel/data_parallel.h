@@ -17,6 +17,11 @@
 // order on every rank, so collectives always match. With gradient accumulation only
 // the micro-batch with set_sync_enabled(true) reports; earlier ones just accumulate.
 //
+// Mixed precision. With bf16 values (Param::master defined) the flat weight buffer holds the
+// f32 masters, which ZeRO shards and all_gathers, and a second flat buffer of the params' dtype
+// holds the values, rounded from the masters after each all_gather. Buffers live on the grads'
+// device.
+//
 // Reduction. Grads are summed over ranks; with average = true they are then divided
 // by dp. The trainer instead scales each rank's loss by the global token count (see
 // trainer.cpp), so the sum is exactly the gradient of the mean loss over every
@@ -62,8 +67,8 @@ class DataParallel {
     int64_t length;
   };
 
-  // Rebinds every param's value and grad to views of the flat buffers (values and
-  // grads are copied in). `comm` must outlive this object.
+  // Rebinds every param's value (and master) and grad to views of the flat buffers (their
+  // contents are copied in). `comm` must outlive this object.
   DataParallel(std::vector<Param*> trainable, Communicator& comm, const DataParallelConfig& config);
   ~DataParallel();
 
@@ -89,10 +94,12 @@ class DataParallel {
   // clip_grad_norm); returns the norm before clipping. max_norm <= 0 only measures.
   double clip_grad_norm(double max_norm);
 
-  // ZeRO: this rank's views of bucket b's shard: reduced grads and params.
+  // ZeRO: this rank's views of bucket b's shard: reduced grads and params (the f32 masters
+  // under mixed precision).
   Tensor shard_grad(int b);
   Tensor shard_param(int b);
-  // After each rank updated its shard of the params: all_gather them into every rank.
+  // After each rank updated its shard of the params: all_gather them into every rank (and
+  // round the compute copies from the gathered masters).
   void all_gather_params();
   // All_gathers a per-rank shard-space tensor (shard_numel() elements) into a flat
   // tensor of flat_numel() elements with the params' layout.
@@ -109,6 +116,7 @@ class DataParallel {
   const std::vector<Bucket>& buckets() const { return buckets_; }
   const std::vector<Param*>& params() const { return params_; }  // registration order
   Communicator& comm() const { return comm_; }
+  Device device() const { return flat_grads_.device(); }
   int zero_stage() const { return config_.zero_stage; }
   // Buckets of the last synchronised step whose reduction started from grads_ready,
   // i.e. during backward rather than in finish_grad_sync (tests check the hook is wired).
@@ -127,7 +135,8 @@ class DataParallel {
   std::vector<int> param_bucket_;        // per params_ index
   std::vector<int64_t> param_offset_;    // flat offset per params_ index
   std::vector<Segment> segments_;
-  Tensor flat_values_, flat_grads_;
+  Tensor flat_values_, flat_grads_;  // f32: the params' weights (masters when mixed) and grads
+  Tensor flat_compute_;              // mixed precision: the values the model reads; undefined otherwise
   Tensor reduced_shard_;  // ZeRO-2: this rank's reduced grads, shard space
   int64_t flat_numel_ = 0, shard_numel_ = 0;
   size_t next_launch_ = 0;

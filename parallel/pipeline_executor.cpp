@@ -13,7 +13,7 @@ int activation_tag(int micro_batch) { return 2 * micro_batch; }
 int gradient_tag(int micro_batch) { return 2 * micro_batch + 1; }
 
 int64_t count_targets(const Tensor& targets, int ignore_index) {
-  const Tensor t = targets.contiguous();
+  const Tensor t = targets.to(Device::cpu()).contiguous();  // counted on the host
   const int32_t* p = t.data<int32_t>();
   int64_t n = 0;
   for (int64_t i = 0; i < t.numel(); ++i) n += p[i] != ignore_index;
@@ -55,7 +55,11 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
   check_schedule_completes(schedule_, stages_, M);
   const bool first = model_.is_first_stage(), last = model_.is_last_stage();
   const int64_t C = model_.config().hidden_size;
-  auto hidden_shape = [&](int m) { return Shape{micro_batches[m].ids.size(0), micro_batches[m].ids.size(1), C}; };
+  // Hidden states and their gradients travel in the model's compute dtype, on its device.
+  auto hidden_buffer = [&](int m) {
+    return Tensor::empty({micro_batches[m].ids.size(0), micro_batches[m].ids.size(1), C}, model_.compute_dtype(),
+                         model_.device());
+  };
 
   PipelineStepResult result;
   std::vector<float> losses(M, 0.0f);
@@ -75,7 +79,7 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
       Cache& c = in_flight[m];
       Tensor input = mb.ids;
       if (!first) {
-        input = Tensor::empty(hidden_shape(m));
+        input = hidden_buffer(m);
         pp_->recv(input, stage_ - 1, activation_tag(m));
       }
       if (last) {
@@ -95,7 +99,7 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
       if (last) {
         dx = model_.backward_stage_loss(it->second, mb.loss_scale, mb.loss_tokens);
       } else {
-        Tensor dy = Tensor::empty(hidden_shape(m));
+        Tensor dy = hidden_buffer(m);
         pp_->recv(dy, stage_ + 1, gradient_tag(m));
         dx = model_.backward_stage(dy, it->second);
       }
@@ -134,7 +138,7 @@ std::vector<float> PipelineExecutor::evaluate(const std::vector<PipelineMicroBat
     Cache c;  // dropped at once: nothing runs backward
     Tensor input = mb.ids;
     if (!first) {
-      input = Tensor::empty({mb.ids.size(0), mb.ids.size(1), C});
+      input = Tensor::empty({mb.ids.size(0), mb.ids.size(1), C}, model_.compute_dtype(), model_.device());
       pp_->recv(input, stage_ - 1, activation_tag(m));
     }
     if (last) losses[m] = model_.forward_stage_loss(input, mb.targets, c, ignore_index);

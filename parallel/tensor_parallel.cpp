@@ -66,8 +66,13 @@ int64_t VocabParallelCrossEntropy::forward(Communicator* tp, const Tensor& logit
   if (!active(tp)) return kernels::cross_entropy_forward(logits, targets, ignore_index, losses, lse);
   const int64_t N = targets.numel();
   check_dtype(targets, DType::I32, "vocab-parallel cross-entropy targets");
+  ANVIL_CHECK(losses.numel() == N && lse.numel() == N, "vocab-parallel cross-entropy: losses ", losses.describe(),
+              " and lse ", lse.describe(), " need one value per row (", N, ")");
   const Tensor flat_targets = targets.contiguous();
-  const int32_t* t = flat_targets.data<int32_t>();
+  // The per-row combination of the shards' statistics is O(N) scalar work, done on the host
+  // (on a GPU the few row vectors cross explicitly; on the CPU the host tensors are the originals).
+  const Tensor host_targets = flat_targets.to(Device::cpu());
+  const int32_t* t = host_targets.data<int32_t>();
   int64_t count = 0;
   for (int64_t i = 0; i < N; ++i) {
     ANVIL_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < vocab_size), "vocab-parallel cross-entropy: target ",
@@ -75,26 +80,35 @@ int64_t VocabParallelCrossEntropy::forward(Communicator* tp, const Tensor& logit
                 ") — check the labels against the vocabulary size");
     count += t[i] != ignore_index;
   }
-  Tensor row_max = Tensor::empty({N});
-  Tensor stats = Tensor::empty({2, N});  // [sum of exp, target logit]: one all-reduce for both
+  Tensor row_max = empty_like(logits, {N}, DType::F32);
+  Tensor stats = empty_like(logits, {2, N}, DType::F32);  // [sum of exp, target logit]: one all-reduce for both
   Tensor sum_exp = stats.select(0, 0), target_logit = stats.select(0, 1);
   kernels::cross_entropy_shard_stats(logits, flat_targets, vocab_start, ignore_index, row_max, sum_exp, target_logit);
   Tensor global_max = row_max.clone();
   tp->all_reduce(global_max, ReduceOp::Max);
-  float* s = sum_exp.data<float>();
-  const float* m = row_max.data<float>();
-  const float* g = global_max.data<float>();
-  for (int64_t i = 0; i < N; ++i) s[i] *= std::exp(m[i] - g[i]);  // rescale to the global max
+  {
+    Tensor host_sum_exp = sum_exp.to(Device::cpu());
+    const Tensor host_row_max = row_max.to(Device::cpu()), host_global_max = global_max.to(Device::cpu());
+    float* s = host_sum_exp.data<float>();
+    const float* m = host_row_max.data<float>();
+    const float* g = host_global_max.data<float>();
+    for (int64_t i = 0; i < N; ++i) s[i] *= std::exp(m[i] - g[i]);  // rescale to the global max
+    if (!host_sum_exp.same_storage(sum_exp)) sum_exp.copy_(host_sum_exp);
+  }
   tp->all_reduce(stats);
-  const float* x = target_logit.data<float>();
-  float* pl = losses.data<float>();
-  float* ps = lse.data<float>();
-  ANVIL_CHECK(losses.numel() == N && lse.numel() == N, "vocab-parallel cross-entropy: losses ", losses.describe(),
-              " and lse ", lse.describe(), " need one value per row (", N, ")");
+  const Tensor host_stats = stats.to(Device::cpu()), host_global_max = global_max.to(Device::cpu());
+  Tensor host_losses = losses.to(Device::cpu()), host_lse = lse.to(Device::cpu());
+  const float* s = host_stats.select(0, 0).data<float>();
+  const float* x = host_stats.select(0, 1).data<float>();
+  const float* g = host_global_max.data<float>();
+  float* pl = host_losses.data<float>();
+  float* ps = host_lse.data<float>();
   for (int64_t i = 0; i < N; ++i) {
     ps[i] = g[i] + std::log(s[i]);
     pl[i] = t[i] == ignore_index ? 0.0f : ps[i] - x[i];
   }
+  if (!host_losses.same_storage(losses)) losses.copy_(host_losses);
+  if (!host_lse.same_storage(lse)) lse.copy_(host_lse);
   return count;
 }
 

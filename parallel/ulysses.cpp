@@ -17,26 +17,42 @@ namespace anvil {
 
 namespace {
 
-// Rows of D floats between sequence-layout tensors ([B, Tl, H_i, D], any strides but the
-// last) and a buffer [P][Tl][B][W][D], where block j holds heads [j*h_i, (j+1)*h_i) of
+// Rows of D elements between sequence-layout tensors ([B, Tl, H_i, D], any strides but the
+// last) and a flat buffer [P][Tl][B][W][D], where block j holds heads [j*h_i, (j+1)*h_i) of
 // each tensor i side by side (W = sum of h_i). pack: tensors -> buffer; else buffer ->
-// tensors.
+// tensors. On the host a row memcpy loop; on a GPU one strided copy per (block, tensor).
 void move_rows(const std::vector<Tensor>& tensors, const std::vector<int64_t>& local_heads, int P, int64_t Tl,
-               int64_t B, int64_t D, float* buffer, bool pack) {
+               int64_t B, int64_t D, const Tensor& buffer, bool pack) {
   int64_t W = 0;
   for (int64_t h : local_heads) W += h;
+  if (!buffer.device().is_cpu()) {
+    const Tensor blocks = buffer.view({P, Tl, B, W, D});
+    for (int j = 0; j < P; ++j) {
+      int64_t at = 0;
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const int64_t h = local_heads[i];
+        Tensor slot = blocks.select(0, j).slice(2, at, at + h);                // [Tl, B, h, D]
+        Tensor rows = tensors[i].slice(2, j * h, (j + 1) * h).transpose(0, 1);  // [Tl, B, h, D]
+        if (pack) slot.copy_(rows);
+        else rows.copy_(slot);
+        at += h;
+      }
+    }
+    return;
+  }
   const int64_t rows = static_cast<int64_t>(P) * Tl;
-  const size_t row_bytes = static_cast<size_t>(D) * sizeof(float);
+  const size_t elem = dtype_size(buffer.dtype()), row_bytes = static_cast<size_t>(D) * elem;
+  char* const base_buffer = static_cast<char*>(buffer.raw_data());
 #pragma omp parallel for schedule(static) if (rows * B * W * D >= (1 << 16))
   for (int64_t jt = 0; jt < rows; ++jt) {
     const int64_t j = jt / Tl, t = jt % Tl;
     for (int64_t b = 0; b < B; ++b) {
-      float* slot = buffer + (jt * B + b) * W * D;
+      char* slot = base_buffer + (jt * B + b) * W * static_cast<int64_t>(row_bytes);
       for (size_t i = 0; i < tensors.size(); ++i) {
         const Tensor& x = tensors[i];
-        float* base = x.data<float>() + b * x.stride(0) + t * x.stride(1);
-        for (int64_t hh = 0; hh < local_heads[i]; ++hh, slot += D) {
-          float* row = base + (j * local_heads[i] + hh) * x.stride(2);
+        char* base = static_cast<char*>(x.raw_data()) + (b * x.stride(0) + t * x.stride(1)) * static_cast<int64_t>(elem);
+        for (int64_t hh = 0; hh < local_heads[i]; ++hh, slot += row_bytes) {
+          char* row = base + (j * local_heads[i] + hh) * x.stride(2) * static_cast<int64_t>(elem);
           if (pack) std::memcpy(slot, row, row_bytes);
           else std::memcpy(row, slot, row_bytes);
         }
@@ -45,20 +61,22 @@ void move_rows(const std::vector<Tensor>& tensors, const std::vector<int64_t>& l
   }
 }
 
-void check_sequence_tensor(const Tensor& t, const Shape& shape, const char* op, const char* name) {
+// The sequence-layout tensors of one call share q's dtype (f32 or bf16) and device.
+void check_sequence_tensor(const Tensor& t, const Shape& shape, const Tensor& q, const char* op, const char* name) {
   ANVIL_CHECK(t.defined(), op, ": ", name, " is undefined");
-  ANVIL_CHECK(t.device().is_cpu(), op, ": ", name, " is ", t.describe(),
-              " but Ulysses moves host buffers (MPI backend) — pass CPU tensors");
-  ANVIL_CHECK(t.dtype() == DType::F32, op, ": ", name, " must be f32, got ", t.describe());
+  ANVIL_CHECK(t.device() == q.device() && t.dtype() == q.dtype(), op, ": ", name, " is ", t.describe(),
+              " but q is ", q.describe(), " — every tensor of the exchange has q's dtype and device");
+  ANVIL_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " must be f32 or bf16, got ",
+              t.describe());
   ANVIL_CHECK(t.shape() == shape, op, ": ", name, " ", t.describe(), " must have shape ", shape_str(shape));
   ANVIL_CHECK(t.stride(3) == 1 || t.size(3) <= 1, op, ": the last dim of ", name, " ", t.describe(),
               " must be contiguous (stride 1), got stride ", t.stride(3));
 }
 
-// Allocates an undefined output, otherwise checks it.
-void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* name) {
-  if (!t.defined()) t = Tensor::empty(shape);
-  check_sequence_tensor(t, shape, op, name);
+// Allocates an undefined output like `like`, otherwise checks it.
+void prepare_output(Tensor& t, const Shape& shape, const Tensor& like, const char* op, const char* name) {
+  if (!t.defined()) t = empty_like(like, shape);
+  check_sequence_tensor(t, shape, like, op, name);
 }
 
 // Element counts for an all_to_allv in which peer s's share is length(s) rows of `row`
@@ -127,30 +145,30 @@ UlyssesSaved ulysses_attention_forward(Communicator& sp, const SequencePartition
   ANVIL_CHECK(Tl == part.length(me), op, ": sp rank ", me, " holds ", Tl, " positions (q ", q.describe(),
               ") but the partition of T = ", part.total, " over ", P, " ranks gives it ", part.length(me),
               " (positions ", part.start(me), " .. ", part.end(me) - 1, ") — slice batches with the same partition");
-  check_sequence_tensor(q, {B, Tl, Hq, D}, op, "q");
-  check_sequence_tensor(k, {B, Tl, Hkv, D}, op, "k");
-  check_sequence_tensor(v, {B, Tl, Hkv, D}, op, "v");
+  check_sequence_tensor(q, {B, Tl, Hq, D}, q, op, "q");
+  check_sequence_tensor(k, {B, Tl, Hkv, D}, q, op, "k");
+  check_sequence_tensor(v, {B, Tl, Hkv, D}, q, op, "v");
 
   const int64_t T = part.total, hq = Hq / P, hkv = Hkv / P, W = hq + 2 * hkv;
 
   // Sequence -> heads: q, k and v of destination j's heads travel in one message.
-  Tensor send = Tensor::empty({P * Tl * B * W * D});
-  move_rows({q, k, v}, {hq, hkv, hkv}, P, Tl, B, D, send.data<float>(), /*pack=*/true);
-  Tensor qkv = Tensor::empty({T, B, W, D});
+  Tensor send = empty_like(q, {P * Tl * B * W * D});
+  move_rows({q, k, v}, {hq, hkv, hkv}, P, Tl, B, D, send, /*pack=*/true);
+  Tensor qkv = empty_like(q, {T, B, W, D});
   sp.all_to_allv(send, uniform(P, Tl * B * W * D), qkv, per_peer(part, B * W * D));
   send = Tensor();
 
-  Tensor out_heads = Tensor::empty({T, B, hq, D});
-  UlyssesSaved s =
-      ulysses_saved(part, Hq, Hkv, scale, qkv, out_heads.transpose(0, 1), Tensor::empty({B, hq, T}), window);
+  Tensor out_heads = empty_like(q, {T, B, hq, D});
+  UlyssesSaved s = ulysses_saved(part, Hq, Hkv, scale, qkv, out_heads.transpose(0, 1),
+                                 empty_like(q, {B, hq, T}, DType::F32), window);
   // The whole sequence from position 0: a sliding window applies as in one process.
   kernels::attention_forward(s.q, s.k, s.v, scale, /*q_offset=*/0, s.out, s.lse, window);
 
   // Heads -> sequence: peer s gets its positions of my heads, a contiguous row range.
-  Tensor recv = Tensor::empty({P * Tl * B * hq * D});
+  Tensor recv = empty_like(q, {P * Tl * B * hq * D});
   sp.all_to_allv(out_heads, per_peer(part, B * hq * D), recv, uniform(P, Tl * B * hq * D));
-  prepare_output(out, {B, Tl, Hq, D}, op, "out");
-  move_rows({out}, {hq}, P, Tl, B, D, recv.data<float>(), /*pack=*/false);
+  prepare_output(out, {B, Tl, Hq, D}, q, op, "out");
+  move_rows({out}, {hq}, P, Tl, B, D, recv, /*pack=*/false);
   return s;
 }
 
@@ -163,16 +181,16 @@ void ulysses_attention_backward(Communicator& sp, const Tensor& dout, const Ulys
               " — pass the same sp communicator to both");
   const int64_t B = s.q.size(0), T = s.part.total, D = s.q.size(3), Tl = s.part.length(me);
   const int64_t Hq = s.q_heads, Hkv = s.kv_heads, hq = Hq / P, hkv = Hkv / P, W = hq + 2 * hkv;
-  check_sequence_tensor(dout, {B, Tl, Hq, D}, op, "dout");
+  check_sequence_tensor(dout, {B, Tl, Hq, D}, s.q, op, "dout");
 
   // Sequence -> heads for dout, the mirror of the forward's output exchange.
-  Tensor send = Tensor::empty({P * Tl * B * hq * D});
-  move_rows({dout}, {hq}, P, Tl, B, D, send.data<float>(), /*pack=*/true);
-  Tensor dout_heads = Tensor::empty({T, B, hq, D});
+  Tensor send = empty_like(dout, {P * Tl * B * hq * D});
+  move_rows({dout}, {hq}, P, Tl, B, D, send, /*pack=*/true);
+  Tensor dout_heads = empty_like(dout, {T, B, hq, D});
   sp.all_to_allv(send, uniform(P, Tl * B * hq * D), dout_heads, per_peer(s.part, B * hq * D));
   send = Tensor();
 
-  Tensor dqkv = Tensor::empty({T, B, W, D});
+  Tensor dqkv = empty_like(dout, {T, B, W, D});
   const Tensor grads = dqkv.transpose(0, 1);  // [B, T, W, D]
   Tensor dq_heads = grads.slice(2, 0, hq), dk_heads = grads.slice(2, hq, hq + hkv),
          dv_heads = grads.slice(2, hq + hkv, W);
@@ -181,12 +199,12 @@ void ulysses_attention_backward(Communicator& sp, const Tensor& dout, const Ulys
   dout_heads = Tensor();
 
   // Heads -> sequence for dq, dk and dv together, the mirror of the forward's q/k/v exchange.
-  Tensor recv = Tensor::empty({P * Tl * B * W * D});
+  Tensor recv = empty_like(dout, {P * Tl * B * W * D});
   sp.all_to_allv(dqkv, per_peer(s.part, B * W * D), recv, uniform(P, Tl * B * W * D));
-  prepare_output(dq, {B, Tl, Hq, D}, op, "dq");
-  prepare_output(dk, {B, Tl, Hkv, D}, op, "dk");
-  prepare_output(dv, {B, Tl, Hkv, D}, op, "dv");
-  move_rows({dq, dk, dv}, {hq, hkv, hkv}, P, Tl, B, D, recv.data<float>(), /*pack=*/false);
+  prepare_output(dq, {B, Tl, Hq, D}, dout, op, "dq");
+  prepare_output(dk, {B, Tl, Hkv, D}, dout, op, "dk");
+  prepare_output(dv, {B, Tl, Hkv, D}, dout, op, "dv");
+  move_rows({dq, dk, dv}, {hq, hkv, hkv}, P, Tl, B, D, recv, /*pack=*/false);
 }
 
 UlyssesCommBytes ulysses_comm_bytes(const SequencePartition& part, int rank, int64_t batch, int64_t q_heads,

@@ -18,8 +18,10 @@
 // textbook all-to-alls (q, k, v, out), each moving (P-1)/P of its local tensor; fusing
 // q/k/v only saves two message latencies. See ulysses_comm_bytes.
 //
-// Host f32 tensors (the MPI backend moves host buffers). The heads Ulysses sees are
-// those of this tp rank: with tensor parallelism, pass the tp-local heads.
+// q, k, v and the outputs share one dtype (f32, or bf16 on a GPU) and device; the exchange
+// buffers follow them (host buffers for the MPI backend, device buffers for NCCL). The lse is
+// f32. The heads Ulysses sees are those of this tp rank: with tensor parallelism, pass the
+// tp-local heads.
 #pragma once
 #include <cstdint>
 #include <string>

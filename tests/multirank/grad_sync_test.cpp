@@ -187,5 +187,47 @@ TEST_P(ShardedAdamWStages, ShardedAdamWMatchesAdamWAndGathersItsState) {
   for (size_t k = 0; k < full.size(); ++k) EXPECT_EQ(again[k].tensor.to_vector(), full[k].tensor.to_vector());
 }
 
+// Mixed precision (bf16 values, f32 masters; bf16 tensors live on the host too): the buckets
+// shard and all-gather the f32 masters, which must follow AdamW's f32 run, and every rank's
+// bf16 values must be its masters rounded to nearest even, gathered shards included.
+TEST_P(ShardedAdamWStages, MixedPrecisionShardsTheMastersAndRoundsEveryValue) {
+  const int zero = GetParam();
+  auto w = world();
+  const int P = w->size();
+  AdamWConfig ac;
+  ac.weight_decay = 0.1;
+  auto ref_owned = make_params();
+  std::vector<Param*> ref = raw(ref_owned);
+  AdamW adamw(ref, ac);
+  auto owned = make_params();
+  std::vector<Param*> ps = raw(owned);
+  move_params(ps, Device::cpu(), DType::BF16);
+  DataParallelConfig c;
+  c.bucket_mb = 20 * 4 / 1e6;
+  c.zero_stage = zero;
+  c.average = true;
+  DataParallel dp(ps, *w, c);
+  for (const Param* p : ps) ASSERT_TRUE(p->master.defined() && p->value.dtype() == DType::BF16) << p->name;
+  ShardedAdamW sharded(dp, ac);
+  for (int step = 0; step < 2; ++step) {
+    for (size_t i = 0; i < ref.size(); ++i)
+      for (int64_t j = 0; j < ref[i]->grad.numel(); ++j)
+        ref[i]->grad.data<float>()[j] = static_cast<float>(summed_grad(P, i, j) / P);
+    adamw.step(1e-2);
+    fill_local_grads(ps, w->rank());
+    dp.finish_grad_sync();
+    sharded.step(1e-2);
+  }
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const auto m = ps[i]->master.to_vector(), r = ref[i]->value.to_vector();
+    const Tensor v = ps[i]->value.contiguous();
+    const uint16_t* bits = static_cast<const uint16_t*>(v.raw_data());
+    for (size_t j = 0; j < m.size(); ++j) {
+      EXPECT_NEAR(m[j], r[j], 1e-6) << ps[i]->name << "[" << j << "]";
+      EXPECT_EQ(bits[j], float_to_bf16(m[j])) << ps[i]->name << "[" << j << "] on rank " << w->rank();
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Zero, GradSyncStages, ::testing::Values(0, 1, 2));
 INSTANTIATE_TEST_SUITE_P(Zero, ShardedAdamWStages, ::testing::Values(1, 2));
