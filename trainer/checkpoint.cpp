@@ -72,8 +72,10 @@ h5::Id simple_space(const h5::Context& ctx, const Shape& shape, const std::strin
 }
 
 void write_slabs(const h5::Context& ctx, hid_t set, const CheckpointTensor& t) {
-  const Tensor c = t.local.contiguous();
-  ANVIL_CHECK(c.dtype() == DType::F32, "checkpoint: ", t.name, " is ", c.describe(), "; only f32 is stored");
+  // What HDF5 reads: f32, contiguous, on the host (device tensors cross here; bf16 widens exactly).
+  ANVIL_CHECK(t.local.dtype() == DType::F32 || t.local.dtype() == DType::BF16, "checkpoint: ", t.name, " is ",
+              t.local.describe(), "; only f32 (or bf16, stored as f32) tensors are saved");
+  const Tensor c = host_f32(t.local).contiguous();
   if (c.numel() == 0) return;
   const h5::Id mem = simple_space(ctx, c.shape(), t.name);
   h5::Id file(ctx.check(H5Dget_space(set), "dataspace of " + t.name), H5Sclose);
@@ -104,7 +106,9 @@ void read_slabs(const h5::Context& file_ctx, hid_t group, CheckpointTensor& t, c
              "config to match it, or start a fresh run (checkpoint.resume: none)");
   h5::Id type(file_ctx.check(H5Dget_type(set.get()), "type of " + name), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_FLOAT) ctx.fail(std::string(kind) + " '" + name + "' is not floating point");
-  Tensor buf = t.local.is_contiguous() ? t.local : Tensor::empty(t.local.shape());
+  // Read in place when the tensor is host f32 and contiguous; otherwise through a host buffer.
+  const bool in_place = t.local.is_contiguous() && t.local.device().is_cpu() && t.local.dtype() == DType::F32;
+  Tensor buf = in_place ? t.local : Tensor::empty(t.local.shape());
   if (buf.numel() == 0) return;
   const h5::Id mem = simple_space(file_ctx, buf.shape(), name);
   for (const Slab& slab : slabs_of(t)) {
@@ -252,7 +256,7 @@ Shape CheckpointTensor::logical() const {
 
 std::vector<CheckpointTensor> checkpoint_tensors(const std::vector<Param*>& params) {
   std::vector<CheckpointTensor> out;
-  for (const Param* p : params) out.push_back({p->name, p->value, p->shard, true});
+  for (const Param* p : params) out.push_back({p->name, master_weight(*p), p->shard, true});
   return out;
 }
 
@@ -405,6 +409,7 @@ CheckpointMeta load_checkpoint(const std::string& dir, const std::vector<Param*>
   if (optimizer) state = optimizer->state();
   for (const NamedTensor& t : state) contents.optimizer.push_back({t.name, t.tensor, {}, true});
   const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer ? optimizer->name() : "");
+  refresh_values(params);  // mixed precision: the masters were loaded; the compute copies follow
   if (optimizer) optimizer->load_state(state);
   return meta;
 }

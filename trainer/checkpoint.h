@@ -4,6 +4,11 @@
 // temporary name and renamed when complete, so a killed job never leaves a
 // checkpoint that looks whole; `latest_checkpoint` skips anything incomplete.
 //
+// Weights are saved from each param's f32 master (master_weight: the value itself in f32
+// runs), copied to the host; loading writes the masters, and the caller rounds the values
+// (refresh_values; the one-process load_checkpoint below does it). So a bf16 GPU run and an
+// f32 CPU run read and write the same files.
+//
 // Layout-free and parallel: with a communicator, every rank opens the file together
 // through MPI-IO (parallel HDF5), all datasets are created collectively at their full
 // logical shapes, and each rank writes only its hyperslabs (a tensor-parallel shard

@@ -100,6 +100,13 @@ void parse_run(const Section& s, const std::string& source, RunSection& run) {
             "cuda, but this build of anvil has no CUDA backend — use device: cpu, or rebuild where nvcc is "
             "found (/usr/local/cuda)");
 #endif
+  // The compute dtype of weights and activations: bf16 (with f32 master weights, gradients and
+  // optimizer state) on a GPU, f32 on the CPU, whose kernels are f32 only.
+  run.precision = run.device == "cuda" ? "bf16" : "fp32";
+  s.read_choice("precision", run.precision, {"fp32", "bf16"});
+  s.require(!(run.precision == "bf16" && run.device == "cpu"), "precision",
+            "bf16 needs run.device: cuda — the CPU backend computes in f32 only; set run.precision: fp32 (or leave "
+            "it out: the default is fp32 on cpu, bf16 on cuda)");
   s.read("threads", run.threads);
   s.require(run.threads >= 0, "threads", "must be >= 0 (0 = all cores), got ", run.threads);
   s.read("peer_timeout", run.peer_timeout);
@@ -473,6 +480,11 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
   parse_optimizer(sections.at("optimizer"), c.optimizer);
+  // SOAP and COSMOS refresh their eigenbases with host LAPACK (kernels/linalg.h): CPU only for now.
+  sections.at("optimizer").require(
+      c.run.device == "cpu" || (c.optimizer.name != "soap" && c.optimizer.name != "cosmos"), "name", c.optimizer.name,
+      " needs run.device: cpu for now — its eigenbasis updates run on host linear algebra; on cuda use adamw or "
+      "muon, or set run.device: cpu");
   parse_training(sections.at("training"), c.data, c.training);
   parse_schedule(sections.at("schedule"), c.optimizer, c.training, c.schedule);
   parse_parallel(sections.at("parallel"), c.model, c.parallel);

@@ -2,8 +2,10 @@
 // Every field is parsed and validated here, before anything is allocated.
 //
 // Sections and keys (defaults in brackets; trainer/README.md has an annotated example):
-//   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda),
-//               threads [0 = all cores], peer_timeout [30] (seconds without a heartbeat before another rank
+//   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
+//               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
+//               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
+//               optimizer state; cpu is fp32 only), threads [0 = all cores], peer_timeout [30] (seconds without a heartbeat before another rank
 //               counts as lost and the job stops with exit code 69; 0 = no watchdog)
 //   model:      config (a Hugging Face config.json, optional), type (gpt2|llama|qwen2|mistral) [llama], vocab_size
 //               ("auto" or 0 = the tokenizer's), hidden_size, num_hidden_layers, num_attention_heads,
@@ -20,7 +22,7 @@
 //               data.train=..., as `anvil convert` writes it), seq_len [max_position_embeddings],
 //               valid_fraction [0.01], shuffle [true]
 //   tokenizer:  path (required; default with model.init_from: that directory's tokenizer.json)
-//   optimizer:  name [adamw], lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
+//   optimizer:  name [adamw] (soap and cosmos need run.device: cpu for now), lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
 //               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
 //               zero [0] (0 | 1: optimizer state sharded over dp | 2: and gradients reduce-scattered;
 //               no effect when dp = 1)
@@ -77,6 +79,7 @@ struct RunSection {
   std::string out_dir;         // absolute; default: <cwd>/runs/<name>
   int64_t seed = 1234;         // >= 0
   std::string device = "cpu";  // cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 (default: bf16 on cuda, fp32 on cpu; bf16 needs cuda)
   int64_t threads = 0;         // 0 = all cores
   double peer_timeout = 30;    // seconds; 0 = no peer watchdog
 };

@@ -60,6 +60,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   string("out_dir", c.run.out_dir);
   integer("seed", c.run.seed);
   string("device", c.run.device, "cpu | cuda");
+  string("precision", c.run.precision, "fp32 | bf16 (cuda only; f32 master weights)");
   integer("threads", c.run.threads, "0 = all cores");
   real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/cuda_device.h"
 #include "parallel/launch.h"
 #include "trainer/tensorboard.h"
 #include "trainer/trainer.h"
@@ -29,20 +30,24 @@ double training_flops_per_token(const ModelConfig& m, int64_t seq_len) {
 }
 
 namespace {
-// Dense peak TFLOP/s per device for the precision anvil trains in on it (bf16 tensor cores on
-// GPUs), from the vendors' data sheets. CPUs are absent on purpose: their peak depends on
-// clocks and vector units we cannot read reliably, so it is 'unknown' unless logging.peak_tflops says.
+// Dense peak TFLOP/s per device for each precision anvil trains in (run.precision), from the
+// vendors' data sheets: bf16 on tensor cores, fp32 on the CUDA cores (no TF32). 0 = not known
+// (MFU is then 'unknown'). CPUs are absent on purpose: their peak depends on clocks and vector
+// units we cannot read reliably, so it is 'unknown' unless logging.peak_tflops says.
 struct PeakEntry {
   const char* name;
-  double tflops;
+  double bf16, fp32;
 };
 const PeakEntry kPeaks[] = {
-    {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H200", 989}, {"GH200", 989}, {"B200", 2250},
-    {"A100", 312},      {"A10G", 70},      {"A10", 125},  {"L40S", 362}, {"L4", 121},    {"V100", 125},
+    {"H100 PCIe", 756, 51}, {"H100 NVL", 835, 60}, {"H100", 989, 67},    {"H200", 989, 67},
+    {"GH200", 989, 67},     {"B200", 2250, 0},     {"A100", 312, 19.5},  {"A10G", 70, 0},
+    {"A10", 125, 31.2},     {"L40S", 362, 91.6},   {"L4", 121, 30.3},    {"V100", 125, 15.7},
 };
 }  // namespace
 
-PeakFlops lookup_peak_flops(const std::string& device, double override_tflops) {
+PeakFlops lookup_peak_flops(const std::string& device, double override_tflops, const std::string& precision) {
+  ANVIL_CHECK(precision == "bf16" || precision == "fp32", "lookup_peak_flops: precision '", precision,
+              "' — use bf16 or fp32");
   PeakFlops p;
   p.device = device;
   if (override_tflops > 0) {
@@ -55,8 +60,8 @@ PeakFlops lookup_peak_flops(const std::string& device, double override_tflops) {
     const std::string name = e.name;
     if (name.size() > best && device.find(name) != std::string::npos) {
       best = name.size();
-      p.tflops = e.tflops;
-      p.basis = "table: " + name + ", bf16 dense";
+      p.tflops = precision == "bf16" ? e.bf16 : e.fp32;
+      p.basis = "table: " + name + (precision == "bf16" ? ", bf16 dense" : ", fp32 dense (no TF32)");
     }
   }
   return p;
@@ -72,19 +77,17 @@ std::string PeakFlops::describe() const {
   return s.str();
 }
 
-std::string device_name(const std::string& run_device) {
-  if (run_device == "cpu") {
-    std::ifstream in("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
-        std::string name = line.substr(line.find(':') + 1);
-        name.erase(0, name.find_first_not_of(' '));
-        return "CPU " + name;
-      }
-    return "CPU (model unknown)";
-  }
-  return run_device;
+std::string device_name(Device device) {
+  if (device.is_cuda()) return cuda_device_name(device.index);
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string name = line.substr(line.find(':') + 1);
+      name.erase(0, name.find_first_not_of(' '));
+      return "CPU " + name;
+    }
+  return "CPU (model unknown)";
 }
 
 StepSync sync_step(Communicator* world, bool stop_requested, double step_ms, double comm_ms) {
@@ -149,7 +152,7 @@ MetricsLogger::MetricsLogger(const RunConfig& config, bool writer, bool verbose,
   // mpirun hands every rank a pseudo-terminal even when its own output goes to a file: no redraws there.
   const bool terminal = isatty(STDOUT_FILENO) && launch_info().launcher != Launcher::Mpirun;
   progress_ = verbose && (mode == "always" || (mode == "auto" && terminal));
-  peak_ = lookup_peak_flops(device_name(config.run.device), config.logging.peak_tflops);
+  peak_ = lookup_peak_flops(device_name(training_device(config.run)), config.logging.peak_tflops, config.run.precision);
   flops_per_token_ = training_flops_per_token(config.model, config.data.seq_len);
   world_ = static_cast<int>(config.parallel.world_size());
   if (!writer_) return;

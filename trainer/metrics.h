@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
 #include "models/config.h"
 #include "parallel/communicator.h"
 
@@ -29,16 +30,17 @@ double training_flops_per_token(const ModelConfig& model, int64_t seq_len);
 struct PeakFlops {
   std::string device;  // "NVIDIA H100 80GB HBM3", or the CPU's model name
   double tflops = 0;   // per device; 0 = unknown
-  std::string basis;   // where the figure comes from ("table: bf16 dense", "logging.peak_tflops")
+  std::string basis;   // where the figure comes from ("table: H100, bf16 dense", "logging.peak_tflops")
   bool known() const { return tflops > 0; }
   std::string describe() const;  // "peak 989 TFLOP/s for NVIDIA H100 ... (table: bf16 dense)" or "... unknown ..."
 };
 
-// The peak of `device_name` from the table (by substring, longest match first), or unknown;
-// `override_tflops` > 0 replaces it.
-PeakFlops lookup_peak_flops(const std::string& device_name, double override_tflops);
-// This process's device name: the CPU model from /proc/cpuinfo for run.device: cpu.
-std::string device_name(const std::string& run_device);
+// The peak of `device_name` at `precision` (run.precision: bf16 | fp32) from the table (by
+// substring, longest match first), or unknown; `override_tflops` > 0 replaces it.
+PeakFlops lookup_peak_flops(const std::string& device_name, double override_tflops,
+                            const std::string& precision = "bf16");
+// A device's name: the GPU's product name, or the CPU model from /proc/cpuinfo.
+std::string device_name(Device device);
 
 // One step's timing on every rank, and whether any rank asked to stop (preemption).
 struct StepSync {

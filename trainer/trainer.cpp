@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "core/cuda_device.h"
 #include "eval/generate.h"
 #include "kernels/elementwise.h"
 #include "models/hf_convert.h"
@@ -15,6 +16,7 @@
 #include "optim/schedule.h"
 #include "parallel/collectives.h"
 #include "parallel/grad_norm.h"
+#include "parallel/launch.h"
 #include "parallel/sequence_partition.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/checkpoint.h"
@@ -79,18 +81,29 @@ void check_parallel_launch(const ParallelSection& p, int world_size) {
   }
 }
 
+Device training_device(const RunSection& run) {
+  if (run.device == "cpu") return Device::cpu();
+  const int count = cuda_device_count();
+  ANVIL_CHECK(count > 0, "run.device: cuda, but ", cuda_unavailable_reason(),
+              " — check the driver and CUDA_VISIBLE_DEVICES (nvidia-smi lists the GPUs this process may use), or "
+              "set run.device: cpu");
+  return Device::cuda(launch_info().local_rank % count);
+}
+
+DType compute_dtype(const RunSection& run) { return run.precision == "bf16" ? DType::BF16 : DType::F32; }
+
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
     : config_(std::move(config)), mode_(mode), world_(std::move(world)) {
-  ANVIL_CHECK(config_.run.device == "cpu", "run.device: ", config_.run.device,
-              " — this build trains on the CPU only; the CUDA backend arrives with the CUDA issue (use cpu)");
   // Every rank checks the same numbers before any collective, so a bad launch fails everywhere at once.
   check_parallel_launch(config_.parallel, world_ ? world_->size() : 1);
   validate_layout(GridDims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
                            int(config_.parallel.sp)},
                   config_.model);
+  device_ = training_device(config_.run);  // a clear error when cuda is asked for and no GPU is visible
+  compute_ = compute_dtype(config_.run);
+  if (device_.is_cuda()) cuda_set_device(device_.index);
   if (world_) {
-    grid_ = std::make_unique<ProcessGrid>(world_, GridDims{int(config_.parallel.dp), int(config_.parallel.tp),
-                                                           int(config_.parallel.pp), int(config_.parallel.sp)});
+    grid_ = build_process_grid();
     main_rank_ = world_->rank() == 0;
   }
   verbose_ = mode == TrainerMode::Train && main_rank_;
@@ -145,6 +158,9 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
               "e.g. [\"*\"] to train everything");
+  // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
+  // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
+  model_->to(device_, compute_);
   const bool inference = mode_ == TrainerMode::Inference;
   // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
   // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
@@ -217,6 +233,17 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
 
 Trainer::~Trainer() = default;
 
+std::unique_ptr<ProcessGrid> Trainer::build_process_grid() {
+  const GridDims dims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
+                      int(config_.parallel.sp)};
+  // The grid's communicators are MPI (host buffers). GPU ranks need NCCL communicators on their
+  // devices (parallel/nccl_communicator.h), built here from the same world once wired in.
+  ANVIL_CHECK(!(device_.is_cuda() && world_->size() > 1), "run.device: cuda with ", world_->size(),
+              " ranks: NCCL wiring pending — the process grid's communicators are MPI over host memory and cannot "
+              "move GPU tensors yet; train on cuda with one rank, or on cpu with several");
+  return std::make_unique<ProcessGrid>(world_, dims);
+}
+
 bool Trainer::writes(bool tp_shard) const {
   if (!grid_) return true;
   // One copy of each element reaches the file: dp and sp replicas leave it to their rank 0,
@@ -230,7 +257,8 @@ CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& 
   std::map<std::string, const Param*> by_name;
   const Param* tied_copy = model_->tied_embedding_copy();  // the first stage writes the embedding
   for (Param* p : model_->params()) {
-    contents.params.push_back({p->name, p->value, p->shard, p != tied_copy && writes(p->shard.sharded())});
+    // The f32 weights (the master under mixed precision); checkpoint.cpp copies device tensors to the host.
+    contents.params.push_back({p->name, master_weight(*p), p->shard, p != tied_copy && writes(p->shard.sharded())});
     by_name[p->name] = p;
   }
   // Optimizer state is named "<param>.<what>". A tensor shaped like its param's shard is a
@@ -254,6 +282,7 @@ void Trainer::restore(const std::string& dir) {
   if (optimizer_) state = optimizer_->state();  // under ZeRO a collective: gathered views to read into
   CheckpointContents contents = checkpoint_contents(state);
   const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer_ ? optimizer_->name() : "");
+  refresh_values(model_->params());  // the masters were loaded; the bf16 values follow (no-op in f32)
   step_ = meta.step;
   if (!optimizer_) return;  // inference: params are all it needs
   optimizer_->load_state(state);
@@ -284,10 +313,10 @@ std::string Trainer::save() {
 void Trainer::report_memory() {
   size_t params = 0, grads = 0;
   for (const Param* p : model_->params()) {
-    params += p->value.nbytes();
+    params += p->value.nbytes() + (p->master.defined() ? p->master.nbytes() : 0);
     if (p->grad.defined()) grads += p->grad.nbytes();
   }
-  const MemoryStats mem = cpu_allocator().stats();  // the last step's high-water mark
+  const MemoryStats mem = allocator_for(device_).stats();  // the last step's high-water mark on the training device
   const size_t activations = mem.peak_bytes > step_resident_bytes_ ? mem.peak_bytes - step_resident_bytes_ : 0;
   char line[256];
   std::string where = "rank 0";
@@ -295,9 +324,13 @@ void Trainer::report_memory() {
     where = "rank " + std::to_string(world_->rank()) + " (dp " + std::to_string(grid_->rank(Axis::DP)) + ", tp " +
             std::to_string(grid_->rank(Axis::TP)) + ", pp " + std::to_string(grid_->rank(Axis::PP)) + ", sp " +
             std::to_string(grid_->rank(Axis::SP)) + ")";
-  std::snprintf(line, sizeof line, "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f)",
+  char host[64] = "";
+  if (device_.is_cuda())
+    std::snprintf(host, sizeof host, " on %s; host peak %.2f", device_.str().c_str(),
+                  cpu_allocator().stats().peak_bytes / 1e6);
+  std::snprintf(line, sizeof line, "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f%s)",
                 where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
-                mem.peak_bytes / 1e6);
+                mem.peak_bytes / 1e6, host);
   // Gathered so the lines print together, in rank order, from the main rank.
   const std::vector<std::string> lines = world_ ? all_gather_strings(*world_, line) : std::vector<std::string>{line};
   if (!verbose_) return;
@@ -318,16 +351,19 @@ StepRecord Trainer::train_step() {
   const auto t0 = Clock::now();
   const CommClock* clock = world_ ? comm_clock(world_.get()) : nullptr;
   const double comm0 = clock ? clock->seconds : 0;
-  cpu_allocator().reset_peak();
-  step_resident_bytes_ = cpu_allocator().stats().current_bytes;  // params, grads, optimizer state
+  // Peaks of the training device's allocator (the CUDA caching allocator on cuda) and the host's.
+  Allocator& memory = allocator_for(device_);
+  memory.reset_peak();
+  if (device_.is_cuda()) cpu_allocator().reset_peak();
+  step_resident_bytes_ = memory.stats().current_bytes;  // params, grads, optimizer state
   model_->zero_grad();
   const int64_t accum = config_.training.grad_accum_steps;
   const int ignore = static_cast<int>(config_.training.ignore_index);
   // The step's micro-batches; each token-count normaliser is the global micro-batch's (trainer.h).
   std::vector<PipelineMicroBatch> micro(accum);
   for (int64_t m = 0; m < accum; ++m) {
-    const Batch batch = sliced(train_loader_->next());
-    micro[m] = {batch.ids, batch.targets, 1.0f / static_cast<float>(accum), -1};
+    const Batch batch = sliced(train_loader_->next());  // read on the host; tokens counted there
+    micro[m] = {batch.ids.to(device_), batch.targets.to(device_), 1.0f / static_cast<float>(accum), -1};
     if (data_group_) micro[m].loss_tokens = all_reduce_sum(*data_group_, count_loss_tokens(batch.targets, ignore));
   }
   double loss_sum = pipeline_->step(micro, ignore).loss;  // every pp rank has it
@@ -357,7 +393,7 @@ StepRecord Trainer::train_step() {
   r.step = step_;
   r.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   r.tokens_per_s = static_cast<double>(config_.tokens_per_step()) / (r.ms / 1e3);  // the global batch
-  r.peak_mb = cpu_allocator().stats().peak_bytes / 1e6;
+  r.peak_mb = memory.stats().peak_bytes / 1e6;
   r.comm_ms = clock ? (clock->seconds - comm0) * 1e3 : 0;
   return r;
 }
@@ -419,18 +455,16 @@ double Trainer::evaluate(int64_t batches) {
                                                                std::max<int64_t>(1, valid_loader_->global_batch())));
   const int ignore = static_cast<int>(config_.training.ignore_index);
   std::vector<PipelineMicroBatch> micro(n);
+  std::vector<double> sums(n), counts(n);
   for (int64_t i = 0; i < n; ++i) {
     const Batch batch = sliced(valid_loader_->next());
-    micro[i] = {batch.ids, batch.targets, 1.0f, -1};
+    counts[i] = static_cast<double>(count_loss_tokens(batch.targets, ignore));  // on the host copy
+    micro[i] = {batch.ids.to(device_), batch.targets.to(device_), 1.0f, -1};
   }
   // Each batch's loss is the mean over this rank's dp replica (its sp group's tokens); weigh
   // it by this rank's token count so the sums over dp x sp give the global batch's mean.
   const std::vector<float> losses = pipeline_->evaluate(micro, ignore);
-  std::vector<double> sums(n), counts(n);
-  for (int64_t i = 0; i < n; ++i) {
-    counts[i] = static_cast<double>(count_loss_tokens(micro[i].targets, ignore));
-    sums[i] = losses[i] * counts[i];
-  }
+  for (int64_t i = 0; i < n; ++i) sums[i] = losses[i] * counts[i];
   if (data_group_) {
     sums = all_reduce_sum(*data_group_, sums);
     counts = all_reduce_sum(*data_group_, counts);

@@ -2,6 +2,13 @@
 // from the newest checkpoint, and runs the loop (micro-batch accumulation, clipping,
 // schedule, logging, validation, samples, checkpoints).
 //
+// Device and precision (run.device, run.precision): the model is built and loaded on the
+// CPU in f32, then moved to the rank's device (training_device: GPU local_rank % visible
+// GPUs) in the compute dtype (bf16 on cuda by default, with f32 masters, gradients and
+// optimizer state; models/README.md). Batches are read on the host and copied to the device
+// explicitly; checkpoints hold the f32 masters at full logical shape, so cpu/fp32 and
+// cuda/bf16 runs resume each other's checkpoints.
+//
 // Parallelism (given a world communicator, the ranks form the grid of config.parallel):
 // every dp rank reads its slice of the same global batch; tp ranks split heads, MLP width
 // and vocabulary; each sp rank keeps its Ulysses slice of every sequence; pp stages own
@@ -46,6 +53,12 @@
 
 namespace anvil {
 
+// The device this rank trains on: the CPU, or for run.device: cuda the GPU local_rank % (visible
+// GPUs), with an Error naming cuda_unavailable_reason() when none is visible.
+Device training_device(const RunSection& run);
+// The dtype weights and activations are computed in (run.precision).
+DType compute_dtype(const RunSection& run);
+
 // The launch checks every rank computes alike before any collective: the degrees
 // must multiply to the world size, and only dp may exceed 1 for now. Each failure is
 // one Error naming both numbers and the fix.
@@ -58,7 +71,7 @@ struct StepRecord {
   double grad_norm = 0;  // before clipping
   double tokens_per_s = 0;
   double ms = 0;
-  double peak_mb = 0;  // host allocator high-water mark
+  double peak_mb = 0;  // the training device's allocator high-water mark (the GPU's on cuda)
   bool skipped = false;       // the numerics guard skipped the update (trainer/numerics_guard.h)
   std::string guard_reason;   // why it skipped
   int64_t skipped_total = 0;  // steps skipped so far in the run
@@ -115,6 +128,8 @@ class Trainer {
 
  private:
   StepRecord train_step();
+  // The one place the grid's communicators are created from the world (NCCL for GPU ranks joins here).
+  std::unique_ptr<ProcessGrid> build_process_grid();
   // Every rank's bytes of params, grads, optimizer state and the last step's activations,
   // printed together by the main rank (a collective).
   void report_memory();
@@ -134,6 +149,8 @@ class Trainer {
   TrainerMode mode_;
   bool main_rank_ = true;  // dp rank 0 (the only one that prints and writes)
   bool verbose_;
+  Device device_;                 // where the model, its gradients and the optimizer state live
+  DType compute_ = DType::F32;    // run.precision: the dtype of weights and activations
   std::shared_ptr<Communicator> world_;
   std::unique_ptr<ProcessGrid> grid_;
   Communicator* data_group_ = nullptr;  // dp x sp: the ranks whose gradients sum (null when one)

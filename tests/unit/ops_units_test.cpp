@@ -185,6 +185,14 @@ TEST(Metrics, PeakTableNamesTheDeviceAndNeverGuesses) {
   const PeakFlops cpu = lookup_peak_flops("CPU AMD EPYC 7B13", 0);
   EXPECT_FALSE(cpu.known());
   EXPECT_NE(cpu.describe().find("unknown"), std::string::npos);
+  // run.precision picks the column: fp32 runs are measured against the CUDA cores' fp32 peak
+  // (NVIDIA's data sheets: H100 SXM 67, A100 19.5 TFLOP/s), never against the bf16 tensor cores.
+  const PeakFlops h100_fp32 = lookup_peak_flops("NVIDIA H100 80GB HBM3", 0, "fp32");
+  EXPECT_EQ(h100_fp32.tflops, 67);
+  EXPECT_NE(h100_fp32.basis.find("fp32"), std::string::npos);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA A100-SXM4-80GB", 0, "bf16").tflops, 312);
+  EXPECT_EQ(lookup_peak_flops("NVIDIA A100-SXM4-80GB", 0, "fp32").tflops, 19.5);
+  EXPECT_FALSE(lookup_peak_flops("NVIDIA B200", 0, "fp32").known());  // no figure: unknown, not a guess
   const PeakFlops given = lookup_peak_flops("CPU AMD EPYC 7B13", 1.5);
   EXPECT_EQ(given.tflops, 1.5);
   EXPECT_EQ(given.basis, "logging.peak_tflops");

@@ -585,12 +585,57 @@ model: {vocab_size: auto, hidden_size: 256, num_hidden_layers: 4, num_attention_
   for (const auto& d : config_differences(minimal, c)) ADD_FAILURE() << d;
 }
 
+// A build with the CUDA backend accepts run.device: cuda (whether a GPU is visible is the
+// trainer's check, at start-up); a CPU-only build refuses it at parse time, naming the fix.
 TEST_F(RunConfigTest, CudaDeviceNeedsACudaBuild) {
   const std::string msg = error(kMinimal, {"run.device=cuda"});
 #ifdef ANVIL_WITH_CUDA
   EXPECT_EQ(msg, "(no error)");
+  const RunConfig c = load(kMinimal, {"run.device=cuda"});
+  EXPECT_EQ(c.run.device, "cuda");
+  EXPECT_EQ(c.run.precision, "bf16");  // the GPU default
 #else
   EXPECT_HAS(msg, "run.device: cuda, but this build of anvil has no CUDA backend");
+  EXPECT_HAS(msg, "device: cpu");
+#endif
+}
+
+TEST_F(RunConfigTest, PrecisionDefaultsToTheDevicesAndRoundTrips) {
+  const RunConfig cpu = load(kMinimal);
+  EXPECT_EQ(cpu.run.precision, "fp32");
+  EXPECT_HAS(to_yaml(cpu), "precision: fp32");
+  EXPECT_EQ(load(kMinimal, {"run.precision=fp32"}).run.precision, "fp32");
+#ifdef ANVIL_WITH_CUDA
+  const RunConfig gpu = load(kMinimal, {"run.device=cuda"});
+  EXPECT_EQ(gpu.run.precision, "bf16");
+  const RunConfig gpu32 = load(kMinimal, {"run.device=cuda", "run.precision=fp32"});
+  EXPECT_EQ(gpu32.run.precision, "fp32");
+  // The resolved YAML names the precision, so a checkpoint's config reloads the same settings.
+  for (const RunConfig* c : {&gpu, &gpu32}) {
+    const RunConfig again = parse_run_config(to_yaml(*c), "resolved", dir_.string());
+    EXPECT_EQ(again.run.precision, c->run.precision);
+    for (const auto& d : config_differences(*c, again)) ADD_FAILURE() << d;
+  }
+  EXPECT_EQ(config_differences(gpu, gpu32), std::vector<std::string>{"run.precision: bf16 -> fp32"});
+#endif
+}
+
+TEST_F(RunConfigTest, PrecisionErrorsNameTheFieldAndTheFix) {
+  const std::string bf16_on_cpu = error(kMinimal, {"run.precision=bf16"});
+  EXPECT_HAS(bf16_on_cpu, "--set run.precision=bf16");
+  EXPECT_HAS(bf16_on_cpu, "run.precision: bf16 needs run.device: cuda");
+  EXPECT_HAS(bf16_on_cpu, "set run.precision: fp32");
+  const std::string typo = error(kMinimal, {"run.precision=fp16"});
+  EXPECT_HAS(typo, "run.precision: 'fp16' is not valid");
+  EXPECT_HAS(typo, "fp32 or bf16");
+  EXPECT_HAS(error(kMinimal, {"run.precison=fp32"}), "did you mean run.precision?");
+#ifdef ANVIL_WITH_CUDA
+  // SOAP and COSMOS run their eigenbasis updates on host LAPACK: refused on cuda, by name.
+  for (const char* name : {"soap", "cosmos"}) {
+    const std::string msg = error(kMinimal, {"run.device=cuda", std::string("optimizer.name=") + name});
+    EXPECT_HAS(msg, std::string("optimizer.name: ") + name + " needs run.device: cpu");
+  }
+  EXPECT_EQ(error(kMinimal, {"run.device=cuda", "optimizer.name=muon"}), "(no error)");
 #endif
 }
 
