@@ -277,6 +277,23 @@ void Tensor::copy_(const Tensor& src) {
     std::memmove(raw_data(), src.raw_data(), nbytes());
     return;
   }
+  const int nd = dim();
+  if (dtype_ == src.dtype_ && nd >= 1 && strides_[nd - 1] == 1 && src.strides_[nd - 1] == 1) {
+    // Rows whose last dim is contiguous on both sides (slices of wider buffers, e.g. KV-cache
+    // positions): one memcpy per row.
+    const Shape rows_shape(shape_.begin(), shape_.end() - 1);
+    const size_t row_bytes = static_cast<size_t>(shape_[nd - 1]) * dtype_size(dtype_);
+    std::vector<int64_t> dst_rows;
+    for_each_offset(rows_shape, Shape(strides_.begin(), strides_.end() - 1), offset_,
+                    [&](int64_t o) { dst_rows.push_back(o); });
+    char* dbase = static_cast<char*>(storage_->data());
+    const char* sbase = static_cast<const char*>(src.storage_->data());
+    const int64_t es = static_cast<int64_t>(dtype_size(dtype_));
+    size_t k = 0;
+    for_each_offset(rows_shape, Shape(src.strides_.begin(), src.strides_.end() - 1), src.offset_,
+                    [&](int64_t o) { std::memmove(dbase + dst_rows[k++] * es, sbase + o * es, row_bytes); });
+    return;
+  }
   std::vector<int64_t> dst_offsets;
   dst_offsets.reserve(numel());
   for_each_offset(shape_, strides_, 0, [&](int64_t o) { dst_offsets.push_back(o); });

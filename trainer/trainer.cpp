@@ -389,6 +389,7 @@ StepRecord Trainer::train_step() {
   r.guard_reason = verdict.reason;
   r.skipped_total = guard_.skipped_total();
   if (!r.skipped) optimizer_->step(r.lr);
+  if (device_.is_cuda()) cuda_synchronize(device_.index);  // the step's queued kernels count in its time
   ++step_;
   r.step = step_;
   r.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();

@@ -95,6 +95,28 @@ TEST(Tensor, ViewsShareStorageAndIndexCorrectly) {
   EXPECT_THROW(t.slice(1, 2, 4), Error);
 }
 
+// copy_ between strided views: rows with a contiguous last dim (a slice of a wider buffer, as a
+// KV-cache write) and fully strided ones (a transpose) land element for element.
+TEST(Tensor, CopyBetweenStridedViewsPlacesEveryElement) {
+  Tensor src = Tensor::empty({2, 3, 4});
+  for (int i = 0; i < 24; ++i) src.data<float>()[i] = static_cast<float>(i);
+  Tensor cache = Tensor::zeros({2, 5, 4});
+  Tensor slot = cache.slice(1, 1, 4);  // [2, 3, 4], rows contiguous, batch stride 20
+  slot.copy_(src);
+  for (int b = 0; b < 2; ++b)
+    for (int t = 0; t < 5; ++t)
+      for (int d = 0; d < 4; ++d)
+        ASSERT_EQ(cache.item_at({b, t, d}), t >= 1 && t < 4 ? b * 12 + (t - 1) * 4 + d : 0) << b << " " << t << " " << d;
+  Tensor back = Tensor::zeros({2, 3, 4});
+  back.copy_(slot);
+  EXPECT_EQ(back.to_vector(), src.to_vector());
+  Tensor tr = Tensor::zeros({4, 3, 2});
+  tr.copy_(src.transpose(0, 2));  // last dim strided on the source
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 3; ++b)
+      for (int d = 0; d < 2; ++d) ASSERT_EQ(tr.item_at({a, b, d}), d * 12 + b * 4 + a);
+}
+
 TEST(Tensor, DtypeConversionRoundTrip) {
   Tensor t = Tensor::from_vector(std::vector<float>{1.0f, -2.5f, 3.14159f, 65504.0f}, {4});
   Tensor b = t.to(DType::BF16);
