@@ -158,10 +158,13 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
               "e.g. [\"*\"] to train everything");
+  const bool inference = mode_ == TrainerMode::Inference;
+  // Inference updates nothing: no gradients, and no f32 masters beside bf16 values.
+  if (inference)
+    for (Param* p : model_->params()) p->set_trainable(false);
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_);
-  const bool inference = mode_ == TrainerMode::Inference;
   // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
   // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
   if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();

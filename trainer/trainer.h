@@ -83,7 +83,8 @@ struct StepRecord {
 enum class StopReason { Finished, Preempted, NumericsGuard };
 
 // Train: writes the run directory and restores optimizer state. Inference (eval,
-// generate): restores params only, writes nothing, prints nothing. Quiet: Train
+// generate): restores params only (every param frozen: no gradients, no f32 masters),
+// writes nothing, prints nothing. Quiet: Train
 // without console output (tests).
 enum class TrainerMode { Train, Quiet, Inference };
 
