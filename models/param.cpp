@@ -12,7 +12,7 @@ const char* param_role_name(ParamRole role) {
 }
 
 Param::Param(std::string n, Tensor v, ParamRole r) : name(std::move(n)), value(std::move(v)), role(r) {
-  if (value.defined()) grad = zeros_like(value, value.shape(), DType::F32);
+  if (value.defined()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
 }
 
 void Param::set_trainable(bool on) {
