@@ -28,10 +28,10 @@ Tensor GatherFromTensorParallelRegion::forward(Communicator* tp, const Tensor& x
   const int n = tp->size();
   const Tensor local = as_rows(x);
   const int64_t rows = local.size(0), cols = local.size(1);
-  Tensor gathered = Tensor::empty({n, rows, cols}, x.dtype(), x.device());
+  Tensor gathered = empty_like(x, {n, rows, cols});
   tp->all_gather(local, gathered);
   // Rank-major [n, rows, cols] -> [rows, n * cols].
-  Tensor out = Tensor::empty({rows, n * cols}, x.dtype(), x.device());
+  Tensor out = empty_like(x, {rows, n * cols});
   for (int r = 0; r < n; ++r) out.slice(1, r * cols, (r + 1) * cols).copy_(gathered.select(0, r));
   Shape shape = x.shape();
   shape.back() = n * cols;
