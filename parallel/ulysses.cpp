@@ -50,7 +50,8 @@ void move_rows(const std::vector<Tensor>& tensors, const std::vector<int64_t>& l
       char* slot = base_buffer + (jt * B + b) * W * static_cast<int64_t>(row_bytes);
       for (size_t i = 0; i < tensors.size(); ++i) {
         const Tensor& x = tensors[i];
-        char* base = static_cast<char*>(x.raw_data()) + (b * x.stride(0) + t * x.stride(1)) * static_cast<int64_t>(elem);
+        char* base =
+            static_cast<char*>(x.raw_data()) + (b * x.stride(0) + t * x.stride(1)) * static_cast<int64_t>(elem);
         for (int64_t hh = 0; hh < local_heads[i]; ++hh, slot += row_bytes) {
           char* row = base + (j * local_heads[i] + hh) * x.stride(2) * static_cast<int64_t>(elem);
           if (pack) std::memcpy(slot, row, row_bytes);

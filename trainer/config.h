@@ -5,8 +5,9 @@
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
-//               optimizer state; cpu is fp32 only), threads [0 = all cores], peer_timeout [30] (seconds without a heartbeat before another rank
-//               counts as lost and the job stops with exit code 69; 0 = no watchdog)
+//               optimizer state; cpu is fp32 only), threads [0 = all cores], peer_timeout [30] (seconds
+//               without a heartbeat before another rank counts as lost and the job stops with exit code
+//               69; 0 = no watchdog)
 //   model:      config (a Hugging Face config.json, optional), type (gpt2|llama|qwen2|mistral) [llama], vocab_size
 //               ("auto" or 0 = the tokenizer's), hidden_size, num_hidden_layers, num_attention_heads,
 //               num_key_value_heads [= num_attention_heads], head_dim [hidden_size / heads],
@@ -22,8 +23,8 @@
 //               data.train=..., as `anvil convert` writes it), seq_len [max_position_embeddings],
 //               valid_fraction [0.01], shuffle [true]
 //   tokenizer:  path (required; default with model.init_from: that directory's tokenizer.json)
-//   optimizer:  name [adamw] (soap and cosmos need run.device: cpu for now), lr [1e-3], beta1 [0.9], beta2 [0.95], eps [1e-8], weight_decay [0.1],
-//               decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
+//   optimizer:  name [adamw] (soap and cosmos need run.device: cpu for now), lr [1e-3], beta1 [0.9],
+//               beta2 [0.95], eps [1e-8], weight_decay [0.1], decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
 //               zero [0] (0 | 1: optimizer state sharded over dp | 2: and gradients reduce-scattered;
 //               no effect when dp = 1)
 //   schedule:   kind [cosine] (constant|cosine|linear|wsd), warmup_steps [0], min_lr_ratio [0.1],

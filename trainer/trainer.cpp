@@ -331,8 +331,8 @@ void Trainer::report_memory() {
   if (device_.is_cuda())
     std::snprintf(host, sizeof host, " on %s; host peak %.2f", device_.str().c_str(),
                   cpu_allocator().stats().peak_bytes / 1e6);
-  std::snprintf(line, sizeof line, "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f%s)",
-                where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
+  std::snprintf(line, sizeof line,
+                "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f%s)", where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
                 mem.peak_bytes / 1e6, host);
   // Gathered so the lines print together, in rank order, from the main rank.
   const std::vector<std::string> lines = world_ ? all_gather_strings(*world_, line) : std::vector<std::string>{line};

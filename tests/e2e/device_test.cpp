@@ -36,7 +36,8 @@ TEST(Device, CudaTrainsInBf16OrSaysWhyNot) {
   }
   Trainer gpu(cfg, TrainerMode::Quiet);
   for (Param* p : gpu.model().params()) {
-    EXPECT_TRUE(p->value.device().is_cuda() && p->value.dtype() == DType::BF16) << p->name << " " << p->value.describe();
+    EXPECT_TRUE(p->value.device().is_cuda() && p->value.dtype() == DType::BF16) << p->name << " "
+                                                                                 << p->value.describe();
     ASSERT_TRUE(p->master.defined()) << p->name;
     EXPECT_EQ(p->master.dtype(), DType::F32) << p->name;
     EXPECT_EQ(p->grad.dtype(), DType::F32) << p->name;

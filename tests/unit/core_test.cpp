@@ -106,7 +106,8 @@ TEST(Tensor, CopyBetweenStridedViewsPlacesEveryElement) {
   for (int b = 0; b < 2; ++b)
     for (int t = 0; t < 5; ++t)
       for (int d = 0; d < 4; ++d)
-        ASSERT_EQ(cache.item_at({b, t, d}), t >= 1 && t < 4 ? b * 12 + (t - 1) * 4 + d : 0) << b << " " << t << " " << d;
+        ASSERT_EQ(cache.item_at({b, t, d}), t >= 1 && t < 4 ? b * 12 + (t - 1) * 4 + d : 0)
+            << b << " " << t << " " << d;
   Tensor back = Tensor::zeros({2, 3, 4});
   back.copy_(slot);
   EXPECT_EQ(back.to_vector(), src.to_vector());
