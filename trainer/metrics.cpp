@@ -146,13 +146,13 @@ nlohmann::json number_or_null(double x) { return std::isfinite(x) ? nlohmann::js
 
 }  // namespace
 
-MetricsLogger::MetricsLogger(const RunConfig& config, bool writer, bool verbose, int64_t resume_step)
+MetricsLogger::MetricsLogger(const RunConfig& config, Device device, bool writer, bool verbose, int64_t resume_step)
     : config_(config), writer_(writer), verbose_(verbose) {
   const std::string& mode = config.logging.progress;
   // mpirun hands every rank a pseudo-terminal even when its own output goes to a file: no redraws there.
   const bool terminal = isatty(STDOUT_FILENO) && launch_info().launcher != Launcher::Mpirun;
   progress_ = verbose && (mode == "always" || (mode == "auto" && terminal));
-  peak_ = lookup_peak_flops(device_name(training_device(config.run)), config.logging.peak_tflops, config.run.precision);
+  peak_ = lookup_peak_flops(device_name(device), config.logging.peak_tflops, config.run.precision);
   flops_per_token_ = training_flops_per_token(config.model, config.data.seq_len);
   world_ = static_cast<int>(config.parallel.world_size());
   if (!writer_) return;

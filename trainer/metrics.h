@@ -52,10 +52,11 @@ StepSync sync_step(Communicator* world, bool stop_requested, double step_ms, dou
 
 class MetricsLogger {
  public:
+  // `device`: where this rank trains (its name picks the MFU peak, at run.precision).
   // `writer`: this rank writes files; `verbose`: it prints. On resume (`resume_step` > 0)
   // metrics.jsonl keeps only the lines up to that step, so a rerun after a crash does not
   // repeat steps.
-  MetricsLogger(const RunConfig& config, bool writer, bool verbose, int64_t resume_step);
+  MetricsLogger(const RunConfig& config, Device device, bool writer, bool verbose, int64_t resume_step);
   ~MetricsLogger();
 
   void step(const StepRecord& r);

@@ -17,6 +17,7 @@
 #include "parallel/collectives.h"
 #include "parallel/grad_norm.h"
 #include "parallel/launch.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/sequence_partition.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/checkpoint.h"
@@ -81,13 +82,12 @@ void check_parallel_launch(const ParallelSection& p, int world_size) {
   }
 }
 
-Device training_device(const RunSection& run) {
+Device training_device(const RunSection& run, Communicator* host) {
   if (run.device == "cpu") return Device::cpu();
-  const int count = cuda_device_count();
-  ANVIL_CHECK(count > 0, "run.device: cuda, but ", cuda_unavailable_reason(),
+  ANVIL_CHECK(cuda_device_count() > 0, "run.device: cuda, but ", cuda_unavailable_reason(),
               " — check the driver and CUDA_VISIBLE_DEVICES (nvidia-smi lists the GPUs this process may use), or "
               "set run.device: cpu");
-  return Device::cuda(launch_info().local_rank % count);
+  return Device::cuda(cuda_device_for_rank(host));  // node-local rank % visible GPUs, as NCCL's bootstrap
 }
 
 DType compute_dtype(const RunSection& run) { return run.precision == "bf16" ? DType::BF16 : DType::F32; }
@@ -99,7 +99,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   validate_layout(GridDims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
                            int(config_.parallel.sp)},
                   config_.model);
-  device_ = training_device(config_.run);  // a clear error when cuda is asked for and no GPU is visible
+  device_ = training_device(config_.run, world_.get());  // a clear error when cuda is asked for and no GPU is visible
   compute_ = compute_dtype(config_.run);
   if (device_.is_cuda()) cuda_set_device(device_.index);
   if (world_) {
@@ -200,7 +200,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   if (!resume_from.empty()) restore(resume_from);
 
   if (!inference) {
-    metrics_ = std::make_unique<MetricsLogger>(config_, main_rank_, verbose_, step_);
+    metrics_ = std::make_unique<MetricsLogger>(config_, device_, main_rank_, verbose_, step_);
     if (world_ && world_->size() > 1 && config_.run.peer_timeout > 0)
       watchdog_ = std::make_unique<PeerWatchdog>(*world_, (fs::path(config_.run.out_dir) / ".ranks").string(),
                                                  config_.run.peer_timeout, kExitPeerLost);
@@ -239,12 +239,13 @@ Trainer::~Trainer() = default;
 std::unique_ptr<ProcessGrid> Trainer::build_process_grid() {
   const GridDims dims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
                       int(config_.parallel.sp)};
-  // The grid's communicators are MPI (host buffers). GPU ranks need NCCL communicators on their
-  // devices (parallel/nccl_communicator.h), built here from the same world once wired in.
-  ANVIL_CHECK(!(device_.is_cuda() && world_->size() > 1), "run.device: cuda with ", world_->size(),
-              " ranks: NCCL wiring pending — the process grid's communicators are MPI over host memory and cannot "
-              "move GPU tensors yet; train on cuda with one rank, or on cpu with several");
-  return std::make_unique<ProcessGrid>(world_, dims);
+  // cpu: the axes are split from the MPI world (host tensors). cuda: from a NCCL communicator over
+  // the same ranks on this rank's GPU, so gradients, activations and optimizer exchanges move
+  // device tensors with NCCL while host values (token counts, losses, norms) still go over MPI;
+  // world_ stays MPI for checkpoints (MPI-IO), the memory report and the peer watchdog.
+  std::shared_ptr<Communicator> collectives;
+  if (device_.is_cuda() && world_->size() > 1) collectives = grid_collective_world(world_, "cuda", device_.index);
+  return std::make_unique<ProcessGrid>(world_, dims, collectives);
 }
 
 bool Trainer::writes(bool tp_shard) const {

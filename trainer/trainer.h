@@ -53,9 +53,11 @@
 
 namespace anvil {
 
-// The device this rank trains on: the CPU, or for run.device: cuda the GPU local_rank % (visible
-// GPUs), with an Error naming cuda_unavailable_reason() when none is visible.
-Device training_device(const RunSection& run);
+// The device this rank trains on: the CPU, or for run.device: cuda the GPU node-local rank %
+// (visible GPUs) (cuda_device_for_rank over `host`, the job's MPI world or null; collective
+// over it when no launcher names the local rank), with an Error naming
+// cuda_unavailable_reason() when none is visible.
+Device training_device(const RunSection& run, Communicator* host = nullptr);
 // The dtype weights and activations are computed in (run.precision).
 DType compute_dtype(const RunSection& run);
 
@@ -129,7 +131,8 @@ class Trainer {
 
  private:
   StepRecord train_step();
-  // The one place the grid's communicators are created from the world (NCCL for GPU ranks joins here).
+  // The one place the grid's communicators are created: split from the MPI world on the CPU,
+  // from a NCCL communicator over the same ranks on GPUs (parallel/nccl_communicator.h).
   std::unique_ptr<ProcessGrid> build_process_grid();
   // Every rank's bytes of params, grads, optimizer state and the last step's activations,
   // printed together by the main rank (a collective).
