@@ -19,14 +19,26 @@ std::string GridDims::str() const {
          " sp=" + std::to_string(sp);
 }
 
-ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims)
-    : world_(std::move(world)), dims_(dims) {
+ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims,
+                         std::shared_ptr<Communicator> collective_world)
+    : world_(std::move(world)), collectives_(std::move(collective_world)), dims_(dims) {
   for (int d : {dims.dp, dims.tp, dims.pp, dims.sp})
     ANVIL_CHECK(d >= 1, "parallel: every degree must be >= 1, got ", dims.str());
   ANVIL_CHECK(dims.product() == world_->size(), "parallel: dp*tp*pp*sp = ", dims.dp, "*", dims.tp, "*", dims.pp, "*",
               dims.sp, " = ", dims.product(), " but the job has ", world_->size(),
               " processes — launch with mpirun -np ", dims.product(), " (or srun -n ", dims.product(),
               "), or change the parallel section to multiply to ", world_->size());
+  if (collectives_) {
+    // Agreed over the world, so a rank placed differently fails everywhere instead of hanging the splits.
+    const bool mismatch = collectives_->size() != world_->size() || collectives_->rank() != world_->rank();
+    Tensor any = Tensor::full({1}, mismatch ? 1 : 0, DType::I32);
+    world_->all_reduce(any, ReduceOp::Max);
+    ANVIL_CHECK(any.item() == 0, "ProcessGrid: the collectives communicator places ",
+                mismatch ? "this rank" : "some rank", " differently from the world (here: rank ",
+                collectives_->rank(), " of ", collectives_->size(), " vs world rank ", world_->rank(), " of ",
+                world_->size(), ") — build it over the world's ranks in the world's order (grid_collective_world)");
+  }
+  Communicator& base = collectives();
   int r = world_->rank();
   coords_[static_cast<int>(Axis::TP)] = r % dims.tp;
   r /= dims.tp;
@@ -42,10 +54,10 @@ ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& di
       const int extent = size(other);
       color = color * extent + (other == axis ? 0 : coords_[static_cast<int>(other)]);
     }
-    comms_[static_cast<int>(axis)] = world_->split(color, coords_[static_cast<int>(axis)]);
+    comms_[static_cast<int>(axis)] = base.split(color, coords_[static_cast<int>(axis)]);
   }
   const int dp_sp_color = rank(Axis::PP) * dims.tp + rank(Axis::TP);
-  data_sequence_ = world_->split(dp_sp_color, rank(Axis::DP) * dims.sp + rank(Axis::SP));
+  data_sequence_ = base.split(dp_sp_color, rank(Axis::DP) * dims.sp + rank(Axis::SP));
 }
 
 int ProcessGrid::size(Axis axis) const {

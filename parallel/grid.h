@@ -25,13 +25,23 @@ class ProcessGrid {
  public:
   // Collective over `world`. Throws (on every rank alike) when the degrees do not
   // multiply to the world size, naming both numbers and the launch fix.
-  ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims);
+  //
+  // collectives: what the per-axis communicators (and data_sequence_comm) are split from.
+  // Null: `world` itself (MPI, host tensors; the CPU path). For CUDA runs, a NCCL
+  // communicator over the same ranks, grid_collective_world(world, "cuda") of
+  // parallel/nccl_communicator.h: the axes then move device tensors with NCCL (CPU tensors
+  // still go over MPI), while world() stays the host communicator for metadata,
+  // checkpoints and the peer watchdog.
+  ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims,
+              std::shared_ptr<Communicator> collectives = nullptr);
 
   const GridDims& dims() const { return dims_; }
   int size(Axis axis) const;
   int rank(Axis axis) const;  // this process's coordinate on `axis`
   Communicator& comm(Axis axis) const;
   Communicator& world() const { return *world_; }
+  // What the axes were split from: `collectives` when given, else world().
+  Communicator& collectives() const { return collectives_ ? *collectives_ : *world_; }
   // The dp x sp communicator: the ranks sharing this rank's tp and pp coordinates, ordered
   // dp_i * sp + sp_i. Under Ulysses sequence parallelism every gradient is a partial sum
   // over the sp ranks as well as the dp ranks (each saw a slice of the tokens), so the
@@ -43,6 +53,7 @@ class ProcessGrid {
 
  private:
   std::shared_ptr<Communicator> world_;
+  std::shared_ptr<Communicator> collectives_;
   GridDims dims_;
   int coords_[4] = {0, 0, 0, 0};  // indexed by Axis
   std::unique_ptr<Communicator> comms_[4];

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "parallel/collectives.h"
+#include "parallel/nccl_communicator.h"
 
 namespace anvil {
 
@@ -128,6 +129,9 @@ void PeerWatchdog::run() {
       std::fprintf(stderr, "error: %s\n", msg.str().c_str());
       std::fflush(stderr);
       std::fflush(stdout);
+      // NCCL kernels waiting for the lost rank would never end: abort them so the GPU is
+      // released with the process (bounded: an abort on a broken network may itself hang).
+      abort_nccl_communicators(5.0);
       _exit(exit_code_);
     }
     std::this_thread::sleep_for(beat);

@@ -17,8 +17,9 @@ namespace anvil {
 
 class PeerWatchdog {
  public:
-  // What to do when a peer is lost: the default prints `message` and exits the process with
-  // `exit_code` at once (the main thread may be blocked inside MPI).
+  // What to do when a peer is lost: the default prints `message`, aborts the process's NCCL
+  // communicators (abort_nccl_communicators) and exits the process with `exit_code` at once
+  // (the main thread may be blocked inside MPI or waiting for a GPU).
   using LostHandler = std::function<void(int lost_rank, const std::string& message)>;
 
   // A collective over `world` (all ranks construct it together).

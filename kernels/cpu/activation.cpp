@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -15,6 +16,7 @@ constexpr float kGeluCubic = 0.044715f;
 }  // namespace
 
 void gelu_forward(const Tensor& x, Tensor& y) {
+  ANVIL_DISPATCH_CUDA(x, gelu_forward, x, y);
   cpu::Rows vx = cpu::as_rows("gelu_forward", "x", x), vy = cpu::as_rows("gelu_forward", "y", y);
   cpu::require_same_shape("gelu_forward", "y", y, "x", x);
   cpu::merge_dense({&vx, &vy});
@@ -31,6 +33,7 @@ void gelu_forward(const Tensor& x, Tensor& y) {
 }
 
 void gelu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
+  ANVIL_DISPATCH_CUDA(dy, gelu_backward, dy, x, dx);
   constexpr const char* op = "gelu_backward";
   cpu::Rows vdy = cpu::as_rows(op, "dy", dy), vx = cpu::as_rows(op, "x", x), vdx = cpu::as_rows(op, "dx", dx);
   cpu::require_same_shape(op, "dy", dy, "x", x);
@@ -53,6 +56,7 @@ void gelu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
 }
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y) {
+  ANVIL_DISPATCH_CUDA(gate, swiglu_forward, gate, up, y);
   constexpr const char* op = "swiglu_forward";
   cpu::Rows vg = cpu::as_rows(op, "gate", gate), vu = cpu::as_rows(op, "up", up), vy = cpu::as_rows(op, "y", y);
   cpu::require_same_shape(op, "up", up, "gate", gate);
@@ -70,6 +74,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y) {
 }
 
 void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+  ANVIL_DISPATCH_CUDA(dy, swiglu_backward, dy, gate, up, dgate, dup);
   constexpr const char* op = "swiglu_backward";
   cpu::Rows vdy = cpu::as_rows(op, "dy", dy), vg = cpu::as_rows(op, "gate", gate), vu = cpu::as_rows(op, "up", up);
   cpu::Rows vdg = cpu::as_rows(op, "dgate", dgate), vdu = cpu::as_rows(op, "dup", dup);

@@ -20,6 +20,8 @@
 #include <new>
 #include <vector>
 
+#include "kernels/backend.h"
+
 namespace anvil::kernels {
 
 namespace {
@@ -199,9 +201,15 @@ inline vf exp_row(float* s, Span span, float sub) {
 }
 
 void check_cpu(const Tensor& t, const char* op, const char* name) {
-  if (!t.device().is_cpu())
-    ANVIL_FAIL(op, ": ", name, " is ", t.describe(), " but the CUDA backend is not built for ", op,
-               " yet — run it on CPU tensors");
+  if (t.device().is_cpu()) return;
+#ifdef ANVIL_WITH_CUDA
+  // A CUDA q went to the CUDA backend, so q is on the CPU here.
+  ANVIL_FAIL(op, ": ", name, " is ", t.describe(), " but q is on the CPU — every tensor must be on one device",
+             " (move them with .to(Device))");
+#else
+  ANVIL_FAIL(op, ": ", name, " is ", t.describe(), " but the CUDA backend is not built for ", op,
+             " — build where nvcc is installed, or run it on CPU tensors");
+#endif
 }
 
 void check_bthd(const Tensor& t, const char* op, const char* name) {
@@ -259,6 +267,7 @@ int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
                        Tensor& out, Tensor& lse, int64_t window) {
+  ANVIL_DISPATCH_CUDA(q, attention_forward, q, k, v, scale, q_offset, out, lse, window);
   const char* op = "attention_forward";
   const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
   prepare_output(out, q.shape(), op, "out");
@@ -325,6 +334,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
                         int64_t window) {
+  ANVIL_DISPATCH_CUDA(q, attention_backward, dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, window);
   const char* op = "attention_backward";
   const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
   check_bthd(dout, op, "dout");

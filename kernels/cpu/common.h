@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/rows.h"
 
 namespace anvil::kernels::cpu {
 
@@ -45,7 +46,7 @@ inline float vsigmoid(float x) {
   return x >= 0.0f ? inv : e * inv;
 }
 
-// A tensor seen as rows of `cols` contiguous floats, `ld` floats apart.
+// A tensor seen as rows of `cols` contiguous floats, `ld` floats apart (kernels/rows.h).
 struct Rows {
   float* p = nullptr;
   int64_t rows = 0, cols = 0, ld = 0;
@@ -53,21 +54,19 @@ struct Rows {
   bool dense() const { return rows <= 1 || ld == cols; }
 };
 
-// Throws unless t is defined and on the CPU (CUDA: the backend is not built yet).
+// Throws unless t is defined and on the CPU (a CUDA tensor reaches here when the op's
+// leading tensor is on the CPU, or in a build without the CUDA backend).
 void require_cpu(const char* op, const char* name, const Tensor& t);
 // require_cpu + dtype check.
 void require_cpu_dtype(const char* op, const char* name, const Tensor& t, DType dtype);
-// Flattens all leading dims of an f32 CPU tensor into rows; the last dim must be
-// contiguous and the leading dims must collapse into one uniform row stride.
+// An f32 CPU tensor as rows (row_layout in kernels/rows.h: the last dim contiguous, the
+// leading dims collapsing into one uniform row stride).
 Rows as_rows(const char* op, const char* name, const Tensor& t);
 // A contiguous f32/i32 CPU tensor's data pointer with a named error otherwise.
 float* contiguous_f32(const char* op, const char* name, const Tensor& t);
 const int32_t* contiguous_i32(const char* op, const char* name, const Tensor& t);
-// Throws naming op, both arguments and both shapes when the shapes differ.
-void require_same_shape(const char* op, const char* name_a, const Tensor& a, const char* name_b,
-                        const Tensor& b);
-// Throws unless t has exactly `numel` elements (any shape), naming `what` it should match.
-void require_numel(const char* op, const char* name, const Tensor& t, int64_t numel, const char* what);
+using kernels::require_numel;
+using kernels::require_same_shape;
 
 // Views a set of same-shaped operands as one long row when all are dense, so
 // elementwise loops parallelise over blocks even for 1-D tensors.

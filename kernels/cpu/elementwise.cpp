@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -12,6 +13,7 @@ namespace anvil::kernels {
 using cpu::Rows;
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  ANVIL_DISPATCH_CUDA(a, add, a, b, out);
   Rows va = cpu::as_rows("add", "a", a), vb = cpu::as_rows("add", "b", b), vo = cpu::as_rows("add", "out", out);
   cpu::require_same_shape("add", "a", a, "b", b);
   cpu::require_same_shape("add", "out", out, "a", a);
@@ -26,6 +28,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {
+  ANVIL_DISPATCH_CUDA(y, add_inplace, y, x);
   Rows vy = cpu::as_rows("add_inplace", "y", y), vx = cpu::as_rows("add_inplace", "x", x);
   cpu::require_same_shape("add_inplace", "y", y, "x", x);
   cpu::merge_dense({&vy, &vx});
@@ -37,6 +40,7 @@ void add_inplace(Tensor& y, const Tensor& x) {
 }
 
 void axpy(float alpha, const Tensor& x, Tensor& y) {
+  ANVIL_DISPATCH_CUDA(y, axpy, alpha, x, y);
   Rows vy = cpu::as_rows("axpy", "y", y), vx = cpu::as_rows("axpy", "x", x);
   cpu::require_same_shape("axpy", "y", y, "x", x);
   cpu::merge_dense({&vy, &vx});
@@ -48,6 +52,7 @@ void axpy(float alpha, const Tensor& x, Tensor& y) {
 }
 
 void scale_inplace(Tensor& x, float alpha) {
+  ANVIL_DISPATCH_CUDA(x, scale_inplace, x, alpha);
   Rows vx = cpu::as_rows("scale_inplace", "x", x);
   cpu::merge_dense({&vx});
   cpu::parallel_tiles(vx.rows, vx.cols, [&](int64_t r, int64_t j0, int64_t j1) {
@@ -57,6 +62,7 @@ void scale_inplace(Tensor& x, float alpha) {
 }
 
 void add_bias(Tensor& y, const Tensor& bias) {
+  ANVIL_DISPATCH_CUDA(y, add_bias, y, bias);
   const Rows vy = cpu::as_rows("add_bias", "y", y);
   const float* pb = cpu::contiguous_f32("add_bias", "bias", bias);
   ANVIL_CHECK(bias.dim() == 1 && bias.size(0) == vy.cols, "add_bias: bias has shape ", shape_str(bias.shape()),
@@ -92,6 +98,7 @@ void column_sums(const Rows& vx, float* out, bool accumulate) {
 }  // namespace
 
 void bias_grad(const Tensor& dy, Tensor& dbias) {
+  ANVIL_DISPATCH_CUDA(dy, bias_grad, dy, dbias);
   const Rows vd = cpu::as_rows("bias_grad", "dy", dy);
   float* pb = cpu::contiguous_f32("bias_grad", "dbias", dbias);
   ANVIL_CHECK(dbias.dim() == 1 && dbias.size(0) == vd.cols, "bias_grad: dbias has shape ",
@@ -101,6 +108,7 @@ void bias_grad(const Tensor& dy, Tensor& dbias) {
 }
 
 void sum_rows(const Tensor& x, Tensor& out) {
+  ANVIL_DISPATCH_CUDA(x, sum_rows, x, out);
   const Rows vx = cpu::as_rows("sum_rows", "x", x);
   float* po = cpu::contiguous_f32("sum_rows", "out", out);
   ANVIL_CHECK(out.dim() == 1 && out.size(0) == vx.cols, "sum_rows: out has shape ", shape_str(out.shape()),
@@ -150,8 +158,19 @@ double reduce_all(const char* op, const Tensor& x, Reduce kind) {
 
 }  // namespace
 
-double sum(const Tensor& x) { return reduce_all("sum", x, Reduce::Sum); }
-double sum_squares(const Tensor& x) { return reduce_all("sum_squares", x, Reduce::SumSquares); }
-double max_abs(const Tensor& x) { return reduce_all("max_abs", x, Reduce::MaxAbs); }
+double sum(const Tensor& x) {
+  ANVIL_DISPATCH_CUDA(x, sum, x);
+  return reduce_all("sum", x, Reduce::Sum);
+}
+
+double sum_squares(const Tensor& x) {
+  ANVIL_DISPATCH_CUDA(x, sum_squares, x);
+  return reduce_all("sum_squares", x, Reduce::SumSquares);
+}
+
+double max_abs(const Tensor& x) {
+  ANVIL_DISPATCH_CUDA(x, max_abs, x);
+  return reduce_all("max_abs", x, Reduce::MaxAbs);
+}
 
 }  // namespace anvil::kernels

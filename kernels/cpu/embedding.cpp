@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -22,6 +23,7 @@ void check_ids(const char* op, const int32_t* ids, int64_t n, int64_t V) {
 }  // namespace
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
+  ANVIL_DISPATCH_CUDA(table, embedding_forward, ids, table, out);
   constexpr const char* op = "embedding_forward";
   const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
   const cpu::Rows vt = cpu::as_rows(op, "table", table), vo = cpu::as_rows(op, "out", out);
@@ -36,6 +38,7 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  ANVIL_DISPATCH_CUDA(dtable, embedding_backward, ids, dout, dtable);
   constexpr const char* op = "embedding_backward";
   const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
   const cpu::Rows vd = cpu::as_rows(op, "dout", dout), vt = cpu::as_rows(op, "dtable", dtable);
@@ -58,6 +61,7 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
 }
 
 void embedding_shard_forward(const Tensor& ids, const Tensor& table_shard, int64_t vocab_start, Tensor& out) {
+  ANVIL_DISPATCH_CUDA(table_shard, embedding_shard_forward, ids, table_shard, vocab_start, out);
   constexpr const char* op = "embedding_shard_forward";
   const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
   const cpu::Rows vt = cpu::as_rows(op, "table_shard", table_shard), vo = cpu::as_rows(op, "out", out);
@@ -73,6 +77,7 @@ void embedding_shard_forward(const Tensor& ids, const Tensor& table_shard, int64
 }
 
 void embedding_shard_backward(const Tensor& ids, const Tensor& dout, int64_t vocab_start, Tensor& dtable_shard) {
+  ANVIL_DISPATCH_CUDA(dtable_shard, embedding_shard_backward, ids, dout, vocab_start, dtable_shard);
   constexpr const char* op = "embedding_shard_backward";
   const int32_t* pid = cpu::contiguous_i32(op, "ids", ids);
   const cpu::Rows vd = cpu::as_rows(op, "dout", dout), vt = cpu::as_rows(op, "dtable_shard", dtable_shard);

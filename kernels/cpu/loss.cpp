@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -29,6 +30,7 @@ const int32_t* targets_for(const char* op, const Tensor& targets, const cpu::Row
 
 int64_t cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index, Tensor& losses,
                               Tensor& lse) {
+  ANVIL_DISPATCH_CUDA(logits, cross_entropy_forward, logits, targets, ignore_index, losses, lse);
   constexpr const char* op = "cross_entropy_forward";
   const cpu::Rows vl = cpu::as_rows(op, "logits", logits);
   const int32_t* pt = targets_for(op, targets, vl, logits);
@@ -58,6 +60,7 @@ int64_t cross_entropy_forward(const Tensor& logits, const Tensor& targets, int i
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
                             float grad_scale, Tensor& dlogits) {
+  ANVIL_DISPATCH_CUDA(logits, cross_entropy_backward, logits, targets, lse, ignore_index, grad_scale, dlogits);
   constexpr const char* op = "cross_entropy_backward";
   const cpu::Rows vl = cpu::as_rows(op, "logits", logits), vd = cpu::as_rows(op, "dlogits", dlogits);
   cpu::require_same_shape(op, "dlogits", dlogits, "logits", logits);
@@ -82,6 +85,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
 
 void cross_entropy_shard_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_start, int ignore_index,
                                Tensor& row_max, Tensor& sum_exp, Tensor& target_logit) {
+  ANVIL_DISPATCH_CUDA(logits, cross_entropy_shard_stats, logits, targets, vocab_start, ignore_index, row_max, sum_exp, target_logit);
   constexpr const char* op = "cross_entropy_shard_stats";
   const cpu::Rows vl = cpu::as_rows(op, "logits", logits);
   const int32_t* pt = targets_for(op, targets, vl, logits);
@@ -109,6 +113,7 @@ void cross_entropy_shard_stats(const Tensor& logits, const Tensor& targets, int6
 
 void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets, int64_t vocab_start,
                                   const Tensor& lse, int ignore_index, float grad_scale, Tensor& dlogits) {
+  ANVIL_DISPATCH_CUDA(logits, cross_entropy_shard_backward, logits, targets, vocab_start, lse, ignore_index, grad_scale, dlogits);
   constexpr const char* op = "cross_entropy_shard_backward";
   const cpu::Rows vl = cpu::as_rows(op, "logits", logits), vd = cpu::as_rows(op, "dlogits", dlogits);
   cpu::require_same_shape(op, "dlogits", dlogits, "logits", logits);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -81,6 +82,7 @@ std::string op_shape(const Tensor& t, bool trans) {
 }  // namespace
 
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
+  ANVIL_DISPATCH_CUDA(a, matmul, a, trans_a, b, trans_b, c, alpha, beta);
   const Mat ma = as_mat("a", a), mb = as_mat("b", b), mc = as_mat("c", c);
   const int64_t M = trans_a ? ma.cols : ma.rows;
   const int64_t K = trans_a ? ma.rows : ma.cols;
@@ -144,8 +146,16 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
 }
 
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {
-  cpu::require_cpu("matmul", "a", a);
-  cpu::require_cpu("matmul", "b", b);
+  ANVIL_CHECK(a.defined() && b.defined(), kOp, ": a and b must be defined tensors");
+#ifdef ANVIL_WITH_CUDA
+  const bool on_cuda = a.device().is_cuda();
+#else
+  const bool on_cuda = false;  // a CUDA tensor then fails require_cpu with its message
+#endif
+  if (!on_cuda) {
+    cpu::require_cpu("matmul", "a", a);
+    cpu::require_cpu("matmul", "b", b);
+  }
   ANVIL_CHECK((a.dim() == 2 || a.dim() == 3) && (b.dim() == 2 || b.dim() == 3), kOp, ": a ", a.describe(),
               " and b ", b.describe(), " must be 2-D or 3-D");
   const int64_t M = trans_a ? a.size(-1) : a.size(-2);
@@ -155,7 +165,8 @@ Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {
     const int64_t ba = a.dim() == 3 ? a.size(0) : 1, bb = b.dim() == 3 ? b.size(0) : 1;
     shape.insert(shape.begin(), ba == 1 ? bb : ba);
   }
-  Tensor c = Tensor::empty(shape);
+  // On CUDA the product keeps the operands' dtype (bf16 in, bf16 out); the CPU computes in f32.
+  Tensor c = Tensor::empty(shape, on_cuda ? a.dtype() : DType::F32, a.device());
   matmul(a, trans_a, b, trans_b, c, 1.0f, 0.0f);
   return c;
 }

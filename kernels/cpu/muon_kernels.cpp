@@ -1,11 +1,13 @@
 // Muon's momentum pass on the CPU: one fused OpenMP loop.
 #include "kernels/muon_kernels.h"
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
 
 void muon_momentum(const Tensor& grad, Tensor& buffer, Tensor& update, float beta, bool nesterov, bool ema) {
+  ANVIL_DISPATCH_CUDA(grad, muon_momentum, grad, buffer, update, beta, nesterov, ema);
   constexpr const char* kOp = "muon_momentum";
   const float* g = cpu::contiguous_f32(kOp, "grad", grad);
   float* m = cpu::contiguous_f32(kOp, "buffer", buffer);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 #include "kernels/linalg.h"
 
@@ -142,6 +143,7 @@ template void newton_schulz<float>(const float*, float*, int64_t, int64_t, const
 template void newton_schulz<double>(const double*, double*, int64_t, int64_t, const NewtonSchulzConfig&);
 
 void newton_schulz(const Tensor& u, Tensor& out, const NewtonSchulzConfig& cfg) {
+  ANVIL_DISPATCH_CUDA(u, newton_schulz, u, out, cfg);
   cpu::require_cpu_dtype(kOp, "u", u, DType::F32);
   cpu::require_cpu_dtype(kOp, "out", out, DType::F32);
   ANVIL_CHECK(u.dim() == 2, kOp, ": u is ", u.describe(),
@@ -160,7 +162,9 @@ void newton_schulz(const Tensor& u, Tensor& out, const NewtonSchulzConfig& cfg) 
 }
 
 Tensor newton_schulz(const Tensor& u, const NewtonSchulzConfig& cfg) {
-  Tensor out = Tensor::empty(u.shape());
+  // Like u (dtype, device); a CPU u that is not f32 is then reported by the checks above.
+  ANVIL_CHECK(u.defined(), kOp, ": u is an undefined tensor");
+  Tensor out = Tensor::empty(u.shape(), u.dtype(), u.device());
   newton_schulz(u, out, cfg);
   return out;
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -29,6 +30,7 @@ float* row_stat(const char* op, const char* name, const Tensor& t, int64_t rows,
 
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& y,
                        Tensor& mean, Tensor& rstd) {
+  ANVIL_DISPATCH_CUDA(x, layernorm_forward, x, weight, bias, eps, y, mean, rstd);
   constexpr const char* op = "layernorm_forward";
   const cpu::Rows vx = cpu::as_rows(op, "x", x), vy = cpu::as_rows(op, "y", y);
   cpu::require_same_shape(op, "y", y, "x", x);
@@ -64,6 +66,7 @@ void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
 
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                         const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias) {
+  ANVIL_DISPATCH_CUDA(dy, layernorm_backward, dy, x, weight, mean, rstd, dx, dweight, dbias);
   constexpr const char* op = "layernorm_backward";
   const cpu::Rows vx = cpu::as_rows(op, "x", x), vdy = cpu::as_rows(op, "dy", dy);
   cpu::require_same_shape(op, "dy", dy, "x", x);
@@ -121,6 +124,7 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& y, Tensor& rstd) {
+  ANVIL_DISPATCH_CUDA(x, rmsnorm_forward, x, weight, eps, y, rstd);
   constexpr const char* op = "rmsnorm_forward";
   const cpu::Rows vx = cpu::as_rows(op, "x", x), vy = cpu::as_rows(op, "y", y);
   cpu::require_same_shape(op, "y", y, "x", x);
@@ -142,6 +146,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, Tensor& y
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
                       Tensor& dweight) {
+  ANVIL_DISPATCH_CUDA(dy, rmsnorm_backward, dy, x, weight, rstd, dx, dweight);
   constexpr const char* op = "rmsnorm_backward";
   const cpu::Rows vx = cpu::as_rows(op, "x", x), vdy = cpu::as_rows(op, "dy", dy);
   cpu::require_same_shape(op, "dy", dy, "x", x);

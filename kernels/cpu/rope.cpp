@@ -4,22 +4,19 @@
 
 #include <cmath>
 
+#include "kernels/backend.h"
+#include "kernels/cpu/common.h"
+
 namespace anvil::kernels {
 
 namespace {
 
-void require_cpu(const Tensor& t, const char* op, const char* what) {
-  ANVIL_CHECK(t.device().is_cpu(), op, ": ", what, " is ", t.describe(),
-              " but the CUDA backend is not built for ", op,
-              " yet — run it on CPU tensors");
-}
-
 // Validates x against the tables and returns D/2.
 int64_t check_rope_args(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos,
                         const char* op, const char* xname) {
-  require_cpu(x, op, xname);
-  require_cpu(cos, op, "cos");
-  require_cpu(sin, op, "sin");
+  cpu::require_cpu(op, xname, x);
+  cpu::require_cpu(op, "cos", cos);
+  cpu::require_cpu(op, "sin", sin);
   ANVIL_CHECK(x.dim() == 4, op, ": ", xname, " must be [B, T, H, D], got ", x.describe());
   check_dtype(x, DType::F32, xname);
   check_dtype(cos, DType::F32, "rope cos table");
@@ -86,8 +83,8 @@ void rope_tables(const std::vector<float>& inv_freq, int64_t max_positions, Tens
   const Shape shape{max_positions, half};
   if (!cos.defined()) cos = Tensor::empty(shape);
   if (!sin.defined()) sin = Tensor::empty(shape);
-  require_cpu(cos, "rope_tables", "cos");
-  require_cpu(sin, "rope_tables", "sin");
+  cpu::require_cpu("rope_tables", "cos", cos);
+  cpu::require_cpu("rope_tables", "sin", sin);
   check_shape(cos, shape, "rope_tables cos");
   check_shape(sin, shape, "rope_tables sin");
   check_dtype(cos, DType::F32, "rope_tables cos");
@@ -106,11 +103,13 @@ void rope_tables(const std::vector<float>& inv_freq, int64_t max_positions, Tens
 }
 
 void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  ANVIL_DISPATCH_CUDA(x, rope_forward, x, cos, sin, start_pos);
   check_rope_args(x, cos, sin, start_pos, "rope_forward", "x");
   rope_apply(x, cos, sin, start_pos, 1.0f);
 }
 
 void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  ANVIL_DISPATCH_CUDA(dx, rope_backward, dx, cos, sin, start_pos);
   check_rope_args(dx, cos, sin, start_pos, "rope_backward", "dx");
   rope_apply(dx, cos, sin, start_pos, -1.0f);
 }

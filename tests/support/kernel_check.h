@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_device.h"
 #include "core/tensor.h"
 
 namespace anvil::testing {
@@ -42,10 +43,17 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
 }
 
 // A tensor that claims to live on cuda:0 (no memory behind it) to check that CPU
-// kernels refuse device tensors with a clear message.
+// kernels refuse device tensors with a clear message. Only as an operand after the one an
+// op dispatches on: with the CUDA backend built, a leading CUDA tensor goes to the GPU.
 inline Tensor fake_cuda_tensor(const Shape& shape, DType dtype = DType::F32) {
   static float dummy[1];
   return Tensor::from_external(dummy, shape, dtype, Device::cuda(0));
+}
+
+// What a CPU kernel's error says about a CUDA operand: in a CPU-only build that the backend
+// is missing; with it built, that the call ran on the CPU and the operands must share a device.
+inline const char* cuda_operand_on_cpu_error() {
+  return cuda_built() ? "runs on the CPU" : "CUDA backend is not built";
 }
 
 // Runs fn with the OpenMP thread count set to n, restoring the previous count.

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/cuda_device.h"
 #include "kernels/attention.h"
 #include "tests/support/reference.h"
 
@@ -288,15 +289,22 @@ TEST(Attention, RejectsBadShapesWithClearMessages) {
   }
 }
 
-TEST(Attention, NonCpuTensorsSayTheCudaBackendIsMissing) {
+// A CUDA q goes to the CUDA backend when it is built (which checks that the device exists and
+// that every tensor is on it); without the backend the CPU kernel names what is missing.
+TEST(Attention, CudaTensorsGoToTheCudaBackendOrSayItIsMissing) {
   std::vector<float> host(1 * 4 * 1 * 8, 0.0f);
   const Tensor q = Tensor::from_external(host.data(), {1, 4, 1, 8}, DType::F32, Device::cuda());
+  const Tensor hq = Tensor::from_external(host.data(), {1, 4, 1, 8}, DType::F32, Device::cpu());
   Tensor out, lse;
+  const bool device = cuda_built() && cuda_device_count() > 0;
+  const Tensor gq = device ? Tensor::zeros({1, 4, 1, 8}, DType::F32, Device::cuda()) : q;
+  const char* expected = !cuda_built() ? "CUDA backend is not built" : device ? "one device" : "cuda:0 does not exist";
   try {
-    attention_forward(q, q, q, 1.0f, 0, out, lse);
-    FAIL() << "a CUDA tensor was accepted by the CPU kernel";
+    attention_forward(gq, device ? hq : q, q, 1.0f, 0, out, lse);  // with a GPU: k on the CPU
+    FAIL() << "the call was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("CUDA backend is not built"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("attention_forward"), std::string::npos) << e.what();
   }
 }
 

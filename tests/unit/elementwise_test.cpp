@@ -168,8 +168,12 @@ TEST(Elementwise, ShapeMismatchNamesOpArgumentsAndShapes) {
   EXPECT_THROW(kernels::add_inplace(out, a.to(DType::BF16)), Error);
 }
 
-TEST(Elementwise, CudaTensorsSayTheBackendIsNotBuilt) {
-  Tensor x = fake_cuda_tensor({4});
-  expect_error_containing([&] { kernels::scale_inplace(x, 2.0f); }, {"scale_inplace", "CUDA backend is not built"});
-  expect_error_containing([&] { kernels::sum(x); }, {"sum", "CUDA backend is not built"});
+TEST(Elementwise, CudaOperandsOfACpuCallAreRefused) {
+  Tensor xc = fake_cuda_tensor({4}), y = Tensor::zeros({4});
+  expect_error_containing([&] { kernels::add_inplace(y, xc); }, {"add_inplace", "x", "cuda:0", cuda_operand_on_cpu_error()});
+  expect_error_containing([&] { kernels::axpy(2.0f, xc, y); }, {"axpy", "x", "cuda:0", cuda_operand_on_cpu_error()});
+  if (!cuda_built()) {  // built, a lone CUDA tensor is the GPU's (and this one has no memory)
+    expect_error_containing([&] { kernels::scale_inplace(xc, 2.0f); }, {"scale_inplace", "CUDA backend is not built"});
+    expect_error_containing([&] { kernels::sum(xc); }, {"sum", "CUDA backend is not built"});
+  }
 }

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/cuda_device.h"
 #include "kernels/matmul.h"
 #include "tests/support/kernel_check.h"
 #include "tests/support/reference.h"
@@ -214,8 +215,19 @@ TEST(Matmul, RejectsOutputOverlappingAnInput) {
   EXPECT_LT(rel_error(c_ok, want), kTol);
 }
 
-TEST(Matmul, CudaTensorsSayTheBackendIsNotBuilt) {
+// A CUDA tensor goes to the CUDA backend when it is built (which checks that the device
+// exists and that every operand is on it); without the backend the CPU kernel names what is missing.
+TEST(Matmul, CudaTensorsGoToTheCudaBackendOrSayItIsNotBuilt) {
   Tensor a = fake_cuda_tensor({2, 2}), b = fake_cuda_tensor({2, 2}), c = fake_cuda_tensor({2, 2});
-  expect_error_containing([&] { kernels::matmul(a, false, b, false, c); }, {"matmul", "CUDA backend is not built"});
-  expect_error_containing([&] { kernels::matmul(a, false, b, false); }, {"CUDA backend is not built"});
+  if (!cuda_built()) {
+    expect_error_containing([&] { kernels::matmul(a, false, b, false, c); }, {"matmul", "CUDA backend is not built"});
+    expect_error_containing([&] { kernels::matmul(a, false, b, false); }, {"CUDA backend is not built"});
+  } else if (cuda_device_count() == 0) {
+    expect_error_containing([&] { kernels::matmul(a, false, b, false, c); }, {"matmul", "cuda:0 does not exist"});
+    expect_error_containing([&] { kernels::matmul(a, false, b, false); }, {"cuda:0 does not exist"});
+  } else {
+    Tensor ga = Tensor::zeros({2, 2}, DType::F32, Device::cuda(0)), gc = Tensor::zeros({2, 2}, DType::F32, Device::cuda(0));
+    Tensor hb = Tensor::zeros({2, 2});
+    expect_error_containing([&] { kernels::matmul(ga, false, hb, false, gc); }, {"matmul", "b", "one device"});
+  }
 }

@@ -176,9 +176,9 @@ TEST(LayerNorm, RejectsMismatchedParameters) {
                           {"y", "[6, 4]", "[4, 6]"});
   expect_error_containing([&] { kernels::layernorm_forward(x, w6, b, kEps, y, mean, rstd_bad); },
                           {"rstd", "[3]", "[4, 6]"});
-  Tensor xc = fake_cuda_tensor({4, 6});
-  expect_error_containing([&] { kernels::layernorm_forward(xc, w6, b, kEps, y, mean, rstd); },
-                          {"layernorm_forward", "CUDA backend is not built"});
+  Tensor yc = fake_cuda_tensor({4, 6});
+  expect_error_containing([&] { kernels::layernorm_forward(x, w6, b, kEps, yc, mean, rstd); },
+                          {"layernorm_forward", "y", "cuda:0", cuda_operand_on_cpu_error()});
 }
 
 TEST(RMSNorm, ForwardMatchesNaiveLoop) {

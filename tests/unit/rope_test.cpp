@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/cuda_device.h"
 #include "kernels/rope.h"
 #include "tests/support/reference.h"
 
@@ -151,13 +152,17 @@ TEST(Rope, RejectsPositionsBeyondTheTables) {
   Tensor wrong_dim = random_tensor({1, 4, 1, 6}, 7);
   EXPECT_THROW(rope_forward(wrong_dim, t.cos, t.sin, 0), Error);
   EXPECT_THROW(rope_inv_freq(7, kTheta), Error);
+  // A CUDA table with CPU activations: the call runs on the CPU and refuses it.
   std::vector<float> host(8, 0.0f);
-  Tensor on_gpu = Tensor::from_external(host.data(), {1, 1, 1, 8}, DType::F32, Device::cuda());
+  Tensor cos_on_gpu = Tensor::from_external(host.data(), {2, 4}, DType::F32, Device::cuda());
+  Tensor x8 = random_tensor({1, 1, 1, 8}, 8);
   try {
-    rope_forward(on_gpu, t.cos, t.sin, 0);
+    rope_forward(x8, cos_on_gpu, t.sin, 0);
     FAIL() << "a CUDA tensor was accepted by the CPU kernel";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("CUDA backend is not built"), std::string::npos) << e.what();
+    const std::string want = cuda_built() ? "runs on the CPU" : "CUDA backend is not built";
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cos"), std::string::npos) << e.what();
   }
 }
 

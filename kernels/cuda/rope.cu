@@ -1,0 +1,78 @@
+// Rotary position embedding on CUDA (kernels/rope.h), Hugging Face rotate_half convention:
+// element i of a head pairs with i + D/2. In place on [B, T, H, D] views (last dim
+// contiguous, other strides free); one block per (b, t), threads over (head, pair).
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace anvil::kernels::cuda {
+namespace {
+
+// Validates x against the tables (as the CPU backend does) and returns D/2.
+int64_t check_rope_args(const OpContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                        int64_t start_pos, const char* xname) {
+  const char* op = ctx.op();
+  ctx.require_float(xname, x);
+  ctx.require_dtype("cos", cos, DType::F32);
+  ctx.require_dtype("sin", sin, DType::F32);
+  ANVIL_CHECK(x.dim() == 4, op, ": ", xname, " must be [B, T, H, D], got ", x.describe());
+  ANVIL_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.shape() == sin.shape(), op,
+              ": cos/sin tables must be contiguous [max_positions, D/2] of equal shape, got cos ", cos.describe(),
+              " and sin ", sin.describe(), " — build them with rope_tables and copy them to the device");
+  const int64_t D = x.size(3), half = cos.size(1);
+  ANVIL_CHECK(D == 2 * half, op, ": head dim of ", xname, " ", x.describe(), " is ", D, " but the tables ",
+              cos.describe(), " are for head dim ", 2 * half);
+  ANVIL_CHECK(x.stride(3) == 1 || D <= 1, op, ": the last dim of ", xname, " ", x.describe(),
+              " must be contiguous (stride 1), got stride ", x.stride(3));
+  const int64_t T = x.size(1);
+  ANVIL_CHECK(start_pos >= 0 && start_pos + T <= cos.size(0), op, ": positions ", start_pos, " .. ",
+              start_pos + T - 1, " (start_pos ", start_pos, ", T ", T, ") exceed the ", cos.size(0),
+              " rows of the cos/sin tables — build the tables with max_positions >= start_pos + T");
+  return half;
+}
+
+// sign = +1: rotation by +angle; sign = -1: its transpose (rotation by -angle).
+template <class E>
+__global__ void rope_kernel(E* x, int64_t B, int64_t T, int64_t H, int64_t half, int64_t sb, int64_t st, int64_t sh,
+                            const float* cos, const float* sin, int64_t start_pos, float sign) {
+  const int64_t pairs = H * half;
+  for (int64_t bt = blockIdx.x; bt < B * T; bt += gridDim.x) {
+    const int64_t b = bt / T, t = bt - b * T;
+    const float* c = cos + (start_pos + t) * half;
+    const float* s = sin + (start_pos + t) * half;
+    E* base = x + b * sb + t * st;
+    for (int64_t k = threadIdx.x; k < pairs; k += blockDim.x) {
+      const int64_t h = k / half, i = k - h * half;
+      E* lo = base + h * sh;
+      const float a = to_f32(lo[i]), bb = to_f32(lo[i + half]), ci = c[i], si = sign * s[i];
+      lo[i] = from_f32<E>(a * ci - bb * si);
+      lo[i + half] = from_f32<E>(bb * ci + a * si);
+    }
+  }
+}
+
+void rope_apply(const char* op, const char* xname, Tensor& x, const Tensor& cos, const Tensor& sin,
+                int64_t start_pos, float sign) {
+  OpContext ctx(op, xname, x);
+  const int64_t half = check_rope_args(ctx, x, cos, sin, start_pos, xname);
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
+  if (B == 0 || T == 0 || H == 0 || half == 0) return;
+  with_float_type(x.dtype(), [&](auto tag) {
+    using E = decltype(tag);
+    rope_kernel<E><<<blocks_for(B * T, 1), threads_for(H * half, 1, kThreads), 0, ctx.stream()>>>(
+        static_cast<E*>(x.raw_data()), B, T, H, half, x.stride(0), x.stride(1), x.stride(2), cos.data<float>(),
+        sin.data<float>(), start_pos, sign);
+    ANVIL_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  rope_apply("rope_forward", "x", x, cos, sin, start_pos, 1.0f);
+}
+
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos) {
+  rope_apply("rope_backward", "dx", dx, cos, sin, start_pos, -1.0f);
+}
+
+}  // namespace anvil::kernels::cuda
