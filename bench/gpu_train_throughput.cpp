@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
       ids.data<int32_t>()[i] = static_cast<int32_t>(rng.u32(2 * i) % c.vocab_size);
       targets.data<int32_t>()[i] = static_cast<int32_t>(rng.u32(2 * i + 1) % c.vocab_size);
     }
-    // TODO(merge): if the model branch moves host ids itself, pass them as they are.
+    // A model moved with to(device, dtype) takes ids on that device.
     const Tensor ids_d = ids.to(dev), targets_d = targets.to(dev);
 
     cudaStream_t stream = cuda::current_stream(0);
@@ -161,6 +161,7 @@ int main(int argc, char** argv) {
     const double tflops = tokens_per_s * training_flops_per_token(c, T) / 1e12;
     cudaDeviceProp prop{};
     ANVIL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    // TODO(merge): branch model adds lookup_peak_flops(name, 0, precision); pass "fp32" for --dtype f32.
     const PeakFlops peak = lookup_peak_flops(prop.name, 0);
     const double mfu = peak.known() ? tflops / peak.tflops : 0;
     const double peak_gb = static_cast<double>(cuda_allocator(0).stats().peak_bytes) / 1e9;

@@ -63,7 +63,9 @@ bad=""
 for lib in "$prefix/usr/lib/$arch/libhdf5_openmpi.so.103" "$prefix/usr/lib/$arch/libmpi.so.40" \
            "$prefix/usr/lib/$arch/openblas-openmp/libopenblas.so.0" "$prefix/usr/lib/$arch/libyaml-cpp.so.0.7"; do
   out=$(LD_LIBRARY_PATH="$libpath" ldd "$lib" 2>&1 || true)
-  if echo "$out" | grep -q "not found\|GLIBC_\|GLIBCXX_\|CXXABI_"; then bad+=$'\n'"$lib:"$'\n'"$(echo "$out" | grep "not found\|GLIBC")"; fi
+  if echo "$out" | grep -q "not found\|GLIBC_\|GLIBCXX_\|CXXABI_"; then
+    bad+=$'\n'"$lib:"$'\n'"$(echo "$out" | grep "not found\|GLIBC")"
+  fi
 done
 if [ -n "$bad" ]; then
   fail "the packed Debian bookworm libraries do not load on this machine ($(ldd --version | head -1)):$bad
@@ -71,7 +73,7 @@ They need glibc >= 2.36 and libstdc++ from GCC >= 12. Pack from a distribution n
 machine's (edit scripts/gpu_pack.sh) or build the dependencies here."
 fi
 
-echo "== locating cuDNN, NCCL and cuBLASLt"
+echo "== locating cuDNN, NCCL, cuBLASLt and NVRTC"
 cuda_home=$(dirname "$(dirname "$(readlink -f "$nvcc_bin")")")
 # Site-packages of the python3 that holds PyTorch: its nvidia-* wheels carry the libraries.
 site_dirs=$(python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' \
@@ -100,7 +102,9 @@ locate() {  # locate LIBFILE HEADER: adds the library's and header's dirs to hin
 }
 locate libcudnn.so.9 cudnn.h
 locate libnccl.so.2 nccl.h
-locate "libcublasLt.so.$("$nvcc_bin" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')" cublasLt.h
+cuda_major=$("$nvcc_bin" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+locate "libcublasLt.so.$cuda_major" cublasLt.h
+locate "libnvrtc.so.$cuda_major" nvrtc.h  # the cuDNN frontend's runtime-compiled engines
 hint_list=$(IFS=';'; echo "${hints[*]:-}")
 fe="$deps/cudnn_frontend/include"
 [ -f "$fe/cudnn_frontend.h" ] || fail "$fe/cudnn_frontend.h missing: re-run scripts/gpu_pack.sh"

@@ -49,8 +49,8 @@ for deb in "$out"/debs/*.deb; do dpkg -x "$deb" "$probe"; done
 libdirs="$probe/usr/lib/$arch:$probe/lib/$arch:$probe/usr/lib/$arch/openblas-openmp:$probe/usr/lib/$arch/hdf5/openmpi"
 # The libraries anvil links directly; ldd lists their whole load-time closure. (Plugins that
 # Open MPI dlopens at MPI_Init are not in it, on purpose: see runtime_packages.)
-link_roots=(usr/lib/$arch/libhdf5_openmpi.so.103 usr/lib/$arch/libmpi.so.40 usr/lib/$arch/openblas-openmp/libopenblas.so.0
-            usr/lib/$arch/libyaml-cpp.so.0.7 lib/$arch/libz.so.1)
+link_roots=(usr/lib/$arch/libhdf5_openmpi.so.103 usr/lib/$arch/libmpi.so.40
+            usr/lib/$arch/openblas-openmp/libopenblas.so.0 usr/lib/$arch/libyaml-cpp.so.0.7 lib/$arch/libz.so.1)
 missing=""
 for root in "${link_roots[@]}"; do [ -e "$probe/$root" ] || missing+=" $root(not in the pack)"; done
 while IFS= read -r lib; do
@@ -66,7 +66,8 @@ while IFS= read -r lib; do
   done < <(LD_LIBRARY_PATH="$libdirs" ldd "$lib" 2>/dev/null | awk '/=>/ {print $1, $3}')
 done < <(printf "$probe/%s\n" "${link_roots[@]}")
 if [ -n "$missing" ]; then
-  echo "gpu_pack: these libraries resolve outside the pack; add their packages:$(echo "$missing" | tr ' ' '\n' | sort -u | tr '\n' ' ')" >&2
+  echo "gpu_pack: these libraries resolve outside the pack; add their packages:" \
+       "$(echo "$missing" | tr ' ' '\n' | sort -u | tr '\n' ' ')" >&2
   exit 1
 fi
 
@@ -83,4 +84,7 @@ cp "$fe/.version" "$out/cudnn_frontend/" 2>/dev/null || true
 } > "$out/MANIFEST"
 size=$(du -sm "$out" | cut -f1)
 echo "gpu_pack: $n packages + cuDNN frontend headers in $out ($size MiB)"
-[ "$size" -le 60 ] || { echo "gpu_pack: $out is $size MiB, over the 60 MiB budget (the device tool carries 64 MiB)" >&2; exit 1; }
+if [ "$size" -gt 60 ]; then
+  echo "gpu_pack: $out is $size MiB, over the 60 MiB budget (the device tool carries 64 MiB in all)" >&2
+  exit 1
+fi

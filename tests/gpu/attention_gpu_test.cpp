@@ -95,7 +95,7 @@ TEST_P(AttentionGpu, ForwardAndBackwardMatchCpu) {
 
   // Backward, both sides from the GPU's out and lse.
   const Tensor dout = reference_input(random_tensor({c.B, c.Tq, c.Hq, c.D}, 35), c.dtype);
-  const Tensor out_ref = host_f32(out_gpu), lse_ref = lse_gpu.to(Device::cpu());
+  const Tensor out_ref = to_host_f32(out_gpu), lse_ref = lse_gpu.to(Device::cpu());
   Qkv d_cpu = empty_grads(c, DType::F32, Device::cpu());
   kernels::attention_backward(dout, in.q, in.k, in.v, out_ref, lse_ref, scale, q_offset, d_cpu.q, d_cpu.k, d_cpu.v,
                               c.window);

@@ -69,7 +69,7 @@ TEST_P(MatmulGpu, MatchesCpu) {
   if (t.pad > 0) {  // the padding columns of c are outside the view and must be untouched
     const Tensor pad_gpu = c_gpu.slice(c_gpu.dim() - 1, t.N, t.N + t.pad);
     const Tensor pad_want = c_wide.slice(c_wide.dim() - 1, t.N, t.N + t.pad);
-    const std::vector<float> got = host_f32(pad_gpu).to_vector(), want = pad_want.to_vector();
+    const std::vector<float> got = to_host_f32(pad_gpu).to_vector(), want = pad_want.to_vector();
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i)
       if (!(std::isnan(got[i]) && std::isnan(want[i]))) ASSERT_EQ(got[i], want[i]) << "padding column written at " << i;

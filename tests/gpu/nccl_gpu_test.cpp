@@ -1,20 +1,26 @@
-// NCCL over every visible GPU of one process (needs 2 or more: tests/support/gpu_main.cpp
-// skips with the reason otherwise): anvil CUDA tensors all-reduced on each device's comm
-// stream, ordered after the compute stream with an Event, the buffers marked with
-// record_stream, and the sums checked exactly (small integers are exact in f32 and bf16).
-// This checks the plumbing a multi-GPU run stands on: per-device allocators and streams,
-// DeviceGuard, events across streams, NCCL's dtype mapping.
-// TODO(merge): once parallel/cuda's NCCL communicator is merged, add an mpirun -np 2 test of it
-// (one GPU per rank) beside this one.
-#include <cuda_runtime.h>
+// anvil's NCCL communicator (parallel/nccl_communicator.h) over every visible GPU, one
+// thread per rank in one process (needs 2 or more GPUs: tests/support/gpu_main.cpp skips with
+// the reason otherwise). The ranks find each other through the shared-file id exchange, so no
+// MPI launcher is needed. Collectives and point-to-point on CUDA tensors, checked exactly
+// (small integers are exact in f32 and bf16). A multi-process run of the same communicator
+// under mpirun is tests/multirank (on CPU machines it checks the bootstrap only).
 #include <gtest/gtest.h>
-#include <nccl.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/cuda/runtime.h"
 #include "core/cuda_device.h"
+#include "parallel/nccl_communicator.h"
 #include "tests/support/gpu_check.h"
 
 using namespace anvil;
@@ -22,60 +28,114 @@ using namespace anvil::testing;
 
 namespace {
 
-#define EXPECT_NCCL_OK(expr)                                                                       \
-  do {                                                                                             \
-    const ncclResult_t anvil_nccl_rc_ = (expr);                                                    \
-    ASSERT_EQ(anvil_nccl_rc_, ncclSuccess) << #expr << ": " << ncclGetErrorString(anvil_nccl_rc_); \
-  } while (0)
+constexpr int64_t kCount = (1 << 20) + 3;  // not a multiple of any chunking, > one NCCL buffer
 
-struct Comms {
-  std::vector<ncclComm_t> comms;
-  ~Comms() {
-    for (ncclComm_t c : comms) ncclCommDestroy(c);
-  }
-};
+// Element i of rank r's contribution: (r + 1) * (i % 13 - 6).
+float contribution(int r, int64_t i) { return static_cast<float>((r + 1) * (i % 13 - 6)); }
 
-// Rank d contributes (d + 1) * (i % 13 - 6) at element i; the sum is n(n+1)/2 * (i % 13 - 6).
-void all_reduce_every_device(DType dtype, ncclDataType_t nccl_type) {
-  const int n = cuda_device_count();
-  const int64_t count = (1 << 20) + 3;
-  Comms c;
-  c.comms.resize(n);
-  std::vector<int> devices(n);
-  for (int d = 0; d < n; ++d) devices[d] = d;
-  EXPECT_NCCL_OK(ncclCommInitAll(c.comms.data(), n, devices.data()));
-
-  std::vector<Tensor> bufs;
-  for (int d = 0; d < n; ++d) {
-    Tensor host = Tensor::empty({count});
-    for (int64_t i = 0; i < count; ++i) host.data<float>()[i] = static_cast<float>((d + 1) * (i % 13 - 6));
-    bufs.push_back(host.to(dtype).to(Device::cuda(d)));  // queued on device d's compute stream
-    cuda::Event ready;
-    ready.record(cuda::current_stream(d));
-    ready.wait(cuda::comm_stream(d));  // the collective must not start before the copy lands
-    cuda::record_stream(bufs[d], cuda::comm_stream(d));
-  }
-  EXPECT_NCCL_OK(ncclGroupStart());
-  for (int d = 0; d < n; ++d) {
-    cuda::DeviceGuard guard(d);
-    EXPECT_NCCL_OK(ncclAllReduce(bufs[d].raw_data(), bufs[d].raw_data(), static_cast<size_t>(count), nccl_type, ncclSum,
-                                 c.comms[d], cuda::comm_stream(d)));
-  }
-  EXPECT_NCCL_OK(ncclGroupEnd());
-  for (int d = 0; d < n; ++d) {
-    cuda::DeviceGuard guard(d);
-    ANVIL_CUDA_CHECK(cudaStreamSynchronize(cuda::comm_stream(d)));
-  }
-  const float ranks_sum = static_cast<float>(n * (n + 1) / 2);
-  for (int d = 0; d < n; ++d) {
-    const std::vector<float> got = bufs[d].to(Device::cpu()).to(DType::F32).to_vector();
-    int64_t wrong = 0;
-    for (int64_t i = 0; i < count; ++i) wrong += got[i] != ranks_sum * static_cast<float>(i % 13 - 6);
-    EXPECT_EQ(wrong, 0) << "device " << d << " (" << dtype_name(dtype) << "): elements not equal to the exact sum";
-  }
+Tensor host_ramp(int r, int64_t n, int64_t first = 0) {
+  Tensor t = Tensor::empty({n});
+  for (int64_t i = 0; i < n; ++i) t.data<float>()[i] = contribution(r, first + i);
+  return t;
 }
 
-TEST(NcclGpu, AllReduceF32OverEveryDevice) { all_reduce_every_device(DType::F32, ncclFloat32); }
-TEST(NcclGpu, AllReduceBf16OverEveryDevice) { all_reduce_every_device(DType::BF16, ncclBfloat16); }
+// Elements of got (any dtype, any device) that differ from want(i).
+int64_t mismatches(const Tensor& got, const std::function<float(int64_t)>& want) {
+  const std::vector<float> g = got.to(Device::cpu()).to(DType::F32).to_vector();
+  int64_t wrong = 0;
+  for (size_t i = 0; i < g.size(); ++i) wrong += g[i] != want(static_cast<int64_t>(i));
+  return wrong;
+}
+
+// Runs body(comm) on every rank, each in its own thread on its own GPU, and fails (instead of
+// hanging) when a rank throws or the whole run exceeds the timeout: the others may then be
+// stuck in a collective, so every NCCL communicator is aborted.
+void on_every_rank(const std::string& name, const std::function<void(Communicator&)>& body) {
+  const int n = cuda_device_count();
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("anvil_nccl_gpu_test." + std::to_string(::getpid()) + "." + name)).string();
+  std::filesystem::create_directories(dir);
+  std::vector<std::future<std::string>> ranks;
+  for (int r = 0; r < n; ++r) {
+    ranks.push_back(std::async(std::launch::async, [&, r]() -> std::string {
+      try {
+        cuda::DeviceGuard guard(r);
+        std::unique_ptr<Communicator> comm = make_nccl_communicator(r, n, SharedFileId{dir, name, 60}, r);
+        body(*comm);
+        cuda::synchronize(r);
+        return "";
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+    }));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (int r = 0; r < n; ++r) {
+    if (ranks[r].wait_until(deadline) != std::future_status::ready) {
+      ADD_FAILURE() << name << ": rank " << r << " did not finish in 120 s; aborting NCCL";
+      abort_nccl_communicators(10);
+    }
+  }
+  for (int r = 0; r < n; ++r) EXPECT_EQ(ranks[r].get(), "") << name << ": rank " << r << " threw";
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NcclGpu, AllReduceF32AndBf16) {
+  on_every_rank("all_reduce", [](Communicator& comm) {
+    const int r = comm.rank(), n = comm.size();
+    const float ranks_sum = static_cast<float>(n * (n + 1) / 2);
+    for (const DType dt : {DType::F32, DType::BF16}) {
+      Tensor t = host_ramp(r, kCount).to(dt).to(Device::cuda(r));
+      comm.all_reduce(t);
+      EXPECT_EQ(mismatches(t, [&](int64_t i) { return ranks_sum * static_cast<float>(i % 13 - 6); }), 0)
+          << "rank " << r << " " << dtype_name(dt);
+    }
+    // Async: the handle orders the caller's stream after the collective.
+    Tensor t = host_ramp(r, kCount).to(Device::cuda(r));
+    auto h = comm.all_reduce_async(t, ReduceOp::Max);
+    h->wait();
+    EXPECT_EQ(mismatches(t, [&](int64_t i) { return std::max(contribution(n - 1, i), contribution(0, i)); }), 0)
+        << "rank " << r << " all_reduce_async max";
+  });
+}
+
+TEST(NcclGpu, AllGatherReduceScatterBroadcast) {
+  on_every_rank("gather_scatter", [](Communicator& comm) {
+    const int r = comm.rank(), n = comm.size();
+    const Device dev = Device::cuda(r);
+    const int64_t chunk = 4099;
+    Tensor out = Tensor::empty({n * chunk}, DType::F32, dev);
+    comm.all_gather(host_ramp(r, chunk).to(dev), out);
+    EXPECT_EQ(mismatches(out, [&](int64_t i) { return contribution(static_cast<int>(i / chunk), i % chunk); }), 0)
+        << "rank " << r << " all_gather";
+
+    Tensor mine = Tensor::empty({chunk}, DType::F32, dev);
+    comm.reduce_scatter(host_ramp(r, n * chunk).to(dev), mine);
+    const float ranks_sum = static_cast<float>(n * (n + 1) / 2);
+    EXPECT_EQ(mismatches(mine, [&](int64_t i) { return ranks_sum * static_cast<float>((r * chunk + i) % 13 - 6); }), 0)
+        << "rank " << r << " reduce_scatter";
+
+    Tensor b = (r == n - 1 ? host_ramp(r, chunk) : Tensor::zeros({chunk})).to(dev);
+    comm.broadcast(b, n - 1);
+    EXPECT_EQ(mismatches(b, [&](int64_t i) { return contribution(n - 1, i); }), 0) << "rank " << r << " broadcast";
+  });
+}
+
+// Every rank sends to the next and receives from the previous at once: with blocking sends
+// this is the deadlock the communicator's deferred isend/irecv exist to avoid.
+TEST(NcclGpu, RingOfIsendIrecv) {
+  on_every_rank("ring", [](Communicator& comm) {
+    const int r = comm.rank(), n = comm.size();
+    const Device dev = Device::cuda(r);
+    const Tensor out = host_ramp(r, kCount).to(dev);
+    Tensor in = Tensor::empty({kCount}, DType::F32, dev);
+    auto s = comm.isend(out, (r + 1) % n);
+    auto v = comm.irecv(in, (r + n - 1) % n);
+    s->wait();
+    v->wait();
+    const int from = (r + n - 1) % n;
+    EXPECT_EQ(mismatches(in, [&](int64_t i) { return contribution(from, i); }), 0) << "rank " << r << " ring";
+  });
+}
 
 }  // namespace

@@ -45,7 +45,7 @@ struct TrainedLosses {
 // `steps` optimizer steps on one fixed batch; ids/targets are moved to the model's device.
 TrainedLosses train(TransformerLM& model, Optimizer& opt, const Tensor& ids, const Tensor& targets, Device device,
                     int steps) {
-  // TODO(merge): if the model branch takes host ids (and moves them itself), pass them as they are.
+  // A model moved with to(device, dtype) takes ids on that device (models/transformer.h on branch model).
   const Tensor ids_d = ids.to(device), targets_d = targets.to(device);
   TrainedLosses r;
   for (int s = 0; s < steps; ++s) {

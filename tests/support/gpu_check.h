@@ -35,7 +35,8 @@ inline Device gpu() { return Device::cuda(0); }
 // A copy on cuda:0 (of the same dtype).
 inline Tensor on_gpu(const Tensor& t) { return t.to(gpu()); }
 // A CUDA tensor brought back to the host as f32 (whatever its dtype there).
-inline Tensor host_f32(const Tensor& t) {
+// TODO(merge): branch model adds anvil::host_f32 (the same); use it and delete this one.
+inline Tensor to_host_f32(const Tensor& t) {
   const Tensor h = t.to(Device::cpu());
   return h.dtype() == DType::F32 ? h : h.to(DType::F32);
 }
@@ -49,7 +50,7 @@ inline Tensor gpu_operand(const Tensor& t, DType dtype) { return t.to(dtype).to(
 inline Tensor reference_input(const Tensor& t, DType dtype) { return dtype == DType::BF16 ? bf16_exact(t) : t; }
 
 // err(got on the GPU, want on the CPU) as defined above.
-inline double gpu_error(const Tensor& got, const Tensor& want) { return max_rel_diff(host_f32(got), want); }
+inline double gpu_error(const Tensor& got, const Tensor& want) { return max_rel_diff(to_host_f32(got), want); }
 
 // Asserts err(got, want) < tol, naming the quantity.
 #define EXPECT_GPU_NEAR(got, want, tol, what)                                                         \

@@ -1,9 +1,9 @@
 // Moving a model to a device and compute dtype, for the GPU tests and bench/gpu_train_throughput.
-// TODO(merge): the model branch adds this to the model API (params, grads and buffers such as the
-// RoPE tables moved; f32 master weights kept when the compute dtype is bf16). It is called here as
-// TransformerLM::to(Device, DType); once merged, replace move_model(m, d, t) by that call and delete
-// this header. Until then the detection below keeps the callers compiling, and they fail with a
-// message that says so instead of running on the wrong device.
+// TODO(merge): branch `model` (b9e3d6c) adds this to the model API as TransformerLM::to(Device,
+// DType): params, grads and the RoPE tables moved, f32 masters kept beside bf16 values. Once it is
+// merged, replace move_model(m, d, t) by m.to(d, t) and delete this header. Until then the
+// detection below keeps the callers compiling, and they fail with a message that says so instead
+// of running on the wrong device.
 #pragma once
 #include <type_traits>
 #include <utility>
