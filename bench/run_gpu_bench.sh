@@ -4,11 +4,12 @@
 # shapes, one after the other in one run so both see the same machine. Records tokens/s, MFU,
 # the anvil/torch ratios and the top kernels by GPU time of each side (anvil: Nsight Compute
 # over one step; PyTorch: torch.profiler over one step) in
-# bench/results/<device>-gpu-train-<date>.txt (also copied to $OUT for the device tool).
+# bench/results/<device>-gpu-train-<date>.txt (written to $OUT as well while it runs, so the
+# device tool brings it back even from a run cut off at its time limit).
 #
 # usage: bench/run_gpu_bench.sh [BUILD_DIR]          (default build-gpu, from scripts/gpu_build.sh)
 # env:   MODELS="gpt2-124m llama-1b"  STEPS=20  WARMUP=3  COMPILE=1 (torch.compile runs)
-#        NCU=1 (anvil's per-kernel profile)  NCU_TIMEOUT=240  RUN_TIMEOUT=420 (seconds per run)
+#        NCU=1 (anvil's per-kernel profile)  NCU_TIMEOUT=180  RUN_TIMEOUT=240 (seconds per run)
 #        BATCH_gpt2_124m / BATCH_llama_1b to override a model's batch (both sides alike)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,8 @@ source bench/gpu_device.sh
 models=${MODELS:-gpt2-124m llama-1b}
 steps=${STEPS:-20}
 warmup=${WARMUP:-3}
-run_timeout=${RUN_TIMEOUT:-420}
-ncu_timeout=${NCU_TIMEOUT:-240}
+run_timeout=${RUN_TIMEOUT:-240}
+ncu_timeout=${NCU_TIMEOUT:-180}
 mkdir -p bench/results
 out="bench/results/$(gpu_device_slug)-gpu-train-$(date +%F).txt"
 [ -n "${MODELS:-}" ] && out="${out%.txt}-$(echo "$models" | tr ' ' '+').txt"
@@ -99,6 +100,5 @@ bench_model() {
   echo "  this device (989 TFLOP/s for H100 SXM and H200, bf16 dense), passed to the torch runs too."
   echo
   for model in $models; do bench_model "$model"; done
-) 2>&1 | tee "$out"
-if [ -n "${OUT:-}" ]; then cp "$out" "$OUT/"; fi
+) 2>&1 | tee "$out" ${OUT:+"$OUT/$(basename "$out")"}
 echo "run_gpu_bench: wrote $out"
