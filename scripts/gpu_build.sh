@@ -88,10 +88,10 @@ locate() {  # locate LIBFILE HEADER: adds the library's and header's dirs to hin
   done
   for sp in $site_dirs; do
     [ -d "$sp/nvidia" ] || continue
-    found=$(find "$sp/nvidia" -name "$lib" 2>/dev/null | head -1)
+    found=$(find "$sp/nvidia" -name "$lib" 2>/dev/null | head -1 || true)
     if [ -n "$found" ]; then
       local inc
-      inc=$(find "$sp/nvidia" -name "$header" 2>/dev/null | head -1)
+      inc=$(find "$sp/nvidia" -name "$header" 2>/dev/null | head -1 || true)
       [ -n "$inc" ] || fail "$lib is in $(dirname "$found") but no $header was found under $sp/nvidia"
       hints+=("$(dirname "$found")" "$(dirname "$inc")")
       echo "$lib: $(dirname "$found") (python wheel), $header: $(dirname "$inc")"

@@ -60,7 +60,7 @@ while IFS= read -r lib; do
       "not") missing+=" $dep(not found)";;
       *) real=$(readlink -f "$path")  # usrmerge: dpkg may know either /lib or /usr/lib
          pkg=$({ dpkg -S "$path" || dpkg -S "$real" || dpkg -S "${real#/usr}" || true; } 2>/dev/null |
-               head -1 | cut -d: -f1)
+               head -1 | cut -d: -f1 || true)
          case " $system_packages " in *" $pkg "*) ;; *) missing+=" $dep($pkg)";; esac;;
     esac
   done < <(LD_LIBRARY_PATH="$libdirs" ldd "$lib" 2>/dev/null | awk '/=>/ {print $1, $3}')

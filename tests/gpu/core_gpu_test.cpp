@@ -159,31 +159,52 @@ TEST(CudaAllocator, LiveAndPeakCountersFollowTensors) {
 
 // record_stream: a block another stream still uses is not handed out again until that stream
 // has passed the point where the tensor died. The side stream is held at a host callback until
-// the test releases it, so "still in use" is certain, not a race.
+// the test releases it, so "still in use" is certain, not a race. Nothing in between may wait
+// for the side stream (a cudaMalloc that synchronised would): a spare cached block of the same
+// size serves the allocation made meanwhile, and the hold gives up after 20 s instead of hanging.
+struct Hold {
+  std::atomic<bool> released{false};
+  std::atomic<bool> gave_up{false};
+};
+
+void CUDART_CB hold_stream(void* arg) {
+  Hold* h = static_cast<Hold*>(arg);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!h->released.load()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      h->gave_up = true;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 TEST(CudaAllocator, RecordStreamHoldsTheBlockUntilTheOtherStreamIsDone) {
   Allocator& alloc = cuda_allocator(0);
   alloc.empty_cache();
   cuda::DeviceGuard guard(0);
   cudaStream_t side = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), cudaSuccess);
-  std::atomic<bool> released{false};
-  auto hold = [](void* flag) {
-    while (!static_cast<std::atomic<bool>*>(flag)->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  };
   const int64_t n = 1 << 18;  // 1 MiB
+  Hold hold;
   void* used_by_side = nullptr;
+  void* spare_block = nullptr;
   {
     Tensor t = Tensor::empty({n}, DType::F32, gpu());
+    { spare_block = Tensor::empty({n}, DType::F32, gpu()).raw_data(); }  // cached at once
     used_by_side = t.raw_data();
-    ANVIL_CUDA_CHECK(cudaLaunchHostFunc(side, hold, &released));
+    ANVIL_CUDA_CHECK(cudaLaunchHostFunc(side, hold_stream, &hold));
     ANVIL_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(), side));  // queued behind the hold
     cuda::record_stream(t, side);
   }  // t dies while the side stream has not even started its memset
   const Tensor during = Tensor::empty({n}, DType::F32, gpu());
-  const bool reused_too_early = during.raw_data() == used_by_side;
-  released = true;
+  const void* during_block = during.raw_data();
+  hold.released = true;
   ANVIL_CUDA_CHECK(cudaStreamSynchronize(side));
-  EXPECT_FALSE(reused_too_early) << "the block was handed out while another stream still had work on it";
+  ASSERT_FALSE(hold.gave_up) << "something waited for the held side stream (a synchronising CUDA call between "
+                                "the tensor's death and the next allocation)";
+  EXPECT_NE(during_block, used_by_side) << "the block was handed out while another stream still had work on it";
+  EXPECT_EQ(during_block, spare_block) << "the allocation made meanwhile should take the spare cached block";
   const Tensor after = Tensor::empty({n}, DType::F32, gpu());
   EXPECT_EQ(after.raw_data(), used_by_side) << "once the side stream is done the block returns to the cache";
   ANVIL_CUDA_CHECK(cudaStreamDestroy(side));
