@@ -32,6 +32,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matrix_kernels.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/matrix_layout.h"
 
 namespace anvil::kernels::cuda {
 namespace {
@@ -47,17 +48,10 @@ void check_cublas(cublasStatus_t status, const char* expr, int line) {
 }
 #define ANVIL_CUBLAS_CHECK(expr) check_cublas((expr), #expr, __LINE__)
 
-// One operand as a stack of row-major matrices (as kernels/cpu/matmul.cpp).
-struct Mat {
-  char* p = nullptr;
-  DType dtype = DType::F32;
-  int64_t batch = 1, rows = 0, cols = 0;
-  int64_t ld = 0;            // row stride in elements (>= cols)
-  int64_t batch_stride = 0;  // 0 when the batch is 1
-  size_t esize() const { return dtype_size(dtype); }
-  char* at(int64_t i) const { return p + static_cast<int64_t>(esize()) * i * batch_stride; }
-  MatrixView view() const { return {p, dtype, batch, rows, cols, ld, batch_stride}; }
-};
+// One operand as a stack of row-major matrices (kernels/matrix_layout.h).
+using Mat = MatrixLayout;
+
+MatrixView view_of(const Mat& m) { return {m.p, m.dtype, m.batch, m.rows, m.cols, m.ld, m.batch_stride}; }
 
 Mat as_mat(const char* op, const char* name, const Tensor& t, int device) {
   ANVIL_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
@@ -65,51 +59,7 @@ Mat as_mat(const char* op, const char* name, const Tensor& t, int device) {
               " — every operand must be on one device (copy with .to(Device::cuda(", device, ")))");
   ANVIL_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.describe(),
               " but CUDA matrix products take f32 or bf16 — convert it with .to(DType::F32)");
-  ANVIL_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name, " is ", t.describe(),
-              " but must be 2-D [rows, cols] or 3-D [batch, rows, cols]");
-  Mat m;
-  m.p = static_cast<char*>(t.raw_data());
-  m.dtype = t.dtype();
-  m.rows = t.size(-2);
-  m.cols = t.size(-1);
-  ANVIL_CHECK(m.cols <= 1 || t.stride(-1) == 1, op, ": ", name, " ", t.describe(), " (strides ",
-              shape_str(t.strides()), ") needs a contiguous last dimension — call .contiguous() first");
-  m.ld = (m.rows <= 1 || m.cols == 0) ? std::max<int64_t>(1, m.cols) : t.stride(-2);
-  ANVIL_CHECK(m.ld >= std::max<int64_t>(1, m.cols), op, ": ", name, " ", t.describe(), " has row stride ", m.ld,
-              " smaller than its ", m.cols, " columns — call .contiguous() first");
-  if (t.dim() == 3) {
-    m.batch = t.size(0);
-    m.batch_stride = m.batch == 1 ? 0 : t.stride(0);
-  }
-  return m;
-}
-
-// [first, last] element offsets (from the storage start) a view touches; empty: first > last.
-std::pair<int64_t, int64_t> span(const Tensor& t) {
-  int64_t lo = t.offset(), hi = t.offset();
-  for (int d = 0; d < t.dim(); ++d) {
-    if (t.size(d) == 0) return {0, -1};
-    const int64_t ext = (t.size(d) - 1) * t.stride(d);
-    (ext < 0 ? lo : hi) += ext;
-  }
-  return {lo, hi};
-}
-
-// True when two views of one storage could share an element; column slices of one buffer
-// with a common row stride are disjoint although their address ranges interleave.
-bool may_overlap(const Tensor& c, const Tensor& x) {
-  if (!c.same_storage(x)) return false;
-  if (c.dtype() != x.dtype()) return true;  // offsets count different units: assume the worst
-  const auto sc = span(c), sx = span(x);
-  if (sc.first > sc.second || sx.first > sx.second || sc.second < sx.first || sx.second < sc.first) return false;
-  const int64_t ld = c.stride(-2);
-  if (ld <= 0 || x.stride(-2) != ld) return true;
-  for (const Tensor* t : {&c, &x})
-    for (int d = 0; d + 1 < t->dim(); ++d)
-      if (t->stride(d) % ld != 0) return true;
-  const int64_t c0 = c.offset() % ld, x0 = x.offset() % ld;
-  const int64_t c1 = c0 + c.size(-1), x1 = x0 + x.size(-1);
-  return !(c1 <= ld && x1 <= ld && (c1 <= x0 || x1 <= c0));
+  return matrix_layout(op, name, t);
 }
 
 std::string op_shape(const Tensor& t, bool trans) { return shape_str(t.shape()) + (trans ? " (transposed)" : ""); }
@@ -145,9 +95,9 @@ Problem check_problem(const char* op, const Tensor& a, bool trans_a, const Tenso
               ": batch sizes do not broadcast: a ", shape_str(a.shape()), ", b ", shape_str(b.shape()), ", c ",
               shape_str(c.shape()), " — a and b need c's batch or 1");
   ANVIL_CHECK(p.B <= 1 || c.stride(0) != 0, op, ": c ", c.describe(), " has a zero batch stride");
-  ANVIL_CHECK(!may_overlap(c, a), op, ": c ", c.describe(), " overlaps a ", a.describe(),
+  ANVIL_CHECK(!views_may_overlap(c, a), op, ": c ", c.describe(), " overlaps a ", a.describe(),
               " in memory — write the product into a separate buffer");
-  ANVIL_CHECK(!may_overlap(c, b), op, ": c ", c.describe(), " overlaps b ", b.describe(),
+  ANVIL_CHECK(!views_may_overlap(c, b), op, ": c ", c.describe(), " overlaps b ", b.describe(),
               " in memory — write the product into a separate buffer");
   for (int64_t v : {p.M, p.N, p.K, p.B, p.a.ld, p.b.ld, p.c.ld})
     ANVIL_CHECK(v <= INT_MAX, op, ": a ", a.describe(), ", b ", b.describe(), ", c ", c.describe(),
@@ -437,8 +387,8 @@ void matmul_epilogue(const char* op, const Tensor& a, bool trans_a, const Tensor
     pm = as_mat(op, "pre_gelu", *pre, p.device);
     ANVIL_CHECK(pre->shape() == c.shape() && pre->dtype() == c.dtype(), op, ": pre_gelu ", pre->describe(),
                 " must have c's shape and dtype (", c.describe(), ")");
-    ANVIL_CHECK(!may_overlap(*pre, a) && !may_overlap(*pre, b) && !may_overlap(*pre, c), op, ": pre_gelu ",
-                pre->describe(), " overlaps an operand or c — give it its own buffer");
+    ANVIL_CHECK(!views_may_overlap(*pre, a) && !views_may_overlap(*pre, b) && !views_may_overlap(*pre, c), op,
+                ": pre_gelu ", pre->describe(), " overlaps an operand or c — give it its own buffer");
     ANVIL_CHECK(p.B <= 1 || pre->stride(0) != 0, op, ": pre_gelu ", pre->describe(), " has a zero batch stride");
   }
   if (p.M == 0 || p.N == 0 || p.B == 0) return;
@@ -447,7 +397,7 @@ void matmul_epilogue(const char* op, const Tensor& a, bool trans_a, const Tensor
   const MatrixView* pre_view_ptr = nullptr;
   MatrixView pre_view;
   if (pre) {
-    pre_view = pm.view();
+    pre_view = view_of(pm);
     pre_view_ptr = &pre_view;
   }
   // Shapes cuBLASLt cannot take fused: an empty inner dimension, f32 -> bf16, a bias of another
@@ -457,9 +407,9 @@ void matmul_epilogue(const char* op, const Tensor& a, bool trans_a, const Tensor
                        (!pre || (pm.ld == p.c.ld && pm.batch_stride == p.c.batch_stride && pm.ld % 8 == 0 &&
                                  pm.batch_stride % 8 == 0));
   if (!fusable) {
-    if (p.K == 0) detail::scale_matrices(p.c.view(), 0.0f, stream);
+    if (p.K == 0) detail::scale_matrices(view_of(p.c), 0.0f, stream);
     else matmul(a, trans_a, b, trans_b, c, 1.0f, 0.0f);
-    detail::bias_activation(p.c.view(), bias.raw_data(), bias.dtype(), gelu, pre_view_ptr, stream);
+    detail::bias_activation(view_of(p.c), bias.raw_data(), bias.dtype(), gelu, pre_view_ptr, stream);
     return;
   }
   for (GemmCall g : gemm_calls(p, trans_a, trans_b)) {
@@ -492,7 +442,7 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
   anvil::cuda::DeviceGuard guard(p.device);
   cudaStream_t stream = anvil::cuda::current_stream(p.device);
   if (p.K == 0) {  // op(A) @ op(B) is all zeros: C = beta * C (beta = 0 overwrites NaN).
-    detail::scale_matrices(p.c.view(), beta, stream);
+    detail::scale_matrices(view_of(p.c), beta, stream);
     return;
   }
   if (p.a.dtype == DType::F32 && p.c.dtype == DType::BF16) {
