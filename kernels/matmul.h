@@ -11,6 +11,10 @@ namespace anvil::kernels {
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
             float alpha = 1.0f, float beta = 0.0f);
 
+// c = op(A) @ op(B) + bias, bias [N] broadcast over every row (c assigned). On CUDA one cuBLASLt
+// call with the bias epilogue (no second pass over c); on the CPU matmul then add_bias.
+void matmul_bias(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias, Tensor& c);
+
 // Allocating form: returns op(A) @ op(B).
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
 

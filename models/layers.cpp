@@ -34,8 +34,8 @@ Tensor linear_input(const Tensor& x, const Param& weight) {
 Tensor Linear::apply(const Tensor& x2, const Shape& x_shape) const {
   const int64_t out = weight.value.size(0);
   Tensor y = empty_like(x2, {x2.size(0), out});
-  kernels::matmul(x2, false, weight.value, true, y);
-  if (has_bias()) kernels::add_bias(y, bias.value);
+  if (has_bias()) kernels::matmul_bias(x2, false, weight.value, true, bias.value, y);
+  else kernels::matmul(x2, false, weight.value, true, y);
   return y.view(with_last_dim(x_shape, out));
 }
 

@@ -58,8 +58,8 @@ ColumnParallelLinear::ColumnParallelLinear(Param& tied_weight, Communicator* tp)
 Tensor ColumnParallelLinear::apply(const Tensor& x2) const {
   const Param& w = weight();
   Tensor y = empty_like(x2, {x2.size(0), w.value.size(0)});
-  kernels::matmul(x2, false, w.value, true, y);
-  if (has_bias()) kernels::add_bias(y, bias_.value);
+  if (has_bias()) kernels::matmul_bias(x2, false, w.value, true, bias_.value, y);
+  else kernels::matmul(x2, false, w.value, true, y);
   return y;
 }
 

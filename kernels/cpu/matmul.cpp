@@ -8,6 +8,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/common.h"
+#include "kernels/elementwise.h"
 #include "kernels/matrix_layout.h"
 
 namespace anvil::kernels {
@@ -96,6 +97,12 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
                 alpha, pa + i * ma.batch_stride, static_cast<blasint>(ma.ld), pb + i * mb.batch_stride,
                 static_cast<blasint>(mb.ld), beta, pc + i * mc.batch_stride, static_cast<blasint>(mc.ld));
   }
+}
+
+void matmul_bias(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias, Tensor& c) {
+  ANVIL_DISPATCH_CUDA(a, matmul_bias, a, trans_a, b, trans_b, bias, c, /*gelu=*/false);
+  matmul(a, trans_a, b, trans_b, c);
+  add_bias(c, bias);
 }
 
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "kernels/cuda/gemm.h"  // matmul_bias, matmul_bias_gelu (cuBLASLt epilogues)
 #include "kernels/newton_schulz.h"
 #include "kernels/optim_kernels.h"
 

@@ -8,6 +8,9 @@
 #include <limits>
 #include <ostream>
 
+#include "kernels/activation.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "tests/support/gpu_check.h"
 
@@ -115,6 +118,40 @@ TEST(MatmulGpuAllocating, ReturnsProductOnTheOperandsDevice) {
   EXPECT_TRUE(got.device() == gpu()) << got.describe();
   EXPECT_EQ(got.shape(), want.shape());
   EXPECT_GPU_NEAR(got, want, kF32Tol, "allocating matmul");
+}
+
+// Linear's fused product: c = x @ w^T + bias through the cuBLASLt bias epilogue, against the CPU's
+// matmul + add_bias. bf16: both operands and the bias rounded first; one output rounding plus
+// the f32 accumulation difference: 2 * 2^-8.
+TEST(MatmulBiasGpu, BiasEpilogueMatchesCpu) {
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const Tensor x = reference_input(random_tensor({67, 96}, 31), dt);
+    const Tensor w = reference_input(random_tensor({40, 96}, 32), dt);
+    const Tensor bias = reference_input(random_tensor({40}, 33), dt);
+    Tensor want = Tensor::empty({67, 40});
+    kernels::matmul_bias(x, false, w, true, bias, want);
+    Tensor got = Tensor::empty({67, 40}, dt, gpu());
+    got.fill_(std::numeric_limits<double>::quiet_NaN());  // assigned, never read
+    kernels::matmul_bias(gpu_operand(x, dt), false, gpu_operand(w, dt), true, gpu_operand(bias, dt), got);
+    EXPECT_GPU_NEAR(got, want, dt == DType::F32 ? kF32Tol : 2 * kBf16Rounding, std::string("matmul_bias ") + dtype_label(dt));
+  }
+}
+
+// The GELU epilogue (tanh approximation) and its saved pre-activation, against matmul +
+// add_bias + gelu_forward on the CPU. f32 only: the product and bias are exact-f32 paths, GELU
+// adds a few ulps (1e-5 holds).
+TEST(MatmulBiasGpu, GeluEpilogueAndPreActivationMatchCpu) {
+  const Tensor x = random_tensor({33, 64}, 41), w = random_tensor({48, 64}, 42), bias = random_tensor({48}, 43);
+  Tensor pre_want = Tensor::empty({33, 48}), act_want = Tensor::empty({33, 48});
+  kernels::matmul_bias(x, false, w, true, bias, pre_want);
+  kernels::gelu_forward(pre_want, act_want);
+  Tensor act = Tensor::empty({33, 48}, DType::F32, gpu()), pre = Tensor::empty({33, 48}, DType::F32, gpu());
+  kernels::cuda::matmul_bias_gelu(on_gpu(x), false, on_gpu(w), true, on_gpu(bias), act, pre);
+  EXPECT_GPU_NEAR(pre, pre_want, kF32Tol, "matmul_bias_gelu pre-activation");
+  EXPECT_GPU_NEAR(act, act_want, kF32Tol, "matmul_bias_gelu activation");
+  Tensor act_only = Tensor::empty({33, 48}, DType::F32, gpu());
+  kernels::cuda::matmul_bias(on_gpu(x), false, on_gpu(w), true, on_gpu(bias), act_only, /*gelu=*/true);
+  EXPECT_GPU_NEAR(act_only, act_want, kF32Tol, "matmul_bias with gelu");
 }
 
 }  // namespace

@@ -231,3 +231,14 @@ TEST(Matmul, CudaTensorsGoToTheCudaBackendOrSayItIsNotBuilt) {
     expect_error_containing([&] { kernels::matmul(ga, false, hb, false, gc); }, {"matmul", "b", "one device"});
   }
 }
+
+// matmul_bias on the CPU: the product plus the bias on every row (assigned: NaN in c is ignored).
+TEST(Matmul, MatmulBiasAddsTheBiasToEveryRow) {
+  const Tensor x = random_tensor({9, 14}, 51), w = random_tensor({6, 14}, 52), bias = random_tensor({6}, 53);
+  Tensor c = Tensor::full({9, 6}, std::numeric_limits<double>::quiet_NaN());
+  kernels::matmul_bias(x, false, w, true, bias, c);
+  std::vector<double> want = naive_matmul(x, false, w, true, {}, {9, 6}, 1.0, 0.0);
+  for (int64_t r = 0; r < 9; ++r)
+    for (int64_t j = 0; j < 6; ++j) want[static_cast<size_t>(r * 6 + j)] += bias.item_at({j});
+  EXPECT_LT(rel_error(c, want), kTol);
+}
