@@ -9,7 +9,8 @@
 // release time has completed.
 //
 // Size classes: requests are rounded up to 512 B below 1 MiB and to 2 MiB above; a free
-// block serves a request when it is at most 25% (or 2 MiB) larger, so large blocks are not
+// block serves a request of 1 MiB or more when it is at most 25% (or 2 MiB) larger, one
+// below 1 MiB when it is a small block at most twice its size, so large blocks are not
 // wasted on small tensors. On cudaMalloc failure every cached block is released and the
 // allocation retried once before reporting out-of-memory with the counters.
 #include <algorithm>
@@ -119,7 +120,10 @@ class CudaCachingAllocator final : public Allocator {
   std::pair<void*, size_t> take_free(cudaStream_t stream, size_t size) {
     FreeList& list = free_[stream];
     auto it = list.lower_bound(size);
-    const size_t limit = std::max(size + size / 4, size + kLargeGranule);
+    // Small requests (< 1 MiB) stay among small blocks: size + 2 MiB would let a 512 B
+    // scratch tensor pin a 2 MiB activation block.
+    const size_t limit =
+        size < kSmallLimit ? std::min(2 * size, kSmallLimit) : std::max(size + size / 4, size + kLargeGranule);
     if (it == list.end() || it->first > limit) return {nullptr, 0};
     const std::pair<void*, size_t> block{it->second, it->first};
     cached_ -= it->first;

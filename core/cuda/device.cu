@@ -168,17 +168,23 @@ void cuda_copy(const Tensor& src, Tensor& dst) {
     if (!dst.is_contiguous()) dst.copy_(host);
     return;
   }
-  // Peer copy: the target stream waits for the source's packing, then pulls the bytes.
+  // Peer copy: the target stream waits for the source's packing, then pulls the bytes; the
+  // source stream then waits for the copy, so neither `packed` (cached again on that stream)
+  // nor src (written there next) changes under it. Each event is made and recorded on its
+  // stream's own device (cudaEventRecord fails across devices; cudaStreamWaitEvent may cross).
   Tensor landing = dst.is_contiguous() ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
-  cuda::Event packed_ready;
+  const cudaStream_t src_stream = cuda::current_stream(sd.index), dst_stream = cuda::current_stream(dd.index);
   {
     cuda::DeviceGuard guard(sd.index);
-    packed_ready.record(cuda::current_stream(sd.index));
+    cuda::Event packed_ready;
+    packed_ready.record(src_stream);
+    packed_ready.wait(dst_stream);
   }
   cuda::DeviceGuard guard(dd.index);
-  packed_ready.wait(cuda::current_stream(dd.index));
-  cuda::copy_async(landing.raw_data(), packed.raw_data(), landing.nbytes(), cuda::current_stream(dd.index));
-  cuda::record_stream(packed, cuda::current_stream(dd.index));
+  cuda::copy_async(landing.raw_data(), packed.raw_data(), landing.nbytes(), dst_stream);
+  cuda::Event copied;
+  copied.record(dst_stream);
+  copied.wait(src_stream);
   if (!dst.is_contiguous()) copy_on_device(landing, dst);
 }
 

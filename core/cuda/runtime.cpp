@@ -104,7 +104,10 @@ void Event::synchronize() const { ANVIL_CUDA_CHECK(cudaEventSynchronize(event_))
 
 bool Event::query() const {
   const cudaError_t err = cudaEventQuery(event_);
-  if (err == cudaErrorNotReady) return false;
+  if (err == cudaErrorNotReady) {
+    cudaGetLastError();  // NotReady is also left as the thread's last error: the next launch check would report it
+    return false;
+  }
   ANVIL_CUDA_CHECK(err);
   return true;
 }

@@ -87,7 +87,9 @@ class Event {
 
 // Marks that `stream` (other than the tensor's allocation stream) uses t's memory, so the
 // caching allocator does not hand the block out again before that stream's queued work
-// finishes (PyTorch calls this record_stream).
+// finishes (PyTorch calls this record_stream). `stream` must belong to t's device: the
+// allocator records an event on it at release, and an event can be recorded only on a stream
+// of its own device (for a peer device, make that stream's work an event the owner waits for).
 void record_stream(const Tensor& t, cudaStream_t stream);
 
 // bytes from src to dst on `stream` (cudaMemcpyDefault: either side may be host or device).

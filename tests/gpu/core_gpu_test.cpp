@@ -199,6 +199,9 @@ TEST(CudaAllocator, RecordStreamHoldsTheBlockUntilTheOtherStreamIsDone) {
   }  // t dies while the side stream has not even started its memset
   const Tensor during = Tensor::empty({n}, DType::F32, gpu());
   const void* during_block = during.raw_data();
+  // The allocator polled the side stream's event (not ready): that must not leave
+  // cudaErrorNotReady behind for the next launch check to report.
+  EXPECT_EQ(cudaPeekAtLastError(), cudaSuccess) << cudaGetErrorName(cudaPeekAtLastError());
   hold.released = true;
   ANVIL_CUDA_CHECK(cudaStreamSynchronize(side));
   ASSERT_FALSE(hold.gave_up) << "something waited for the held side stream (a synchronising CUDA call between "

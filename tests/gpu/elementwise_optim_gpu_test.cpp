@@ -29,9 +29,9 @@ double activation_tol(DType dt) { return dt == BF16 ? kBf16Rounding + kF32Tol : 
 
 class ElementwiseGpu : public ::testing::TestWithParam<DType> {};
 
-TEST_P(ElementwiseGpu, FusedOpsMatchCpu) {
-  const DType dt = GetParam();
-  const int64_t rows = 37, cols = 515, pad = 13;  // odd sizes; views are [rows, cols] of [rows, cols + pad]
+// The fused ops on [rows, cols] views of [rows, cols + pad] buffers.
+void check_fused_ops(DType dt, int64_t rows, int64_t cols, int64_t pad) {
+  SCOPED_TRACE("rows " + std::to_string(rows) + ", cols " + std::to_string(cols) + ", pad " + std::to_string(pad));
   const Tensor aw = reference_input(random_tensor({rows, cols + pad}, 101), dt);
   const Tensor bw = reference_input(random_tensor({rows, cols + pad}, 102), dt);
   const Tensor a = aw.slice(1, 0, cols), b = bw.slice(1, 0, cols);
@@ -68,6 +68,14 @@ TEST_P(ElementwiseGpu, FusedOpsMatchCpu) {
   EXPECT_GPU_NEAR(wideg, wide, tol, "add into a strided view aliasing a (whole buffer)");
 }
 
+TEST_P(ElementwiseGpu, FusedOpsMatchCpu) {
+  // Odd sizes: the one-element path on strided rows and on the merged dense range.
+  check_fused_ops(GetParam(), 37, 515, 13);
+  // Every row start 16-byte aligned (cols and ld multiples of 8): the vectorised path, strided
+  // and merged, in both dtypes.
+  check_fused_ops(GetParam(), 37, 512, 16);
+}
+
 TEST_P(ElementwiseGpu, BiasAddAndGradMatchCpu) {
   const DType dt = GetParam();
   const int64_t rows = 3 * 41, n = 300;
@@ -100,6 +108,14 @@ TEST_P(ElementwiseGpu, ReductionsMatchCpu) {
   const double ss = kernels::sum_squares(x);
   EXPECT_NEAR(kernels::sum_squares(xg), ss, 1e-9 * ss) << "sum_squares";
   EXPECT_EQ(kernels::max_abs(xg), kernels::max_abs(x)) << "max_abs is a selection: exact";
+
+  // A row-strided view (not merged into one range): tiles per row, rows apart by ld.
+  const Tensor w = reference_input(random_tensor({300, 5000}, 109, -3, 3), dt);
+  const Tensor wv = w.slice(1, 7, 4700), wgv = gpu_operand(w, dt).slice(1, 7, 4700);
+  double w_abs = 0;
+  for (float v : wv.contiguous().to_vector()) w_abs += std::fabs(v);
+  EXPECT_NEAR(kernels::sum(wgv), kernels::sum(wv), 1e-9 * w_abs) << "sum of a strided view";
+  EXPECT_EQ(kernels::max_abs(wgv), kernels::max_abs(wv)) << "max_abs of a strided view";
 
   // Column sums (assigned, f32 out).
   const Tensor m = reference_input(random_tensor({129, 77}, 108), dt);
@@ -143,7 +159,7 @@ kernels::AdamWStep step_config(int64_t step) {
 }
 
 TEST(AdamWGpu, ThreeStepsMatchCpu) {
-  const int64_t n = 100003;  // odd: the vectorised body and the tail both run
+  const int64_t n = 100003;  // odd: not a multiple of the block size
   AdamState cpu = adam_state(n, 111);
   AdamState dev = adam_on_gpu(cpu);
   for (int64_t step = 1; step <= 3; ++step) {

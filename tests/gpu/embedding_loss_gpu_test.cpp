@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "tests/support/gpu_check.h"
@@ -92,7 +93,15 @@ TEST(EmbeddingGpuErrors, OutOfRangeIdThrowsNamingIt) {
   const Tensor table = on_gpu(random_tensor({50, 8}, 89));
   Tensor out = Tensor::empty({4, 8}, F32, gpu());
   const Tensor ids = on_gpu(ids_from({1, 2, 50, 3}));
-  expect_error_containing([&] { kernels::embedding_forward(ids, table, out); }, {"50"});
+  // "50" alone would also match V = 50 in the message: ask for the id and its position.
+  expect_error_containing([&] { kernels::embedding_forward(ids, table, out); }, {"id 50 at position 2"});
+  Tensor dtable = Tensor::zeros({50, 8}, F32, gpu());
+  expect_error_containing([&] { kernels::embedding_backward(ids, out, dtable); }, {"id 50 at position 2"});
+  EXPECT_EQ(kernels::max_abs(dtable), 0.0) << "a rejected backward must not touch dtable";
+  // The device flag starts clean on every call: a good lookup right after a bad one passes.
+  kernels::embedding_forward(on_gpu(ids_from({1, 2, 49, 3})), table, out);
+  const Tensor want = table.to(Device::cpu()).slice(0, 49, 50);
+  EXPECT_EQ(max_abs_diff(out.to(Device::cpu()).slice(0, 2, 3), want), 0.0);
 }
 
 // ---- cross-entropy -------------------------------------------------------------------------
@@ -184,7 +193,12 @@ TEST(CrossEntropyGpuErrors, OutOfRangeTargetThrowsNamingIt) {
   const Tensor logits = on_gpu(random_tensor({3, 20}, 95));
   const Tensor targets = on_gpu(ids_from({0, 20, 5}));
   Tensor losses = Tensor::empty({3}, F32, gpu()), lse = Tensor::empty({3}, F32, gpu());
-  expect_error_containing([&] { kernels::cross_entropy_forward(logits, targets, kIgnore, losses, lse); }, {"20"});
+  // "20" alone would also match V = 20 in the message: ask for the target and its row.
+  expect_error_containing([&] { kernels::cross_entropy_forward(logits, targets, kIgnore, losses, lse); },
+                          {"target 20 at row 1"});
+  // The device flags start clean on every call: good targets right after bad ones pass, and
+  // the count is this call's.
+  EXPECT_EQ(kernels::cross_entropy_forward(logits, on_gpu(ids_from({0, kIgnore, 5})), kIgnore, losses, lse), 2);
 }
 
 }  // namespace
