@@ -1,5 +1,7 @@
 // Fused elementwise ops and reductions: residual add, bias add/grad, scaling, norms.
 #pragma once
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace anvil::kernels {
@@ -22,5 +24,8 @@ void sum_rows(const Tensor& x, Tensor& out);
 double sum(const Tensor& x);
 double sum_squares(const Tensor& x);
 double max_abs(const Tensor& x);
+// sum_squares over every tensor of a list (gradient norms): on CUDA all tensors reduce into one
+// device buffer read back once, instead of one host round trip per tensor. Empty list: 0.
+double sum_squares(const std::vector<Tensor>& xs);
 
 }  // namespace anvil::kernels

@@ -188,19 +188,19 @@ double DataParallel::grad_norm() {
 }
 
 double DataParallel::grad_sum_squares(const std::function<bool(const Param&)>& counted) {
-  double sum = 0;
+  std::vector<Tensor> parts;
   if (config_.zero_stage == 0) {  // the full reduced buffer, identical on every rank
     for (const Param* p : params_)
-      if (counted(*p)) sum += kernels::sum_squares(p->grad);
-    return sum;
+      if (counted(*p)) parts.push_back(p->grad);
+    return kernels::sum_squares(parts);
   }
   for (const Segment& seg : segments_) {
     if (!counted(*seg.param)) continue;
     const Bucket& bk = buckets_[seg.bucket];
     const int64_t at = seg.shard_offset - bk.shard_base;
-    sum += kernels::sum_squares(shard_grad(seg.bucket).slice(0, at, at + seg.length));
+    parts.push_back(shard_grad(seg.bucket).slice(0, at, at + seg.length));
   }
-  return all_reduce_sum(comm_, sum);
+  return all_reduce_sum(comm_, kernels::sum_squares(parts));
 }
 
 void DataParallel::scale_grads(float scale) {

@@ -15,8 +15,10 @@ double model_grad_norm(TransformerLM& model, DataParallel* dp, Communicator* pp)
   if (dp) {
     sum = dp->grad_sum_squares(counted);
   } else {
+    std::vector<Tensor> grads;
     for (const Param* p : model.params())
-      if (p->grad.defined() && counted(*p)) sum += kernels::sum_squares(p->grad);
+      if (p->grad.defined() && counted(*p)) grads.push_back(p->grad);
+    sum = kernels::sum_squares(grads);
   }
   if (tp && tp->size() > 1) sum = all_reduce_sum(*tp, sum);
   if (pp && pp->size() > 1) sum = all_reduce_sum(*pp, sum);

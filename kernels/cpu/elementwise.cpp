@@ -168,6 +168,14 @@ double sum_squares(const Tensor& x) {
   return reduce_all("sum_squares", x, Reduce::SumSquares);
 }
 
+double sum_squares(const std::vector<Tensor>& xs) {
+  if (xs.empty()) return 0.0;
+  ANVIL_DISPATCH_CUDA(xs.front(), sum_squares, xs);
+  double total = 0.0;
+  for (const Tensor& x : xs) total += sum_squares(x);
+  return total;
+}
+
 double max_abs(const Tensor& x) {
   ANVIL_DISPATCH_CUDA(x, max_abs, x);
   return reduce_all("max_abs", x, Reduce::MaxAbs);

@@ -168,27 +168,53 @@ __global__ void reduce_partials_kernel(double* partials, int64_t n) {
   if (threadIdx.x == 0) partials[0] = acc;  // every thread has read its partials by now
 }
 
+// One tensor's reduction: its [rows, cols] view and the partial slots its blocks write.
+struct ReduceJob {
+  Rows view;
+  int64_t tiles_per_row = 0;
+  unsigned grid = 0;
+};
+
+ReduceJob reduce_job(const OpContext& ctx, const char* name, const Tensor& x) {
+  ReduceJob job{ctx.rows(name, x)};
+  merge_dense({&job.view});
+  if (job.view.numel() == 0) return job;
+  job.tiles_per_row = (job.view.cols + kReduceTile - 1) / kReduceTile;
+  job.grid = blocks_for(job.view.rows * job.tiles_per_row, 1, kReduceBlocks);
+  return job;
+}
+
+// Reduces every job into consecutive partial slots, folds them in order with one block and
+// reads the result back: one host round trip however many tensors.
 template <Reduce K>
-double reduce_all(const char* op, const Tensor& x) {
-  OpContext ctx(op, "x", x);
-  Rows vx = ctx.rows("x", x);
-  merge_dense({&vx});
-  if (vx.numel() == 0) return 0.0;
-  const int64_t tiles_per_row = (vx.cols + kReduceTile - 1) / kReduceTile;
-  const unsigned grid = blocks_for(vx.rows * tiles_per_row, 1, kReduceBlocks);
-  Tensor partials = ctx.scratch(grid, DType::I64);  // 8-byte slots, holding doubles
+double reduce_jobs(const OpContext& ctx, const std::vector<ReduceJob>& jobs) {
+  int64_t slots = 0;
+  for (const ReduceJob& j : jobs) slots += j.grid;
+  if (slots == 0) return 0.0;
+  Tensor partials = ctx.scratch(slots, DType::I64);  // 8-byte slots, holding doubles
   double* pp = static_cast<double*>(partials.raw_data());
-  with_float_type(vx.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    reduce_tiles_kernel<T, K><<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const T*>(vx.p), vx.rows, vx.cols,
-                                                                   vx.ld, tiles_per_row, pp);
-    ANVIL_CUDA_CHECK_LAUNCH();
-  });
-  reduce_partials_kernel<K><<<1, kThreads, 0, ctx.stream()>>>(pp, grid);
+  int64_t at = 0;
+  for (const ReduceJob& j : jobs) {
+    if (j.grid == 0) continue;
+    with_float_type(j.view.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      reduce_tiles_kernel<T, K><<<j.grid, kThreads, 0, ctx.stream()>>>(
+          static_cast<const T*>(j.view.p), j.view.rows, j.view.cols, j.view.ld, j.tiles_per_row, pp + at);
+      ANVIL_CUDA_CHECK_LAUNCH();
+    });
+    at += j.grid;
+  }
+  reduce_partials_kernel<K><<<1, kThreads, 0, ctx.stream()>>>(pp, slots);
   ANVIL_CUDA_CHECK_LAUNCH();
   double result = 0.0;
   ctx.read_back(&result, pp, sizeof result);
   return result;
+}
+
+template <Reduce K>
+double reduce_all(const char* op, const Tensor& x) {
+  OpContext ctx(op, "x", x);
+  return reduce_jobs<K>(ctx, {reduce_job(ctx, "x", x)});
 }
 
 }  // namespace
@@ -196,5 +222,17 @@ double reduce_all(const char* op, const Tensor& x) {
 double sum(const Tensor& x) { return reduce_all<Reduce::Sum>("sum", x); }
 double sum_squares(const Tensor& x) { return reduce_all<Reduce::SumSquares>("sum_squares", x); }
 double max_abs(const Tensor& x) { return reduce_all<Reduce::MaxAbs>("max_abs", x); }
+
+double sum_squares(const std::vector<Tensor>& xs) {
+  if (xs.empty()) return 0.0;
+  OpContext ctx("sum_squares", "xs[0]", xs.front());
+  std::vector<ReduceJob> jobs;
+  jobs.reserve(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const std::string name = "xs[" + std::to_string(i) + "]";  // rows() checks it is on xs[0]'s device
+    jobs.push_back(reduce_job(ctx, name.c_str(), xs[i]));
+  }
+  return reduce_jobs<Reduce::SumSquares>(ctx, jobs);
+}
 
 }  // namespace anvil::kernels::cuda

@@ -8,6 +8,7 @@
 // matmul: a and b share a dtype (f32 or bf16), c is f32 or bf16, accumulation f32.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 #include "kernels/cuda/gemm.h"  // matmul_bias, matmul_bias_gelu (cuBLASLt epilogues)
@@ -40,6 +41,7 @@ void sum_rows(const Tensor& x, Tensor& out);
 double sum(const Tensor& x);
 double sum_squares(const Tensor& x);
 double max_abs(const Tensor& x);
+double sum_squares(const std::vector<Tensor>& xs);
 
 // embedding.h
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);

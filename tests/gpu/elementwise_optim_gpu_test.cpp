@@ -117,6 +117,13 @@ TEST_P(ElementwiseGpu, ReductionsMatchCpu) {
   EXPECT_NEAR(kernels::sum(wgv), kernels::sum(wv), 1e-9 * w_abs) << "sum of a strided view";
   EXPECT_EQ(kernels::max_abs(wgv), kernels::max_abs(wv)) << "max_abs of a strided view";
 
+  // The list form (gradient norms): every tensor's squares in one device reduction, an empty
+  // tensor among them, against the CPU's per-tensor sum.
+  const Tensor e = Tensor::empty({0}, dt);
+  const double list_cpu = kernels::sum_squares(std::vector<Tensor>{x, wv, e});
+  EXPECT_NEAR(kernels::sum_squares(std::vector<Tensor>{xg, wgv, gpu_operand(e, dt)}), list_cpu, 1e-9 * list_cpu)
+      << "sum_squares of a list";
+
   // Column sums (assigned, f32 out).
   const Tensor m = reference_input(random_tensor({129, 77}, 108), dt);
   Tensor cs = Tensor::empty({77}), csg = Tensor::empty({77}, F32, gpu());

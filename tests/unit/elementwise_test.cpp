@@ -128,6 +128,16 @@ TEST(Elementwise, ColumnSumsAreIndependentOfThreadCount) {
   EXPECT_TRUE(bitwise_equal(one, many));
 }
 
+// The list form sums the tensors' sums of squares in list order (bitwise the same as doing it
+// by hand, so grad norms do not change); an empty list is 0.
+TEST(Elementwise, SumSquaresOfAListIsTheSumOverItsTensors) {
+  const Tensor a = random_tensor({3, 7}, 21), b = random_tensor({100003}, 22), c = Tensor::empty({0});
+  const Tensor v = random_tensor({6, 10}, 23).slice(1, 2, 9);
+  EXPECT_EQ(kernels::sum_squares(std::vector<Tensor>{a, b, c, v}),
+            kernels::sum_squares(a) + kernels::sum_squares(b) + kernels::sum_squares(c) + kernels::sum_squares(v));
+  EXPECT_EQ(kernels::sum_squares(std::vector<Tensor>{}), 0.0);
+}
+
 TEST(Elementwise, WholeTensorReductionsInDouble) {
   for (const Shape& shape : {Shape{1}, Shape{13}, Shape{3, 7}, Shape{100003}, Shape{37, 4099}}) {
     Tensor x = random_tensor(shape, 13, -2.0f, 2.0f);
