@@ -88,8 +88,8 @@ Qkv empty_grads(const AttnCase& c, DType dtype, Device device) {
     buf.zero_();  // rows outside the queries and the padding get no gradient; keep them defined on both sides
     return split_fused(buf, c);
   }
-  return {Tensor(), nan_tensor({c.B, c.Tq, c.Hq, c.D}, dtype, device), nan_tensor({c.B, c.Tk, c.Hkv, c.D}, dtype, device),
-          nan_tensor({c.B, c.Tk, c.Hkv, c.D}, dtype, device)};
+  return {Tensor(), nan_tensor({c.B, c.Tq, c.Hq, c.D}, dtype, device),
+          nan_tensor({c.B, c.Tk, c.Hkv, c.D}, dtype, device), nan_tensor({c.B, c.Tk, c.Hkv, c.D}, dtype, device)};
 }
 
 namespace detail = anvil::kernels::cuda::detail;
