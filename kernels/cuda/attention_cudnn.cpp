@@ -26,6 +26,7 @@
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +44,8 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
+std::atomic<int64_t> forward_runs{0}, backward_runs{0};  // cudnn_attention_runs()
+
 // Tensor uids in the variant pack.
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV };
 
@@ -57,15 +60,23 @@ bool enabled() {
 std::vector<int64_t> bhsd_dims(const Tensor& t) { return {t.size(0), t.size(2), t.size(1), t.size(3)}; }
 std::vector<int64_t> bhsd_strides(const Tensor& t) { return {t.stride(0), t.stride(2), t.stride(1), 1}; }
 
+bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; }
+
 // What the fused kernels need before a graph is worth building: bf16, a head dim that is a
-// multiple of 8, a mask cuDNN can express, 16-byte aligned rows and pointers.
-bool takes(const AttentionDims& d, std::initializer_list<const Tensor*> tensors) {
+// multiple of 8, a mask cuDNN can express, 16-byte aligned rows and pointers. The frontend
+// checks every variant-pack pointer against its tensor's 16-byte alignment at execute time,
+// Stats (our lse) included, and would fail the call rather than let us fall back.
+bool takes(const AttentionDims& d, const Tensor& lse, std::initializer_list<const Tensor*> tensors) {
   if (!enabled()) return false;
   if ((*tensors.begin())->dtype() != DType::BF16) return false;
   if (d.D % 8 != 0 || d.D > 256 || d.window > INT_MAX) return false;
   if (d.q_offset != 0 && d.q_offset != d.Tk - d.Tq) return false;
+  // A decode step (one query after a KV cache) has a new Tk on every call, so each would build a
+  // graph (milliseconds to seconds) and cache it for good; the fallback kernel takes those.
+  if (d.Tq == 1 && d.q_offset > 0) return false;
+  if (!aligned16(lse)) return false;  // a contiguous lse may still be a view at an odd offset
   for (const Tensor* t : tensors) {
-    if (reinterpret_cast<uintptr_t>(t->raw_data()) % 16 != 0) return false;
+    if (!aligned16(*t)) return false;
     for (int dim = 0; dim < 3; ++dim)
       if (t->size(dim) > 1 && t->stride(dim) % 8 != 0) return false;
   }
@@ -236,7 +247,7 @@ void execute(const CachedGraph& cg, cudnnHandle_t h, std::unordered_map<int64_t,
 
 bool cudnn_attention_forward(const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                              Tensor& lse, cudaStream_t stream) {
-  if (!takes(d, {&q, &k, &v, &out})) return false;
+  if (!takes(d, lse, {&q, &k, &v, &out})) return false;
   SdpaCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex());
   cudnnHandle_t h = c.handle(d.device);
@@ -245,13 +256,14 @@ bool cudnn_attention_forward(const AttentionDims& d, const Tensor& q, const Tens
   std::unordered_map<int64_t, void*> ptrs{{kQ, q.raw_data()},   {kK, k.raw_data()},   {kV, v.raw_data()},
                                           {kO, out.raw_data()}, {kStats, lse.raw_data()}};
   execute(cg, h, ptrs, d.device, stream, "attention_forward");
+  forward_runs.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
 bool cudnn_attention_backward(const AttentionDims& d, const Tensor& dout, const Tensor& q, const Tensor& k,
                               const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
                               Tensor& dv, cudaStream_t stream) {
-  if (!takes(d, {&q, &k, &v, &out, &dout, &dq, &dk, &dv})) return false;
+  if (!takes(d, lse, {&q, &k, &v, &out, &dout, &dq, &dk, &dv})) return false;
   SdpaCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex());
   cudnnHandle_t h = c.handle(d.device);
@@ -264,7 +276,14 @@ bool cudnn_attention_backward(const AttentionDims& d, const Tensor& dout, const 
                                           {kO, out.raw_data()},   {kdO, dout.raw_data()}, {kStats, lse.raw_data()},
                                           {kdQ, dq.raw_data()},   {kdK, dk.raw_data()}, {kdV, dv.raw_data()}};
   execute(cg, h, ptrs, d.device, stream, "attention_backward");
+  backward_runs.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
+
+CudnnAttentionRuns cudnn_attention_runs() {
+  return {forward_runs.load(std::memory_order_relaxed), backward_runs.load(std::memory_order_relaxed)};
+}
+
+bool cudnn_attention_enabled() { return enabled(); }
 
 }  // namespace anvil::kernels::cuda::detail

@@ -243,4 +243,43 @@ TEST(NewtonSchulzGpu, F32IsAsAccurateAsTheCpuAgainstFp64) {
   }
 }
 
+// The bf16 emulation (COSMOS's default): every GEMM and elementwise result rounded to bf16 on
+// both sides, so after one step the GPU and the CPU differ only where an f32 sum taken in another
+// order lands on the other side of a bf16 rounding boundary (one bf16 ulp there, and less where
+// that moves later results). After five steps that drift is amplified like the f32 one above, so
+// the full iteration is held, as there, to the CPU's own error against fp64. Tall and wide
+// inputs; a bf16 u into an f32 out (the iterate in a separate buffer) and f32 into f32.
+TEST(NewtonSchulzGpu, Bf16MatchesTheCpuEmulation) {
+  struct Shape2 {
+    int64_t rows, cols;
+  };
+  for (const Shape2 s : {Shape2{64, 48}, Shape2{48, 96}}) {
+    for (const DType in_dtype : {F32, BF16}) {
+      const std::string what = std::to_string(s.rows) + "x" + std::to_string(s.cols) + " " + dtype_label(in_dtype);
+      const Tensor u = reference_input(random_tensor({s.rows, s.cols}, 151), in_dtype);
+      kernels::NewtonSchulzConfig cfg;
+      cfg.bf16 = true;
+      for (const int steps : {1, 5}) {
+        cfg.steps = steps;
+        const Tensor cpu = kernels::newton_schulz(u, cfg);
+        Tensor dev = Tensor::empty({s.rows, s.cols}, F32, gpu());
+        kernels::newton_schulz(gpu_operand(u, in_dtype), dev, cfg);
+        if (steps == 1) {
+          EXPECT_GPU_NEAR(dev, cpu, 3 * kBf16Rounding, what + ", one step, against the CPU emulation");
+          continue;
+        }
+        kernels::NewtonSchulzConfig exact = cfg;
+        exact.bf16 = false;
+        const std::vector<float> uf = u.to_vector();
+        std::vector<double> g(uf.begin(), uf.end()), ref(g.size());
+        kernels::newton_schulz<double>(g.data(), ref.data(), s.rows, s.cols, exact);
+        const Tensor fp64 = Tensor::from_vector(std::vector<float>(ref.begin(), ref.end()), {s.rows, s.cols});
+        const double cpu_err = max_rel_diff(cpu, fp64), gpu_err = gpu_error(dev, fp64);
+        EXPECT_LT(gpu_err, 2 * cpu_err + 0.02) << what << ": GPU bf16 error against fp64 " << gpu_err
+                                               << ", CPU bf16 emulation's " << cpu_err;
+      }
+    }
+  }
+}
+
 }  // namespace

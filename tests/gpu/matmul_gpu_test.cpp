@@ -1,7 +1,12 @@
 // kernels/matmul on CUDA (cuBLASLt) against the CPU backend on the same operands: every
-// transpose combination, batched and broadcast 3-D products, row-strided views into wider
-// buffers, alpha/beta (beta = 0 ignoring NaN in c), in f32 and with bf16 operands writing
-// bf16 or f32. Tolerances and the error measure: tests/support/gpu_check.h.
+// transpose combination, batched and broadcast 3-D products (each of the call shapes
+// kernels/cuda/matmul.cpp's gemm_calls makes: one call, one tall call for a batched a with a
+// shared b, one strided-batched call, one call per batch), row-strided views into wider
+// buffers, alpha/beta (beta = 0 ignoring NaN in c), K = 0, in f32 and with bf16 operands
+// writing bf16 or f32, and f32 operands writing bf16. Then the fused bias / GELU epilogues of
+// kernels/cuda/gemm.h against the CPU's matmul + add_bias + gelu_forward, both where cuBLASLt
+// fuses them and where the wrapper falls back to a separate pass. Tolerances and the error
+// measure: tests/support/gpu_check.h.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -105,6 +110,12 @@ const MatmulCase kCases[] = {
     {"bf16_batched_broadcast",    1, 3,  32,  48,  64, false, true,  1.0f, 0.0f, 0, BF16, BF16},
     {"bf16_batched_strided",      4, 4,  16,  32,  48, false, false, 1.0f, 0.0f, 16, BF16, F32},
     {"bf16_large",                0, 0, 512, 768, 1024, false, true, 1.0f, 0.0f, 0, BF16, BF16},
+    // a batched untransposed a against a 2-D b: one tall [batch * M, K] product
+    {"f32_batched_a_shared_b",    3, 0,  24,  40,  32, false, true,  1.0f, 0.0f, 0, F32, F32},
+    {"bf16_batched_a_shared_b_strided", 2, 0, 16, 48, 64, false, false, 1.0f, 0.5f, 8, BF16, BF16},
+    // f32 operands into bf16 c (through an f32 temporary), and an empty inner dimension
+    {"f32_operands_bf16_out",     0, 0,  40,  48,  56, false, false, 1.0f, 0.5f, 0, F32, BF16},
+    {"f32_empty_inner_dim",       0, 0,   8,  12,   0, false, false, 1.0f, 0.5f, 0, F32, F32},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, MatmulGpu, ::testing::ValuesIn(kCases),
@@ -120,10 +131,80 @@ TEST(MatmulGpuAllocating, ReturnsProductOnTheOperandsDevice) {
   EXPECT_GPU_NEAR(got, want, kF32Tol, "allocating matmul");
 }
 
+// ---- matmul_bias / matmul_bias_gelu (kernels/cuda/gemm.h) ----------------------------------
+
+struct BiasCase {
+  const char* name;
+  int64_t batch_a, batch_b;  // as MatmulCase (no padding: contiguous operands)
+  int64_t M, N, K;
+  bool trans_a, trans_b;
+  DType ab, c, bias;
+  int gelu;  // 0: matmul_bias; 1: matmul_bias with gelu; 2: matmul_bias_gelu (pre_gelu written too)
+};
+
+std::ostream& operator<<(std::ostream& os, const BiasCase& c) { return os << c.name; }
+
+class MatmulBiasGpu : public ::testing::TestWithParam<BiasCase> {};
+
+TEST_P(MatmulBiasGpu, MatchesCpuProductBiasGelu) {
+  const BiasCase& t = GetParam();
+  const int64_t batch_c = std::max(t.batch_a, t.batch_b);
+  const Tensor a = reference_input(
+      random_tensor(t.trans_a ? shape_of(t.batch_a, t.K, t.M) : shape_of(t.batch_a, t.M, t.K), 41), t.ab);
+  const Tensor b = reference_input(
+      random_tensor(t.trans_b ? shape_of(t.batch_b, t.N, t.K) : shape_of(t.batch_b, t.K, t.N), 42), t.ab);
+  const Tensor bias = reference_input(random_tensor({t.N}, 43), t.bias);
+  const Shape c_shape = shape_of(batch_c, t.M, t.N);
+
+  Tensor pre_cpu = Tensor::empty(c_shape);
+  kernels::matmul(a, t.trans_a, b, t.trans_b, pre_cpu);
+  kernels::add_bias(pre_cpu, bias);
+  Tensor c_cpu = pre_cpu.clone();
+  if (t.gelu > 0) kernels::gelu_forward(pre_cpu, c_cpu);
+
+  Tensor c_gpu = Tensor::empty(c_shape, t.c, gpu()), pre_gpu;
+  c_gpu.fill_(std::numeric_limits<double>::quiet_NaN());  // c is assigned: the old contents must not leak in
+  if (t.gelu == 2) {
+    pre_gpu = Tensor::empty(c_shape, t.c, gpu());
+    pre_gpu.fill_(std::numeric_limits<double>::quiet_NaN());
+    kernels::cuda::matmul_bias_gelu(gpu_operand(a, t.ab), t.trans_a, gpu_operand(b, t.ab), t.trans_b,
+                                    gpu_operand(bias, t.bias), c_gpu, pre_gpu);
+  } else {
+    kernels::cuda::matmul_bias(gpu_operand(a, t.ab), t.trans_a, gpu_operand(b, t.ab), t.trans_b,
+                               gpu_operand(bias, t.bias), c_gpu, t.gelu == 1);
+  }
+  // bf16 c: the product (and, unfused, the biased value) is rounded before GELU, the result
+  // once more. f32 GELU: cuBLASLt's epilogue may evaluate tanh with the hardware approximation
+  // (about 2^-11 relative), far inside 1e-3 yet far below a wrong bias index or activation.
+  const bool bf16 = t.c == DType::BF16;
+  const double pre_tol = bf16 ? 2 * kBf16Rounding : kF32Tol;
+  const double c_tol = bf16 ? 3 * kBf16Rounding : (t.gelu > 0 ? 1e-3 : kF32Tol);
+  EXPECT_GPU_NEAR(c_gpu, c_cpu, c_tol, "c");
+  if (t.gelu == 2) EXPECT_GPU_NEAR(pre_gpu, pre_cpu, pre_tol, "pre_gelu");
+}
+
+const BiasCase kBiasCases[] = {
+    // name                             ba bb   M   N   K   ta     tb     ab    c     bias gelu
+    // fused where cuBLASLt takes it: BIAS, GELU_AUX_BIAS, strided-batched GELU_BIAS, and per-batch
+    // calls (a broadcast a) each with its own pre_gelu pointer
+    {"f32_bias",                         0, 0, 64, 96, 80, false, true,  F32,  F32,  F32,  0},
+    {"f32_bias_gelu_pre",                0, 0, 48, 64, 40, false, false, F32,  F32,  F32,  2},
+    {"bf16_bias_gelu_batched",           3, 3, 32, 64, 48, false, true,  BF16, BF16, BF16, 1},
+    {"bf16_to_f32_broadcast_a_pre",      1, 3, 16, 40, 24, false, false, BF16, F32,  F32,  2},
+    // the separate epilogue pass: bias dtype unlike c's, pre_gelu rows not a multiple of 8
+    // (here with a tall batched-a call), f32 operands into bf16 c
+    {"bf16_f32_bias_unfused_pre",        0, 0, 40, 56, 64, true,  false, BF16, BF16, F32,  2},
+    {"f32_pre_odd_cols_batched_a",       2, 0, 24, 37, 32, false, true,  F32,  F32,  F32,  2},
+    {"f32_to_bf16_bias_gelu",            0, 0, 32, 48, 40, false, false, F32,  BF16, BF16, 1},
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, MatmulBiasGpu, ::testing::ValuesIn(kBiasCases),
+                         [](const ::testing::TestParamInfo<BiasCase>& i) { return std::string(i.param.name); });
+
 // Linear's fused product: c = x @ w^T + bias through the cuBLASLt bias epilogue, against the CPU's
 // matmul + add_bias. bf16: both operands and the bias rounded first; one output rounding plus
 // the f32 accumulation difference: 2 * 2^-8.
-TEST(MatmulBiasGpu, BiasEpilogueMatchesCpu) {
+TEST(MatmulBiasEntryGpu, LinearsFusedProductMatchesCpu) {
   for (DType dt : {DType::F32, DType::BF16}) {
     const Tensor x = reference_input(random_tensor({67, 96}, 31), dt);
     const Tensor w = reference_input(random_tensor({40, 96}, 32), dt);
@@ -135,23 +216,6 @@ TEST(MatmulBiasGpu, BiasEpilogueMatchesCpu) {
     kernels::matmul_bias(gpu_operand(x, dt), false, gpu_operand(w, dt), true, gpu_operand(bias, dt), got);
     EXPECT_GPU_NEAR(got, want, dt == DType::F32 ? kF32Tol : 2 * kBf16Rounding, std::string("matmul_bias ") + dtype_label(dt));
   }
-}
-
-// The GELU epilogue (tanh approximation) and its saved pre-activation, against matmul +
-// add_bias + gelu_forward on the CPU. f32 only: the product and bias are exact-f32 paths, GELU
-// adds a few ulps (1e-5 holds).
-TEST(MatmulBiasGpu, GeluEpilogueAndPreActivationMatchCpu) {
-  const Tensor x = random_tensor({33, 64}, 41), w = random_tensor({48, 64}, 42), bias = random_tensor({48}, 43);
-  Tensor pre_want = Tensor::empty({33, 48}), act_want = Tensor::empty({33, 48});
-  kernels::matmul_bias(x, false, w, true, bias, pre_want);
-  kernels::gelu_forward(pre_want, act_want);
-  Tensor act = Tensor::empty({33, 48}, DType::F32, gpu()), pre = Tensor::empty({33, 48}, DType::F32, gpu());
-  kernels::cuda::matmul_bias_gelu(on_gpu(x), false, on_gpu(w), true, on_gpu(bias), act, pre);
-  EXPECT_GPU_NEAR(pre, pre_want, kF32Tol, "matmul_bias_gelu pre-activation");
-  EXPECT_GPU_NEAR(act, act_want, kF32Tol, "matmul_bias_gelu activation");
-  Tensor act_only = Tensor::empty({33, 48}, DType::F32, gpu());
-  kernels::cuda::matmul_bias(on_gpu(x), false, on_gpu(w), true, on_gpu(bias), act_only, /*gelu=*/true);
-  EXPECT_GPU_NEAR(act_only, act_want, kF32Tol, "matmul_bias with gelu");
 }
 
 }  // namespace
