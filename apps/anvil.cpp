@@ -84,6 +84,7 @@ struct GenerateArgs {
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
   uint64_t seed = 0;
+  std::vector<std::string> overrides;
 };
 
 struct ConvertArgs {
@@ -235,7 +236,7 @@ int run_tokenizer_train(const TokenizerArgs& a) {
 }
 
 int run_generate(const GenerateArgs& a) {
-  RunConfig cfg = config_from_checkpoint(a.checkpoint, {});
+  RunConfig cfg = config_from_checkpoint(a.checkpoint, a.overrides);
   cfg.training.sample_temperature = a.temperature;
   cfg.training.sample_top_k = a.top_k;
   cfg.training.sample_top_p = a.top_p;
@@ -388,6 +389,8 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--top-k", gen.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--top-p", gen.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   gen_cmd->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
+  gen_cmd->add_option("--set", gen.overrides,
+                      "Override a config field, e.g. run.device=cpu for a checkpoint trained on a GPU");
 
   EvalArgs ev;
   auto* eval_cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");

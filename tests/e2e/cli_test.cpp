@@ -42,6 +42,12 @@ TEST(Cli, PipelineFromTextToGeneration) {
   ASSERT_EQ(run_command(kAnvil + " generate --checkpoint " + run.dir + "/run --prompt 'The GNU' --max-tokens 5 "
                         "--temperature 0", out), 0) << out;
   EXPECT_EQ(out.rfind("The GNU", 0), 0u) << out;
+  // --set reaches the checkpoint's stored config (how a GPU-trained run is sampled on a CPU).
+  ASSERT_EQ(run_command(kAnvil + " generate --checkpoint " + run.dir + "/run --prompt 'The GNU' --max-tokens 5 "
+                        "--temperature 0 --set run.device=cpu --set run.precision=fp32", out), 0) << out;
+  EXPECT_EQ(out.rfind("The GNU", 0), 0u) << out;
+  expect_failure(kAnvil + " generate --checkpoint " + run.dir + "/run --prompt x --set run.precision=bf16",
+                 {"run.precision"});
 }
 
 TEST(Cli, UnknownKeySuggestsTheClosest) {
