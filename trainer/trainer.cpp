@@ -322,7 +322,7 @@ void Trainer::report_memory() {
   }
   const MemoryStats mem = allocator_for(device_).stats();  // the last step's high-water mark on the training device
   const size_t activations = mem.peak_bytes > step_resident_bytes_ ? mem.peak_bytes - step_resident_bytes_ : 0;
-  char line[256];
+  char line[320];
   std::string where = "rank 0";
   if (grid_)
     where = "rank " + std::to_string(world_->rank()) + " (dp " + std::to_string(grid_->rank(Axis::DP)) + ", tp " +
@@ -333,7 +333,8 @@ void Trainer::report_memory() {
     std::snprintf(host, sizeof host, " on %s; host peak %.2f", device_.str().c_str(),
                   cpu_allocator().stats().peak_bytes / 1e6);
   std::snprintf(line, sizeof line,
-                "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f%s)", where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
+                "  %s: params %.2f, grads %.2f, optimizer state %.2f, activations %.2f (step peak %.2f%s)",
+                where.c_str(), params / 1e6, grads / 1e6, optimizer_->state_bytes() / 1e6, activations / 1e6,
                 mem.peak_bytes / 1e6, host);
   // Gathered so the lines print together, in rank order, from the main rank.
   const std::vector<std::string> lines = world_ ? all_gather_strings(*world_, line) : std::vector<std::string>{line};

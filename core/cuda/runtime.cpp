@@ -8,15 +8,16 @@ namespace anvil::cuda {
 
 void throw_error(cudaError_t err, const char* expr, const char* file, int line) {
   cudaGetLastError();  // clear a non-sticky error so the next call is not blamed for it
-  ANVIL_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") from ", expr, " at ", file,
-             ":", line,
-             err == cudaErrorMemoryAllocation ? " — the GPU is out of memory: reduce the micro-batch or sequence length"
-                                              : "");
+  const char* hint =
+      err == cudaErrorMemoryAllocation ? " — the GPU is out of memory: reduce the micro-batch or sequence length" : "";
+  ANVIL_FAIL("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") from ", expr, " at ", file, ":",
+             line, hint);
 }
 
 int device_of(const Tensor& t, const char* what) {
   ANVIL_CHECK(t.defined(), what, " is an undefined tensor");
-  ANVIL_CHECK(t.device().is_cuda(), what, " is ", t.describe(), " but must be on a CUDA device — copy it with .to(Device::cuda())");
+  ANVIL_CHECK(t.device().is_cuda(), what, " is ", t.describe(),
+              " but must be on a CUDA device — copy it with .to(Device::cuda())");
   return t.device().index;
 }
 
