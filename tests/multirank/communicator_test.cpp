@@ -4,15 +4,12 @@
 
 #include <numeric>
 
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 
 using namespace anvil;
+using anvil::testing::world;
 
 namespace {
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 // Rank r's input: element i = 100*r + i + 0.5 (exact in f32).
 Tensor input_of(int r, int64_t n) {
   Tensor t = Tensor::empty({n});

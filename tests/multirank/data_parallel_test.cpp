@@ -15,19 +15,15 @@
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::world;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 
 constexpr int64_t kGlobalMicroBatch = 8;  // sequences per micro-batch over all dp ranks
 constexpr int64_t kSteps = 10;

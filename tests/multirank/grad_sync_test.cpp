@@ -10,15 +10,12 @@
 #include "optim/adamw.h"
 #include "optim/sharded_adamw.h"
 #include "parallel/data_parallel.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 
 using namespace anvil;
+using anvil::testing::world;
 
 namespace {
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 
 // Params with sizes 7, 3x5, 13, 1, 2x50, 11 (registration order); roles vary for weight decay.
 std::vector<std::unique_ptr<Param>> make_params() {

@@ -4,16 +4,13 @@
 #include <gtest/gtest.h>
 
 #include "parallel/grid.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 
 using namespace anvil;
+using anvil::testing::world;
 
 namespace {
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 
 // The world ranks in `axis`'s communicator, gathered over that communicator.
 std::vector<int> members(const ProcessGrid& g, Axis axis) {

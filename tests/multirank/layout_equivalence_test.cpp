@@ -14,21 +14,17 @@
 #include <filesystem>
 #include <map>
 
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::is_root;
+using anvil::testing::world;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
-bool is_root() { return world()->rank() == 0; }
 
 constexpr int64_t kGlobalMicroBatch = 8;  // sequences per micro-batch over all dp ranks
 constexpr int64_t kSteps = 10;

@@ -14,20 +14,16 @@
 
 #include "core/cuda_device.h"
 #include "parallel/grid.h"
-#include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/rendezvous.h"
 #include "parallel/timed_communicator.h"
+#include "tests/support/mpi_world.h"
 
 using namespace anvil;
+using anvil::testing::world;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 
 // A stand-in for ncclGetUniqueId's 128 bytes, different for every seed.
 std::vector<uint8_t> fake_id(uint64_t seed) {

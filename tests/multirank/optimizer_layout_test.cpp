@@ -23,7 +23,7 @@
 
 #include "models/transformer.h"
 #include "parallel/grid.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/small_models.h"
 #include "tests/support/tiny_run.h"
@@ -32,19 +32,15 @@
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::is_root;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
 using anvil::testing::small_gpt2;
 using anvil::testing::small_llama;
+using anvil::testing::world;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
-bool is_root() { return world()->rank() == 0; }
 
 constexpr uint64_t kSeed = 99;
 constexpr int64_t kGlobalBatch = 8, kT = 16;

@@ -21,26 +21,22 @@
 #include "parallel/data_parallel.h"
 #include "parallel/grad_norm.h"
 #include "parallel/grid.h"
-#include "parallel/mpi_communicator.h"
 #include "parallel/pipeline_executor.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/small_models.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
+using anvil::testing::is_root;
 using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
 using anvil::testing::small_gpt2;
 using anvil::testing::small_llama;
+using anvil::testing::world;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
-bool is_root() { return world()->rank() == 0; }
 
 constexpr uint64_t kSeed = 4321;
 constexpr int64_t kB = 2, kT = 16;

@@ -10,21 +10,17 @@
 #include <string>
 
 #include "kernels/attention.h"
-#include "parallel/mpi_communicator.h"
 #include "parallel/ulysses.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_tensor;
+using anvil::testing::world;
 
 namespace {
-
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> w = MpiCommunicator::world();
-  return w;
-}
 
 struct Case {
   int64_t T, Hq, Hkv;
