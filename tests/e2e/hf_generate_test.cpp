@@ -22,13 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 const std::string kAnvil = ANVIL_BINARY;
-
-std::string must_run(const std::string& cmd) {
-  std::string out;
-  const int rc = run_command(cmd, out);
-  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
-  return out;
-}
 }  // namespace
 
 TEST(HfGenerate, TrainedModelGeneratesTheSameGreedyTokensInTransformers) {

@@ -76,4 +76,11 @@ int run_command(const std::string& command, std::string& output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+std::string must_run(const std::string& command) {
+  std::string out;
+  const int rc = run_command(command, out);
+  EXPECT_EQ(rc, 0) << command << "\n" << out;
+  return out;
+}
+
 }  // namespace anvil::testing

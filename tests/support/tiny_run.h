@@ -19,5 +19,7 @@ TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml = "
 
 // Runs a shell command; returns its exit status and puts stdout+stderr in `output`.
 int run_command(const std::string& command, std::string& output);
+// run_command that expects exit status 0 (a failure names the command and its output); returns the output.
+std::string must_run(const std::string& command);
 
 }  // namespace anvil::testing
