@@ -1,5 +1,16 @@
-# Sourced by the GPU run scripts: the device's name for file names, and the header every
-# recorded GPU result starts with (what ran, where, with which software).
+# Sourced by the GPU run scripts: loading a GPU build's run-time settings, the device's name
+# for file names, and the header every recorded GPU result starts with (what ran, where, with
+# which software).
+
+# gpu_build_env BUILD_DIR SCRIPT: sources BUILD_DIR/gpu-env.sh (written by scripts/gpu_build.sh),
+# or exits naming SCRIPT when that build is missing.
+gpu_build_env() {
+  if [ ! -f "$1/gpu-env.sh" ]; then
+    echo "$2: $1/gpu-env.sh missing: run scripts/gpu_build.sh first" >&2
+    exit 1
+  fi
+  source "$1/gpu-env.sh"
+}
 
 # "NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3"
 gpu_device_slug() {

@@ -14,12 +14,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
-if [ ! -f "$build/gpu-env.sh" ]; then
-  echo "run_gpu_bench: $build/gpu-env.sh missing: run scripts/gpu_build.sh first" >&2
-  exit 1
-fi
-source "$build/gpu-env.sh"
 source bench/gpu_device.sh
+gpu_build_env "$build" run_gpu_bench
 models=${MODELS:-gpt2-124m llama-1b}
 steps=${STEPS:-20}
 warmup=${WARMUP:-3}

@@ -7,12 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
-if [ ! -f "$build/gpu-env.sh" ]; then
-  echo "run_gpu_tests: $build/gpu-env.sh missing: run scripts/gpu_build.sh first" >&2
-  exit 1
-fi
-source "$build/gpu-env.sh"
 source bench/gpu_device.sh
+gpu_build_env "$build" run_gpu_tests
 mkdir -p bench/results
 out="bench/results/$(gpu_device_slug)-gpu-tests-$(date +%F).txt"
 
