@@ -435,34 +435,17 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
 
 AttentionDims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
                            int64_t window, const char* op) {
-  AttentionDims d;
-  d.device = detail::device_index(op, "q", q);
+  const int device = detail::device_index(op, "q", q);
   ANVIL_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.describe(),
               " but CUDA attention takes f32 or bf16");
-  check_bthd(q, op, "q", d.device, q.dtype());
-  check_bthd(k, op, "k", d.device, q.dtype());
-  check_bthd(v, op, "v", d.device, q.dtype());
-  d.B = q.size(0), d.Tq = q.size(1), d.Hq = q.size(2), d.D = q.size(3);
-  d.Tk = k.size(1), d.Hkv = k.size(2);
-  ANVIL_CHECK(k.size(0) == d.B && v.size(0) == d.B, op, ": batch sizes differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(k.size(3) == d.D && v.size(3) == d.D, op, ": head dims differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(v.shape() == k.shape(), op, ": k ", k.describe(), " and v ", v.describe(), " must have the same shape");
-  ANVIL_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, op, ": query heads Hq = ", d.Hq,
-              " must be a multiple of KV heads Hkv = ", d.Hkv, " (q ", q.describe(), ", k ", k.describe(), ")");
-  ANVIL_CHECK(q_offset >= 0 && q_offset + d.Tq <= d.Tk, op, ": q_offset ", q_offset, " must lie in [0, Tk - Tq] = [0, ",
-              d.Tk - d.Tq, "] (q ", q.describe(), ", k ", k.describe(), ") — query i sits at position q_offset + i");
-  ANVIL_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  ANVIL_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
+  check_bthd(q, op, "q", device, q.dtype());
+  check_bthd(k, op, "k", device, q.dtype());
+  check_bthd(v, op, "v", device, q.dtype());
+  const AttentionDims d{kernels::attention_dims(op, q, k, v, scale, q_offset, window), device};
   ANVIL_CHECK(d.D <= kMaxHeadDim, op, ": head dim ", d.D, " is above the ", kMaxHeadDim,
               " the CUDA attention kernels take (q ", q.describe(), ")");
   ANVIL_CHECK(d.B <= 65535 && d.Hq <= 65535, op, ": batch ", d.B, " or heads ", d.Hq,
               " above 65535 exceed the CUDA grid — split the batch");
-  d.group = d.Hq / d.Hkv;
-  d.q_offset = q_offset;
-  d.window = window;
-  d.scale = scale;
   return d;
 }
 
