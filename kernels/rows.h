@@ -3,6 +3,7 @@
 // of wider buffers qualify), and the shape checks the backends share.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/tensor.h"
 
@@ -13,6 +14,20 @@ struct RowLayout {
   int64_t rows = 0, cols = 0, ld = 0;
   bool dense() const { return rows <= 1 || ld == cols; }
 };
+
+// Views same-shaped operands as one long row when all are dense, so the kernels see one flat
+// range (parallel blocks on the CPU, vector accesses on CUDA) instead of many short rows. R is
+// either backend's row view (rows, cols, ld and dense() as in RowLayout).
+template <class R>
+void merge_dense(std::initializer_list<R*> views) {
+  for (R* v : views)
+    if (!v->dense()) return;
+  for (R* v : views) {
+    v->cols *= v->rows;
+    v->ld = v->cols;
+    v->rows = v->rows ? 1 : 0;
+  }
+}
 
 // The row layout of t (any dtype, any device): its last dim must be contiguous and its
 // leading dims must collapse into one uniform row stride; a 0-d tensor is one 1x1 row.

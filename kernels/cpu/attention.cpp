@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/shape_checks.h"
 
 namespace anvil::kernels {
 
@@ -139,10 +140,9 @@ struct View {
 };
 View view_of(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-struct Dims {
-  int64_t B, Tq, Tk, Hq, Hkv, D, Dp, group, q_offset;
-  int64_t window;  // 0: every earlier key; W > 0: only the last W positions
-  float scale;
+// The checked problem (kernels/shape_checks.h) and the head dim padded to a kVec multiple.
+struct Dims : AttentionDims {
+  int64_t Dp = 0;
 };
 
 // Copies rows [t0, t0 + n) of head h into dst [n, Dp] times `mul`, zero-padding columns.
@@ -233,26 +233,8 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale
   check_bthd(q, op, "q");
   check_bthd(k, op, "k");
   check_bthd(v, op, "v");
-  Dims d{};
-  d.B = q.size(0), d.Tq = q.size(1), d.Hq = q.size(2), d.D = q.size(3);
-  d.Tk = k.size(1), d.Hkv = k.size(2);
-  ANVIL_CHECK(k.size(0) == d.B && v.size(0) == d.B, op, ": batch sizes differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(k.size(3) == d.D && v.size(3) == d.D, op, ": head dims differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(v.shape() == k.shape(), op, ": k ", k.describe(), " and v ", v.describe(), " must have the same shape");
-  ANVIL_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, op, ": query heads Hq = ", d.Hq, " must be a multiple of KV heads Hkv = ",
-              d.Hkv, " (q ", q.describe(), ", k ", k.describe(), ")");
-  ANVIL_CHECK(q_offset >= 0 && q_offset + d.Tq <= d.Tk, op, ": q_offset ", q_offset, " must lie in [0, Tk - Tq] = [0, ",
-              d.Tk - d.Tq, "] (q ", q.describe(), ", k ", k.describe(), ") — query i sits at position q_offset + i");
-  ANVIL_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  ANVIL_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
-  d.group = d.Hq / d.Hkv;
-  d.Dp = (d.D + kVec - 1) / kVec * kVec;
-  d.q_offset = q_offset;
-  d.window = window;
-  d.scale = scale;
-  return d;
+  const AttentionDims a = attention_dims(op, q, k, v, scale, q_offset, window);
+  return Dims{a, (a.D + kVec - 1) / kVec * kVec};
 }
 
 void check_lse(const Tensor& lse, const Dims& d, const char* op) {

@@ -65,20 +65,9 @@ Rows as_rows(const char* op, const char* name, const Tensor& t);
 // A contiguous f32/i32 CPU tensor's data pointer with a named error otherwise.
 float* contiguous_f32(const char* op, const char* name, const Tensor& t);
 const int32_t* contiguous_i32(const char* op, const char* name, const Tensor& t);
+using kernels::merge_dense;
 using kernels::require_numel;
 using kernels::require_same_shape;
-
-// Views a set of same-shaped operands as one long row when all are dense, so
-// elementwise loops parallelise over blocks even for 1-D tensors.
-inline void merge_dense(std::initializer_list<Rows*> views) {
-  for (Rows* v : views)
-    if (!v->dense()) return;
-  for (Rows* v : views) {
-    v->cols *= v->rows;
-    v->ld = v->cols;
-    v->rows = v->rows ? 1 : 0;
-  }
-}
 
 // Calls fn(row, j0, j1) over [rows, cols] in tiles of at most kTile columns;
 // parallel (static schedule) when the work is large enough.

@@ -20,6 +20,7 @@
 
 #include "core/cuda/runtime.h"
 #include "kernels/cuda/attention_internal.h"
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -31,7 +32,7 @@ using detail::AttentionDims;
 constexpr int kBQ = 32;       // query rows per tile
 constexpr int kBK = 32;       // keys per tile (one per lane)
 constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+static_assert(kThreads == kWarps * 32, "the attention kernels run kThreads (common.cuh) = kWarps warps");
 constexpr int kRows = kBQ / kWarps;  // tile rows per warp
 constexpr int kMaxHeadDim = 256;
 
@@ -49,12 +50,6 @@ struct Params {
   int ks;           // shared row stride of K and V tiles (odd)
   float scale;
 };
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename T>
 __device__ __forceinline__ const T* row_ptr(const BTHD& t, int64_t b, int64_t s, int64_t h) {
@@ -85,7 +80,44 @@ __device__ void load_tile(const BTHD& src, int64_t b, int64_t t0, int n, int64_t
                           int tile_rows, float* dst) {
   for (int e = threadIdx.x; e < tile_rows * D; e += blockDim.x) {
     const int i = e / D, c = e - i * D;
-    dst[i * stride + c] = i < n ? mul * to_f(row_ptr<T>(src, b, t0 + i, h)[c]) : 0.0f;
+    dst[i * stride + c] = i < n ? mul * to_f32(row_ptr<T>(src, b, t0 + i, h)[c]) : 0.0f;
+  }
+}
+
+// The lane's columns lane + 32c of a D-wide f32 row (0 past D).
+template <int DC>
+__device__ __forceinline__ void load_cols(const float* row, int D, int lane, float (&out)[DC]) {
+#pragma unroll
+  for (int c = 0; c < DC; ++c) {
+    const int col = lane + 32 * c;
+    out[c] = col < D ? row[col] : 0.0f;
+  }
+}
+
+// mul * v into the lane's columns of a D-wide row of T.
+template <typename T, int DC>
+__device__ __forceinline__ void store_cols(T* row, const float (&v)[DC], float mul, int D, int lane) {
+#pragma unroll
+  for (int c = 0; c < DC; ++c) {
+    const int col = lane + 32 * c;
+    if (col < D) row[col] = from_f32<T>(v[c] * mul);
+  }
+}
+
+// acc[r] += w_j[r] * (row j of the tile) over the tile's kn rows (stride ks), w_j being lane
+// j's w: P V in the forward, dS K for dQ.
+template <int DC>
+__device__ __forceinline__ void accumulate_tile(float (&acc)[kRows][DC], const float (&w)[kRows], const float* tile,
+                                                int kn, int D, int ks, int lane) {
+  for (int j = 0; j < kn; ++j) {
+    float tj[DC];
+    load_cols(tile + j * ks, D, lane, tj);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float wj = __shfl_sync(0xffffffffu, w[r], j);
+#pragma unroll
+      for (int c = 0; c < DC; ++c) acc[r][c] += wj * tj[c];
+    }
   }
 }
 
@@ -164,32 +196,13 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
 #pragma unroll
       for (int c = 0; c < DC; ++c) acc[r][c] *= alpha;
     }
-    for (int j = 0; j < kn; ++j) {
-      float vj[DC];
-#pragma unroll
-      for (int c = 0; c < DC; ++c) {
-        const int col = lane + 32 * c;
-        vj[c] = col < D ? Vs[j * ks + col] : 0.0f;
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float pj = __shfl_sync(0xffffffffu, pv[r], j);
-#pragma unroll
-        for (int c = 0; c < DC; ++c) acc[r][c] += pj * vj[c];
-      }
-    }
+    accumulate_tile(acc, pv, Vs, kn, D, ks, lane);
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int i = warp + r * kWarps;
     if (i >= qn) continue;
-    T* o = row_ptr_mut<T>(p.o, b, q0 + i, h);
-    const float inv = 1.0f / l[r];
-#pragma unroll
-    for (int c = 0; c < DC; ++c) {
-      const int col = lane + 32 * c;
-      if (col < D) o[col] = from_f<T>(acc[r][c] * inv);
-    }
+    store_cols(row_ptr_mut<T>(p.o, b, q0 + i, h), acc[r], 1.0f / l[r], D, lane);
     if (lane == 0) p.lse[(b * p.Hq + h) * p.Tq + q0 + i] = m[r] + logf(l[r]);
   }
 }
@@ -204,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) row_dot_kernel(Params p, int64_t row
   const T* g = row_ptr<T>(p.dout, b, t, h);
   const T* o = row_ptr<T>(p.o, b, t, h);
   float s = 0.0f;
-  for (int64_t c = lane; c < p.D; c += 32) s += to_f(g[c]) * to_f(o[c]);
+  for (int64_t c = lane; c < p.D; c += 32) s += to_f32(g[c]) * to_f32(o[c]);
   s = warp_sum(s);
   if (lane == 0) p.Di[r] = s;
 }
@@ -266,12 +279,8 @@ __global__ void __launch_bounds__(kThreads) backward_kv_kernel(Params p) {
       // dV += P^T dO, dK += dS^T (scale q).
       for (int i = 0; i < qn; ++i) {
         float qc[DC], oc[DC];
-#pragma unroll
-        for (int c = 0; c < DC; ++c) {
-          const int col = lane + 32 * c;
-          qc[c] = col < D ? Qs[i * D + col] : 0.0f;
-          oc[c] = col < D ? dOs[i * D + col] : 0.0f;
-        }
+        load_cols(Qs + i * D, D, lane, qc);
+        load_cols(dOs + i * D, D, lane, oc);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
           const int j = warp + r * kWarps;
@@ -289,16 +298,8 @@ __global__ void __launch_bounds__(kThreads) backward_kv_kernel(Params p) {
   for (int r = 0; r < kRows; ++r) {
     const int j = warp + r * kWarps;
     if (j >= kn) continue;
-    T* gk = row_ptr_mut<T>(p.dk, b, k0 + j, kvh);
-    T* gv = row_ptr_mut<T>(p.dv, b, k0 + j, kvh);
-#pragma unroll
-    for (int c = 0; c < DC; ++c) {
-      const int col = lane + 32 * c;
-      if (col < D) {
-        gk[col] = from_f<T>(dk[r][c]);
-        gv[col] = from_f<T>(dv[r][c]);
-      }
-    }
+    store_cols(row_ptr_mut<T>(p.dk, b, k0 + j, kvh), dk[r], 1.0f, D, lane);
+    store_cols(row_ptr_mut<T>(p.dv, b, k0 + j, kvh), dv[r], 1.0f, D, lane);
   }
 }
 
@@ -344,32 +345,13 @@ __global__ void __launch_bounds__(kThreads) backward_q_kernel(Params p) {
       const float pr = vis ? expf(s[r] - lse[r]) : 0.0f;
       ds[r] = pr * (dp[r] - di[r]);
     }
-    // dQ += dS K (the scale is applied at the end).
-    for (int j = 0; j < kn; ++j) {
-      float kj[DC];
-#pragma unroll
-      for (int c = 0; c < DC; ++c) {
-        const int col = lane + 32 * c;
-        kj[c] = col < D ? Ks[j * ks + col] : 0.0f;
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float dsj = __shfl_sync(0xffffffffu, ds[r], j);
-#pragma unroll
-        for (int c = 0; c < DC; ++c) acc[r][c] += dsj * kj[c];
-      }
-    }
+    accumulate_tile(acc, ds, Ks, kn, D, ks, lane);  // dQ += dS K (the scale is applied at the end)
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int i = warp + r * kWarps;
     if (i >= qn) continue;
-    T* g = row_ptr_mut<T>(p.dq, b, q0 + i, h);
-#pragma unroll
-    for (int c = 0; c < DC; ++c) {
-      const int col = lane + 32 * c;
-      if (col < D) g[col] = from_f<T>(p.scale * acc[r][c]);
-    }
+    store_cols(row_ptr_mut<T>(p.dq, b, q0 + i, h), acc[r], p.scale, D, lane);
   }
 }
 
@@ -404,15 +386,13 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Pa
 // power of two (the per-lane column chunks a kernel keeps in registers).
 template <typename F>
 void dispatch(DType dt, int64_t D, const F& f) {
-  auto by_dc = [&](auto tag) {
+  with_float_type(dt, [&](auto tag) {
     using T = decltype(tag);
     if (D <= 32) f.template run<T, 1>();
     else if (D <= 64) f.template run<T, 2>();
     else if (D <= 128) f.template run<T, 4>();
     else f.template run<T, 8>();
-  };
-  if (dt == DType::BF16) by_dc(__nv_bfloat16{});
-  else by_dc(float{});
+  });
 }
 
 void check_bthd(const Tensor& t, const char* op, const char* name, int device, DType dtype) {
@@ -435,34 +415,17 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
 
 AttentionDims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
                            int64_t window, const char* op) {
-  AttentionDims d;
-  d.device = detail::device_index(op, "q", q);
+  const int device = detail::device_index(op, "q", q);
   ANVIL_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.describe(),
               " but CUDA attention takes f32 or bf16");
-  check_bthd(q, op, "q", d.device, q.dtype());
-  check_bthd(k, op, "k", d.device, q.dtype());
-  check_bthd(v, op, "v", d.device, q.dtype());
-  d.B = q.size(0), d.Tq = q.size(1), d.Hq = q.size(2), d.D = q.size(3);
-  d.Tk = k.size(1), d.Hkv = k.size(2);
-  ANVIL_CHECK(k.size(0) == d.B && v.size(0) == d.B, op, ": batch sizes differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(k.size(3) == d.D && v.size(3) == d.D, op, ": head dims differ: q ", q.describe(), ", k ",
-              k.describe(), ", v ", v.describe());
-  ANVIL_CHECK(v.shape() == k.shape(), op, ": k ", k.describe(), " and v ", v.describe(), " must have the same shape");
-  ANVIL_CHECK(d.Hkv > 0 && d.Hq % d.Hkv == 0, op, ": query heads Hq = ", d.Hq,
-              " must be a multiple of KV heads Hkv = ", d.Hkv, " (q ", q.describe(), ", k ", k.describe(), ")");
-  ANVIL_CHECK(q_offset >= 0 && q_offset + d.Tq <= d.Tk, op, ": q_offset ", q_offset, " must lie in [0, Tk - Tq] = [0, ",
-              d.Tk - d.Tq, "] (q ", q.describe(), ", k ", k.describe(), ") — query i sits at position q_offset + i");
-  ANVIL_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  ANVIL_CHECK(window >= 0, op, ": window must be >= 0 (0 = no sliding window), got ", window);
+  check_bthd(q, op, "q", device, q.dtype());
+  check_bthd(k, op, "k", device, q.dtype());
+  check_bthd(v, op, "v", device, q.dtype());
+  const AttentionDims d{kernels::attention_dims(op, q, k, v, scale, q_offset, window), device};
   ANVIL_CHECK(d.D <= kMaxHeadDim, op, ": head dim ", d.D, " is above the ", kMaxHeadDim,
               " the CUDA attention kernels take (q ", q.describe(), ")");
   ANVIL_CHECK(d.B <= 65535 && d.Hq <= 65535, op, ": batch ", d.B, " or heads ", d.Hq,
               " above 65535 exceed the CUDA grid — split the batch");
-  d.group = d.Hq / d.Hkv;
-  d.q_offset = q_offset;
-  d.window = window;
-  d.scale = scale;
   return d;
 }
 

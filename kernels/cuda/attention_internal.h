@@ -6,14 +6,12 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "kernels/shape_checks.h"
 
 namespace anvil::kernels::cuda::detail {
 
-// A checked attention call (kernels/attention.h): q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D].
-struct AttentionDims {
-  int64_t B = 0, Tq = 0, Tk = 0, Hq = 0, Hkv = 0, D = 0, group = 1;
-  int64_t q_offset = 0, window = 0;
-  float scale = 1.0f;
+// A checked attention call (kernels/shape_checks.h) and the CUDA device it runs on.
+struct AttentionDims : kernels::AttentionDims {
   int device = 0;
 };
 

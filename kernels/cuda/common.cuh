@@ -10,7 +10,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <initializer_list>
 
 #include "core/cuda/runtime.h"
 #include "kernels/rows.h"
@@ -29,18 +28,6 @@ struct Rows {
   bool dense() const { return rows <= 1 || ld == cols; }
   int64_t numel() const { return rows * cols; }
 };
-
-// Views same-shaped operands as one long row when all are dense, so the kernels see one
-// flat range (and can vectorise it) instead of many short rows.
-inline void merge_dense(std::initializer_list<Rows*> views) {
-  for (Rows* v : views)
-    if (!v->dense()) return;
-  for (Rows* v : views) {
-    v->cols *= v->rows;
-    v->ld = v->cols;
-    v->rows = v->rows ? 1 : 0;
-  }
-}
 
 // One op call on the device of its leading tensor: makes that device current for the
 // scope, holds its current stream, and checks the other operands against it.

@@ -3,6 +3,7 @@
 // contiguous, other strides free); one block per (b, t), threads over (head, pair).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/shape_checks.h"
 
 namespace anvil::kernels::cuda {
 namespace {
@@ -18,16 +19,7 @@ int64_t check_rope_args(const OpContext& ctx, const Tensor& x, const Tensor& cos
   ANVIL_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.shape() == sin.shape(), op,
               ": cos/sin tables must be contiguous [max_positions, D/2] of equal shape, got cos ", cos.describe(),
               " and sin ", sin.describe(), " — build them with rope_tables and copy them to the device");
-  const int64_t D = x.size(3), half = cos.size(1);
-  ANVIL_CHECK(D == 2 * half, op, ": head dim of ", xname, " ", x.describe(), " is ", D, " but the tables ",
-              cos.describe(), " are for head dim ", 2 * half);
-  ANVIL_CHECK(x.stride(3) == 1 || D <= 1, op, ": the last dim of ", xname, " ", x.describe(),
-              " must be contiguous (stride 1), got stride ", x.stride(3));
-  const int64_t T = x.size(1);
-  ANVIL_CHECK(start_pos >= 0 && start_pos + T <= cos.size(0), op, ": positions ", start_pos, " .. ",
-              start_pos + T - 1, " (start_pos ", start_pos, ", T ", T, ") exceed the ", cos.size(0),
-              " rows of the cos/sin tables — build the tables with max_positions >= start_pos + T");
-  return half;
+  return rope_half_dim(op, xname, x, cos, start_pos);
 }
 
 // sign = +1: rotation by +angle; sign = -1: its transpose (rotation by -angle).
