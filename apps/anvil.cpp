@@ -108,9 +108,7 @@ int run_train(const TrainArgs& a) {
     config = load_run_config(a.config, a.overrides);
     check_parallel_launch(config.parallel, launch.size);
     // The model's split too (heads, layers), so a layout it cannot take is one message, not one per rank.
-    validate_layout(GridDims{int(config.parallel.dp), int(config.parallel.tp), int(config.parallel.pp),
-                             int(config.parallel.sp)},
-                    config.model);
+    validate_layout(grid_dims(config.parallel), config.model);
   } catch (const Error& e) {
     if (launch.rank == 0) {
       std::fprintf(stderr, "error: %s\n", e.what());

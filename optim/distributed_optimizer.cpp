@@ -207,10 +207,7 @@ void DistributedOptimizer::gather_grads_to_dp_owners() {
   std::vector<std::vector<Tensor>> sends(dp_size_), recvs(dp_size_);
   for (const Matrix& m : matrices_) {
     const DataParallel::Segment mine = dp.segment_of(m.param, dp_rank_);
-    if (mine.length > 0) {
-      const int64_t in_bucket = mine.shard_offset - dp.buckets()[mine.bucket].shard_base;
-      sends[m.owner_dp].push_back(dp.shard_grad(mine.bucket).slice(0, in_bucket, in_bucket + mine.length));
-    }
+    if (mine.length > 0) sends[m.owner_dp].push_back(dp.shard_grad(mine));
     if (m.owner_dp != dp_rank_) continue;
     for (int r = 0; r < dp_size_; ++r) {
       const DataParallel::Segment theirs = dp.segment_of(m.param, r);

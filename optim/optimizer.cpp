@@ -13,10 +13,10 @@ size_t Optimizer::state_bytes() {
 }
 
 double global_grad_norm(const std::vector<Param*>& params) {
-  double sum_sq = 0;
+  std::vector<Tensor> grads;  // one list: on CUDA one host round trip, not one per param
   for (const Param* p : params)
-    if (p->grad.defined()) sum_sq += kernels::sum_squares(p->grad);
-  return std::sqrt(sum_sq);
+    if (p->grad.defined()) grads.push_back(p->grad);
+  return std::sqrt(kernels::sum_squares(grads));
 }
 
 double clip_grad_norm(const std::vector<Param*>& params, double max_norm) {

@@ -30,9 +30,8 @@ void ShardedAdamW::update_shard(double lr) {
   kernels::AdamWStep s = adamw_step_constants(config_, lr, steps_);
   for (const Piece& piece : pieces_) {
     const DataParallel::Segment& seg = piece.segment;
-    const int64_t in_bucket = seg.shard_offset - dp_.buckets()[seg.bucket].shard_base;
-    Tensor p = dp_.shard_param(seg.bucket).slice(0, in_bucket, in_bucket + seg.length);
-    const Tensor g = dp_.shard_grad(seg.bucket).slice(0, in_bucket, in_bucket + seg.length);
+    Tensor p = dp_.shard_param(seg);
+    const Tensor g = dp_.shard_grad(seg);
     Tensor m = exp_avg_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     Tensor v = exp_avg_sq_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     s.weight_decay = static_cast<float>(decay_rule_.decay_for(*seg.param));

@@ -183,6 +183,16 @@ Tensor DataParallel::shard_param(int b) {
   return flat_values_.slice(0, begin, begin + bk.shard);
 }
 
+Tensor DataParallel::shard_grad(const Segment& seg) {
+  const int64_t at = seg.shard_offset - buckets_[seg.bucket].shard_base;
+  return shard_grad(seg.bucket).slice(0, at, at + seg.length);
+}
+
+Tensor DataParallel::shard_param(const Segment& seg) {
+  const int64_t at = seg.shard_offset - buckets_[seg.bucket].shard_base;
+  return shard_param(seg.bucket).slice(0, at, at + seg.length);
+}
+
 double DataParallel::grad_norm() {
   return std::sqrt(grad_sum_squares([](const Param&) { return true; }));
 }
@@ -194,12 +204,8 @@ double DataParallel::grad_sum_squares(const std::function<bool(const Param&)>& c
       if (counted(*p)) parts.push_back(p->grad);
     return kernels::sum_squares(parts);
   }
-  for (const Segment& seg : segments_) {
-    if (!counted(*seg.param)) continue;
-    const Bucket& bk = buckets_[seg.bucket];
-    const int64_t at = seg.shard_offset - bk.shard_base;
-    parts.push_back(shard_grad(seg.bucket).slice(0, at, at + seg.length));
-  }
+  for (const Segment& seg : segments_)
+    if (counted(*seg.param)) parts.push_back(shard_grad(seg));
   return all_reduce_sum(comm_, kernels::sum_squares(parts));
 }
 

@@ -98,6 +98,10 @@ class DataParallel {
   // under mixed precision).
   Tensor shard_grad(int b);
   Tensor shard_param(int b);
+  // The same views cut to one segment of this rank's shard (segments(), or segment_of(p, rank)
+  // for this rank).
+  Tensor shard_grad(const Segment& seg);
+  Tensor shard_param(const Segment& seg);
   // After each rank updated its shard of the params: all_gather them into every rank (and
   // round the compute copies from the gathered masters).
   void all_gather_params();

@@ -86,21 +86,21 @@ int64_t VocabParallelCrossEntropy::forward(Communicator* tp, const Tensor& logit
   kernels::cross_entropy_shard_stats(logits, flat_targets, vocab_start, ignore_index, row_max, sum_exp, target_logit);
   Tensor global_max = row_max.clone();
   tp->all_reduce(global_max, ReduceOp::Max);
+  const Tensor host_global_max = global_max.to(Device::cpu());
+  const float* g = host_global_max.data<float>();
   {
     Tensor host_sum_exp = sum_exp.to(Device::cpu());
-    const Tensor host_row_max = row_max.to(Device::cpu()), host_global_max = global_max.to(Device::cpu());
+    const Tensor host_row_max = row_max.to(Device::cpu());
     float* s = host_sum_exp.data<float>();
     const float* m = host_row_max.data<float>();
-    const float* g = host_global_max.data<float>();
     for (int64_t i = 0; i < N; ++i) s[i] *= std::exp(m[i] - g[i]);  // rescale to the global max
     if (!host_sum_exp.same_storage(sum_exp)) sum_exp.copy_(host_sum_exp);
   }
   tp->all_reduce(stats);
-  const Tensor host_stats = stats.to(Device::cpu()), host_global_max = global_max.to(Device::cpu());
+  const Tensor host_stats = stats.to(Device::cpu());
   Tensor host_losses = losses.to(Device::cpu()), host_lse = lse.to(Device::cpu());
   const float* s = host_stats.select(0, 0).data<float>();
   const float* x = host_stats.select(0, 1).data<float>();
-  const float* g = host_global_max.data<float>();
   float* pl = host_losses.data<float>();
   float* ps = host_lse.data<float>();
   for (int64_t i = 0; i < N; ++i) {
@@ -118,6 +118,5 @@ void VocabParallelCrossEntropy::backward(Communicator* tp, const Tensor& logits,
   if (!active(tp)) return kernels::cross_entropy_backward(logits, targets, lse, ignore_index, grad_scale, dlogits);
   kernels::cross_entropy_shard_backward(logits, targets, vocab_start, lse, ignore_index, grad_scale, dlogits);
 }
-
 
 }  // namespace anvil

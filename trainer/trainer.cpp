@@ -92,15 +92,14 @@ Device training_device(const RunSection& run, Communicator* host) {
 
 DType compute_dtype(const RunSection& run) { return run.precision == "bf16" ? DType::BF16 : DType::F32; }
 
+GridDims grid_dims(const ParallelSection& p) { return GridDims{int(p.dp), int(p.tp), int(p.pp), int(p.sp)}; }
+
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
     : config_(std::move(config)), mode_(mode), world_(std::move(world)) {
   // Every rank checks the same numbers before any collective, so a bad launch fails everywhere at once.
   check_parallel_launch(config_.parallel, world_ ? world_->size() : 1);
-  validate_layout(GridDims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
-                           int(config_.parallel.sp)},
-                  config_.model);
+  validate_layout(grid_dims(config_.parallel), config_.model);
   device_ = training_device(config_.run, world_.get());  // a clear error when cuda is asked for and no GPU is visible
-  compute_ = compute_dtype(config_.run);
   if (device_.is_cuda()) cuda_set_device(device_.index);
   if (world_) {
     grid_ = build_process_grid();
@@ -139,9 +138,9 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
 
   ModelLayout layout;
-  if (grid_ && grid_->size(Axis::TP) > 1) layout.tp = &grid_->comm(Axis::TP);
-  if (grid_ && grid_->size(Axis::SP) > 1) layout.sp = &grid_->comm(Axis::SP);
-  if (grid_ && grid_->size(Axis::PP) > 1) {
+  layout.tp = split_axis(Axis::TP);
+  layout.sp = split_axis(Axis::SP);
+  if (split_axis(Axis::PP)) {
     layout.stage = grid_->rank(Axis::PP);
     layout.stages = grid_->size(Axis::PP);
   }
@@ -164,7 +163,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     for (Param* p : model_->params()) p->set_trainable(false);
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
-  model_->to(device_, compute_);
+  model_->to(device_, compute_dtype(config_.run));
   // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
   // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
   if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();
@@ -178,14 +177,11 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   // Every step runs through the pipeline executor; with one stage its table is plain
   // accumulation (forward, backward, forward, backward ...).
-  pipeline_ = std::make_unique<PipelineExecutor>(*model_, grid_ && grid_->size(Axis::PP) > 1 ? &grid_->comm(Axis::PP)
-                                                                                               : nullptr,
+  pipeline_ = std::make_unique<PipelineExecutor>(*model_, split_axis(Axis::PP),
                                                  parse_pipe_schedule(config_.parallel.pp_schedule));
   if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
-  if (!inference) {
-    Communicator* tp = grid_ && grid_->size(Axis::TP) > 1 ? &grid_->comm(Axis::TP) : nullptr;
-    optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), tp});
-  }
+  if (!inference)
+    optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), split_axis(Axis::TP)});
 
   const std::string resolved = to_yaml(config_);
   if (!inference && main_rank_) {
@@ -237,15 +233,17 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
 Trainer::~Trainer() = default;
 
 std::unique_ptr<ProcessGrid> Trainer::build_process_grid() {
-  const GridDims dims{int(config_.parallel.dp), int(config_.parallel.tp), int(config_.parallel.pp),
-                      int(config_.parallel.sp)};
   // cpu: the axes are split from the MPI world (host tensors). cuda: from a NCCL communicator over
   // the same ranks on this rank's GPU, so gradients, activations and optimizer exchanges move
   // device tensors with NCCL while host values (token counts, losses, norms) still go over MPI;
   // world_ stays MPI for checkpoints (MPI-IO), the memory report and the peer watchdog.
   std::shared_ptr<Communicator> collectives;
   if (device_.is_cuda() && world_->size() > 1) collectives = grid_collective_world(world_, "cuda", device_.index);
-  return std::make_unique<ProcessGrid>(world_, dims, collectives);
+  return std::make_unique<ProcessGrid>(world_, grid_dims(config_.parallel), collectives);
+}
+
+Communicator* Trainer::split_axis(Axis axis) const {
+  return grid_ && grid_->size(axis) > 1 ? &grid_->comm(axis) : nullptr;
 }
 
 bool Trainer::writes(bool tp_shard) const {
@@ -375,9 +373,7 @@ StepRecord Trainer::train_step() {
   StepRecord r;
   if (dp_) dp_->finish_grad_sync();
   if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
-  r.grad_norm = clip_model_grad_norm(*model_, dp_.get(),
-                                     grid_ && grid_->size(Axis::PP) > 1 ? &grid_->comm(Axis::PP) : nullptr,
-                                     config_.optimizer.grad_clip);
+  r.grad_norm = clip_model_grad_norm(*model_, dp_.get(), split_axis(Axis::PP), config_.optimizer.grad_clip);
   r.lr = learning_rate(config_.schedule, step_);
   r.loss = loss_sum;  // the mean over the step's micro-batches
   // On reduced values only, so every rank reaches the same verdict.

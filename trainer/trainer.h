@@ -62,9 +62,10 @@ Device training_device(const RunSection& run, Communicator* host = nullptr);
 DType compute_dtype(const RunSection& run);
 
 // The launch checks every rank computes alike before any collective: the degrees
-// must multiply to the world size, and only dp may exceed 1 for now. Each failure is
-// one Error naming both numbers and the fix.
+// must multiply to the world size. Each failure is one Error naming both numbers and the fix.
 void check_parallel_launch(const ParallelSection& parallel, int world_size);
+// The parallel section's degrees as the process grid's dims.
+GridDims grid_dims(const ParallelSection& parallel);
 
 struct StepRecord {
   int64_t step = 0;  // 1-based: the optimizer step just taken
@@ -134,6 +135,8 @@ class Trainer {
   // The one place the grid's communicators are created: split from the MPI world on the CPU,
   // from a NCCL communicator over the same ranks on GPUs (parallel/nccl_communicator.h).
   std::unique_ptr<ProcessGrid> build_process_grid();
+  // The communicator of a grid axis split over more than one rank; null otherwise (or without a grid).
+  Communicator* split_axis(Axis axis) const;
   // Every rank's bytes of params, grads, optimizer state and the last step's activations,
   // printed together by the main rank (a collective).
   void report_memory();
@@ -151,10 +154,9 @@ class Trainer {
 
   RunConfig config_;
   TrainerMode mode_;
-  bool main_rank_ = true;  // dp rank 0 (the only one that prints and writes)
+  bool main_rank_ = true;  // world rank 0 (the only one that prints)
   bool verbose_;
   Device device_;                 // where the model, its gradients and the optimizer state live
-  DType compute_ = DType::F32;    // run.precision: the dtype of weights and activations
   std::shared_ptr<Communicator> world_;
   std::unique_ptr<ProcessGrid> grid_;
   Communicator* data_group_ = nullptr;  // dp x sp: the ranks whose gradients sum (null when one)
