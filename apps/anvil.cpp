@@ -3,6 +3,7 @@
 // exits non-zero; nothing here aborts on bad input.
 #include <CLI/CLI.hpp>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,12 +18,14 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "eval/perplexity.h"
 #include "models/hf_convert.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/exit_codes.h"
 #include "trainer/plot.h"
 #include "trainer/checkpoint.h"
+#include "trainer/load_model.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -35,29 +38,6 @@ std::string read_file(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// A checkpoint directory (holding checkpoint.h5), or the newest one under a run directory or root.
-std::string find_checkpoint_dir(const std::string& path) {
-  std::string dir = path;
-  if (std::ifstream(dir + "/" + kCheckpointFile).good() == false) {
-    // A run directory or a checkpoint root: take the newest checkpoint under it.
-    std::string found = latest_checkpoint(dir + "/checkpoints");
-    if (found.empty()) found = latest_checkpoint(dir);
-    ANVIL_CHECK(!found.empty(), "no complete checkpoint in ", path,
-                " — pass a checkpoint directory (…/checkpoints/step_N) or a run directory");
-    dir = found;
-  }
-  return dir;
-}
-
-// The run config stored in a checkpoint, pointed back at that checkpoint.
-RunConfig config_from_checkpoint(const std::string& path, const std::vector<std::string>& overrides) {
-  const std::string dir = find_checkpoint_dir(path);
-  const CheckpointMeta meta = read_checkpoint_meta(dir);
-  std::vector<std::string> all = overrides;
-  all.push_back("checkpoint.resume=" + dir);
-  return parse_run_config(meta.run_config_yaml, dir + "/" + kCheckpointFile, dir, all);
 }
 
 struct TrainArgs {
@@ -234,21 +214,42 @@ int run_tokenizer_train(const TokenizerArgs& a) {
 }
 
 int run_generate(const GenerateArgs& a) {
-  RunConfig cfg = config_from_checkpoint(a.checkpoint, a.overrides);
-  cfg.training.sample_temperature = a.temperature;
-  cfg.training.sample_top_k = a.top_k;
-  cfg.training.sample_top_p = a.top_p;
-  cfg.run.seed = static_cast<int64_t>(a.seed);
-  Trainer trainer(cfg, TrainerMode::Inference);
-  std::printf("%s\n", trainer.sample(a.prompt, a.max_tokens).c_str());
+  LoadModelOptions options;
+  options.overrides = a.overrides;
+  const LoadedModel loaded = load_model(a.checkpoint, options);
+  const RunConfig& cfg = loaded.config;
+  if (cfg.run.threads > 0) omp_set_num_threads(static_cast<int>(cfg.run.threads));
+  ANVIL_CHECK(!cfg.tokenizer.path.empty(), a.checkpoint, " has no tokenizer.json — generation needs one to encode "
+              "the prompt; put the model's tokenizer.json beside its config.json");
+  const Tokenizer tokenizer = Tokenizer::load(cfg.tokenizer.path);
+  std::shared_ptr<const TokenStore> store;
+  if (cfg.data.train != "none") store = std::make_shared<const TokenStore>(TokenStore::open(cfg.data.train));
+  SamplingConfig s;
+  s.temperature = a.temperature;
+  s.top_k = a.top_k;
+  s.top_p = a.top_p;
+  s.seed = static_cast<uint64_t>(a.seed) + static_cast<uint64_t>(loaded.step);
+  std::printf("%s\n", complete_text(*loaded.model, tokenizer, a.prompt, a.max_tokens, s,
+                                     end_of_document_id(store.get(), tokenizer)).c_str());
   return 0;
 }
 
 int run_eval(const EvalArgs& a) {
-  Trainer trainer(config_from_checkpoint(a.checkpoint, a.overrides), TrainerMode::Inference);
-  const double loss = trainer.evaluate(a.batches);
-  std::printf("step %ld: validation loss %.4f, perplexity %.3f (unigram entropy %.4f)\n", long(trainer.step()), loss,
-              std::exp(loss), trainer.unigram_entropy());
+  LoadModelOptions options;
+  options.overrides = a.overrides;
+  const LoadedModel loaded = load_model(a.checkpoint, options);
+  const RunConfig& cfg = loaded.config;
+  if (cfg.run.threads > 0) omp_set_num_threads(static_cast<int>(cfg.run.threads));
+  ANVIL_CHECK(cfg.data.train != "none", "evaluation needs data: ", a.checkpoint, " names no token store (data.train "
+              "is none) — pass --set data.train=path/to/tokens.h5");
+  ANVIL_CHECK(cfg.data.valid_fraction > 0, "evaluation needs a validation split — set data.valid_fraction > 0");
+  auto store = std::make_shared<const TokenStore>(TokenStore::open(cfg.data.train));
+  store->check_tokenizer(Tokenizer::load(cfg.tokenizer.path).hash_hex());
+  Loader valid(store, loader_config(cfg), Split::Valid);
+  const double loss = mean_loss(*loaded.model, valid, a.batches, static_cast<int>(cfg.training.ignore_index));
+  const Loader train(store, loader_config(cfg), Split::Train);
+  std::printf("step %ld: validation loss %.4f, perplexity %.3f (unigram entropy %.4f)\n", long(loaded.step), loss,
+              std::exp(loss), unigram_entropy(*store, train.documents()));
   return 0;
 }
 

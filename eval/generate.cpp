@@ -199,4 +199,20 @@ std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vect
   return out;
 }
 
+std::string complete_text(TransformerLM& model, const Tokenizer& tokenizer, const std::string& prompt, int64_t tokens,
+                          const SamplingConfig& config, int32_t eos) {
+  std::vector<int32_t> ids = tokenizer.encode(prompt);
+  if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
+  const int64_t room = model.config().max_position_embeddings - static_cast<int64_t>(ids.size());
+  const auto out = generate(model, {ids}, static_cast<int>(std::min(tokens, room)), config,
+                            eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
+  return prompt + tokenizer.decode(out[0]);
+}
+
+int32_t end_of_document_id(const TokenStore* store, const Tokenizer& tokenizer) {
+  if (store) return store->info().eos_id;
+  if (const auto id = tokenizer.token_to_id("<|endoftext|>")) return *id;
+  return -1;
+}
+
 }  // namespace anvil

@@ -16,8 +16,11 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "data/token_store.h"
+#include "data/tokenizer.h"
 #include "models/transformer.h"
 
 namespace anvil {
@@ -57,5 +60,13 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingConfig& c
 std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts,
                                           int max_new_tokens, const SamplingConfig& config,
                                           std::optional<int32_t> stop_token = std::nullopt);
+
+// The prompt followed by the text of up to `tokens` generated tokens (fewer when the model's
+// positions run out), stopping at `eos` when given (>= 0). An empty prompt starts a new
+// document: it begins with eos (or token 0 without one).
+std::string complete_text(TransformerLM& model, const Tokenizer& tokenizer, const std::string& prompt, int64_t tokens,
+                          const SamplingConfig& config, int32_t eos);
+// The end-of-document token of a run: the store's, or without data the tokenizer's <|endoftext|>; -1 if none.
+int32_t end_of_document_id(const TokenStore* store, const Tokenizer& tokenizer);
 
 }  // namespace anvil

@@ -104,7 +104,41 @@ void TransformerLM::init_weights(uint64_t seed) {
 Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward runs the whole model, but this rank holds pipeline stage ",
               layout_.stage, " of ", layout_.stages, " — run it through forward_stage (PipelineExecutor)");
-  return forward_stage(ids, c);  // the one stage: embeddings, every block, norm and head
+  return forward_head(forward_stage(ids, c), head_cache(c));
+}
+
+Tensor TransformerLM::forward_hidden(const Tensor& ids, Cache& c, HiddenTaps* taps) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward_hidden runs the whole trunk, but this rank holds pipeline "
+              "stage ", layout_.stage, " of ", layout_.stages, " — run it through forward_stage (PipelineExecutor)");
+  return forward_stage(ids, c, taps);
+}
+
+void TransformerLM::backward_hidden(const Tensor& dhidden, Cache& c) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward_hidden runs the whole trunk, but this rank holds pipeline "
+              "stage ", layout_.stage, " of ", layout_.stages, " — run it through backward_stage (PipelineExecutor)");
+  backward_stage(dhidden, c);
+}
+
+Tensor TransformerLM::forward_head(const Tensor& hidden, Cache& c) {
+  ANVIL_CHECK(is_last_stage(), "forward_head: pipeline stage ", layout_.stage, " of ", layout_.stages,
+              " has no head — only the last stage holds the LM head");
+  check_dtype(hidden, compute_, "the head's input hidden state");
+  ANVIL_CHECK(hidden.dim() == 3 && hidden.size(2) == config_.hidden_size, "forward_head: the hidden state must be "
+              "[batch, seq_len, ", config_.hidden_size, "], got ", hidden.describe());
+  return head_->forward(hidden, c);
+}
+
+Tensor TransformerLM::backward_head(const Tensor& dlogits, Cache& c) {
+  ANVIL_CHECK(is_last_stage(), "backward_head: pipeline stage ", layout_.stage, " of ", layout_.stages,
+              " has no head — only the last stage holds the LM head");
+  Tensor dx = head_->backward(dlogits, c);
+  c.clear();
+  report_grads_ready({&*head_});  // the tied head lists no params: its weight is reported with the embedding
+  return dx;
+}
+
+CrossEntropyLoss TransformerLM::cross_entropy() const {
+  return CrossEntropyLoss(tp_, vocab_start_, config_.vocab_size, layout_.sp);
 }
 
 Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only) {
@@ -150,14 +184,10 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward runs the whole model, but this rank holds pipeline stage ",
               layout_.stage, " of ", layout_.stages, " — run it through backward_stage (PipelineExecutor)");
-  trunk_backward(head_backward(dlogits, c), c);
+  Tensor dx = backward_head(dlogits, head_cache(c));
+  c.clear_own();  // whatever the caller saved beside the trunk
+  trunk_backward(std::move(dx), c);
   return Tensor();
-}
-
-Tensor TransformerLM::head_backward(Tensor dlogits, Cache& c) {
-  Tensor dx = head_->backward(dlogits, c.child(blocks_.size() + 2));
-  c.clear_own();  // logits and the head input die here (with this function's copy of dlogits)
-  return dx;
 }
 
 void TransformerLM::report_grads_ready(std::initializer_list<Module*> modules) {
@@ -172,7 +202,7 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   const size_t L = blocks_.size();
   if (is_last_stage()) {
     dx = norm_f_->backward(dx, c.child(L + 1));
-    report_grads_ready({norm_f_.get(), &*head_});  // the tied head lists no params
+    report_grads_ready({norm_f_.get()});
   }
   for (size_t i = L; i-- > 0;) {
     dx = blocks_[i]->backward(dx, c.child(1 + i));
@@ -192,50 +222,30 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
 }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
+  ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward_loss runs the whole model, but this rank holds pipeline "
+              "stage ", layout_.stage, " of ", layout_.stages, " — run it through forward_stage_loss (PipelineExecutor)");
   check_dtype(targets, DType::I32, "targets");
   ANVIL_CHECK(targets.shape() == ids.shape(), "targets ", targets.describe(), " must match ids ", ids.describe());
-  return cross_entropy_loss(forward(ids, c), targets, c, ignore_index);
+  return head_loss(forward_stage(ids, c), targets, c, ignore_index);
 }
 
-// The mean over non-ignored targets; saves what loss_backward needs (the logits too) in c.
-float TransformerLM::cross_entropy_loss(const Tensor& logits, const Tensor& targets, Cache& c, int ignore_index) {
-  const int64_t N = targets.numel();
-  Tensor losses = empty_like(logits, {N}, DType::F32), lse = empty_like(logits, {N}, DType::F32);
-  const Tensor flat_targets = targets.contiguous().view({N});
-  const int64_t count = VocabParallelCrossEntropy::forward(tp_, logits.view({N, logits.size(-1)}), vocab_start(),
-                                                           config_.vocab_size, flat_targets, ignore_index, losses, lse);
-  double loss_sum = kernels::sum(losses), tokens = static_cast<double>(count);
-  if (sequence_) {
-    // The mean over the whole sequences: every sp rank divides by the group's token count.
-    const std::vector<double> group = all_reduce_sum(*layout_.sp, {loss_sum, tokens});
-    loss_sum = group[0];
-    tokens = group[1];
-  }
-  c["logits"] = logits;
-  c["targets"] = flat_targets;
-  c["lse"] = lse;
-  c["count"] = Tensor::full({1}, tokens, DType::I64);
-  c["ignore_index"] = Tensor::full({1}, ignore_index, DType::I32);
-  return tokens > 0 ? static_cast<float>(loss_sum / tokens) : 0.0f;
+float TransformerLM::head_loss(const Tensor& hidden, const Tensor& targets, Cache& c, int ignore_index) {
+  return cross_entropy().forward(forward_head(hidden, head_cache(c)), targets, c, ignore_index);
 }
 
 void TransformerLM::backward_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::backward_loss runs the whole model, but this rank holds pipeline "
               "stage ", layout_.stage, " of ", layout_.stages,
               " — run it through backward_stage_loss (PipelineExecutor)");
-  loss_backward(c, loss_scale, loss_tokens);
+  head_loss_backward(c, loss_scale, loss_tokens);
 }
 
-Tensor TransformerLM::loss_backward(Cache& c, float loss_scale, int64_t loss_tokens) {
+Tensor TransformerLM::head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens) {
   Tensor dx;
   {
-    Tensor logits = c.get("logits");
-    const double count = loss_tokens >= 0 ? static_cast<double>(loss_tokens) : c.get("count").item();
-    Tensor flat = logits.view({-1, logits.size(-1)});
-    VocabParallelCrossEntropy::backward(tp_, flat, vocab_start(), c.get("targets"), c.get("lse"),
-                                        static_cast<int>(c.get("ignore_index").item()),
-                                        count > 0 ? static_cast<float>(loss_scale / count) : 0.0f, flat);  // in place
-    dx = head_backward(std::move(logits), c);
+    const Tensor dlogits = cross_entropy().backward(c, loss_scale, loss_tokens);  // in place over the logits
+    dx = backward_head(dlogits, head_cache(c));
+    c.clear_own();  // the logits and the loss's saved rows die here, with dlogits
   }
   return trunk_backward(std::move(dx), c);
 }

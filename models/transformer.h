@@ -9,6 +9,7 @@
 #include "models/block.h"
 #include "models/config.h"
 #include "models/kv_cache.h"
+#include "models/lm_loss.h"
 
 namespace anvil {
 
@@ -24,6 +25,16 @@ struct MemoryTable {
 
 // How this rank's model is split over the process grid. All null / 1: the whole model in
 // one process. Each communicator is the grid's sub-communicator for that axis.
+// Hidden states of chosen layers, read during a forward (EAGLE-style drafters read three of the
+// target's layers). `layers` are global layer indices; forward fills `states` in the same order
+// with each layer's output [B, T, hidden] (Hugging Face's hidden_states[i + 1]), undefined for a
+// layer another pipeline stage holds. The tensors are the forward's own, not copies: read them
+// before the next forward.
+struct HiddenTaps {
+  std::vector<int64_t> layers;
+  std::vector<Tensor> states;
+};
+
 struct ModelLayout {
   Communicator* tp = nullptr;  // tensor parallel: heads, MLP width and vocabulary split
   Communicator* sp = nullptr;  // Ulysses sequence parallel: each rank holds a slice of every sequence
@@ -73,14 +84,36 @@ class TransformerLM : public Module {
   // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
   void init_weights(uint64_t seed);
 
+  // ---- The whole model (one pipeline stage): trunk, head and loss ----
   // ids: i32 [B, T] -> logits [B, T, vocab] (under tp: this rank's vocabulary shard
   // [B, T, vocab / tp], ids vocab_start() ..; gather them with GatherFromTensorParallelRegion).
   // Under sp, ids [B, Tl] are this rank's slice and the logits are those of its positions;
   // the forward first all-gathers the slice lengths over sp (T is their sum) and refuses,
   // on every sp rank alike, slices that do not follow partition_sequence.
+  // forward = forward_head(forward_hidden(ids, c), c.child(head)).
   Tensor forward(const Tensor& ids, Cache& c) override;
   // dlogits: [B, T, vocab] (under tp: the shard) -> accumulates every gradient; returns an undefined tensor.
   Tensor backward(const Tensor& dlogits, Cache& c) override;
+
+  // The trunk: embeddings, every block and the final norm. ids i32 [B, T] -> the last hidden
+  // state [B, T, hidden] (after the final norm: what the LM head reads, Hugging Face's
+  // hidden_states[-1]). `taps`, when given, also receives the output of chosen layers.
+  Tensor forward_hidden(const Tensor& ids, Cache& c, HiddenTaps* taps = nullptr);
+  // The gradient of the last hidden state -> accumulates the trunk's gradients. A caller that
+  // trains only what reads the hidden state (Medusa-1's heads on a frozen trunk) stops the
+  // gradient there by not calling this: dropping the Cache is enough, no trunk dx is computed.
+  void backward_hidden(const Tensor& dhidden, Cache& c);
+  // The LM head on a hidden state [B, T, hidden] -> logits [B, T, vocab / tp]; saves its input
+  // in `c` (a cache of the caller's, for the head alone). On the last pipeline stage only.
+  Tensor forward_head(const Tensor& hidden, Cache& c);
+  // dlogits -> the gradient of the head's input; accumulates the head's gradient (a tied head:
+  // the embedding's) and reports it ready. Clears `c`.
+  Tensor backward_head(const Tensor& dlogits, Cache& c);
+  // The loss that scores this model's logits: vocab-parallel under tp, a group mean under sp.
+  CrossEntropyLoss cross_entropy() const;
+  // Where a stage Cache keeps what the head and its loss save (forward_head's cache and the
+  // loss's), so that state is measured and dropped with the stage's own.
+  Cache& head_cache(Cache& c) { return c.child(blocks_.size() + 2); }
 
   // Incremental inference with a KV cache (nothing is saved for backward): ids
   // i32 [B, T_new] are positions kv.length() .. kv.length() + T_new - 1 of each
@@ -91,9 +124,9 @@ class TransformerLM : public Module {
   // Not tensor- or sequence-parallel: throws when the model was built with a tp or sp communicator.
   Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
 
-  // Mean cross-entropy over targets != ignore_index; logits stay in the cache. Under sp
-  // (ids and targets this rank's slices) the mean over the whole sp group's tokens, the
-  // same on every sp rank and equal to one process's loss on the full sequences.
+  // Mean cross-entropy over targets != ignore_index (forward, then cross_entropy()); logits
+  // stay in the cache. Under sp (ids and targets this rank's slices) the mean over the whole
+  // sp group's tokens, the same on every sp rank and equal to one process's loss on the full sequences.
   float forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index = -100);
   // Backward from forward_loss's mean loss times loss_scale (1/micro-batches for accumulation).
   // loss_tokens: the token count the summed loss is divided by; -1 = this micro-batch's
@@ -102,16 +135,18 @@ class TransformerLM : public Module {
   // gradients summed over ranks are those of the mean over the whole global micro-batch.
   void backward_loss(Cache& c, float loss_scale = 1.0f, int64_t loss_tokens = -1);
 
-  // ---- Pipeline stages (any layout.stages; with one stage they run the whole model) ----
+  // ---- Pipeline stages (any layout.stages; with one stage they run the whole trunk) ----
+  // models/lm_pipeline.h wraps these as the parallel/pipeline_stage.h interface.
   // Stage forward. input: the first stage's token ids i32 [B, T]; any later stage's incoming
-  // hidden state [B, T, hidden] in compute_dtype() (the previous stage's output). Returns the hidden state
-  // [B, T, hidden] to send on, or on the last stage the logits (as forward).
-  Tensor forward_stage(const Tensor& input, Cache& c);
-  // Stage backward of a stage that is not the last: dy is the gradient of its output (from
-  // the next stage). Accumulates this stage's gradients; returns the gradient of its input
-  // hidden state to send back, or an undefined tensor on the first stage.
+  // hidden state [B, T, hidden] in compute_dtype() (the previous stage's output). Returns the
+  // hidden state [B, T, hidden] to send on; on the last stage, after the final norm (what
+  // forward_head reads). `taps` receives the chosen layers this stage holds.
+  Tensor forward_stage(const Tensor& input, Cache& c, HiddenTaps* taps = nullptr);
+  // Stage backward: dy is the gradient of its output (from the next stage, or on the last
+  // stage of the final hidden state). Accumulates this stage's gradients; returns the gradient
+  // of its input hidden state to send back, or an undefined tensor on the first stage.
   Tensor backward_stage(const Tensor& dy, Cache& c);
-  // The last stage's forward_stage then forward_loss's mean cross-entropy (targets i32 [B, T]).
+  // The last stage's forward_stage, head and loss (forward_loss of a stage); targets i32 [B, T].
   float forward_stage_loss(const Tensor& input, const Tensor& targets, Cache& c, int ignore_index = -100);
   // The last stage's backward from forward_stage_loss, with backward_loss's loss_scale and
   // loss_tokens; returns the gradient of the stage's input (undefined with one stage).
@@ -157,13 +192,12 @@ class TransformerLM : public Module {
   MemoryTable memory_table(int64_t batch, int64_t seq_len) const;
 
  private:
-  // By value so the last reference to dlogits can die before the trunk's backward.
-  Tensor head_backward(Tensor dlogits, Cache& c);
   // Final norm (last stage), this stage's blocks, embeddings (first stage); returns the
   // gradient of the stage's input (undefined on the first stage).
   Tensor trunk_backward(Tensor dx, Cache& c);
-  float cross_entropy_loss(const Tensor& logits, const Tensor& targets, Cache& c, int ignore_index);
-  Tensor loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
+  // The head and loss on the last stage's hidden state, saving into c; the backward from it.
+  float head_loss(const Tensor& hidden, const Tensor& targets, Cache& c, int ignore_index);
+  Tensor head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
   // Token (and GPT-2 position) embeddings of ids whose first position is `start`.
   Tensor embed_stage_input(const Tensor& ids, int64_t start, Cache& c);
   bool tied_over_stages() const { return config_.tie_word_embeddings && layout_.stages > 1; }

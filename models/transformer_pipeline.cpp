@@ -22,7 +22,7 @@ Tensor TransformerLM::embed_stage_input(const Tensor& ids, int64_t start, Cache&
   return x;
 }
 
-Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c) {
+Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c, HiddenTaps* taps) {
   ANVIL_CHECK(input.dim() >= 2, "forward_stage: the input must be [batch, seq_len, ...], got ", input.describe());
   // Under sp every stage learns the split (its attention layers need it); the first also the positions.
   const int64_t T = input.size(1);
@@ -40,16 +40,24 @@ Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c) {
                 " — only stage 0 takes token ids");
     x = input;
   }
+  if (taps) {
+    for (int64_t layer : taps->layers)
+      ANVIL_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "hidden taps: layer ", layer,
+                  " does not exist — the model has layers 0 .. ", config_.num_hidden_layers - 1);
+    taps->states.assign(taps->layers.size(), Tensor());
+  }
   const size_t L = blocks_.size();
-  for (size_t i = 0; i < L; ++i) x = blocks_[i]->forward(x, c.child(1 + i));
+  for (size_t i = 0; i < L; ++i) {
+    x = blocks_[i]->forward(x, c.child(1 + i));
+    if (taps)
+      for (size_t k = 0; k < taps->layers.size(); ++k)
+        if (taps->layers[k] == first_layer_ + static_cast<int64_t>(i)) taps->states[k] = x;
+  }
   if (!is_last_stage()) return x;
-  x = norm_f_->forward(x, c.child(L + 1));
-  return head_->forward(x, c.child(L + 2));
+  return norm_f_->forward(x, c.child(L + 1));
 }
 
 Tensor TransformerLM::backward_stage(const Tensor& dy, Cache& c) {
-  ANVIL_CHECK(!is_last_stage(), "backward_stage: stage ", layout_.stage, " of ", layout_.stages,
-              " is the last; it starts backward from its loss with backward_stage_loss");
   check_dtype(dy, compute_, "pipeline stage output gradient");
   ANVIL_CHECK(dy.dim() == 3 && dy.size(2) == config_.hidden_size, "backward_stage: the output gradient must be [batch, "
               "seq_len, ", config_.hidden_size, "], got ", dy.describe());
@@ -63,13 +71,13 @@ float TransformerLM::forward_stage_loss(const Tensor& input, const Tensor& targe
   ANVIL_CHECK(targets.dim() == 2 && input.dim() >= 2 && targets.size(0) == input.size(0) &&
                   targets.size(1) == input.size(1),
               "targets ", targets.describe(), " must be [batch, seq_len] of the stage input ", input.describe());
-  return cross_entropy_loss(forward_stage(input, c), targets, c, ignore_index);
+  return head_loss(forward_stage(input, c), targets, c, ignore_index);
 }
 
 Tensor TransformerLM::backward_stage_loss(Cache& c, float loss_scale, int64_t loss_tokens) {
   ANVIL_CHECK(is_last_stage(), "backward_stage_loss: stage ", layout_.stage, " of ", layout_.stages,
               " has no loss — it starts backward from the next stage's gradient with backward_stage");
-  return loss_backward(c, loss_scale, loss_tokens);
+  return head_loss_backward(c, loss_scale, loss_tokens);
 }
 
 Param* TransformerLM::tied_embedding_copy() {

@@ -1,10 +1,8 @@
 #include "parallel/pipeline_executor.h"
 
-#include <cmath>
-#include <map>
+#include <cstring>
 #include <memory>
-
-#include "parallel/tensor_parallel.h"
+#include <map>
 
 namespace anvil {
 
@@ -12,58 +10,61 @@ namespace {
 int activation_tag(int micro_batch) { return 2 * micro_batch; }
 int gradient_tag(int micro_batch) { return 2 * micro_batch + 1; }
 
-int64_t count_targets(const Tensor& targets, int ignore_index) {
-  const Tensor t = targets.to(Device::cpu()).contiguous();  // counted on the host
-  const int32_t* p = t.data<int32_t>();
-  int64_t n = 0;
-  for (int64_t i = 0; i < t.numel(); ++i) n += p[i] != ignore_index;
-  return n;
-}
-
 // The tables of every stage complete under their dependencies (the no-deadlock argument).
 void check_schedule_completes(PipeSchedule schedule, int stages, int micro_batches) {
   std::vector<std::vector<PipeAction>> tables;
   for (int s = 0; s < stages; ++s) tables.push_back(pipeline_actions(schedule, stages, s, micro_batches));
   simulate_pipeline(tables, 1.0, 2.0);  // throws if they deadlock
 }
+
+void check_micro_batch_count(int M) {
+  ANVIL_CHECK(M >= 1, "PipelineExecutor needs at least one micro-batch");
+  ANVIL_CHECK(gradient_tag(M - 1) < kMaxPortableTag, "PipelineExecutor: ", M,
+              " micro-batches exceed the message tags MPI guarantees — use at most ", kMaxPortableTag / 2);
+}
 }  // namespace
 
-PipelineExecutor::PipelineExecutor(TransformerLM& model, Communicator* pp, PipeSchedule schedule)
-    : model_(model), pp_(pp), schedule_(schedule), stage_(model.layout().stage), stages_(model.layout().stages) {
-  if (stages_ == 1 && pp == nullptr) return;
-  ANVIL_CHECK(pp != nullptr && pp->size() == stages_ && pp->rank() == stage_, "PipelineExecutor: the model is stage ",
-              stage_, " of ", stages_, " but the pipeline communicator is ",
-              pp ? "rank " + std::to_string(pp->rank()) + " of " + std::to_string(pp->size()) : std::string("null"),
-              " — build the model with ModelLayout{.., stage = grid.rank(Axis::PP), stages = grid.size(Axis::PP)} "
-              "and pass grid.comm(Axis::PP)");
+PipelineExecutor::PipelineExecutor(PipelineStage& stage, Communicator* pp, PipeSchedule schedule)
+    : stage_impl_(stage), pp_(pp), schedule_(schedule), stage_(pp ? pp->rank() : 0), stages_(pp ? pp->size() : 1) {}
+
+void PipelineExecutor::share_values(std::vector<PipelineLoss::Value>& values, PipelineStepResult& result) const {
+  // There is no f64 dtype: the doubles travel as their 64-bit patterns, so every rank gets the
+  // last stage's values bit for bit.
+  const size_t M = values.size();
+  std::vector<int64_t> bits(3 * M);
+  for (size_t m = 0; m < M; ++m) {
+    const double v[3] = {static_cast<double>(values[m].loss), values[m].weight, values[m].objective};
+    std::memcpy(&bits[3 * m], v, sizeof v);
+  }
+  Tensor shared = Tensor::empty({static_cast<int64_t>(3 * M)}, DType::I64);
+  std::memcpy(shared.data<int64_t>(), bits.data(), bits.size() * sizeof(int64_t));
+  if (pp_ && stages_ > 1) pp_->broadcast(shared, stages_ - 1);
+  std::memcpy(bits.data(), shared.data<int64_t>(), bits.size() * sizeof(int64_t));
+  result.losses.resize(M);
+  result.weights.resize(M);
+  result.loss = 0;
+  for (size_t m = 0; m < M; ++m) {  // summed in micro-batch order on every rank: the same double everywhere
+    double v[3];
+    std::memcpy(v, &bits[3 * m], sizeof v);
+    result.losses[m] = static_cast<float>(v[0]);
+    result.weights[m] = v[1];
+    result.loss += v[2];
+  }
 }
 
-PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>& micro_batches, int ignore_index) {
-  const int M = static_cast<int>(micro_batches.size());
-  ANVIL_CHECK(M >= 1, "PipelineExecutor::step needs at least one micro-batch");
-  ANVIL_CHECK(gradient_tag(M - 1) < kMaxPortableTag, "PipelineExecutor::step: ", M,
-              " micro-batches exceed the message tags MPI guarantees — use at most ", kMaxPortableTag / 2);
-  for (int m = 0; m < M; ++m) {
-    const PipelineMicroBatch& mb = micro_batches[m];
-    ANVIL_CHECK(mb.ids.defined() && mb.targets.defined() && mb.ids.dim() == 2 && mb.targets.shape() == mb.ids.shape(),
-                "PipelineExecutor::step: micro-batch ", m, " needs ids and targets of one shape [batch, seq_len] on "
-                "every stage (later stages size their messages by it), got ",
-                mb.ids.defined() ? mb.ids.describe() : "no ids", " and ",
-                mb.targets.defined() ? mb.targets.describe() : "no targets");
-  }
+PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
+  check_micro_batch_count(M);
   const std::vector<PipeAction> actions = pipeline_actions(schedule_, stages_, stage_, M);
   check_schedule_completes(schedule_, stages_, M);
-  const bool first = model_.is_first_stage(), last = model_.is_last_stage();
-  const int64_t C = model_.config().hidden_size;
-  // Hidden states and their gradients travel in the model's compute dtype, on its device.
-  auto hidden_buffer = [&](int m) {
-    return Tensor::empty({micro_batches[m].ids.size(0), micro_batches[m].ids.size(1), C}, model_.compute_dtype(),
-                         model_.device());
+  const bool first = stage_ == 0, last = stage_ == stages_ - 1;
+  // Activations and their gradients travel in the stage's dtype, on its device.
+  auto buffer = [&](int m) {
+    return Tensor::empty(stage_impl_.input_shape(m), stage_impl_.activation_dtype(), stage_impl_.device());
   };
 
   PipelineStepResult result;
-  std::vector<float> losses(M, 0.0f);
-  std::map<int, Cache> in_flight;  // micro-batch -> what its forward saved, until its backward
+  std::vector<PipelineLoss::Value> values(M);
+  std::map<int, Shape> in_flight;  // micro-batches whose forward ran and backward did not -> their output's shape
   std::vector<std::unique_ptr<CommHandle>> sends;
   // Sends finish when the neighbour receives; drop the finished ones (and their buffers) as we go.
   auto reap_sends = [&] {
@@ -74,35 +75,32 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
   };
   for (const PipeAction& a : actions) {
     const int m = a.micro_batch;
-    const PipelineMicroBatch& mb = micro_batches[m];
     if (a.op == PipeOp::Forward) {
-      Cache& c = in_flight[m];
-      Tensor input = mb.ids;
+      Tensor input;
       if (!first) {
-        input = hidden_buffer(m);
+        input = buffer(m);
         pp_->recv(input, stage_ - 1, activation_tag(m));
       }
-      if (last) {
-        losses[m] = model_.forward_stage_loss(input, mb.targets, c, ignore_index);
-      } else {
-        sends.push_back(pp_->isend(model_.forward_stage(input, c), stage_ + 1, activation_tag(m)));
-      }
+      Tensor output = stage_impl_.forward(m, input, true);
+      in_flight[m] = output.shape();
+      if (last) values[m] = loss.forward(m, output, true);
+      else sends.push_back(pp_->isend(output, stage_ + 1, activation_tag(m)));
       result.peak_in_flight = std::max(result.peak_in_flight, static_cast<int>(in_flight.size()));
-      size_t bytes = 0;
-      for (const auto& [k, cache] : in_flight) bytes += cache.bytes();
-      result.peak_activation_bytes = std::max(result.peak_activation_bytes, bytes);
+      result.peak_activation_bytes =
+          std::max(result.peak_activation_bytes, stage_impl_.saved_bytes() + (last ? loss.saved_bytes() : 0));
     } else {
       if (before_backward_) before_backward_(m, &a == &actions.back());  // every table ends with a backward
-      auto it = in_flight.find(m);
+      const auto it = in_flight.find(m);
       ANVIL_CHECK(it != in_flight.end(), "pipeline table runs backward ", m, " before its forward");
-      Tensor dx;
+      Tensor dy;
       if (last) {
-        dx = model_.backward_stage_loss(it->second, mb.loss_scale, mb.loss_tokens);
-      } else {
-        Tensor dy = hidden_buffer(m);
+        dy = loss.backward(m);
+      } else {  // the gradient of what forward m sent
+        dy = Tensor::empty(it->second, stage_impl_.activation_dtype(), stage_impl_.device());
         pp_->recv(dy, stage_ + 1, gradient_tag(m));
-        dx = model_.backward_stage(dy, it->second);
       }
+      Tensor dx = stage_impl_.backward(m, dy);
+      dy = Tensor();
       in_flight.erase(it);
       if (!first) sends.push_back(pp_->isend(dx, stage_ - 1, gradient_tag(m)));
     }
@@ -113,42 +111,30 @@ PipelineStepResult PipelineExecutor::step(const std::vector<PipelineMicroBatch>&
               "PipelineExecutor: stage ", stage_, " held ", result.peak_in_flight, " micro-batches at once, its table "
               "allows ", peak_in_flight(actions), " (", in_flight.size(), " left after the step)");
 
-  if (pp_) model_.all_reduce_tied_embedding_grad(*pp_);
-  Tensor shared = Tensor::from_vector(losses, {M});
-  if (pp_ && stages_ > 1) pp_->broadcast(shared, stages_ - 1);
-  result.losses.assign(shared.data<float>(), shared.data<float>() + M);
-  for (int m = 0; m < M; ++m) {  // every rank from the same floats: the same double everywhere
-    const PipelineMicroBatch& mb = micro_batches[m];
-    const double count = static_cast<double>(count_targets(mb.targets, ignore_index));
-    const double divisor = mb.loss_tokens >= 0 ? static_cast<double>(mb.loss_tokens) : count;
-    if (divisor > 0) result.loss += mb.loss_scale * static_cast<double>(result.losses[m]) * count / divisor;
-  }
+  stage_impl_.finish_backward(stages_ > 1 ? pp_ : nullptr);
+  share_values(values, result);
   return result;
 }
 
-std::vector<float> PipelineExecutor::evaluate(const std::vector<PipelineMicroBatch>& micro_batches,
-                                              int ignore_index) {
-  const int M = static_cast<int>(micro_batches.size());
-  const bool first = model_.is_first_stage(), last = model_.is_last_stage();
-  const int64_t C = model_.config().hidden_size;
-  std::vector<float> losses(M, 0.0f);
+PipelineStepResult PipelineExecutor::evaluate(int M, PipelineLoss& loss) {
+  check_micro_batch_count(M);
+  const bool first = stage_ == 0, last = stage_ == stages_ - 1;
+  std::vector<PipelineLoss::Value> values(M);
   std::vector<std::unique_ptr<CommHandle>> sends;
   for (int m = 0; m < M; ++m) {  // stage by stage, one micro-batch after another (same tags as step)
-    const PipelineMicroBatch& mb = micro_batches[m];
-    Cache c;  // dropped at once: nothing runs backward
-    Tensor input = mb.ids;
+    Tensor input;
     if (!first) {
-      input = Tensor::empty({mb.ids.size(0), mb.ids.size(1), C}, model_.compute_dtype(), model_.device());
+      input = Tensor::empty(stage_impl_.input_shape(m), stage_impl_.activation_dtype(), stage_impl_.device());
       pp_->recv(input, stage_ - 1, activation_tag(m));
     }
-    if (last) losses[m] = model_.forward_stage_loss(input, mb.targets, c, ignore_index);
-    else sends.push_back(pp_->isend(model_.forward_stage(input, c), stage_ + 1, activation_tag(m)));
+    Tensor output = stage_impl_.forward(m, input, false);
+    if (last) values[m] = loss.forward(m, output, false);
+    else sends.push_back(pp_->isend(output, stage_ + 1, activation_tag(m)));
   }
   for (auto& h : sends) h->wait();
-  Tensor shared = Tensor::from_vector(losses, {M});
-  if (pp_ && stages_ > 1) pp_->broadcast(shared, stages_ - 1);
-  return std::vector<float>(shared.data<float>(), shared.data<float>() + M);
+  PipelineStepResult result;
+  share_values(values, result);
+  return result;
 }
-
 
 }  // namespace anvil

@@ -45,7 +45,8 @@ class PipelineLoss {
  public:
   virtual ~PipelineLoss() = default;
   struct Value {
-    double loss = 0;       // the micro-batch's loss as reported (e.g. mean over its tokens)
+    float loss = 0;        // the micro-batch's loss as reported: a mean over `weight` (its tokens)
+    double weight = 0;     // what the mean is over, on this rank (e.g. its non-ignored targets)
     double objective = 0;  // its contribution to the objective whose gradient backward returns
   };
   // output: the last stage's forward output for micro-batch m. With `for_backward` false
@@ -53,6 +54,8 @@ class PipelineLoss {
   virtual Value forward(int m, const Tensor& output, bool for_backward) = 0;
   // The gradient of forward(m)'s objective with respect to its output; drops m's saved state.
   virtual Tensor backward(int m) = 0;
+  // Bytes held for micro-batches whose forward ran and backward did not (beyond the stage's).
+  virtual size_t saved_bytes() const { return 0; }
 };
 
 }  // namespace anvil

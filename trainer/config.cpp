@@ -11,8 +11,11 @@
 
 #include "core/error.h"
 #include "models/hf_convert.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config_reader.h"
+#include "trainer/load_model.h"
 #include "trainer/did_you_mean.h"
+#include "trainer/task_names.h"
 
 namespace anvil {
 namespace fs = std::filesystem;
@@ -147,16 +150,38 @@ void parse_model(const Context& ctx, const Section& s, ModelSection& m) {
   std::string init_from;
   if (s.read("init_from", init_from) && !init_from.empty()) {
     s.require(!s.has("config"), "init_from", "and model.config both give the architecture — keep init_from (its "
-              "config.json is used) and remove model.config");
+              "config is used) and remove model.config");
     m.init_from = existing_path(ctx, s, "init_from", init_from, true,
                                 "point model.init_from at a Hugging Face model directory (config.json + "
-                                "model.safetensors)");
+                                "model.safetensors) or an anvil checkpoint or run directory");
     std::error_code ec;
-    s.require(fs::is_directory(m.init_from, ec), "init_from", m.init_from, " is not a directory — give the Hugging "
-              "Face model directory holding config.json and model.safetensors");
-    m.config_file = abs_normal(fs::path(m.init_from) / "config.json");
+    s.require(fs::is_directory(m.init_from, ec), "init_from", m.init_from, " is not a directory — give a Hugging "
+              "Face model directory (config.json + model.safetensors) or an anvil checkpoint or run directory");
+    std::string checkpoint;  // an anvil checkpoint directory, when init_from is one
+    if (!fs::is_regular_file(fs::path(m.init_from) / "config.json", ec)) {
+      try {
+        checkpoint = find_checkpoint_dir(m.init_from);
+      } catch (const Error& not_checkpoint) {
+        std::string not_hf = "no config.json";
+        try {
+          read_hf_config(m.init_from);
+        } catch (const Error& e) {
+          not_hf = e.what();
+        }
+        s.fail("init_from", concat(m.init_from, " is neither a Hugging Face directory (", not_hf,
+                                   ") nor an anvil checkpoint (", not_checkpoint.what(), ")"));
+      }
+    }
     try {
-      base = read_hf_config(m.init_from);
+      if (checkpoint.empty()) {
+        m.config_file = abs_normal(fs::path(m.init_from) / "config.json");
+        base = read_hf_config(m.init_from);
+      } else {  // the architecture stored with the checkpoint's weights
+        m.init_from = abs_normal(checkpoint);
+        m.config_file = abs_normal(fs::path(m.init_from) / kCheckpointFile);
+        base = ModelConfig::from_json(nlohmann::json::parse(read_checkpoint_meta(m.init_from).model_config_json),
+                                      m.config_file);
+      }
     } catch (const Error& e) {
       s.fail("init_from", concat(e.what()));
     }
@@ -476,6 +501,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   RunConfig c;
   c.source = source_name;
   parse_run(sections.at("run"), source_name, c.run);
+  sections.at("task").read_choice("name", c.task.name, task_names());
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);

@@ -2,6 +2,8 @@
 // Every field is parsed and validated here, before anything is allocated.
 //
 // Sections and keys (defaults in brackets; trainer/README.md has an annotated example):
+//   task:       name [lm] (lm: next-token prediction on packed windows | sft: the same on prompt/response
+//               documents, the prompts' tokens masked out of the loss; trainer/task.h)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -17,8 +19,11 @@
 //               only]. Without `config` the defaults are ModelConfig::preset(type); with it
 //               they are the file's values, and any field written next to `config` overrides the file.
 //               init_from [""]: a Hugging Face directory (config.json, model.safetensors or a sharded
-//               index, tokenizer.json); its weights replace the fresh init (a resumed checkpoint still
-//               wins), its config.json is the architecture (as `config`; the two exclude each other).
+//               index, tokenizer.json), or an anvil checkpoint (a checkpoint directory, or a run
+//               directory whose newest checkpoint is taken; stored as that checkpoint's directory);
+//               its weights replace the fresh init (a resumed checkpoint still wins; an anvil
+//               checkpoint's optimizer state and data position are not taken), its architecture is
+//               the model's (as `config`; the two exclude each other).
 //   data:       train (required; `none` = no data: the config can only serve generate/eval --set
 //               data.train=..., as `anvil convert` writes it), seq_len [max_position_embeddings],
 //               valid_fraction [0.01], shuffle [true]
@@ -85,10 +90,15 @@ struct RunSection {
   double peer_timeout = 30;    // seconds; 0 = no peer watchdog
 };
 
+// What the run trains (trainer/task.h): a registered task's name.
+struct TaskSection {
+  std::string name = "lm";  // lm | sft (task_names() in trainer/task_names.h)
+};
+
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
 struct ModelSection : ModelConfig {
   std::string config_file;       // absolute path of model.config, empty when inline (provenance only)
-  std::string init_from;         // absolute path of a Hugging Face directory whose weights start the run; "" = none
+  std::string init_from;         // absolute path of a HF directory or anvil checkpoint whose weights start the run; "" = none
   bool vocab_size_auto = false;  // vocab_size: auto (vocab_size is 0 until resolve_vocab_size)
 };
 
@@ -159,6 +169,7 @@ struct LoggingSection {
 
 struct RunConfig {
   RunSection run;
+  TaskSection task;
   ModelSection model;
   DataSection data;
   TokenizerSection tokenizer;

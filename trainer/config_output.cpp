@@ -64,6 +64,9 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("threads", c.run.threads, "0 = all cores");
   real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 
+  section = "task";
+  string("name", c.task.name, "lm | sft");
+
   section = "model";
   const ModelSection& m = c.model;
   // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.

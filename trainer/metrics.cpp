@@ -199,6 +199,7 @@ void MetricsLogger::step(const StepRecord& r) {
                         {"rank_step_ms", r.rank_step_ms}, {"rank_comm_ms", r.rank_comm_ms},
                         {"skipped", r.skipped},     {"skipped_total", r.skipped_total}};
     if (r.skipped) j["skip_reason"] = r.guard_reason;
+    for (const auto& [name, value] : r.task_metrics) j[name] = value;
     jsonl_ << j.dump() << "\n";
     jsonl_.flush();
   }
@@ -212,6 +213,7 @@ void MetricsLogger::step(const StepRecord& r) {
     tb_->scalar("perf/tflops_per_device", r.step, achieved_tflops);
     if (peak_.known()) tb_->scalar("perf/mfu", r.step, mfu);
     tb_->scalar("guard/skipped_total", r.step, static_cast<double>(r.skipped_total));
+    for (const auto& [name, value] : r.task_metrics) tb_->scalar("task/" + name, r.step, value);
     tb_->flush();
   }
   if (!verbose_) return;

@@ -10,6 +10,7 @@
 
 #include "core/cuda_device.h"
 #include "eval/generate.h"
+#include "eval/perplexity.h"
 #include "kernels/elementwise.h"
 #include "models/hf_convert.h"
 #include "optim/adamw.h"
@@ -23,6 +24,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/exit_codes.h"
 #include "trainer/preemption.h"
+#include "trainer/task.h"
 #include "trainer/optimizer_factory.h"
 
 namespace anvil {
@@ -62,12 +64,6 @@ LoaderState get_loader_state(const CheckpointMeta& meta, const std::string& pref
   return s;
 }
 
-int64_t count_loss_tokens(const Tensor& targets, int64_t ignore_index) {
-  const int32_t* t = targets.data<int32_t>();
-  int64_t n = 0;
-  for (int64_t i = 0; i < targets.numel(); ++i) n += t[i] != ignore_index;
-  return n;
-}
 }  // namespace
 
 void check_parallel_launch(const ParallelSection& p, int world_size) {
@@ -92,6 +88,18 @@ Device training_device(const RunSection& run, Communicator* host) {
 
 DType compute_dtype(const RunSection& run) { return run.precision == "bf16" ? DType::BF16 : DType::F32; }
 
+LoaderConfig loader_config(const RunConfig& config) {
+  LoaderConfig lc;
+  lc.seq_len = config.data.seq_len;
+  lc.batch_size = config.training.micro_batch_size;
+  lc.seed = static_cast<uint64_t>(config.run.seed);
+  lc.valid_fraction = config.data.valid_fraction;
+  lc.shuffle = config.data.shuffle;
+  lc.ignore_index = static_cast<int32_t>(config.training.ignore_index);
+  make_task(config.task.name)->configure_loader(lc);
+  return lc;
+}
+
 GridDims grid_dims(const ParallelSection& p) { return GridDims{int(p.dp), int(p.tp), int(p.pp), int(p.sp)}; }
 
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
@@ -111,7 +119,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(config_.tokenizer.path));
   resolve_vocab_size(config_, tokenizer_->vocab_size());
   const bool has_data = config_.data.train != "none";
-  ANVIL_CHECK(has_data || mode == TrainerMode::Inference, config_.source, ": data.train is none (no token store; "
+  ANVIL_CHECK(has_data, config_.source, ": data.train is none (no token store; "
               "`anvil convert` writes such configs) — training needs data: --set data.train=path/to/tokens.h5");
   if (has_data) {
     store_ = std::make_shared<const TokenStore>(TokenStore::open(config_.data.train));
@@ -121,13 +129,9 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
                 config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);
   }
 
-  LoaderConfig lc;
-  lc.seq_len = config_.data.seq_len;
-  lc.batch_size = config_.training.micro_batch_size;
-  lc.seed = static_cast<uint64_t>(config_.run.seed);
-  lc.valid_fraction = config_.data.valid_fraction;
-  lc.shuffle = config_.data.shuffle;
-  lc.ignore_index = static_cast<int32_t>(config_.training.ignore_index);
+  task_ = make_task(config_.task.name);
+  if (store_) task_->check_data(config_, *store_);
+  LoaderConfig lc = loader_config(config_);
   if (grid_) {  // every dp rank takes its slice of the same global batch
     lc.rank = grid_->rank(Axis::DP);
     lc.world = grid_->size(Axis::DP);
@@ -144,10 +148,17 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     layout.stage = grid_->rank(Axis::PP);
     layout.stages = grid_->size(Axis::PP);
   }
-  model_ = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config_.model), layout);
-  model_->init_weights(static_cast<uint64_t>(config_.run.seed));
-  // model.init_from: the Hugging Face weights replace the fresh init; a checkpoint restored below still wins.
-  if (!config_.model.init_from.empty()) load_hf_weights(*model_, SafetensorsIndex::open(config_.model.init_from));
+  // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
+  // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
+  if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();
+  TaskEnv env;
+  env.config = &config_;
+  env.layout = layout;
+  env.device = device_;
+  env.compute = compute_dtype(config_.run);
+  env.data_group = data_group_;
+  task_->build(env);
+  model_ = &task_->model();
   std::vector<std::string> names;
   for (Param* p : model_->params()) names.push_back(p->name);
   check_trainable_patterns(config_, names);  // a pattern that matches nothing is a typo, not a silent freeze
@@ -157,17 +168,10 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
               "e.g. [\"*\"] to train everything");
-  const bool inference = mode_ == TrainerMode::Inference;
-  // Inference updates nothing: no gradients, and no f32 masters beside bf16 values.
-  if (inference)
-    for (Param* p : model_->params()) p->set_trainable(false);
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_dtype(config_.run));
-  // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
-  // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
-  if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();
-  if (data_group_ && !inference) {
+  if (data_group_) {
     DataParallelConfig dc;
     dc.bucket_mb = config_.parallel.bucket_mb;
     dc.zero_stage = static_cast<int>(config_.optimizer.zero);
@@ -177,14 +181,13 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   }
   // Every step runs through the pipeline executor; with one stage its table is plain
   // accumulation (forward, backward, forward, backward ...).
-  pipeline_ = std::make_unique<PipelineExecutor>(*model_, split_axis(Axis::PP),
+  pipeline_ = std::make_unique<PipelineExecutor>(task_->stage(), split_axis(Axis::PP),
                                                  parse_pipe_schedule(config_.parallel.pp_schedule));
   if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
-  if (!inference)
-    optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), split_axis(Axis::TP)});
+  optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), split_axis(Axis::TP)});
 
   const std::string resolved = to_yaml(config_);
-  if (!inference && main_rank_) {
+  if (main_rank_) {
     fs::create_directories(config_.run.out_dir);
     std::ofstream(fs::path(config_.run.out_dir) / "config.yaml") << resolved;
   }
@@ -195,12 +198,10 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   else if (config_.checkpoint.resume != "none") resume_from = config_.checkpoint.resume;
   if (!resume_from.empty()) restore(resume_from);
 
-  if (!inference) {
-    metrics_ = std::make_unique<MetricsLogger>(config_, device_, main_rank_, verbose_, step_);
-    if (world_ && world_->size() > 1 && config_.run.peer_timeout > 0)
-      watchdog_ = std::make_unique<PeerWatchdog>(*world_, (fs::path(config_.run.out_dir) / ".ranks").string(),
-                                                 config_.run.peer_timeout, kExitPeerLost);
-  }
+  metrics_ = std::make_unique<MetricsLogger>(config_, device_, main_rank_, verbose_, step_);
+  if (world_ && world_->size() > 1 && config_.run.peer_timeout > 0)
+    watchdog_ = std::make_unique<PeerWatchdog>(*world_, (fs::path(config_.run.out_dir) / ".ranks").string(),
+                                               config_.run.peer_timeout, kExitPeerLost);
 
   if (verbose_) {
     int64_t n_params = 0, n_trainable = 0;
@@ -258,7 +259,7 @@ CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& 
   CheckpointContents contents;
   std::map<std::string, const Param*> by_name;
   const Param* tied_copy = model_->tied_embedding_copy();  // the first stage writes the embedding
-  for (Param* p : model_->params()) {
+  for (Param* p : task_->checkpoint_params()) {
     // The f32 weights (the master under mixed precision); checkpoint.cpp copies device tensors to the host.
     contents.params.push_back({p->name, master_weight(*p), p->shard, p != tied_copy && writes(p->shard.sharded())});
     by_name[p->name] = p;
@@ -280,13 +281,11 @@ CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& 
 }
 
 void Trainer::restore(const std::string& dir) {
-  std::vector<NamedTensor> state;
-  if (optimizer_) state = optimizer_->state();  // under ZeRO a collective: gathered views to read into
+  std::vector<NamedTensor> state = optimizer_->state();  // under ZeRO a collective: gathered views to read into
   CheckpointContents contents = checkpoint_contents(state);
-  const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer_ ? optimizer_->name() : "");
+  const CheckpointMeta meta = load_checkpoint(dir, contents, optimizer_->name());
   refresh_values(model_->params());  // the masters were loaded; the bf16 values follow (no-op in f32)
   step_ = meta.step;
-  if (!optimizer_) return;  // inference: params are all it needs
   optimizer_->load_state(state);
   guard_.restore(meta.counters);
   auto it = meta.counters.find("optimizer.steps");
@@ -361,15 +360,12 @@ StepRecord Trainer::train_step() {
   step_resident_bytes_ = memory.stats().current_bytes;  // params, grads, optimizer state
   model_->zero_grad();
   const int64_t accum = config_.training.grad_accum_steps;
-  const int ignore = static_cast<int>(config_.training.ignore_index);
-  // The step's micro-batches; each token-count normaliser is the global micro-batch's (trainer.h).
-  std::vector<PipelineMicroBatch> micro(accum);
-  for (int64_t m = 0; m < accum; ++m) {
-    const Batch batch = sliced(train_loader_->next());  // read on the host; tokens counted there
-    micro[m] = {batch.ids.to(device_), batch.targets.to(device_), 1.0f / static_cast<float>(accum), -1};
-    if (data_group_) micro[m].loss_tokens = all_reduce_sum(*data_group_, count_loss_tokens(batch.targets, ignore));
-  }
-  double loss_sum = pipeline_->step(micro, ignore).loss;  // every pp rank has it
+  // The step's micro-batches, read on the host; the task normalises each by the global
+  // micro-batch's token count (trainer.h).
+  std::vector<Batch> batches;
+  for (int64_t m = 0; m < accum; ++m) batches.push_back(sliced(train_loader_->next()));
+  PipelineLoss& loss = task_->prepare(batches, true);
+  double loss_sum = pipeline_->step(static_cast<int>(accum), loss).loss;  // every pp rank has it
   StepRecord r;
   if (dp_) dp_->finish_grad_sync();
   if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
@@ -397,13 +393,13 @@ StepRecord Trainer::train_step() {
   r.tokens_per_s = static_cast<double>(config_.tokens_per_step()) / (r.ms / 1e3);  // the global batch
   r.peak_mb = memory.stats().peak_bytes / 1e6;
   r.comm_ms = clock ? (clock->seconds - comm0) * 1e3 : 0;
+  r.task_metrics = task_->step_metrics();
   return r;
 }
 
 void Trainer::log(const StepRecord& r) { metrics_->step(r); }
 
 void Trainer::train(int64_t stop_at_step) {
-  ANVIL_CHECK(optimizer_ != nullptr, "this Trainer was built for inference; it cannot train");
   const int64_t last = stop_at_step > 0 ? std::min(stop_at_step, config_.training.steps) : config_.training.steps;
   const TrainingSection& t = config_.training;
   const int64_t first_step = step_;
@@ -453,20 +449,14 @@ double Trainer::evaluate(int64_t batches) {
   ANVIL_CHECK(store_ != nullptr, "evaluation needs data: data.train is none — pass --set data.train=path/to/tokens.h5");
   ANVIL_CHECK(valid_loader_ != nullptr, "evaluation needs a validation split — set data.valid_fraction > 0");
   valid_loader_->reset();
-  const int64_t n = std::max<int64_t>(1, std::min(batches, valid_loader_->num_samples() /
-                                                               std::max<int64_t>(1, valid_loader_->global_batch())));
-  const int ignore = static_cast<int>(config_.training.ignore_index);
-  std::vector<PipelineMicroBatch> micro(n);
-  std::vector<double> sums(n), counts(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const Batch batch = sliced(valid_loader_->next());
-    counts[i] = static_cast<double>(count_loss_tokens(batch.targets, ignore));  // on the host copy
-    micro[i] = {batch.ids.to(device_), batch.targets.to(device_), 1.0f, -1};
-  }
+  const int64_t n = evaluation_batches(*valid_loader_, batches);
+  std::vector<Batch> valid;
+  for (int64_t i = 0; i < n; ++i) valid.push_back(sliced(valid_loader_->next()));
   // Each batch's loss is the mean over this rank's dp replica (its sp group's tokens); weigh
   // it by this rank's token count so the sums over dp x sp give the global batch's mean.
-  const std::vector<float> losses = pipeline_->evaluate(micro, ignore);
-  for (int64_t i = 0; i < n; ++i) sums[i] = losses[i] * counts[i];
+  const PipelineStepResult result = pipeline_->evaluate(static_cast<int>(n), task_->prepare(valid, false));
+  std::vector<double> sums(n), counts = result.weights;
+  for (int64_t i = 0; i < n; ++i) sums[i] = result.losses[i] * counts[i];
   if (data_group_) {
     sums = all_reduce_sum(*data_group_, sums);
     counts = all_reduce_sum(*data_group_, counts);
@@ -477,40 +467,18 @@ double Trainer::evaluate(int64_t batches) {
 }
 
 std::string Trainer::sample(const std::string& prompt, int64_t tokens) {
-  std::vector<int32_t> ids = tokenizer_->encode(prompt);
-  // The store's EOS; without data (data.train: none), the tokenizer's <|endoftext|> when it has one.
-  int32_t eos = -1;
-  if (store_) eos = store_->info().eos_id;
-  else if (const auto id = tokenizer_->token_to_id("<|endoftext|>")) eos = *id;
-  if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
-  const int64_t room = config_.model.max_position_embeddings - static_cast<int64_t>(ids.size());
   SamplingConfig s;
   s.temperature = config_.training.sample_temperature;
   s.top_k = config_.training.sample_top_k;
   s.top_p = config_.training.sample_top_p;
   s.seed = static_cast<uint64_t>(config_.run.seed) + static_cast<uint64_t>(step_);
-  const auto out = generate(*model_, {ids}, static_cast<int>(std::min(tokens, room)), s,
-                            eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
-  return prompt + tokenizer_->decode(out[0]);
+  return complete_text(*model_, *tokenizer_, prompt, tokens, s, end_of_document_id(store_.get(), *tokenizer_));
 }
 
 double Trainer::unigram_entropy() const {
   ANVIL_CHECK(store_ != nullptr, "the unigram entropy needs data: data.train is none — pass --set "
               "data.train=path/to/tokens.h5");
-  std::vector<int64_t> counts(store_->info().vocab_size, 0);
-  int64_t total = 0;
-  for (int64_t doc : train_loader_->documents()) {
-    const int64_t begin = store_->doc_offsets()[doc], end = store_->doc_offsets()[doc + 1];
-    for (int64_t i = begin; i < end; ++i) ++counts[store_->token(i)];
-    total += end - begin;
-  }
-  double h = 0;
-  for (int64_t c : counts)
-    if (c > 0) {
-      const double p = static_cast<double>(c) / static_cast<double>(total);
-      h -= p * std::log(p);
-    }
-  return h;
+  return anvil::unigram_entropy(*store_, train_loader_->documents());
 }
 
 }  // namespace anvil

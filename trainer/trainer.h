@@ -1,6 +1,7 @@
-// Trainer: builds tokenizer, data, model and optimizer from a RunConfig, resumes
-// from the newest checkpoint, and runs the loop (micro-batch accumulation, clipping,
-// schedule, logging, validation, samples, checkpoints).
+// Trainer: builds tokenizer, data, the task (trainer/task.h: the run's models, micro-batches,
+// losses and metrics; `task.name`) and the optimizer from a RunConfig, resumes from the
+// newest checkpoint, and runs the loop (micro-batch accumulation, clipping, schedule,
+// logging, validation, samples, checkpoints). The loop knows nothing task-specific.
 //
 // Device and precision (run.device, run.precision): the model is built and loaded on the
 // CPU in f32, then moved to the rank's device (training_device: GPU local_rank % visible
@@ -50,6 +51,7 @@
 #include "trainer/config.h"
 #include "trainer/metrics.h"
 #include "trainer/numerics_guard.h"
+#include "trainer/task.h"
 
 namespace anvil {
 
@@ -64,6 +66,9 @@ DType compute_dtype(const RunSection& run);
 // The launch checks every rank computes alike before any collective: the degrees
 // must multiply to the world size. Each failure is one Error naming both numbers and the fix.
 void check_parallel_launch(const ParallelSection& parallel, int world_size);
+// The loaders' settings of a run on one process (the trainer sets the dp rank and size), as
+// its task reads them (Task::configure_loader).
+LoaderConfig loader_config(const RunConfig& config);
 // The parallel section's degrees as the process grid's dims.
 GridDims grid_dims(const ParallelSection& parallel);
 
@@ -80,16 +85,16 @@ struct StepRecord {
   int64_t skipped_total = 0;  // steps skipped so far in the run
   double comm_ms = 0;         // this rank's time blocked in communication during the step
   std::vector<double> rank_step_ms, rank_comm_ms;  // every world rank's (after the step's sync)
+  std::vector<std::pair<std::string, double>> task_metrics;  // the task's own (Task::step_metrics)
 };
 
 // Why train() returned.
 enum class StopReason { Finished, Preempted, NumericsGuard };
 
-// Train: writes the run directory and restores optimizer state. Inference (eval,
-// generate): restores params only (every param frozen: no gradients, no f32 masters),
-// writes nothing, prints nothing. Quiet: Train
-// without console output (tests).
-enum class TrainerMode { Train, Quiet, Inference };
+// Train: writes the run directory and prints progress. Quiet: the same without console
+// output (tests). Using a trained model without training it (eval, generate, a task's frozen
+// models) goes through load_model (trainer/load_model.h), not a Trainer.
+enum class TrainerMode { Train, Quiet };
 
 class Trainer {
  public:
@@ -118,8 +123,9 @@ class Trainer {
   // Entropy (nats/token) of the unigram distribution of the training tokens: the
   // loss of the best model that ignores context, the bar a real LM must clear.
   double unigram_entropy() const;
-  // A checkpoint at the current step (a collective under dp: every rank calls it, dp
-  // rank 0 writes); returns its directory on the writing rank, "" on the others.
+  // A checkpoint at the current step: a collective over the world (every rank calls it and
+  // writes its own hyperslabs; see checkpoint_contents); returns its directory on the main
+  // rank, "" on the others.
   std::string save();
   Optimizer& optimizer() { return *optimizer_; }
   DataParallel* data_parallel() { return dp_.get(); }  // null unless dp > 1
@@ -159,13 +165,15 @@ class Trainer {
   Device device_;                 // where the model, its gradients and the optimizer state live
   std::shared_ptr<Communicator> world_;
   std::unique_ptr<ProcessGrid> grid_;
-  Communicator* data_group_ = nullptr;  // dp x sp: the ranks whose gradients sum (null when one)
+  // dp x sp: the ranks whose gradients sum (null when one); set before the task is built.
+  Communicator* data_group_ = nullptr;
   std::unique_ptr<DataParallel> dp_;
   std::unique_ptr<PipelineExecutor> pipeline_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const TokenStore> store_;
   std::unique_ptr<Loader> train_loader_, valid_loader_;
-  std::unique_ptr<TransformerLM> model_;
+  std::unique_ptr<Task> task_;  // what the run trains: its models, micro-batches, losses and metrics
+  TransformerLM* model_ = nullptr;  // the task's trainable model
   std::vector<Param*> trainable_;
   std::unique_ptr<Optimizer> optimizer_;
   int64_t step_ = 0;

@@ -58,7 +58,9 @@ TEST(Convert, TrainExportImportGenerate) {
   EXPECT_EQ(meta.optimizer_name, "");
   const RunConfig cfg = parse_run_config(meta.run_config_yaml, "stored", ckpt);
   EXPECT_HAS(error_of([&] { Trainer t(cfg, TrainerMode::Quiet); }), "data.train is none");
-  EXPECT_HAS(error_of([&] { Trainer t(cfg, TrainerMode::Inference); t.evaluate(1); }), "evaluation needs data");
+  std::string eval_err;
+  EXPECT_NE(run_command(kAnvil + " eval --checkpoint " + ckpt, eval_err), 0);
+  EXPECT_HAS(eval_err, "evaluation needs data");
 
   // A non-empty destination is refused; a bad form is explained.
   std::string err;

@@ -21,7 +21,7 @@
 #include "parallel/data_parallel.h"
 #include "parallel/grad_norm.h"
 #include "parallel/grid.h"
-#include "parallel/pipeline_executor.h"
+#include "models/lm_pipeline.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/small_models.h"
@@ -88,10 +88,10 @@ Stages build(const Layout& l, const ModelConfig& c) {
   return s;
 }
 
-std::vector<PipelineMicroBatch> micro_batches(const ModelConfig& c, uint32_t stream, int count = kMicroBatches) {
-  std::vector<PipelineMicroBatch> out;
+std::vector<LMMicroBatch> micro_batches(const ModelConfig& c, uint32_t stream, int count = kMicroBatches) {
+  std::vector<LMMicroBatch> out;
   for (int m = 0; m < count; ++m) {
-    PipelineMicroBatch mb;
+    LMMicroBatch mb;
     mb.ids = random_ids({kB, kT}, static_cast<int32_t>(c.vocab_size), stream + 2 * m);
     mb.targets = random_ids({kB, kT}, static_cast<int32_t>(c.vocab_size), stream + 2 * m + 1);
     for (int64_t i = m; i < mb.targets.numel(); i += 5) mb.targets.data<int32_t>()[i] = -100;  // some ignored
@@ -106,10 +106,10 @@ struct RefStep {
   std::vector<float> losses;
   double loss = 0;
 };
-RefStep reference_step(TransformerLM& ref, const std::vector<PipelineMicroBatch>& mbs) {
+RefStep reference_step(TransformerLM& ref, const std::vector<LMMicroBatch>& mbs) {
   RefStep r;
   ref.zero_grad();
-  for (const PipelineMicroBatch& mb : mbs) {
+  for (const LMMicroBatch& mb : mbs) {
     Cache c;
     r.losses.push_back(ref.forward_loss(mb.ids, mb.targets, c));
     r.loss += mb.loss_scale * static_cast<double>(r.losses.back());
@@ -240,10 +240,10 @@ TEST(PipelineModel, LossGradientsAndGradReadyMatchOneProcess) {
           reported_grad[p->name] = p->grad.clone();
         }
       });
-      PipelineExecutor exec(*s.stage, &s.pp(), l.schedule);
+      LMPipeline exec(*s.stage, &s.pp(), l.schedule);
       exec.set_before_backward([&](int, bool last) { recording = last; });
 
-      const std::vector<PipelineMicroBatch> mbs = micro_batches(k.config, 31);
+      const std::vector<LMMicroBatch> mbs = micro_batches(k.config, 31);
       const RefStep ref = reference_step(*s.ref, mbs);
       s.stage->zero_grad();
       const PipelineStepResult r = exec.step(mbs);
@@ -286,10 +286,10 @@ TEST(PipelineModel, AdamWStepsKeepEveryStageEqualToOneProcess) {
       std::vector<Tensor> initial;
       for (Param* p : s.stage->params()) initial.push_back(p->value.clone());
       AdamW ref_opt(unsplit->params(), ac), stage_opt(s.stage->params(), ac);
-      PipelineExecutor exec(*s.stage, &s.pp(), l.schedule);
+      LMPipeline exec(*s.stage, &s.pp(), l.schedule);
       double worst_loss = 0;
       for (int step = 0; step < 3; ++step) {
-        const std::vector<PipelineMicroBatch> mbs = micro_batches(k.config, 50 + 20 * step);
+        const std::vector<LMMicroBatch> mbs = micro_batches(k.config, 50 + 20 * step);
         const RefStep ref = reference_step(*unsplit, mbs);
         s.stage->zero_grad();
         const PipelineStepResult r = exec.step(mbs);
@@ -329,10 +329,10 @@ TEST(PipelineInFlight, OneFOneBHoldsAtMostStagesMinusStageMicroBatches) {
   const Layout gpipe{"", dims, PipeSchedule::GPipe};
   Stages s = build(gpipe, c);
   const int stage = s.stage->layout().stage, stages = s.stage->layout().stages;
-  const std::vector<PipelineMicroBatch> mbs = micro_batches(c, 70, M);
+  const std::vector<LMMicroBatch> mbs = micro_batches(c, 70, M);
   std::map<PipeSchedule, PipelineStepResult> results;
   for (PipeSchedule schedule : {PipeSchedule::GPipe, PipeSchedule::OneFOneB}) {
-    PipelineExecutor exec(*s.stage, &s.pp(), schedule);
+    LMPipeline exec(*s.stage, &s.pp(), schedule);
     s.stage->zero_grad();
     results[schedule] = exec.step(mbs);
   }
@@ -380,10 +380,10 @@ TEST(PipelineModel, BadLayoutsGiveOneClearError) {
             std::string::npos);
   EXPECT_NE(error_of([&] { last.forward_stage(ids, cache); }).find("only stage 0 takes token ids"), std::string::npos);
   // The executor needs the pipeline communicator whose rank is the model's stage.
-  EXPECT_NE(error_of([&] { PipelineExecutor e(first, nullptr, PipeSchedule::OneFOneB); }).find("grid.comm(Axis::PP)"),
+  EXPECT_NE(error_of([&] { LMPipeline e(first, nullptr, PipeSchedule::OneFOneB); }).find("grid.comm(Axis::PP)"),
             std::string::npos);
   TransformerLM whole(c);  // one stage needs none
-  EXPECT_EQ(error_of([&] { PipelineExecutor e(whole, nullptr, PipeSchedule::GPipe); }), "(no error)");
+  EXPECT_EQ(error_of([&] { LMPipeline e(whole, nullptr, PipeSchedule::GPipe); }), "(no error)");
 }
 
 // With one stage the executor is plain gradient accumulation: the same numbers bit for bit.
@@ -392,10 +392,10 @@ TEST(PipelineModel, OneStageExecutorIsGradientAccumulation) {
     TransformerLM ref(k.config), whole(k.config);
     ref.init_weights(kSeed);
     whole.init_weights(kSeed);
-    const std::vector<PipelineMicroBatch> mbs = micro_batches(k.config, 80);
+    const std::vector<LMMicroBatch> mbs = micro_batches(k.config, 80);
     const RefStep expected = reference_step(ref, mbs);
     whole.zero_grad();
-    const PipelineStepResult r = PipelineExecutor(whole, nullptr, PipeSchedule::OneFOneB).step(mbs);
+    const PipelineStepResult r = LMPipeline(whole, nullptr, PipeSchedule::OneFOneB).step(mbs);
     EXPECT_EQ(r.losses, expected.losses) << k.name;
     EXPECT_EQ(r.loss, expected.loss) << k.name;
     EXPECT_EQ(r.peak_in_flight, 1) << k.name;
@@ -425,19 +425,19 @@ TEST(PipelineWithDataParallel, StageGradReadyReportsDriveBucketReductions) {
       dc.zero_stage = zero_stage;
       DataParallel dp(s.stage->params(), dp_comm, dc);
       s.stage->set_grad_ready_callback([&](const std::vector<Param*>& ready) { dp.grads_ready(ready); });
-      PipelineExecutor exec(*s.stage, &s.pp(), PipeSchedule::OneFOneB);
+      LMPipeline exec(*s.stage, &s.pp(), PipeSchedule::OneFOneB);
       exec.set_before_backward([&](int, bool last) { dp.set_sync_enabled(last); });
 
       // Global micro-batches of 2 * kB rows for the reference; rank d's pipeline takes rows [d*kB, (d+1)*kB).
-      std::vector<PipelineMicroBatch> global, mine;
+      std::vector<LMMicroBatch> global, mine;
       for (int m = 0; m < kMicroBatches; ++m) {
-        PipelineMicroBatch g;
+        LMMicroBatch g;
         g.ids = random_ids({2 * kB, kT}, static_cast<int32_t>(k.config.vocab_size), 90 + 2 * m);
         g.targets = random_ids({2 * kB, kT}, static_cast<int32_t>(k.config.vocab_size), 91 + 2 * m);
         for (int64_t i = m; i < g.targets.numel(); i += 3) g.targets.data<int32_t>()[i] = -100;
         g.loss_scale = 1.0f / kMicroBatches;
         global.push_back(g);
-        PipelineMicroBatch h = g;
+        LMMicroBatch h = g;
         h.ids = g.ids.slice(0, d * kB, (d + 1) * kB).contiguous();
         h.targets = g.targets.slice(0, d * kB, (d + 1) * kB).contiguous();
         int64_t tokens = 0;

@@ -1,0 +1,49 @@
+// Loading a model to use rather than train: `anvil eval`, `anvil generate`, and a task's
+// frozen models (a distillation target, a quantized base, the original model for
+// self-distillation). One function reads either source:
+//   - an anvil checkpoint: a checkpoint directory (…/checkpoints/step_N), or a run directory
+//     or checkpoint root, whose newest complete checkpoint is taken;
+//   - a Hugging Face directory (config.json + model.safetensors or a sharded index).
+// Every param is frozen: no gradient, no f32 master, no optimizer state, so the model costs its
+// weights (and RoPE tables) only. Its weights are read straight into the model, never
+// initialised first, and the model is moved to its device once.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/transformer.h"
+#include "trainer/config.h"
+
+namespace anvil {
+
+struct LoadModelOptions {
+  // Where the model runs and in which dtype; unset: a checkpoint's run.device and run.precision
+  // (after the overrides), the CPU in f32 for a Hugging Face directory.
+  std::optional<Device> device;
+  std::optional<DType> compute;
+  ModelLayout layout;          // a split model (each rank reads its shard); default: the whole model
+  // `--set key=value` overrides of the stored run config (a checkpoint; e.g. run.device=cpu).
+  std::vector<std::string> overrides;
+};
+
+struct LoadedModel {
+  std::unique_ptr<TransformerLM> model;
+  // A checkpoint's run config, pointed back at that checkpoint (checkpoint.resume); for a
+  // Hugging Face directory a config whose model section is its config.json and whose data.train
+  // is none (its tokenizer.json, when present, is tokenizer.path).
+  RunConfig config;
+  int64_t step = 0;    // the checkpoint's optimizer step (0 for a Hugging Face directory)
+  std::string source;  // the checkpoint directory or Hugging Face directory read
+};
+
+LoadedModel load_model(const std::string& path, const LoadModelOptions& options = {});
+
+// A checkpoint directory (holding checkpoint.h5), or the newest complete one under a run
+// directory (its checkpoints/) or a checkpoint root. Throws naming the path otherwise.
+std::string find_checkpoint_dir(const std::string& path);
+// The run config stored in a checkpoint, with checkpoint.resume pointing at it, then `overrides`.
+RunConfig config_from_checkpoint(const std::string& path, const std::vector<std::string>& overrides = {});
+
+}  // namespace anvil

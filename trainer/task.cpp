@@ -1,0 +1,43 @@
+#include "trainer/task.h"
+
+#include <filesystem>
+
+#include "models/hf_convert.h"
+#include "trainer/checkpoint.h"
+#include "trainer/lm_task.h"
+#include "trainer/task_names.h"
+
+namespace anvil {
+
+const std::vector<std::string>& task_names() {
+  static const std::vector<std::string> names = {"lm", "sft"};
+  return names;
+}
+
+std::unique_ptr<Task> make_task(const std::string& name) {
+  if (name == "lm") return std::make_unique<LMTask>();
+  if (name == "sft") return std::make_unique<SFTTask>();
+  std::string choices;
+  for (const std::string& n : task_names()) choices += (choices.empty() ? "" : ", ") + n;
+  ANVIL_FAIL("task.name: '", name, "' is not a task — choose one of ", choices);
+}
+
+std::unique_ptr<TransformerLM> build_trainable_lm(const TaskEnv& env) {
+  const RunConfig& config = *env.config;
+  auto model = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config.model), env.layout);
+  model->init_weights(static_cast<uint64_t>(config.run.seed));
+  // model.init_from: its weights replace the fresh init (a checkpoint restored later still wins).
+  const std::string& from = config.model.init_from;
+  if (from.empty()) return model;
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(std::filesystem::path(from) / kCheckpointFile, ec)) {
+    CheckpointContents contents;  // an anvil checkpoint: its params only, each rank its shard
+    contents.params = checkpoint_tensors(model->params());
+    load_checkpoint(from, contents);
+  } else {
+    load_hf_weights(*model, SafetensorsIndex::open(from));
+  }
+  return model;
+}
+
+}  // namespace anvil
