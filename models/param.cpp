@@ -11,11 +11,14 @@ const char* param_role_name(ParamRole role) {
   return "?";
 }
 
-Param::Param(std::string n, Tensor v, ParamRole r) : name(std::move(n)), value(std::move(v)), role(r) {
-  if (value.defined()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
+Param::Param(std::string n, Tensor v, ParamRole r, Init i) : name(std::move(n)), value(std::move(v)), role(r), init(i) {
+  if (dense_float()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
+  else if (value.defined()) trainable = false;
 }
 
 void Param::set_trainable(bool on) {
+  ANVIL_CHECK(!on || !value.defined() || dense_float(), "param '", name, "' holds ", value.describe(),
+              ", not a dense float weight, so it cannot train — leave it frozen (train an adapter on it instead)");
   trainable = on;
   if (!on) {
     grad = Tensor();
@@ -41,6 +44,10 @@ void move_params(const std::vector<Param*>& params, Device device, DType compute
               " is not supported — use f32 or bf16");
   for (Param* p : params) {
     if (!p->value.defined()) continue;
+    if (!p->dense_float()) {  // packed integers, scales: the same bytes on the new device
+      if (p->value.device() != device) p->value = p->value.to(device);
+      continue;
+    }
     const bool keep_master = p->trainable && compute != DType::F32;
     if (p->value.device() == device && p->value.dtype() == compute && p->master.defined() == keep_master) continue;
     const Tensor source = master_weight(*p);  // the f32 weights: the master when there is one
