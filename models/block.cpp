@@ -1,7 +1,6 @@
 #include "models/block.h"
 
 #include "kernels/elementwise.h"
-#include "models/mlp.h"
 
 namespace anvil {
 

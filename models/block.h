@@ -13,6 +13,7 @@
 #include "models/block_parts.h"
 #include "models/config.h"
 #include "models/family.h"
+#include "models/mlp.h"
 
 namespace anvil {
 

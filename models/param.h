@@ -83,6 +83,11 @@ void refresh_values(const std::vector<Param*>& params);
 // be is left untouched (the CPU f32 path allocates nothing).
 void move_params(const std::vector<Param*>& params, Device device, DType compute);
 
+// Fills each param by its init rule, the normal draws from Philox keyed by (seed, param name)
+// and indexed by logical element, so a shard holds exactly its slice of the single-process
+// tensor (layout-independent). Normal: N(0, std); ResidualNormal: N(0, residual_std).
+void init_params(const std::vector<Param*>& params, uint64_t seed, float std, float residual_std);
+
 // The shard of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
 // or {full} for a plain split), each part evenly over `degree` ranks; `rank` holds its
 // chunk of every part, concatenated in part order. Throws when a part does not divide.

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "core/rng.h"
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
@@ -27,22 +26,6 @@ const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
 }
 // Cache children of the model: 0 embedding, 1..L blocks, L+1 final norm, L+2 head.
 
-// N(0, std) draws by logical element index, so a shard holds exactly its slice of the
-// single-process tensor: each run of the split dim is a contiguous local block.
-void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
-  if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
-  const Shape& shape = p.value.shape();
-  const int d = p.shard.dim;
-  int64_t outer = 1, inner = 1;
-  for (int i = 0; i < d; ++i) outer *= shape[i];
-  for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
-  const Tensor v = p.value.view({outer, shape[d], inner});
-  for (int64_t o = 0; o < outer; ++o)
-    for (const ShardRun& r : p.shard.runs) {
-      Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
-      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
-    }
-}
 }  // namespace
 
 TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout)
@@ -88,16 +71,7 @@ void TransformerLM::init_weights(uint64_t seed) {
   const float std = static_cast<float>(config_.initializer_range);
   const float residual_std =
       family_of(config_).scale_residual_init ? std / std::sqrt(2.0f * config_.num_hidden_layers) : std;
-  for (Param* p : params()) {
-    const PhiloxStream rng(seed, stream_id(p->name.c_str()));
-    switch (p->init) {
-      case Init::Normal: fill_normal_logical(rng, *p, std); break;
-      case Init::ResidualNormal: fill_normal_logical(rng, *p, residual_std); break;
-      case Init::Zeros: p->value.fill_(0.0); break;
-      case Init::Ones: p->value.fill_(1.0); break;
-      case Init::Keep: break;
-    }
-  }
+  init_params(params(), seed, std, residual_std);
 }
 
 Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {

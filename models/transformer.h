@@ -68,9 +68,10 @@ class TransformerLM : public Module {
   Device device() const { return device_; }
   DType compute_dtype() const { return compute_; }  // the dtype of values and activations
 
-  // Fresh weights from Philox keyed by (seed, param name): layout-independent.
-  // Matrices and embeddings ~ N(0, initializer_range) (GPT-2 scales its residual
-  // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
+  // Fresh weights from Philox keyed by (seed, param name): layout-independent. Each param
+  // follows the init rule its module gave it (init_params): matrices and embeddings
+  // N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers) where the
+  // family says so (GPT-2), norms 1, biases 0.
   void init_weights(uint64_t seed);
 
   // ids: i32 [B, T] -> logits [B, T, vocab] (under tp: this rank's vocabulary shard
