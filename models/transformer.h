@@ -12,7 +12,7 @@
 
 namespace anvil {
 
-// Bytes a forward+backward step holds, from the size tables (llm.c style).
+// Bytes a forward+backward step holds, summed from what each part reports (llm.c-style size tables).
 struct MemoryTable {
   size_t param_bytes = 0;
   size_t grad_bytes = 0;        // trainable params only
