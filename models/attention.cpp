@@ -24,8 +24,6 @@ void write_positions(Tensor& dst, const Tensor& src, int64_t start) {
   slot.copy_(src);
 }
 
-const char* out_name(Attention::Projection p) { return p == Attention::Projection::Fused ? "c_proj" : "o_proj"; }
-
 // The full shape checked, then with this rank's head counts (whole KV groups per rank).
 AttentionShape local_shape(const std::string& prefix, AttentionShape s, const Communicator* tp) {
   ANVIL_CHECK(s.num_heads % s.num_kv_heads == 0, prefix, ": num_key_value_heads = ", s.num_kv_heads,
@@ -46,17 +44,19 @@ Attention::Attention(const std::string& prefix, const AttentionShape& shape, Pro
       projection_(projection),
       rope_(std::move(rope)),
       sequence_(std::move(sequence)),
-      out_(prefix + "." + out_name(projection), shape.num_heads * shape.head_dim, shape.hidden, shape.out_bias, tp) {
+      out_(prefix + "." + attention_names(projection).out, shape.num_heads * shape.head_dim, shape.hidden,
+           shape.out_bias, tp, Init::ResidualNormal) {
+  const AttentionNames& names = attention_names(projection);
   if (sequence_) check_ulysses_heads(sequence_->sp->size(), shape_.num_heads, shape_.num_kv_heads);
   const int64_t q_dim = shape.num_heads * shape.head_dim, kv_dim = shape.num_kv_heads * shape.head_dim;
   if (projection == Projection::Fused) {
     // q, k and v rows are split separately, so each rank's c_attn is [its q | its k | its v].
-    qkv_.emplace(prefix + ".c_attn", shape.hidden, q_dim + 2 * kv_dim, shape.bias, tp,
+    qkv_.emplace(prefix + "." + names.qkv, shape.hidden, q_dim + 2 * kv_dim, shape.bias, tp,
                  std::vector<int64_t>{q_dim, kv_dim, kv_dim});
   } else {
-    q_.emplace(prefix + ".q_proj", shape.hidden, q_dim, shape.bias, tp);
-    k_.emplace(prefix + ".k_proj", shape.hidden, kv_dim, shape.bias, tp);
-    v_.emplace(prefix + ".v_proj", shape.hidden, kv_dim, shape.bias, tp);
+    q_.emplace(prefix + "." + names.q, shape.hidden, q_dim, shape.bias, tp);
+    k_.emplace(prefix + "." + names.k, shape.hidden, kv_dim, shape.bias, tp);
+    v_.emplace(prefix + "." + names.v, shape.hidden, kv_dim, shape.bias, tp);
   }
 }
 
@@ -188,6 +188,15 @@ void Attention::collect_params(std::vector<Param*>& out) {
     v_->collect_params(out);
   }
   out_.collect_params(out);
+}
+
+size_t Attention::activation_bytes(const ActivationDims& d) const {
+  const size_t H = shape_.num_heads, Hkv = shape_.num_kv_heads, D = shape_.head_dim;  // this tp rank's heads
+  const size_t input = d.tokens * shape_.hidden;  // q/k/v's input, saved once
+  const size_t sp = sequence_ ? sequence_->sp->size() : 1;
+  if (sp == 1) return (input + d.tokens * (H + 2 * Hkv) * D + d.tokens * H * D) * d.act + d.tokens * H * d.stat;
+  const size_t all = d.batch * d.seq_len, h = H / sp, hkv = Hkv / sp;  // every position, this sp rank's heads
+  return (input + all * (h + 2 * hkv) * D + all * h * D + d.tokens * H * D) * d.act + all * h * d.stat;
 }
 
 }  // namespace anvil

@@ -3,6 +3,7 @@
 #include <memory>
 #include <optional>
 
+#include "models/family.h"
 #include "models/kv_cache.h"
 #include "models/layers.h"
 #include "models/tensor_parallel_layers.h"
@@ -42,17 +43,17 @@ struct AttentionShape {
 
 class Attention : public Module {
  public:
-  enum class Projection {
-    Fused,     // GPT-2: one c_attn projection to [q | k | v], output c_proj
-    Separate,  // Llama: q_proj, k_proj, v_proj, output o_proj
-  };
+  // Fused (GPT-2: one c_attn projection to [q | k | v], output c_proj) or Separate (Llama:
+  // q_proj, k_proj, v_proj, output o_proj); the names come from models/family.h.
+  using Projection = QkvLayout;
   // `rope` is null for models with learned positions. With a tp communicator the heads are
   // split: each rank holds a contiguous group of num_kv_heads / tp KV heads with their query
   // heads (q/k/v or c_attn column-parallel, each rank's c_attn rows its q|k|v chunks;
   // o_proj / c_proj row-parallel). `shape` is the full model's. With a `sequence` context
   // x holds this sp rank's slice of each sequence: projections and RoPE (at the slice's
   // global positions) stay local, and the causal attention itself runs through Ulysses
-  // (parallel/ulysses.h) over the tp-local heads.
+  // (parallel/ulysses.h) over the tp-local heads. The output projection writes into the
+  // residual stream: Init::ResidualNormal.
   Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
             std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr,
             std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
@@ -60,6 +61,9 @@ class Attention : public Module {
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden] (under sp: [B, Tl, hidden])
   Tensor backward(const Tensor& dy, Cache& c) override;
   void collect_params(std::vector<Param*>& out) override;
+  // Its input, q/k/v after RoPE, the attention output and its log-sum-exp (under sp: in the
+  // head layout over every position, plus the output back in the sequence layout).
+  size_t activation_bytes(const ActivationDims& d) const override;
 
   // Inference with a KV cache: x [B, T, hidden] holds positions start_pos ..
   // start_pos + T - 1. Their keys and values (after RoPE) are written into kv at

@@ -1,18 +1,55 @@
-// A pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(.)).
+// A pre-norm transformer block built from a spec (Megatron's ModuleSpec idea):
+//   h = x + attention(norm1(x));  y = h + feed_forward(norm2(h))
+// each slot filled by a factory of a BlockSpec, with an optional gate around each sub-block
+// (x + w * f(x), models/block_parts.h). GPT-2, Llama, Qwen2 and Mistral all use
+// dense_block_spec(), which reads the family table (models/family.h) for the norm kind,
+// the attention's projection layout and the MLP kind; an MoE layer is a FeedForward class
+// and a spec whose feed_forward factory builds it.
 #pragma once
+#include <functional>
 #include <memory>
 
 #include "models/attention.h"
+#include "models/block_parts.h"
 #include "models/config.h"
+#include "models/family.h"
 #include "models/mlp.h"
 
 namespace anvil {
 
+// What a slot's factory gets: the block's parameter-name prefix ("transformer.h.3",
+// "model.layers.3"), the model's config and family row, and the shared parts of the model.
+struct BlockContext {
+  std::string prefix;
+  const ModelConfig& config;
+  const Family& family;
+  std::shared_ptr<const RopeTables> rope;  // null with learned positions
+  Communicator* tp = nullptr;              // tensor parallel: attention and feed-forward split
+  std::shared_ptr<const SequenceParallelContext> sequence;  // Ulysses sequence parallel, or null
+};
+
+enum class SubBlock { Attention, FeedForward };
+
+struct BlockSpec {
+  // `name`: the norm's full parameter-name prefix (e.g. "model.layers.3.input_layernorm").
+  std::function<std::unique_ptr<Module>(const std::string& name, const BlockContext&)> norm;
+  std::function<std::unique_ptr<Attention>(const BlockContext&)> attention;
+  std::function<std::unique_ptr<FeedForward>(const BlockContext&)> feed_forward;
+  // Empty, or returns a gate (or nullptr: that sub-block is not gated).
+  std::function<std::unique_ptr<BlockGate>(const BlockContext&, SubBlock)> gate;
+};
+
+// The family's norm, its attention layout, the dense MLP (gated or not); no gates.
+BlockSpec dense_block_spec();
+// The spec a config asks for (dense today; MoE configs will choose theirs here).
+BlockSpec block_spec(const ModelConfig& config);
+
 class TransformerBlock : public Module {
  public:
-  // prefix: "transformer.h.3" (GPT-2) or "model.layers.3" (Llama). With a tp communicator
-  // attention and MLP are tensor-parallel; the norms and residuals stay replicated. With a
-  // `sequence` context attention is Ulysses sequence-parallel; everything else is token-local.
+  TransformerBlock(const BlockSpec& spec, const BlockContext& context);
+  // block_spec(config)'s block. With a tp communicator attention and feed-forward are
+  // tensor-parallel; the norms and residuals stay replicated. With a `sequence` context
+  // attention is Ulysses sequence-parallel; everything else is token-local.
   TransformerBlock(const std::string& prefix, const ModelConfig& config, std::shared_ptr<const RopeTables> rope,
                    Communicator* tp = nullptr, std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
   Tensor forward(const Tensor& x, Cache& c) override;
@@ -21,14 +58,21 @@ class TransformerBlock : public Module {
   // appending their keys/values to this layer's KV cache; saves nothing.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
   void collect_params(std::vector<Param*>& out) override;
+  // The sum of its parts', plus each gated sub-block's output and weights (kept for the gate's gradient).
+  size_t activation_bytes(const ActivationDims& d) const override;
 
  private:
+  // x + f (written over f), or x + w * f through the sub-block's gate (saving f and w).
+  Tensor residual(const Tensor& x, Tensor f, int sub, Cache& c);
+  // The gradient that enters sub-block f from the residual's dy (dy itself without a gate).
+  Tensor residual_backward(const Tensor& dy, int sub, Cache& c, Tensor& dx_gate);
   std::unique_ptr<Module> norm1_, norm2_;
-  Attention attn_;
-  MLP mlp_;
+  std::unique_ptr<Attention> attn_;
+  std::unique_ptr<FeedForward> ff_;
+  std::unique_ptr<BlockGate> gates_[2];  // around attention, feed-forward; null = ungated
 };
 
-// The norm a family uses: LayerNorm (GPT-2) or RMSNorm (Llama).
+// The norm a family uses: LayerNorm (GPT-2) or RMSNorm (Llama), from the family table.
 std::unique_ptr<Module> make_norm(const std::string& name, const ModelConfig& config);
 
 }  // namespace anvil

@@ -16,10 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // Checks a field's value against what anvil implements; `ok` decides, the message names it.
 void reject_if(bool bad, const std::string& source, const std::string& field, const nlohmann::json& value,
                const std::string& why) {
@@ -112,22 +108,8 @@ nlohmann::json hf_config_json(const ModelConfig& config, std::optional<int32_t> 
 
 namespace {
 
-// GPT-2's Conv1D weights: stored [in, out] by Hugging Face.
-bool is_conv1d(const ModelConfig& config, const std::string& name) {
-  if (config.family() != ModelFamily::GPT2) return false;
-  return ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_proj.weight") ||
-         ends_with(name, ".mlp.c_fc.weight") || ends_with(name, ".mlp.c_proj.weight");
-}
-
-// Non-parameter tensors that real checkpoints carry and anvil recomputes.
-bool is_known_buffer(const ModelConfig& config, const std::string& name) {
-  if (config.family() == ModelFamily::GPT2) return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
-  return ends_with(name, ".rotary_emb.inv_freq");
-}
-
-std::string prefix_of(const ModelConfig& config) {
-  return config.family() == ModelFamily::GPT2 ? "transformer." : "model.";
-}
+// GPT-2's Conv1D weights: stored [in, out] by Hugging Face (the family table lists them).
+bool is_conv1d(const ModelConfig& config, const std::string& name) { return family_of(config).is_transposed(name); }
 
 std::string shape_text(const Shape& s) { return shape_str(s); }
 
@@ -156,7 +138,7 @@ nlohmann::json hf_tokenizer_config(const Tokenizer& tokenizer, int64_t max_lengt
 void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
   const ModelConfig& config = model.config();
   const std::string& src = index.path();
-  const std::string prefix = prefix_of(config);
+  const std::string prefix = family_of(config).model_prefix;
   const std::vector<Param*> params = model.params();
 
   // Base-model files (GPT2Model / LlamaModel) drop the prefix: decide by the embedding's name.
@@ -207,8 +189,8 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
   std::string tied_head;
   const bool whole_model = model.layout().stages == 1;
   for (const std::string& name : index.names()) {
-    if (used.count(name) || is_known_buffer(config, name)) continue;
-    if (config.tie_word_embeddings && name == "lm_head.weight") {
+    if (used.count(name) || family_of(config).is_known_buffer(name)) continue;
+    if (config.tie_word_embeddings && name == std::string(family_of(config).head) + ".weight") {
       tied_head = name;
       continue;
     }

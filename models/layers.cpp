@@ -2,14 +2,9 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
-#include "kernels/matmul.h"
 #include "kernels/norm.h"
 
 namespace anvil {
-
-namespace {
-Param no_param() { return Param("", Tensor(), ParamRole::Vector); }
-}  // namespace
 
 Shape with_last_dim(const Shape& shape, int64_t last) {
   Shape s = shape;
@@ -17,56 +12,33 @@ Shape with_last_dim(const Shape& shape, int64_t last) {
   return s;
 }
 
-Linear::Linear(const std::string& name, int64_t in_features, int64_t out_features, bool with_bias)
-    : weight(name + ".weight", Tensor::zeros({out_features, in_features}), ParamRole::Matrix),
-      bias(with_bias ? Param(name + ".bias", Tensor::zeros({out_features}), ParamRole::Vector) : no_param()) {}
-
-namespace {
-// x as a contiguous [rows, in] matrix, after checking its last dim.
-Tensor linear_input(const Tensor& x, const Param& weight) {
-  const int64_t in = weight.value.size(1);
-  ANVIL_CHECK(x.dim() >= 1 && x.size(-1) == in, weight.name, ": input ", x.describe(), " has last dim ",
-              x.dim() ? x.size(-1) : 0, ", expected ", in);
-  return x.contiguous().view({-1, in});
-}
-}  // namespace
-
-Tensor Linear::apply(const Tensor& x2, const Shape& x_shape) const {
-  const int64_t out = weight.value.size(0);
-  Tensor y = empty_like(x2, {x2.size(0), out});
-  if (has_bias()) kernels::matmul_bias(x2, false, weight.value, true, bias.value, y);
-  else kernels::matmul(x2, false, weight.value, true, y);
-  return y.view(with_last_dim(x_shape, out));
-}
+Linear::Linear(const std::string& name, int64_t in_features, int64_t out_features, bool with_bias, Init init)
+    : linear(name, out_features, in_features, with_bias, init) {}
 
 Tensor Linear::forward(const Tensor& x, Cache& c) {
-  const Tensor x2 = linear_input(x, weight);
+  const Tensor x2 = linear.input_matrix(x);
   c["x"] = x2;
-  return apply(x2, x.shape());
+  return linear.forward(x2).view(with_last_dim(x.shape(), linear.out_features()));
 }
 
-Tensor Linear::infer(const Tensor& x) { return apply(linear_input(x, weight), x.shape()); }
+Tensor Linear::infer(const Tensor& x) {
+  return linear.forward(linear.input_matrix(x)).view(with_last_dim(x.shape(), linear.out_features()));
+}
 
 Tensor Linear::backward(const Tensor& dy, Cache& c) {
-  const Tensor x2 = c.get("x");
-  const int64_t in = weight.value.size(1), out = weight.value.size(0);
-  const Tensor dy2 = dy.contiguous().view({-1, out});
-  // Input gradient first: under tensor parallelism its collective starts while dW is computed.
-  Tensor dx = empty_like(dy2, {dy2.size(0), in});
-  kernels::matmul(dy2, false, weight.value, false, dx);
-  if (weight.trainable) kernels::matmul(dy2, true, x2, false, weight.grad, 1.0f, 1.0f);
-  if (has_bias() && bias.trainable) kernels::bias_grad(dy2, bias.grad);
+  const Tensor dy2 = dy.contiguous().view({-1, linear.out_features()});
+  const Tensor dx = linear.input_grad(dy2);
+  linear.accumulate_grads(dy2, c.get("x"));
   c.clear();
-  return dx.view(with_last_dim(dy.shape(), in));
+  return dx.view(with_last_dim(dy.shape(), linear.in_features()));
 }
 
-void Linear::collect_params(std::vector<Param*>& out) {
-  out.push_back(&weight);
-  if (has_bias()) out.push_back(&bias);
-}
+void Linear::collect_params(std::vector<Param*>& out) { linear.collect_params(out); }
+
+size_t Linear::activation_bytes(const ActivationDims& d) const { return d.tokens * linear.in_features() * d.act; }
 
 Embedding::Embedding(const std::string& name, int64_t num_embeddings, int64_t dim)
-    : weight(name + ".weight", Tensor::zeros({num_embeddings, dim}), ParamRole::Embedding) {}
+    : weight(name + ".weight", Tensor::zeros({num_embeddings, dim}), ParamRole::Embedding, Init::Normal) {}
 
 Tensor Embedding::infer(const Tensor& ids) {
   check_dtype(ids, DType::I32, "embedding ids");
@@ -94,8 +66,8 @@ Tensor Embedding::backward(const Tensor& dy, Cache& c) {
 void Embedding::collect_params(std::vector<Param*>& out) { out.push_back(&weight); }
 
 LayerNorm::LayerNorm(const std::string& name, int64_t dim, double e)
-    : weight(name + ".weight", Tensor::full({dim}, 1.0), ParamRole::Vector),
-      bias(name + ".bias", Tensor::zeros({dim}), ParamRole::Vector),
+    : weight(name + ".weight", Tensor::full({dim}, 1.0), ParamRole::Vector, Init::Ones),
+      bias(name + ".bias", Tensor::zeros({dim}), ParamRole::Vector, Init::Zeros),
       eps(static_cast<float>(e)) {}
 
 Tensor LayerNorm::forward(const Tensor& x, Cache& c) {
@@ -133,13 +105,21 @@ Tensor LayerNorm::backward(const Tensor& dy, Cache& c) {
   return dx.view(dy.shape());
 }
 
+// LayerNorm saves its input and two f32 statistics per row (mean, rstd); RMSNorm only rstd.
+size_t LayerNorm::activation_bytes(const ActivationDims& d) const {
+  return d.tokens * weight.value.size(0) * d.act + 2 * d.tokens * d.stat;
+}
+size_t RMSNorm::activation_bytes(const ActivationDims& d) const {
+  return d.tokens * weight.value.size(0) * d.act + d.tokens * d.stat;
+}
+
 void LayerNorm::collect_params(std::vector<Param*>& out) {
   out.push_back(&weight);
   out.push_back(&bias);
 }
 
 RMSNorm::RMSNorm(const std::string& name, int64_t dim, double e)
-    : weight(name + ".weight", Tensor::full({dim}, 1.0), ParamRole::Vector), eps(static_cast<float>(e)) {}
+    : weight(name + ".weight", Tensor::full({dim}, 1.0), ParamRole::Vector, Init::Ones), eps(static_cast<float>(e)) {}
 
 Tensor RMSNorm::forward(const Tensor& x, Cache& c) {
   const int64_t dim = weight.value.size(0);

@@ -2,26 +2,26 @@
 #pragma once
 #include <string>
 
+#include "models/linear_weight.h"
 #include "models/module.h"
 
 namespace anvil {
 
 // y = x W^T + b with W: [out, in] (PyTorch nn.Linear layout; GPT-2's Conv1D
-// checkpoints store the transpose and are converted on load).
+// checkpoints store the transpose and are converted on load). The weight is a LinearWeight.
 class Linear : public Module {
  public:
-  Linear(const std::string& name, int64_t in_features, int64_t out_features, bool bias);
+  Linear(const std::string& name, int64_t in_features, int64_t out_features, bool bias, Init init = Init::Normal);
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [..., in]
   Tensor backward(const Tensor& dy, Cache& c) override; // dy: [..., out]
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
+  size_t activation_bytes(const ActivationDims& d) const override;  // its input
 
-  Param weight;
-  Param bias;  // value undefined when the layer has no bias
-  bool has_bias() const { return bias.value.defined(); }
-
- private:
-  Tensor apply(const Tensor& x2, const Shape& x_shape) const;  // x2: x as contiguous [rows, in]
+  LinearWeight linear;
+  Param& weight() { return linear.weight(); }
+  Param& bias() { return linear.bias(); }
+  bool has_bias() const { return linear.has_bias(); }
 };
 
 // Token (or position) lookup; input is an i32 id tensor, backward returns an undefined dx.
@@ -44,6 +44,8 @@ class LayerNorm : public Module {
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
 
+  size_t activation_bytes(const ActivationDims& d) const override;
+
   Param weight;
   Param bias;
   float eps;
@@ -56,6 +58,8 @@ class RMSNorm : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override;
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
+
+  size_t activation_bytes(const ActivationDims& d) const override;
 
   Param weight;
   float eps;

@@ -2,17 +2,24 @@
 
 #include "kernels/activation.h"
 #include "kernels/elementwise.h"
+#include "models/family.h"
 
 namespace anvil {
 
 MLP::MLP(const std::string& prefix, int64_t hidden, int64_t intermediate, bool gated, bool bias, Communicator* tp)
-    : down_(prefix + (gated ? ".down_proj" : ".c_proj"), intermediate, hidden, bias, tp) {
+    : down_(prefix + "." + mlp_names(gated).down, intermediate, hidden, bias, tp, Init::ResidualNormal) {
+  const MlpNames& names = mlp_names(gated);
   if (gated) {
-    gate_.emplace(prefix + ".gate_proj", hidden, intermediate, bias, tp);
-    up_.emplace(prefix + ".up_proj", hidden, intermediate, bias, tp);
+    gate_.emplace(prefix + "." + names.gate, hidden, intermediate, bias, tp);
+    up_.emplace(prefix + "." + names.up, hidden, intermediate, bias, tp);
   } else {
-    fc_.emplace(prefix + ".c_fc", hidden, intermediate, bias, tp);
+    fc_.emplace(prefix + "." + names.fc, hidden, intermediate, bias, tp);
   }
+}
+
+size_t MLP::activation_bytes(const ActivationDims& d) const {
+  const size_t hidden = down_.linear().out_features(), intermediate = down_.linear().in_features();  // local under tp
+  return d.tokens * (hidden + (gated() ? 3 : 2) * intermediate) * d.act;
 }
 
 Tensor MLP::forward(const Tensor& x, Cache& c) {

@@ -2,6 +2,7 @@
 //   forward saves what backward needs in the caller's Cache;
 //   backward returns dx (assigned) and accumulates (+=) parameter gradients,
 //   then clears its cache entries so activation memory falls as backward proceeds.
+// Each module also reports the activation bytes its forward saves (memory_table adds them up).
 #pragma once
 #include <vector>
 
@@ -10,6 +11,15 @@
 #include "models/param.h"
 
 namespace anvil {
+
+// One micro-batch as a module's memory report sees it, on this rank.
+struct ActivationDims {
+  size_t tokens = 0;   // the tokens this rank's token-local tensors hold (batch x its longest slice)
+  size_t batch = 0;    // sequences in the micro-batch
+  size_t seq_len = 0;  // the full sequence length (attention under sp holds all positions of its heads)
+  size_t act = 4;      // bytes of an activation element (the compute dtype)
+  size_t stat = 4;     // bytes of a saved statistic (norm stats, log-sum-exp: f32)
+};
 
 class Module {
  public:
@@ -23,6 +33,10 @@ class Module {
     Cache scratch;
     return forward(x, scratch);
   }
+  // Bytes forward saves in its Cache for backward, its input included when it keeps it
+  // (activations that alias a caller's tensor, like embedding ids, are the caller's). A module
+  // that saves nothing keeps the default.
+  virtual size_t activation_bytes(const ActivationDims&) const { return 0; }
   // Appends this module's params (and its children's) in a fixed order.
   virtual void collect_params(std::vector<Param*>& out) = 0;
 

@@ -1,5 +1,7 @@
 #include "models/param.h"
 
+#include "core/rng.h"
+
 namespace anvil {
 
 const char* param_role_name(ParamRole role) {
@@ -11,11 +13,14 @@ const char* param_role_name(ParamRole role) {
   return "?";
 }
 
-Param::Param(std::string n, Tensor v, ParamRole r) : name(std::move(n)), value(std::move(v)), role(r) {
-  if (value.defined()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
+Param::Param(std::string n, Tensor v, ParamRole r, Init i) : name(std::move(n)), value(std::move(v)), role(r), init(i) {
+  if (dense_float()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
+  else if (value.defined()) trainable = false;
 }
 
 void Param::set_trainable(bool on) {
+  ANVIL_CHECK(!on || !value.defined() || dense_float(), "param '", name, "' holds ", value.describe(),
+              ", not a dense float weight, so it cannot train — leave it frozen (train an adapter on it instead)");
   trainable = on;
   if (!on) {
     grad = Tensor();
@@ -41,6 +46,10 @@ void move_params(const std::vector<Param*>& params, Device device, DType compute
               " is not supported — use f32 or bf16");
   for (Param* p : params) {
     if (!p->value.defined()) continue;
+    if (!p->dense_float()) {  // packed integers, scales: the same bytes on the new device
+      if (p->value.device() != device) p->value = p->value.to(device);
+      continue;
+    }
     const bool keep_master = p->trainable && compute != DType::F32;
     if (p->value.device() == device && p->value.dtype() == compute && p->master.defined() == keep_master) continue;
     const Tensor source = master_weight(*p);  // the f32 weights: the master when there is one
@@ -54,6 +63,38 @@ void move_params(const std::vector<Param*>& params, Device device, DType compute
       p->value = moved.dtype() == compute ? moved : moved.to(compute);
     }
     if (p->grad.defined()) p->grad = zeros_like(p->value, p->value.shape(), DType::F32);
+  }
+}
+
+namespace {
+// N(0, std) draws by logical element index, so a shard holds exactly its slice of the
+// single-process tensor: each run of the split dim is a contiguous local block.
+void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
+  if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
+  const Shape& shape = p.value.shape();
+  const int d = p.shard.dim;
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= shape[i];
+  for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
+  const Tensor v = p.value.view({outer, shape[d], inner});
+  for (int64_t o = 0; o < outer; ++o)
+    for (const ShardRun& r : p.shard.runs) {
+      Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
+      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
+    }
+}
+}  // namespace
+
+void init_params(const std::vector<Param*>& params, uint64_t seed, float std, float residual_std) {
+  for (Param* p : params) {
+    const PhiloxStream rng(seed, stream_id(p->name.c_str()));
+    switch (p->init) {
+      case Init::Normal: fill_normal_logical(rng, *p, std); break;
+      case Init::ResidualNormal: fill_normal_logical(rng, *p, residual_std); break;
+      case Init::Zeros: p->value.fill_(0.0); break;
+      case Init::Ones: p->value.fill_(1.0); break;
+      case Init::Keep: break;
+    }
   }
 }
 

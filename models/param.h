@@ -27,6 +27,17 @@ struct ShardSpec {
   bool sharded() const { return axis != GridAxis::None; }
 };
 
+// How init_weights fills a param. The module that creates a param sets its rule (a layer
+// knows whether its weight feeds the residual stream; LoRA's B and Medusa's projections will
+// say Zeros); init_weights only applies it, with Philox keyed by (seed, param name).
+enum class Init {
+  Normal,          // N(0, initializer_range)
+  ResidualNormal,  // an output projection into the residual stream: N(0, the family's residual std)
+  Zeros,
+  Ones,
+  Keep,            // loaded, never initialised (e.g. a quantized weight's packed integers)
+};
+
 // Mixed precision (models/README.md): `value` is what the model computes with, in the run's
 // compute dtype (f32, or bf16 on a GPU). With a lower-precision value a trainable param also
 // holds `master`, the f32 weight the optimizer updates and checkpoints save; the optimizer
@@ -40,10 +51,17 @@ struct Param {
   bool trainable = true;
   ParamRole role = ParamRole::Vector;
   ShardSpec shard;
+  Init init = Init::Normal;
+  // A dense float weight follows the model's compute dtype: move_params casts it and keeps an
+  // f32 master when it trains. Anything else (packed integers, quantization scales: set
+  // keep_dtype) moves between devices as it is, is never cast and never trains.
+  bool keep_dtype = false;
+  bool dense_float() const { return !keep_dtype && value.defined() && dtype_is_float(value.dtype()); }
 
-  Param(std::string name, Tensor value, ParamRole role);
+  // A value that is not a dense float (an integer tensor) makes a frozen param.
+  Param(std::string name, Tensor value, ParamRole role, Init init = Init::Normal);
   // Freezing drops the gradient buffer; unfreezing allocates a zeroed one (and an f32 master
-  // when the value is in lower precision).
+  // when the value is in lower precision). Only a dense float param can train.
   void set_trainable(bool on);
   void zero_grad();
 };
@@ -59,10 +77,16 @@ void refresh_values(const std::vector<Param*>& params);
 // Moves params to `device` with values in `compute` (f32 or bf16): a trainable param whose
 // compute dtype is not f32 gets an f32 master on the device (copied from its master or value),
 // its value becomes the rounded compute-dtype copy, and its gradient f32 zeros on the device.
-// A frozen param keeps only the compute-dtype value (nothing updates it). Models are built,
+// A frozen param keeps only the compute-dtype value (nothing updates it). A param that is not
+// a dense float keeps its value's dtype and only changes device. Models are built,
 // initialised and loaded on the CPU in f32, then moved once; a param already where it should
 // be is left untouched (the CPU f32 path allocates nothing).
 void move_params(const std::vector<Param*>& params, Device device, DType compute);
+
+// Fills each param by its init rule, the normal draws from Philox keyed by (seed, param name)
+// and indexed by logical element, so a shard holds exactly its slice of the single-process
+// tensor (layout-independent). Normal: N(0, std); ResidualNormal: N(0, residual_std).
+void init_params(const std::vector<Param*>& params, uint64_t seed, float std, float residual_std);
 
 // The shard of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
 // or {full} for a plain split), each part evenly over `degree` ranks; `rank` holds its

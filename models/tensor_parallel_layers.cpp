@@ -2,13 +2,11 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
-#include "kernels/matmul.h"
 #include "models/layers.h"
 
 namespace anvil {
 
 namespace {
-Param no_param() { return Param("", Tensor(), ParamRole::Vector); }
 int degree(const Communicator* tp) { return tp ? tp->size() : 1; }
 int rank_of(const Communicator* tp) { return tp ? tp->rank() : 0; }
 
@@ -28,72 +26,51 @@ void shard_param(Param& p, int dim, const std::vector<int64_t>& parts, const Com
   if (tp && p.value.defined()) p.shard = even_shard(GridAxis::TP, dim, parts, rank_of(tp), degree(tp), p.name);
 }
 
-// x as a contiguous [rows, in] matrix, after checking its last dim against the weight.
-Tensor matrix_input(const Tensor& x, const Param& weight) {
-  const int64_t in = weight.value.size(1);
-  ANVIL_CHECK(x.dim() >= 1 && x.size(-1) == in, weight.name, ": input ", x.describe(), " has last dim ",
-              x.dim() ? x.size(-1) : 0, ", expected ", in, " (this rank's shard)");
-  return x.contiguous().view({-1, in});
-}
 }  // namespace
 
 // ---- ColumnParallelLinear ----
 
+namespace {
+std::vector<int64_t> or_whole(const std::vector<int64_t>& parts, int64_t whole) {
+  return parts.empty() ? std::vector<int64_t>{whole} : parts;
+}
+}  // namespace
+
 ColumnParallelLinear::ColumnParallelLinear(const std::string& name, int64_t in, int64_t out, bool with_bias,
-                                           Communicator* tp, const std::vector<int64_t>& parts_in)
-    : tp_(tp), weight_(no_param()), bias_(no_param()) {
-  const std::vector<int64_t> parts = parts_in.empty() ? std::vector<int64_t>{out} : parts_in;
-  const int64_t local_out = local_extent(name, parts, tp);
-  weight_ = Param(name + ".weight", Tensor::zeros({local_out, in}), ParamRole::Matrix);
-  shard_param(weight_, 0, parts, tp);
-  if (with_bias) {
-    bias_ = Param(name + ".bias", Tensor::zeros({local_out}), ParamRole::Vector);
-    shard_param(bias_, 0, parts, tp);
-  }
+                                           Communicator* tp, const std::vector<int64_t>& parts, Init init)
+    : tp_(tp), linear_(name, local_extent(name, or_whole(parts, out), tp), in, with_bias, init) {
+  shard_param(linear_.weight(), 0, or_whole(parts, out), tp);
+  shard_param(linear_.bias(), 0, or_whole(parts, out), tp);
 }
 
-ColumnParallelLinear::ColumnParallelLinear(Param& tied_weight, Communicator* tp)
-    : tp_(tp), weight_(no_param()), bias_(no_param()), tied_(&tied_weight) {}
-
-Tensor ColumnParallelLinear::apply(const Tensor& x2) const {
-  const Param& w = weight();
-  Tensor y = empty_like(x2, {x2.size(0), w.value.size(0)});
-  if (has_bias()) kernels::matmul_bias(x2, false, w.value, true, bias_.value, y);
-  else kernels::matmul(x2, false, w.value, true, y);
-  return y;
-}
+ColumnParallelLinear::ColumnParallelLinear(Param& tied_weight, Communicator* tp) : tp_(tp), linear_(tied_weight) {}
 
 Tensor ColumnParallelLinear::forward(const Tensor& x, Cache& c) {
-  const Tensor x2 = matrix_input(CopyToTensorParallelRegion::forward(tp_, x), weight());
+  const Tensor x2 = linear_.input_matrix(CopyToTensorParallelRegion::forward(tp_, x));
   c["x"] = x2;
-  return apply(x2).view(with_last_dim(x.shape(), weight().value.size(0)));
+  return linear_.forward(x2).view(with_last_dim(x.shape(), linear_.out_features()));
 }
 
 Tensor ColumnParallelLinear::infer(const Tensor& x) {
-  return apply(matrix_input(x, weight())).view(with_last_dim(x.shape(), weight().value.size(0)));
+  return linear_.forward(linear_.input_matrix(x)).view(with_last_dim(x.shape(), linear_.out_features()));
 }
 
 Tensor ColumnParallelLinear::input_grad(const Tensor& dy) const {
-  const Param& w = weight();
-  const Tensor dy2 = dy.contiguous().view({-1, w.value.size(0)});
-  Tensor dx = empty_like(dy2, {dy2.size(0), w.value.size(1)});
-  kernels::matmul(dy2, false, w.value, false, dx);
-  return dx.view(with_last_dim(dy.shape(), w.value.size(1)));
+  const Tensor dx = linear_.input_grad(dy.contiguous().view({-1, linear_.out_features()}));
+  return dx.view(with_last_dim(dy.shape(), linear_.in_features()));
 }
 
 void ColumnParallelLinear::param_grads(const Tensor& dy, Cache& c) {
-  Param& w = weight();
-  const Tensor dy2 = dy.contiguous().view({-1, w.value.size(0)});
-  if (w.trainable) kernels::matmul(dy2, true, c.get("x"), false, w.grad, 1.0f, 1.0f);
-  if (has_bias() && bias_.trainable) kernels::bias_grad(dy2, bias_.grad);
+  linear_.accumulate_grads(dy.contiguous().view({-1, linear_.out_features()}), c.get("x"));
   c.clear();
 }
 
 Tensor ColumnParallelLinear::backward(const Tensor& dy, Cache& c) { return column_parallel_backward({this}, {dy}, {&c}); }
 
-void ColumnParallelLinear::collect_params(std::vector<Param*>& out) {
-  if (!tied_) out.push_back(&weight_);
-  if (has_bias()) out.push_back(&bias_);
+void ColumnParallelLinear::collect_params(std::vector<Param*>& out) { linear_.collect_params(out); }
+
+size_t ColumnParallelLinear::activation_bytes(const ActivationDims& d) const {
+  return d.tokens * linear_.in_features() * d.act;
 }
 
 Tensor column_parallel_backward(const std::vector<ColumnParallelLinear*>& layers, const std::vector<Tensor>& dys,
@@ -113,52 +90,45 @@ Tensor column_parallel_backward(const std::vector<ColumnParallelLinear*>& layers
 // ---- RowParallelLinear ----
 
 RowParallelLinear::RowParallelLinear(const std::string& name, int64_t in, int64_t out, bool with_bias,
-                                     Communicator* tp)
-    : weight(name + ".weight", Tensor::zeros({out, local_extent(name, {in}, tp)}), ParamRole::Matrix),
-      bias(with_bias ? Param(name + ".bias", Tensor::zeros({out}), ParamRole::Vector) : no_param()),
-      tp_(tp) {
-  shard_param(weight, 1, {in}, tp);
+                                     Communicator* tp, Init init)
+    : tp_(tp), linear_(name, out, local_extent(name, {in}, tp), with_bias, init) {
+  shard_param(linear_.weight(), 1, {in}, tp);
 }
 
 Tensor RowParallelLinear::apply(const Tensor& x2, const Shape& x_shape) const {
-  const int64_t out = weight.value.size(0);
-  Tensor y = empty_like(x2, {x2.size(0), out});
-  kernels::matmul(x2, false, weight.value, true, y);
+  Tensor y = linear_.forward(x2, /*with_bias=*/false);
   ReduceFromTensorParallelRegion::forward(tp_, y);  // sum of the ranks' partial products
-  if (has_bias()) kernels::add_bias(y, bias.value);  // once, after the reduction
-  return y.view(with_last_dim(x_shape, out));
+  linear_.add_bias(y);                              // once, after the reduction
+  return y.view(with_last_dim(x_shape, linear_.out_features()));
 }
 
 Tensor RowParallelLinear::forward(const Tensor& x, Cache& c) {
-  const Tensor x2 = matrix_input(x, weight);
+  const Tensor x2 = linear_.input_matrix(x);
   c["x"] = x2;
   return apply(x2, x.shape());
 }
 
-Tensor RowParallelLinear::infer(const Tensor& x) { return apply(matrix_input(x, weight), x.shape()); }
+Tensor RowParallelLinear::infer(const Tensor& x) { return apply(linear_.input_matrix(x), x.shape()); }
 
 Tensor RowParallelLinear::backward(const Tensor& dy_in, Cache& c) {
   const Tensor& dy = ReduceFromTensorParallelRegion::backward(tp_, dy_in);
-  const Tensor x2 = c.get("x");
-  const int64_t in = weight.value.size(1), out = weight.value.size(0);
-  const Tensor dy2 = dy.contiguous().view({-1, out});
-  Tensor dx = empty_like(dy2, {dy2.size(0), in});
-  kernels::matmul(dy2, false, weight.value, false, dx);
-  if (weight.trainable) kernels::matmul(dy2, true, x2, false, weight.grad, 1.0f, 1.0f);
-  if (has_bias() && bias.trainable) kernels::bias_grad(dy2, bias.grad);
+  const Tensor dy2 = dy.contiguous().view({-1, linear_.out_features()});
+  const Tensor dx = linear_.input_grad(dy2);
+  linear_.accumulate_grads(dy2, c.get("x"));
   c.clear();
-  return dx.view(with_last_dim(dy.shape(), in));
+  return dx.view(with_last_dim(dy.shape(), linear_.in_features()));
 }
 
-void RowParallelLinear::collect_params(std::vector<Param*>& out) {
-  out.push_back(&weight);
-  if (has_bias()) out.push_back(&bias);
+void RowParallelLinear::collect_params(std::vector<Param*>& out) { linear_.collect_params(out); }
+
+size_t RowParallelLinear::activation_bytes(const ActivationDims& d) const {
+  return d.tokens * linear_.in_features() * d.act;
 }
 
 // ---- VocabParallelEmbedding ----
 
 VocabParallelEmbedding::VocabParallelEmbedding(const std::string& name, int64_t num, int64_t dim, Communicator* tp)
-    : weight(name + ".weight", Tensor::zeros({local_extent(name, {num}, tp), dim}), ParamRole::Embedding),
+    : weight(name + ".weight", Tensor::zeros({local_extent(name, {num}, tp), dim}), ParamRole::Embedding, Init::Normal),
       tp_(tp),
       num_embeddings_(num),
       vocab_start_(rank_of(tp) * (num / degree(tp))) {

@@ -1,12 +1,13 @@
 // Tensor-parallel layers (Megatron-Core's tensor_parallel layers), each a local computation
 // composed with the conjugate regions of parallel/tensor_parallel.h. Params keep their Hugging
 // Face names, hold this rank's shard (local shapes) and carry ShardSpec{TP, dim} with the
-// logical extent and slice offsets. Built with a null tp communicator each is exactly the
+// logical extent and slice offsets. The linear layers' weights are LinearWeights. Built with a null tp communicator each is exactly the
 // single-device layer (same kernels in the same order, no copies).
 #pragma once
 #include <string>
 #include <vector>
 
+#include "models/linear_weight.h"
 #include "models/module.h"
 #include "parallel/tensor_parallel.h"
 
@@ -20,7 +21,7 @@ class ColumnParallelLinear : public Module {
   // `parts`: sub-blocks of the output dim split separately (GPT-2's c_attn: {q, k, v}
   // sizes), so this rank's rows are its chunk of each part, in order; empty = one part.
   ColumnParallelLinear(const std::string& name, int64_t in_features, int64_t out_features, bool bias,
-                       Communicator* tp, const std::vector<int64_t>& parts = {});
+                       Communicator* tp, const std::vector<int64_t>& parts = {}, Init init = Init::Normal);
   // A layer on another module's weight shard (the tied LM head on the vocab-parallel
   // embedding): it owns no params, and its gradient accumulates into that weight's.
   ColumnParallelLinear(Param& tied_weight, Communicator* tp);
@@ -29,23 +30,23 @@ class ColumnParallelLinear : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override; // returns the full (reduced) dx
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;  // none when tied
+  size_t activation_bytes(const ActivationDims& d) const override;  // its input
 
   // The halves of backward, for layers that read one input (column_parallel_backward).
   Tensor input_grad(const Tensor& dy) const;     // this rank's partial dx = dy W_local
   void param_grads(const Tensor& dy, Cache& c);  // dW += dy^T x, db += sum dy; clears c
 
-  Param& weight() { return tied_ ? *tied_ : weight_; }
-  const Param& weight() const { return tied_ ? *tied_ : weight_; }
-  Param& bias() { return bias_; }
-  bool has_bias() const { return bias_.value.defined(); }
+  LinearWeight& linear() { return linear_; }
+  const LinearWeight& linear() const { return linear_; }
+  Param& weight() { return linear_.weight(); }
+  const Param& weight() const { return linear_.weight(); }
+  Param& bias() { return linear_.bias(); }
+  bool has_bias() const { return linear_.has_bias(); }
   Communicator* tp() const { return tp_; }
 
  private:
-  Tensor apply(const Tensor& x) const;
   Communicator* tp_;
-  Param weight_;          // undefined when tied
-  Param bias_;            // undefined without bias
-  Param* tied_ = nullptr;
+  LinearWeight linear_;
 };
 
 // Backward of column-parallel layers that read the same input (q/k/v, gate/up): sums their
@@ -59,19 +60,24 @@ Tensor column_parallel_backward(const std::vector<ColumnParallelLinear*>& layers
 // bias is added once, after the reduction. Backward is local (dy is replicated).
 class RowParallelLinear : public Module {
  public:
-  RowParallelLinear(const std::string& name, int64_t in_features, int64_t out_features, bool bias, Communicator* tp);
+  RowParallelLinear(const std::string& name, int64_t in_features, int64_t out_features, bool bias, Communicator* tp,
+                    Init init = Init::Normal);
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [..., in/tp] -> [..., out]
   Tensor backward(const Tensor& dy, Cache& c) override; // returns this rank's dx shard
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
+  size_t activation_bytes(const ActivationDims& d) const override;  // its input shard
 
-  Param weight;
-  Param bias;  // replicated over tp; undefined without bias
-  bool has_bias() const { return bias.value.defined(); }
+  LinearWeight& linear() { return linear_; }
+  const LinearWeight& linear() const { return linear_; }
+  Param& weight() { return linear_.weight(); }
+  Param& bias() { return linear_.bias(); }  // replicated over tp; undefined without bias
+  bool has_bias() const { return linear_.has_bias(); }
 
  private:
   Tensor apply(const Tensor& x2, const Shape& x_shape) const;
   Communicator* tp_;
+  LinearWeight linear_;
 };
 
 // Token embedding with the table split by vocabulary rows: each rank holds num/tp rows,

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "core/rng.h"
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
@@ -12,7 +11,6 @@
 namespace anvil {
 
 namespace {
-bool is_gpt2(const ModelConfig& c) { return c.family() == ModelFamily::GPT2; }
 const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
   c.validate();
   ANVIL_CHECK(layout.stages >= 1 && layout.stage >= 0 && layout.stage < layout.stages, "TransformerLM: pipeline stage ",
@@ -28,22 +26,6 @@ const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
 }
 // Cache children of the model: 0 embedding, 1..L blocks, L+1 final norm, L+2 head.
 
-// N(0, std) draws by logical element index, so a shard holds exactly its slice of the
-// single-process tensor: each run of the split dim is a contiguous local block.
-void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
-  if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
-  const Shape& shape = p.value.shape();
-  const int d = p.shard.dim;
-  int64_t outer = 1, inner = 1;
-  for (int i = 0; i < d; ++i) outer *= shape[i];
-  for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
-  const Tensor v = p.value.view({outer, shape[d], inner});
-  for (int64_t o = 0; o < outer; ++o)
-    for (const ShardRun& r : p.shard.runs) {
-      Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
-      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
-    }
-}
 }  // namespace
 
 TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout)
@@ -52,23 +34,26 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
       tp_(layout.tp),
       vocab_start_(vocab_shard_start(layout.tp, config.vocab_size)) {
   Communicator* tp = layout.tp;
-  const bool gpt2 = is_gpt2(config);
+  const Family& family = family_of(config);
   const bool first = is_first_stage(), last = is_last_stage();
   if (first || (last && config.tie_word_embeddings))
-    wte_.emplace(gpt2 ? "transformer.wte" : "model.embed_tokens", config.vocab_size, config.hidden_size, tp);
-  if (gpt2 && first) wpe_.emplace("transformer.wpe", config.max_position_embeddings, config.hidden_size);
-  if (!gpt2) rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta,
-                                     config.rope_scaling);
+    wte_.emplace(family.embed_tokens, config.vocab_size, config.hidden_size, tp);
+  if (family.positions == PositionKind::Learned && first)
+    wpe_.emplace(family.embed_positions, config.max_position_embeddings, config.hidden_size);
+  if (family.positions == PositionKind::Rotary)
+    rope_ = make_rope_tables(config.resolved_head_dim(), config.max_position_embeddings, config.rope_theta,
+                             config.rope_scaling);
   if (layout.sp) sequence_ = std::make_shared<SequenceParallelContext>(SequenceParallelContext{layout.sp, {}});
   const int64_t per_stage = config.num_hidden_layers / layout.stages;
   first_layer_ = layout.stage * per_stage;
+  const BlockSpec spec = block_spec(config);
   for (int64_t i = first_layer_; i < first_layer_ + per_stage; ++i)
-    blocks_.push_back(std::make_unique<TransformerBlock>(
-        (gpt2 ? "transformer.h." : "model.layers.") + std::to_string(i), config, rope_, tp, sequence_));
+    blocks_.push_back(
+        std::make_unique<TransformerBlock>(spec, BlockContext{family.layer(i), config_, family, rope_, tp, sequence_}));
   if (last) {
-    norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
+    norm_f_ = make_norm(family.final_norm, config);
     if (config.tie_word_embeddings) head_.emplace(wte_->weight, tp);
-    else head_.emplace("lm_head", config.hidden_size, config.vocab_size, false, tp);
+    else head_.emplace(family.head, config.hidden_size, config.vocab_size, false, tp);
   }
 }
 
@@ -84,21 +69,9 @@ void TransformerLM::to(Device device, DType compute) {
 
 void TransformerLM::init_weights(uint64_t seed) {
   const float std = static_cast<float>(config_.initializer_range);
-  const float residual_std = is_gpt2(config_) ? std / std::sqrt(2.0f * config_.num_hidden_layers) : std;
-  auto ends_with = [](const std::string& s, const char* suffix) {
-    const std::string x(suffix);
-    return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
-  };
-  for (Param* p : params()) {
-    const PhiloxStream rng(seed, stream_id(p->name.c_str()));
-    if (p->role == ParamRole::Vector) {
-      // Norm weights start at 1, every bias at 0.
-      p->value.fill_(ends_with(p->name, ".bias") ? 0.0 : 1.0);
-    } else {
-      const bool residual_proj = ends_with(p->name, "c_proj.weight");
-      fill_normal_logical(rng, *p, residual_proj ? residual_std : std);
-    }
-  }
+  const float residual_std =
+      family_of(config_).scale_residual_init ? std / std::sqrt(2.0f * config_.num_hidden_layers) : std;
+  init_params(params(), seed, std, residual_std);
 }
 
 Tensor TransformerLM::forward(const Tensor& ids, Cache& c) {
@@ -290,54 +263,39 @@ void TransformerLM::zero_grad() {
 }
 
 MemoryTable TransformerLM::memory_table(int64_t B, int64_t T) const {
-  const ModelConfig& m = config_;
-  // Activations are in the compute dtype; saved statistics (norm stats, log-sum-exp, losses) in f32.
-  const size_t a = dtype_size(compute_), f = sizeof(float);
-  // Per rank: under tensor parallelism heads, MLP width and logits are this rank's shard;
-  // under sequence parallelism token-local tensors hold the longest slice of N tokens and
-  // attention's saved tensors the head layout (all T positions of H / sp heads).
-  const size_t tp = tp_ ? tp_->size() : 1, sp = layout_.sp ? layout_.sp->size() : 1;
-  const size_t Tl = partition_sequence(T, static_cast<int>(sp)).max_length();
-  const size_t N = B * Tl, C = m.hidden_size, V = m.vocab_size / tp, I = m.intermediate_size / tp;
-  const size_t H = m.num_attention_heads / tp, Hkv = m.num_key_value_heads / tp, D = m.resolved_head_dim();
-  const bool gpt2 = is_gpt2(m);
+  auto& self = const_cast<TransformerLM&>(*this);  // params() only lists them
   MemoryTable t;
-  for (Param* p : const_cast<TransformerLM*>(this)->params()) {
+  for (Param* p : self.params()) {
     t.param_bytes += p->value.nbytes() + (p->master.defined() ? p->master.nbytes() : 0);
     if (p->grad.defined()) t.grad_bytes += p->grad.nbytes();
   }
   if (rope_) t.buffer_bytes = rope_->cos.nbytes() + rope_->sin.nbytes();
-  const size_t norm_stats = gpt2 ? 2 * N : N;  // LayerNorm keeps mean and rstd; RMSNorm only rstd
-  size_t per_layer = 0, per_layer_stats = 0;
-  per_layer += N * C;                              // norm1 output (attention input)
-  per_layer_stats += norm_stats;                   // and its stats
-  if (sp == 1) {
-    per_layer += N * (H + 2 * Hkv) * D;            // q, k, v (after RoPE)
-    per_layer += N * H * D;                        // attention output
-    per_layer_stats += N * H;                      // and its log-sum-exp
-  } else {
-    const size_t all = B * T, h = H / sp, hkv = Hkv / sp;  // every position, this rank's heads
-    per_layer += all * (h + 2 * hkv) * D;          // gathered q, k, v (after RoPE)
-    per_layer += all * h * D;                      // attention output (head layout)
-    per_layer_stats += all * h;                    // and its log-sum-exp
-    per_layer += N * H * D;                        // the output back in the sequence layout (o_proj's input)
-  }
-  per_layer += N * C;                              // residual sum after attention
-  per_layer += N * C;                              // norm2 output
-  per_layer_stats += norm_stats;                   // and stats
-  per_layer += (m.gated_mlp() ? 3 : 2) * N * I;    // gate, up, swiglu | pre-GELU, GELU
-  per_layer += N * C;                              // block output (residual sum)
-  size_t act = N * C;                              // embedding output (a later stage: the received input)
-  act += blocks_.size() * per_layer;               // this stage's layers
-  size_t stats = blocks_.size() * per_layer_stats;
+  // Activations are in the compute dtype; saved statistics (norm stats, log-sum-exp, losses)
+  // in f32. Under sequence parallelism token-local tensors hold the longest slice.
+  const int sp = layout_.sp ? layout_.sp->size() : 1;
+  ActivationDims d;
+  d.batch = B;
+  d.seq_len = T;
+  d.tokens = B * partition_sequence(T, sp).max_length();
+  d.act = dtype_size(compute_);
+  d.stat = sizeof(float);
+  // Each part reports what its forward saves, its input included: the first block's norm
+  // holds the embedding output (or a later stage's received input), the final norm the last
+  // block's output, the head the final norm's output.
+  const Module* wte = wte_ ? &*wte_ : nullptr;
+  const Module* wpe = wpe_ ? &*wpe_ : nullptr;
+  const Module* head = head_ ? &*head_ : nullptr;
+  size_t act = 0;
+  for (const Module* part : {wte, wpe, static_cast<const Module*>(norm_f_.get()), head})
+    if (part) act += part->activation_bytes(d);
+  for (const auto& block : blocks_) act += block->activation_bytes(d);
   if (is_last_stage()) {
-    act += N * C;                                  // final norm
-    stats += norm_stats;
-    act += N * V;                                  // logits
-    stats += 2 * N;                                // per-row loss and log-sum-exp
+    const size_t V = config_.vocab_size / (tp_ ? tp_->size() : 1);
+    act += d.tokens * V * d.act + 2 * d.tokens * d.stat;  // the loss keeps the logits, per-row loss and log-sum-exp
   }
-  t.activation_bytes = act * a + stats * f;
-  t.workspace_bytes = N * C * a;  // the head's input gradient made while logits live (other stages: the received one)
+  t.activation_bytes = act;
+  t.workspace_bytes = d.tokens * config_.hidden_size * d.act;  // the head's input gradient made while logits live
+                                                                // (other stages: the received one)
   return t;
 }
 

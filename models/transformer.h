@@ -13,7 +13,7 @@
 
 namespace anvil {
 
-// Bytes a forward+backward step holds, from the size tables (llm.c style).
+// Bytes a forward+backward step holds, summed from what each part reports (llm.c-style size tables).
 struct MemoryTable {
   size_t param_bytes = 0;
   size_t grad_bytes = 0;        // trainable params only
@@ -79,9 +79,10 @@ class TransformerLM : public Module {
   Device device() const { return device_; }
   DType compute_dtype() const { return compute_; }  // the dtype of values and activations
 
-  // Fresh weights from Philox keyed by (seed, param name): layout-independent.
-  // Matrices and embeddings ~ N(0, initializer_range) (GPT-2 scales its residual
-  // projections by 1/sqrt(2 * layers)); norms 1, biases 0.
+  // Fresh weights from Philox keyed by (seed, param name): layout-independent. Each param
+  // follows the init rule its module gave it (init_params): matrices and embeddings
+  // N(0, initializer_range), residual projections scaled by 1/sqrt(2 * layers) where the
+  // family says so (GPT-2), norms 1, biases 0.
   void init_weights(uint64_t seed);
 
   // ---- The whole model (one pipeline stage): trunk, head and loss ----

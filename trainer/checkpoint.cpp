@@ -20,7 +20,34 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kFix = "pick another checkpoint (or remove this one) and resume again";
-constexpr const char* kChecksumAttr = "crc32c";  // of the tensor's f32 bytes
+constexpr const char* kChecksumAttr = "crc32c";  // of the tensor's f32 bytes (integer tensors: widened to f32)
+
+// How a tensor is stored: float tensors (f32, bf16) as f32; integer tensors (a quantized
+// weight's packed values, its zero points) exactly, in their own type.
+DType stored_dtype(const Tensor& t) { return dtype_is_float(t.dtype()) ? DType::F32 : t.dtype(); }
+hid_t file_type(DType dt) {
+  switch (dt) {
+    case DType::I32: return H5T_STD_I32LE;
+    case DType::I64: return H5T_STD_I64LE;
+    case DType::I8: return H5T_STD_I8LE;
+    case DType::U8: return H5T_STD_U8LE;
+    default: return H5T_IEEE_F32LE;
+  }
+}
+hid_t memory_type(DType dt) {
+  switch (dt) {
+    case DType::I32: return H5T_NATIVE_INT32;
+    case DType::I64: return H5T_NATIVE_INT64;
+    case DType::I8: return H5T_NATIVE_INT8;
+    case DType::U8: return H5T_NATIVE_UINT8;
+    default: return H5T_NATIVE_FLOAT;
+  }
+}
+// The checksum of a host tensor in stored_dtype: of its f32 bytes, as for_each_tensor reads them.
+uint32_t checksum_of(const Tensor& t) {
+  const Tensor f = t.dtype() == DType::F32 ? t : t.to(DType::F32);
+  return crc32c(f.raw_data(), f.nbytes());
+}
 
 std::string step_dir_name(int64_t step) {
   char buf[32];
@@ -72,17 +99,20 @@ h5::Id simple_space(const h5::Context& ctx, const Shape& shape, const std::strin
 }
 
 void write_slabs(const h5::Context& ctx, hid_t set, const CheckpointTensor& t) {
-  // What HDF5 reads: f32, contiguous, on the host (device tensors cross here; bf16 widens exactly).
-  ANVIL_CHECK(t.local.dtype() == DType::F32 || t.local.dtype() == DType::BF16, "checkpoint: ", t.name, " is ",
-              t.local.describe(), "; only f32 (or bf16, stored as f32) tensors are saved");
-  const Tensor c = host_f32(t.local).contiguous();
+  // What HDF5 reads: contiguous, on the host, f32 (device tensors cross here; bf16 widens
+  // exactly) or an integer type as it is.
+  ANVIL_CHECK(t.local.dtype() == DType::F32 || t.local.dtype() == DType::BF16 || !dtype_is_float(t.local.dtype()),
+              "checkpoint: ", t.name, " is ", t.local.describe(),
+              "; only f32 (or bf16, stored as f32) and integer tensors are saved");
+  const DType dt = stored_dtype(t.local);
+  const Tensor c = dt == DType::F32 ? host_f32(t.local).contiguous() : t.local.to(Device::cpu()).contiguous();
   if (c.numel() == 0) return;
   const h5::Id mem = simple_space(ctx, c.shape(), t.name);
   h5::Id file(ctx.check(H5Dget_space(set), "dataspace of " + t.name), H5Sclose);
   for (const Slab& slab : slabs_of(t)) {
     const h5::Id m = select(ctx, mem.get(), slab.local_start, slab.count, t.name);
     const h5::Id f = select(ctx, file.get(), slab.logical_start, slab.count, t.name);
-    ctx.check_status(H5Dwrite(set, H5T_NATIVE_FLOAT, m.get(), f.get(), H5P_DEFAULT, c.raw_data()), "write " + t.name);
+    ctx.check_status(H5Dwrite(set, memory_type(dt), m.get(), f.get(), H5P_DEFAULT, c.raw_data()), "write " + t.name);
   }
 }
 
@@ -105,35 +135,39 @@ void read_slabs(const h5::Context& file_ctx, hid_t group, CheckpointTensor& t, c
              shape_str(t.logical()) + " — the checkpoint comes from a different model shape; fix model.* in the "
              "config to match it, or start a fresh run (checkpoint.resume: none)");
   h5::Id type(file_ctx.check(H5Dget_type(set.get()), "type of " + name), H5Tclose);
-  if (H5Tget_class(type.get()) != H5T_FLOAT) ctx.fail(std::string(kind) + " '" + name + "' is not floating point");
-  // Read in place when the tensor is host f32 and contiguous; otherwise through a host buffer.
-  const bool in_place = t.local.is_contiguous() && t.local.device().is_cpu() && t.local.dtype() == DType::F32;
-  Tensor buf = in_place ? t.local : Tensor::empty(t.local.shape());
+  const DType dt = stored_dtype(t.local);
+  if (H5Tget_class(type.get()) != (dt == DType::F32 ? H5T_FLOAT : H5T_INTEGER))
+    ctx.fail(std::string(kind) + " '" + name + "' is not " +
+             (dt == DType::F32 ? "floating point" : std::string("an integer tensor (the model holds ") +
+                                                        dtype_name(dt) + ")"));
+  // Read in place when the tensor is on the host, contiguous and in its stored dtype; otherwise through a host buffer.
+  const bool in_place = t.local.is_contiguous() && t.local.device().is_cpu() && t.local.dtype() == dt;
+  Tensor buf = in_place ? t.local : Tensor::empty(t.local.shape(), dt);
   if (buf.numel() == 0) return;
   const h5::Id mem = simple_space(file_ctx, buf.shape(), name);
   for (const Slab& slab : slabs_of(t)) {
     const h5::Id m = select(file_ctx, mem.get(), slab.local_start, slab.count, name);
     const h5::Id f = select(file_ctx, space.get(), slab.logical_start, slab.count, name);
-    file_ctx.check_status(H5Dread(set.get(), H5T_NATIVE_FLOAT, m.get(), f.get(), H5P_DEFAULT, buf.raw_data()),
+    file_ctx.check_status(H5Dread(set.get(), memory_type(dt), m.get(), f.get(), H5P_DEFAULT, buf.raw_data()),
                           "read " + name);
   }
   // A whole tensor is checked against its checksum here; a shard's slice cannot be (latest_checkpoint verifies whole files).
   if (!t.shard.sharded() && h5::has_attr(file_ctx, set.get(), kChecksumAttr) &&
-      h5::read_attr_int(file_ctx, set.get(), kChecksumAttr) != static_cast<int64_t>(crc32c(buf.raw_data(), buf.nbytes())))
+      h5::read_attr_int(file_ctx, set.get(), kChecksumAttr) != static_cast<int64_t>(checksum_of(buf)))
     ctx.fail(std::string(kind) + " '" + name + "' does not match its checksum — the file is corrupted; " + kFix);
   if (!buf.same_storage(t.local)) t.local.copy_(buf);
 }
 
-// Every tensor name and logical shape any rank holds, in one sorted catalog identical on
-// every rank (parallel HDF5 creates datasets collectively, so all ranks need all of them).
-using Catalog = std::map<std::pair<int, std::string>, Shape>;  // (0 params | 1 optimizer, name) -> shape
+// Every tensor name, logical shape and stored dtype any rank holds, in one sorted catalog identical
+// on every rank (parallel HDF5 creates datasets collectively, so all ranks need all of them).
+using Catalog = std::map<std::pair<int, std::string>, std::pair<Shape, DType>>;  // (0 params | 1 optimizer, name)
 Catalog gather_catalog(const CheckpointContents& contents, Communicator* world) {
   std::string mine;
   for (int g = 0; g < 2; ++g)
     for (const CheckpointTensor& t : g == 0 ? contents.params : contents.optimizer) {
       mine += std::to_string(g) + '\t' + t.name + '\t';
       for (int64_t d : t.logical()) mine += std::to_string(d) + ',';
-      mine += '\n';
+      mine += std::string("|") + dtype_name(stored_dtype(t.local)) + '\n';
     }
   const std::vector<std::string> texts = world ? all_gather_strings(*world, mine) : std::vector<std::string>{mine};
   Catalog catalog;
@@ -144,13 +178,16 @@ Catalog gather_catalog(const CheckpointContents& contents, Communicator* world) 
       const size_t a = line.find('\t'), b = line.rfind('\t');
       const int group = std::stoi(line.substr(0, a));
       const std::string name = line.substr(a + 1, b - a - 1);
+      const size_t bar = line.rfind('|');
+      const DType dtype = dtype_from_name(line.substr(bar + 1));
       Shape shape;
-      std::istringstream dims(line.substr(b + 1));
+      std::istringstream dims(line.substr(b + 1, bar - b - 1));
       std::string d;
       while (std::getline(dims, d, ',')) shape.push_back(std::stoll(d));
-      const auto [it, added] = catalog.emplace(std::make_pair(group, name), shape);
-      ANVIL_CHECK(added || it->second == shape, "checkpoint: rank ", r, " holds '", name, "' with logical shape ",
-                  shape_str(shape), " but another rank has ", shape_str(it->second),
+      const auto [it, added] = catalog.emplace(std::make_pair(group, name), std::make_pair(shape, dtype));
+      ANVIL_CHECK(added || it->second == std::make_pair(shape, dtype), "checkpoint: rank ", r, " holds '", name,
+                  "' with logical shape ", shape_str(shape), " (", dtype_name(dtype), ") but another rank has ",
+                  shape_str(it->second.first), " (", dtype_name(it->second.second), ")",
                   " — the ranks disagree on the model; every rank must build it from the same config");
     }
   }
@@ -309,10 +346,11 @@ std::string save_checkpoint(const std::string& root, const CheckpointMeta& meta,
     {
       h5::Id groups[2] = {create_group(ctx, file.get(), "params"),
                           has_optimizer ? create_group(ctx, file.get(), "optimizer") : h5::Id()};
-      for (const auto& [key, shape] : catalog) {
+      for (const auto& [key, layout] : catalog) {
+        const auto& [shape, dtype] = layout;
         if (key.first == 1 && !has_optimizer) continue;
         const h5::Id space = simple_space(ctx, shape, key.second);
-        sets.emplace(key, h5::Id(ctx.check(H5Dcreate2(groups[key.first].get(), key.second.c_str(), H5T_IEEE_F32LE,
+        sets.emplace(key, h5::Id(ctx.check(H5Dcreate2(groups[key.first].get(), key.second.c_str(), file_type(dtype),
                                                       space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
                                            "create dataset " + key.second),
                                  H5Dclose));
