@@ -53,6 +53,10 @@ class Attention : public Module {
   // x holds this sp rank's slice of each sequence: projections and RoPE (at the slice's
   // global positions) stay local, and the causal attention itself runs through Ulysses
   // (parallel/ulysses.h) over the tp-local heads.
+  // forward/backward read the Cache's StepContext: explicit position ids rotate q and k at
+  // those positions (under sp: the slice's global positions), and document boundaries
+  // (mask.segment_ids) keep packed documents from attending to each other. Packed documents
+  // under sequence parallelism are refused (Ulysses attends in another layout).
   Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
             std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr,
             std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
@@ -61,9 +65,11 @@ class Attention : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override;
   void collect_params(std::vector<Param*>& out) override;
 
-  // Inference with a KV cache: x [B, T, hidden] holds positions start_pos ..
-  // start_pos + T - 1. Their keys and values (after RoPE) are written into kv at
-  // those positions, then the queries attend to keys 0 .. start_pos + T - 1.
+  // Inference with a KV cache: x [B, T, hidden] holds the next T tokens of each row. Without
+  // kv.rows (a layer built by hand) they sit at slots and positions start_pos .. start_pos + T - 1.
+  // With kv.rows (a KVCache's layer) row b's tokens go to slots rows->lengths[b] .. + T - 1, at
+  // the positions rows->positions when defined (else their slots). Their keys and values (after
+  // RoPE) are written into kv, then each query attends causally over its row's slots.
   // Saves nothing for backward.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
 
@@ -71,6 +77,9 @@ class Attention : public Module {
   const AttentionShape& shape() const { return shape_; }
 
  private:
+  // The micro-batch's context checked against this layer (sp group, packed rows under sp).
+  const StepContext& step_context(const Cache& c) const;
+  void rotate(Tensor& q, Tensor& k, const Tensor& positions, int64_t start) const;
   AttentionShape shape_;
   Projection projection_;
   std::shared_ptr<const RopeTables> rope_;
