@@ -40,6 +40,11 @@
 
 namespace anvil {
 
+enum class Packing { None, Documents };
+// "none" | "documents"; throws naming the value and the choices.
+Packing packing_from_string(const std::string& name);
+const char* packing_name(Packing p);
+
 struct LoaderConfig {
   int64_t seq_len = 0;        // T
   int64_t batch_size = 0;     // B, per rank
@@ -53,11 +58,6 @@ struct LoaderConfig {
 };
 
 enum class Split { Train, Valid };
-
-enum class Packing { None, Documents };
-// "none" | "documents"; throws naming the value and the choices.
-Packing packing_from_string(const std::string& name);
-const char* packing_name(Packing p);
 
 struct Batch {
   Tensor ids;      // [B, T] i32
