@@ -7,6 +7,7 @@
 #include "data/loader.h"
 #include "tests/support/data_fixtures.h"
 #include "tests/support/reference.h"
+#include "tests/unit/run_config_fixture.h"
 #include "trainer/batch_context.h"
 
 using namespace anvil;
@@ -112,4 +113,25 @@ TEST(LoaderPacking, PackingNamesParseOrSayWhatIsValid) {
   EXPECT_EQ(packing_from_string("none"), Packing::None);
   EXPECT_EQ(packing_from_string("documents"), Packing::Documents);
   EXPECT_NE(error_of([] { packing_from_string("docs"); }).find("use none"), std::string::npos);
+}
+
+namespace {
+using anvil::testing::contains;
+using anvil::testing::kMinimal;
+using anvil::testing::RunConfigTest;
+}  // namespace
+
+TEST_F(RunConfigTest, DataPackingDefaultsToNoneAcceptsDocumentsAndRefusesTheRest) {
+  const RunConfig plain = load(kMinimal);
+  EXPECT_EQ(plain.data.packing, "none");
+  EXPECT_HAS(to_yaml(plain), "packing: none");
+  const RunConfig packed = load(kMinimal, {"data.packing=documents"});
+  EXPECT_EQ(packed.data.packing, "documents");
+  EXPECT_EQ(parse_run_config(to_yaml(packed), "resolved", dir_.string()).data.packing, "documents")
+      << "the resolved YAML round-trips";
+  const std::string bad = error(kMinimal, {"data.packing=document"});
+  EXPECT_HAS(bad, "data.packing");
+  EXPECT_HAS(bad, "did you mean documents");
+  const std::string sp = error(kMinimal, {"data.packing=documents", "parallel.sp=2", "model.num_key_value_heads=4"});
+  EXPECT_HAS(sp, "documents needs parallel.sp = 1, got sp = 2");
 }
