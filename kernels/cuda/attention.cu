@@ -1,8 +1,10 @@
 // Causal grouped-query attention on CUDA (kernels/attention.h). bf16 shapes that cuDNN's
 // fused SDPA takes go there (attention_cudnn.cpp); everything else — f32 (the fp32 test mode),
 // head dims that are not a multiple of 8 (up to 256), q_offset other than 0 or Tk - Tq, one-query
-// decode steps, shapes cuDNN refuses — runs the kernels below, FlashAttention-2 style: tiles of
-// 32 queries x 32 keys in shared memory, an online softmax, f32 arithmetic, O(T) memory.
+// decode steps, packed rows (document boundaries: AttentionMask::segment_ids), shapes cuDNN
+// refuses — runs the kernels below, FlashAttention-2 style: tiles of 32 queries x 32 keys in
+// shared memory, an online softmax, f32 arithmetic, O(T) memory. Document boundaries are one
+// more visibility test per score (same document id); tiles are not skipped by document.
 //
 // Thread layout (all kernels): 256 threads = 8 warps; warp w owns tile rows w, w+8, w+16, w+24;
 // for scores, lane j is key j of the tile (a full dot product over D per lane, no shuffles);

@@ -6,7 +6,8 @@
 // GQA (8 query / 4 KV heads, untied with biases, and tied) and a GPT-2 (learned positions), at a
 // T that divides sp and one that does not: the loss, every gradient summed over sp, and the
 // params after three AdamW steps match. Also ignored targets weighed over the whole group, a
-// rank holding no tokens, mis-sliced batches, the head-count limit, decoding's refusal, memory.
+// rank holding no tokens, mis-sliced batches, the head-count limit, decoding's refusal, memory,
+// explicit position ids (sliced like the tokens) and the refusal of packed documents.
 // Runs at 2 and 4 ranks.
 #include <gtest/gtest.h>
 
