@@ -144,11 +144,18 @@ struct View {
 };
 View view_of(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
+// Document boundaries per key slot of a [B, Tk] problem: the first slot of the slot's document
+// and one past its last.
+struct Documents {
+  std::vector<int64_t> start, end;
+};
+
 // The checked problem (kernels/shape_checks.h), the head dim padded to a kVec multiple and,
-// with document boundaries, the first slot of each key slot's document ([B, Tk]).
+// with document boundaries, where each key slot's document starts and ends.
 struct Dims : AttentionDims {
   int64_t Dp = 0;
-  const int64_t* doc_start = nullptr;
+  const int64_t* doc_start = nullptr;  // [B, Tk], or null without documents
+  const int64_t* doc_end = nullptr;    // [B, Tk]
   // The first key slot of the document holding key slot p of row b (0 without documents).
   int64_t doc_begin(int64_t b, int64_t p) const { return doc_start ? doc_start[b * Tk + p] : 0; }
 };
@@ -241,16 +248,17 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
   ANVIL_CHECK(t.shape() == shape, op, ": ", name, " ", t.describe(), " must have shape ", shape_str(shape));
 }
 
-// For each key slot of segment_ids [B, Tk], the first slot of its document; throws unless the
-// ids are i32 [B, Tk] and non-decreasing along each row (documents are contiguous runs).
-std::vector<int64_t> document_starts(const Tensor& segment_ids, const AttentionDims& d, const char* op) {
+// For each key slot of segment_ids [B, Tk], where its document starts and ends; throws unless
+// the ids are i32 [B, Tk] and non-decreasing along each row (documents are contiguous runs).
+Documents documents_of(const Tensor& segment_ids, const AttentionDims& d, const char* op) {
   check_cpu(segment_ids, op, "segment_ids");
   ANVIL_CHECK(segment_ids.dtype() == DType::I32 && segment_ids.is_contiguous() &&
                   segment_ids.shape() == Shape({d.B, d.Tk}),
               op, ": segment_ids must be contiguous i32 [B, Tk] = ", shape_str({d.B, d.Tk}), ", got ",
               segment_ids.describe(), " — one document id per key slot (models/step_context.h builds them)");
   const int32_t* seg = segment_ids.data<int32_t>();
-  std::vector<int64_t> starts(static_cast<size_t>(d.B * d.Tk));
+  Documents docs{std::vector<int64_t>(static_cast<size_t>(d.B * d.Tk)),
+                 std::vector<int64_t>(static_cast<size_t>(d.B * d.Tk))};
   for (int64_t b = 0; b < d.B; ++b) {
     int64_t start = 0;
     for (int64_t j = 0; j < d.Tk; ++j) {
@@ -260,14 +268,20 @@ std::vector<int64_t> document_starts(const Tensor& segment_ids, const AttentionD
                     " then ", seg[i], ") — documents must be contiguous runs with non-decreasing ids");
         start = j;
       }
-      starts[static_cast<size_t>(i)] = start;
+      docs.start[static_cast<size_t>(i)] = start;
+    }
+    int64_t end = d.Tk;
+    for (int64_t j = d.Tk - 1; j >= 0; --j) {
+      const int64_t i = b * d.Tk + j;
+      docs.end[static_cast<size_t>(i)] = end;
+      if (docs.start[static_cast<size_t>(i)] == j) end = j;
     }
   }
-  return starts;
+  return docs;
 }
 
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                  const AttentionMask& mask, std::vector<int64_t>& doc_start, const char* op) {
+                  const AttentionMask& mask, Documents& docs, const char* op) {
   check_bthd(q, op, "q");
   check_bthd(k, op, "k");
   check_bthd(v, op, "v");
@@ -276,8 +290,9 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale
   const AttentionDims a = attention_dims(op, q, k, v, scale, q_offset, mask.window);
   Dims d{a, (a.D + kVec - 1) / kVec * kVec};
   if (mask.segment_ids.defined()) {
-    doc_start = document_starts(mask.segment_ids, a, op);
-    d.doc_start = doc_start.data();
+    docs = documents_of(mask.segment_ids, a, op);
+    d.doc_start = docs.start.data();
+    d.doc_end = docs.end.data();
   }
   return d;
 }
@@ -301,8 +316,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
                        Tensor& out, Tensor& lse, const AttentionMask& mask) {
   ANVIL_DISPATCH_CUDA(q, attention_forward, q, k, v, scale, q_offset, out, lse, mask);
   const char* op = "attention_forward";
-  std::vector<int64_t> doc_start;
-  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, doc_start, op);
+  Documents docs;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
   prepare_output(out, q.shape(), op, "out");
   if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq});
   check_lse(lse, d, op);
@@ -375,8 +390,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const AttentionMask& mask) {
   ANVIL_DISPATCH_CUDA(q, attention_backward, dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, mask);
   const char* op = "attention_backward";
-  std::vector<int64_t> doc_start;
-  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, doc_start, op);
+  Documents docs;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
   check_bthd(dout, op, "dout");
   check_bthd(out, op, "out");
   ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
@@ -445,7 +460,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       std::fill(dVa, dVa + kn * d.Dp, 0.0f);
       const int64_t first_q = std::max<int64_t>(0, k0 - d.q_offset);  // first query that sees key k0
       // One past the last query that sees key k0 + kn - 1 (its window's oldest key).
-      const int64_t end_q = d.window > 0 ? std::clamp<int64_t>(k0 + kn - 1 + d.window - d.q_offset, 0, d.Tq) : d.Tq;
+      int64_t end_q = d.window > 0 ? std::clamp<int64_t>(k0 + kn - 1 + d.window - d.q_offset, 0, d.Tq) : d.Tq;
+      // Nor past the document of the block's last key (later queries belong to other documents).
+      if (d.doc_end) end_q = std::min(end_q, std::max<int64_t>(0, d.doc_end[b * d.Tk + k0 + kn - 1] - d.q_offset));
       for (int64_t h = kvh * d.group; h < (kvh + 1) * d.group; ++h)
         for (int64_t q0 = first_q / kBq * kBq; q0 < end_q; q0 += kBq) {
           const int64_t qn = std::min(kBq, d.Tq - q0);
