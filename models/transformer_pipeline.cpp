@@ -30,9 +30,9 @@ Tensor TransformerLM::embed_stage_input(const Tensor& ids, int64_t start, Cache&
 
 void TransformerLM::add_position_embeddings(Tensor& x, const Tensor& position_ids) const {
   const Tensor& table = wpe_->weight.value;
+  // [B * T, C]: wpe's row at each token's position (embedding_forward range-checks them).
   Tensor rows = Tensor::empty({position_ids.numel(), table.size(1)}, table.dtype(), table.device());
-  // rows [B * T, C]: wpe's row of each token's position (range-checked)
-  kernels::embedding_forward(position_ids, wpe_->weight.value, rows);
+  kernels::embedding_forward(position_ids, table, rows);
   kernels::add_inplace(x, rows.view(x.shape()));
 }
 
