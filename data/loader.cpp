@@ -26,6 +26,15 @@ int64_t valid_count(int64_t num_documents, double valid_fraction) {
 const char* split_name(Split s) { return s == Split::Train ? "train" : "valid"; }
 }  // namespace
 
+Packing packing_from_string(const std::string& name) {
+  if (name == "none") return Packing::None;
+  if (name == "documents") return Packing::Documents;
+  ANVIL_FAIL("data.packing: '", name, "' is not a packing mode — use none (windows attend across documents, "
+             "the default) or documents (attention stays inside each document)");
+}
+
+const char* packing_name(Packing p) { return p == Packing::Documents ? "documents" : "none"; }
+
 std::vector<int64_t> split_documents(int64_t num_documents, double valid_fraction, uint64_t seed, Split split) {
   ANVIL_CHECK(std::isfinite(valid_fraction) && valid_fraction >= 0 && valid_fraction < 1, "valid_fraction ",
               valid_fraction, " is not in [0, 1) — set it to e.g. 0.01, or 0 for no validation split");
@@ -84,10 +93,12 @@ void Loader::build_stream() {
   const std::vector<int64_t>& off = store_->doc_offsets();
   run_start_.clear();
   run_store_.clear();
+  doc_stream_start_.clear();
   int64_t pos = 0, run_end = -1;  // store index where the current run ends
   for (int64_t d : docs_) {
     const int64_t begin = off[d], end = off[d + 1];
     if (end == begin) continue;
+    doc_stream_start_.push_back(pos);
     if (begin != run_end) {
       run_start_.push_back(pos);
       run_store_.push_back(begin);
@@ -138,6 +149,26 @@ void Loader::fill_window(int64_t window, int32_t* ids, int32_t* targets) const {
   }
 }
 
+void Loader::fill_documents(int64_t window, int32_t* segments, int32_t* positions) const {
+  ANVIL_CHECK(window >= 0 && window < num_samples_, "loader: window ", window, " is outside [0, ", num_samples_,
+              ")");
+  const int64_t T = config_.seq_len, start = window * T;
+  // The document holding the window's first token, then each later start inside the window.
+  size_t d = std::upper_bound(doc_stream_start_.begin(), doc_stream_start_.end(), start) - doc_stream_start_.begin() - 1;
+  int32_t segment = 0;
+  int64_t begin = start;  // where the current document's positions count from
+  for (int64_t k = 0; k < T; ++k) {
+    const int64_t pos = start + k;
+    if (d + 1 < doc_stream_start_.size() && doc_stream_start_[d + 1] == pos) {
+      ++d;
+      if (k > 0) ++segment;
+      begin = pos;
+    }
+    segments[k] = segment;
+    positions[k] = static_cast<int32_t>(pos - begin);
+  }
+}
+
 Batch Loader::next() {
   const int64_t B = config_.batch_size, T = config_.seq_len;
   Batch batch{Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::I32)};
@@ -148,6 +179,15 @@ Batch Loader::next() {
     const int64_t g = first + i;
     const int64_t w = window_at(epoch_ + g / num_samples_, g % num_samples_);
     fill_window(w, ids + i * T, targets + i * T);
+  }
+  if (config_.packing == Packing::Documents) {
+    batch.segment_ids = Tensor::empty({B, T}, DType::I32);
+    batch.position_ids = Tensor::empty({B, T}, DType::I32);
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t g = first + i;
+      fill_documents(window_at(epoch_ + g / num_samples_, g % num_samples_),
+                     batch.segment_ids.data<int32_t>() + i * T, batch.position_ids.data<int32_t>() + i * T);
+    }
   }
   const int64_t end = position_ + global_batch();
   epoch_ += end / num_samples_;

@@ -12,7 +12,14 @@
 // document already ends with EOS). Window i is stream[i*T, i*T + T + 1): ids are its
 // first T tokens, targets the last T (shifted by one). A target whose loss_mask is 0
 // becomes ignore_index. A final partial window is dropped. Windows cross document
-// boundaries (attention is not masked at EOS), as in GPT-2/llm.c pretraining.
+// boundaries; what attention makes of that is the packing mode:
+//   none       the window is one sequence (attention is not masked at EOS), as in
+//              GPT-2/llm.c pretraining. Batch::segment_ids / position_ids stay undefined.
+//   documents  the same windows, carrying their document boundaries: segment_ids[t] numbers
+//              the documents of the window from 0 (a document begun in an earlier window is
+//              document 0), and position_ids[t] restarts at 0 where a document begins and at
+//              the window's start (Megatron's reset_position_ids / reset_attention_mask).
+//              Attention then stays inside each document. Targets are those of `none`.
 //
 // Order. The loader walks an endless sample sequence: epoch 0's order, then epoch
 // 1's, ... Each epoch is a permutation of all windows (Fisher–Yates driven by
@@ -25,12 +32,18 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "data/token_store.h"
 
 namespace anvil {
+
+enum class Packing { None, Documents };
+// "none" | "documents"; throws naming the value and the choices.
+Packing packing_from_string(const std::string& name);
+const char* packing_name(Packing p);
 
 struct LoaderConfig {
   int64_t seq_len = 0;        // T
@@ -41,6 +54,7 @@ struct LoaderConfig {
   int32_t ignore_index = -100;
   int rank = 0;               // dp rank and world size
   int world = 1;
+  Packing packing = Packing::None;
 };
 
 enum class Split { Train, Valid };
@@ -48,6 +62,10 @@ enum class Split { Train, Valid };
 struct Batch {
   Tensor ids;      // [B, T] i32
   Tensor targets;  // [B, T] i32, ignore_index where the target is masked out
+  // Packing::Documents only (undefined otherwise): the document of each token (i32 [B, T],
+  // non-decreasing along a row) and each token's position in its document (i32 [B, T]).
+  Tensor segment_ids;
+  Tensor position_ids;
 };
 
 // Where the loader is: the next global batch starts at sample `position` of epoch
@@ -86,6 +104,8 @@ class Loader {
   int64_t window_at(int64_t epoch, int64_t position);
   // Fills one window: ids[T] and targets[T].
   void fill_window(int64_t window, int32_t* ids, int32_t* targets) const;
+  // Fills one window's document ids and in-document positions (segments[T], positions[T]).
+  void fill_documents(int64_t window, int32_t* segments, int32_t* positions) const;
 
  private:
   void build_stream();
@@ -98,6 +118,7 @@ class Loader {
   // The stream as runs of consecutive store tokens: run j covers stream positions
   // [run_start_[j], run_start_[j+1]) and begins at store token run_store_[j].
   std::vector<int64_t> run_start_, run_store_;
+  std::vector<int64_t> doc_stream_start_;  // where each non-empty document starts in the stream
   int64_t stream_tokens_ = 0;
   int64_t num_samples_ = 0;
   int64_t epoch_ = 0, position_ = 0;

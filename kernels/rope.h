@@ -21,4 +21,12 @@ void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start
 // The transpose of the rotation (rotation by -angle), applied in place to dx.
 void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos);
 
+// The same at explicit positions: token t of row b sits at positions[b, t] (i32 [B, T]) or, for
+// every row alike, positions[t] (i32 [T]); contiguous, on x's device. Packed documents restart
+// at 0, a decoded tree gives siblings one position. Every position must be a row of the tables:
+// the CPU backend checks, the CUDA backend trusts the caller (the host that built them checks,
+// see models/step_context.h). Same arithmetic per element as the start_pos form.
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions);
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, const Tensor& positions);
+
 }  // namespace anvil::kernels

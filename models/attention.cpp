@@ -60,7 +60,31 @@ Attention::Attention(const std::string& prefix, const AttentionShape& shape, Pro
   }
 }
 
+const StepContext& Attention::step_context(const Cache& c) const {
+  const StepContext& ctx = c.context();
+  ANVIL_CHECK(ctx.sp == nullptr || (sequence_ && ctx.sp == sequence_->sp),
+              "attention: the step context names an sp group the model was not built with — per-step sp groups "
+              "are not supported yet; build the model with that sp communicator or leave StepContext::sp null");
+  ANVIL_CHECK(!(sequence_ && ctx.mask.has_documents()),
+              "attention: packed documents (StepContext mask.segment_ids) under Ulysses sequence parallelism are "
+              "not supported yet — train packed data with sp = 1, or use data.packing: none under sp");
+  return ctx;
+}
+
+// RoPE on q and k at explicit positions when given, else at start .. start + T - 1.
+void Attention::rotate(Tensor& q, Tensor& k, const Tensor& positions, int64_t start) const {
+  if (!rope_) return;
+  if (positions.defined()) {
+    kernels::rope_forward(q, rope_->cos, rope_->sin, positions);
+    kernels::rope_forward(k, rope_->cos, rope_->sin, positions);
+  } else {
+    kernels::rope_forward(q, rope_->cos, rope_->sin, start);
+    kernels::rope_forward(k, rope_->cos, rope_->sin, start);
+  }
+}
+
 Tensor Attention::forward(const Tensor& x, Cache& c) {
+  const StepContext& ctx = step_context(c);
   ANVIL_CHECK(x.dim() == 3, "attention input must be [B, T, hidden], got ", x.describe());
   const int64_t B = x.size(0), T = x.size(1), H = shape_.num_heads, Hkv = shape_.num_kv_heads,
                 D = shape_.head_dim;
@@ -76,10 +100,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     v = v_->forward(x, c.child(2)).view({B, T, Hkv, D});
   }
   const int64_t start = sequence_ ? sequence_->start() : 0;  // global position of x's first token
-  if (rope_) {
-    kernels::rope_forward(q, rope_->cos, rope_->sin, start);
-    kernels::rope_forward(k, rope_->cos, rope_->sin, start);
-  }
+  rotate(q, k, ctx.position_ids, start);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   Tensor attn = empty_like(x, {B, T, H, D});
   if (sequence_) {
@@ -94,7 +115,7 @@ Tensor Attention::forward(const Tensor& x, Cache& c) {
     c["sequence"] = sequence;  // this forward's T and slice start (the context moves on)
   } else {
     Tensor lse = empty_like(x, {B, H, T}, DType::F32);
-    kernels::attention_forward(q, k, v, scale, 0, attn, lse, shape_.window);
+    kernels::attention_forward(q, k, v, scale, 0, attn, lse, ctx.mask.for_kernel(shape_.window));
     c["q"] = q;
     c["k"] = k;
     c["v"] = v;
@@ -112,9 +133,7 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
                   kv.v.shape() == kv.k.shape(),
               "attention KV cache ", kv.k.describe(), " does not fit input ", x.describe(), " with ", Hkv,
               " KV heads of dim ", D, " — build the KVCache for this model and batch");
-  const int64_t end = start_pos + T;
-  ANVIL_CHECK(start_pos >= 0 && end <= kv.k.size(1), "attention KV cache: positions ", start_pos, " .. ", end - 1,
-              " exceed its max_len = ", kv.k.size(1));
+  ANVIL_CHECK(start_pos >= 0, "attention KV cache: start_pos must be >= 0, got ", start_pos);
   Tensor q, k, v;
   if (projection_ == Projection::Fused) {
     Tensor qkv = qkv_->infer(x).view({B, T, H + 2 * Hkv, D});
@@ -126,20 +145,43 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
     k = k_->infer(x).view({B, T, Hkv, D});
     v = v_->infer(x).view({B, T, Hkv, D});
   }
-  if (rope_) {
-    kernels::rope_forward(q, rope_->cos, rope_->sin, start_pos);
-    kernels::rope_forward(k, rope_->cos, rope_->sin, start_pos);
-  }
-  write_positions(kv.k, k, start_pos);
-  write_positions(kv.v, v, start_pos);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   Tensor attn = empty_like(x, {B, T, H, D});
-  Tensor lse = empty_like(x, {B, H, T}, DType::F32);  // required by the kernel; scratch here
-  kernels::attention_forward(q, kv.k.slice(1, 0, end), kv.v.slice(1, 0, end), 1.0f / std::sqrt(static_cast<float>(D)),
-                             start_pos, attn, lse, shape_.window);
+  if (!kv.rows || kv.rows->uniform()) {
+    // Every row continues at one slot (a hand-built layer: start_pos): today's single call.
+    const int64_t start = kv.rows ? kv.rows->lengths.front() : start_pos;
+    const int64_t stop = start + T;
+    ANVIL_CHECK(stop <= kv.k.size(1), "attention KV cache: slots ", start, " .. ", stop - 1, " exceed its max_len = ",
+                kv.k.size(1));
+    rotate(q, k, kv.rows ? kv.rows->positions : Tensor(), start);
+    write_positions(kv.k, k, start);
+    write_positions(kv.v, v, start);
+    Tensor lse = empty_like(x, {B, H, T}, DType::F32);  // required by the kernel; scratch here
+    kernels::attention_forward(q, kv.k.slice(1, 0, stop), kv.v.slice(1, 0, stop), scale, start, attn, lse,
+                               shape_.window);
+    return out_.infer(attn.view({B, T, H * D}));
+  }
+  // Rows of different lengths: each row writes at its own slots and attends over its own keys.
+  ANVIL_CHECK(kv.rows->positions.defined(), "attention KV cache: rows of different lengths need the call's position "
+              "ids — decode through TransformerLM::forward_cached (KVCache::begin_step sets them)");
+  rotate(q, k, kv.rows->positions, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t start = kv.rows->lengths[static_cast<size_t>(b)], stop = start + T;
+    ANVIL_CHECK(stop <= kv.k.size(1), "attention KV cache: row ", b, " slots ", start, " .. ", stop - 1,
+                " exceed its max_len = ", kv.k.size(1));
+    Tensor kb = kv.k.slice(0, b, b + 1), vb = kv.v.slice(0, b, b + 1);
+    write_positions(kb, k.slice(0, b, b + 1), start);
+    write_positions(vb, v.slice(0, b, b + 1), start);
+    Tensor out_b = attn.slice(0, b, b + 1);
+    Tensor lse = empty_like(x, {1, H, T}, DType::F32);
+    kernels::attention_forward(q.slice(0, b, b + 1), kb.slice(1, 0, stop), vb.slice(1, 0, stop), scale, start, out_b,
+                               lse, shape_.window);
+  }
   return out_.infer(attn.view({B, T, H * D}));
 }
 
 Tensor Attention::backward(const Tensor& dy, Cache& c) {
+  const StepContext& ctx = step_context(c);  // the forward's micro-batch context
   const int64_t B = dy.size(0), T = dy.size(1), H = shape_.num_heads, Hkv = shape_.num_kv_heads,
                 D = shape_.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -165,10 +207,13 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
     ulysses_attention_backward(sp, dattn, s, dq, dk, dv);
   } else {
     kernels::attention_backward(dattn, c.get("q"), c.get("k"), c.get("v"), c.get("attn"), c.get("lse"), scale, 0, dq,
-                                dk, dv, shape_.window);
+                                dk, dv, ctx.mask.for_kernel(shape_.window));
   }
   c.clear_own();  // q/k/v/attn are no longer needed; free them before the projections' backward
-  if (rope_) {
+  if (rope_ && ctx.position_ids.defined()) {
+    kernels::rope_backward(dq, rope_->cos, rope_->sin, ctx.position_ids);
+    kernels::rope_backward(dk, rope_->cos, rope_->sin, ctx.position_ids);
+  } else if (rope_) {
     kernels::rope_backward(dq, rope_->cos, rope_->sin, start);
     kernels::rope_backward(dk, rope_->cos, rope_->sin, start);
   }

@@ -54,6 +54,10 @@ class Attention : public Module {
   // global positions) stay local, and the causal attention itself runs through Ulysses
   // (parallel/ulysses.h) over the tp-local heads. The output projection writes into the
   // residual stream: Init::ResidualNormal.
+  // forward/backward read the Cache's StepContext: explicit position ids rotate q and k at
+  // those positions (under sp: the slice's global positions), and document boundaries
+  // (mask.segment_ids) keep packed documents from attending to each other. Packed documents
+  // under sequence parallelism are refused (Ulysses attends in another layout).
   Attention(const std::string& prefix, const AttentionShape& shape, Projection projection,
             std::shared_ptr<const RopeTables> rope, Communicator* tp = nullptr,
             std::shared_ptr<const SequenceParallelContext> sequence = nullptr);
@@ -65,9 +69,11 @@ class Attention : public Module {
   // head layout over every position, plus the output back in the sequence layout).
   size_t activation_bytes(const ActivationDims& d) const override;
 
-  // Inference with a KV cache: x [B, T, hidden] holds positions start_pos ..
-  // start_pos + T - 1. Their keys and values (after RoPE) are written into kv at
-  // those positions, then the queries attend to keys 0 .. start_pos + T - 1.
+  // Inference with a KV cache: x [B, T, hidden] holds the next T tokens of each row. Without
+  // kv.rows (a layer built by hand) they sit at slots and positions start_pos .. start_pos + T - 1.
+  // With kv.rows (a KVCache's layer) row b's tokens go to slots rows->lengths[b] .. + T - 1, at
+  // the positions rows->positions when defined (else their slots). Their keys and values (after
+  // RoPE) are written into kv, then each query attends causally over its row's slots.
   // Saves nothing for backward.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
 
@@ -75,6 +81,9 @@ class Attention : public Module {
   const AttentionShape& shape() const { return shape_; }
 
  private:
+  // The micro-batch's context checked against this layer (sp group, packed rows under sp).
+  const StepContext& step_context(const Cache& c) const;
+  void rotate(Tensor& q, Tensor& k, const Tensor& positions, int64_t start) const;
   AttentionShape shape_;
   Projection projection_;
   std::shared_ptr<const RopeTables> rope_;

@@ -25,8 +25,21 @@ bool Cache::has(const std::string& key) const {
 }
 
 Cache& Cache::child(size_t index) {
-  while (children_.size() <= index) children_.emplace_back();
+  while (children_.size() <= index) {
+    children_.emplace_back();
+    children_.back().context_ = context_;
+  }
   return children_[index];
+}
+
+void Cache::set_context(std::shared_ptr<StepContext> context) {
+  context_ = context;
+  for (auto& c : children_) c.set_context(context);
+}
+
+const StepContext& Cache::context() const {
+  static const StepContext kEmpty;
+  return context_ ? *context_ : kEmpty;
 }
 
 void Cache::clear_own() { slots_.clear(); }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/elementwise.h"
+#include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
 #include "parallel/data_parallel.h"
@@ -126,7 +127,6 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   ANVIL_CHECK(layout_.stages == 1, "forward_cached: KV-cached decoding is not pipeline-parallel yet — generate with "
               "a model built without pipeline stages (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
-  const int64_t start = kv.length(), end = start + T;
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
                   kv.head_dim() == config_.resolved_head_dim(),
               "forward_cached: the KVCache has ", kv.num_layers(), " layers of ", kv.num_kv_heads(), " KV heads x ",
@@ -134,17 +134,19 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
               " x ", config_.resolved_head_dim(), " — build the KVCache from this model's config");
   ANVIL_CHECK(kv.batch() == B, "forward_cached: ids ", ids.describe(), " have batch ", B,
               " but the KVCache was built for batch ", kv.batch());
-  ANVIL_CHECK(end <= config_.max_position_embeddings, "forward_cached: positions ", start, " .. ", end - 1,
-              " need ", end, " positions but max_position_embeddings = ", config_.max_position_embeddings,
-              " — shorten the prompt or the generation");
-  kv.check_room(T);
+  // Each row's positions: its next slots, or the ids given with KVCache::set_positions.
+  const Tensor positions = kv.begin_step(T, config_.max_position_embeddings, device());
+  const bool common_run = kv.step_is_common_run();
+  const int64_t start = common_run ? kv.length() : 0;  // the run's first slot (the layers read kv's rows)
   Tensor x = wte_->infer(ids);
-  if (wpe_) {
-    const Tensor positions = wpe_->weight.value.slice(0, start, end);
+  if (wpe_ && common_run) {
+    const Tensor rows = wpe_->weight.value.slice(0, start, start + T);
     for (int64_t b = 0; b < B; ++b) {
       Tensor row = x.select(0, b);
-      kernels::add_inplace(row, positions);
+      kernels::add_inplace(row, rows);
     }
+  } else if (wpe_) {
+    add_position_embeddings(x, positions.to(device()));
   }
   for (size_t i = 0; i < blocks_.size(); ++i)
     x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
@@ -183,10 +185,15 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   }
   if (!is_first_stage()) return dx;  // the previous stage's output gradient
   if (wpe_ && wpe_->weight.trainable) {
-    const int64_t start = static_cast<int64_t>(c.child(0).get("position_start").item());  // the slice's positions
-    Tensor dpos = wpe_->weight.grad.slice(0, start, start + dx.size(1));
     const Tensor dx32 = dx.dtype() == DType::F32 ? dx : dx.to(DType::F32);  // grads accumulate in f32
-    for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx32.select(0, b));
+    const Tensor& position_ids = c.context().position_ids;
+    if (position_ids.defined()) {  // explicit positions: scatter-add each token's row
+      kernels::embedding_backward(position_ids, dx32.view({dx.size(0) * dx.size(1), dx.size(2)}), wpe_->weight.grad);
+    } else {
+      const int64_t start = static_cast<int64_t>(c.child(0).get("position_start").item());  // the slice's positions
+      Tensor dpos = wpe_->weight.grad.slice(0, start, start + dx.size(1));
+      for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx32.select(0, b));
+    }
   }
   wte_->backward(dx, c.child(0));
   // Over several stages a tied embedding is final only after all_reduce_tied_embedding_grad.

@@ -201,6 +201,8 @@ class TransformerLM : public Module {
   Tensor head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
   // Token (and GPT-2 position) embeddings of ids whose first position is `start`.
   Tensor embed_stage_input(const Tensor& ids, int64_t start, Cache& c);
+  // x [B, T, C] += wpe[position_ids[b, t]] (explicit positions: the StepContext's or a decode step's).
+  void add_position_embeddings(Tensor& x, const Tensor& position_ids) const;
   bool tied_over_stages() const { return config_.tie_word_embeddings && layout_.stages > 1; }
   void report_grads_ready(std::initializer_list<Module*> modules);
   // Under sp: all-gathers the slice lengths, checks them against partition_sequence (every

@@ -2,6 +2,7 @@
 // whole model): stage forward/backward, the last stage's loss, and the tied-embedding sum
 // between the first and last stage. The executor that drives them is parallel/pipeline_executor.h.
 #include "kernels/elementwise.h"
+#include "kernels/embedding.h"
 #include "models/transformer.h"
 
 namespace anvil {
@@ -11,7 +12,12 @@ Tensor TransformerLM::embed_stage_input(const Tensor& ids, int64_t start, Cache&
   ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
   const int64_t B = ids.size(0), T = ids.size(1);
   Tensor x = wte_->forward(ids, c.child(0));
-  if (wpe_) {
+  const Tensor& position_ids = c.context().position_ids;
+  if (wpe_ && position_ids.defined()) {
+    ANVIL_CHECK(position_ids.shape() == ids.shape(), "position ids ", position_ids.describe(),
+                " must be [batch, seq_len] like the token ids ", ids.describe(), " (under sp: this rank's slice)");
+    add_position_embeddings(x, position_ids);
+  } else if (wpe_) {
     c.child(0)["position_start"] = Tensor::full({1}, static_cast<double>(start), DType::I64);  // for wpe's gradient
     const Tensor positions = wpe_->weight.value.slice(0, start, start + T);
     for (int64_t b = 0; b < B; ++b) {
@@ -20,6 +26,14 @@ Tensor TransformerLM::embed_stage_input(const Tensor& ids, int64_t start, Cache&
     }
   }
   return x;
+}
+
+void TransformerLM::add_position_embeddings(Tensor& x, const Tensor& position_ids) const {
+  const Tensor& table = wpe_->weight.value;
+  // [B * T, C]: wpe's row at each token's position (embedding_forward range-checks them).
+  Tensor rows = Tensor::empty({position_ids.numel(), table.size(1)}, table.dtype(), table.device());
+  kernels::embedding_forward(position_ids, table, rows);
+  kernels::add_inplace(x, rows.view(x.shape()));
 }
 
 Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c, HiddenTaps* taps) {

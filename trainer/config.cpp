@@ -288,6 +288,7 @@ void parse_data(const Context& ctx, const Section& s, const ModelSection& model,
   s.require(d.valid_fraction >= 0 && d.valid_fraction < 1, "valid_fraction", "must be in [0, 1), got ",
             d.valid_fraction, " — e.g. 0.01 keeps 1% of the documents for evaluation");
   s.read("shuffle", d.shuffle);
+  s.read_choice("packing", d.packing, {"none", "documents"});
 }
 
 void parse_tokenizer(const Context& ctx, const Section& s, const ModelSection& model, TokenizerSection& t) {
@@ -514,6 +515,10 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_training(sections.at("training"), c.data, c.training);
   parse_schedule(sections.at("schedule"), c.optimizer, c.training, c.schedule);
   parse_parallel(sections.at("parallel"), c.model, c.parallel);
+  sections.at("data").require(c.data.packing != "documents" || c.parallel.sp == 1, "packing",
+                              "documents needs parallel.sp = 1, got sp = ", c.parallel.sp,
+                              " — Ulysses sequence parallelism does not mask document boundaries yet; use "
+                              "packing: none or sp: 1");
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);
   parse_logging(sections.at("logging"), c.logging);

@@ -26,7 +26,8 @@
 //               the model's (as `config`; the two exclude each other).
 //   data:       train (required; `none` = no data: the config can only serve generate/eval --set
 //               data.train=..., as `anvil convert` writes it), seq_len [max_position_embeddings],
-//               valid_fraction [0.01], shuffle [true]
+//               valid_fraction [0.01], shuffle [true], packing [none] (none | documents: attention
+//               stays inside each document, positions restart; see data/loader.h)
 //   tokenizer:  path (required; default with model.init_from: that directory's tokenizer.json)
 //   optimizer:  name [adamw] (soap and cosmos need run.device: cpu for now), lr [1e-3], beta1 [0.9],
 //               beta2 [0.95], eps [1e-8], weight_decay [0.1], decay_embeddings [false], decay_norms_and_biases [false], grad_clip [1.0; 0 = off],
@@ -107,6 +108,7 @@ struct DataSection {
   int64_t seq_len = 0;           // filled with model.max_position_embeddings when not given
   double valid_fraction = 0.01;  // [0, 1)
   bool shuffle = true;
+  std::string packing = "none";  // none | documents (data/loader.h)
 };
 
 struct TokenizerSection {

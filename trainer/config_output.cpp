@@ -98,6 +98,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("seq_len", c.data.seq_len);
   real("valid_fraction", c.data.valid_fraction);
   boolean("shuffle", c.data.shuffle);
+  string("packing", c.data.packing, "none | documents");
 
   section = "tokenizer";
   string("path", c.tokenizer.path);

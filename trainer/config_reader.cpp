@@ -22,7 +22,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
         "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "rope_theta", "norm_eps",
         "initializer_range", "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act", "rope_scaling",
         "sliding_window"}},
-      {"data", {"train", "seq_len", "valid_fraction", "shuffle"}},
+      {"data", {"train", "seq_len", "valid_fraction", "shuffle", "packing"}},
       {"tokenizer", {"path"}},
       {"optimizer",
        {"name", "lr", "beta1", "beta2", "eps", "weight_decay", "decay_embeddings", "decay_norms_and_biases",

@@ -8,6 +8,10 @@
 //            the dQ pass, plus dV = P^T dO, dK = dS^T Q, dQ = dS K)   ~ 7 * T^2 * D FLOPs
 // plus one exp per visible score (T^2 / 2) in the forward and two in the backward.
 //
+// Document boundaries (AttentionMask::segment_ids) only raise each query's lowest visible key
+// to the first slot of its document, like the window does; without them that bound is 0 and
+// the kernel runs exactly as before.
+//
 // Determinism: every output element is produced by exactly one work item in a fixed
 // order (no atomics, no reductions across threads), so results are bitwise identical
 // for any thread count and schedule.
@@ -140,9 +144,20 @@ struct View {
 };
 View view_of(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-// The checked problem (kernels/shape_checks.h) and the head dim padded to a kVec multiple.
+// Document boundaries per key slot of a [B, Tk] problem: the first slot of the slot's document
+// and one past its last.
+struct Documents {
+  std::vector<int64_t> start, end;
+};
+
+// The checked problem (kernels/shape_checks.h), the head dim padded to a kVec multiple and,
+// with document boundaries, where each key slot's document starts and ends.
 struct Dims : AttentionDims {
   int64_t Dp = 0;
+  const int64_t* doc_start = nullptr;  // [B, Tk], or null without documents
+  const int64_t* doc_end = nullptr;    // [B, Tk]
+  // The first key slot of the document holding key slot p of row b (0 without documents).
+  int64_t doc_begin(int64_t b, int64_t p) const { return doc_start ? doc_start[b * Tk + p] : 0; }
 };
 
 // Copies rows [t0, t0 + n) of head h into dst [n, Dp] times `mul`, zero-padding columns.
@@ -165,21 +180,26 @@ void copy_transposed(const View& src, int64_t b, int64_t t0, int64_t n, int64_t 
     for (int64_t j = n; j < kBk; ++j) dst[c * kBk + j] = 0.0f;
 }
 
-// The columns [lo, hi) of key block [k0, k0 + kn) that query q sees: keys at positions
-// p - window < j <= p for its position p = q_offset + q (no lower bound when window = 0).
+// The columns [lo, hi) of key block [k0, k0 + kn) that query q of row b sees: keys at
+// positions p - window < j <= p for its position p = q_offset + q (no lower bound when
+// window = 0), and not before the first slot of its document.
 struct Span {
   int64_t lo, hi;
   bool empty() const { return hi <= lo; }
 };
-inline Span visible(const Dims& d, int64_t q, int64_t k0, int64_t kn) {
+inline Span visible(const Dims& d, int64_t b, int64_t q, int64_t k0, int64_t kn) {
   const int64_t p = d.q_offset + q;
-  const int64_t lo = d.window > 0 ? std::clamp<int64_t>(p - d.window + 1 - k0, 0, kn) : 0;
+  int64_t lo = d.window > 0 ? std::clamp<int64_t>(p - d.window + 1 - k0, 0, kn) : 0;
+  if (d.doc_start) lo = std::max(lo, std::clamp<int64_t>(d.doc_begin(b, p) - k0, 0, kn));
   return {lo, std::clamp<int64_t>(p + 1 - k0, 0, kn)};
 }
 
-// The first key, rounded down to a block start, that any of queries [q0, ...) can see.
-inline int64_t first_key_block(const Dims& d, int64_t q0) {
-  return d.window > 0 ? std::max<int64_t>(0, d.q_offset + q0 - d.window + 1) / kBk * kBk : 0;
+// The first key, rounded down to a block start, that any of queries [q0, ...) of row b can
+// see (document starts never decrease along a row, so query q0's bounds the block's).
+inline int64_t first_key_block(const Dims& d, int64_t b, int64_t q0) {
+  int64_t first = d.window > 0 ? std::max<int64_t>(0, d.q_offset + q0 - d.window + 1) : 0;
+  if (d.doc_start) first = std::max(first, d.doc_begin(b, d.q_offset + q0));
+  return first / kBk * kBk;
 }
 
 // Sets the columns of score row s outside `span` to -inf.
@@ -228,13 +248,53 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
   ANVIL_CHECK(t.shape() == shape, op, ": ", name, " ", t.describe(), " must have shape ", shape_str(shape));
 }
 
+// For each key slot of segment_ids [B, Tk], where its document starts and ends; throws unless
+// the ids are i32 [B, Tk] and non-decreasing along each row (documents are contiguous runs).
+Documents documents_of(const Tensor& segment_ids, const AttentionDims& d, const char* op) {
+  check_cpu(segment_ids, op, "segment_ids");
+  ANVIL_CHECK(segment_ids.dtype() == DType::I32 && segment_ids.is_contiguous() &&
+                  segment_ids.shape() == Shape({d.B, d.Tk}),
+              op, ": segment_ids must be contiguous i32 [B, Tk] = ", shape_str({d.B, d.Tk}), ", got ",
+              segment_ids.describe(), " — one document id per key slot (models/step_context.h builds them)");
+  const int32_t* seg = segment_ids.data<int32_t>();
+  Documents docs{std::vector<int64_t>(static_cast<size_t>(d.B * d.Tk)),
+                 std::vector<int64_t>(static_cast<size_t>(d.B * d.Tk))};
+  for (int64_t b = 0; b < d.B; ++b) {
+    int64_t start = 0;
+    for (int64_t j = 0; j < d.Tk; ++j) {
+      const int64_t i = b * d.Tk + j;
+      if (j > 0 && seg[i] != seg[i - 1]) {
+        ANVIL_CHECK(seg[i] > seg[i - 1], op, ": segment_ids of row ", b, " decrease at slot ", j, " (", seg[i - 1],
+                    " then ", seg[i], ") — documents must be contiguous runs with non-decreasing ids");
+        start = j;
+      }
+      docs.start[static_cast<size_t>(i)] = start;
+    }
+    int64_t end = d.Tk;
+    for (int64_t j = d.Tk - 1; j >= 0; --j) {
+      const int64_t i = b * d.Tk + j;
+      docs.end[static_cast<size_t>(i)] = end;
+      if (docs.start[static_cast<size_t>(i)] == j) end = j;
+    }
+  }
+  return docs;
+}
+
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                  int64_t window, const char* op) {
+                  const AttentionMask& mask, Documents& docs, const char* op) {
   check_bthd(q, op, "q");
   check_bthd(k, op, "k");
   check_bthd(v, op, "v");
-  const AttentionDims a = attention_dims(op, q, k, v, scale, q_offset, window);
-  return Dims{a, (a.D + kVec - 1) / kVec * kVec};
+  ANVIL_CHECK(!mask.group_ids.defined(), op, ": group masks (AttentionMask::group_ids) are reserved for parallel "
+              "drafting and not implemented yet — leave group_ids undefined");
+  const AttentionDims a = attention_dims(op, q, k, v, scale, q_offset, mask.window);
+  Dims d{a, (a.D + kVec - 1) / kVec * kVec};
+  if (mask.segment_ids.defined()) {
+    docs = documents_of(mask.segment_ids, a, op);
+    d.doc_start = docs.start.data();
+    d.doc_end = docs.end.data();
+  }
+  return d;
 }
 
 void check_lse(const Tensor& lse, const Dims& d, const char* op) {
@@ -249,9 +309,15 @@ int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
                        Tensor& out, Tensor& lse, int64_t window) {
-  ANVIL_DISPATCH_CUDA(q, attention_forward, q, k, v, scale, q_offset, out, lse, window);
+  attention_forward(q, k, v, scale, q_offset, out, lse, AttentionMask{window, Tensor(), Tensor()});
+}
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
+                       Tensor& out, Tensor& lse, const AttentionMask& mask) {
+  ANVIL_DISPATCH_CUDA(q, attention_forward, q, k, v, scale, q_offset, out, lse, mask);
   const char* op = "attention_forward";
-  const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
+  Documents docs;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
   prepare_output(out, q.shape(), op, "out");
   if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq});
   check_lse(lse, d, op);
@@ -279,14 +345,14 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
       std::fill(Acc, Acc + qn * d.Dp, 0.0f);
       std::fill(m, m + qn, -std::numeric_limits<float>::infinity());
       std::fill(l, l + qn, 0.0f);
-      for (int64_t k0 = first_key_block(d, q0); k0 < limit; k0 += kBk) {
+      for (int64_t k0 = first_key_block(d, b, q0); k0 < limit; k0 += kBk) {
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_rows(V, b, k0, kn, kvh, d, 1.0f, Vb);
         gemm<false, false>(qn, kBk, d.D, Qs, d.Dp, Kt, kBk, S, kBk);
         for (int64_t i = 0; i < qn; ++i) {
           float* s = S + i * kBk;
-          const Span span = visible(d, q0 + i, k0, kn);
+          const Span span = visible(d, b, q0 + i, k0, kn);
           if (span.empty()) { std::fill(s, s + kBk, 0.0f); continue; }
           mask_row(s, span);
           vf mx = load(s);
@@ -316,9 +382,16 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
                         int64_t window) {
-  ANVIL_DISPATCH_CUDA(q, attention_backward, dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, window);
+  attention_backward(dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, AttentionMask{window, Tensor(), Tensor()});
+}
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
+                        const AttentionMask& mask) {
+  ANVIL_DISPATCH_CUDA(q, attention_backward, dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, mask);
   const char* op = "attention_backward";
-  const Dims d = check_inputs(q, k, v, scale, q_offset, window, op);
+  Documents docs;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
   check_bthd(dout, op, "dout");
   check_bthd(out, op, "out");
   ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
@@ -357,7 +430,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     for (int64_t i = 0; i < qn; ++i) {
       float* s = S + i * kBk;
       float* g = dP + i * kBk;
-      exp_row(s, visible(d, q0 + i, k0, kn), lrow[i]);
+      exp_row(s, visible(d, b, q0 + i, k0, kn), lrow[i]);
       for (int vv = 0; vv < kRowVecs; ++vv)
         store(g + vv * kVec, load(s + vv * kVec) * (load(g + vv * kVec) - drow[i]));
     }
@@ -387,7 +460,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       std::fill(dVa, dVa + kn * d.Dp, 0.0f);
       const int64_t first_q = std::max<int64_t>(0, k0 - d.q_offset);  // first query that sees key k0
       // One past the last query that sees key k0 + kn - 1 (its window's oldest key).
-      const int64_t end_q = d.window > 0 ? std::clamp<int64_t>(k0 + kn - 1 + d.window - d.q_offset, 0, d.Tq) : d.Tq;
+      int64_t end_q = d.window > 0 ? std::clamp<int64_t>(k0 + kn - 1 + d.window - d.q_offset, 0, d.Tq) : d.Tq;
+      // Nor past the document of the block's last key (later queries belong to other documents).
+      if (d.doc_end) end_q = std::min(end_q, std::max<int64_t>(0, d.doc_end[b * d.Tk + k0 + kn - 1] - d.q_offset));
       for (int64_t h = kvh * d.group; h < (kvh + 1) * d.group; ++h)
         for (int64_t q0 = first_q / kBq * kBq; q0 < end_q; q0 += kBq) {
           const int64_t qn = std::min(kBq, d.Tq - q0);
@@ -425,7 +500,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
       copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
       std::fill(dQa, dQa + qn * d.Dp, 0.0f);
-      for (int64_t k0 = first_key_block(d, q0); k0 < limit; k0 += kBk) {
+      for (int64_t k0 = first_key_block(d, b, q0); k0 < limit; k0 += kBk) {
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_transposed(V, b, k0, kn, kvh, d, Vt);

@@ -28,8 +28,27 @@ int64_t check_rope_args(const Tensor& x, const Tensor& cos, const Tensor& sin, i
   return rope_half_dim(op, xname, x, cos, start_pos);
 }
 
+// Throws unless positions is contiguous i32 [B, T] or [T] for x [B, T, H, D] and every
+// position is a row of the tables; returns the row stride of positions (0 for [T]).
+int64_t check_positions(const Tensor& x, const Tensor& cos, const Tensor& positions, const char* op) {
+  cpu::require_cpu(op, "positions", positions);
+  const int64_t B = x.size(0), T = x.size(1);
+  const bool per_row = positions.dim() == 2;
+  ANVIL_CHECK(positions.dtype() == DType::I32 && positions.is_contiguous() &&
+                  (per_row ? positions.shape() == Shape({B, T}) : positions.shape() == Shape({T})),
+              op, ": positions must be contiguous i32 [B, T] = ", shape_str({B, T}), " or [T], got ",
+              positions.describe(), " for x ", x.describe());
+  const int32_t* p = positions.data<int32_t>();
+  for (int64_t i = 0; i < positions.numel(); ++i)
+    ANVIL_CHECK(p[i] >= 0 && p[i] < cos.size(0), op, ": position ", p[i], " at index ", i, " is outside the ",
+                cos.size(0), " rows of the cos/sin tables — positions must lie in [0, max_positions)");
+  return per_row ? T : 0;
+}
+
 // sign = +1: forward rotation by +angle; sign = -1: its transpose (rotation by -angle).
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos, float sign) {
+// Token (b, t) sits at positions[b * pos_sb + t] when positions is given, else start_pos + t.
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos, float sign,
+                const int32_t* positions = nullptr, int64_t pos_sb = 0) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), half = cos.size(1);
   if (B == 0 || T == 0 || H == 0 || half == 0) return;
   float* base = x.data<float>();
@@ -41,8 +60,9 @@ void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_p
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / T, t = r % T;
-    const float* c = ctab + (start_pos + t) * half;
-    const float* s = stab + (start_pos + t) * half;
+    const int64_t p = positions ? positions[b * pos_sb + t] : start_pos + t;
+    const float* c = ctab + p * half;
+    const float* s = stab + p * half;
     for (int64_t h = 0; h < H; ++h) {
       float* lo = base + b * sb + t * st + h * sh;
       float* hi = lo + half;
@@ -104,6 +124,20 @@ void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t sta
   ANVIL_DISPATCH_CUDA(dx, rope_backward, dx, cos, sin, start_pos);
   check_rope_args(dx, cos, sin, start_pos, "rope_backward", "dx");
   rope_apply(dx, cos, sin, start_pos, -1.0f);
+}
+
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions) {
+  ANVIL_DISPATCH_CUDA(x, rope_forward, x, cos, sin, positions);
+  check_rope_args(x, cos, sin, 0, "rope_forward", "x");
+  const int64_t pos_sb = check_positions(x, cos, positions, "rope_forward");
+  rope_apply(x, cos, sin, 0, 1.0f, positions.data<int32_t>(), pos_sb);
+}
+
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, const Tensor& positions) {
+  ANVIL_DISPATCH_CUDA(dx, rope_backward, dx, cos, sin, positions);
+  check_rope_args(dx, cos, sin, 0, "rope_backward", "dx");
+  const int64_t pos_sb = check_positions(dx, cos, positions, "rope_backward");
+  rope_apply(dx, cos, sin, 0, -1.0f, positions.data<int32_t>(), pos_sb);
 }
 
 }  // namespace anvil::kernels

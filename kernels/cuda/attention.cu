@@ -1,8 +1,10 @@
 // Causal grouped-query attention on CUDA (kernels/attention.h). bf16 shapes that cuDNN's
 // fused SDPA takes go there (attention_cudnn.cpp); everything else — f32 (the fp32 test mode),
 // head dims that are not a multiple of 8 (up to 256), q_offset other than 0 or Tk - Tq, one-query
-// decode steps, shapes cuDNN refuses — runs the kernels below, FlashAttention-2 style: tiles of
-// 32 queries x 32 keys in shared memory, an online softmax, f32 arithmetic, O(T) memory.
+// decode steps, packed rows (document boundaries: AttentionMask::segment_ids), shapes cuDNN
+// refuses — runs the kernels below, FlashAttention-2 style: tiles of 32 queries x 32 keys in
+// shared memory, an online softmax, f32 arithmetic, O(T) memory. Document boundaries are one
+// more visibility test per score (same document id); tiles are not skipped by document.
 //
 // Thread layout (all kernels): 256 threads = 8 warps; warp w owns tile rows w, w+8, w+16, w+24;
 // for scores, lane j is key j of the tile (a full dot product over D per lane, no shuffles);
@@ -47,6 +49,7 @@ struct Params {
   float* lse;       // [B, Hq, Tq]
   float* Di;        // [B, Hq, Tq] (backward)
   int64_t Tq, Tk, Hq, Hkv, D, group, q_offset, window;
+  const int32_t* seg;  // [B, Tk] document id per key slot (AttentionMask::segment_ids), or null
   int ks;           // shared row stride of K and V tiles (odd)
   float scale;
 };
@@ -69,9 +72,11 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Key j is visible to the query at position pos: j <= pos, and inside the window if any.
-__device__ __forceinline__ bool visible(int64_t j, int64_t pos, int64_t window) {
-  return j <= pos && (window == 0 || j > pos - window);
+// Key j of row b is visible to the query at position pos: j <= pos, inside the window if any,
+// and in the query's document when the rows are packed.
+__device__ __forceinline__ bool visible(const Params& p, int64_t b, int64_t j, int64_t pos) {
+  return j <= pos && (p.window == 0 || j > pos - p.window) &&
+         (p.seg == nullptr || p.seg[b * p.Tk + j] == p.seg[b * p.Tk + pos]);
 }
 
 // rows [t0, t0 + n) of head h into dst [kBQ or kBK][stride] as f32 times mul; rows >= n zeroed.
@@ -185,7 +190,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
       const int i = warp + r * kWarps;
       pv[r] = 0.0f;
       if (i >= qn) continue;  // uniform across the warp
-      const bool vis = lane < kn && visible(k0 + lane, p.q_offset + q0 + i, p.window);
+      const bool vis = lane < kn && visible(p, b, k0 + lane, p.q_offset + q0 + i);
       const float sv = vis ? s[r] : -INFINITY;
       const float m_new = fmaxf(m[r], warp_max(sv));
       if (m_new == -INFINITY) continue;  // no visible key yet
@@ -270,7 +275,7 @@ __global__ void __launch_bounds__(kThreads) backward_kv_kernel(Params p) {
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int i = warp + r * kWarps;
-        const bool vis = i < qn && lane < kn && visible(k0 + lane, p.q_offset + q0 + i, p.window);
+        const bool vis = i < qn && lane < kn && visible(p, b, k0 + lane, p.q_offset + q0 + i);
         const float pr = vis ? expf(s[r] - Ls[i]) : 0.0f;
         Ps[i * kPs + lane] = pr;
         dSs[i * kPs + lane] = pr * (dp[r] - Ds[i]);
@@ -341,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) backward_q_kernel(Params p) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int i = warp + r * kWarps;
-      const bool vis = i < qn && lane < kn && visible(k0 + lane, p.q_offset + q0 + i, p.window);
+      const bool vis = i < qn && lane < kn && visible(p, b, k0 + lane, p.q_offset + q0 + i);
       const float pr = vis ? expf(s[r] - lse[r]) : 0.0f;
       ds[r] = pr * (dp[r] - di[r]);
     }
@@ -414,14 +419,21 @@ void prepare_output(Tensor& t, const Shape& shape, const char* op, const char* n
 }
 
 AttentionDims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                           int64_t window, const char* op) {
+                           const kernels::AttentionMask& mask, const char* op) {
   const int device = detail::device_index(op, "q", q);
   ANVIL_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.describe(),
               " but CUDA attention takes f32 or bf16");
   check_bthd(q, op, "q", device, q.dtype());
   check_bthd(k, op, "k", device, q.dtype());
   check_bthd(v, op, "v", device, q.dtype());
-  const AttentionDims d{kernels::attention_dims(op, q, k, v, scale, q_offset, window), device};
+  ANVIL_CHECK(!mask.group_ids.defined(), op, ": group masks (AttentionMask::group_ids) are reserved for parallel "
+              "drafting and not implemented yet — leave group_ids undefined");
+  const AttentionDims d{kernels::attention_dims(op, q, k, v, scale, q_offset, mask.window), device};
+  if (mask.segment_ids.defined())
+    ANVIL_CHECK(mask.segment_ids.device() == Device::cuda(device) && mask.segment_ids.dtype() == DType::I32 &&
+                    mask.segment_ids.is_contiguous() && mask.segment_ids.shape() == Shape({d.B, d.Tk}),
+                op, ": segment_ids must be contiguous i32 [B, Tk] = ", shape_str({d.B, d.Tk}), " on cuda:", device,
+                ", got ", mask.segment_ids.describe(), " — move them to q's device with .to(Device)");
   ANVIL_CHECK(d.D <= kMaxHeadDim, op, ": head dim ", d.D, " is above the ", kMaxHeadDim,
               " the CUDA attention kernels take (q ", q.describe(), ")");
   ANVIL_CHECK(d.B <= 65535 && d.Hq <= 65535, op, ": batch ", d.B, " or heads ", d.Hq,
@@ -436,8 +448,9 @@ void check_lse(const Tensor& lse, const AttentionDims& d, const char* op) {
               ", got ", lse.describe());
 }
 
-Params params_of(const AttentionDims& d) {
+Params params_of(const AttentionDims& d, const kernels::AttentionMask& mask) {
   Params p{};
+  p.seg = mask.segment_ids.defined() ? mask.segment_ids.data<int32_t>() : nullptr;
   p.Tq = d.Tq, p.Tk = d.Tk, p.Hq = d.Hq, p.Hkv = d.Hkv, p.D = d.D, p.group = d.group;
   p.q_offset = d.q_offset, p.window = d.window, p.scale = d.scale;
   p.ks = odd_stride(d.D);
@@ -482,18 +495,19 @@ struct BackwardLaunch {
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset, Tensor& out,
-                       Tensor& lse, int64_t window) {
+                       Tensor& lse, const kernels::AttentionMask& mask) {
   const char* op = "attention_forward";
-  const AttentionDims d = check_inputs(q, k, v, scale, q_offset, window, op);
+  const AttentionDims d = check_inputs(q, k, v, scale, q_offset, mask, op);
   prepare_output(out, q.shape(), op, "out", d.device, q.dtype());
   if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq}, DType::F32, Device::cuda(d.device));
   check_lse(lse, d, op);
   if (d.B == 0 || d.Tq == 0 || d.Hq == 0 || d.D == 0) return;
   anvil::cuda::DeviceGuard guard(d.device);
   cudaStream_t stream = anvil::cuda::current_stream(d.device);
-  if (detail::cudnn_attention_forward(d, q, k, v, out, lse, stream)) return;
+  // cuDNN's SDPA graph here has no per-row document mask: packed rows take the kernels below.
+  if (!mask.segment_ids.defined() && detail::cudnn_attention_forward(d, q, k, v, out, lse, stream)) return;
 
-  Params p = params_of(d);
+  Params p = params_of(d, mask);
   p.q = bthd(q), p.k = bthd(k), p.v = bthd(v), p.o = bthd(out);
   p.lse = lse.data<float>();
   dispatch(q.dtype(), d.D, ForwardLaunch{p, d, stream});
@@ -501,9 +515,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
-                        int64_t window) {
+                        const kernels::AttentionMask& mask) {
   const char* op = "attention_backward";
-  const AttentionDims d = check_inputs(q, k, v, scale, q_offset, window, op);
+  const AttentionDims d = check_inputs(q, k, v, scale, q_offset, mask, op);
   check_bthd(dout, op, "dout", d.device, q.dtype());
   check_bthd(out, op, "out", d.device, q.dtype());
   ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
@@ -516,9 +530,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   if (d.B == 0 || d.D == 0 || d.Tk == 0) return;  // nothing to write (Hq = 0 or Tq = 0 still zeroes dk, dv)
   anvil::cuda::DeviceGuard guard(d.device);
   cudaStream_t stream = anvil::cuda::current_stream(d.device);
-  if (d.Tq > 0 && d.Hq > 0 && detail::cudnn_attention_backward(d, dout, q, k, v, out, lse, dq, dk, dv, stream)) return;
+  if (!mask.segment_ids.defined() && d.Tq > 0 && d.Hq > 0 && detail::cudnn_attention_backward(d, dout, q, k, v, out, lse, dq, dk, dv, stream)) return;
 
-  Params p = params_of(d);
+  Params p = params_of(d, mask);
   p.q = bthd(q), p.k = bthd(k), p.v = bthd(v), p.o = bthd(out), p.dout = bthd(dout);
   p.dq = bthd(dq), p.dk = bthd(dk), p.dv = bthd(dv);
   p.lse = const_cast<float*>(lse.data<float>());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/attention.h"  // AttentionMask
 #include "kernels/cuda/gemm.h"  // matmul_bias, matmul_bias_gelu (cuBLASLt epilogues)
 #include "kernels/newton_schulz.h"
 #include "kernels/optim_kernels.h"
@@ -25,10 +26,10 @@ void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Ten
 
 // attention.h (cuDNN frontend SDPA where the shape allows, else the fallback kernel)
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset, Tensor& out,
-                       Tensor& lse, int64_t window);
+                       Tensor& lse, const AttentionMask& mask);
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
-                        int64_t window);
+                        const AttentionMask& mask);
 
 // elementwise.h
 void add(const Tensor& a, const Tensor& b, Tensor& out);
@@ -82,5 +83,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
 // rope.h (cos/sin tables f32 on the same device)
 void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos);
 void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, int64_t start_pos);
+void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& positions);
+void rope_backward(Tensor& dx, const Tensor& cos, const Tensor& sin, const Tensor& positions);
 
 }  // namespace anvil::kernels::cuda

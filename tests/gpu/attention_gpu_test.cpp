@@ -10,6 +10,7 @@
 // graph cuDNN refuses silently takes the fallback kernel, and a "cudnn_" case would then pass
 // while testing the fallback twice and cuDNN never. "fallback_" cases must not reach cuDNN.
 // CTest runs this binary a second time with ANVIL_CUDNN_ATTENTION=0 (every case on the fallback).
+// "_docs" cases pack several documents per row (AttentionMask::segment_ids): always the fallback.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -35,7 +36,25 @@ struct AttnCase {
   int64_t window = 0;     // sliding window; 0 = none
   int64_t q_offset = -1;  // -1: Tk - Tq (the queries are the last Tq positions)
   int64_t pad = 0;        // fused: extra elements per row of the buffer (4 misaligns bf16 rows for cuDNN)
+  bool documents = false; // packed rows: documents of 1 .. 64 slots (segment_ids), else one per row
 };
+
+// i32 [B, Tk] segment ids: per row, documents cycling through lengths that include 1 and
+// cross the kernels' 32/64-slot tiles; undefined without documents.
+Tensor segment_ids_of(const AttnCase& c) {
+  if (!c.documents) return Tensor();
+  const int64_t lengths[] = {1, 17, 1, 40, 9, 64, 3};
+  Tensor seg = Tensor::empty({c.B, c.Tk}, DType::I32);
+  for (int64_t b = 0; b < c.B; ++b) {
+    int64_t doc = 0, left = lengths[b % 7];
+    for (int64_t j = 0; j < c.Tk; ++j) {
+      if (left == 0) left = lengths[(b + ++doc) % 7];
+      seg.data<int32_t>()[b * c.Tk + j] = static_cast<int32_t>(doc);
+      --left;
+    }
+  }
+  return seg;
+}
 
 int64_t q_offset_of(const AttnCase& c) { return c.q_offset < 0 ? c.Tk - c.Tq : c.q_offset; }
 int64_t row_width(const AttnCase& c) { return (c.Hq + 2 * c.Hkv) * c.D + c.pad; }
@@ -116,16 +135,19 @@ TEST_P(AttentionGpu, ForwardAndBackwardMatchCpu) {
   const int64_t q_offset = q_offset_of(c);
   const bool bf16 = c.dtype == DType::BF16;
   const detail::CudnnAttentionRuns before = detail::cudnn_attention_runs();
+  const Tensor seg = segment_ids_of(c);
+  const kernels::AttentionMask mask_cpu{c.window, seg, Tensor()};
+  const kernels::AttentionMask mask_gpu{c.window, seg.defined() ? seg.to(gpu()) : Tensor(), Tensor()};
 
   // Forward.
   const Qkv in = make_inputs(c);
   Tensor out_cpu = Tensor::empty({c.B, c.Tq, c.Hq, c.D}), lse_cpu = Tensor::empty({c.B, c.Hq, c.Tq});
-  kernels::attention_forward(in.q, in.k, in.v, scale, q_offset, out_cpu, lse_cpu, c.window);
+  kernels::attention_forward(in.q, in.k, in.v, scale, q_offset, out_cpu, lse_cpu, mask_cpu);
 
   const Qkv g = to_gpu(in, c);
   Tensor out_gpu = nan_tensor({c.B, c.Tq, c.Hq, c.D}, c.dtype, gpu());
   Tensor lse_gpu = nan_tensor({c.B, c.Hq, c.Tq}, DType::F32, gpu());
-  kernels::attention_forward(g.q, g.k, g.v, scale, q_offset, out_gpu, lse_gpu, c.window);
+  kernels::attention_forward(g.q, g.k, g.v, scale, q_offset, out_gpu, lse_gpu, mask_gpu);
 
   // bf16 (flash attention): out is rounded once on output and the probabilities once before
   // P @ V, 2^-8 each, plus a margin of one more for the online-softmax rescaling; lse is f32
@@ -140,10 +162,10 @@ TEST_P(AttentionGpu, ForwardAndBackwardMatchCpu) {
   const Tensor out_ref = host_f32(out_gpu), lse_ref = lse_gpu.to(Device::cpu());
   Qkv d_cpu = empty_grads(c, DType::F32, Device::cpu());
   kernels::attention_backward(dout, in.q, in.k, in.v, out_ref, lse_ref, scale, q_offset, d_cpu.q, d_cpu.k, d_cpu.v,
-                              c.window);
+                              mask_cpu);
   Qkv d_gpu = empty_grads(c, c.dtype, gpu());
   kernels::attention_backward(gpu_operand(dout, c.dtype), g.q, g.k, g.v, out_gpu, lse_gpu, scale, q_offset, d_gpu.q,
-                              d_gpu.k, d_gpu.v, c.window);
+                              d_gpu.k, d_gpu.v, mask_gpu);
   // bf16: P and dS = P * (dP - rowsum(dO * O)) are rounded to bf16 before the products that
   // make dV, dK and dQ, and each gradient is rounded on output: 2^-8 each, one more as margin.
   const double grad_tol = bf16 ? 4 * kBf16Rounding : kF32Tol;
@@ -184,6 +206,12 @@ const AttnCase kCases[] = {
     {"fallback_bf16_d64_decode_one_query", 2, 1, 45, 8, 2, 64, BF16, false},  // a new Tk every step: no graph
     {"fallback_f32_d96_fused_middle_q_offset", 2, 37, 90, 6, 2, 96, F32, true, 0, 20},
     {"fallback_f32_d256_window_middle_q_offset", 1, 40, 100, 4, 2, 256, F32, false, 24, 30},
+    // packed documents: shapes cuDNN would take otherwise, windows, q_offset, fused views, GQA
+    {"fallback_docs_bf16_d64_gqa", 2, 128, 128, 8, 2, 64, BF16, false, 0, -1, 0, true},
+    {"fallback_docs_bf16_d64_fused_window", 3, 150, 150, 4, 2, 64, BF16, true, 20, -1, 0, true},
+    {"fallback_docs_f32_d32_q_offset", 2, 40, 130, 4, 1, 32, F32, false, 0, -1, 0, true},
+    {"fallback_docs_f32_d20_window_decode", 2, 1, 90, 4, 2, 20, F32, false, 30, -1, 0, true},
+    {"fallback_docs_bf16_d128_mha", 1, 200, 200, 4, 4, 128, BF16, false, 0, -1, 0, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, AttentionGpu, ::testing::ValuesIn(kCases),

@@ -225,4 +225,35 @@ const RopeCase kRopeCases[] = {
 INSTANTIATE_TEST_SUITE_P(Cases, RopeGpu, ::testing::ValuesIn(kRopeCases),
                          [](const ::testing::TestParamInfo<RopeCase>& i) { return std::string(i.param.name); });
 
+// Explicit position ids ([B, T] per row and [T] shared; restarts, gaps and repeats) on a fused
+// q slice: the same rotation as the CPU backend, forward and backward.
+TEST_P(RopeGpu, PositionIdsMatchCpu) {
+  const RopeCase& c = GetParam();
+  const int64_t max_pos = c.start + c.T + 3;
+  Tensor cos = Tensor::empty({max_pos, c.D / 2}), sin = Tensor::empty({max_pos, c.D / 2});
+  kernels::rope_tables(kernels::rope_inv_freq(c.D, 10000.0), max_pos, cos, sin);
+  const Tensor cosg = on_gpu(cos), sing = on_gpu(sin);
+  for (const bool per_row : {true, false}) {
+    Tensor pos = Tensor::empty(per_row ? Shape{c.B, c.T} : Shape{c.T}, DType::I32);
+    for (int64_t i = 0; i < pos.numel(); ++i) pos.data<int32_t>()[i] = static_cast<int32_t>((7 * i + 3) % max_pos);
+    const Tensor posg = on_gpu(pos);
+    const int64_t heads = c.strided ? 3 * c.H : c.H;
+    const Tensor buf = reference_input(random_tensor({c.B, c.T, heads, c.D}, 72), c.dtype);
+    for (const bool forward : {true, false}) {
+      Tensor x = buf.clone();
+      Tensor xv = c.strided ? x.slice(2, 0, c.H) : x;
+      Tensor xg = gpu_operand(buf, c.dtype);
+      Tensor xgv = c.strided ? xg.slice(2, 0, c.H) : xg;
+      if (forward) {
+        kernels::rope_forward(xv, cos, sin, pos);
+        kernels::rope_forward(xgv, cosg, sing, posg);
+      } else {
+        kernels::rope_backward(xv, cos, sin, pos);
+        kernels::rope_backward(xgv, cosg, sing, posg);
+      }
+      EXPECT_GPU_NEAR(xg, x, activation_tol(c.dtype), forward ? "rope forward at position ids" : "rope backward at position ids");
+    }
+  }
+}
+
 }  // namespace

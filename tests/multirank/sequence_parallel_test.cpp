@@ -6,7 +6,8 @@
 // GQA (8 query / 4 KV heads, untied with biases, and tied) and a GPT-2 (learned positions), at a
 // T that divides sp and one that does not: the loss, every gradient summed over sp, and the
 // params after three AdamW steps match. Also ignored targets weighed over the whole group, a
-// rank holding no tokens, mis-sliced batches, the head-count limit, decoding's refusal, memory.
+// rank holding no tokens, mis-sliced batches, the head-count limit, decoding's refusal, memory,
+// explicit position ids (sliced like the tokens) and the refusal of packed documents.
 // Runs at 2 and 4 ranks.
 #include <gtest/gtest.h>
 
@@ -332,5 +333,46 @@ TEST(SequenceParallelModel, MemoryTableMatchesTheMeasuredPeak) {
     if (is_root())
       std::printf("[sp=%d %s T=%ld] step memory: predicted %.2f MB, measured %.2f MB (one process: %.2f MB)\n", W,
                   k.name, long(T), predicted / 1e6, measured / 1e6, one.memory_table(kB, T).activation_bytes / 1e6);
+  }
+}
+
+// Explicit position ids under sp: each rank passes its slice of the [B, T] ids (its tokens'
+// global positions, gaps and repeats included); loss and gradients match one process given the
+// whole ids. Packed documents are refused on every rank alike (Ulysses attends in the head
+// layout, which carries no document boundaries yet).
+TEST(SequenceParallelModel, PositionIdsMatchOneProcessAndPackedDocumentsAreRefused) {
+  const GridDims dims{1, 1, 1, world()->size()};
+  const int64_t T = lengths(dims.sp)[1];
+  for (const Case& k : cases()) {
+    SCOPED_TRACE(std::string(k.name) + " " + describe(dims, T));
+    Models s = build(k.config, dims);
+    const Batch b = global_batch(k.config, 1, T, 41);
+    Tensor pos = Tensor::empty({kB, T}, DType::I32);
+    for (int64_t i = 0; i < kB * T; ++i) pos.data<int32_t>()[i] = static_cast<int32_t>((5 * (i % T) + i / T) % T);
+    auto ref_ctx = std::make_shared<StepContext>();
+    ref_ctx->position_ids = pos;
+    Cache rc;
+    rc.set_context(ref_ctx);
+    const double ref_loss = s.ref->forward_loss(b.ids, b.targets, rc, kIgnore);
+    s.ref->backward_loss(rc);
+
+    auto ctx = std::make_shared<StepContext>();
+    ctx->position_ids = sequence_slice(pos, s.sp()).contiguous();
+    const Batch mine = my_slice(b, *s.grid);
+    Cache c;
+    c.set_context(ctx);
+    const double loss = s.split->forward_loss(mine.ids, mine.targets, c, kIgnore);
+    s.split->backward_loss(c);
+    for (Param* p : s.split->params()) s.dp_sp().all_reduce(p->grad);
+    EXPECT_LE(rel(loss, ref_loss), 1e-5) << loss << " vs " << ref_loss;
+    for (Param* p : s.split->params())
+      EXPECT_LE(max_rel_diff(p->grad, take_shard(*p, s.ref->param(p->name).grad)), 1e-5) << "gradient of " << p->name;
+
+    auto packed = std::make_shared<StepContext>();
+    packed->mask.segment_ids = Tensor::zeros(mine.ids.shape(), DType::I32);
+    Cache pc;
+    pc.set_context(packed);
+    const std::string e = error_of([&] { s.split->forward_loss(mine.ids, mine.targets, pc, kIgnore); });
+    EXPECT_NE(e.find("packed documents"), std::string::npos) << e;
   }
 }

@@ -1,0 +1,75 @@
+// StepContext: what the modules of one forward/backward need besides their input tensor — the
+// position ids, the attention mask description, the auxiliary losses modules add, and the
+// sequence-parallel group of this micro-batch. One per micro-batch; the caller sets it on the
+// root Cache (Cache::set_context) and every module reads it through its own Cache.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/attention.h"
+
+namespace anvil {
+
+class Communicator;
+
+// The attention mask beyond causality (always on). The sliding window is the model's
+// (AttentionShape::window) and combines with what is described here; see kernels/attention.h
+// for the exact visibility rule.
+struct AttentionMaskSpec {
+  // Document boundaries of packed rows: i32 [B, T], one document id per token, non-decreasing
+  // along each row (documents are contiguous runs). A query sees only keys of its own document.
+  // Undefined: each row is one sequence (today's behaviour). Under Ulysses sequence parallelism
+  // the attention sees whole sequences in another layout, so packed rows are refused there.
+  Tensor segment_ids;
+  // Reserved for the block/group masks of parallel drafting; the kernels refuse it for now.
+  Tensor group_ids;
+
+  bool has_documents() const { return segment_ids.defined(); }
+  // The kernel's mask description with the model's window.
+  kernels::AttentionMask for_kernel(int64_t window) const { return {window, segment_ids, group_ids}; }
+};
+
+// A scalar loss a module adds during forward (MoE load balance, router capacity). `value` is
+// what it reports; the module adds `weight * d(value)` to its own gradient in backward.
+struct AuxLoss {
+  std::string name;
+  float value = 0.0f;
+  float weight = 1.0f;
+};
+
+struct StepContext {
+  // i32 [B, T] on the model's device: the position of each token (of this rank's slice under
+  // sequence parallelism: its global positions). Undefined: positions start .. start + T - 1,
+  // start being the slice's first position (0 without sequence parallelism).
+  Tensor position_ids;
+  AttentionMaskSpec mask;
+  // The sp group this micro-batch uses (null: the model's own, or none). A model built with a
+  // fixed sp communicator refuses a different one here.
+  Communicator* sp = nullptr;
+
+  void add_aux_loss(AuxLoss loss) { aux_losses_.push_back(std::move(loss)); }
+  const std::vector<AuxLoss>& aux_losses() const { return aux_losses_; }
+  // The losses added since the last call, handed to the caller and forgotten here.
+  std::vector<AuxLoss> take_aux_losses();
+  // The sum of weight * value over the losses added so far.
+  float weighted_aux_loss() const;
+
+  // Moves the tensors to `device` (the host builds them; the model may live on a GPU).
+  void to(Device device);
+
+ private:
+  std::vector<AuxLoss> aux_losses_;
+};
+
+// Position ids that restart at 0 at each document of segment_ids (i32 [B, T], non-decreasing
+// along each row): token t of a document starting at slot s gets t - s. On the CPU; throws
+// naming the row and slot where ids decrease.
+Tensor positions_from_segments(const Tensor& segment_ids);
+
+// Throws unless position_ids / segment_ids (if defined) fit a [B, T] micro-batch: i32,
+// contiguous, positions in [0, max_positions), segment ids non-decreasing along each row.
+// `where` names the caller in the message. Checks on the host (copies a device tensor there).
+void check_step_context(const StepContext& ctx, int64_t B, int64_t T, int64_t max_positions, const char* where);
+
+}  // namespace anvil
