@@ -12,14 +12,17 @@ int64_t count_loss_tokens(const Tensor& targets, int ignore_index) {
 
 TransformerStage::TransformerStage(TransformerLM& model) : model_(model) {}
 
-void TransformerStage::set_inputs(std::vector<Tensor> ids) {
+void TransformerStage::set_inputs(std::vector<Tensor> ids, std::vector<std::shared_ptr<StepContext>> contexts) {
   ANVIL_CHECK(caches_.empty(), "TransformerStage: new inputs while ", caches_.size(),
               " micro-batches still wait for their backward");
   for (size_t m = 0; m < ids.size(); ++m)
     ANVIL_CHECK(ids[m].defined() && ids[m].dim() == 2, "pipeline micro-batch ", m, " needs token ids [batch, "
                 "seq_len] on every stage (later stages size their messages by them), got ",
                 ids[m].defined() ? ids[m].describe() : "none");
+  ANVIL_CHECK(contexts.empty() || contexts.size() == ids.size(), "TransformerStage: ", contexts.size(),
+              " step contexts for ", ids.size(), " micro-batches — give one per micro-batch, or none");
   ids_ = std::move(ids);
+  contexts_ = std::move(contexts);
 }
 
 Shape TransformerStage::input_shape(int m) const {
@@ -32,11 +35,10 @@ Cache& TransformerStage::cache(int m) { return caches_[m]; }
 
 Tensor TransformerStage::forward(int m, const Tensor& input, bool for_backward) {
   const Tensor& x = model_.is_first_stage() ? ids_.at(m) : input;
-  if (!for_backward) {
-    Cache scratch;  // dropped at once: nothing runs backward
-    return model_.forward_stage(x, scratch);
-  }
-  return model_.forward_stage(x, caches_[m]);
+  Cache scratch;  // evaluation: dropped at once, nothing runs backward
+  Cache& c = for_backward ? caches_[m] : scratch;
+  if (!contexts_.empty() && contexts_.at(m)) c.set_context(contexts_[m]);
+  return model_.forward_stage(x, c);
 }
 
 Tensor TransformerStage::backward(int m, const Tensor& dy) {

@@ -31,8 +31,10 @@ class TransformerStage : public PipelineStage {
   explicit TransformerStage(TransformerLM& model);
 
   // The step's micro-batch inputs, token ids i32 [B, T] on the model's device, set on every
-  // stage alike (later stages take their shapes to size what they receive).
-  void set_inputs(std::vector<Tensor> ids);
+  // stage alike (later stages take their shapes to size what they receive), and each one's
+  // step context (models/step_context.h: position ids, document boundaries), set on its Cache
+  // so every module reads it; empty or null entries: today's contiguous causal batches.
+  void set_inputs(std::vector<Tensor> ids, std::vector<std::shared_ptr<StepContext>> contexts = {});
   int micro_batches() const { return static_cast<int>(ids_.size()); }
 
   Shape input_shape(int m) const override;
@@ -52,6 +54,7 @@ class TransformerStage : public PipelineStage {
  private:
   TransformerLM& model_;
   std::vector<Tensor> ids_;
+  std::vector<std::shared_ptr<StepContext>> contexts_;  // one per micro-batch, or empty
   std::map<int, Cache> caches_;
 };
 

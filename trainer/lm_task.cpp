@@ -1,6 +1,7 @@
 #include "trainer/lm_task.h"
 
 #include "parallel/data_parallel.h"
+#include "trainer/batch_context.h"
 
 namespace anvil {
 
@@ -16,6 +17,7 @@ PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) 
   const int64_t M = static_cast<int64_t>(batches.size());
   std::vector<LMMicroBatch> micro(M);
   std::vector<Tensor> ids(M);
+  std::vector<std::shared_ptr<StepContext>> contexts(M);
   step_loss_tokens_ = 0;
   for (int64_t m = 0; m < M; ++m) {
     const Batch& batch = batches[m];
@@ -30,13 +32,20 @@ PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) 
       step_loss_tokens_ += global;
     }
     ids[m] = micro[m].ids;
+    // Packed documents: their boundaries and restarted positions (null for plain windows).
+    contexts[m] = make_step_context(batch, model_->config().max_position_embeddings, env_.device);
   }
-  stage_->set_inputs(std::move(ids));
+  stage_->set_inputs(std::move(ids), std::move(contexts));
   loss_->set_micro_batches(micro);
   return *loss_;
 }
 
+void SFTTask::configure_loader(LoaderConfig& loader) const { loader.packing = Packing::Documents; }
+
 void SFTTask::check_data(const RunConfig& config, const TokenStore& store) const {
+  ANVIL_CHECK(config.parallel.sp == 1, "task.name: sft packs prompt/response documents with their boundaries, which "
+              "Ulysses sequence parallelism cannot attend yet (parallel.sp = ", config.parallel.sp,
+              ") — use parallel.sp: 1 (dp, tp and pp work)");
   ANVIL_CHECK(store.has_loss_mask(), "task.name: sft trains on the response tokens only, but the token store ",
               config.data.train, " has no loss mask — prepare it from prompt/response JSONL (`anvil data prepare "
               "--format jsonl` on lines {\"prompt\": ..., \"response\": ...}), or use task.name: lm to train on every token");

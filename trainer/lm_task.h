@@ -1,6 +1,8 @@
 // The language-modelling tasks: `lm` (next-token prediction over packed windows, today's
-// pretraining) and `sft` (supervised fine-tuning on prompt/response pairs: the loss counts the
-// response's tokens only, the prompt's are masked out by the store's loss mask).
+// pretraining; data.packing chooses whether documents in a window see each other) and `sft`
+// (supervised fine-tuning on prompt/response pairs: the loss counts the response's tokens only,
+// the prompt's are masked out by the store's loss mask, and documents are always packed with
+// their boundaries).
 #pragma once
 #include <memory>
 
@@ -30,6 +32,8 @@ class SFTTask : public LMTask {
   std::string name() const override { return "sft"; }
   // The store must carry loss masks (`anvil data prepare` writes them for prompt/response JSONL).
   void check_data(const RunConfig& config, const TokenStore& store) const override;
+  // Documents packed with their boundaries: a pair never attends to the one before it.
+  void configure_loader(LoaderConfig& loader) const override;
   // The response tokens the step's loss was over, summed over every data-parallel rank.
   std::vector<std::pair<std::string, double>> step_metrics() override;
 };

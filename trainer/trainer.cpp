@@ -96,6 +96,7 @@ LoaderConfig loader_config(const RunConfig& config) {
   lc.valid_fraction = config.data.valid_fraction;
   lc.shuffle = config.data.shuffle;
   lc.ignore_index = static_cast<int32_t>(config.training.ignore_index);
+  lc.packing = packing_from_string(config.data.packing);
   make_task(config.task.name)->configure_loader(lc);
   return lc;
 }
@@ -346,6 +347,8 @@ Batch Trainer::sliced(Batch batch) const {
   const Communicator& sp = grid_->comm(Axis::SP);  // every sp rank read the same batch: keep my positions
   batch.ids = sequence_slice(batch.ids, sp);
   batch.targets = sequence_slice(batch.targets, sp);
+  if (batch.position_ids.defined()) batch.position_ids = sequence_slice(batch.position_ids, sp);
+  if (batch.segment_ids.defined()) batch.segment_ids = sequence_slice(batch.segment_ids, sp);
   return batch;
 }
 

@@ -74,8 +74,9 @@ std::string write_sft_store(const TinyRun& run, const std::vector<Pair>& pairs) 
 }  // namespace
 
 // The sft task scores the response tokens only: its first micro-batch's targets are ignored
-// exactly where the prompts' tokens are (worked out here from the tokenizer, independently of
-// the loader), and its loss and every gradient match PyTorch on the same weights and tokens.
+// exactly where the prompts' tokens are, and its documents are packed with their boundaries
+// (both worked out here from the tokenizer, independently of the loader); its loss and every
+// gradient match PyTorch on the same weights and tokens with a block-diagonal causal mask.
 TEST(SftTask, MaskedLossMatchesPyTorch) {
   const TinyRun run = make_tiny_run("task_sft");
   const std::vector<Pair> pairs = gpl_pairs(run.corpus, 60);
@@ -122,7 +123,20 @@ TEST(SftTask, MaskedLossMatchesPyTorch) {
   const std::string dir = ::testing::TempDir();
   const std::string cfg = dir + "/sft_model.json", in = dir + "/sft_in.anvt", out = dir + "/sft_out.anvt";
   std::ofstream(cfg) << model.config().to_json().dump();
-  TensorMap inputs{{"ids", batch.ids}, {"targets", batch.targets}};
+  // sft packs its documents: each pair attends to itself only, at positions restarting at 0.
+  ASSERT_TRUE(batch.segment_ids.defined() && batch.position_ids.defined());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 1; t < T; ++t) {
+      const size_t at = static_cast<size_t>(b * T + t);
+      const bool starts = stream[at - 1] == eos;  // a document starts after an EOS
+      EXPECT_EQ(batch.segment_ids.data<int32_t>()[b * T + t] != batch.segment_ids.data<int32_t>()[b * T + t - 1],
+                starts) << b << "," << t;
+      if (starts) EXPECT_EQ(batch.position_ids.data<int32_t>()[b * T + t], 0) << b << "," << t;
+    }
+  TensorMap inputs{{"ids", batch.ids},
+                   {"targets", batch.targets},
+                   {"positions", batch.position_ids},
+                   {"segments", batch.segment_ids}};
   for (Param* p : model.params()) inputs[p->name] = p->value;
   write_tensor_file(in, inputs);
   run_torch_script("tests/parity/torch_model.py", cfg + " " + in + " " + out);
