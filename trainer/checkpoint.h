@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
 

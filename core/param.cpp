@@ -1,4 +1,4 @@
-#include "models/param.h"
+#include "core/param.h"
 
 namespace anvil {
 
