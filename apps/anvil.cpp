@@ -18,6 +18,7 @@
 #include "data/tokenizer.h"
 #include "eval/generate.h"
 #include "models/hf_convert.h"
+#include "models/layout_checks.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/exit_codes.h"

@@ -6,8 +6,8 @@
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
+#include "models/layout_checks.h"
 #include "parallel/data_parallel.h"
-#include "parallel/grid.h"
 
 namespace anvil {
 
@@ -32,16 +32,17 @@ const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
 // single-process tensor: each run of the split dim is a contiguous local block.
 void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
   if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
+  const ShardSplit& split = p.shard.single(p.name);  // initialising a multi-axis shard is not needed yet
   const Shape& shape = p.value.shape();
-  const int d = p.shard.dim;
+  const int d = split.dim;
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= shape[i];
   for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
   const Tensor v = p.value.view({outer, shape[d], inner});
   for (int64_t o = 0; o < outer; ++o)
-    for (const ShardRun& r : p.shard.runs) {
+    for (const ShardRun& r : split.runs) {
       Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
-      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
+      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * split.full_size + r.global_start) * inner));
     }
 }
 }  // namespace
@@ -68,7 +69,7 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   if (last) {
     norm_f_ = make_norm(gpt2 ? "transformer.ln_f" : "model.norm", config);
     if (config.tie_word_embeddings) head_.emplace(wte_->weight, tp);
-    else head_.emplace("lm_head", config.hidden_size, config.vocab_size, false, tp);
+    else head_.emplace("lm_head", config.hidden_size, config.vocab_size, false, tp).weight().role = ParamRole::Output;
   }
 }
 

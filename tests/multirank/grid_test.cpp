@@ -3,6 +3,7 @@
 // bad layouts fail on every rank with both numbers named.
 #include <gtest/gtest.h>
 
+#include "models/layout_checks.h"
 #include "parallel/grid.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
