@@ -115,7 +115,8 @@ void DistributedOptimizer::exchange_tp_specs(const std::vector<Param*>& params) 
   std::vector<int64_t> mine;
   for (const Param* p : params)
     if (tp_sharded(p))
-      for (const ShardRun& r : p->shard.single(p->name).runs) mine.insert(mine.end(), {r.local_start, r.global_start, r.length});
+      for (const ShardRun& r : p->shard.single(p->name).runs)
+        mine.insert(mine.end(), {r.local_start, r.global_start, r.length});
   const int64_t n = static_cast<int64_t>(mine.size());
   Tensor in = Tensor::full({std::max<int64_t>(n, 1)}, 0.0, DType::I64), all = Tensor::empty({std::max<int64_t>(n, 1) * tp_size_}, DType::I64);
   std::copy(mine.begin(), mine.end(), in.data<int64_t>());
