@@ -94,17 +94,17 @@ TEST(GradGroups, EachGroupReducesOverItsOwnRanksAndTheNormCountsEveryElementOnce
   }
 }
 
-// A weight [4, 6] split over ep (dim 0) and tp (dim 1, two runs 3|3) on dp = 2, tp = 2, ep = 2:
+// A weight [4, 8] split over ep (dim 0) and tp (dim 1, two runs 4|4) on dp = 2, tp = 2, ep = 2:
 // each of the 4 distinct blocks is written once, the file holds the whole tensor, and every
 // rank reads its own block back.
 TEST(ExpertCheckpoint, MultiAxisShardsWriteAndReadBack) {
   ASSERT_EQ(world()->size(), 4);
   ProcessGrid g(world(), GridDims{2, 2, 1, 1, 2});
-  Tensor full = Tensor::empty({4, 6});
+  Tensor full = Tensor::empty({4, 8});
   for (int64_t i = 0; i < full.numel(); ++i) full.data<float>()[i] = static_cast<float>(i) - 7.5f;
-  Param w("experts.w", Tensor::zeros({2, 3}), ParamRole::Matrix);
+  Param w("experts.w", Tensor::zeros({2, 4}), ParamRole::Matrix);
   w.shard = even_shard(Axis::EP, 0, {4}, g.rank(Axis::EP), 2, w.name);
-  w.shard.add(even_split(Axis::TP, 1, {3, 3}, g.rank(Axis::TP), 2, w.name));
+  w.shard.add(even_split(Axis::TP, 1, {4, 4}, g.rank(Axis::TP), 2, w.name));
   w.value.copy_(take_shard(w, full));
 
   Tensor id = Tensor::full({1}, world()->rank() == 0 ? static_cast<double>(getpid()) : 0.0, DType::I32);
@@ -118,12 +118,12 @@ TEST(ExpertCheckpoint, MultiAxisShardsWriteAndReadBack) {
   const std::string dir = save_checkpoint(root, meta, out, 0, world().get());
 
   CheckpointContents mine;
-  Tensor back = Tensor::zeros({2, 3});
+  Tensor back = Tensor::zeros({2, 4});
   mine.params.push_back({w.name, back, w.shard, true});
   load_checkpoint(dir, mine);
   EXPECT_EQ(anvil::testing::max_abs_diff(back, w.value), 0.0) << "this rank's ep x tp block";
   CheckpointContents whole;
-  Tensor all = Tensor::zeros({4, 6});
+  Tensor all = Tensor::zeros({4, 8});
   whole.params.push_back({w.name, all, ShardSpec{}, true});
   load_checkpoint(dir, whole);
   EXPECT_EQ(anvil::testing::max_abs_diff(all, full), 0.0) << "the file's whole tensor";
