@@ -249,7 +249,7 @@ TEST(TensorParallelModel, ShardedParamsHoldOneTpthOfTheBytes) {
     size_t sharded_bytes = 0, full_bytes = 0, count = 0;
     for (Param* p : sharded.params()) {
       const Param& full = ref.param(p->name);
-      if (p->shard.axis == Axis::TP) {
+      if (p->shard.over(Axis::TP)) {
         sharded_bytes += p->value.nbytes() + p->grad.nbytes();
         full_bytes += full.value.nbytes() + full.grad.nbytes();
         ++count;
