@@ -11,7 +11,7 @@ namespace anvil {
 
 // Which optimizer family a param belongs to (DESIGN.md: matrix -> Muon/SOAP/COSMOS). Output:
 // a vocabulary-sized output matrix (an untied lm_head); like embeddings, matrix optimizers
-// leave it to AdamW (as Muon's authors do: its rows are per-token, not a hidden transform).
+// leave it to AdamW (its rows are per-token, not a hidden transform), which decays it as a matrix.
 enum class ParamRole { Matrix, Vector, Embedding, Output };
 const char* param_role_name(ParamRole role);
 
