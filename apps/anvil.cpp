@@ -20,6 +20,7 @@
 #include "eval/generate.h"
 #include "eval/perplexity.h"
 #include "models/hf_convert.h"
+#include "models/layout_checks.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/timed_communicator.h"
 #include "trainer/exit_codes.h"

@@ -8,7 +8,7 @@
 
 #include "core/tensor.h"
 #include "models/cache.h"
-#include "models/param.h"
+#include "core/param.h"
 
 namespace anvil {
 

@@ -23,7 +23,7 @@ int64_t local_extent(const std::string& what, const std::vector<int64_t>& parts,
 
 // Marks a param as this rank's shard of `dim` (nothing without a tp communicator).
 void shard_param(Param& p, int dim, const std::vector<int64_t>& parts, const Communicator* tp) {
-  if (tp && p.value.defined()) p.shard = even_shard(GridAxis::TP, dim, parts, rank_of(tp), degree(tp), p.name);
+  if (tp && p.value.defined()) p.shard = even_shard(Axis::TP, dim, parts, rank_of(tp), degree(tp), p.name);
 }
 
 }  // namespace

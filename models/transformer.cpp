@@ -6,8 +6,8 @@
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
+#include "models/layout_checks.h"
 #include "parallel/data_parallel.h"
-#include "parallel/grid.h"
 
 namespace anvil {
 
@@ -54,7 +54,7 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   if (last) {
     norm_f_ = make_norm(family.final_norm, config);
     if (config.tie_word_embeddings) head_.emplace(wte_->weight, tp);
-    else head_.emplace(family.head, config.hidden_size, config.vocab_size, false, tp);
+    else head_.emplace(family.head, config.hidden_size, config.vocab_size, false, tp).weight().role = ParamRole::Output;
   }
 }
 

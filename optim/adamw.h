@@ -10,7 +10,7 @@ struct AdamWConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
-  // Decay applies to `matrix` params; these opt the other roles in.
+  // Decay applies to `matrix` and `output` params; these opt the other roles in.
   bool decay_embeddings = false;
   bool decay_vectors = false;  // norms and biases
 };

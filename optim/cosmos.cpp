@@ -146,7 +146,8 @@ int64_t Cosmos::effective_rank(const Param& p) const {
 
 double Cosmos::decay_for(const Param& p) const {
   switch (p.role) {
-    case ParamRole::Matrix: return config_.weight_decay;
+    case ParamRole::Matrix:
+    case ParamRole::Output: return config_.weight_decay;  // a weight matrix, decayed as one
     case ParamRole::Embedding: return config_.decay_embeddings ? config_.weight_decay : 0.0;
     case ParamRole::Vector: return config_.decay_vectors ? config_.weight_decay : 0.0;
   }

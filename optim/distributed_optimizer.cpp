@@ -63,11 +63,13 @@ DistributedOptimizer::DistributedOptimizer(const std::vector<Param*>& params, co
   for (Param* p : params)
     if (p->trainable) trainable.push_back(p);
   if (!trainable.empty()) device_ = trainable.front()->grad.device();  // where the weights and the state live
-  for (const Param* p : trainable)
-    ANVIL_CHECK(p->shard.axis == GridAxis::None || (p->shard.axis == GridAxis::TP && layout.tp),
-                "optimizer: param ", p->name, " is split over ", p->shard.axis == GridAxis::TP ? "tp" : "an axis",
-                " but the optimizer's layout ", p->shard.axis == GridAxis::TP ? "has no tp communicator" : "handles tp only",
+  for (const Param* p : trainable) {
+    const bool tp_only = p->shard.splits.size() == 1 && p->shard.over(Axis::TP);
+    ANVIL_CHECK(!p->shard.sharded() || (tp_only && layout.tp), "optimizer: param ", p->name, " is split over ",
+                tp_only ? "tp" : "another axis than tp", " but the optimizer's layout ",
+                tp_only ? "has no tp communicator" : "handles tp only",
                 " — build the optimizer with the model's layout (make_optimizer's OptimizerLayout)");
+  }
   exchange_tp_specs(trainable);
 
   if (make_matrix) {
@@ -103,7 +105,7 @@ DistributedOptimizer::DistributedOptimizer(const std::vector<Param*>& params, co
 }
 
 bool DistributedOptimizer::tp_sharded(const Param* p) const {
-  return layout_.tp && p->shard.axis == GridAxis::TP;
+  return layout_.tp && p->shard.over(Axis::TP);
 }
 
 // Every tp rank's runs of every tp-sharded param, in one all_gather; the runs must tile each
@@ -113,7 +115,8 @@ void DistributedOptimizer::exchange_tp_specs(const std::vector<Param*>& params) 
   std::vector<int64_t> mine;
   for (const Param* p : params)
     if (tp_sharded(p))
-      for (const ShardRun& r : p->shard.runs) mine.insert(mine.end(), {r.local_start, r.global_start, r.length});
+      for (const ShardRun& r : p->shard.single(p->name).runs)
+        mine.insert(mine.end(), {r.local_start, r.global_start, r.length});
   const int64_t n = static_cast<int64_t>(mine.size());
   Tensor in = Tensor::full({std::max<int64_t>(n, 1)}, 0.0, DType::I64), all = Tensor::empty({std::max<int64_t>(n, 1) * tp_size_}, DType::I64);
   std::copy(mine.begin(), mine.end(), in.data<int64_t>());
@@ -123,19 +126,21 @@ void DistributedOptimizer::exchange_tp_specs(const std::vector<Param*>& params) 
   for (const Param* p : params) {
     if (!tp_sharded(p)) continue;
     std::vector<ShardSpec>& specs = tp_specs_[p];
-    std::vector<int> covered(p->shard.full_size, 0);
+    const ShardSplit& mine_split = p->shard.single(p->name);
+    std::vector<int> covered(mine_split.full_size, 0);
     for (int r = 0; r < tp_size_; ++r) {
       ShardSpec s = p->shard;
-      for (size_t k = 0; k < s.runs.size(); ++k) {
+      std::vector<ShardRun>& runs = s.splits[0].runs;
+      for (size_t k = 0; k < runs.size(); ++k) {
         const int64_t* run = a + r * std::max<int64_t>(n, 1) + at + 3 * static_cast<int64_t>(k);
-        s.runs[k] = {run[0], run[1], run[2]};
-        for (int64_t i = run[1]; i < run[1] + run[2] && i < p->shard.full_size; ++i) ++covered[i];
+        runs[k] = {run[0], run[1], run[2]};
+        for (int64_t i = run[1]; i < run[1] + run[2] && i < mine_split.full_size; ++i) ++covered[i];
       }
       specs.push_back(std::move(s));
     }
-    at += 3 * static_cast<int64_t>(p->shard.runs.size());
+    at += 3 * static_cast<int64_t>(mine_split.runs.size());
     ANVIL_CHECK(std::all_of(covered.begin(), covered.end(), [](int c) { return c == 1; }), "optimizer: the tp shards of ",
-                p->name, " do not tile its dim ", p->shard.dim, " of ", p->shard.full_size,
+                p->name, " do not tile its dim ", mine_split.dim, " of ", mine_split.full_size,
                 " exactly — every tp rank must build the same model with the same tp degree");
   }
 }

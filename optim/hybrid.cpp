@@ -58,7 +58,7 @@ std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const Ro
       r.reason = "forced by '" + config.force_matrix[fm] + "'";
     } else if (p->role == ParamRole::Embedding) {
       r.reason = "embedding";
-    } else if (is_head) {
+    } else if (is_head || p->role == ParamRole::Output) {
       r.reason = "output head";
     } else if (p->role == ParamRole::Matrix && p->value.dim() >= 2) {
       r.group = ParamGroup::Matrix;

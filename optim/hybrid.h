@@ -18,8 +18,9 @@ const char* param_group_name(ParamGroup g);  // "matrix" | "adamw" | "frozen"
 // Patterns are shell globs (fnmatch: `*`, `?`, `[...]`; `*` also matches dots)
 // over the full dotted name, e.g. "model.layers.0.*" or "*.mlp.down_proj.weight".
 struct RoutingConfig {
-  // Params whose name matches are output heads: AdamW even though they are Matrix-role.
-  // Tied heads need no entry: the shared weight is the Embedding-role input embedding.
+  // Output-role params (an untied lm_head) are heads already; params whose name matches
+  // are heads too: AdamW even when they are Matrix-role. Tied heads need no entry: the
+  // shared weight is the Embedding-role input embedding.
   std::vector<std::string> output_heads = {"lm_head.weight"};
   // Overrides, applied before the role rules. A name may not match both lists, and
   // every pattern must match at least one param (a typo is an error, not a no-op).
@@ -36,7 +37,7 @@ struct RouteEntry {
 };
 
 // Decides each param's group. Rules, first match wins: frozen; force_adamw;
-// force_matrix; Embedding role; output_heads; Matrix role with >= 2 dims -> matrix;
+// force_matrix; Embedding role; Output role or output_heads; Matrix role with >= 2 dims -> matrix;
 // the rest (vectors, 1-D) -> AdamW. Throws on conflicting or unmatched patterns.
 std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const RoutingConfig& config);
 // One line per param plus per-group totals, for the start-up log.

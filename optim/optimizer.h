@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 
 namespace anvil {
 

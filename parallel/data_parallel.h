@@ -33,7 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 #include "parallel/communicator.h"
 
 namespace anvil {

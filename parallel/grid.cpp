@@ -1,22 +1,30 @@
 #include "parallel/grid.h"
 
-#include "parallel/ulysses.h"
+#include "core/error.h"
 
 namespace anvil {
 
-const char* axis_name(Axis axis) {
+int GridDims::size(Axis axis) const {
   switch (axis) {
-    case Axis::DP: return "dp";
-    case Axis::TP: return "tp";
-    case Axis::PP: return "pp";
-    case Axis::SP: return "sp";
+    case Axis::DP: return dp;
+    case Axis::TP: return tp;
+    case Axis::PP: return pp;
+    case Axis::SP: return sp;
+    case Axis::EP: return ep;
   }
-  return "?";
+  return 1;
 }
 
 std::string GridDims::str() const {
   return "dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp) +
-         " sp=" + std::to_string(sp);
+         " sp=" + std::to_string(sp) + (ep > 1 ? " ep=" + std::to_string(ep) : "");
+}
+
+void check_expert_degree(const GridDims& dims) {
+  ANVIL_CHECK(dims.ep >= 1, "parallel.ep = ", dims.ep, " must be >= 1 — use 1 for a model without experts");
+  ANVIL_CHECK(dims.dp % dims.ep == 0, "parallel.ep = ", dims.ep, " does not divide parallel.dp = ", dims.dp,
+              " — expert parallelism is carved out of the data-parallel ranks, so pick an ep that divides dp (or "
+              "raise dp to a multiple of ep)");
 }
 
 ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& dims,
@@ -28,6 +36,7 @@ ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& di
               dims.sp, " = ", dims.product(), " but the job has ", world_->size(),
               " processes — launch with mpirun -np ", dims.product(), " (or srun -n ", dims.product(),
               "), or change the parallel section to multiply to ", world_->size());
+  check_expert_degree(dims);
   if (collectives_) {
     // Agreed over the world, so a rank placed differently fails everywhere instead of hanging the splits.
     const bool mismatch = collectives_->size() != world_->size() || collectives_->rank() != world_->rank();
@@ -39,66 +48,55 @@ ProcessGrid::ProcessGrid(std::shared_ptr<Communicator> world, const GridDims& di
                 world_->size(), ") — build it over the world's ranks in the world's order (grid_collective_world)");
   }
   Communicator& base = collectives();
+  auto coord = [&](Axis a) -> int& { return coords_[static_cast<int>(a)]; };
   int r = world_->rank();
-  coords_[static_cast<int>(Axis::TP)] = r % dims.tp;
+  coord(Axis::TP) = r % dims.tp;
   r /= dims.tp;
-  coords_[static_cast<int>(Axis::SP)] = r % dims.sp;
+  coord(Axis::SP) = r % dims.sp;
   r /= dims.sp;
-  coords_[static_cast<int>(Axis::DP)] = r % dims.dp;
+  coord(Axis::DP) = r % dims.dp;
   r /= dims.dp;
-  coords_[static_cast<int>(Axis::PP)] = r;
+  coord(Axis::PP) = r;
+  coord(Axis::EP) = coord(Axis::DP) % dims.ep;
+  const int edp = coord(Axis::DP) / dims.ep;  // which expert-data replica
   // A sub-communicator groups the ranks that agree on every other coordinate.
   for (Axis axis : {Axis::DP, Axis::TP, Axis::PP, Axis::SP}) {
     int color = 0;
     for (Axis other : {Axis::PP, Axis::DP, Axis::SP, Axis::TP}) {
       const int extent = size(other);
-      color = color * extent + (other == axis ? 0 : coords_[static_cast<int>(other)]);
+      color = color * extent + (other == axis ? 0 : coord(other));
     }
-    comms_[static_cast<int>(axis)] = base.split(color, coords_[static_cast<int>(axis)]);
+    comms_[static_cast<int>(axis)] = base.split(color, coord(axis));
   }
+  // ep: the ranks of one expert-data replica (dp_i / ep) that agree on pp, sp and tp.
+  const int ep_color = ((rank(Axis::PP) * (dims.dp / dims.ep) + edp) * dims.sp + rank(Axis::SP)) * dims.tp +
+                       rank(Axis::TP);
+  comms_[static_cast<int>(Axis::EP)] = base.split(ep_color, rank(Axis::EP));
   const int dp_sp_color = rank(Axis::PP) * dims.tp + rank(Axis::TP);
   data_sequence_ = base.split(dp_sp_color, rank(Axis::DP) * dims.sp + rank(Axis::SP));
-}
-
-int ProcessGrid::size(Axis axis) const {
-  switch (axis) {
-    case Axis::DP: return dims_.dp;
-    case Axis::TP: return dims_.tp;
-    case Axis::PP: return dims_.pp;
-    case Axis::SP: return dims_.sp;
+  if (dims.ep > 1) {
+    const int color = (rank(Axis::PP) * dims.ep + rank(Axis::EP)) * dims.tp + rank(Axis::TP);
+    expert_data_sequence_ = base.split(color, edp * dims.sp + rank(Axis::SP));
   }
-  return 1;
 }
 
 int ProcessGrid::rank(Axis axis) const { return coords_[static_cast<int>(axis)]; }
 
 Communicator& ProcessGrid::comm(Axis axis) const { return *comms_[static_cast<int>(axis)]; }
 
-int ProcessGrid::world_rank(int dp_i, int tp_i, int pp_i, int sp_i) const {
-  return ((pp_i * dims_.dp + dp_i) * dims_.sp + sp_i) * dims_.tp + tp_i;
+Communicator& ProcessGrid::expert_data_sequence_comm() const {
+  return expert_data_sequence_ ? *expert_data_sequence_ : *data_sequence_;
 }
 
-void validate_layout(const GridDims& dims, const ModelConfig& m) {
-  auto divides = [](int degree, int64_t n, const char* axis, const char* field) {
-    ANVIL_CHECK(n % degree == 0, "parallel.", axis, " = ", degree, " does not divide ", field, " = ", n,
-                " — pick a degree that divides it");
-  };
-  divides(dims.tp, m.num_attention_heads, "tp", "num_attention_heads");
-  divides(dims.tp, m.num_key_value_heads, "tp", "num_key_value_heads");
-  divides(dims.tp, m.intermediate_size, "tp", "intermediate_size");
-  divides(dims.tp, m.vocab_size, "tp", "vocab_size");
-  // Ulysses hands each sp rank whole KV heads of its tp rank's shard (with their query heads).
-  const int64_t kv_per_tp = m.num_key_value_heads / dims.tp;
-  ANVIL_CHECK(kv_per_tp % dims.sp == 0, "parallel.sp = ", dims.sp, dims.sp > kv_per_tp ? " exceeds" : " does not divide",
-              " the ", kv_per_tp, " KV heads of each tp rank (num_key_value_heads = ", m.num_key_value_heads,
-              " over tp = ", dims.tp, ") — Ulysses sequence parallelism gives every sp rank whole KV heads for the "
-              "full sequence, so sp must divide num_key_value_heads / tp = ", kv_per_tp, " (at most ", kv_per_tp,
-              "). Use sp in {", ulysses_sp_degrees(kv_per_tp), "} and put the other ranks on dp",
-              dims.tp > 1 ? ", or lower tp to leave more KV heads per tp rank" : "");
-  // Stage s owns layers [s*L/pp, (s+1)*L/pp): equal contiguous ranges, each at least one layer.
-  ANVIL_CHECK(m.num_hidden_layers % dims.pp == 0, "parallel.pp = ", dims.pp, " does not divide num_hidden_layers = ",
-              m.num_hidden_layers, " — pipeline stages own equal ranges of layers, so pick a pp that divides ",
-              m.num_hidden_layers);
+bool writes_first_copy(const ProcessGrid& grid, const ShardSpec& spec) {
+  const int replica = spec.over(Axis::EP) ? grid.rank(Axis::DP) / grid.size(Axis::EP) : grid.rank(Axis::DP);
+  bool first = replica == 0 || spec.over(Axis::DP);
+  for (Axis axis : {Axis::SP, Axis::TP}) first = first && (grid.rank(axis) == 0 || spec.over(axis));
+  return first;
+}
+
+int ProcessGrid::world_rank(int dp_i, int tp_i, int pp_i, int sp_i) const {
+  return ((pp_i * dims_.dp + dp_i) * dims_.sp + sp_i) * dims_.tp + tp_i;
 }
 
 }  // namespace anvil

@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 #include "parallel/communicator.h"
 
 namespace anvil {

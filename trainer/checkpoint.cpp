@@ -60,9 +60,9 @@ h5::Id create_group(const h5::Context& ctx, hid_t loc, const char* name) {
                 H5Gclose);
 }
 
-// The hyperslabs of a tensor: one block per shard run (the split dim restricted to the
-// run, every other dim whole), or the whole tensor. For each: where it starts in the
-// local tensor and in the logical one, and its extent.
+// The hyperslabs of a tensor: one block per combination of runs, one run from each split
+// (each split dim restricted to its run, every other dim whole), or the whole tensor. For
+// each: where it starts in the local tensor and in the logical one, and its extent.
 struct Slab {
   std::vector<hsize_t> local_start, logical_start, count;
 };
@@ -70,14 +70,18 @@ std::vector<Slab> slabs_of(const CheckpointTensor& t) {
   const Shape& shape = t.local.shape();
   const size_t rank = shape.size();
   Slab whole{std::vector<hsize_t>(rank, 0), std::vector<hsize_t>(rank, 0), std::vector<hsize_t>(shape.begin(), shape.end())};
-  if (!t.shard.sharded()) return {whole};
-  std::vector<Slab> out;
-  for (const ShardRun& run : t.shard.runs) {
-    Slab s = whole;
-    s.local_start[t.shard.dim] = static_cast<hsize_t>(run.local_start);
-    s.logical_start[t.shard.dim] = static_cast<hsize_t>(run.global_start);
-    s.count[t.shard.dim] = static_cast<hsize_t>(run.length);
-    out.push_back(s);
+  std::vector<Slab> out{whole};
+  for (const ShardSplit& split : t.shard.splits) {
+    std::vector<Slab> refined;
+    for (const Slab& slab : out)
+      for (const ShardRun& run : split.runs) {
+        Slab s = slab;
+        s.local_start[split.dim] = static_cast<hsize_t>(run.local_start);
+        s.logical_start[split.dim] = static_cast<hsize_t>(run.global_start);
+        s.count[split.dim] = static_cast<hsize_t>(run.length);
+        refined.push_back(std::move(s));
+      }
+    out = std::move(refined);
   }
   return out;
 }
@@ -286,9 +290,7 @@ std::unique_ptr<OpenFile> open_checkpoint(const std::string& dir) {
 }  // namespace
 
 Shape CheckpointTensor::logical() const {
-  Shape shape = local.shape();
-  if (shard.sharded()) shape[shard.dim] = shard.full_size;
-  return shape;
+  return logical_shape(shard, local.shape());
 }
 
 std::vector<CheckpointTensor> checkpoint_tensors(const std::vector<Param*>& params) {

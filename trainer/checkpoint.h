@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
 
@@ -43,7 +43,7 @@ struct CheckpointMeta {
 inline constexpr const char* kCheckpointFile = "checkpoint.h5";
 
 // One tensor of a checkpoint as this rank holds it: `local` is the whole logical tensor,
-// or (shard.sharded()) this rank's slice of it along shard.dim, laid out by shard.runs.
+// or (shard.sharded()) this rank's block of it: along each split's dim, laid out by its runs.
 struct CheckpointTensor {
   std::string name;
   Tensor local;

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "models/hf_convert.h"
+#include "models/layout_checks.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config_reader.h"
 #include "trainer/load_model.h"
@@ -438,6 +439,13 @@ void parse_parallel(const Section& s, const ModelSection& model, ParallelSection
     s.read(key, *degree);
     s.require(*degree >= 1, key, "must be at least 1 (1 = not split along this axis), got ", *degree);
   }
+  // Expert parallelism splits the experts of MoE layers over ranks carved out of dp.
+  s.read("ep", p.ep);
+  s.require(p.ep >= 1, "ep", "must be at least 1 (1 = experts not split), got ", p.ep);
+  s.require(p.ep == 1 || model_experts(model) > 0, "ep", p.ep, " expert-parallel ranks need a model with experts, but"
+            " this ", model.model_type, " model is dense — set parallel.ep: 1 and keep those ranks on parallel.dp");
+  s.require(p.dp % p.ep == 0, "ep", p.ep, " does not divide parallel.dp = ", p.dp,
+            " — expert parallelism is carved out of the data-parallel ranks, so pick an ep that divides dp");
   s.read("bucket_mb", p.bucket_mb);
   s.require(p.bucket_mb > 0 && std::isfinite(p.bucket_mb), "bucket_mb",
             "must be positive (gradient bucket size in MB, e.g. 25), got ", p.bucket_mb);

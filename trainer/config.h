@@ -39,7 +39,8 @@
 //               eval_every [100; 0 = never], eval_batches [20], sample_every [0 = never], sample_prompt [""],
 //               sample_tokens [64], sample_temperature [0.8; 0 = greedy], sample_top_k [40; 0 = off],
 //               sample_top_p [1.0], ignore_index [-100]
-//   parallel:   dp, tp, pp, sp [1 each], bucket_mb [25] (gradient all-reduce / reduce-scatter bucket
+//   parallel:   dp, tp, pp, sp [1 each], ep [1] (expert parallel, carved out of dp: divides dp; > 1
+//               only for a model with experts), bucket_mb [25] (gradient all-reduce / reduce-scatter bucket
 //               size in MB), pp_schedule [1f1b] (1f1b | gpipe; training.grad_accum_steps micro-batches
 //               flow through the pipeline)
 //   checkpoint: dir ["" = <out_dir>/checkpoints], every [500; 0 = only at the end], keep [3; 0 = all],
@@ -148,6 +149,7 @@ struct TrainingSection {
 
 struct ParallelSection {
   int64_t dp = 1, tp = 1, pp = 1, sp = 1;
+  int64_t ep = 1;  // expert parallel: splits dp (parallel/grid.h), so not a factor of world_size
   double bucket_mb = 25.0;  // data-parallel gradient bucket size
   std::string pp_schedule = "1f1b";  // 1f1b | gpipe; the micro-batches are training.grad_accum_steps
   int64_t world_size() const { return dp * tp * pp * sp; }

@@ -162,6 +162,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("tp", c.parallel.tp);
   integer("pp", c.parallel.pp);
   integer("sp", c.parallel.sp);
+  integer("ep", c.parallel.ep, "expert parallel, carved out of dp");
   real("bucket_mb", c.parallel.bucket_mb, "gradient bucket size");
   string("pp_schedule", c.parallel.pp_schedule, "1f1b | gpipe");
 

@@ -34,7 +34,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"training",
        {"steps", "micro_batch_size", "grad_accum_steps", "trainable", "eval_every", "eval_batches", "sample_every",
         "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "sample_top_p", "ignore_index"}},
-      {"parallel", {"dp", "tp", "pp", "sp", "bucket_mb", "pp_schedule"}},
+      {"parallel", {"dp", "tp", "pp", "sp", "ep", "bucket_mb", "pp_schedule"}},
       {"checkpoint", {"dir", "every", "keep", "resume", "on_preempt"}},
       {"guard", {"on_nonfinite", "spike_zscore", "spike_window", "on_spike", "max_consecutive_skips"}},
       {"logging", {"every", "jsonl", "tensorboard", "progress", "peak_tflops"}},

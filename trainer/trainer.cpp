@@ -13,9 +13,11 @@
 #include "eval/perplexity.h"
 #include "kernels/elementwise.h"
 #include "models/hf_convert.h"
+#include "models/layout_checks.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "parallel/collectives.h"
+#include "parallel/grad_groups.h"
 #include "parallel/grad_norm.h"
 #include "parallel/launch.h"
 #include "parallel/nccl_communicator.h"
@@ -101,7 +103,9 @@ LoaderConfig loader_config(const RunConfig& config) {
   return lc;
 }
 
-GridDims grid_dims(const ParallelSection& p) { return GridDims{int(p.dp), int(p.tp), int(p.pp), int(p.sp)}; }
+GridDims grid_dims(const ParallelSection& p) {
+  return GridDims{int(p.dp), int(p.tp), int(p.pp), int(p.sp), int(p.ep)};
+}
 
 Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicator> world)
     : config_(std::move(config)), mode_(mode), world_(std::move(world)) {
@@ -172,12 +176,19 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_dtype(config_.run));
-  if (data_group_) {
+  // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
+  // a DataParallel per gradient group reduces them over the group's ranks, and ZeRO shards
+  // over those. Every param is dense so far: one group, over the dp x sp ranks (data_group_).
+  const std::vector<GradGroup> groups = grad_groups(trainable_, grid_.get());
+  ANVIL_CHECK(groups.size() == 1, "trainer: ", groups.back().params.size(), " ", groups.back().name,
+              " params (split over ep) need a reducer of their own, which the trainer does not build yet — "
+              "set parallel.ep: 1");
+  if (groups[0].reduce) {
     DataParallelConfig dc;
     dc.bucket_mb = config_.parallel.bucket_mb;
     dc.zero_stage = static_cast<int>(config_.optimizer.zero);
     dc.average = false;  // the loss is normalised by the global token count instead (see trainer.h)
-    dp_ = std::make_unique<DataParallel>(trainable_, *data_group_, dc);
+    dp_ = std::make_unique<DataParallel>(groups[0].params, *groups[0].reduce, dc);
     model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) { dp_->grads_ready(ready); });
   }
   // Every step runs through the pipeline executor; with one stage its table is plain
@@ -248,21 +259,16 @@ Communicator* Trainer::split_axis(Axis axis) const {
   return grid_ && grid_->size(axis) > 1 ? &grid_->comm(axis) : nullptr;
 }
 
-bool Trainer::writes(bool tp_shard) const {
-  if (!grid_) return true;
-  // One copy of each element reaches the file: dp and sp replicas leave it to their rank 0,
-  // and a tensor-parallel replica (not split) to tp rank 0. Pipeline stages hold disjoint
-  // params (the last stage's tied-embedding copy is left to the first: see checkpoint_contents).
-  return grid_->rank(Axis::DP) == 0 && grid_->rank(Axis::SP) == 0 && (tp_shard || grid_->rank(Axis::TP) == 0);
-}
-
 CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& state) {
   CheckpointContents contents;
   std::map<std::string, const Param*> by_name;
   const Param* tied_copy = model_->tied_embedding_copy();  // the first stage writes the embedding
+  // One copy of each element reaches the file (writes_first_copy). Pipeline stages hold disjoint
+  // params (the last stage's tied-embedding copy is left to the first).
+  auto writer = [&](const ShardSpec& spec) { return !grid_ || writes_first_copy(*grid_, spec); };
   for (Param* p : task_->checkpoint_params()) {
     // The f32 weights (the master under mixed precision); checkpoint.cpp copies device tensors to the host.
-    contents.params.push_back({p->name, master_weight(*p), p->shard, p != tied_copy && writes(p->shard.sharded())});
+    contents.params.push_back({p->name, master_weight(*p), p->shard, p != tied_copy && writer(p->shard)});
     by_name[p->name] = p;
   }
   // Optimizer state is named "<param>.<what>". A tensor shaped like its param's shard is a
@@ -275,8 +281,8 @@ CheckpointContents Trainer::checkpoint_contents(const std::vector<NamedTensor>& 
       if (dot == 0) break;
     }
     const bool shard = owner && owner->shard.sharded() && t.tensor.shape() == owner->value.shape();
-    contents.optimizer.push_back(
-        {t.name, t.tensor, shard ? owner->shard : ShardSpec{}, owner != tied_copy && writes(shard)});
+    const ShardSpec spec = shard ? owner->shard : ShardSpec{};
+    contents.optimizer.push_back({t.name, t.tensor, spec, owner != tied_copy && writer(spec)});
   }
   return contents;
 }
@@ -372,7 +378,10 @@ StepRecord Trainer::train_step() {
   StepRecord r;
   if (dp_) dp_->finish_grad_sync();
   if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
-  r.grad_norm = clip_model_grad_norm(*model_, dp_.get(), split_axis(Axis::PP), config_.optimizer.grad_clip);
+  std::vector<const Param*> not_counted;  // the last stage's tied-embedding copy counts on the first stage
+  if (const Param* copy = model_->tied_embedding_copy()) not_counted.push_back(copy);
+  r.grad_norm = clip_grid_grad_norm({{&trainable_, dp_.get(), nullptr}}, {split_axis(Axis::TP), split_axis(Axis::PP)},
+                                    not_counted, config_.optimizer.grad_clip);
   r.lr = learning_rate(config_.schedule, step_);
   r.loss = loss_sum;  // the mean over the step's micro-batches
   // On reduced values only, so every rank reaches the same verdict.

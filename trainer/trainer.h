@@ -151,9 +151,6 @@ class Trainer {
   Batch sliced(Batch batch) const;
   void log(const StepRecord& r);
   void restore(const std::string& dir);
-  // Whether this rank writes its copy of a tensor into checkpoints (replicas leave it to
-  // one rank); tp_shard: the tensor is this rank's tensor-parallel shard.
-  bool writes(bool tp_shard) const;
   // What this rank reads and writes in a checkpoint: every param (a shard at its place in
   // the logical tensor) and the optimizer state.
   CheckpointContents checkpoint_contents(const std::vector<NamedTensor>& state);

@@ -19,7 +19,7 @@
 #include "models/transformer.h"
 #include "optim/adamw.h"
 #include "parallel/data_parallel.h"
-#include "parallel/grad_norm.h"
+#include "models/layout_checks.h"
 #include "parallel/grid.h"
 #include "models/lm_pipeline.h"
 #include "tests/support/mpi_world.h"
@@ -31,6 +31,7 @@ using anvil::testing::error_of;
 using anvil::testing::is_root;
 using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
+using anvil::testing::model_grad_norm;
 using anvil::testing::random_ids;
 using anvil::testing::small_gpt2;
 using anvil::testing::small_llama;
@@ -169,7 +170,7 @@ void zero_key_bias_grads(TransformerLM& m) {
   const int64_t kv_dim = c.num_key_value_heads * c.resolved_head_dim();
   for (Param* b : m.params()) {
     if (b->name.find("c_attn.bias") == std::string::npos) continue;
-    const ShardRun k = b->shard.sharded() ? b->shard.runs.at(1) : ShardRun{q_dim, q_dim, kv_dim};
+    const ShardRun k = b->shard.sharded() ? b->shard.single(b->name).runs.at(1) : ShardRun{q_dim, q_dim, kv_dim};
     b->grad.slice(0, k.local_start, k.local_start + k.length).zero_();
   }
 }
@@ -265,7 +266,7 @@ TEST(PipelineModel, LossGradientsAndGradReadyMatchOneProcess) {
       }
       EXPECT_EQ(reports.size(), s.stage->params().size()) << what << ": a foreign param was reported";
       EXPECT_EQ(tied_copies_diff(*s.stage, s.pp(), true), 0.0) << what << ": the tied copies' grads differ";
-      const double norm_err = rel(model_grad_norm(*s.stage, nullptr, &s.pp()), global_grad_norm(s.ref->params()));
+      const double norm_err = rel(model_grad_norm(*s.stage, &s.pp()), global_grad_norm(s.ref->params()));
       EXPECT_LE(norm_err, 1e-5) << what << " grad norm";
       if (is_root())
         std::printf("[%s %s] loss rel err %.2e, worst grad %.2e (%s), grad norm %.2e, peak in flight %d\n",

@@ -18,6 +18,7 @@
 #include "models/transformer.h"
 #include "optim/adamw.h"
 #include "parallel/data_parallel.h"
+#include "models/layout_checks.h"
 #include "parallel/grid.h"
 #include "parallel/sequence_partition.h"
 #include "tests/support/mpi_world.h"

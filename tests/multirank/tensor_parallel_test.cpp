@@ -15,6 +15,7 @@
 #include "models/transformer.h"
 #include "optim/adamw.h"
 #include "parallel/grad_norm.h"
+#include "models/layout_checks.h"
 #include "parallel/grid.h"
 #include "parallel/tensor_parallel.h"
 #include "tests/support/mpi_world.h"
@@ -26,6 +27,7 @@ using anvil::testing::error_of;
 using anvil::testing::is_root;
 using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
+using anvil::testing::model_grad_norm;
 using anvil::testing::random_ids;
 using anvil::testing::random_tensor;
 using anvil::testing::small_gpt2;
@@ -163,7 +165,7 @@ TEST(TensorParallelModel, LossLogitsAndGradientShardsMatchOneProcess) {
       EXPECT_LE(e, 1e-5) << k.name << " gradient of " << p->name;
       if (e >= worst) worst = e, worst_name = p->name;
     }
-    const double norm_err = rel(model_grad_norm(*m.tp, nullptr, nullptr), global_grad_norm(m.ref->params()));
+    const double norm_err = rel(model_grad_norm(*m.tp, nullptr), global_grad_norm(m.ref->params()));
     EXPECT_LE(norm_err, 1e-5) << k.name << " grad norm";
     if (is_root())
       std::printf("[tp=%d %s] loss rel err %.2e, logits %.2e, worst grad shard %.2e (%s), grad norm %.2e\n",
@@ -183,7 +185,7 @@ void zero_key_bias_grads(TransformerLM& m, bool sharded) {
   const int64_t q_dim = c.num_attention_heads * c.resolved_head_dim(), kv_dim = c.num_key_value_heads * c.resolved_head_dim();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     Param& b = m.param("transformer.h." + std::to_string(i) + ".attn.c_attn.bias");
-    const ShardRun k = sharded ? b.shard.runs.at(1) : ShardRun{q_dim, q_dim, kv_dim};
+    const ShardRun k = sharded ? b.shard.single(b.name).runs.at(1) : ShardRun{q_dim, q_dim, kv_dim};
     ASSERT_EQ(k.global_start, q_dim + (sharded ? tp()->rank() * k.length : 0));
     b.grad.slice(0, k.local_start, k.local_start + k.length).zero_();
   }
@@ -247,7 +249,7 @@ TEST(TensorParallelModel, ShardedParamsHoldOneTpthOfTheBytes) {
     size_t sharded_bytes = 0, full_bytes = 0, count = 0;
     for (Param* p : sharded.params()) {
       const Param& full = ref.param(p->name);
-      if (p->shard.axis == GridAxis::TP) {
+      if (p->shard.over(Axis::TP)) {
         sharded_bytes += p->value.nbytes() + p->grad.nbytes();
         full_bytes += full.value.nbytes() + full.grad.nbytes();
         ++count;

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "core/tensor.h"
-#include "models/param.h"
+#include "core/param.h"
 
 namespace anvil::testing {
 

@@ -1,5 +1,7 @@
 #include "tests/support/small_models.h"
 
+#include "parallel/grad_norm.h"
+
 namespace anvil::testing {
 
 namespace {
@@ -46,6 +48,13 @@ std::vector<ModelCase> small_model_cases(int64_t layers) {
   return {{"llama_gqa_untied", small_llama(false, layers)},
           {"llama_gqa_tied", small_llama(true, layers)},
           {"gpt2", small_gpt2(layers)}};
+}
+
+double model_grad_norm(TransformerLM& model, Communicator* pp) {
+  const std::vector<Param*> params = model.params();
+  std::vector<const Param*> not_counted;
+  if (const Param* copy = model.tied_embedding_copy()) not_counted.push_back(copy);
+  return grid_grad_norm({{&params, nullptr, nullptr}}, {model.tensor_parallel(), pp}, not_counted);
 }
 
 }  // namespace anvil::testing

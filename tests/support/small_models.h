@@ -10,8 +10,14 @@
 #include <vector>
 
 #include "models/config.h"
+#include "models/transformer.h"
 
 namespace anvil::testing {
+
+// The global gradient norm of a model split over tp (its own communicator) and pp, from the
+// params' own grads (no reducer), the last stage's tied-embedding copy left out:
+// grid_grad_norm over the model's params, as the trainer calls it without dp.
+double model_grad_norm(TransformerLM& model, Communicator* pp);
 
 ModelConfig small_llama(bool tied, int64_t layers = 2);
 ModelConfig small_gpt2(int64_t layers = 2);

@@ -10,6 +10,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/newton_schulz.h"
 #include "models/transformer.h"
+#include "optim/cosmos.h"
 #include "optim/hybrid.h"
 #include "tests/support/reference.h"
 
@@ -361,7 +362,7 @@ TEST(Routing, LlamaHiddenMatricesToMuonEmbeddingsHeadAndNormsToAdamW) {
     EXPECT_EQ(groups.at("model.norm.weight"), ParamGroup::AdamW);
     EXPECT_EQ(groups.at("model.layers.1.post_attention_layernorm.weight"), ParamGroup::AdamW);
     EXPECT_EQ(groups.count("lm_head.weight"), tied ? 0u : 1u);
-    if (!tied) EXPECT_EQ(groups.at("lm_head.weight"), ParamGroup::AdamW);  // Matrix-role, routed by name
+    if (!tied) EXPECT_EQ(groups.at("lm_head.weight"), ParamGroup::AdamW);  // Output-role (and named a head)
   }
 }
 
@@ -376,6 +377,28 @@ TEST(Routing, Gpt2FusedProjectionsToMuonBiasesAndPositionsToAdamW) {
   EXPECT_EQ(groups.at("transformer.h.0.attn.c_attn.weight"), ParamGroup::Matrix);
   EXPECT_EQ(groups.at("transformer.wpe.weight"), ParamGroup::AdamW);
   EXPECT_EQ(groups.at("transformer.h.0.mlp.c_fc.bias"), ParamGroup::AdamW);
+}
+
+// The untied lm_head is an Output-role param: AdamW without any name pattern (COSMOS keeps it
+// off its matrix branch too), decayed like a matrix so AdamW runs are unchanged.
+TEST(Routing, UntiedHeadIsOutputRoleAndGoesToAdamWWithoutANamePattern) {
+  TransformerLM model(tiny("llama", false));
+  const Param& head = model.param("lm_head.weight");
+  EXPECT_EQ(head.role, ParamRole::Output);
+  EXPECT_EQ(model.param("model.embed_tokens.weight").role, ParamRole::Embedding);
+  RoutingConfig no_names;
+  no_names.output_heads.clear();
+  const std::vector<RouteEntry> routes = route_params(model.params(), no_names);
+  EXPECT_EQ(groups_of(routes).at("lm_head.weight"), ParamGroup::AdamW);
+  const std::string log = format_routing(routes);
+  EXPECT_NE(log.find("adamw  lm_head.weight " + shape_str(head.value.shape()) + " (output; output head)"),
+            std::string::npos) << log;
+  AdamWConfig adamw;
+  adamw.weight_decay = 0.1;
+  EXPECT_EQ(AdamW({}, adamw).decay_for(head), 0.1);
+  Cosmos cosmos({}, CosmosConfig{});
+  EXPECT_FALSE(cosmos.uses_matrix_branch(head));
+  EXPECT_TRUE(cosmos.uses_matrix_branch(model.param("model.layers.0.mlp.up_proj.weight")));
 }
 
 TEST(Routing, OverridesFrozenParamsAndPatternErrors) {

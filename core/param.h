@@ -4,27 +4,42 @@
 #include <string>
 #include <vector>
 
+#include "core/axis.h"
 #include "core/tensor.h"
 
 namespace anvil {
 
-// Which optimizer family a param belongs to (DESIGN.md: matrix -> Muon/SOAP/COSMOS).
-enum class ParamRole { Matrix, Vector, Embedding };
+// Which optimizer family a param belongs to (DESIGN.md: matrix -> Muon/SOAP/COSMOS). Output:
+// a vocabulary-sized output matrix (an untied lm_head); like embeddings, matrix optimizers
+// leave it to AdamW (its rows are per-token, not a hidden transform), which decays it as a matrix.
+enum class ParamRole { Matrix, Vector, Embedding, Output };
 const char* param_role_name(ParamRole role);
 
-// Which process-grid axis splits which logical dim (set by the parallel layers).
-enum class GridAxis { None, DP, TP, PP, SP, EP };
-// One contiguous stretch of the split dim: local [local_start, +length) holds logical
+// One contiguous stretch of a split dim: local [local_start, +length) holds logical
 // [global_start, +length). A tensor-parallel GPT-2 c_attn holds three (its q, k and v rows).
 struct ShardRun {
   int64_t local_start = 0, global_start = 0, length = 0;
 };
-struct ShardSpec {
-  GridAxis axis = GridAxis::None;
-  int dim = -1;                // logical dim split over `axis`; -1 when replicated
+// One grid axis splitting one logical dim.
+struct ShardSplit {
+  Axis axis = Axis::TP;
+  int dim = 0;                 // the logical dim split over `axis`
   int64_t full_size = 0;       // the logical extent of `dim`
   std::vector<ShardRun> runs;  // in local order; together they cover the local extent
-  bool sharded() const { return axis != GridAxis::None; }
+};
+// How a param lies over the grid (set by the parallel layers): replicated (no splits), or
+// split over one or more axes, each on its own dim (an expert weight [experts, out, in]:
+// ep on dim 0 and tp on dim 1). This rank holds the product of every split's runs.
+struct ShardSpec {
+  std::vector<ShardSplit> splits;
+  bool sharded() const { return !splits.empty(); }
+  // The split over `axis`, or null when the param is not split over it.
+  const ShardSplit* over(Axis axis) const;
+  // The split of a single-axis spec; throws naming `what` when there are several or none
+  // (for code that handles one split only).
+  const ShardSplit& single(const std::string& what) const;
+  // Adds a split over another axis and dim; throws when the axis or the dim is split already.
+  void add(ShardSplit split);
 };
 
 // How init_weights fills a param. The module that creates a param sets its rule (a layer
@@ -88,13 +103,17 @@ void move_params(const std::vector<Param*>& params, Device device, DType compute
 // tensor (layout-independent). Normal: N(0, std); ResidualNormal: N(0, residual_std).
 void init_params(const std::vector<Param*>& params, uint64_t seed, float std, float residual_std);
 
-// The shard of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
+// The split of a dim of logical extent `full` split into `parts` (e.g. GPT-2's q|k|v sizes,
 // or {full} for a plain split), each part evenly over `degree` ranks; `rank` holds its
 // chunk of every part, concatenated in part order. Throws when a part does not divide.
-ShardSpec even_shard(GridAxis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+ShardSplit even_split(Axis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+                      const std::string& what);
+// The same as a single-axis spec (add() more splits for a multi-axis one).
+ShardSpec even_shard(Axis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
                      const std::string& what);
 
-// The param's full logical shape: its local shape with the split dim restored.
+// The full logical shape: the local shape with every split dim restored.
+Shape logical_shape(const ShardSpec& spec, Shape local);
 Shape logical_shape(const Param& p);
 // This rank's shard of a full logical tensor, as a new tensor of the param's local shape
 // (for loading checkpoints and for tests); a replicated param gets a copy of `full`.

@@ -1,4 +1,4 @@
-#include "models/param.h"
+#include "core/param.h"
 
 #include "core/rng.h"
 
@@ -9,6 +9,7 @@ const char* param_role_name(ParamRole role) {
     case ParamRole::Matrix: return "matrix";
     case ParamRole::Vector: return "vector";
     case ParamRole::Embedding: return "embedding";
+    case ParamRole::Output: return "output";
   }
   return "?";
 }
@@ -71,16 +72,17 @@ namespace {
 // single-process tensor: each run of the split dim is a contiguous local block.
 void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
   if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
+  const ShardSplit& split = p.shard.single(p.name);  // initialising a multi-axis shard is not needed yet
   const Shape& shape = p.value.shape();
-  const int d = p.shard.dim;
+  const int d = split.dim;
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= shape[i];
   for (int i = d + 1; i < static_cast<int>(shape.size()); ++i) inner *= shape[i];
   const Tensor v = p.value.view({outer, shape[d], inner});
   for (int64_t o = 0; o < outer; ++o)
-    for (const ShardRun& r : p.shard.runs) {
+    for (const ShardRun& r : split.runs) {
       Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
-      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * p.shard.full_size + r.global_start) * inner));
+      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * split.full_size + r.global_start) * inner));
     }
 }
 }  // namespace
@@ -102,15 +104,36 @@ void Param::zero_grad() {
   if (grad.defined()) grad.zero_();
 }
 
-ShardSpec even_shard(GridAxis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
-                     const std::string& what) {
-  ShardSpec s;
+const ShardSplit* ShardSpec::over(Axis axis) const {
+  for (const ShardSplit& s : splits)
+    if (s.axis == axis) return &s;
+  return nullptr;
+}
+
+const ShardSplit& ShardSpec::single(const std::string& what) const {
+  ANVIL_CHECK(splits.size() == 1, what, ": expected a param split over one axis, but it is ",
+              splits.empty() ? "replicated" : "split over several axes",
+              " — this code handles single-axis shards only; split the param over one axis");
+  return splits[0];
+}
+
+void ShardSpec::add(ShardSplit split) {
+  for (const ShardSplit& s : splits)
+    ANVIL_CHECK(s.axis != split.axis && s.dim != split.dim, "ShardSpec: a second split over ", axis_name(split.axis),
+                " on dim ", split.dim, " collides with the split over ", axis_name(s.axis), " on dim ", s.dim,
+                " — each axis splits its own dim, once");
+  splits.push_back(std::move(split));
+}
+
+ShardSplit even_split(Axis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+                      const std::string& what) {
+  ShardSplit s;
   s.axis = axis;
   s.dim = dim;
   int64_t global = 0, local = 0;
   for (int64_t part : parts) {
-    ANVIL_CHECK(part % degree == 0, what, ": size ", part, " does not split evenly over ", degree,
-                " ranks — pick a parallel degree that divides it");
+    ANVIL_CHECK(part % degree == 0, what, ": size ", part, " does not split evenly over ", degree, " ",
+                axis_name(axis), " ranks — pick a parallel degree that divides it");
     const int64_t chunk = part / degree;
     s.runs.push_back({local, global + rank * chunk, chunk});
     local += chunk;
@@ -120,30 +143,39 @@ ShardSpec even_shard(GridAxis axis, int dim, const std::vector<int64_t>& parts, 
   return s;
 }
 
-Shape logical_shape(const Param& p) {
-  Shape shape = p.value.shape();
-  if (p.shard.sharded()) shape[p.shard.dim] = p.shard.full_size;
-  return shape;
+ShardSpec even_shard(Axis axis, int dim, const std::vector<int64_t>& parts, int rank, int degree,
+                     const std::string& what) {
+  ShardSpec spec;
+  spec.add(even_split(axis, dim, parts, rank, degree, what));
+  return spec;
 }
 
+Shape logical_shape(const ShardSpec& spec, Shape local) {
+  for (const ShardSplit& s : spec.splits) local.at(s.dim) = s.full_size;
+  return local;
+}
+
+Shape logical_shape(const Param& p) { return logical_shape(p.shard, p.value.shape()); }
+
 namespace {
-// Copies every run between the local tensor and the full one, in the given direction.
-void copy_runs(const ShardSpec& spec, const Tensor& local, const Tensor& full, bool to_full) {
-  if (!spec.sharded()) {
-    check_shape(full, local.shape(), "full tensor of a replicated param");
+// Copies every block between the local tensor and the full one, in the given direction: the
+// runs of split k, each combined with every block of the splits after it.
+void copy_blocks(const ShardSpec& spec, size_t k, const Tensor& local, const Tensor& full, bool to_full) {
+  if (k == spec.splits.size()) {
     Tensor dst = to_full ? full : local;
     dst.copy_(to_full ? local : full);
     return;
   }
-  Shape expected = local.shape();
-  expected.at(spec.dim) = spec.full_size;
-  check_shape(full, expected, "full logical tensor");
-  for (const ShardRun& r : spec.runs) {
-    Tensor l = local.slice(spec.dim, r.local_start, r.local_start + r.length);
-    Tensor f = full.slice(spec.dim, r.global_start, r.global_start + r.length);
-    if (to_full) f.copy_(l);
-    else l.copy_(f);
-  }
+  const ShardSplit& s = spec.splits[k];
+  for (const ShardRun& r : s.runs)
+    copy_blocks(spec, k + 1, local.slice(s.dim, r.local_start, r.local_start + r.length),
+                full.slice(s.dim, r.global_start, r.global_start + r.length), to_full);
+}
+
+void copy_runs(const ShardSpec& spec, const Tensor& local, const Tensor& full, bool to_full) {
+  check_shape(full, logical_shape(spec, local.shape()),
+              spec.sharded() ? "full logical tensor" : "full tensor of a replicated param");
+  copy_blocks(spec, 0, local, full, to_full);
 }
 }  // namespace
 
