@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "models/param.h"
+#include "core/param.h"
 
 namespace anvil {
 

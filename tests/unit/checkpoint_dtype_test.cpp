@@ -5,7 +5,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "models/param.h"
+#include "core/param.h"
 #include "tests/support/reference.h"
 #include "trainer/checkpoint.h"
 
