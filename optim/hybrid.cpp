@@ -1,6 +1,6 @@
 #include "optim/hybrid.h"
 
-#include <fnmatch.h>
+#include "core/glob.h"
 
 #include <set>
 #include <sstream>
@@ -21,7 +21,7 @@ namespace {
 // The first pattern in `patterns` that matches `name`, with its index; -1 when none does.
 int first_match(const std::vector<std::string>& patterns, const std::string& name) {
   for (size_t i = 0; i < patterns.size(); ++i)
-    if (fnmatch(patterns[i].c_str(), name.c_str(), 0) == 0) return static_cast<int>(i);
+    if (glob_match(patterns[i], name)) return static_cast<int>(i);
   return -1;
 }
 

@@ -15,7 +15,7 @@ namespace anvil {
 enum class ParamGroup { Matrix, AdamW, Frozen };
 const char* param_group_name(ParamGroup g);  // "matrix" | "adamw" | "frozen"
 
-// Patterns are shell globs (fnmatch: `*`, `?`, `[...]`; `*` also matches dots)
+// Patterns are globs (core/glob.h: `*`, `?`, `[...]`; `*` also matches dots)
 // over the full dotted name, e.g. "model.layers.0.*" or "*.mlp.down_proj.weight".
 struct RoutingConfig {
   // Params whose name matches are output heads: AdamW even though they are Matrix-role.

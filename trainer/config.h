@@ -122,7 +122,7 @@ struct TrainingSection {
   int64_t steps = 0;  // required, >= 1
   int64_t micro_batch_size = 8;
   int64_t grad_accum_steps = 1;
-  std::vector<std::string> trainable{"*"};  // glob patterns over HF param names (see glob_match)
+  std::vector<std::string> trainable{"*"};  // glob patterns over HF param names (core/glob.h)
   int64_t eval_every = 100;                 // 0 = never
   int64_t eval_batches = 20;
   int64_t sample_every = 0;  // 0 = never
@@ -203,9 +203,6 @@ inline bool same_settings(const RunConfig& a, const RunConfig& b) { return confi
 // the tokenizer's is an error (token ids would index past the embedding); a larger one is kept (padding).
 void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab);
 
-// Shell-style glob over a whole name: `*` matches any run of characters (dots included), `?` one
-// character; everything else is literal. glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight").
-bool glob_match(const std::string& pattern, const std::string& name);
 // True when any training.trainable pattern matches the param name.
 bool matches_trainable(const RunConfig& config, const std::string& param_name);
 // For the trainer once the model exists: throws if a trainable pattern matches no param (a typo would

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/glob.h"
 #include "trainer/config.h"
 #include "trainer/config_schema.h"
 #include "trainer/did_you_mean.h"
@@ -271,26 +272,6 @@ void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab) {
               " is smaller than the tokenizer's ", tokenizer_vocab, " tokens (", config.tokenizer.path,
               ") — ids up to ", tokenizer_vocab - 1, " would index past the embedding; set model.vocab_size: auto",
               " or at least ", tokenizer_vocab);
-}
-
-bool glob_match(const std::string& pattern, const std::string& name) {
-  // Greedy match with one backtrack point: the most recent '*' absorbs one more character on a mismatch.
-  size_t p = 0, n = 0, star = std::string::npos, star_n = 0;
-  while (n < name.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
-      ++p, ++n;
-    } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      star_n = n;
-    } else if (star != std::string::npos) {
-      p = star + 1;
-      n = ++star_n;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
 }
 
 bool matches_trainable(const RunConfig& config, const std::string& param_name) {
