@@ -148,15 +148,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   model_->init_weights(static_cast<uint64_t>(config_.run.seed));
   // model.init_from: the Hugging Face weights replace the fresh init; a checkpoint restored below still wins.
   if (!config_.model.init_from.empty()) load_hf_weights(*model_, SafetensorsIndex::open(config_.model.init_from));
-  std::vector<std::string> names;
-  for (Param* p : model_->params()) names.push_back(p->name);
-  check_trainable_patterns(config_, names);  // a pattern that matches nothing is a typo, not a silent freeze
-  for (Param* p : model_->params()) {
-    p->set_trainable(matches_trainable(config_, p->name));
-    if (p->trainable) trainable_.push_back(p);
-  }
-  ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
-              "e.g. [\"*\"] to train everything");
+  // Patterns match over the whole model (combined over pp); a pipeline stage may train nothing.
+  trainable_ = select_trainable(config_, model_->params(), split_axis(Axis::PP));
   const bool inference = mode_ == TrainerMode::Inference;
   // Inference updates nothing: no gradients, and no f32 masters beside bf16 values.
   if (inference)
@@ -181,7 +174,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
                                                  parse_pipe_schedule(config_.parallel.pp_schedule));
   if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
   if (!inference)
-    optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), split_axis(Axis::TP)});
+    optimizer_ = make_optimizer(config_.optimizer, trainable_,
+                                OptimizerLayout{dp_.get(), split_axis(Axis::TP), split_axis(Axis::PP)});
 
   const std::string resolved = to_yaml(config_);
   if (!inference && main_rank_) {
