@@ -17,14 +17,16 @@
 #include "parallel/grad_norm.h"
 #include "parallel/grid.h"
 #include "parallel/tensor_parallel.h"
-#include "tests/support/mpi_world.h"
 #include "tests/support/adam_drift.h"
+#include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/small_models.h"
 
 using namespace anvil;
 using anvil::testing::error_of;
+using anvil::testing::AdamDrift;
 using anvil::testing::is_root;
+using anvil::testing::max_abs;
 using anvil::testing::max_abs_diff;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
