@@ -141,7 +141,7 @@ void expect_head_only_training(int dp, int pp, const std::string& optimizer) {
     else EXPECT_EQ(moved, 0.0) << label << " frozen " << p->name << " changed";
   }
   if (is_root())
-    std::printf("[%s] head-only: losses within %.2f of their bound (last bound %.2e relative)\n", label.c_str(),
+    std::printf("[%s] head-only: worst loss difference %.2g of its bound (last bound %.2e relative)\n", label.c_str(),
                 worst, loss_tolerance);
 }
 
