@@ -22,13 +22,19 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : prefix_("[rank " + std::to_string(rank) + "] ") {}
 
+  // Remembered here: UnitTest::current_test_info() would take the lock GoogleTest holds
+  // while it reports a part result (a deadlock).
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_ = std::string(test.test_suite_name()) + "." + test.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { test_.clear(); }
+
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
     std::ostringstream text;
     text << (result.file_name() ? result.file_name() : "unknown file") << ":" << result.line_number()
          << ": Failure";
-    if (test) text << " in " << test->test_suite_name() << "." << test->name();
+    if (!test_.empty()) text << " in " << test_;
     text << "\n" << result.message();
     std::istringstream lines(text.str());
     std::string line, out;
@@ -41,7 +47,7 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   }
 
  private:
-  std::string prefix_;
+  std::string prefix_, test_;
 };
 
 }  // namespace
@@ -68,7 +74,7 @@ int main(int argc, char** argv) {
     std::string ranks;
     for (int r = 0; r < size; ++r)
       if (failed_on[r]) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-    std::printf("tests failed on rank(s) %s (other ranks' failures are printed above with a [rank k] prefix)\n",
+    std::printf("tests failed on rank(s) %s (each failing rank prints its failures prefixed with [rank k])\n",
                 ranks.c_str());
   }
   return any_failed;
