@@ -1,8 +1,8 @@
 // Training only the LM head under pipeline parallelism (issue 13): `training.trainable:
 // ["lm_head.*"]` names a param only the last stage holds, so the patterns are matched over
 // the whole model and the other stages train nothing, yet still take part in every
-// collective. Under pp2 (2 ranks) and dp2 x pp2 (4 ranks), with AdamW and with Muon (whose
-// force_adamw pattern also names the head only), against the single-process run with the
+// collective. Under pp2 (2 ranks) and dp2 x pp2 (4 ranks, also with ZeRO-1), with AdamW and
+// with Muon (whose force_adamw pattern also names the head only), against the single-process run with the
 // same patterns on every rank: (a) it runs, (b) only the head moved, every frozen param is
 // bitwise its init, (c) the per-step losses agree within a bound derived below.
 #include <gtest/gtest.h>
@@ -45,7 +45,7 @@ const anvil::testing::TinyRun& tiny() {
 
 // An untied 4-layer Llama training only its head; dp x pp ranks, or one process (dp = pp = 1,
 // its own directory on every rank).
-RunConfig config(const std::string& label, int dp, int pp, const std::string& optimizer) {
+RunConfig config(const std::string& label, int dp, int pp, const std::string& optimizer, int zero = 0) {
   const bool single = dp * pp == 1;
   const std::string out = tiny().dir + "/out_" + label + (single ? "_rank" + std::to_string(world()->rank()) : "");
   std::vector<std::string> sets = {"run.out_dir=" + out,
@@ -69,7 +69,8 @@ RunConfig config(const std::string& label, int dp, int pp, const std::string& op
                                    "training.eval_every=0",
                                    "training.sample_every=0",
                                    "parallel.dp=" + std::to_string(dp),
-                                   "parallel.pp=" + std::to_string(pp)};
+                                   "parallel.pp=" + std::to_string(pp),
+                                   "optimizer.zero=" + std::to_string(zero)};
   // Muon's routing must find its force pattern on the last stage only.
   // (adamw_lr_ratio 1: the head steps at the schedule's lr under both.)
   if (optimizer == "muon") {
@@ -93,10 +94,11 @@ double l1_norm(const Tensor& t) {
 // measured difference. The loss at step s+1 is then off by at most |<G, dW>| <= ||G||_1 B_s
 // to first order (G: that step's unclipped head gradient), plus the fp32 evaluation of each
 // micro-batch's mean over its 256 tokens in another order: 256 * 2^-24 of the loss.
-void expect_head_only_training(int dp, int pp, const std::string& optimizer) {
-  const std::string label = "dp" + std::to_string(dp) + "_pp" + std::to_string(pp) + "_" + optimizer;
+void expect_head_only_training(int dp, int pp, const std::string& optimizer, int zero = 0) {
+  const std::string label =
+      "dp" + std::to_string(dp) + "_pp" + std::to_string(pp) + "_" + optimizer + "_zero" + std::to_string(zero);
   ASSERT_EQ(dp * pp, world()->size()) << label;
-  const RunConfig cfg = config(label, dp, pp, optimizer);
+  const RunConfig cfg = config(label, dp, pp, optimizer, zero);
   Trainer t(cfg, TrainerMode::Quiet, world());                                 // (a): builds on every stage
   Trainer ref(config("single_" + optimizer, 1, 1, optimizer), TrainerMode::Quiet);
   Trainer init(config("init_" + optimizer, 1, 1, optimizer), TrainerMode::Inference);
@@ -157,6 +159,8 @@ TEST(HeadOnlyPipeline, Dp2Pp2TrainsTheHeadLikeOneProcess) {
   if (world()->size() != 4) GTEST_SKIP() << "dp2 x pp2 runs at 4 ranks; this run has " << world()->size();
   expect_head_only_training(2, 2, "adamw");
   expect_head_only_training(2, 2, "muon");
+  // ZeRO-1: stage 0's sharded AdamW owns nothing and still joins the all-gathers.
+  expect_head_only_training(2, 2, "adamw", 1);
 }
 
 // The patterns are still checked over the whole model: one that matches no stage is an error
