@@ -73,7 +73,7 @@ DistributedOptimizer::DistributedOptimizer(const std::vector<Param*>& params, co
   exchange_tp_specs(trainable);
 
   if (make_matrix) {
-    routes_ = route_params(trainable, config_.routing);
+    routes_ = route_params(trainable, config_.routing, layout.pp);
     for (size_t i = 0; i < trainable.size(); ++i) {
       Param* p = trainable[i];
       if (routes_[i].group == ParamGroup::Matrix) {

@@ -50,13 +50,16 @@
 
 namespace anvil {
 
-// The parallel context an optimizer steps in. Both null: one process.
+// The parallel context an optimizer steps in. All null: one process.
 struct OptimizerLayout {
   // Gradients are reduced over dp (finish_grad_sync) before step(); zero_stage 1/2 shards the
   // state. Must outlive the optimizer.
   DataParallel* dp = nullptr;
   // Tensor parallelism: params with ShardSpec{TP} hold this rank's shard. Null: none.
   Communicator* tp = nullptr;
+  // Pipeline parallelism: the params are this stage's, so routing's force_* patterns are matched
+  // over the pp group (route_params). Null: one stage. Nothing else of the optimizer crosses stages.
+  Communicator* pp = nullptr;
 };
 
 class DistributedOptimizer : public Optimizer {

@@ -1,6 +1,7 @@
 #include "optim/hybrid.h"
 
-#include <fnmatch.h>
+#include "core/glob.h"
+#include "parallel/data_parallel.h"
 
 #include <set>
 #include <sstream>
@@ -21,8 +22,15 @@ namespace {
 // The first pattern in `patterns` that matches `name`, with its index; -1 when none does.
 int first_match(const std::vector<std::string>& patterns, const std::string& name) {
   for (size_t i = 0; i < patterns.size(); ++i)
-    if (fnmatch(patterns[i].c_str(), name.c_str(), 0) == 0) return static_cast<int>(i);
+    if (glob_match(patterns[i], name)) return static_cast<int>(i);
   return -1;
+}
+
+std::vector<bool> used_anywhere(Communicator& group, const std::vector<bool>& used_here) {
+  const std::vector<double> counts = all_reduce_sum(group, std::vector<double>(used_here.begin(), used_here.end()));
+  std::vector<bool> used;
+  for (double c : counts) used.push_back(c > 0);
+  return used;
 }
 
 void require_all_matched(const std::vector<std::string>& patterns, const std::vector<bool>& used, const char* list) {
@@ -33,7 +41,8 @@ void require_all_matched(const std::vector<std::string>& patterns, const std::ve
 
 }  // namespace
 
-std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const RoutingConfig& config) {
+std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const RoutingConfig& config,
+                                     Communicator* pp) {
   std::vector<bool> used_adamw(config.force_adamw.size()), used_matrix(config.force_matrix.size());
   std::vector<RouteEntry> routes;
   for (const Param* p : params) {
@@ -67,6 +76,10 @@ std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const Ro
       r.reason = p->role == ParamRole::Matrix ? "fewer than 2 dims" : "vector";
     }
     routes.push_back(std::move(r));
+  }
+  if (pp && pp->size() > 1) {  // a pattern used on any stage was used in the model
+    used_adamw = used_anywhere(*pp, used_adamw);
+    used_matrix = used_anywhere(*pp, used_matrix);
   }
   require_all_matched(config.force_adamw, used_adamw, "force_adamw");
   require_all_matched(config.force_matrix, used_matrix, "force_matrix");
@@ -105,8 +118,8 @@ void HybridConfig::validate() const {
 }
 
 HybridOptimizer::HybridOptimizer(const std::vector<Param*>& params, const MatrixOptimizerFactory& make_matrix,
-                                 const HybridConfig& config)
-    : config_(config), routes_(route_params(params, config.routing)) {
+                                 const HybridConfig& config, Communicator* pp)
+    : config_(config), routes_(route_params(params, config.routing, pp)) {
   config_.validate();
   std::vector<Param*> matrix, rest;
   for (size_t i = 0; i < params.size(); ++i) {

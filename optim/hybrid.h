@@ -12,10 +12,12 @@
 
 namespace anvil {
 
+class Communicator;
+
 enum class ParamGroup { Matrix, AdamW, Frozen };
 const char* param_group_name(ParamGroup g);  // "matrix" | "adamw" | "frozen"
 
-// Patterns are shell globs (fnmatch: `*`, `?`, `[...]`; `*` also matches dots)
+// Patterns are globs (core/glob.h: `*`, `?`, `[...]`; `*` also matches dots)
 // over the full dotted name, e.g. "model.layers.0.*" or "*.mlp.down_proj.weight".
 struct RoutingConfig {
   // Output-role params (an untied lm_head) are heads already; params whose name matches
@@ -38,8 +40,11 @@ struct RouteEntry {
 
 // Decides each param's group. Rules, first match wins: frozen; force_adamw;
 // force_matrix; Embedding role; Output role or output_heads; Matrix role with >= 2 dims -> matrix;
-// the rest (vectors, 1-D) -> AdamW. Throws on conflicting or unmatched patterns.
-std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const RoutingConfig& config);
+// the rest (vectors, 1-D) -> AdamW. Throws on conflicting or unmatched patterns. Under
+// pipeline parallelism `params` are one stage's: pass the pp group (a collective over it) and a
+// force pattern need only match on some stage; null: `params` are the whole model.
+std::vector<RouteEntry> route_params(const std::vector<Param*>& params, const RoutingConfig& config,
+                                     Communicator* pp = nullptr);
 // One line per param plus per-group totals, for the start-up log.
 std::string format_routing(const std::vector<RouteEntry>& routes);
 
@@ -60,8 +65,9 @@ using MatrixOptimizerFactory = std::function<std::unique_ptr<Optimizer>(std::vec
 
 class HybridOptimizer : public Optimizer {
  public:
+  // pp: the pipeline group `params` are one stage of (see route_params); null: the whole model.
   HybridOptimizer(const std::vector<Param*>& params, const MatrixOptimizerFactory& make_matrix,
-                  const HybridConfig& config);
+                  const HybridConfig& config, Communicator* pp = nullptr);
   // "<matrix>+adamw", e.g. "muon+adamw".
   const char* name() const override { return name_.c_str(); }
   // The matrix group steps with lr, the AdamW group with lr * adamw_lr_ratio.

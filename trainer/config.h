@@ -82,6 +82,9 @@
 
 namespace anvil {
 
+class Communicator;
+struct Param;
+
 struct RunSection {
   std::string name;            // default: the config file's stem
   std::string out_dir;         // absolute; default: <cwd>/runs/<name>
@@ -135,7 +138,7 @@ struct TrainingSection {
   int64_t steps = 0;  // required, >= 1
   int64_t micro_batch_size = 8;
   int64_t grad_accum_steps = 1;
-  std::vector<std::string> trainable{"*"};  // glob patterns over HF param names (see glob_match)
+  std::vector<std::string> trainable{"*"};  // glob patterns over HF param names (core/glob.h)
   int64_t eval_every = 100;                 // 0 = never
   int64_t eval_batches = 20;
   int64_t sample_every = 0;  // 0 = never
@@ -218,13 +221,16 @@ inline bool same_settings(const RunConfig& a, const RunConfig& b) { return confi
 // the tokenizer's is an error (token ids would index past the embedding); a larger one is kept (padding).
 void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab);
 
-// Shell-style glob over a whole name: `*` matches any run of characters (dots included), `?` one
-// character; everything else is literal. glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight").
-bool glob_match(const std::string& pattern, const std::string& name);
+// training.trainable (trainer/config_trainable.cpp): glob patterns (core/glob.h) over param names.
 // True when any training.trainable pattern matches the param name.
 bool matches_trainable(const RunConfig& config, const std::string& param_name);
 // For the trainer once the model exists: throws if a trainable pattern matches no param (a typo would
 // otherwise silently freeze the model), listing example param names.
 void check_trainable_patterns(const RunConfig& config, const std::vector<std::string>& param_names);
+// Marks every param trainable or frozen by the patterns and returns the trainable ones. The patterns
+// are checked against the whole model: under pipeline parallelism (`pp` non-null, a collective over
+// it) a stage holds only its own layers, so a pattern must match on some stage, and a stage whose
+// params all stay frozen is allowed (it returns an empty list).
+std::vector<Param*> select_trainable(const RunConfig& config, const std::vector<Param*>& params, Communicator* pp);
 
 }  // namespace anvil

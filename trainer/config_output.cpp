@@ -1,4 +1,4 @@
-// The resolved run config as YAML, config differences, vocab resolution and trainable-param globs.
+// The resolved run config as YAML, config differences and vocab resolution.
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -276,53 +276,6 @@ void resolve_vocab_size(RunConfig& config, int64_t tokenizer_vocab) {
               " is smaller than the tokenizer's ", tokenizer_vocab, " tokens (", config.tokenizer.path,
               ") — ids up to ", tokenizer_vocab - 1, " would index past the embedding; set model.vocab_size: auto",
               " or at least ", tokenizer_vocab);
-}
-
-bool glob_match(const std::string& pattern, const std::string& name) {
-  // Greedy match with one backtrack point: the most recent '*' absorbs one more character on a mismatch.
-  size_t p = 0, n = 0, star = std::string::npos, star_n = 0;
-  while (n < name.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
-      ++p, ++n;
-    } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      star_n = n;
-    } else if (star != std::string::npos) {
-      p = star + 1;
-      n = ++star_n;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
-bool matches_trainable(const RunConfig& config, const std::string& param_name) {
-  for (const auto& pattern : config.training.trainable)
-    if (glob_match(pattern, param_name)) return true;
-  return false;
-}
-
-void check_trainable_patterns(const RunConfig& config, const std::vector<std::string>& param_names) {
-  for (const auto& pattern : config.training.trainable) {
-    if (std::any_of(param_names.begin(), param_names.end(),
-                    [&](const std::string& name) { return glob_match(pattern, name); }))
-      continue;
-    // Show the names that share the longest literal prefix with the pattern: the likely intent.
-    const std::string literal = pattern.substr(0, pattern.find_first_of("*?"));
-    size_t best = 0;
-    std::vector<std::string> near;
-    for (const auto& name : param_names) {
-      size_t common = 0;
-      while (common < literal.size() && common < name.size() && literal[common] == name[common]) ++common;
-      if (common > best) best = common, near.clear();
-      if (common == best && near.size() < 4) near.push_back(name);
-    }
-    ANVIL_FAIL(config.source, ": training.trainable: pattern '", pattern, "' matches none of the model's ",
-               param_names.size(), " parameters — names look like ", join_alternatives(near, ", "),
-               " (`*` matches any characters, dots included; `?` one character)");
-  }
 }
 
 }  // namespace anvil

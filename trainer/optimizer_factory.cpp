@@ -31,7 +31,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerSection& o, const std::
   h.adamw = o.adamw;
   h.adamw_lr_ratio = o.adamw_lr_ratio;
   if (distributed) return std::make_unique<DistributedOptimizer>(trainable, matrix, h, layout);
-  return std::make_unique<HybridOptimizer>(trainable, matrix, h);
+  return std::make_unique<HybridOptimizer>(trainable, matrix, h, layout.pp);
 }
 
 std::string describe_optimizer_groups(Optimizer& optimizer) {

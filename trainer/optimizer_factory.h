@@ -14,11 +14,13 @@
 
 namespace anvil {
 
-// Without a layout (both null): AdamW or HybridOptimizer, one process's. With layout.dp (any
+// Without layout.dp and layout.tp: AdamW or HybridOptimizer, one process's. With layout.dp (any
 // ZeRO stage) or layout.tp: a DistributedOptimizer — constructing it and every step() and
-// state() are collectives over dp and tp. The caller reduces gradients over dp
-// (DataParallel::finish_grad_sync) and clips them (DataParallel::clip_grad_norm) before step();
-// under ZeRO step() ends with the params all-gathered, so nothing else is needed after it.
+// state() are collectives over dp and tp. layout.pp (a stage's params) only widens the routing
+// patterns' check to the whole model (a collective over pp at construction). The caller reduces
+// gradients over dp (DataParallel::finish_grad_sync) and clips them over the whole model
+// (clip_model_grad_norm, parallel/grad_norm.h: dp, tp and pp) before step(); under ZeRO step()
+// ends with the params all-gathered, so nothing else is needed after it.
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerSection& config, const std::vector<Param*>& trainable,
                                           const OptimizerLayout& layout = {});
 

@@ -164,15 +164,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   env.data_group = data_group_;
   task_->build(env);
   model_ = &task_->model();
-  std::vector<std::string> names;
-  for (Param* p : model_->params()) names.push_back(p->name);
-  check_trainable_patterns(config_, names);  // a pattern that matches nothing is a typo, not a silent freeze
-  for (Param* p : model_->params()) {
-    p->set_trainable(matches_trainable(config_, p->name));
-    if (p->trainable) trainable_.push_back(p);
-  }
-  ANVIL_CHECK(!trainable_.empty(), "training.trainable is empty — list glob patterns over parameter names, "
-              "e.g. [\"*\"] to train everything");
+  // Patterns match over the whole model (combined over pp); a pipeline stage may train nothing.
+  trainable_ = select_trainable(config_, model_->params(), split_axis(Axis::PP));
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_dtype(config_.run));
@@ -196,7 +189,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   pipeline_ = std::make_unique<PipelineExecutor>(task_->stage(), split_axis(Axis::PP),
                                                  parse_pipe_schedule(config_.parallel.pp_schedule));
   if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
-  optimizer_ = make_optimizer(config_.optimizer, trainable_, OptimizerLayout{dp_.get(), split_axis(Axis::TP)});
+  optimizer_ = make_optimizer(config_.optimizer, trainable_,
+                              OptimizerLayout{dp_.get(), split_axis(Axis::TP), split_axis(Axis::PP)});
 
   const std::string resolved = to_yaml(config_);
   if (main_rank_) {

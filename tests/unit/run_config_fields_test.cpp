@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/glob.h"
 #include "tests/unit/run_config_fixture.h"
 #include "trainer/config.h"
 
