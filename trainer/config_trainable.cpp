@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 #include "core/glob.h"
-#include "models/param.h"
+#include "core/param.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "trainer/config.h"

@@ -101,7 +101,7 @@ void expect_head_only_training(int dp, int pp, const std::string& optimizer, int
   const RunConfig cfg = config(label, dp, pp, optimizer, zero);
   Trainer t(cfg, TrainerMode::Quiet, world());                                 // (a): builds on every stage
   Trainer ref(config("single_" + optimizer, 1, 1, optimizer), TrainerMode::Quiet);
-  Trainer init(config("init_" + optimizer, 1, 1, optimizer), TrainerMode::Inference);
+  Trainer init(config("init_" + optimizer, 1, 1, optimizer), TrainerMode::Quiet);  // built, never trained
   Param* head = nullptr;
   for (Param* p : t.model().params()) {
     EXPECT_EQ(p->trainable, glob_match("lm_head.*", p->name)) << label << " " << p->name;
