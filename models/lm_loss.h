@@ -1,5 +1,5 @@
 // CrossEntropyLoss: the language-modelling loss as its own module, separate from the trunk and
-// the head (DESIGN.md "Seams": trunk and head). It scores (vocab-parallel) logits against
+// the head (docs/architecture.md "Seams": trunk and head). It scores (vocab-parallel) logits against
 // targets and returns the gradient of the logits; tasks compose it with a head of their choice.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Task: what a run trains (DESIGN.md "Seams"; torchtitan's TrainSpec, Megatron-core's
+// Task: what a run trains (docs/architecture.md "Seams"; torchtitan's TrainSpec, Megatron-core's
 // forward_step_func / loss_func split). The trainer owns the loop, the grid, the loaders,
 // gradient reduction, clipping, the optimizer, checkpoints and logging, and knows nothing
 // task-specific. A task owns:

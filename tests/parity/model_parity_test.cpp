@@ -9,6 +9,7 @@
 #include "core/rng.h"
 #include "models/transformer.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 #include "tests/support/tensor_file.h"
 
 using namespace anvil;
@@ -65,28 +66,11 @@ void check_parity(const ParityCase& pc, const std::string& tag) {
 }  // namespace
 
 TEST(ModelParity, Gpt2MatchesTorch) {
-  ModelConfig c = ModelConfig::gpt2();
-  c.vocab_size = 523;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 256;
-  c.max_position_embeddings = 80;
-  check_parity({c, 2, 67}, "gpt2");
+  check_parity({parity_gpt2(), 2, 67}, "gpt2");
 }
 
 TEST(ModelParity, LlamaWithGqaMatchesTorch) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 611;
-  c.hidden_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 168;
-  c.max_position_embeddings = 128;
-  c.rope_theta = 10000.0;
-  c.norm_eps = 1e-5;
-  check_parity({c, 2, 72}, "llama_gqa");
+  check_parity({parity_llama(), 2, 72}, "llama_gqa");
 }
 
 TEST(ModelParity, LlamaTiedMhaMatchesTorch) {

@@ -12,6 +12,7 @@
 #include "models/step_context.h"
 #include "models/transformer.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 #include "tests/support/tensor_file.h"
 
 using namespace anvil;
@@ -72,31 +73,6 @@ void check_parity(const ModelConfig& config, const Tensor& positions, const Tens
     EXPECT_LE(max_rel_diff(p->grad, ref.at("grad." + p->name)), 1e-4) << tag << " gradient of " << p->name;
 }
 
-ModelConfig small_gpt2() {
-  ModelConfig c = ModelConfig::gpt2();
-  c.vocab_size = 523;
-  c.hidden_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = c.num_key_value_heads = 4;
-  c.intermediate_size = 256;
-  c.max_position_embeddings = 80;
-  return c;
-}
-
-ModelConfig small_llama() {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 611;
-  c.hidden_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 168;
-  c.max_position_embeddings = 128;
-  c.rope_theta = 10000.0;
-  c.norm_eps = 1e-5;
-  return c;
-}
-
 // Rows of 70 tokens: a whole-row document, and documents of 1, 30, 1 and 38 tokens (one
 // crossing the kernel's 64-slot block), positions restarting at 0 in each.
 Tensor packed_segments() { return segments({{70}, {1, 30, 1, 38}}, 70); }
@@ -114,20 +90,20 @@ Tensor scattered_positions(int64_t B, int64_t T, int64_t max_positions) {
 
 TEST(PackedParity, Gpt2PackedDocumentsMatchTorch) {
   const Tensor seg = packed_segments();
-  check_parity(small_gpt2(), positions_from_segments(seg), seg, "gpt2_packed");
+  check_parity(parity_gpt2(), positions_from_segments(seg), seg, "gpt2_packed");
 }
 
 TEST(PackedParity, LlamaPackedDocumentsMatchTorch) {
   const Tensor seg = packed_segments();
-  check_parity(small_llama(), positions_from_segments(seg), seg, "llama_packed");
+  check_parity(parity_llama(), positions_from_segments(seg), seg, "llama_packed");
 }
 
 TEST(PackedParity, Gpt2ExplicitPositionIdsMatchTorch) {
-  check_parity(small_gpt2(), scattered_positions(2, 40, 80), Tensor(), "gpt2_positions");
+  check_parity(parity_gpt2(), scattered_positions(2, 40, 80), Tensor(), "gpt2_positions");
 }
 
 TEST(PackedParity, LlamaExplicitPositionIdsMatchTorch) {
-  check_parity(small_llama(), scattered_positions(2, 50, 128), Tensor(), "llama_positions");
+  check_parity(parity_llama(), scattered_positions(2, 50, 128), Tensor(), "llama_positions");
 }
 
 TEST(PackedParity, PositionsRestartAtEachDocument) {

@@ -57,4 +57,29 @@ double model_grad_norm(TransformerLM& model, Communicator* pp) {
   return grid_grad_norm({{&params, nullptr, nullptr}}, {model.tensor_parallel(), pp}, not_counted);
 }
 
+ModelConfig parity_gpt2() {
+  ModelConfig c = ModelConfig::gpt2();
+  c.vocab_size = 523;
+  c.hidden_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = c.num_key_value_heads = 4;
+  c.intermediate_size = 256;
+  c.max_position_embeddings = 80;
+  return c;
+}
+
+ModelConfig parity_llama() {
+  ModelConfig c = ModelConfig::llama();
+  c.vocab_size = 611;
+  c.hidden_size = 96;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.intermediate_size = 168;
+  c.max_position_embeddings = 128;
+  c.rope_theta = 10000.0;
+  c.norm_eps = 1e-5;
+  return c;
+}
+
 }  // namespace anvil::testing

@@ -23,6 +23,11 @@ ModelConfig small_llama(bool tied, int64_t layers = 2);
 ModelConfig small_gpt2(int64_t layers = 2);
 ModelConfig small_mistral(int64_t window, int64_t layers = 2);
 
+// The whole-model PyTorch parity shapes: GPT-2 (vocab 523, hidden 64, 4 heads, MLP 256, 80
+// positions) and Llama with GQA (vocab 611, hidden 96, 6 query / 2 KV heads, MLP 168, 128 positions).
+ModelConfig parity_gpt2();
+ModelConfig parity_llama();
+
 struct ModelCase {
   const char* name;
   ModelConfig config;

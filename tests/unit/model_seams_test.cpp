@@ -1,4 +1,4 @@
-// The trunk/head seam of TransformerLM (DESIGN.md "Seams"): forward_hidden + forward_head is
+// The trunk/head seam of TransformerLM (docs/architecture.md "Seams"): forward_hidden + forward_head is
 // forward, their backwards are backward, hidden taps are the layers' outputs, a caller can stop
 // the gradient at the hidden state, and a one-stage TransformerStage + CausalLMLoss through the
 // PipelineExecutor is plain gradient accumulation.
