@@ -170,27 +170,37 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_dtype(config_.run));
   // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
-  // a DataParallel per gradient group reduces them over the group's ranks, and ZeRO shards
-  // over those. Every param is dense so far: one group, over the dp x sp ranks (data_group_).
-  const std::vector<GradGroup> groups = grad_groups(trainable_, grid_.get());
-  ANVIL_CHECK(groups.size() == 1, "trainer: ", groups.back().params.size(), " ", groups.back().name,
-              " params (split over ep) need a reducer of their own, which the trainer does not build yet — "
-              "set parallel.ep: 1");
-  if (groups[0].reduce) {
+  // one DataParallel per gradient group reduces them over the group's ranks (dense params over
+  // dp x sp, expert params over the ranks holding the same expert; parallel/grad_groups.h).
+  // ZeRO shards the dense group's state over its ranks; the optimizer steps on those shards.
+  grad_groups_ = grad_groups(trainable_, grid_.get());
+  for (GradGroup& g : grad_groups_) {
+    reducers_.emplace_back();
+    if (!g.reduce) continue;  // this rank alone holds these gradients
+    const bool dense = &g == &grad_groups_.front();
+    ANVIL_CHECK(dense || config_.optimizer.zero == 0, "optimizer.zero: ", config_.optimizer.zero, " shards the ",
+                g.name, " params' state too, which the distributed optimizer does not do yet — set optimizer.zero: 0");
     DataParallelConfig dc;
     dc.bucket_mb = config_.parallel.bucket_mb;
-    dc.zero_stage = static_cast<int>(config_.optimizer.zero);
+    dc.zero_stage = dense ? static_cast<int>(config_.optimizer.zero) : 0;
     dc.average = false;  // the loss is normalised by the global token count instead (see trainer.h)
-    dp_ = std::make_unique<DataParallel>(groups[0].params, *groups[0].reduce, dc);
-    model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) { dp_->grads_ready(ready); });
+    reducers_.back() = std::make_unique<DataParallel>(g.params, *g.reduce, dc);
   }
+  dp_ = reducers_.front().get();
+  model_->set_grad_ready_callback([this](const std::vector<Param*>& ready) {
+    for (auto& r : reducers_)  // each takes its own params and ignores the others'
+      if (r) r->grads_ready(ready);
+  });
   // Every step runs through the pipeline executor; with one stage its table is plain
   // accumulation (forward, backward, forward, backward ...).
   pipeline_ = std::make_unique<PipelineExecutor>(task_->stage(), split_axis(Axis::PP),
                                                  parse_pipe_schedule(config_.parallel.pp_schedule));
-  if (dp_) pipeline_->set_before_backward([this](int, bool last) { dp_->set_sync_enabled(last); });
+  pipeline_->set_before_backward([this](int, bool last) {
+    for (auto& r : reducers_)
+      if (r) r->set_sync_enabled(last);
+  });
   optimizer_ = make_optimizer(config_.optimizer, trainable_,
-                              OptimizerLayout{dp_.get(), split_axis(Axis::TP), split_axis(Axis::PP)});
+                              OptimizerLayout{dp_, split_axis(Axis::TP), split_axis(Axis::PP)});
 
   const std::string resolved = to_yaml(config_);
   if (main_rank_) {
@@ -370,12 +380,16 @@ StepRecord Trainer::train_step() {
   PipelineLoss& loss = task_->prepare(batches, true);
   double loss_sum = pipeline_->step(static_cast<int>(accum), loss).loss;  // every pp rank has it
   StepRecord r;
-  if (dp_) dp_->finish_grad_sync();
+  for (auto& reducer : reducers_)
+    if (reducer) reducer->finish_grad_sync();
   if (data_group_) loss_sum = all_reduce_sum(*data_group_, loss_sum);
   std::vector<const Param*> not_counted;  // the last stage's tied-embedding copy counts on the first stage
   if (const Param* copy = model_->tied_embedding_copy()) not_counted.push_back(copy);
-  r.grad_norm = clip_grid_grad_norm({{&trainable_, dp_.get(), nullptr}}, {split_axis(Axis::TP), split_axis(Axis::PP)},
-                                    not_counted, config_.optimizer.grad_clip);
+  std::vector<GradNormGroup> norm_groups;
+  for (size_t i = 0; i < grad_groups_.size(); ++i)
+    norm_groups.push_back({&grad_groups_[i].params, reducers_[i].get(), grad_groups_[i].across});
+  r.grad_norm = clip_grid_grad_norm(norm_groups, {split_axis(Axis::TP), split_axis(Axis::PP)}, not_counted,
+                                    config_.optimizer.grad_clip);
   r.lr = learning_rate(config_.schedule, step_);
   r.loss = loss_sum;  // the mean over the step's micro-batches
   // On reduced values only, so every rank reaches the same verdict.

@@ -44,6 +44,7 @@
 #include "models/transformer.h"
 #include "optim/optimizer.h"
 #include "parallel/data_parallel.h"
+#include "parallel/grad_groups.h"
 #include "parallel/grid.h"
 #include "parallel/pipeline_executor.h"
 #include "trainer/checkpoint.h"
@@ -128,7 +129,7 @@ class Trainer {
   // rank, "" on the others.
   std::string save();
   Optimizer& optimizer() { return *optimizer_; }
-  DataParallel* data_parallel() { return dp_.get(); }  // null unless dp > 1
+  DataParallel* data_parallel() { return dp_; }  // the dense params' reducer; null unless dp x sp > 1
   bool is_main_rank() const { return main_rank_; }
   // Why the last train() returned, and for a stop, the message (preemption: the signal and
   // the checkpoint; numerics guard: the step and the reason).
@@ -164,7 +165,9 @@ class Trainer {
   std::unique_ptr<ProcessGrid> grid_;
   // dp x sp: the ranks whose gradients sum (null when one); set before the task is built.
   Communicator* data_group_ = nullptr;
-  std::unique_ptr<DataParallel> dp_;
+  std::vector<GradGroup> grad_groups_;                   // dense first, then expert params (if any)
+  std::vector<std::unique_ptr<DataParallel>> reducers_;  // one per group; null where a group is not reduced
+  DataParallel* dp_ = nullptr;                           // the dense group's (ZeRO, the optimizer's layout)
   std::unique_ptr<PipelineExecutor> pipeline_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const TokenStore> store_;
