@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The sft task on the demo model: King James verses as prompt/response pairs (reference ->
 # verse). From the same demo checkpoint and for the same steps, it trains
-#   sft  task.name: sft  (prompts masked out of the loss, documents packed with boundaries)
-#   lm   task.name: lm   on the same store, every token scored (data.packing: documents)
+#   sft  task.name: sft on the prompt/response store (prompts masked out of the loss,
+#        documents packed with their boundaries)
+#   lm   task.name: lm on the same pairs written as plain text documents ({"text": prompt +
+#        response}: no loss mask, so every token is scored), data.packing: documents
 # and evaluates all three models (before, sft, lm) on the validation pairs' response tokens,
 # the quantity sft optimises. Also the ms/step of both runs, measured in the same session.
 # Writes bench/results/cpu-sft-<date>.txt.
@@ -25,6 +27,12 @@ if [ ! -d "$demo/run/checkpoints" ]; then
 fi
 python3 scripts/kjv_sft_data.py "$demo/kjv.txt" "$demo/kjv_sft.jsonl"
 "$anvil" data prepare --input "$demo/kjv_sft.jsonl" --tokenizer "$demo/tokenizer.json" --output "$demo/kjv_sft.h5"
+# The same pairs as whole documents: the lm peer scores the references too.
+python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(json.dumps({"text": r["prompt"] + r["response"]}))' "$demo/kjv_sft.jsonl" > "$demo/kjv_sft_text.jsonl"
+"$anvil" data prepare --input "$demo/kjv_sft_text.jsonl" --tokenizer "$demo/tokenizer.json" --output "$demo/kjv_sft_text.h5"
 rm -rf "$out"
 mkdir -p "$out"
 eval_sft() {  # validation loss over the response tokens of the sft store's validation pairs
@@ -36,6 +44,7 @@ common=(--set training.steps="$steps" --set training.eval_every=0 --set training
         --set checkpoint.every=0 --set logging.progress=never --set schedule.warmup_steps=20)
 "$anvil" train configs/sft_demo.yaml --set run.out_dir="$out/sft" "${common[@]}" > "$out/sft.log"
 "$anvil" train configs/sft_demo.yaml --set run.out_dir="$out/lm" --set task.name=lm --set data.packing=documents \
+  --set data.train="$demo/kjv_sft_text.h5" \
   "${common[@]}" > "$out/lm.log"
 after_sft=$(eval_sft "$out/sft")
 after_lm=$(eval_sft "$out/lm")
@@ -53,7 +62,7 @@ result=bench/results/cpu-sft-$date.txt
   printf '%-34s %14s %10s\n' "model" "response loss" "ms/step"
   printf '%-34s %14s %10s\n' "demo checkpoint (before)" "$before" "-"
   printf '%-34s %14s %10s\n' "task sft (prompts masked)" "$after_sft" "$ms_sft"
-  printf '%-34s %14s %10s\n' "task lm (every token, packed docs)" "$after_lm" "$ms_lm"
+  printf '%-34s %14s %10s\n' "task lm (unmasked text, packed)" "$after_lm" "$ms_lm"
   echo
   echo "ms/step ratio sft / lm: $(awk -v a="$ms_sft" -v b="$ms_lm" 'BEGIN {printf "%.3f", a / b}') (same session, same machine)"
 } | tee "$result"

@@ -85,9 +85,9 @@ void newton_schulz(const T* g, T* out, int64_t rows, int64_t cols, const NewtonS
   const bool bf16 = cfg.bf16;
   // The reference transposes a tall X so that the Gram matrix is the smaller one; here
   // the tall case runs A = X^T X and X = a X + X B instead: the transposed iteration
-  // without the copies. B is symmetric, so X B = (B X^T)^T; OpenBLAS also computes it
-  // bitwise symmetric, so the bf16 path matches torch's transposed evaluation bit for
-  // bit (CosmosParity.Bf16NewtonSchulzMatchesTorchBf16 runs a tall 64 x 48 input).
+  // without the copies. B is symmetric, so X B = (B X^T)^T: the same iteration as torch's
+  // transposed evaluation, rounded at the same points
+  // (CosmosParity.Bf16NewtonSchulzMatchesRoundedReference runs a tall 64 x 48 input).
   const bool tall = rows > cols;
   const int64_t k = tall ? cols : rows, inner = tall ? rows : cols;
 
