@@ -14,8 +14,15 @@ const char* param_role_name(ParamRole role) {
   return "?";
 }
 
+namespace {
+thread_local bool building_frozen = false;  // a FrozenParamScope is alive on this thread
+}  // namespace
+
+FrozenParamScope::FrozenParamScope() : outer_(building_frozen) { building_frozen = true; }
+FrozenParamScope::~FrozenParamScope() { building_frozen = outer_; }
+
 Param::Param(std::string n, Tensor v, ParamRole r, Init i) : name(std::move(n)), value(std::move(v)), role(r), init(i) {
-  if (dense_float()) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
+  if (dense_float() && !building_frozen) set_trainable(true);  // f32 zero grad (and a master for a lower-precision value)
   else if (value.defined()) trainable = false;
 }
 

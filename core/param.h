@@ -53,6 +53,21 @@ enum class Init {
   Keep,            // loaded, never initialised (e.g. a quantized weight's packed integers)
 };
 
+// While one is alive on this thread, new Params are built frozen: no gradient buffer (and no
+// master) is ever allocated for them, so a model built under it costs its weights only, at
+// every moment (load_model builds frozen models this way; torch.no_grad's idea, scoped).
+// Params built outside it start trainable, as before.
+class FrozenParamScope {
+ public:
+  FrozenParamScope();
+  ~FrozenParamScope();
+  FrozenParamScope(const FrozenParamScope&) = delete;
+  FrozenParamScope& operator=(const FrozenParamScope&) = delete;
+
+ private:
+  bool outer_;  // the state this scope replaced (scopes nest)
+};
+
 // Mixed precision (models/README.md): `value` is what the model computes with, in the run's
 // compute dtype (f32, or bf16 on a GPU). With a lower-precision value a trainable param also
 // holds `master`, the f32 weight the optimizer updates and checkpoints save; the optimizer

@@ -40,9 +40,10 @@ bool is_hf_dir(const std::string& path) {
          !fs::is_regular_file(fs::path(path) / kCheckpointFile, ec);
 }
 
-// Frozen before any weight is read: no gradient buffers, and no f32 master once moved to bf16.
-void freeze(TransformerLM& model) {
-  for (Param* p : model.params()) p->set_trainable(false);
+// Built frozen: no gradient buffer is ever allocated, and no f32 master once moved to bf16.
+std::unique_ptr<TransformerLM> build_frozen(const ModelConfig& config, const ModelLayout& layout) {
+  FrozenParamScope frozen;
+  return std::make_unique<TransformerLM>(config, layout);
 }
 }  // namespace
 
@@ -53,8 +54,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     ANVIL_CHECK(options.overrides.empty(), path, " is a Hugging Face directory: it has no run config for --set to "
                 "override — convert it first (`anvil convert --from-hf ", path, " --to DIR`) or drop --set");
     const ModelConfig mc = read_hf_config(path);
-    out.model = std::make_unique<TransformerLM>(mc, options.layout);
-    freeze(*out.model);
+    out.model = build_frozen(mc, options.layout);
     load_hf_weights(*out.model, SafetensorsIndex::open(path));
     static_cast<ModelConfig&>(out.config.model) = mc;
     out.config.model.init_from = fs::absolute(path).lexically_normal().string();
@@ -66,8 +66,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
   } else {
     out.source = find_checkpoint_dir(path);
     out.config = config_from_checkpoint(out.source, options.overrides);
-    out.model = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(out.config.model), options.layout);
-    freeze(*out.model);
+    out.model = build_frozen(out.config.model, options.layout);
     CheckpointContents contents;
     contents.params = checkpoint_tensors(out.model->params());  // each param's shard under a split layout
     out.step = load_checkpoint(out.source, contents).step;

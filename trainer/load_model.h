@@ -4,9 +4,10 @@
 //   - an anvil checkpoint: a checkpoint directory (…/checkpoints/step_N), or a run directory
 //     or checkpoint root, whose newest complete checkpoint is taken;
 //   - a Hugging Face directory (config.json + model.safetensors or a sharded index).
-// Every param is frozen: no gradient, no f32 master, no optimizer state, so the model costs its
-// weights (and RoPE tables) only. Its weights are read straight into the model, never
-// initialised first, and the model is moved to its device once.
+// The model is built frozen (FrozenParamScope): no gradient buffer, no f32 master and no
+// optimizer state ever exist, so it costs its weights (and RoPE tables) only, at every moment.
+// Its weights are read straight into the model, never initialised first, and the model is moved
+// to its device once.
 #pragma once
 #include <memory>
 #include <optional>

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -185,13 +186,15 @@ TEST(LoadModel, AFrozenModelCostsItsWeightsOnly) {
 
   Allocator& memory = cpu_allocator();
   const size_t before = memory.stats().current_bytes;
+  memory.reset_peak();
   LoadedModel loaded = load_model(run.dir + "/run");
-  const size_t added = memory.stats().current_bytes - before;
+  const size_t added = memory.stats().current_bytes - before, peak = memory.stats().peak_bytes - before;
   const MemoryTable table = loaded.model->memory_table(1, 1);
   EXPECT_EQ(table.grad_bytes, 0u);
   EXPECT_EQ(added, table.param_bytes + table.buffer_bytes);
-  size_t weights = 0;
+  size_t weights = 0, largest = 0;
   for (Param* p : loaded.model->params()) {
+    largest = std::max(largest, p->value.nbytes());
     weights += p->value.nbytes();
     EXPECT_FALSE(p->trainable) << p->name;
     EXPECT_FALSE(p->grad.defined()) << p->name;
@@ -199,6 +202,9 @@ TEST(LoadModel, AFrozenModelCostsItsWeightsOnly) {
     EXPECT_EQ(max_abs_diff(p->value, trainer.model().param(p->name).value), 0.0) << p->name;
   }
   EXPECT_EQ(table.param_bytes, weights);
+  // Built frozen, so not even a moment holds gradient buffers: the peak is the weights, the RoPE
+  // tables and at most one tensor being read (a gradient buffer per param would double it).
+  EXPECT_LE(peak, table.param_bytes + table.buffer_bytes + largest) << "peak " << peak << " bytes";
   EXPECT_EQ(loaded.step, 2);
   EXPECT_EQ(loaded.config.model.to_json(), trainer.config().model.to_json());
 

@@ -63,3 +63,27 @@ TEST(Memory, FrozenParamsDropTheirGradientBytes) {
   EXPECT_GT(frozen, 0u);
   EXPECT_EQ(model.memory_table(1, 8).grad_bytes, all - frozen);
 }
+
+// A model built under FrozenParamScope never allocates a gradient; scopes nest, and params built
+// after the last one closes start trainable again.
+TEST(Memory, FrozenParamScopeBuildsParamsWithoutGradients) {
+  ModelConfig c = ModelConfig::llama();
+  c.vocab_size = 256; c.hidden_size = 64; c.num_hidden_layers = 2; c.num_attention_heads = 4;
+  c.num_key_value_heads = 4; c.intermediate_size = 128;
+  Allocator& alloc = cpu_allocator();
+  const size_t before = alloc.stats().current_bytes;
+  alloc.reset_peak();
+  {
+    FrozenParamScope outer;
+    {
+      FrozenParamScope inner;
+    }
+    TransformerLM frozen(c);  // still frozen: the outer scope is alive
+    const MemoryTable t = frozen.memory_table(1, 8);
+    EXPECT_EQ(t.grad_bytes, 0u);
+    for (Param* p : frozen.params()) EXPECT_FALSE(p->trainable || p->grad.defined()) << p->name;
+    EXPECT_EQ(alloc.stats().peak_bytes - before, t.param_bytes + t.buffer_bytes);
+  }
+  TransformerLM trainable(c);
+  for (Param* p : trainable.params()) EXPECT_TRUE(p->trainable && p->grad.defined()) << p->name;
+}
