@@ -61,10 +61,13 @@ void TransformerStage::finish_backward(Communicator* pp) {
 
 CausalLMLoss::CausalLMLoss(TransformerStage& stage, int ignore_index) : stage_(stage), ignore_index_(ignore_index) {}
 
-void CausalLMLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batches) {
+void CausalLMLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts) {
+  ANVIL_CHECK(counts.empty() || counts.size() == micro_batches.size(), "CausalLMLoss: ", counts.size(),
+              " token counts for ", micro_batches.size(), " micro-batches");
   micro_ = micro_batches;
-  counts_.clear();
-  for (const LMMicroBatch& mb : micro_) counts_.push_back(count_loss_tokens(mb.targets, ignore_index_));
+  counts_ = std::move(counts);
+  if (counts_.empty())
+    for (const LMMicroBatch& mb : micro_) counts_.push_back(count_loss_tokens(mb.targets, ignore_index_));
 }
 
 PipelineLoss::Value CausalLMLoss::forward(int m, const Tensor& hidden, bool for_backward) {

@@ -65,8 +65,9 @@ class TransformerStage : public PipelineStage {
 class CausalLMLoss : public PipelineLoss {
  public:
   CausalLMLoss(TransformerStage& stage, int ignore_index);
-  // The step's micro-batches (targets on the model's device; the counts are taken on the host).
-  void set_micro_batches(const std::vector<LMMicroBatch>& micro_batches);
+  // The step's micro-batches (targets on the model's device) and each one's count of
+  // non-ignored targets on this rank; empty `counts`: counted here (copying targets to the host).
+  void set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts = {});
 
   Value forward(int m, const Tensor& hidden, bool for_backward) override;
   Tensor backward(int m) override;

@@ -18,6 +18,7 @@ PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) 
   std::vector<LMMicroBatch> micro(M);
   std::vector<Tensor> ids(M);
   std::vector<std::shared_ptr<StepContext>> contexts(M);
+  std::vector<int64_t> tokens(M);  // each micro-batch's non-ignored targets on this rank
   step_loss_tokens_ = 0;
   for (int64_t m = 0; m < M; ++m) {
     const Batch& batch = batches[m];
@@ -25,9 +26,9 @@ PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) 
     // token count (trainer.h); evaluation: the mean over its own tokens.
     micro[m] = {batch.ids.to(env_.device), batch.targets.to(env_.device), training ? 1.0f / static_cast<float>(M) : 1.0f,
                 -1};
+    tokens[m] = count_loss_tokens(batch.targets, ignore);  // on the host copy
     if (training) {
-      const int64_t tokens = count_loss_tokens(batch.targets, ignore);  // on the host copy
-      const int64_t global = env_.data_group ? all_reduce_sum(*env_.data_group, tokens) : tokens;
+      const int64_t global = env_.data_group ? all_reduce_sum(*env_.data_group, tokens[m]) : tokens[m];
       if (env_.data_group) micro[m].loss_tokens = global;
       step_loss_tokens_ += global;
     }
@@ -36,7 +37,7 @@ PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) 
     contexts[m] = make_step_context(batch, model_->config().max_position_embeddings, env_.device);
   }
   stage_->set_inputs(std::move(ids), std::move(contexts));
-  loss_->set_micro_batches(micro);
+  loss_->set_micro_batches(micro, std::move(tokens));
   return *loss_;
 }
 

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 
 #include "core/glob.h"
 #include "tests/support/adam_drift.h"
@@ -21,7 +20,6 @@
 using namespace anvil;
 using anvil::testing::is_root;
 using anvil::testing::world;
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -31,15 +29,8 @@ constexpr int64_t kSteps = 6;
 const char* const kHead = "lm_head.weight";
 
 const anvil::testing::TinyRun& tiny() {
-  static anvil::testing::TinyRun run = [] {
-    const std::string name = "head_only_np" + std::to_string(world()->size());
-    anvil::testing::TinyRun r;
-    if (is_root()) r = anvil::testing::make_tiny_run(name);
-    world()->barrier();
-    r.dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
-    r.config = r.dir + "/run.yaml";
-    return r;
-  }();
+  static const anvil::testing::TinyRun run =
+      anvil::testing::shared_tiny_run("head_only_np" + std::to_string(world()->size()));
   return run;
 }
 
@@ -150,13 +141,13 @@ void expect_head_only_training(int dp, int pp, const std::string& optimizer, int
 }  // namespace
 
 TEST(HeadOnlyPipeline, Pp2TrainsTheHeadLikeOneProcess) {
-  if (world()->size() != 2) GTEST_SKIP() << "pp2 runs at 2 ranks; this run has " << world()->size();
+  ASSERT_EQ(world()->size(), 2) << "pp2 is registered at 2 ranks only (tests/CMakeLists.txt)";
   expect_head_only_training(1, 2, "adamw");
   expect_head_only_training(1, 2, "muon");
 }
 
 TEST(HeadOnlyPipeline, Dp2Pp2TrainsTheHeadLikeOneProcess) {
-  if (world()->size() != 4) GTEST_SKIP() << "dp2 x pp2 runs at 4 ranks; this run has " << world()->size();
+  ASSERT_EQ(world()->size(), 4) << "dp2 x pp2 is registered at 4 ranks only (tests/CMakeLists.txt)";
   expect_head_only_training(2, 2, "adamw");
   expect_head_only_training(2, 2, "muon");
   // ZeRO-1: stage 0's sharded AdamW owns nothing and still joins the all-gathers.

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <map>
 
 #include "tests/support/mpi_world.h"
@@ -23,7 +22,6 @@
 using namespace anvil;
 using anvil::testing::is_root;
 using anvil::testing::world;
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -31,15 +29,8 @@ constexpr int64_t kGlobalMicroBatch = 8;  // sequences per micro-batch over all 
 constexpr int64_t kSteps = 10;
 
 const anvil::testing::TinyRun& tiny() {
-  static anvil::testing::TinyRun run = [] {
-    const std::string name = "layouts_np" + std::to_string(world()->size());
-    anvil::testing::TinyRun r;
-    if (is_root()) r = anvil::testing::make_tiny_run(name);
-    world()->barrier();
-    r.dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
-    r.config = r.dir + "/run.yaml";
-    return r;
-  }();
+  static const anvil::testing::TinyRun run =
+      anvil::testing::shared_tiny_run("layouts_np" + std::to_string(world()->size()));
   return run;
 }
 
@@ -173,8 +164,8 @@ TEST(LayoutEquivalence, EveryLayoutTrainsLikeOneProcess) {
 // Layout-free checkpoints (issue 4): save under dp4 + ZeRO-1 after 5 steps, resume under
 // tp2 x pp2 and under one process; the next steps' losses equal the uninterrupted run's.
 TEST(LayoutEquivalence, ACheckpointFromDp4ZeroOneResumesUnderTp2Pp2AndOneProcess) {
-  // One size is enough: the 2- and 8-rank runs test the layouts only.
-  if (world()->size() != 4) GTEST_SKIP() << "runs at 4 ranks only (dp4 saves, tp2 x pp2 resumes); this run has " << world()->size();
+  // One size is enough: the 2- and 8-rank runs test the layouts only (tests/CMakeLists.txt).
+  ASSERT_EQ(world()->size(), 4) << "dp4 saves and tp2 x pp2 resumes: registered at 4 ranks only";
   Trainer& straight = reference();
   const Layout saver{4, 1, 1, 1, 1};
   std::string saved;
