@@ -153,8 +153,8 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
     layout.stage = grid_->rank(Axis::PP);
     layout.stages = grid_->size(Axis::PP);
   }
-  // Gradients are partial sums over dp and sp (each sp rank saw a slice of every sequence):
-  // one DataParallel over the dp x sp group reduces them, and ZeRO shards over it.
+  // The dp x sp ranks share each global micro-batch: the task sums its loss-token counts over
+  // them (and the loop its losses); gradients are reduced per group below.
   if (grid_ && grid_->data_sequence_comm().size() > 1) data_group_ = &grid_->data_sequence_comm();
   TaskEnv env;
   env.config = &config_;
