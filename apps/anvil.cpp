@@ -1,4 +1,4 @@
-// anvil: the one command-line tool. Subcommands: train, data prepare, tokenizer
+// anvil: the one command-line tool. Subcommands: train, data prepare, data generate, tokenizer
 // train, generate, eval, convert. Every failure prints one line a user can act on and
 // exits non-zero; nothing here aborts on bad input.
 #include <CLI/CLI.hpp>
@@ -18,6 +18,7 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "eval/generate_data.h"
 #include "eval/perplexity.h"
 #include "models/hf_convert.h"
 #include "models/layout_checks.h"
@@ -49,6 +50,17 @@ struct TrainArgs {
 struct PrepareArgs {
   std::vector<std::string> inputs;
   std::string tokenizer, output, format = "auto", split = "blank_line", eos = "<|endoftext|>";
+};
+
+struct DataGenerateArgs {
+  std::string checkpoint, input, output, documents = "all";
+  int64_t prompt_tokens = 64, batch = 16;
+  int max_tokens = 128;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  bool force = false;
+  std::vector<std::string> overrides;
 };
 
 struct TokenizerArgs {
@@ -184,6 +196,49 @@ int run_prepare(const PrepareArgs& a) {
   std::printf("wrote %s: %ld documents, %ld tokens (%ld masked), %.1f MB read, %ld empty skipped, %.1f s\n",
               a.output.c_str(), long(s.documents), long(s.tokens), long(s.masked_tokens), s.bytes_read / 1e6,
               long(s.skipped), secs);
+  return 0;
+}
+
+// `anvil data generate`: the model's continuations of corpus prompts as a token store.
+int run_data_generate(const DataGenerateArgs& a) {
+  GenerateDataOptions o;
+  o.input = a.input;
+  o.output = a.output;
+  o.prompt_tokens = a.prompt_tokens;
+  o.max_tokens = a.max_tokens;
+  o.batch = a.batch;
+  if (a.documents != "all") {
+    size_t used = 0;
+    try {
+      o.documents = std::stoll(a.documents, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    ANVIL_CHECK(used == a.documents.size() && o.documents >= 1, "--documents '", a.documents,
+                "' is not a positive count — give a number of prompts, or `all`");
+  }
+  o.sampling.temperature = a.temperature;
+  o.sampling.top_k = a.top_k;
+  o.sampling.top_p = a.top_p;
+  o.sampling.seed = a.seed;
+  o.force = a.force;
+  LoadModelOptions options;
+  options.overrides = a.overrides;
+  const LoadedModel loaded = load_model(a.checkpoint, options);
+  o.checkpoint = loaded.source;
+  if (loaded.config.run.threads > 0) omp_set_num_threads(static_cast<int>(loaded.config.run.threads));
+  std::optional<std::string> tokenizer_hash;
+  if (!loaded.config.tokenizer.path.empty() && std::filesystem::is_regular_file(loaded.config.tokenizer.path))
+    tokenizer_hash = Tokenizer::load(loaded.config.tokenizer.path).hash_hex();
+  const GenerateDataStats s = generate_data(
+      *loaded.model, o, tokenizer_hash, [](int64_t done, int64_t total, const GenerateDataStats& st) {
+        std::fprintf(stderr, "data generate: %ld/%ld prompts, %ld tokens generated, %.1f tokens/s\n", long(done),
+                     long(total), long(st.generated_tokens), st.generated_tokens / std::max(st.seconds, 1e-9));
+      });
+  std::printf("wrote %s: %ld documents, %ld generated tokens (%ld ended by the model), %ld documents shorter than "
+              "--prompt-tokens + 1 skipped, %.1f s\n",
+              a.output.c_str(), long(s.documents), long(s.generated_tokens), long(s.ended_by_model),
+              long(s.skipped_short), s.seconds);
   return 0;
 }
 
@@ -365,6 +420,28 @@ int main(int argc, char** argv) {
   prep_cmd->add_option("--split", prep.split, "How text splits into documents: blank_line | line | file")
       ->capture_default_str();
   prep_cmd->add_option("--eos", prep.eos, "Token appended after every document")->capture_default_str();
+  DataGenerateArgs dgen;
+  auto* dgen_cmd = data_cmd->add_subcommand(
+      "generate", "A model's continuations of corpus prompts as a token store (loss mask on the continuations)");
+  dgen_cmd->add_option("--checkpoint", dgen.checkpoint, "Model: checkpoint, run or Hugging Face directory")
+      ->required();
+  dgen_cmd->add_option("--input", dgen.input, "Corpus token store (.h5); prompts are its documents' starts")
+      ->required()->check(CLI::ExistingFile);
+  dgen_cmd->add_option("--output", dgen.output, "Token store to write (.h5)")->required();
+  dgen_cmd->add_option("--prompt-tokens", dgen.prompt_tokens, "Prompt = this many first tokens of a document")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  dgen_cmd->add_option("--max-tokens", dgen.max_tokens, "New tokens per prompt, at most")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  dgen_cmd->add_option("--documents", dgen.documents, "Prompts to use: a count or all")->capture_default_str();
+  dgen_cmd->add_option("--batch", dgen.batch, "Prompts decoded together (the output does not depend on it)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  dgen_cmd->add_option("--temperature", dgen.temperature, "0 = greedy")->capture_default_str()->check(
+      CLI::NonNegativeNumber);
+  dgen_cmd->add_option("--top-k", dgen.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  dgen_cmd->add_option("--top-p", dgen.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  dgen_cmd->add_option("--seed", dgen.seed, "Sampling seed")->capture_default_str();
+  dgen_cmd->add_flag("--force", dgen.force, "Replace --output if it exists");
+  dgen_cmd->add_option("--set", dgen.overrides, "Override a checkpoint config field, e.g. run.device=cpu");
 
   auto* tok_cmd = app.add_subcommand("tokenizer", "Tokenizers");
   tok_cmd->require_subcommand(1);
@@ -435,6 +512,7 @@ int main(int argc, char** argv) {
   try {
     if (*train_cmd) return run_train(train);
     if (*prep_cmd) return run_prepare(prep);
+    if (*dgen_cmd) return run_data_generate(dgen);
     if (*tok_train) return run_tokenizer_train(tok);
     if (*gen_cmd) return run_generate(gen);
     if (*eval_cmd) return run_eval(ev);

@@ -134,7 +134,7 @@ namespace {
 // Decodes the prompts `which` (all of length P) as one batch into out.
 void generate_batch(TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts,
                     const std::vector<size_t>& which, int max_new_tokens, const SamplingConfig& cfg,
-                    std::optional<int32_t> stop_token, std::vector<std::vector<int32_t>>& out) {
+                    std::optional<int32_t> stop_token, uint32_t first_index, std::vector<std::vector<int32_t>>& out) {
   const int64_t B = static_cast<int64_t>(which.size());
   const int64_t P = static_cast<int64_t>(prompts[which[0]].size());
   const int64_t V = model.config().vocab_size;
@@ -153,7 +153,7 @@ void generate_batch(TransformerLM& model, const std::vector<std::vector<int32_t>
     for (int64_t b = 0; b < B; ++b) {
       int32_t tok = next.data<int32_t>()[b];  // finished rows keep feeding their last token
       if (!done[b]) {
-        const uint32_t seq = static_cast<uint32_t>(which[b]);
+        const uint32_t seq = first_index + static_cast<uint32_t>(which[b]);
         const double u = cfg.temperature == 0 ? 0.0 : sampling_uniform(cfg.seed, seq, static_cast<uint32_t>(step));
         tok = sample_token(rows + b * V, V, cfg, u);
         out[which[b]].push_back(tok);
@@ -171,7 +171,7 @@ void generate_batch(TransformerLM& model, const std::vector<std::vector<int32_t>
 
 std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts,
                                           int max_new_tokens, const SamplingConfig& config,
-                                          std::optional<int32_t> stop_token) {
+                                          std::optional<int32_t> stop_token, uint32_t first_index) {
   config.validate();
   const ModelConfig& mc = model.config();
   ANVIL_CHECK(max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", max_new_tokens);
@@ -191,11 +191,11 @@ std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vect
                   ", outside the vocabulary [0, ", mc.vocab_size, ")");
     by_length[p.size()].push_back(i);
   }
-  ANVIL_CHECK(prompts.size() <= std::numeric_limits<uint32_t>::max(), "generate: too many prompts");
+  ANVIL_CHECK(prompts.size() <= std::numeric_limits<uint32_t>::max() - first_index, "generate: too many prompts");
   std::vector<std::vector<int32_t>> out(prompts.size());
   if (max_new_tokens == 0) return out;
   for (const auto& [length, which] : by_length)
-    generate_batch(model, prompts, which, max_new_tokens, config, stop_token, out);
+    generate_batch(model, prompts, which, max_new_tokens, config, stop_token, first_index, out);
   return out;
 }
 

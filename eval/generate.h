@@ -57,9 +57,12 @@ int32_t sample_token(const float* logits, int64_t vocab, const SamplingConfig& c
 // batch; prompts of different lengths are grouped by length (one batch per
 // length, no padding), which gives the same tokens as decoding each alone.
 // Every prompt needs length + max_new_tokens <= max_position_embeddings.
+// Prompt i draws from the sampling stream of sequence first_index + i, so a long list decoded
+// in slices (first_index = the slice's start) gives the same tokens as one call over all of it.
 std::vector<std::vector<int32_t>> generate(TransformerLM& model, const std::vector<std::vector<int32_t>>& prompts,
                                           int max_new_tokens, const SamplingConfig& config,
-                                          std::optional<int32_t> stop_token = std::nullopt);
+                                          std::optional<int32_t> stop_token = std::nullopt,
+                                          uint32_t first_index = 0);
 
 // The prompt followed by the text of up to `tokens` generated tokens (fewer when the model's
 // positions run out), stopping at `eos` when given (>= 0). An empty prompt starts a new
