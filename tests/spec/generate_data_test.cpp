@@ -344,7 +344,8 @@ TEST(GenerateData, BadInputIsRefusedBeforeWorkNamingTheFlag) {
 // the loss mask) trains on it.
 TEST(GenerateData, CliWritesTheStoreTheTrainerReads) {
   const TinyRun run = make_tiny_run("gen_data_cli");
-  must_run(kAnvil + " train " + run.config + " --set training.steps=2 --set schedule.warmup_steps=1 --set training.eval_every=0");
+  const std::string short_run = " --set training.steps=2 --set schedule.warmup_steps=1 --set training.eval_every=0";
+  must_run(kAnvil + " train " + run.config + short_run);
   const std::string out = run.dir + "/gen.h5";
   auto command = [&](const std::string& output, const std::string& documents, const std::string& max_tokens,
                      const std::string& batch) {
@@ -376,9 +377,8 @@ TEST(GenerateData, CliWritesTheStoreTheTrainerReads) {
   expect_contains(output, {"--prompt-tokens 8 + --max-tokens 100", "max_position_embeddings = 64"});
   EXPECT_FALSE(fs::exists(fresh));
 
-  must_run(kAnvil + " train " + run.config + " --set data.train=" + out +
-                                       " --set task.name=sft --set training.steps=2 --set schedule.warmup_steps=1 --set training.eval_every=0 "
-                                       "--set data.valid_fraction=0 --set run.out_dir=" + run.dir + "/sft");
+  must_run(kAnvil + " train " + run.config + short_run + " --set data.train=" + out + " --set task.name=sft " +
+           "--set data.valid_fraction=0 --set run.out_dir=" + run.dir + "/sft");
   std::ifstream metrics(run.dir + "/sft/metrics.jsonl");
   const std::string first_line((std::istreambuf_iterator<char>(metrics)), std::istreambuf_iterator<char>());
   EXPECT_NE(first_line.find("response_tokens"), std::string::npos) << first_line;
