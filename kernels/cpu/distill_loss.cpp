@@ -1,6 +1,6 @@
 // Distillation losses on the CPU (kernels/distill_loss.h): one row at a time, parallel over
 // rows; the full-row op runs the three row passes (statistics, terms, gradient) back to back
-// while the row is still in cache. Loops vectorise (vexp; one log per element for JSD only).
+// while the row is still in cache. The loops vectorise (vexp, vlog: no library calls).
 #include "kernels/distill_loss.h"
 
 #include <algorithm>
@@ -47,7 +47,8 @@ RowStats row_stats(const RowIn& r) {
     const float e = cpu::vexp(r.zq[j] * r.inv_t - mq);
     sq += e;
     sqf += r.zq[j] >= r.thq ? e : 0.0f;
-    sp += r.zp[j] >= r.thp ? cpu::vexp(r.zp[j] * r.inv_t - mp) : 0.0f;  // masked: mp -inf never used
+    const float ep = cpu::vexp(r.zp[j] * r.inv_t - mp);  // computed for every j (vectorises), masked here
+    sp += r.zp[j] >= r.thp ? ep : 0.0f;
   }
   return {mq, sq, mp, sp, sqf};
 }
@@ -66,7 +67,7 @@ inline Element element(float q, float logq, float p, float logp, bool kept) {
   } else if constexpr (K == Divergence::TVD) {
     return {0.5f * std::fabs(p - q), p > q ? -0.5f : (p < q ? 0.5f : 0.0f)};
   } else {
-    const float logm = std::log(0.5f * (p + q));
+    const float logm = cpu::vlog(0.5f * (p + q));
     const float g = q > 0.0f ? 0.5f * (logq - logm) : 0.0f;
     return {0.5f * (p > 0.0f ? p * (logp - logm) : 0.0f) + (q > 0.0f ? q * g : 0.0f), g};
   }
@@ -78,10 +79,10 @@ Terms row_terms(const RowIn& r, const Norms& n) {
 #pragma omp simd reduction(+ : loss, acc, qg)
   for (int64_t j = 0; j < r.V; ++j) {
     const float aq = r.zq[j] * r.inv_t, logq = aq - n.lq, logp = r.zp[j] * r.inv_t - n.lp;
-    const float q = cpu::vexp(logq);
+    const float q = cpu::vexp(logq), ep = cpu::vexp(logp), eqf = cpu::vexp(aq - n.lqf);
     const bool kept = r.zp[j] >= r.thp;
-    const float p = kept ? cpu::vexp(logp) : 0.0f;
-    const float qf = r.zq[j] >= r.thq ? cpu::vexp(aq - n.lqf) : 0.0f;
+    const float p = kept ? ep : 0.0f;
+    const float qf = r.zq[j] >= r.thq ? eqf : 0.0f;
     const Element e = element<K>(q, logq, p, logp, kept);
     acc += std::min(p, qf);
     loss += e.loss;
@@ -91,18 +92,24 @@ Terms row_terms(const RowIn& r, const Norms& n) {
 }
 
 // d may alias zq: each element is read before it is written.
+// d may alias zq: each element is read before it is written. The row's fields are copied to
+// locals first: d's stores could otherwise alias them (floats), which stops vectorisation.
 template <Divergence K>
 void row_grad(const RowIn& r, const Norms& n, float qg, float* d) {
+  const float* zq = r.zq;
+  const float* zp = r.zp;
+  const float inv_t = r.inv_t, thp = r.thp, lq = n.lq, lp = n.lp;
+  const int64_t V = r.V;
 #pragma omp simd
-  for (int64_t j = 0; j < r.V; ++j) {
-    const float logq = r.zq[j] * r.inv_t - n.lq, logp = r.zp[j] * r.inv_t - n.lp;
-    const float q = cpu::vexp(logq);
-    const bool kept = r.zp[j] >= r.thp;
-    const float p = kept ? cpu::vexp(logp) : 0.0f;
+  for (int64_t j = 0; j < V; ++j) {
+    const float logq = zq[j] * inv_t - lq, logp = zp[j] * inv_t - lp;
+    const float q = cpu::vexp(logq), ep = cpu::vexp(logp);
+    const bool kept = zp[j] >= thp;
+    const float p = kept ? ep : 0.0f;
     if constexpr (K == Divergence::ForwardKL) {
-      d[j] = r.inv_t * (q - p);
+      d[j] = inv_t * (q - p);
     } else {
-      d[j] = r.inv_t * q * (element<K>(q, logq, p, logp, kept).g - qg);
+      d[j] = inv_t * q * (element<K>(q, logq, p, logp, kept).g - qg);
     }
   }
 }
