@@ -50,26 +50,29 @@ Tensor global_norms(Communicator* tp, const Tensor& stats) {
   const Tensor host_stats = stats.to(Device::cpu()), host_max = maxima.to(Device::cpu());
   const float* s = host_stats.data<float>();
   const float* g = host_max.data<float>();
-  Tensor sums = Tensor::empty({3, N});
-  float* out = sums.data<float>();
+  Tensor host_sums = Tensor::empty({3, N});
+  float* out = host_sums.data<float>();
   // A shard with nothing kept has max -inf and sum 0: it adds 0 (exp(-inf - -inf) is NaN).
   auto rescaled = [](float sum, float local_max, float global_max) {
     return sum == 0.0f ? 0.0f : sum * std::exp(local_max - global_max);
   };
   for (int64_t i = 0; i < N; ++i) {
-    out[i] = rescaled(s[N + i], s[i], g[i]);                   // q
+    out[i] = rescaled(s[N + i], s[i], g[i]);                      // q
     out[N + i] = rescaled(s[3 * N + i], s[2 * N + i], g[N + i]);  // p
-    out[2 * N + i] = rescaled(s[4 * N + i], s[i], g[i]);       // q_f
+    out[2 * N + i] = rescaled(s[4 * N + i], s[i], g[i]);          // q_f
   }
+  Tensor sums = host_sums.to(stats.device());  // collectives take the logits' device (NCCL)
   tp->all_reduce(sums);
+  const Tensor summed = sums.to(Device::cpu());
+  const float* t = summed.data<float>();
   Tensor norms = Tensor::empty({3, N});
   float* n = norms.data<float>();
   for (int64_t i = 0; i < N; ++i) {
-    n[i] = g[i] + std::log(out[i]);
-    n[N + i] = g[N + i] + std::log(out[N + i]);
-    n[2 * N + i] = g[i] + std::log(out[2 * N + i]);
+    n[i] = g[i] + std::log(t[i]);
+    n[N + i] = g[N + i] + std::log(t[N + i]);
+    n[2 * N + i] = g[i] + std::log(t[2 * N + i]);
   }
-  return stats.device().is_cuda() ? norms.to(stats.device()) : norms;
+  return norms.to(stats.device());
 }
 
 }  // namespace
