@@ -78,8 +78,9 @@ Terms row_terms(const RowIn& r, const Norms& n) {
   float loss = 0, acc = 0, qg = 0;
 #pragma omp simd reduction(+ : loss, acc, qg)
   for (int64_t j = 0; j < r.V; ++j) {
-    const float aq = r.zq[j] * r.inv_t, logq = aq - n.lq, logp = r.zp[j] * r.inv_t - n.lp;
-    const float q = cpu::vexp(logq), ep = cpu::vexp(logp), eqf = cpu::vexp(aq - n.lqf);
+    // q and p written alike (equal logits give bitwise equal q and p, whatever FMAs form).
+    const float logq = r.zq[j] * r.inv_t - n.lq, logp = r.zp[j] * r.inv_t - n.lp;
+    const float q = cpu::vexp(logq), ep = cpu::vexp(logp), eqf = cpu::vexp(logq + (n.lq - n.lqf));
     const bool kept = r.zp[j] >= r.thp;
     const float p = kept ? ep : 0.0f;
     const float qf = r.zq[j] >= r.thq ? eqf : 0.0f;

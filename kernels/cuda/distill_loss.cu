@@ -83,11 +83,12 @@ __device__ float3 row_terms(const TS* zq, const TT* zp, const DistillRowArgs& a,
   float loss = 0, acc = 0, qg = 0;
   for (int64_t j = threadIdx.x; j < a.V; j += blockDim.x) {
     const float zqj = to_f32(zq[j]), zpj = to_f32(zp[j]);
-    const float aq = zqj * a.inv_t, logq = aq - n.lq, logp = zpj * a.inv_t - n.lp;
+    // q and p written alike (equal logits give bitwise equal q and p, whatever FMAs form).
+    const float logq = zqj * a.inv_t - n.lq, logp = zpj * a.inv_t - n.lp;
     const float q = expf(logq);
     const bool kept = zpj >= thp;
     const float p = kept ? expf(logp) : 0.0f;
-    const float qf = zqj >= thq ? expf(aq - n.lqf) : 0.0f;
+    const float qf = zqj >= thq ? expf(logq + (n.lq - n.lqf)) : 0.0f;
     const Element e = element(a.kind, q, logq, p, logp, kept);
     acc += fminf(p, qf);
     loss += e.loss;
