@@ -61,6 +61,9 @@ std::vector<DistillSpec> specs() {
     out.push_back({k, 0.8, 0, 1.0});
     if (k != DivergenceKind::ReverseKL) out.push_back({k, 1.3, 9, 0.85});
   }
+  // top-k 1: one shard of every row keeps nothing of p (its statistics are -inf and 0).
+  out.push_back({DivergenceKind::ForwardKL, 1.0, 1, 1.0});
+  out.push_back({DivergenceKind::TVD, 0.5, 1, 1.0});
   return out;
 }
 
