@@ -1,6 +1,6 @@
 // Distillation losses on the CPU (kernels/distill_loss.h): one row at a time, parallel over
-// rows; the full-row op runs the three row passes (statistics, terms, gradient) back to back
-// while the row is still in cache. The loops vectorise (vexp, vlog: no library calls).
+// rows; the full-row op runs the row passes (statistics, terms and gradient) back to back while
+// the row is still in cache. The loops vectorise (vexp, vlog: no library calls).
 #include "kernels/distill_loss.h"
 
 #include <algorithm>
@@ -73,46 +73,35 @@ inline Element element(float q, float logq, float p, float logp, bool kept) {
   }
 }
 
+// One pass over the row: {loss, acceptance, Σ q g}. With d, also writes the gradient
+// (1/T) q (g − qg) over d (which may alias zq: each element is read before it is written); qg must
+// then be the row's Σ q g (forward KL's (q − p) / T needs none). A pass that writes vectorises
+// only while it also accumulates sums that are used (GCC 12 otherwise leaves vexp's branch in the
+// loop), so the full-row op takes its loss and acceptance from the writing pass. The row's fields
+// are copied to locals first: d's stores could otherwise alias them (floats).
 template <Divergence K>
-Terms row_terms(const RowIn& r, const Norms& n) {
+Terms row_pass(const RowIn& r, const Norms& n, float* d = nullptr, float qg_row = 0.0f) {
+  const float* zq = r.zq;
+  const float* zp = r.zp;
+  const float inv_t = r.inv_t, thp = r.thp, thq = r.thq, lq = n.lq, lp = n.lp, dqf = n.lq - n.lqf;
+  const int64_t V = r.V;
+  const bool write = d != nullptr;
   float loss = 0, acc = 0, qg = 0;
 #pragma omp simd reduction(+ : loss, acc, qg)
-  for (int64_t j = 0; j < r.V; ++j) {
+  for (int64_t j = 0; j < V; ++j) {
     // q and p written alike (equal logits give bitwise equal q and p, whatever FMAs form).
-    const float logq = r.zq[j] * r.inv_t - n.lq, logp = r.zp[j] * r.inv_t - n.lp;
-    const float q = cpu::vexp(logq), ep = cpu::vexp(logp), eqf = cpu::vexp(logq + (n.lq - n.lqf));
-    const bool kept = r.zp[j] >= r.thp;
+    const float logq = zq[j] * inv_t - lq, logp = zp[j] * inv_t - lp;
+    const float q = cpu::vexp(logq), ep = cpu::vexp(logp), eqf = cpu::vexp(logq + dqf);
+    const bool kept = zp[j] >= thp;
     const float p = kept ? ep : 0.0f;
-    const float qf = r.zq[j] >= r.thq ? eqf : 0.0f;
+    const float qf = zq[j] >= thq ? eqf : 0.0f;
     const Element e = element<K>(q, logq, p, logp, kept);
     acc += std::min(p, qf);
     loss += e.loss;
     qg += q * e.g;
+    if (write) d[j] = K == Divergence::ForwardKL ? inv_t * (q - p) : inv_t * q * (e.g - qg_row);
   }
   return {loss, acc, qg};
-}
-
-// d may alias zq: each element is read before it is written.
-// d may alias zq: each element is read before it is written. The row's fields are copied to
-// locals first: d's stores could otherwise alias them (floats), which stops vectorisation.
-template <Divergence K>
-void row_grad(const RowIn& r, const Norms& n, float qg, float* d) {
-  const float* zq = r.zq;
-  const float* zp = r.zp;
-  const float inv_t = r.inv_t, thp = r.thp, lq = n.lq, lp = n.lp;
-  const int64_t V = r.V;
-#pragma omp simd
-  for (int64_t j = 0; j < V; ++j) {
-    const float logq = zq[j] * inv_t - lq, logp = zp[j] * inv_t - lp;
-    const float q = cpu::vexp(logq), ep = cpu::vexp(logp);
-    const bool kept = zp[j] >= thp;
-    const float p = kept ? ep : 0.0f;
-    if constexpr (K == Divergence::ForwardKL) {
-      d[j] = inv_t * (q - p);
-    } else {
-      d[j] = inv_t * q * (element<K>(q, logq, p, logp, kept).g - qg);
-    }
-  }
 }
 
 template <class Fn>
@@ -249,10 +238,12 @@ void distill_forward(Tensor& student, const Tensor& teacher, const Tensor& targe
       }
       const RowIn r = o.row(i);
       const Norms n = norms_of(row_stats(r));
-      const Terms t = row_terms<K>(r, n);
+      float* d = write_grad ? o.q.row(i) : nullptr;
+      // The gradient needs the row's Σ q g first (a pass of its own), except forward KL's.
+      const float qg = d && K != Divergence::ForwardKL ? row_pass<K>(r, n).qg : 0.0f;
+      const Terms t = row_pass<K>(r, n, d, qg);
       pl[i] = t.loss;
       pa[i] = t.acc;
-      if (write_grad) row_grad<K>(r, n, t.qg, o.q.row(i));
     });
   });
 }
@@ -286,7 +277,7 @@ void distill_shard_terms(const Tensor& student, const Tensor& teacher, const Ten
     constexpr Divergence K = decltype(kind)::value;
     cpu::parallel_rows(N, o.q.cols, [&](int64_t i) {
       Terms t{0, 0, 0};
-      if (o.targets[i] != args.ignore_index) t = row_terms<K>(o.row(i), Norms{pn[i], pn[N + i], pn[2 * N + i]});
+      if (o.targets[i] != args.ignore_index) t = row_pass<K>(o.row(i), Norms{pn[i], pn[N + i], pn[2 * N + i]});
       pt[i] = t.loss;
       pt[N + i] = t.acc;
       pt[2 * N + i] = t.qg;
@@ -306,7 +297,7 @@ void distill_shard_grad(Tensor& student, const Tensor& teacher, const Tensor& ta
     constexpr Divergence K = decltype(kind)::value;
     cpu::parallel_rows(N, o.q.cols, [&](int64_t i) {
       if (o.targets[i] == args.ignore_index) return zero_row(o.q.row(i), o.q.cols);
-      row_grad<K>(o.row(i), Norms{pn[i], pn[N + i], pn[2 * N + i]}, pg[i], o.q.row(i));
+      row_pass<K>(o.row(i), Norms{pn[i], pn[N + i], pn[2 * N + i]}, o.q.row(i), pg[i]);
     });
   });
 }
