@@ -47,7 +47,8 @@ void distill_forward(Tensor& student, const Tensor& teacher, const Tensor& targe
 //    over its kept set (-inf if none), Σ_kept exp(a_teacher − that max), Σ_kept_f exp(a_student − max a_student).
 void distill_shard_stats(const Tensor& student, const Tensor& teacher, const DistillArgs& args, Tensor& stats);
 // 2. norms f32 [3, N]: the global log-normalisers of q, p and q_f (in units of a). terms f32
-//    [3, N]: the shard's part of the divergence, of the acceptance and of Σ q g (0 on ignored rows).
+//    [3, N]: the shard's part of the divergence, of the acceptance and of Σ q g (0 on ignored rows;
+//    Σ q g is 0 for forward KL, whose gradient (q − p) / T does not use it).
 void distill_shard_terms(const Tensor& student, const Tensor& teacher, const Tensor& targets,
                          const DistillArgs& args, const Tensor& norms, Tensor& terms);
 // 3. overwrites student with dL/dz on the shard; qg f32 [N]: the global Σ q g.
