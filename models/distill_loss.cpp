@@ -123,9 +123,9 @@ DistillationLoss::Result DistillationLoss::forward(Tensor student, const Tensor&
   const int64_t full_vocab = active(tp_) ? Vs * tp_->size() : Vs;
   ANVIL_CHECK(full_vocab == vocab_size_, "distillation loss: logits ", student.describe(), " cover ", full_vocab,
               " tokens but the vocabulary has ", vocab_size_, " — check model.vocab_size against the checkpoint");
-  ANVIL_CHECK(!active(tp_) || vocab_start_ == tp_->rank() * Vs, "distillation loss: this rank's vocabulary shard starts at ",
-              vocab_start_, " but rank ", active(tp_) ? tp_->rank() : 0, " of tp holds columns from ",
-              active(tp_) ? tp_->rank() * Vs : 0, " — pass vocab_shard_start(tp, vocab_size)");
+  const int64_t shard_start = active(tp_) ? tp_->rank() * Vs : 0;
+  ANVIL_CHECK(vocab_start_ == shard_start, "distillation loss: this rank's vocabulary shard starts at ", vocab_start_,
+              " but its logits are columns from ", shard_start, " — pass vocab_shard_start(tp, vocab_size)");
   ANVIL_CHECK(student.is_contiguous(), "distillation loss: the student's logits ", student.describe(),
               " must be contiguous (the gradient is written over them)");
   Tensor q = student.view({N, Vs});
@@ -141,8 +141,10 @@ DistillationLoss::Result DistillationLoss::forward(Tensor student, const Tensor&
   args.ignore_index = ignore_index;
   args.teacher_threshold = filter_threshold(tp_, spec_, p);
   args.student_threshold = filter_threshold(tp_, spec_, q);
-  Tensor losses = empty_like(q, {N}, DType::F32), acceptance = empty_like(q, {N}, DType::F32);
+  Tensor losses, acceptance;  // per row, f32
   if (!active(tp_)) {
+    losses = empty_like(q, {N}, DType::F32);
+    acceptance = empty_like(q, {N}, DType::F32);
     kernels::distill_forward(q, p, flat_targets, args, losses, acceptance, for_backward);
   } else {
     Tensor stats = empty_like(q, {5, N}, DType::F32);
@@ -155,7 +157,8 @@ DistillationLoss::Result DistillationLoss::forward(Tensor student, const Tensor&
     losses = terms.select(0, 0);
     acceptance = terms.select(0, 1);
   }
-  double loss_sum = kernels::sum(losses), acceptance_sum = kernels::sum(acceptance), tokens = static_cast<double>(count);
+  double loss_sum = kernels::sum(losses), acceptance_sum = kernels::sum(acceptance);
+  double tokens = static_cast<double>(count);
   if (sp_) {
     const std::vector<double> group = all_reduce_sum(*sp_, {loss_sum, tokens, acceptance_sum});
     loss_sum = group[0];

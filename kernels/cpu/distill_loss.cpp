@@ -184,8 +184,9 @@ float top_p_threshold(const float* z, int64_t V, float floor, float inv_t, doubl
   while (n < kept.size() && (n == 0 || before < top_p)) {
     if (n == sorted) {
       sorted = std::min(kept.size(), std::max<size_t>(64, 2 * sorted));
-      std::partial_sort(kept.begin() + static_cast<std::ptrdiff_t>(n), kept.begin() + static_cast<std::ptrdiff_t>(sorted),
-                        kept.end(), std::greater<float>());
+      const auto begin = kept.begin();
+      std::partial_sort(begin + static_cast<std::ptrdiff_t>(n), begin + static_cast<std::ptrdiff_t>(sorted), kept.end(),
+                        std::greater<float>());
     }
     before += cpu::vexp((kept[n] - m) * inv_t) / total;
     ++n;

@@ -106,7 +106,8 @@ TEST(DistillLoss, GradientMatchesFiniteDifferences) {
         Tensor student;
         for (uint32_t attempt = 0; attempt < 100 && !student.defined(); ++attempt) {
           student = random_tensor({N, V}, 32 + attempt, -2.0f, 2.0f);
-          if (kind == DivergenceKind::TVD && near_a_kink(student, teacher, a, 4 * eps / temperature)) student = Tensor();
+          const bool redraw = kind == DivergenceKind::TVD && near_a_kink(student, teacher, a, 4 * eps / temperature);
+          if (redraw) student = Tensor();
         }
         ASSERT_TRUE(student.defined()) << name << ": no draw away from the kinks";
         Tensor grad = student.clone();
@@ -181,7 +182,8 @@ TEST(DistillLoss, ForwardOnlyChangesNothingAndFiltersMoveAcceptance) {
   EXPECT_NE(a.acceptance_sum, b.acceptance_sum);
   // Identical logits: every token is accepted (q_f = p with the filters too); unfiltered the
   // divergence is 0, filtered it is the mass q puts outside p's kept set.
-  for (const DistillSpec& spec : {DistillSpec{DivergenceKind::TVD, 0.7, 0, 1.0}, DistillSpec{DivergenceKind::TVD, 0.7, 5, 0.9}}) {
+  for (const DistillSpec& spec :
+       {DistillSpec{DivergenceKind::TVD, 0.7, 0, 1.0}, DistillSpec{DivergenceKind::TVD, 0.7, 5, 0.9}}) {
     DistillationLoss tvd(spec, nullptr, 0, V, nullptr);
     Tensor same = teacher.clone();
     const auto s = tvd.forward(same, teacher, targets, c);
@@ -247,7 +249,8 @@ TEST(DistillLoss, MismatchedLogitsAreAClearError) {
   const std::string rows = error_of([&] { loss.forward(Tensor::zeros({3, 8}), Tensor::zeros({3, 8}), targets, c); });
   EXPECT_NE(rows.find("one row per target"), std::string::npos) << rows;
   const std::string size = error_of([&] {
-    DistillationLoss(DistillSpec{}, nullptr, 0, 16, nullptr).forward(Tensor::zeros({2, 8}), Tensor::zeros({2, 8}), targets, c);
+    DistillationLoss loss16(DistillSpec{}, nullptr, 0, 16, nullptr);
+    loss16.forward(Tensor::zeros({2, 8}), Tensor::zeros({2, 8}), targets, c);
   });
   EXPECT_NE(size.find("vocabulary has 16"), std::string::npos) << size;
 }
