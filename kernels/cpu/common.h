@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/tensor.h"
@@ -36,6 +37,38 @@ inline float vexp(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return std::isnan(x) ? x : (x < -87.0f ? 0.0f : e * scale);
+}
+
+// log(x) in f32 without a library call, so loops calling it vectorise (as vexp). Cephes logf:
+// x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1; within 2 ulp of logf
+// for normal x. log(0) = -inf, negative or NaN x gives NaN, +inf stays +inf; a subnormal x gives
+// a finite value near log(FLT_MIN) (the implicit bit is missing), not its exact log.
+inline float vlog(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  int32_t e = static_cast<int32_t>((bits >> 23) & 0xffu) - 126;
+  bits = (bits & 0x007fffffu) | 0x3f000000u;  // the mantissa as m in [0.5, 1)
+  float m;
+  std::memcpy(&m, &bits, sizeof m);
+  const bool low = m < 0.707106781186547524f;
+  e = low ? e - 1 : e;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe - 0.5f * z;
+  const float r = m + y + 0.693359375f * fe;
+  const float inf = std::numeric_limits<float>::infinity();
+  return x > 0.0f ? (x == inf ? inf : r) : (x == 0.0f ? -inf : std::numeric_limits<float>::quiet_NaN());
 }
 
 // 1 / (1 + exp(-x)), vectorisable; evaluated through exp(-|x|) so both tails are
