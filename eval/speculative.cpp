@@ -151,6 +151,16 @@ std::string SpeculativeStats::summary() const {
   return s.str();
 }
 
+void SpeculativeStats::add(const SpeculativeStats& o) {
+  ANVIL_CHECK(o.gamma == gamma && o.reached.size() == reached.size(), "SpeculativeStats: cannot add gamma ", o.gamma,
+              " to gamma ", gamma);
+  sequences += o.sequences, tokens += o.tokens, committed += o.committed;
+  target_calls += o.target_calls, target_row_forwards += o.target_row_forwards, drafter_calls += o.drafter_calls;
+  for (size_t i = 0; i < reached.size(); ++i) reached[i] += o.reached[i], accepted[i] += o.accepted[i];
+  prefill_seconds += o.prefill_seconds, draft_seconds += o.draft_seconds, target_seconds += o.target_seconds;
+  verify_seconds += o.verify_seconds, total_seconds += o.total_seconds;
+}
+
 // ---- Decoding ----
 
 namespace {

@@ -95,6 +95,7 @@ struct SpeculativeStats {
   double drafter_overhead() const;
   double tokens_per_second() const;     // tokens / total_seconds
   std::string summary() const;          // one line for a log
+  void add(const SpeculativeStats& other);  // sums another call's counts and times (same gamma)
 };
 
 struct SpeculativeResult {
