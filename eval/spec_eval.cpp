@@ -40,6 +40,12 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
   ANVIL_CHECK(o.batch_size >= 1, "eval spec: the batch size must be >= 1, got ", o.batch_size);
   ANVIL_CHECK(!o.gammas.empty() && !o.temperatures.empty(), "eval spec: give at least one gamma and one temperature");
   using Clock = std::chrono::steady_clock;
+  {  // Untimed warm-up of both paths (thread pool, first allocations), so the first case is not charged for it.
+    SamplingConfig greedy = SamplingConfig::greedy();
+    LMDrafter lm(drafter);
+    speculative_generate(target, lm, {prompts[0]}, 2, greedy, 1);
+    generate(target, {prompts[0]}, 2, greedy);
+  }
   std::vector<SpecEvalCase> cases;
   for (double temperature : o.temperatures) {
     for (int gamma : o.gammas) {

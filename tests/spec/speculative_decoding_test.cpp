@@ -169,8 +169,9 @@ TEST(SpeculativeSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
   SamplingConfig other = t1;
   other.seed = 4;  // independent of the plain samples
   std::string report;
-  for (TransformerLM* draft : {m.near.get(), m.small.get()}) {
-    for (int gamma : {1, 2}) {
+  // γ = 1 commits the three tokens over several rounds; γ = 2 commits them within and across rounds.
+  for (const auto& [draft, gamma] : {std::pair<TransformerLM*, int>{m.near.get(), 2}, {m.small.get(), 1}}) {
+    {
       LMDrafter drafter(*draft);
       const auto spec = speculative_generate(*m.target, drafter, rows_of(n), 3, other, gamma);
       report.clear();
@@ -180,6 +181,17 @@ TEST(SpeculativeSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
       EXPECT_LT(spec.stats.acceptance_rate(), 0.98);
     }
   }
+  // The same with temperature, top-k and top-p applied to p and q alike.
+  SamplingConfig filtered = t1;
+  filtered.temperature = 0.8, filtered.top_k = 12, filtered.top_p = 0.9;
+  const auto plain_filtered = generate(*m.target, rows_of(n), 3, filtered);
+  filtered.seed = 4;
+  LMDrafter drafter(*m.small);
+  const auto spec_filtered = speculative_generate(*m.target, drafter, rows_of(n), 3, filtered, 2);
+  report.clear();
+  EXPECT_TRUE(same_distribution(plain_filtered, spec_filtered.tokens, V, report)) << "filtered\n" << report;
+  std::printf("T 0.8, top-k 12, top-p 0.9: acceptance %.3f\n%s", spec_filtered.stats.acceptance_rate(),
+              report.c_str());
   // The test has power: a sampler that accepts every draft (the drafter's own samples) and one
   // that verifies against a misreported q both fail it.
   SamplingConfig third = t1;
