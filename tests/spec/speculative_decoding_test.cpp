@@ -4,6 +4,7 @@
 // distribution as plain sampling (a two-sample test whose power is shown on wrong samplers);
 // bad input is refused before any work.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cstdio>
 
@@ -97,6 +98,17 @@ TEST(SpeculativeGreedy, RowsAcceptDifferentlyAndStopTokensEndRows) {
   EXPECT_GT(got.stats.acceptance_rate(), 0.2);
   EXPECT_LT(got.stats.acceptance_rate(), 0.95);
   EXPECT_GT(got.stats.tau(), 1.0);
+  // The counts agree with each other: every verification tests position 1 and commits its
+  // accepted drafts plus one token; the LM drafter runs γ forwards per round.
+  const SpeculativeStats& st = got.stats;
+  int64_t kept = 0;
+  for (int64_t a : st.accepted) kept += a;
+  EXPECT_EQ(st.reached[0], st.target_row_forwards);
+  EXPECT_EQ(st.committed, kept + st.target_row_forwards);
+  EXPECT_EQ(st.drafter_calls, 4 * st.target_calls);
+  EXPECT_EQ(st.tokens, 4 * 30);
+  EXPECT_GE(st.committed, st.tokens);  // the last round may commit past max_new_tokens
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(st.reached[i], st.accepted[i - 1]);  // reached i = kept i - 1
   // A stop token taken from one row's greedy output ends that row early, as in generate().
   const auto plain = generate(*m.target, kFourPrompts, 30, SamplingConfig::greedy());
   const int32_t stop = plain[1][6];
@@ -161,6 +173,9 @@ class MisreportingDrafter : public Drafter {
 };
 
 TEST(SpeculativeSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
+  // Thousands of rows at different lengths attend one row at a time (models/attention.cpp), each
+  // call far too small to share between threads: one thread keeps the test fast on a busy machine.
+  omp_set_num_threads(1);
   Models& m = models();
   const int64_t V = m.target->config().vocab_size, n = 6000;
   SamplingConfig t1;
