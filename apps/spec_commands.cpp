@@ -80,6 +80,11 @@ LoadedModel load_drafter(const std::string& path, const LoadedModel& target) {
 }
 
 int run_eval_spec(const EvalSpecArgs& a) {
+  for (int gamma : a.gammas)
+    ANVIL_CHECK(gamma >= 1, "eval spec: --gammas ", gamma, " — every gamma (draft tokens per target forward) must be "
+                ">= 1, e.g. --gammas 2,4,6");
+  for (double t : a.temperatures)
+    ANVIL_CHECK(t >= 0, "eval spec: --temperatures ", t, " — temperatures must be >= 0 (0 = greedy), e.g. 0,1");
   LoadModelOptions options;
   options.overrides = a.overrides;
   const LoadedModel target = load_model(a.target, options);

@@ -285,7 +285,7 @@ SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
   config.validate();
   const ModelConfig& mc = target.config();
   ANVIL_CHECK(gamma >= 1, "speculative decoding: gamma (draft tokens per target forward) must be >= 1, got ", gamma,
-              " — pass --gamma 4, say");
+              " — choose a gamma of 1 or more (4 is a common choice)");
   ANVIL_CHECK(drafter.vocab_size() == mc.vocab_size, "speculative decoding: the drafter's vocabulary has ",
               drafter.vocab_size(), " tokens but the target's has ", mc.vocab_size,
               " — a drafter must share the target's tokenizer and vocab_size (train it with the target's tokenizer)");

@@ -108,6 +108,8 @@ TEST(SpecCli, BadInputGetsOneClearLine) {
                             " --prompt x --gamma 0", out), 0);
   EXPECT_NE(out.find("gamma"), std::string::npos) << out;
   EXPECT_EQ(out.find("terminate called"), std::string::npos) << out;
+  EXPECT_NE(run_command(kAnvil + " eval spec --target " + r.target + " --draft " + r.target + " --gammas 2,0", out), 0);
+  EXPECT_NE(out.find("--gammas 0"), std::string::npos) << out;
   // A drafter trained with another tokenizer (and its own store).
   const std::string tok = r.run.dir + "/other_tok.json", store = r.run.dir + "/other.h5";
   must_run(kAnvil + " tokenizer train --input " + r.run.corpus + " --vocab-size 300 --output " + tok);
