@@ -59,6 +59,10 @@ struct Models {
 };
 
 Models& models() {
+  // Rows at different lengths attend one row at a time (models/attention.cpp), each call far too
+  // small for these tiny models to share between threads: one thread keeps the tests fast on a
+  // busy machine.
+  omp_set_num_threads(1);
   static Models m;
   return m;
 }
@@ -87,6 +91,16 @@ TEST(SpeculativeGreedy, EqualsGreedyGenerateTokenForToken) {
         }
       }
     }
+  }
+}
+
+TEST(SpeculativeGreedy, GenerationsShorterThanOneRound) {
+  // γ drafts beyond max_new_tokens are verified but not returned; 0 new tokens returns empty rows.
+  Models& m = models();
+  for (int max_new : {0, 1, 2}) {
+    LMDrafter drafter(*m.same);
+    const auto got = speculative_generate(*m.target, drafter, kMixedLengths, max_new, SamplingConfig::greedy(), 5);
+    EXPECT_EQ(got.tokens, generate(*m.target, kMixedLengths, max_new, SamplingConfig::greedy())) << max_new;
   }
 }
 
@@ -173,9 +187,6 @@ class MisreportingDrafter : public Drafter {
 };
 
 TEST(SpeculativeSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
-  // Thousands of rows at different lengths attend one row at a time (models/attention.cpp), each
-  // call far too small to share between threads: one thread keeps the test fast on a busy machine.
-  omp_set_num_threads(1);
   Models& m = models();
   const int64_t V = m.target->config().vocab_size, n = 6000;
   SamplingConfig t1;
