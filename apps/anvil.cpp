@@ -1,5 +1,6 @@
 // anvil: the one command-line tool. Subcommands: train, data prepare, data generate, tokenizer
-// train, generate, eval, convert. Every failure prints one line a user can act on and
+// train, generate (--draft: speculative), eval (eval spec: apps/spec_commands.cpp), convert. Every
+// failure prints one line a user can act on and
 // exits non-zero; nothing here aborts on bad input.
 #include <CLI/CLI.hpp>
 
@@ -15,11 +16,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "apps/spec_commands.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
 #include "eval/generate_data.h"
 #include "eval/perplexity.h"
+#include "eval/spec_eval.h"
 #include "models/hf_convert.h"
 #include "models/layout_checks.h"
 #include "parallel/mpi_communicator.h"
@@ -73,6 +76,8 @@ struct TokenizerArgs {
 
 struct GenerateArgs {
   std::string checkpoint, prompt;
+  std::string draft;  // a drafter: speculative decoding with `gamma` draft tokens per target forward
+  int gamma = 4;
   int max_tokens = 64;
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
@@ -285,8 +290,17 @@ int run_generate(const GenerateArgs& a) {
   s.top_k = a.top_k;
   s.top_p = a.top_p;
   s.seed = static_cast<uint64_t>(a.seed) + static_cast<uint64_t>(loaded.step);
-  std::printf("%s\n", complete_text(*loaded.model, tokenizer, a.prompt, a.max_tokens, s,
-                                     end_of_document_id(store.get(), tokenizer)).c_str());
+  const int32_t eos = end_of_document_id(store.get(), tokenizer);
+  if (a.draft.empty()) {
+    std::printf("%s\n", complete_text(*loaded.model, tokenizer, a.prompt, a.max_tokens, s, eos).c_str());
+    return 0;
+  }
+  const LoadedModel drafter = load_drafter(a.draft, loaded);
+  SpeculativeStats stats;
+  std::printf("%s\n", speculative_complete_text(*loaded.model, *drafter.model, tokenizer, a.prompt, a.max_tokens, s,
+                                                 a.gamma, eos, &stats).c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr, "%s\n", stats.summary().c_str());
   return 0;
 }
 
@@ -468,13 +482,43 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
   gen_cmd->add_option("--set", gen.overrides,
                       "Override a config field, e.g. run.device=cpu for a checkpoint trained on a GPU");
+  gen_cmd->add_option("--draft", gen.draft, "Drafter checkpoint or HF directory: lossless speculative decoding "
+                      "(same output distribution; stats on stderr)");
+  gen_cmd->add_option("--gamma", gen.gamma, "Draft tokens per target forward (with --draft)")->capture_default_str();
 
   EvalArgs ev;
-  auto* eval_cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint");
-  eval_cmd->add_option("--checkpoint", ev.checkpoint, "Checkpoint or run directory")->required();
+  auto* eval_cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint (eval spec: "
+                                      "speculative decoding)");
+  // Required unless `eval spec` runs (checked below): CLI11 would demand it of the subcommand too.
+  eval_cmd->add_option("--checkpoint", ev.checkpoint, "Checkpoint or run directory");
   eval_cmd->add_option("--batches", ev.batches, "Validation batches")->capture_default_str()->check(
       CLI::PositiveNumber);
   eval_cmd->add_option("--set", ev.overrides, "Override a config field, e.g. data.train=other.h5");
+  EvalSpecArgs spec;
+  auto* spec_cmd = eval_cmd->add_subcommand("spec", "Speculative vs plain KV-cached decoding of a target: tau, "
+                                            "acceptance, drafter overhead, tokens/s, speedup");
+  spec_cmd->add_option("--target", spec.target, "Target checkpoint or HF directory")->required();
+  spec_cmd->add_option("--draft", spec.draft, "Drafter checkpoint or HF directory")->required();
+  spec_cmd->add_option("--prompts", spec.prompts_file, "Prompts, one per line")->check(CLI::ExistingFile);
+  spec_cmd->add_option("--data", spec.data, "Token store whose held-out documents give the prompts (default: the "
+                       "target's data.train)");
+  spec_cmd->add_option("--num-prompts", spec.num_prompts, "Prompts taken from --data")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  spec_cmd->add_option("--prompt-tokens", spec.prompt_tokens, "Tokens per prompt from --data")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  spec_cmd->add_option("--gammas", spec.gammas, "Draft tokens per target forward")->delimiter(',')
+      ->capture_default_str();
+  spec_cmd->add_option("--temperatures", spec.temperatures, "Sampling temperatures (0 = greedy)")->delimiter(',')
+      ->capture_default_str();
+  spec_cmd->add_option("--max-tokens", spec.max_tokens, "New tokens per prompt")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  spec_cmd->add_option("--batch-size", spec.batch_size, "Prompts decoded together")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  spec_cmd->add_option("--top-k", spec.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  spec_cmd->add_option("--top-p", spec.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  spec_cmd->add_option("--seed", spec.seed, "Sampling seed")->capture_default_str();
+  spec_cmd->add_option("--json", spec.json, "Write the report as JSON here");
+  spec_cmd->add_option("--set", spec.overrides, "Override a field of the target's stored config");
 
   ConvertArgs conv;
   auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
@@ -515,7 +559,12 @@ int main(int argc, char** argv) {
     if (*dgen_cmd) return run_data_generate(dgen);
     if (*tok_train) return run_tokenizer_train(tok);
     if (*gen_cmd) return run_generate(gen);
-    if (*eval_cmd) return run_eval(ev);
+    if (*spec_cmd) return run_eval_spec(spec);
+    if (*eval_cmd) {
+      ANVIL_CHECK(!ev.checkpoint.empty(), "eval: --checkpoint is required (anvil eval --checkpoint RUN_DIR), or "
+                  "use anvil eval spec");
+      return run_eval(ev);
+    }
     if (*conv_cmd) return run_convert(conv);
     if (*topo_cmd) return run_topology(topo_local);
     if (*plot_cmd) {

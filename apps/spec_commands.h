@@ -1,0 +1,32 @@
+// The speculative-decoding commands of the CLI: `anvil eval spec` and the drafter half of
+// `anvil generate --draft` (apps/anvil.cpp parses the flags).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "trainer/load_model.h"
+
+namespace anvil {
+
+struct EvalSpecArgs {
+  std::string target, draft;
+  std::string prompts_file;  // one prompt per line, or
+  std::string data;          // a token store: the first prompt_tokens of its held-out documents
+  std::string json;          // where to write the JSON report (optional)
+  std::vector<int> gammas{2, 4, 6};
+  std::vector<double> temperatures{0, 1};
+  int max_tokens = 64;
+  int64_t num_prompts = 8, prompt_tokens = 16, batch_size = 1, top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::vector<std::string> overrides;  // --set for the target's stored config
+};
+
+// The drafter at `path` (an anvil checkpoint or a Hugging Face directory) on the target's device
+// and in its dtype. Refuses a drafter whose tokenizer differs from the target's (when both name
+// one); speculative_generate then checks the vocabulary sizes.
+LoadedModel load_drafter(const std::string& path, const LoadedModel& target);
+
+int run_eval_spec(const EvalSpecArgs& args);
+
+}  // namespace anvil

@@ -1,0 +1,89 @@
+// What speculative decoding (eval/speculative.h) asks of a drafter, and the first drafter: a
+// small standalone language model sharing the target's vocabulary (LMDrafter, the model that
+// transformers' `assistant_model` and vLLM's draft-model mode load).
+//
+// A round of decoding, for a batch of rows (one row per sequence):
+//   1. propose(): the drafter proposes γ tokens after each active row's committed tokens, each
+//      with the distribution q it was drawn from (after the same temperature / top-k / top-p
+//      processing the target's p gets);
+//   2. the verifier scores them with the target and keeps a prefix of each row's draft;
+//   3. commit(): the drafter hears how many of its tokens each row kept and which token followed
+//      them, and rolls its state (its KV cache) back to the committed sequence.
+// Rows differ in how much they keep, so every roll-back is per row. A drafter that reads the
+// target's hidden states (EAGLE) or proposes a tree extends this interface; the chain drafter
+// here needs neither.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "eval/generate.h"
+#include "models/kv_cache.h"
+#include "models/transformer.h"
+
+namespace anvil {
+
+// One batch of sequences handed to a drafter; every prompt has the same length.
+struct DraftSetup {
+  std::vector<std::vector<int32_t>> prompts;  // row b's prompt
+  std::vector<uint32_t> sequences;            // row b's RNG sequence (its prompt's index in the call)
+  int gamma = 0;                              // draft tokens per round
+  int64_t max_len = 0;                        // the most slots a row fills (prompt, committed and drafted tokens)
+  SamplingConfig sampling;                    // the decoding rule q is processed with and drawn from
+};
+
+// What propose() returns for the batch: γ tokens per row and their distributions. Rows that are
+// not active carry placeholders the verifier ignores.
+struct DraftBlock {
+  int gamma = 0;
+  int64_t vocab = 0;
+  std::vector<int32_t> tokens;  // [B, gamma]
+  std::vector<double> q;        // [B, gamma, vocab]: q of row b at draft position i, summing to 1
+  int64_t forwards = 0;         // batched forward calls the drafter ran for this block
+};
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  virtual int64_t vocab_size() const = 0;
+  // The most positions one sequence may reach in the drafter (prompt + committed + drafted).
+  virtual int64_t max_positions() const = 0;
+  // Starts a batch; may prefill the prompts.
+  virtual void begin(const DraftSetup& setup) = 0;
+  // Round `round` (0, 1, ...): γ draft tokens after each row's committed tokens. Inactive rows
+  // (finished sequences; a row never becomes active again) still ride along in the batch but
+  // get placeholders, and must not use up the drafter's room.
+  virtual DraftBlock propose(uint32_t round, const std::vector<bool>& active) = 0;
+  // The verdict on the last block: active row b kept accepted[b] of its draft tokens and then
+  // committed next[b]. Inactive rows commit nothing.
+  virtual void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
+                      const std::vector<int32_t>& next) = 0;
+};
+
+// A standalone TransformerLM as the drafter. It keeps its own KV cache; per row, the cache holds
+// a prefix of the committed tokens and the rest are "pending" (fed at the next round's first
+// call). After a round a row has one pending token (the verifier's next token) or, when all γ
+// drafts were accepted, two (the last draft, never fed, and the bonus token). The first call of a
+// round feeds the same count for every row, so a row with fewer pending tokens is rolled back one
+// slot further and re-feeds its last committed token. The draws: draft position i of round r of
+// sequence s uses speculative_uniform(seed, kDraftStream + s, r, i); greedy takes the argmax.
+class LMDrafter : public Drafter {
+ public:
+  explicit LMDrafter(TransformerLM& model) : model_(model) {}
+  int64_t vocab_size() const override { return model_.config().vocab_size; }
+  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
+  void begin(const DraftSetup& setup) override;
+  DraftBlock propose(uint32_t round, const std::vector<bool>& active) override;
+  void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
+              const std::vector<int32_t>& next) override;
+
+ private:
+  TransformerLM& model_;
+  DraftSetup setup_;
+  std::unique_ptr<KVCache> kv_;
+  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
+  std::vector<int64_t> fed_;                     // row b: how many of committed_[b] its cache holds
+  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
+};
+
+}  // namespace anvil

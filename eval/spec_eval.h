@@ -1,0 +1,55 @@
+// The user-facing side of speculative decoding: `anvil generate --draft` (speculative_complete_text)
+// and `anvil eval spec` (run_spec_eval: speculative against plain KV-cached decoding of the same
+// target on the same prompts and threads, per γ and temperature, as a table and as JSON).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "eval/speculative.h"
+
+namespace anvil {
+
+// complete_text (eval/generate.h) with a drafter: the prompt followed by the text of up to
+// `tokens` new tokens, stopping at `eos` (>= 0). Fewer tokens when the models' positions run out
+// (prompt + tokens + gamma − 1 must fit both). `stats` receives the decoding's measurements.
+std::string speculative_complete_text(TransformerLM& target, TransformerLM& drafter, const Tokenizer& tokenizer,
+                                      const std::string& prompt, int64_t tokens, const SamplingConfig& config,
+                                      int gamma, int32_t eos, SpeculativeStats* stats = nullptr);
+
+struct SpecEvalOptions {
+  std::vector<int> gammas{2, 4, 6};
+  std::vector<double> temperatures{0, 1};
+  int max_new_tokens = 64;
+  int64_t batch_size = 1;  // prompts decoded together (1: one sequence at a time, the latency case)
+  int64_t top_k = 0;       // the same filters for both runs, at every temperature
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::optional<int32_t> stop_token;
+};
+
+// One (γ, temperature) cell: the speculative run and the plain run of the target on the same prompts.
+struct SpecEvalCase {
+  int gamma = 0;
+  double temperature = 0;
+  SpeculativeStats spec;
+  int64_t plain_tokens = 0;
+  double plain_seconds = 0;
+  bool same_tokens = false;  // speculative output == plain output (guaranteed at temperature 0)
+
+  double plain_tokens_per_second() const { return plain_seconds > 0 ? plain_tokens / plain_seconds : 0.0; }
+  double speedup() const;  // speculative tokens/s over plain tokens/s
+};
+
+std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& drafter,
+                                        const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options);
+
+// The report: one row per case (τ, acceptance by position, target forwards per token, c,
+// tokens/s with and without speculation, speedup) under a line defining τ.
+std::string spec_eval_table(const std::vector<SpecEvalCase>& cases);
+nlohmann::json spec_eval_json(const std::vector<SpecEvalCase>& cases);
+
+}  // namespace anvil
