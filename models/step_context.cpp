@@ -68,8 +68,8 @@ void check_step_context(const StepContext& ctx, int64_t B, int64_t T, int64_t ma
   }
   if (ctx.mask.segment_ids.defined())
     check_segments_row_order(host_i32(ctx.mask.segment_ids, {B, T}, "segment_ids", where), where);
-  ANVIL_CHECK(!ctx.mask.group_ids.defined(), where, ": group masks (StepContext::mask.group_ids) are reserved for "
-              "parallel drafting and not implemented yet — leave them undefined");
+  if (ctx.mask.group_ids.defined())
+    kernels::check_group_ids(host_i32(ctx.mask.group_ids, {B, T}, "group_ids", where), B, T, where);
 }
 
 }  // namespace anvil
