@@ -73,6 +73,12 @@ struct StepContext {
 // naming the row and slot where ids decrease.
 Tensor positions_from_segments(const Tensor& segment_ids);
 
+// Position ids for drafting groups (group_ids i32 [B, T] as in AttentionMaskSpec, valid; segment_ids
+// optional, as there): a real token gets the number of real tokens before it in its document, and
+// the i-th mask (from 0, in slot order) of anchor a gets a's position + 1 + i, the position of
+// the token it drafts. On the CPU; throws on invalid ids as check_step_context does.
+Tensor positions_from_groups(const Tensor& group_ids, const Tensor& segment_ids = Tensor());
+
 // Throws unless position_ids / segment_ids / group_ids (if defined) fit a [B, T] micro-batch:
 // i32, contiguous, positions in [0, max_positions), segment ids non-decreasing along each row,
 // group ids valid (kernels::check_group_ids: in [-1, T), each mask's anchor a real token before it).
