@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <ostream>
 #include <string>
 
 #include "kernels/attention.h"
@@ -51,6 +52,8 @@ Tensor nan_tensor(const Shape& shape, DType dtype) {
   t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }
+
+void PrintTo(const GroupGpuCase& c, std::ostream* os) { *os << c.name; }
 
 class GroupAttentionGpu : public ::testing::TestWithParam<GroupGpuCase> {};
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -127,6 +128,8 @@ const std::vector<std::vector<GroupRun>> kLongRows{{{80, {0, 10, 40, 63, 64, 79}
 const GroupCase kCases[] = {
     {"anchor_first_token", 11, 2, 1, 8, 0, {{{5, {0, 2}, 3}}}},
     {"masks_after_each_anchor", 14, 4, 2, 8, 0, {{{3, {1, 2}, 2}, {4, {8}, 3}}, {{14, {}, 0}}}},
+    // slot 64 (a key block of its own) is a real token after masks: it must see itself
+    {"real_token_alone_in_a_block", 65, 2, 1, 8, 0, {{{60, {10}, 4}, {1, {}, 0}}}},
     {"blocks_gqa", 200, 4, 2, 12, 0, kLongRows},
     {"blocks_window", 200, 4, 1, 12, 30, kLongRows},
     {"decode_offset", 70, 4, 2, 12, 0, kLongRows},
@@ -134,6 +137,8 @@ const GroupCase kCases[] = {
     {"documents_window", 130, 2, 2, 8, 25, {{{40, {0, 39}, 12}, {30, {67, 93}, 18}}, {{100, {50, 99}, 15}, {0, {}, 0}}},
      true},
 };
+
+void PrintTo(const GroupCase& c, std::ostream* os) { *os << c.name; }
 
 class GroupAttention : public ::testing::TestWithParam<GroupCase> {};
 
@@ -210,7 +215,8 @@ TEST(GroupAttention, RejectsBadGroupIds) {
     EXPECT_NE(host.find("make_step_context"), std::string::npos) << host;
   }
   Tensor out, lse;
-  EXPECT_NE(error_of([&] { kernels::attention_forward(q, q, q, 1.0f, 0, out, lse, {0, {}, Tensor::full({1, 4}, -1.0, DType::I32)}); })
+  const Tensor short_row = Tensor::full({1, 4}, -1.0, DType::I32);
+  EXPECT_NE(error_of([&] { kernels::attention_forward(q, q, q, 1.0f, 0, out, lse, {0, {}, short_row}); })
                 .find("group_ids must be contiguous i32 [B, Tk] = [1, 5]"),
             std::string::npos);
   StepContext ctx;
