@@ -5,7 +5,9 @@
 // (AttentionMask::group_ids), shapes cuDNN refuses — runs the kernels below, FlashAttention-2
 // style: tiles of 32 queries x 32 keys in shared memory, an online softmax, f32 arithmetic, O(T)
 // memory. Document boundaries and drafting groups are one more visibility test per score each
-// (same document id; the group rule of kernels/attention.h); tiles are not skipped by them.
+// (same document id; the group rule of kernels/attention.h). With drafting groups a tile pair
+// nothing of which is visible (real queries against mask blocks, masks of other anchors) is
+// skipped after one block-wide test; tiles are not skipped by documents.
 //
 // Thread layout (all kernels): 256 threads = 8 warps; warp w owns tile rows w, w+8, w+16, w+24;
 // for scores, lane j is key j of the tile (a full dot product over D per lane, no shuffles);
@@ -86,6 +88,18 @@ __device__ __forceinline__ bool visible(const Params& p, int64_t b, int64_t j, i
   return j <= pos && (p.window == 0 || j > pos - p.window) &&
          (p.seg == nullptr || p.seg[b * p.Tk + j] == p.seg[b * p.Tk + pos]) &&
          (p.grp == nullptr || group_sees(p.grp[b * p.Tk + pos], p.grp[b * p.Tk + j], j));
+}
+
+// Whether any query of the tile [q0, q0 + qn) sees any key of [k0, k0 + kn): four visibility
+// tests per thread and one block-wide vote. A tile pair that sees nothing adds nothing (its
+// probabilities are all 0), so skipping it changes no result. Every thread of the block calls it.
+__device__ bool tile_pair_visible(const Params& p, int64_t b, int64_t q0, int qn, int64_t k0, int kn) {
+  bool any = false;
+  for (int e = threadIdx.x; e < kBQ * kBK && !any; e += blockDim.x) {
+    const int i = e / kBK, j = e - i * kBK;
+    any = i < qn && j < kn && visible(p, b, k0 + j, p.q_offset + q0 + i);
+  }
+  return __syncthreads_or(any) != 0;
 }
 
 // rows [t0, t0 + n) of head h into dst [kBQ or kBK][stride] as f32 times mul; rows >= n zeroed.
@@ -187,6 +201,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
   const int64_t k_end = min(p.Tk, p.q_offset + q0 + qn);
   for (int64_t k0 = first_key(p, q0); k0 < k_end; k0 += kBK) {
     const int kn = static_cast<int>(min(int64_t{kBK}, k_end - k0));
+    if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;  // uniform: p.grp
     __syncthreads();  // the previous tile is consumed
     load_tile<T>(p.k, b, k0, kn, kvh, D, ks, 1.0f, kBK, Ks);
     load_tile<T>(p.v, b, k0, kn, kvh, D, ks, 1.0f, kBK, Vs);
@@ -270,6 +285,7 @@ __global__ void __launch_bounds__(kThreads) backward_kv_kernel(Params p) {
   for (int64_t h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
     for (int64_t q0 = first_q; q0 < end_q; q0 += kBQ) {
       const int qn = static_cast<int>(min(int64_t{kBQ}, p.Tq - q0));
+      if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;
       __syncthreads();  // the previous query tile is consumed (and K/V are loaded)
       load_tile<T>(p.q, b, q0, qn, h, D, D, p.scale, kBQ, Qs);
       load_tile<T>(p.dout, b, q0, qn, h, D, D, 1.0f, kBQ, dOs);
@@ -345,6 +361,7 @@ __global__ void __launch_bounds__(kThreads) backward_q_kernel(Params p) {
   const int64_t k_end = min(p.Tk, p.q_offset + q0 + qn);
   for (int64_t k0 = first_key(p, q0); k0 < k_end; k0 += kBK) {
     const int kn = static_cast<int>(min(int64_t{kBK}, k_end - k0));
+    if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;
     __syncthreads();
     load_tile<T>(p.k, b, k0, kn, kvh, D, ks, 1.0f, kBK, Ks);
     load_tile<T>(p.v, b, k0, kn, kvh, D, ks, 1.0f, kBK, Vs);
