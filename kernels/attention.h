@@ -1,17 +1,20 @@
 // Causal scaled-dot-product attention with grouped-query heads, computed blockwise
 // (online softmax) so memory is O(T * block) per head, never O(T^2). Optionally masked
-// further by a sliding window and by document boundaries (packed sequences).
+// further by a sliding window, by document boundaries (packed sequences) and by the groups
+// of parallel drafting ([MASK] tokens that see their anchor's prefix).
 #pragma once
 #include "core/tensor.h"
 
 namespace anvil::kernels {
 
 // What a query may see besides causality. The mask is defined on key slots (the order of
-// k/v along T), not on position ids: query i sits at slot q_offset + i and sees key slot j iff
-//   j <= q_offset + i                                   (causal, always)
-//   and, when window > 0, j > q_offset + i - window     (sliding window, Mistral's)
-//   and, when segment_ids is defined, segment_ids[b, j] == segment_ids[b, q_offset + i]
-//                                                       (same document, packed sequences).
+// k/v along T), not on position ids: query i sits at slot p = q_offset + i and sees key slot j iff
+//   j <= p                                              (causal, always)
+//   and, when window > 0, j > p - window                (sliding window, Mistral's)
+//   and, when segment_ids is defined, segment_ids[b, j] == segment_ids[b, p]
+//                                                       (same document, packed sequences)
+//   and, when group_ids is defined, with g = group_ids[b, p] and gj = group_ids[b, j]:
+//       gj == -1 ? (g == -1 || j <= g) : gj == g        (parallel-drafting groups)
 // Position ids (RoPE, learned positions) never enter the mask: inside one document of a
 // packed row positions restart at 0 and run contiguously, so a window over slots is the
 // same as a window over positions.
@@ -23,13 +26,25 @@ namespace anvil::kernels {
 // costs one lookup per score in the GPU kernel. The CPU backend checks the order; the CUDA
 // backend trusts it (the host that built the batch checked it: see models/step_context.h).
 //
-// group_ids is reserved for the block/group masks of parallel drafting (a later issue);
-// every backend refuses a defined one for now.
+// group_ids: i32 [B, Tk] contiguous, on q's device, one entry per key slot (query i reads
+// slot q_offset + i). -1 marks a real token; a >= 0 marks a [MASK] token drafting for the
+// real token at slot a of the same row (its anchor). The rule above then says: a real query
+// sees only real keys; a mask query with anchor a sees the real keys j <= a and the mask keys
+// of the same anchor up to its own slot. Mask blocks of many anchors can so be packed after
+// the real tokens of a sequence (ParallelSpec's group-wise training; P-EAGLE's rule): real
+// tokens never see masks, mask i of anchor t sees real tokens <= t and masks <= i of anchor t.
+// Valid ids (check_group_ids): each in [-1, Tk), and a mask's anchor is a real token at an
+// earlier slot, so every query sees at least itself. The CPU backend checks them; the CUDA
+// backend trusts them (check_step_context checked them on the host).
 struct AttentionMask {
   int64_t window = 0;   // 0: no lower bound
   Tensor segment_ids;   // undefined: one document per row
-  Tensor group_ids;     // reserved; must be undefined
+  Tensor group_ids;     // undefined: every token is real (no drafting groups)
 };
+
+// Throws unless group_ids (on the CPU) is contiguous i32 [B, Tk] and valid as described above,
+// naming the row and slot of the first bad id; `where` names the caller in the message.
+void check_group_ids(const Tensor& group_ids, int64_t B, int64_t Tk, const char* where);
 
 // q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D] with Hq % Hkv == 0 (query head h uses
 // KV head h / (Hq / Hkv)). Last dim contiguous; other strides free (q/k/v may be
@@ -43,7 +58,7 @@ struct AttentionMask {
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        int64_t q_offset, Tensor& out, Tensor& lse, int64_t window = 0);
 // The same under a full mask description (AttentionMask above). With segment_ids undefined
-// it is exactly the call above (same code path, same numerics).
+// and group_ids undefined it is exactly the call above (same code path, same numerics).
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        int64_t q_offset, Tensor& out, Tensor& lse, const AttentionMask& mask);
 

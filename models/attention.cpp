@@ -68,6 +68,9 @@ const StepContext& Attention::step_context(const Cache& c) const {
   ANVIL_CHECK(!(sequence_ && ctx.mask.has_documents()),
               "attention: packed documents (StepContext mask.segment_ids) under Ulysses sequence parallelism are "
               "not supported yet — train packed data with sp = 1, or use data.packing: none under sp");
+  ANVIL_CHECK(!(sequence_ && ctx.mask.has_groups()),
+              "attention: drafting groups (StepContext mask.group_ids) under Ulysses sequence parallelism are not "
+              "supported yet — train ParallelSpec drafters with sp = 1");
   return ctx;
 }
 

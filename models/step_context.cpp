@@ -1,5 +1,7 @@
 #include "models/step_context.h"
 
+#include <algorithm>
+
 namespace anvil {
 
 std::vector<AuxLoss> StepContext::take_aux_losses() {
@@ -57,6 +59,34 @@ Tensor positions_from_segments(const Tensor& segment_ids) {
   return pos;
 }
 
+Tensor positions_from_groups(const Tensor& group_ids, const Tensor& segment_ids) {
+  const char* op = "positions_from_groups";
+  ANVIL_CHECK(group_ids.dim() == 2, op, ": group_ids must be i32 [B, T], got ", group_ids.describe());
+  const int64_t B = group_ids.size(0), T = group_ids.size(1);
+  const Tensor groups = host_i32(group_ids, {B, T}, "group_ids", op);
+  kernels::check_group_ids(groups, B, T, op);
+  Tensor seg;
+  if (segment_ids.defined()) {
+    seg = host_i32(segment_ids, {B, T}, "segment_ids", op);
+    check_segments_row_order(seg, op);
+  }
+  Tensor pos = Tensor::empty({B, T}, DType::I32);
+  const int32_t* g = groups.data<int32_t>();
+  int32_t* p = pos.data<int32_t>();
+  std::vector<int32_t> masks_seen(static_cast<size_t>(T));  // per anchor slot, masks so far
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(masks_seen.begin(), masks_seen.end(), 0);
+    int32_t real = 0;  // real tokens so far in the current document
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t i = b * T + t;
+      if (seg.defined() && t > 0 && seg.data<int32_t>()[i] != seg.data<int32_t>()[i - 1]) real = 0;
+      if (g[i] < 0) p[i] = real++;
+      else p[i] = p[b * T + g[i]] + 1 + masks_seen[static_cast<size_t>(g[i])]++;
+    }
+  }
+  return pos;
+}
+
 void check_step_context(const StepContext& ctx, int64_t B, int64_t T, int64_t max_positions, const char* where) {
   if (ctx.position_ids.defined()) {
     const Tensor pos = host_i32(ctx.position_ids, {B, T}, "position_ids", where);
@@ -68,8 +98,8 @@ void check_step_context(const StepContext& ctx, int64_t B, int64_t T, int64_t ma
   }
   if (ctx.mask.segment_ids.defined())
     check_segments_row_order(host_i32(ctx.mask.segment_ids, {B, T}, "segment_ids", where), where);
-  ANVIL_CHECK(!ctx.mask.group_ids.defined(), where, ": group masks (StepContext::mask.group_ids) are reserved for "
-              "parallel drafting and not implemented yet — leave them undefined");
+  if (ctx.mask.group_ids.defined())
+    kernels::check_group_ids(host_i32(ctx.mask.group_ids, {B, T}, "group_ids", where), B, T, where);
 }
 
 }  // namespace anvil

@@ -22,10 +22,16 @@ struct AttentionMaskSpec {
   // Undefined: each row is one sequence (today's behaviour). Under Ulysses sequence parallelism
   // the attention sees whole sequences in another layout, so packed rows are refused there.
   Tensor segment_ids;
-  // Reserved for the block/group masks of parallel drafting; the kernels refuse it for now.
+  // Drafting groups of ParallelSpec's group-wise training: i32 [B, T], -1 for a real token, the
+  // slot of its anchor (an earlier real token of the row) for a [MASK] token. Real tokens see
+  // only real tokens; a mask sees the real tokens up to its anchor and the masks of its anchor
+  // up to itself (kernels/attention.h). The caller sets position_ids to match (mask i of
+  // anchor t at position t + 1 + i). Undefined: every token is real. Refused under Ulysses
+  // sequence parallelism, like segment_ids.
   Tensor group_ids;
 
   bool has_documents() const { return segment_ids.defined(); }
+  bool has_groups() const { return group_ids.defined(); }
   // The kernel's mask description with the model's window.
   kernels::AttentionMask for_kernel(int64_t window) const { return {window, segment_ids, group_ids}; }
 };
@@ -67,8 +73,15 @@ struct StepContext {
 // naming the row and slot where ids decrease.
 Tensor positions_from_segments(const Tensor& segment_ids);
 
-// Throws unless position_ids / segment_ids (if defined) fit a [B, T] micro-batch: i32,
-// contiguous, positions in [0, max_positions), segment ids non-decreasing along each row.
+// Position ids for drafting groups (group_ids i32 [B, T] as in AttentionMaskSpec, valid; segment_ids
+// optional, as there): a real token gets the number of real tokens before it in its document, and
+// the i-th mask (from 0, in slot order) of anchor a gets a's position + 1 + i, the position of
+// the token it drafts. On the CPU; throws on invalid ids as check_step_context does.
+Tensor positions_from_groups(const Tensor& group_ids, const Tensor& segment_ids = Tensor());
+
+// Throws unless position_ids / segment_ids / group_ids (if defined) fit a [B, T] micro-batch:
+// i32, contiguous, positions in [0, max_positions), segment ids non-decreasing along each row,
+// group ids valid (kernels::check_group_ids: in [-1, T), each mask's anchor a real token before it).
 // `where` names the caller in the message. Checks on the host (copies a device tensor there).
 void check_step_context(const StepContext& ctx, int64_t B, int64_t T, int64_t max_positions, const char* where);
 

@@ -12,6 +12,12 @@
 // to the first slot of its document, like the window does; without them that bound is 0 and
 // the kernel runs exactly as before.
 //
+// Drafting groups (AttentionMask::group_ids) are one lookup per score inside the visible span
+// (masked scores set to -inf before the softmax), and a (query block, key block) pair whose
+// keys no query of the block can see is skipped whole: real queries reach only real keys up
+// to their slot, mask queries only real keys up to their anchor and masks of their anchors.
+// Without group_ids none of this runs.
+//
 // Determinism: every output element is produced by exactly one work item in a fixed
 // order (no atomics, no reductions across threads), so results are bitwise identical
 // for any thread count and schedule.
@@ -150,14 +156,42 @@ struct Documents {
   std::vector<int64_t> start, end;
 };
 
-// The checked problem (kernels/shape_checks.h), the head dim padded to a kVec multiple and,
-// with document boundaries, where each key slot's document starts and ends.
+int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
+
+// What a block of query or key slots of one row holds in drafting groups (group_ids), enough to
+// tell that no query of a query block sees any key of a key block.
+struct GroupSummary {
+  int64_t real_reach = -1;  // queries: the highest real key slot any of them sees (-1: none)
+  int64_t real_first = std::numeric_limits<int64_t>::max();  // keys: the first real key slot
+  int64_t anchor_lo = std::numeric_limits<int64_t>::max(), anchor_hi = -1;  // masks' anchors
+};
+
+// Per-block summaries of group_ids [B, Tk] for the key blocks and query blocks of a problem.
+struct Groups {
+  const int32_t* ids = nullptr;        // [B, Tk]
+  int64_t nqb = 0, nkb = 0;
+  std::vector<GroupSummary> q, k;      // [B, nqb], [B, nkb]
+};
+
+// The checked problem (kernels/shape_checks.h), the head dim padded to a kVec multiple,
+// with document boundaries where each key slot's document starts and ends, and with drafting
+// groups their ids and block summaries.
 struct Dims : AttentionDims {
   int64_t Dp = 0;
   const int64_t* doc_start = nullptr;  // [B, Tk], or null without documents
   const int64_t* doc_end = nullptr;    // [B, Tk]
+  const Groups* groups = nullptr;      // null without group_ids
   // The first key slot of the document holding key slot p of row b (0 without documents).
   int64_t doc_begin(int64_t b, int64_t p) const { return doc_start ? doc_start[b * Tk + p] : 0; }
+  // Whether some query of query block qb may see some key of key block kb in row b by the
+  // group rule (always true without groups; causality and window are checked elsewhere).
+  bool groups_may_meet(int64_t b, int64_t qb, int64_t kb) const {
+    if (!groups) return true;
+    const GroupSummary& qs = groups->q[static_cast<size_t>(b * groups->nqb + qb)];
+    const GroupSummary& ks = groups->k[static_cast<size_t>(b * groups->nkb + kb)];
+    return ks.real_first <= qs.real_reach ||
+           std::max(qs.anchor_lo, ks.anchor_lo) <= std::min(qs.anchor_hi, ks.anchor_hi);
+  }
 };
 
 // Copies rows [t0, t0 + n) of head h into dst [n, Dp] times `mul`, zero-padding columns.
@@ -206,6 +240,21 @@ inline int64_t first_key_block(const Dims& d, int64_t b, int64_t q0) {
 inline void mask_row(float* s, Span span) {
   for (int64_t j = 0; j < span.lo; ++j) s[j] = -std::numeric_limits<float>::infinity();
   for (int64_t j = std::max(span.hi, span.lo); j < kBk; ++j) s[j] = -std::numeric_limits<float>::infinity();
+}
+
+// Sets the columns of span in score row s that query q of row b may not see by the group rule
+// to -inf (kernels/attention.h); returns whether any column of the span stays visible.
+inline bool mask_groups(const Dims& d, int64_t b, int64_t q, int64_t k0, Span span, float* s) {
+  const int32_t* g = d.groups->ids + b * d.Tk;
+  const int32_t gq = g[d.q_offset + q];
+  bool any = false;
+  for (int64_t j = span.lo; j < span.hi; ++j) {
+    const int32_t gj = g[k0 + j];
+    const bool sees = gj < 0 ? (gq < 0 || k0 + j <= gq) : gj == gq;
+    if (sees) any = true;
+    else s[j] = -std::numeric_limits<float>::infinity();
+  }
+  return any;
 }
 
 // Masks score row s outside `span`, then replaces s by exp(s - sub).
@@ -280,19 +329,49 @@ Documents documents_of(const Tensor& segment_ids, const AttentionDims& d, const 
   return docs;
 }
 
+// Checks group_ids [B, Tk] and summarises them per query block and key block.
+Groups groups_of(const Tensor& group_ids, const AttentionDims& d, const char* op) {
+  check_cpu(group_ids, op, "group_ids");
+  check_group_ids(group_ids, d.B, d.Tk, op);
+  Groups g{group_ids.data<int32_t>(), blocks(d.Tq, kBq), blocks(d.Tk, kBk), {}, {}};
+  g.q.resize(static_cast<size_t>(d.B * g.nqb));
+  g.k.resize(static_cast<size_t>(d.B * g.nkb));
+  auto add_anchor = [](GroupSummary& s, int64_t a) {
+    s.anchor_lo = std::min(s.anchor_lo, a);
+    s.anchor_hi = std::max(s.anchor_hi, a);
+  };
+  for (int64_t b = 0; b < d.B; ++b) {
+    const int32_t* row = g.ids + b * d.Tk;
+    for (int64_t i = 0; i < d.Tq; ++i) {
+      const int64_t p = d.q_offset + i;
+      GroupSummary& s = g.q[static_cast<size_t>(b * g.nqb + i / kBq)];
+      s.real_reach = std::max<int64_t>(s.real_reach, row[p] < 0 ? p : row[p]);
+      if (row[p] >= 0) add_anchor(s, row[p]);
+    }
+    for (int64_t j = 0; j < d.Tk; ++j) {
+      GroupSummary& s = g.k[static_cast<size_t>(b * g.nkb + j / kBk)];
+      if (row[j] < 0) s.real_first = std::min(s.real_first, j);
+      else add_anchor(s, row[j]);
+    }
+  }
+  return g;
+}
+
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
-                  const AttentionMask& mask, Documents& docs, const char* op) {
+                  const AttentionMask& mask, Documents& docs, Groups& groups, const char* op) {
   check_bthd(q, op, "q");
   check_bthd(k, op, "k");
   check_bthd(v, op, "v");
-  ANVIL_CHECK(!mask.group_ids.defined(), op, ": group masks (AttentionMask::group_ids) are reserved for parallel "
-              "drafting and not implemented yet — leave group_ids undefined");
   const AttentionDims a = attention_dims(op, q, k, v, scale, q_offset, mask.window);
   Dims d{a, (a.D + kVec - 1) / kVec * kVec};
   if (mask.segment_ids.defined()) {
     docs = documents_of(mask.segment_ids, a, op);
     d.doc_start = docs.start.data();
     d.doc_end = docs.end.data();
+  }
+  if (mask.group_ids.defined()) {
+    groups = groups_of(mask.group_ids, a, op);
+    d.groups = &groups;
   }
   return d;
 }
@@ -303,9 +382,26 @@ void check_lse(const Tensor& lse, const Dims& d, const char* op) {
               ": lse must be contiguous f32 [B, Hq, Tq] = ", shape_str({d.B, d.Hq, d.Tq}), ", got ", lse.describe());
 }
 
-int64_t blocks(int64_t n, int64_t b) { return (n + b - 1) / b; }
-
 }  // namespace
+
+void check_group_ids(const Tensor& group_ids, int64_t B, int64_t Tk, const char* where) {
+  ANVIL_CHECK(group_ids.device().is_cpu() && group_ids.dtype() == DType::I32 && group_ids.is_contiguous() &&
+                  group_ids.shape() == Shape({B, Tk}),
+              where, ": group_ids must be contiguous i32 [B, Tk] = ", shape_str({B, Tk}), " on the CPU, got ",
+              group_ids.describe(), " — one entry per key slot: -1 for a real token, the anchor's slot for a mask");
+  const int32_t* g = group_ids.data<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < Tk; ++j) {
+      const int64_t a = g[b * Tk + j];
+      ANVIL_CHECK(a >= -1 && a < Tk, where, ": group_ids of row ", b, " slot ", j, " is ", a, ", outside [-1, ", Tk,
+                  ") — use -1 for a real token and the slot of its anchor (a real token of the row) for a mask");
+      if (a < 0) continue;
+      ANVIL_CHECK(a < j, where, ": group_ids of row ", b, " slot ", j, " names anchor slot ", a,
+                  ", which is not before the mask — pack each anchor's masks after it");
+      ANVIL_CHECK(g[b * Tk + a] == -1, where, ": group_ids of row ", b, " slot ", j, " names anchor slot ", a,
+                  ", which is itself a mask (group id ", g[b * Tk + a], ") — an anchor must be a real token (-1)");
+    }
+}
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset,
                        Tensor& out, Tensor& lse, int64_t window) {
@@ -317,7 +413,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
   ANVIL_DISPATCH_CUDA(q, attention_forward, q, k, v, scale, q_offset, out, lse, mask);
   const char* op = "attention_forward";
   Documents docs;
-  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
+  Groups groups;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, groups, op);
   prepare_output(out, q.shape(), op, "out");
   if (!lse.defined()) lse = Tensor::empty({d.B, d.Hq, d.Tq});
   check_lse(lse, d, op);
@@ -346,6 +443,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
       std::fill(m, m + qn, -std::numeric_limits<float>::infinity());
       std::fill(l, l + qn, 0.0f);
       for (int64_t k0 = first_key_block(d, b, q0); k0 < limit; k0 += kBk) {
+        if (!d.groups_may_meet(b, qb, k0 / kBk)) continue;
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_rows(V, b, k0, kn, kvh, d, 1.0f, Vb);
@@ -353,7 +451,10 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
         for (int64_t i = 0; i < qn; ++i) {
           float* s = S + i * kBk;
           const Span span = visible(d, b, q0 + i, k0, kn);
-          if (span.empty()) { std::fill(s, s + kBk, 0.0f); continue; }
+          if (span.empty() || (d.groups && !mask_groups(d, b, q0 + i, k0, span, s))) {
+            std::fill(s, s + kBk, 0.0f);
+            continue;
+          }
           mask_row(s, span);
           vf mx = load(s);
           for (int vv = 1; vv < kRowVecs; ++vv) mx = mx > load(s + vv * kVec) ? mx : load(s + vv * kVec);
@@ -391,7 +492,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   ANVIL_DISPATCH_CUDA(q, attention_backward, dout, q, k, v, out, lse, scale, q_offset, dq, dk, dv, mask);
   const char* op = "attention_backward";
   Documents docs;
-  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, op);
+  Groups groups;
+  const Dims d = check_inputs(q, k, v, scale, q_offset, mask, docs, groups, op);
   check_bthd(dout, op, "dout");
   check_bthd(out, op, "out");
   ANVIL_CHECK(dout.shape() == q.shape() && out.shape() == q.shape(), op, ": dout ", dout.describe(), " and out ",
@@ -430,7 +532,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
     for (int64_t i = 0; i < qn; ++i) {
       float* s = S + i * kBk;
       float* g = dP + i * kBk;
-      exp_row(s, visible(d, b, q0 + i, k0, kn), lrow[i]);
+      const Span span = visible(d, b, q0 + i, k0, kn);
+      if (d.groups) mask_groups(d, b, q0 + i, k0, span, s);  // -inf scores give exp 0 below
+      exp_row(s, span, lrow[i]);
       for (int vv = 0; vv < kRowVecs; ++vv)
         store(g + vv * kVec, load(s + vv * kVec) * (load(g + vv * kVec) - drow[i]));
     }
@@ -465,6 +569,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       if (d.doc_end) end_q = std::min(end_q, std::max<int64_t>(0, d.doc_end[b * d.Tk + k0 + kn - 1] - d.q_offset));
       for (int64_t h = kvh * d.group; h < (kvh + 1) * d.group; ++h)
         for (int64_t q0 = first_q / kBq * kBq; q0 < end_q; q0 += kBq) {
+          if (!d.groups_may_meet(b, q0 / kBq, kb)) continue;
           const int64_t qn = std::min(kBq, d.Tq - q0);
           copy_rows(Q, b, q0, qn, h, d, d.scale, Qs);
           copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
@@ -501,6 +606,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
       copy_rows(dO, b, q0, qn, h, d, 1.0f, dOb);
       std::fill(dQa, dQa + qn * d.Dp, 0.0f);
       for (int64_t k0 = first_key_block(d, b, q0); k0 < limit; k0 += kBk) {
+        if (!d.groups_may_meet(b, qb, k0 / kBk)) continue;
         const int64_t kn = std::min(kBk, limit - k0);
         copy_transposed(K, b, k0, kn, kvh, d, Kt);
         copy_transposed(V, b, k0, kn, kvh, d, Vt);

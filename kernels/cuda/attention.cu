@@ -1,10 +1,13 @@
 // Causal grouped-query attention on CUDA (kernels/attention.h). bf16 shapes that cuDNN's
 // fused SDPA takes go there (attention_cudnn.cpp); everything else — f32 (the fp32 test mode),
 // head dims that are not a multiple of 8 (up to 256), q_offset other than 0 or Tk - Tq, one-query
-// decode steps, packed rows (document boundaries: AttentionMask::segment_ids), shapes cuDNN
-// refuses — runs the kernels below, FlashAttention-2 style: tiles of 32 queries x 32 keys in
-// shared memory, an online softmax, f32 arithmetic, O(T) memory. Document boundaries are one
-// more visibility test per score (same document id); tiles are not skipped by document.
+// decode steps, packed rows (document boundaries: AttentionMask::segment_ids), drafting groups
+// (AttentionMask::group_ids), shapes cuDNN refuses — runs the kernels below, FlashAttention-2
+// style: tiles of 32 queries x 32 keys in shared memory, an online softmax, f32 arithmetic, O(T)
+// memory. Document boundaries and drafting groups are one more visibility test per score each
+// (same document id; the group rule of kernels/attention.h). With drafting groups a tile pair
+// nothing of which is visible (real queries against mask blocks, masks of other anchors) is
+// skipped after one block-wide test; tiles are not skipped by documents.
 //
 // Thread layout (all kernels): 256 threads = 8 warps; warp w owns tile rows w, w+8, w+16, w+24;
 // for scores, lane j is key j of the tile (a full dot product over D per lane, no shuffles);
@@ -50,6 +53,7 @@ struct Params {
   float* Di;        // [B, Hq, Tq] (backward)
   int64_t Tq, Tk, Hq, Hkv, D, group, q_offset, window;
   const int32_t* seg;  // [B, Tk] document id per key slot (AttentionMask::segment_ids), or null
+  const int32_t* grp;  // [B, Tk] -1 (real) or the anchor slot (mask) per slot (AttentionMask::group_ids), or null
   int ks;           // shared row stride of K and V tiles (odd)
   float scale;
 };
@@ -72,11 +76,30 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Whether a query at slot pos with group id gq sees key j with group id gj (kernels/attention.h):
+// real keys up to the query's slot (real query) or anchor (mask query), masks of its own anchor.
+__device__ __forceinline__ bool group_sees(int32_t gq, int32_t gj, int64_t j) {
+  return gj < 0 ? (gq < 0 || j <= gq) : gj == gq;
+}
+
 // Key j of row b is visible to the query at position pos: j <= pos, inside the window if any,
-// and in the query's document when the rows are packed.
+// in the query's document when the rows are packed, and by the group rule with drafting groups.
 __device__ __forceinline__ bool visible(const Params& p, int64_t b, int64_t j, int64_t pos) {
   return j <= pos && (p.window == 0 || j > pos - p.window) &&
-         (p.seg == nullptr || p.seg[b * p.Tk + j] == p.seg[b * p.Tk + pos]);
+         (p.seg == nullptr || p.seg[b * p.Tk + j] == p.seg[b * p.Tk + pos]) &&
+         (p.grp == nullptr || group_sees(p.grp[b * p.Tk + pos], p.grp[b * p.Tk + j], j));
+}
+
+// Whether any query of the tile [q0, q0 + qn) sees any key of [k0, k0 + kn): four visibility
+// tests per thread and one block-wide vote. A tile pair that sees nothing adds nothing (its
+// probabilities are all 0), so skipping it changes no result. Every thread of the block calls it.
+__device__ bool tile_pair_visible(const Params& p, int64_t b, int64_t q0, int qn, int64_t k0, int kn) {
+  bool any = false;
+  for (int e = threadIdx.x; e < kBQ * kBK && !any; e += blockDim.x) {
+    const int i = e / kBK, j = e - i * kBK;
+    any = i < qn && j < kn && visible(p, b, k0 + j, p.q_offset + q0 + i);
+  }
+  return __syncthreads_or(any) != 0;
 }
 
 // rows [t0, t0 + n) of head h into dst [kBQ or kBK][stride] as f32 times mul; rows >= n zeroed.
@@ -178,6 +201,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
   const int64_t k_end = min(p.Tk, p.q_offset + q0 + qn);
   for (int64_t k0 = first_key(p, q0); k0 < k_end; k0 += kBK) {
     const int kn = static_cast<int>(min(int64_t{kBK}, k_end - k0));
+    if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;  // uniform: p.grp
     __syncthreads();  // the previous tile is consumed
     load_tile<T>(p.k, b, k0, kn, kvh, D, ks, 1.0f, kBK, Ks);
     load_tile<T>(p.v, b, k0, kn, kvh, D, ks, 1.0f, kBK, Vs);
@@ -261,6 +285,7 @@ __global__ void __launch_bounds__(kThreads) backward_kv_kernel(Params p) {
   for (int64_t h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
     for (int64_t q0 = first_q; q0 < end_q; q0 += kBQ) {
       const int qn = static_cast<int>(min(int64_t{kBQ}, p.Tq - q0));
+      if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;
       __syncthreads();  // the previous query tile is consumed (and K/V are loaded)
       load_tile<T>(p.q, b, q0, qn, h, D, D, p.scale, kBQ, Qs);
       load_tile<T>(p.dout, b, q0, qn, h, D, D, 1.0f, kBQ, dOs);
@@ -336,6 +361,7 @@ __global__ void __launch_bounds__(kThreads) backward_q_kernel(Params p) {
   const int64_t k_end = min(p.Tk, p.q_offset + q0 + qn);
   for (int64_t k0 = first_key(p, q0); k0 < k_end; k0 += kBK) {
     const int kn = static_cast<int>(min(int64_t{kBK}, k_end - k0));
+    if (p.grp != nullptr && !tile_pair_visible(p, b, q0, qn, k0, kn)) continue;
     __syncthreads();
     load_tile<T>(p.k, b, k0, kn, kvh, D, ks, 1.0f, kBK, Ks);
     load_tile<T>(p.v, b, k0, kn, kvh, D, ks, 1.0f, kBK, Vs);
@@ -426,14 +452,17 @@ AttentionDims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, fl
   check_bthd(q, op, "q", device, q.dtype());
   check_bthd(k, op, "k", device, q.dtype());
   check_bthd(v, op, "v", device, q.dtype());
-  ANVIL_CHECK(!mask.group_ids.defined(), op, ": group masks (AttentionMask::group_ids) are reserved for parallel "
-              "drafting and not implemented yet — leave group_ids undefined");
   const AttentionDims d{kernels::attention_dims(op, q, k, v, scale, q_offset, mask.window), device};
   if (mask.segment_ids.defined())
     ANVIL_CHECK(mask.segment_ids.device() == Device::cuda(device) && mask.segment_ids.dtype() == DType::I32 &&
                     mask.segment_ids.is_contiguous() && mask.segment_ids.shape() == Shape({d.B, d.Tk}),
                 op, ": segment_ids must be contiguous i32 [B, Tk] = ", shape_str({d.B, d.Tk}), " on cuda:", device,
                 ", got ", mask.segment_ids.describe(), " — move them to q's device with .to(Device)");
+  if (mask.group_ids.defined())
+    ANVIL_CHECK(mask.group_ids.device() == Device::cuda(device) && mask.group_ids.dtype() == DType::I32 &&
+                    mask.group_ids.is_contiguous() && mask.group_ids.shape() == Shape({d.B, d.Tk}),
+                op, ": group_ids must be contiguous i32 [B, Tk] = ", shape_str({d.B, d.Tk}), " on cuda:", device,
+                ", got ", mask.group_ids.describe(), " — move them to q's device with .to(Device)");
   ANVIL_CHECK(d.D <= kMaxHeadDim, op, ": head dim ", d.D, " is above the ", kMaxHeadDim,
               " the CUDA attention kernels take (q ", q.describe(), ")");
   ANVIL_CHECK(d.B <= 65535 && d.Hq <= 65535, op, ": batch ", d.B, " or heads ", d.Hq,
@@ -451,6 +480,7 @@ void check_lse(const Tensor& lse, const AttentionDims& d, const char* op) {
 Params params_of(const AttentionDims& d, const kernels::AttentionMask& mask) {
   Params p{};
   p.seg = mask.segment_ids.defined() ? mask.segment_ids.data<int32_t>() : nullptr;
+  p.grp = mask.group_ids.defined() ? mask.group_ids.data<int32_t>() : nullptr;
   p.Tq = d.Tq, p.Tk = d.Tk, p.Hq = d.Hq, p.Hkv = d.Hkv, p.D = d.D, p.group = d.group;
   p.q_offset = d.q_offset, p.window = d.window, p.scale = d.scale;
   p.ks = odd_stride(d.D);
@@ -458,6 +488,11 @@ Params params_of(const AttentionDims& d, const kernels::AttentionMask& mask) {
 }
 
 int64_t tiles(int64_t n, int64_t t) { return (n + t - 1) / t; }
+
+// A mask read per row (documents or drafting groups), which cuDNN's graph here does not take.
+bool has_row_mask(const kernels::AttentionMask& mask) {
+  return mask.segment_ids.defined() || mask.group_ids.defined();
+}
 
 struct ForwardLaunch {
   const Params& p;
@@ -504,8 +539,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
   if (d.B == 0 || d.Tq == 0 || d.Hq == 0 || d.D == 0) return;
   anvil::cuda::DeviceGuard guard(d.device);
   cudaStream_t stream = anvil::cuda::current_stream(d.device);
-  // cuDNN's SDPA graph here has no per-row document mask: packed rows take the kernels below.
-  if (!mask.segment_ids.defined() && detail::cudnn_attention_forward(d, q, k, v, out, lse, stream)) return;
+  // cuDNN's SDPA graph here has no per-row document or group mask: those take the kernels below.
+  if (!has_row_mask(mask) && detail::cudnn_attention_forward(d, q, k, v, out, lse, stream)) return;
 
   Params p = params_of(d, mask);
   p.q = bthd(q), p.k = bthd(k), p.v = bthd(v), p.o = bthd(out);
@@ -530,7 +565,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   if (d.B == 0 || d.D == 0 || d.Tk == 0) return;  // nothing to write (Hq = 0 or Tq = 0 still zeroes dk, dv)
   anvil::cuda::DeviceGuard guard(d.device);
   cudaStream_t stream = anvil::cuda::current_stream(d.device);
-  if (!mask.segment_ids.defined() && d.Tq > 0 && d.Hq > 0 && detail::cudnn_attention_backward(d, dout, q, k, v, out, lse, dq, dk, dv, stream)) return;
+  if (!has_row_mask(mask) && d.Tq > 0 && d.Hq > 0 &&
+      detail::cudnn_attention_backward(d, dout, q, k, v, out, lse, dq, dk, dv, stream))
+    return;
 
   Params p = params_of(d, mask);
   p.q = bthd(q), p.k = bthd(k), p.v = bthd(v), p.o = bthd(out), p.dout = bthd(dout);

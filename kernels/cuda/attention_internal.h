@@ -18,7 +18,8 @@ struct AttentionDims : kernels::AttentionDims {
 // Runs the forward through cuDNN's fused SDPA when it takes the case (bf16, head dim a
 // multiple of 8, q_offset 0 or Tk - Tq but not a one-query decode step, 16-byte aligned
 // strides and pointers, a graph cuDNN can build) and returns true; false means nothing was
-// enqueued and the caller runs its own kernel.
+// enqueued and the caller runs its own kernel. The caller never sends a per-row mask here
+// (AttentionMask::segment_ids or group_ids): the graph has no way to express one.
 bool cudnn_attention_forward(const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                              Tensor& lse, cudaStream_t stream);
 bool cudnn_attention_backward(const AttentionDims& d, const Tensor& dout, const Tensor& q, const Tensor& k,
