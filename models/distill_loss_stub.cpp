@@ -51,24 +51,29 @@ std::vector<double> tempered_softmax(const float* z, int64_t V, double T) {
 }
 std::vector<double> filtered(std::vector<double> p, int64_t top_k, double top_p) {
   const int64_t V = static_cast<int64_t>(p.size());
-  std::vector<double> sorted = p;
-  std::sort(sorted.begin(), sorted.end(), std::greater<double>());
-  double cut = 0;
-  if (top_k > 0 && top_k < V) cut = sorted[top_k - 1];
-  if (top_p < 1) {
-    double cum = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      if (sorted[i] < cut) break;
-      cum += sorted[i];
-      if (cum >= top_p) {
-        cut = std::max(cut, sorted[i]);
-        break;
-      }
-    }
+  auto renormalise = [&] {
+    double s = 0;
+    for (double x : p) s += x;
+    for (double& x : p) x /= s;
+  };
+  if (top_k > 0 && top_k < V) {
+    std::vector<double> sorted = p;
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    for (double& x : p) x = x >= sorted[top_k - 1] ? x : 0;
+    renormalise();
   }
-  double s = 0;
-  for (double& x : p) s += x = x >= cut ? x : 0;
-  for (double& x : p) x /= s;
+  if (top_p < 1) {
+    std::vector<int64_t> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+    double before = 0;
+    for (int64_t v : order) {
+      const double x = p[v];
+      if (before >= top_p) p[v] = 0;
+      before += x;
+    }
+    renormalise();
+  }
   return p;
 }
 // Whole rows [N, V] on the host from this rank's shard [N, V/tp].
