@@ -13,6 +13,7 @@
 #include "core/tensor.h"
 #include "kernels/attention.h"  // AttentionMask
 #include "kernels/cuda/gemm.h"  // matmul_bias, matmul_bias_gelu (cuBLASLt epilogues)
+#include "kernels/distill_loss.h"  // DistillArgs
 #include "kernels/newton_schulz.h"
 #include "kernels/optim_kernels.h"
 
@@ -43,6 +44,17 @@ double sum(const Tensor& x);
 double sum_squares(const Tensor& x);
 double max_abs(const Tensor& x);
 double sum_squares(const std::vector<Tensor>& xs);
+
+// distill_loss.h (student and teacher f32 or bf16, each its own; thresholds and statistics f32)
+void distill_filter_threshold(const Tensor& logits, float temperature, int64_t top_k, double top_p,
+                              Tensor& threshold);
+void distill_forward(Tensor& student, const Tensor& teacher, const Tensor& targets, const DistillArgs& args,
+                     Tensor& losses, Tensor& acceptance, bool write_grad);
+void distill_shard_stats(const Tensor& student, const Tensor& teacher, const DistillArgs& args, Tensor& stats);
+void distill_shard_terms(const Tensor& student, const Tensor& teacher, const Tensor& targets,
+                         const DistillArgs& args, const Tensor& norms, Tensor& terms);
+void distill_shard_grad(Tensor& student, const Tensor& teacher, const Tensor& targets, const DistillArgs& args,
+                        const Tensor& norms, const Tensor& qg);
 
 // embedding.h
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
