@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "models/hf_convert.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/distill_task.h"
 #include "trainer/load_model.h"
@@ -306,6 +307,39 @@ TEST(DistillTask, BadInputFailsNamingTheField) {
   const std::string e = error_of([&] { Trainer t(distill_config("bad_vocab", {"distill.target=" + other})); });
   EXPECT_NE(e.find("must share the tokenizer"), std::string::npos) << e;
   EXPECT_NE(e.find("600"), std::string::npos) << e;
+}
+
+// A Hugging Face directory serves as the target as well (the same weights: the same first step);
+// one whose tokenizer differs from tokenizer.path is refused, even at an equal vocabulary size.
+TEST(DistillTask, AHuggingFaceTargetLoadsAndItsTokenizerIsChecked) {
+  const std::vector<std::string> sets = {"training.steps=1", "training.eval_every=0"};
+  Trainer from_checkpoint(distill_config("hf_ref", sets), TrainerMode::Quiet);
+  from_checkpoint.train();
+  const LoadedModel target = load_model(target_dir());
+  const Tokenizer tokenizer = Tokenizer::load(tiny().tokenizer);
+  const std::string hf = tiny().dir + "/target_hf";
+  save_hf(*target.model, &tokenizer, hf);
+  std::vector<std::string> from_hf_sets = sets;
+  from_hf_sets.push_back("distill.target=" + hf);
+  Trainer from_hf(distill_config("hf", from_hf_sets), TrainerMode::Quiet);
+  from_hf.train();
+  EXPECT_EQ(bits(from_hf.history()[0].loss), bits(from_checkpoint.history()[0].loss));
+
+  // The same weights with a tokenizer of the same size trained on another text.
+  std::ifstream in("/usr/share/common-licenses/GPL-2");
+  ASSERT_TRUE(in.good()) << "Debian's base-files ships /usr/share/common-licenses/GPL-2";
+  std::vector<std::string> docs;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) docs.push_back(line);
+  const Tokenizer other = Tokenizer::train(docs, tokenizer.vocab_size(), 2, {"<|endoftext|>"});
+  ASSERT_EQ(other.vocab_size(), tokenizer.vocab_size());
+  ASSERT_NE(other.hash_hex(), tokenizer.hash_hex());
+  const std::string hf_other = tiny().dir + "/target_hf_other_tokenizer";
+  save_hf(*target.model, &other, hf_other);
+  const std::string e =
+      error_of([&] { Trainer t(distill_config("hf_other", {"distill.target=" + hf_other}), TrainerMode::Quiet); });
+  EXPECT_NE(e.find("differs from tokenizer.path"), std::string::npos) << e;
+  EXPECT_NE(e.find("must share the tokenizer"), std::string::npos) << e;
 }
 
 TEST(DistillTask, SimulatedTauIsTheExpectedTokensPerTargetCall) {
