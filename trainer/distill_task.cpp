@@ -52,7 +52,8 @@ TargetDescription describe_target(const std::string& path) {
   if (fs::is_regular_file(fs::path(path) / "config.json", ec) &&
       !fs::is_regular_file(fs::path(path) / kCheckpointFile, ec)) {
     d.model = read_hf_config(path);
-    if (fs::is_regular_file(fs::path(path) / "tokenizer.json", ec)) d.tokenizer = (fs::path(path) / "tokenizer.json").string();
+    const fs::path tokenizer = fs::path(path) / "tokenizer.json";
+    if (fs::is_regular_file(tokenizer, ec)) d.tokenizer = tokenizer.string();
     return d;
   }
   const RunConfig config = config_from_checkpoint(path);

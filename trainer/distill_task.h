@@ -73,9 +73,7 @@ class DistillTask : public Task {
   PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
   std::vector<std::pair<std::string, double>> step_metrics() override { return acceptance_metrics(); }
   std::vector<std::pair<std::string, double>> eval_metrics() override { return acceptance_metrics(); }
-  // The drafter's params only (the default): the target is frozen and reloads from distill.target.
-
-  TransformerLM& target() { return *target_; }
+  // checkpoint_params: the drafter's only (the default); the target reloads from distill.target.
 
  private:
   // acceptance and tau_sim over the last prepare()'s micro-batches: a collective over pp and

@@ -251,7 +251,8 @@ void MetricsLogger::step(const StepRecord& r) {
   }
 }
 
-void MetricsLogger::validation(int64_t step, double loss, const std::vector<std::pair<std::string, double>>& task_metrics) {
+void MetricsLogger::validation(int64_t step, double loss,
+                               const std::vector<std::pair<std::string, double>>& task_metrics) {
   if (jsonl_.is_open()) {
     nlohmann::json j{{"step", step}, {"val_loss", loss}};
     for (const auto& [name, value] : task_metrics) j["val_" + name] = value;

@@ -146,7 +146,8 @@ std::pair<double, double> naive_first_step(const RunConfig& config) {
   for (int64_t m = 0; m < M; ++m) {
     const Batch batch = loader.next();
     Cache cs, ct;
-    const Tensor zs = drafter.forward(batch.ids, cs).contiguous(), zt = target.model->forward(batch.ids, ct).contiguous();
+    const Tensor zs = drafter.forward(batch.ids, cs).contiguous();
+    const Tensor zt = target.model->forward(batch.ids, ct).contiguous();
     const int32_t* labels = batch.targets.data<int32_t>();
     double sum = 0, count = 0;
     for (int64_t row = 0; row < batch.targets.numel(); ++row) {
@@ -239,10 +240,10 @@ TEST(DistillTask, CeIsTheLanguageModelLoss) {
   Trainer distill(distill_config("ce", {"distill.loss=ce", "training.steps=3", "training.eval_every=0"}),
                   TrainerMode::Quiet);
   distill.train();
-  const RunConfig lm_config = load_run_config(tiny().config, {"run.out_dir=" + tiny().dir + "/ce_lm", "checkpoint.resume=none",
-                                              "model.hidden_size=16", "model.num_hidden_layers=1",
-                                              "model.intermediate_size=32", "training.steps=3", "schedule.warmup_steps=0",
-                                              "training.eval_every=0"});
+  const RunConfig lm_config = load_run_config(
+      tiny().config, {"run.out_dir=" + tiny().dir + "/ce_lm", "checkpoint.resume=none", "model.hidden_size=16",
+                      "model.num_hidden_layers=1", "model.intermediate_size=32", "training.steps=3",
+                      "schedule.warmup_steps=0", "training.eval_every=0"});
   Trainer lm(lm_config, TrainerMode::Quiet);
   lm.train();
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(bits(distill.history()[i].loss), bits(lm.history()[i].loss)) << i;
@@ -299,7 +300,8 @@ TEST(DistillTask, BadInputFailsNamingTheField) {
   // A target with another vocabulary: refused when the task is built, before any step.
   const std::string other = tiny().dir + "/target_vocab600";
   {
-    Trainer t(load_run_config(tiny().config, {"run.out_dir=" + other, "model.vocab_size=600", "training.steps=1", "schedule.warmup_steps=0",
+    Trainer t(load_run_config(tiny().config, {"run.out_dir=" + other, "model.vocab_size=600", "training.steps=1",
+                                              "schedule.warmup_steps=0",
                                               "training.eval_every=0", "checkpoint.resume=none"}),
               TrainerMode::Quiet);
     t.train();
