@@ -1,7 +1,7 @@
 // anvil: the one command-line tool. Subcommands: train, data prepare, data generate, tokenizer
-// train, generate (--draft: speculative), eval (eval spec: apps/spec_commands.cpp), convert. Every
-// failure prints one line a user can act on and
-// exits non-zero; nothing here aborts on bad input.
+// train, generate (--draft: speculative), eval (eval spec: apps/spec_commands.cpp), convert.
+// Every failure prints one line a user can act on and exits non-zero; nothing here aborts on
+// bad input.
 #include <CLI/CLI.hpp>
 
 #include <omp.h>

@@ -501,6 +501,53 @@ void parse_logging(const Section& s, LoggingSection& l) {
             l.peak_tflops);
 }
 
+// task distill's section. For any other task the section must stay at its defaults (a resolved
+// config.yaml writes it out for every task): a key set away from them would silently do nothing.
+void parse_distill(const Context& ctx, const Section& s, const std::string& task, DistillSection& d) {
+  const DistillSection defaults;
+  std::string raw;
+  s.read("target", raw);
+  s.read_choice("drafter", d.drafter, {"standalone", "parallelspec", "eagle"});
+  s.read_choice("loss", d.loss, {"forward_kl", "reverse_kl", "tvd", "jsd", "ce"});
+  s.read("temperature", d.temperature);
+  s.read("top_k", d.top_k);
+  s.read("top_p", d.top_p);
+  s.read("gamma", d.gamma);
+  if (task != "distill") {
+    const std::pair<const char*, bool> changed[] = {
+        {"target", !raw.empty()},
+        {"drafter", d.drafter != defaults.drafter},
+        {"loss", d.loss != defaults.loss},
+        {"temperature", d.temperature != defaults.temperature},
+        {"top_k", d.top_k != defaults.top_k},
+        {"top_p", d.top_p != defaults.top_p},
+        {"gamma", d.gamma != defaults.gamma}};
+    for (const auto& [key, set] : changed)
+      s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
+                "only; set task.name: distill or remove the distill section");
+    return;
+  }
+  s.require(d.drafter == "standalone", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
+            "(the model section is the drafter, an ordinary LM)");
+  if (raw.empty())
+    s.fail("target", "is required for task.name: distill but missing — add `target: runs/demo` (an anvil run or "
+           "checkpoint directory, or a Hugging Face directory) under distill:");
+  d.target = existing_path(ctx, s, "target", raw, true,
+                           "point distill.target at the frozen target: an anvil checkpoint or run directory, or a "
+                           "Hugging Face directory (config.json + model.safetensors)");
+  std::error_code ec;
+  s.require(fs::is_directory(d.target, ec), "target", d.target, " is not a directory — give an anvil checkpoint or "
+            "run directory, or a Hugging Face directory (config.json + model.safetensors)");
+  s.require(d.temperature > 0, "temperature", "must be positive, got ", d.temperature,
+            " — use the temperature the drafter will decode at (1.0 = the model's own distribution)");
+  s.require(d.top_k >= 0, "top_k", "must be >= 0 (0 = no top-k filter), got ", d.top_k);
+  s.require(d.top_p > 0 && d.top_p <= 1, "top_p", "must be in (0, 1] (1 = no nucleus filter), got ", d.top_p);
+  s.require(d.loss != "reverse_kl" || (d.top_k == 0 && d.top_p == 1), "loss",
+            "reverse_kl is infinite wherever the drafter puts mass outside the filtered target's support (top_k = ",
+            d.top_k, ", top_p = ", d.top_p, ") — drop distill.top_k / distill.top_p, or use forward_kl, tvd or jsd");
+  s.require(d.gamma >= 1, "gamma", "must be at least 1 (the draft length tau_sim is reported for), got ", d.gamma);
+}
+
 }  // namespace
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
@@ -511,6 +558,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   c.source = source_name;
   parse_run(sections.at("run"), source_name, c.run);
   sections.at("task").read_choice("name", c.task.name, task_names());
+  parse_distill(ctx, sections.at("distill"), c.task.name, c.distill);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);

@@ -3,7 +3,17 @@
 //
 // Sections and keys (defaults in brackets; trainer/README.md has an annotated example):
 //   task:       name [lm] (lm: next-token prediction on packed windows | sft: the same on prompt/response
-//               documents, the prompts' tokens masked out of the loss; trainer/task.h)
+//               documents, the prompts' tokens masked out of the loss | distill: a drafter (the model
+//               section) distilled from a frozen target, see distill:; trainer/task.h)
+//   distill:    (task distill only; any other task refuses a key set away from its default)
+//               target (required: an anvil checkpoint or run directory, or a Hugging Face directory;
+//               frozen, sharded like the drafter), drafter [standalone] (standalone: the model section is
+//               an ordinary LM; parallelspec and eagle are not built yet), loss [forward_kl]
+//               (forward_kl | reverse_kl | tvd | jsd | ce: hard-label cross-entropy on the data, then
+//               target-generated text), temperature [1.0], top_k [0 = off], top_p [1.0 = off] (the
+//               decoder's: the target's distribution is filtered by them, models/distill_loss.h;
+//               reverse_kl takes no filter), gamma [4] (the draft length the simulated acceptance
+//               length tau_sim is reported for)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -97,7 +107,18 @@ struct RunSection {
 
 // What the run trains (trainer/task.h): a registered task's name.
 struct TaskSection {
-  std::string name = "lm";  // lm | sft (task_names() in trainer/task_names.h)
+  std::string name = "lm";  // lm | sft | distill (task_names() in trainer/task_names.h)
+};
+
+// task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
+struct DistillSection {
+  std::string target;                 // absolute path: an anvil checkpoint / run directory or a HF directory
+  std::string drafter = "standalone";  // standalone (parallelspec and eagle: not built yet)
+  std::string loss = "forward_kl";    // forward_kl | reverse_kl | tvd | jsd | ce
+  double temperature = 1.0;           // > 0: the decoding temperature both distributions are taken at
+  int64_t top_k = 0;                  // 0 = off
+  double top_p = 1.0;                 // (0, 1]; 1 = off
+  int64_t gamma = 4;                  // >= 1: draft length of the reported tau_sim
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
@@ -177,6 +198,7 @@ struct LoggingSection {
 struct RunConfig {
   RunSection run;
   TaskSection task;
+  DistillSection distill;
   ModelSection model;
   DataSection data;
   TokenizerSection tokenizer;

@@ -65,7 +65,16 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 
   section = "task";
-  string("name", c.task.name, "lm | sft");
+  string("name", c.task.name, "lm | sft | distill");
+
+  section = "distill";  // written for every task (at its defaults unless the task is distill)
+  string("target", c.distill.target, "frozen target: anvil checkpoint or Hugging Face directory");
+  string("drafter", c.distill.drafter, "standalone");
+  string("loss", c.distill.loss, "forward_kl | reverse_kl | tvd | jsd | ce");
+  real("temperature", c.distill.temperature);
+  integer("top_k", c.distill.top_k, "0 = off");
+  real("top_p", c.distill.top_p, "1 = off");
+  integer("gamma", c.distill.gamma, "draft length of tau_sim");
 
   section = "model";
   const ModelSection& m = c.model;

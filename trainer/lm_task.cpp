@@ -12,32 +12,37 @@ void LMTask::build(const TaskEnv& env) {
   loss_ = std::make_unique<CausalLMLoss>(*stage_, static_cast<int>(env.config->training.ignore_index));
 }
 
-PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
-  const int ignore = static_cast<int>(env_.config->training.ignore_index);
+LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches, bool training,
+                          int64_t max_positions) {
+  const int ignore = static_cast<int>(env.config->training.ignore_index);
   const int64_t M = static_cast<int64_t>(batches.size());
-  std::vector<LMMicroBatch> micro(M);
-  std::vector<Tensor> ids(M);
-  std::vector<std::shared_ptr<StepContext>> contexts(M);
-  std::vector<int64_t> tokens(M);  // each micro-batch's non-ignored targets on this rank
-  step_loss_tokens_ = 0;
+  LMStepInputs in;
+  in.micro.resize(M);
+  in.ids.resize(M);
+  in.contexts.resize(M);
+  in.tokens.resize(M);
   for (int64_t m = 0; m < M; ++m) {
     const Batch& batch = batches[m];
-    // Training: each micro-batch's loss is scaled by 1/M and normalised by the global micro-batch's
-    // token count (trainer.h); evaluation: the mean over its own tokens.
-    micro[m] = {batch.ids.to(env_.device), batch.targets.to(env_.device), training ? 1.0f / static_cast<float>(M) : 1.0f,
-                -1};
-    tokens[m] = count_loss_tokens(batch.targets, ignore);  // on the host copy
+    in.micro[m] = {batch.ids.to(env.device), batch.targets.to(env.device),
+                   training ? 1.0f / static_cast<float>(M) : 1.0f, -1};
+    in.tokens[m] = count_loss_tokens(batch.targets, ignore);  // on the host copy
     if (training) {
-      const int64_t global = env_.data_group ? all_reduce_sum(*env_.data_group, tokens[m]) : tokens[m];
-      if (env_.data_group) micro[m].loss_tokens = global;
-      step_loss_tokens_ += global;
+      const int64_t global = env.data_group ? all_reduce_sum(*env.data_group, in.tokens[m]) : in.tokens[m];
+      if (env.data_group) in.micro[m].loss_tokens = global;
+      in.global_tokens += global;
     }
-    ids[m] = micro[m].ids;
+    in.ids[m] = in.micro[m].ids;
     // Packed documents: their boundaries and restarted positions (null for plain windows).
-    contexts[m] = make_step_context(batch, model_->config().max_position_embeddings, env_.device);
+    in.contexts[m] = make_step_context(batch, max_positions, env.device);
   }
-  stage_->set_inputs(std::move(ids), std::move(contexts));
-  loss_->set_micro_batches(micro, std::move(tokens));
+  return in;
+}
+
+PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
+  LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);
+  step_loss_tokens_ = in.global_tokens;
+  stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
+  loss_->set_micro_batches(in.micro, std::move(in.tokens));
   return *loss_;
 }
 

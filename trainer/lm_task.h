@@ -11,6 +11,20 @@
 
 namespace anvil {
 
+// A step's batches as causal-LM micro-batches on env.device (LMTask and DistillTask).
+struct LMStepInputs {
+  std::vector<LMMicroBatch> micro;
+  std::vector<Tensor> ids;                               // each micro-batch's ids (micro[m].ids)
+  std::vector<std::shared_ptr<StepContext>> contexts;    // packed documents' boundaries (null: plain windows)
+  std::vector<int64_t> tokens;                           // each micro-batch's non-ignored targets on this rank
+  int64_t global_tokens = 0;  // training: the step's non-ignored targets over env.data_group (else 0)
+};
+// Training: each micro-batch's loss is scaled by 1/M and normalised by the global micro-batch's
+// token count (a collective over env.data_group; trainer.h); evaluation: the mean over its own
+// tokens. max_positions: the model's, which the step contexts are checked against.
+LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches, bool training,
+                          int64_t max_positions);
+
 class LMTask : public Task {
  public:
   std::string name() const override { return "lm"; }

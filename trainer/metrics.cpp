@@ -251,18 +251,27 @@ void MetricsLogger::step(const StepRecord& r) {
   }
 }
 
-void MetricsLogger::validation(int64_t step, double loss) {
+void MetricsLogger::validation(int64_t step, double loss,
+                               const std::vector<std::pair<std::string, double>>& task_metrics) {
   if (jsonl_.is_open()) {
-    jsonl_ << nlohmann::json{{"step", step}, {"val_loss", loss}}.dump() << "\n";
+    nlohmann::json j{{"step", step}, {"val_loss", loss}};
+    for (const auto& [name, value] : task_metrics) j["val_" + name] = value;
+    jsonl_ << j.dump() << "\n";
     jsonl_.flush();
   }
   if (tb_) {
     tb_->scalar("val/loss", step, loss);
+    for (const auto& [name, value] : task_metrics) tb_->scalar("val/" + name, step, value);
     tb_->flush();
   }
   char buf[128];
   std::snprintf(buf, sizeof buf, "step %6ld | validation loss %.4f | perplexity %.2f", long(step), loss, std::exp(loss));
-  print(buf);
+  std::string line = buf;
+  for (const auto& [name, value] : task_metrics) {
+    std::snprintf(buf, sizeof buf, " | %s %.4f", name.c_str(), value);
+    line += buf;
+  }
+  print(line);
 }
 
 }  // namespace anvil

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/device.h"
@@ -60,7 +61,9 @@ class MetricsLogger {
   ~MetricsLogger();
 
   void step(const StepRecord& r);
-  void validation(int64_t step, double loss);
+  // The validation loss and the task's own evaluation metrics (Task::eval_metrics): metrics.jsonl
+  // val_<name>, TensorBoard val/<name>.
+  void validation(int64_t step, double loss, const std::vector<std::pair<std::string, double>>& task_metrics = {});
   // A line for the console that must not collide with the progress line.
   void print(const std::string& line);
   const PeakFlops& peak() const { return peak_; }

@@ -30,6 +30,7 @@ struct TaskEnv {
   Device device = Device::cpu();         // where the models run
   DType compute = DType::F32;            // and their compute dtype
   Communicator* data_group = nullptr;    // dp x sp: the ranks whose loss-token counts sum (null when alone)
+  Communicator* pp = nullptr;            // the pipeline's stages (null with one): a frozen model's own pipeline
 };
 
 class Task {
@@ -61,6 +62,9 @@ class Task {
   // After a training step: the task's own metrics, the same on every rank, written to
   // metrics.jsonl and TensorBoard (task/<name>) beside the loss.
   virtual std::vector<std::pair<std::string, double>> step_metrics() { return {}; }
+  // After an evaluation pass (Trainer::evaluate): the task's metrics over it, the same on every
+  // rank (a collective, like step_metrics), logged beside val_loss as val_<name> (val/<name>).
+  virtual std::vector<std::pair<std::string, double>> eval_metrics() { return {}; }
 
   // The params a checkpoint holds: the trainable model's (frozen models load from their own source).
   virtual std::vector<Param*> checkpoint_params() { return model().params(); }

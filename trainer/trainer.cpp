@@ -162,6 +162,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   env.device = device_;
   env.compute = compute_dtype(config_.run);
   env.data_group = data_group_;
+  env.pp = split_axis(Axis::PP);
   task_->build(env);
   model_ = &task_->model();
   // Patterns match over the whole model (combined over pp); a pipeline stage may train nothing.
@@ -439,7 +440,7 @@ void Trainer::train(int64_t stop_at_step) {
     if (valid_loader_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || final_step)) {
       const double val = evaluate(t.eval_batches);
       last_val_loss_ = val;
-      metrics_->validation(step_, val);
+      metrics_->validation(step_, val, eval_metrics_);
     }
     // KV-cached decoding runs on one unsplit model; a split one is sampled after conversion.
     const bool can_sample = !grid_ || grid_->dims().product() == grid_->dims().dp;
@@ -475,6 +476,7 @@ double Trainer::evaluate(int64_t batches) {
   // Each batch's loss is the mean over this rank's dp replica (its sp group's tokens); weigh
   // it by this rank's token count so the sums over dp x sp give the global batch's mean.
   const PipelineStepResult result = pipeline_->evaluate(static_cast<int>(n), task_->prepare(valid, false));
+  eval_metrics_ = task_->eval_metrics();
   std::vector<double> sums(n), counts = result.weights;
   for (int64_t i = 0; i < n; ++i) sums[i] = result.losses[i] * counts[i];
   if (data_group_) {

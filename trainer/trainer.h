@@ -118,6 +118,8 @@ class Trainer {
   int64_t step() const { return step_; }
   // The validation loss of the latest periodic evaluation (NaN before the first).
   double last_validation_loss() const { return last_val_loss_; }
+  // The task's metrics of the last evaluate() (Task::eval_metrics; empty for lm and sft).
+  const std::vector<std::pair<std::string, double>>& evaluation_metrics() const { return eval_metrics_; }
   const std::vector<StepRecord>& history() const { return history_; }
   TransformerLM& model() { return *model_; }
   const RunConfig& config() const { return config_; }
@@ -178,6 +180,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   int64_t step_ = 0;
   double last_val_loss_ = std::nan("");
+  std::vector<std::pair<std::string, double>> eval_metrics_;
   std::vector<StepRecord> history_;
   NumericsGuard guard_;
   std::unique_ptr<MetricsLogger> metrics_;

@@ -1,0 +1,207 @@
+#include "trainer/distill_task.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "data/tokenizer.h"
+#include "models/hf_convert.h"
+#include "models/layout_checks.h"
+#include "parallel/data_parallel.h"
+#include "parallel/pipeline_schedule.h"
+#include "trainer/batch_context.h"
+#include "trainer/checkpoint.h"
+#include "trainer/lm_task.h"
+#include "trainer/load_model.h"
+#include "trainer/trainer.h"
+
+namespace anvil {
+
+namespace fs = std::filesystem;
+
+double simulated_tau(double alpha, int64_t gamma) {
+  if (alpha >= 1) return static_cast<double>(gamma + 1);
+  return (1 - std::pow(alpha, static_cast<double>(gamma + 1))) / (1 - alpha);
+}
+
+namespace {
+
+// The last stage's output of the target's trunk, kept per micro-batch (forward only).
+class HiddenCapture : public PipelineLoss {
+ public:
+  explicit HiddenCapture(int micro_batches) : hidden_(micro_batches) {}
+  Value forward(int m, const Tensor& hidden, bool) override {
+    hidden_.at(m) = hidden;
+    return {};
+  }
+  Tensor backward(int) override { ANVIL_FAIL("the distillation target is frozen: its pipeline runs forward only"); }
+  std::vector<Tensor> take() { return std::move(hidden_); }
+
+ private:
+  std::vector<Tensor> hidden_;
+};
+
+// What the target is, read before its weights: its architecture and its tokenizer (when known).
+struct TargetDescription {
+  ModelConfig model;
+  std::string tokenizer;  // tokenizer.json the target was trained with; "" when unknown
+};
+
+TargetDescription describe_target(const std::string& path) {
+  TargetDescription d;
+  std::error_code ec;
+  if (fs::is_regular_file(fs::path(path) / "config.json", ec) &&
+      !fs::is_regular_file(fs::path(path) / kCheckpointFile, ec)) {
+    d.model = read_hf_config(path);
+    const fs::path tokenizer = fs::path(path) / "tokenizer.json";
+    if (fs::is_regular_file(tokenizer, ec)) d.tokenizer = tokenizer.string();
+    return d;
+  }
+  const RunConfig config = config_from_checkpoint(path);
+  d.model = config.model;
+  if (fs::is_regular_file(config.tokenizer.path, ec)) d.tokenizer = config.tokenizer.path;
+  return d;
+}
+
+// Every check a bad target fails, before its weights are read; each error names distill.target.
+void check_target(const RunConfig& config, const TargetDescription& target) {
+  const std::string where = "distill.target " + config.distill.target;
+  const ModelConfig& drafter = config.model;
+  ANVIL_CHECK(target.model.vocab_size == drafter.vocab_size, where, " has a vocabulary of ", target.model.vocab_size,
+              " tokens but the drafter's is ", drafter.vocab_size, " — drafter and target must share the tokenizer: "
+              "train the drafter with the target's tokenizer.json (tokenizer.path) and model.vocab_size: auto");
+  if (!target.tokenizer.empty()) {
+    const std::string ours = Tokenizer::load(config.tokenizer.path).hash_hex();
+    ANVIL_CHECK(Tokenizer::load(target.tokenizer).hash_hex() == ours, where, " was trained with the tokenizer ",
+                target.tokenizer, ", which differs from tokenizer.path ", config.tokenizer.path,
+                " — drafter and target must share the tokenizer: set tokenizer.path to ", target.tokenizer);
+  }
+  ANVIL_CHECK(config.data.seq_len <= target.model.max_position_embeddings, where, " reads at most ",
+              target.model.max_position_embeddings, " positions but data.seq_len = ", config.data.seq_len,
+              " — lower data.seq_len to at most ", target.model.max_position_embeddings);
+  try {  // the target is split like the drafter: the same degrees must fit its heads, layers and vocabulary
+    validate_layout(grid_dims(config.parallel), target.model);
+  } catch (const Error& e) {
+    ANVIL_FAIL(where, " cannot be split like the drafter: ", e.what());
+  }
+}
+
+}  // namespace
+
+DistillPipelineLoss::DistillPipelineLoss(TransformerStage& drafter, TransformerLM& target, const DistillSpec& spec,
+                                         bool ce, int ignore_index)
+    : drafter_(drafter),
+      target_(target),
+      divergence_(spec, drafter.model().layout().tp, drafter.model().vocab_start(), drafter.model().config().vocab_size,
+                  drafter.model().layout().sp),
+      ce_(ce),
+      ignore_index_(ignore_index) {}
+
+void DistillPipelineLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batches,
+                                            std::vector<int64_t> counts, std::vector<Tensor> target_hidden) {
+  micro_ = micro_batches;
+  counts_ = std::move(counts);
+  target_hidden_ = std::move(target_hidden);
+  acceptance_sum_ = scored_tokens_ = 0;
+}
+
+PipelineLoss::Value DistillPipelineLoss::forward(int m, const Tensor& hidden, bool for_backward) {
+  TransformerLM& model = drafter_.model();
+  const LMMicroBatch& mb = micro_.at(m);
+  Cache scratch;
+  Cache& c = for_backward ? model.head_cache(drafter_.cache(m)) : scratch;
+  const Tensor logits = model.forward_head(hidden, c.child(0));
+  Tensor teacher;
+  {
+    Cache target_head;  // frozen: nothing is kept for a backward
+    ANVIL_CHECK(target_hidden_.at(m).defined(), "distill: no target hidden state for micro-batch ", m);
+    teacher = target_.forward_head(target_hidden_[m], target_head);
+    target_hidden_[m] = Tensor();  // used once; its memory goes with it
+  }
+  Value v;
+  DistillationLoss::Result scored;
+  if (ce_) {  // the data's labels are the objective; the target's distribution is measured only
+    Cache measured;
+    scored = divergence_.forward(logits, teacher, mb.targets, measured, ignore_index_, false);
+    v.loss = model.cross_entropy().forward(logits, mb.targets, c, ignore_index_);
+  } else {
+    scored = divergence_.forward(logits, teacher, mb.targets, c, ignore_index_, for_backward);
+    v.loss = scored.loss;
+  }
+  acceptance_sum_ += scored.acceptance_sum;
+  scored_tokens_ += scored.tokens;
+  // As CausalLMLoss: the reported loss is a mean over the sp group's tokens, weighed by this rank's.
+  const double count = static_cast<double>(counts_.at(m));
+  const double divisor = mb.loss_tokens >= 0 ? static_cast<double>(mb.loss_tokens) : count;
+  v.weight = count;
+  v.objective = divisor > 0 ? mb.loss_scale * static_cast<double>(v.loss) * count / divisor : 0.0;
+  return v;
+}
+
+Tensor DistillPipelineLoss::backward(int m) {
+  TransformerLM& model = drafter_.model();
+  const LMMicroBatch& mb = micro_.at(m);
+  Cache& c = model.head_cache(drafter_.cache(m));
+  Tensor dx;
+  {
+    const Tensor dlogits = ce_ ? model.cross_entropy().backward(c, mb.loss_scale, mb.loss_tokens)
+                               : divergence_.backward(c, mb.loss_scale, mb.loss_tokens);
+    dx = model.backward_head(dlogits, c.child(0));
+    c.clear();
+  }
+  return dx;
+}
+
+void DistillTask::build(const TaskEnv& env) {
+  env_ = env;
+  const RunConfig& config = *env.config;
+  const DistillSection& d = config.distill;
+  ANVIL_CHECK(d.drafter == "standalone", "distill.drafter: ", d.drafter,
+              " drafters are not built yet — use distill.drafter: standalone");
+  ANVIL_CHECK(!d.target.empty(), config.source, ": task.name: distill needs distill.target (the frozen target: an "
+              "anvil checkpoint or run directory, or a Hugging Face directory)");
+  check_target(config, describe_target(d.target));
+  drafter_ = build_trainable_lm(env);
+  stage_ = std::make_unique<TransformerStage>(*drafter_);
+  LoadModelOptions options;
+  options.device = env.device;
+  options.compute = env.compute;
+  options.layout = env.layout;  // sharded as the drafter: the same tp, sp and pipeline stage
+  target_ = load_model(d.target, options).model;
+  target_stage_ = std::make_unique<TransformerStage>(*target_);
+  target_pipeline_ =
+      std::make_unique<PipelineExecutor>(*target_stage_, env.pp, parse_pipe_schedule(config.parallel.pp_schedule));
+  DistillSpec spec;
+  spec.kind = d.loss == "ce" ? DivergenceKind::ForwardKL : parse_divergence(d.loss);
+  spec.temperature = d.temperature;
+  spec.top_k = d.top_k;
+  spec.top_p = d.top_p;
+  loss_ = std::make_unique<DistillPipelineLoss>(*stage_, *target_, spec, d.loss == "ce",
+                                                static_cast<int>(config.training.ignore_index));
+}
+
+PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
+  LMStepInputs in = make_lm_step(env_, batches, training, drafter_->config().max_position_embeddings);
+  const int M = static_cast<int>(batches.size());
+  // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
+  std::vector<Tensor> ids = in.ids;
+  std::vector<std::shared_ptr<StepContext>> contexts(M);
+  for (int m = 0; m < M; ++m)
+    contexts[m] = make_step_context(batches[m], target_->config().max_position_embeddings, env_.device);
+  target_stage_->set_inputs(std::move(ids), std::move(contexts));
+  HiddenCapture capture(M);
+  target_pipeline_->evaluate(M, capture);
+  stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
+  loss_->set_micro_batches(in.micro, std::move(in.tokens), capture.take());
+  return *loss_;
+}
+
+std::vector<std::pair<std::string, double>> DistillTask::acceptance_metrics() {
+  std::vector<double> sums = {loss_->acceptance_sum(), loss_->scored_tokens()};
+  if (env_.pp) sums = all_reduce_sum(*env_.pp, sums);  // only the last stage scored
+  // Each sp rank holds its group's sums: the ratio over dp x sp is the same as over dp.
+  if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);
+  const double alpha = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  return {{"acceptance", alpha}, {"tau_sim", simulated_tau(alpha, env_.config->distill.gamma)}};
+}
+
+}  // namespace anvil

@@ -1,0 +1,90 @@
+// The `distill` task: a drafter for speculative decoding distilled from a frozen target inside
+// the same job (issue 14, ALGORITHMS.md §7). The drafter is the run's trainable model (the
+// model section, or model.init_from); the target (distill.target: an anvil checkpoint or a
+// Hugging Face directory) is loaded frozen, sharded by the drafter's ModelLayout (tp, sp and
+// pipeline stage), so it costs its weights only and no hidden states ever go to disk.
+//
+// A step, per micro-batch:
+//   1. prepare(): the target's trunk runs forward only through its own PipelineExecutor (one
+//      stage: plain forwards); its last stage keeps the final hidden state [B, T, hidden] of
+//      each micro-batch (small; the target's logits are never stored for the whole step);
+//   2. the trainer's executor runs the drafter; on its last stage DistillPipelineLoss takes the
+//      drafter's logits (forward_head), the target's logits from the kept hidden state just
+//      then, and scores them with DistillationLoss (models/distill_loss.h) at distill.temperature
+//      with the decoder's top-k / top-p; loss: ce scores the drafter's logits against the data
+//      with the model's cross-entropy instead (the data is then target-generated text).
+// Metrics: the loss; `acceptance` ᾱ, the mean of α = Σ min(p, q) over the step's scored tokens,
+// and `tau_sim` = (1 − ᾱ^{γ+1}) / (1 − ᾱ), the expected tokens per target call at γ =
+// distill.gamma (ALGORITHMS.md §7); the same over the validation pass (val_acceptance,
+// val_tau_sim). A checkpoint holds the drafter only: the target reloads from its own source.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "models/distill_loss.h"
+#include "models/lm_pipeline.h"
+#include "trainer/task.h"
+
+namespace anvil {
+
+// The expected tokens per target call of chain speculative sampling with per-token acceptance
+// `alpha` and draft length `gamma`: (1 − α^{γ+1}) / (1 − α), γ + 1 at α = 1.
+double simulated_tau(double alpha, int64_t gamma);
+
+// The drafter's loss on its last pipeline stage, against the target's kept hidden states.
+class DistillPipelineLoss : public PipelineLoss {
+ public:
+  // target: the frozen target's stage (its last stage when split); ce: score the data's
+  // labels instead of the target's distribution (the acceptance is measured either way).
+  DistillPipelineLoss(TransformerStage& drafter, TransformerLM& target, const DistillSpec& spec, bool ce,
+                      int ignore_index);
+
+  // The step's micro-batches, each one's count of scored targets on this rank, and the
+  // target's final hidden state per micro-batch (on the last stage; empty elsewhere).
+  void set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts,
+                         std::vector<Tensor> target_hidden);
+
+  Value forward(int m, const Tensor& hidden, bool for_backward) override;
+  Tensor backward(int m) override;
+
+  // Σ α and the scored tokens since set_micro_batches, on this rank (sp group sums, as the loss).
+  double acceptance_sum() const { return acceptance_sum_; }
+  double scored_tokens() const { return scored_tokens_; }
+
+ private:
+  TransformerStage& drafter_;
+  TransformerLM& target_;
+  DistillationLoss divergence_;
+  bool ce_;
+  int ignore_index_;
+  std::vector<LMMicroBatch> micro_;
+  std::vector<int64_t> counts_;
+  std::vector<Tensor> target_hidden_;
+  double acceptance_sum_ = 0, scored_tokens_ = 0;
+};
+
+class DistillTask : public Task {
+ public:
+  std::string name() const override { return "distill"; }
+  // Checks the target against the drafter (vocabulary, tokenizer, layout) before loading it.
+  void build(const TaskEnv& env) override;
+  TransformerLM& model() override { return *drafter_; }
+  PipelineStage& stage() override { return *stage_; }
+  PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
+  std::vector<std::pair<std::string, double>> step_metrics() override { return acceptance_metrics(); }
+  std::vector<std::pair<std::string, double>> eval_metrics() override { return acceptance_metrics(); }
+  // checkpoint_params: the drafter's only (the default); the target reloads from distill.target.
+
+ private:
+  // acceptance and tau_sim over the last prepare()'s micro-batches: a collective over pp and
+  // the data group, the same on every rank.
+  std::vector<std::pair<std::string, double>> acceptance_metrics();
+
+  TaskEnv env_;
+  std::unique_ptr<TransformerLM> drafter_, target_;
+  std::unique_ptr<TransformerStage> stage_, target_stage_;
+  std::unique_ptr<PipelineExecutor> target_pipeline_;
+  std::unique_ptr<DistillPipelineLoss> loss_;
+};
+
+}  // namespace anvil
