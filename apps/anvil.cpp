@@ -122,8 +122,11 @@ int run_train(const TrainArgs& a) {
   int code = kExitOk;
   try {
     Trainer trainer(config, TrainerMode::Train, world);
-    const double unigram = trainer.unigram_entropy();
-    if (trainer.is_main_rank()) std::printf("unigram entropy of the training tokens: %.4f nats/token\n", unigram);
+    // The unigram bar applies to a cross-entropy in nats/token, not to a divergence (task distill).
+    const bool cross_entropy = trainer.loss_is_cross_entropy();
+    const double unigram = cross_entropy ? trainer.unigram_entropy() : std::nan("");
+    if (trainer.is_main_rank() && cross_entropy)
+      std::printf("unigram entropy of the training tokens: %.4f nats/token\n", unigram);
     trainer.train();
     switch (trainer.stop_reason()) {
       case StopReason::Preempted:  // every rank agreed and the checkpoint is complete
@@ -136,7 +139,9 @@ int run_train(const TrainArgs& a) {
         break;
       case StopReason::Finished: {
         const double val = trainer.last_validation_loss();
-        if (!std::isnan(val) && trainer.is_main_rank())
+        if (!std::isnan(val) && trainer.is_main_rank() && !cross_entropy)
+          std::printf("final validation loss %.4f (%s)\n", val, config.distill.loss.c_str());
+        else if (!std::isnan(val) && trainer.is_main_rank())
           std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n",
                       val, std::exp(val), unigram, unigram - val);
       }

@@ -151,6 +151,8 @@ Tensor DistillPipelineLoss::backward(int m) {
   return dx;
 }
 
+bool DistillTask::loss_is_cross_entropy() const { return env_.config->distill.loss == "ce"; }
+
 void DistillTask::build(const TaskEnv& env) {
   env_ = env;
   const RunConfig& config = *env.config;

@@ -73,6 +73,7 @@ class DistillTask : public Task {
   PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
   std::vector<std::pair<std::string, double>> step_metrics() override { return acceptance_metrics(); }
   std::vector<std::pair<std::string, double>> eval_metrics() override { return acceptance_metrics(); }
+  bool loss_is_cross_entropy() const override;
   // checkpoint_params: the drafter's only (the default); the target reloads from distill.target.
 
  private:

@@ -252,7 +252,7 @@ void MetricsLogger::step(const StepRecord& r) {
 }
 
 void MetricsLogger::validation(int64_t step, double loss,
-                               const std::vector<std::pair<std::string, double>>& task_metrics) {
+                               const std::vector<std::pair<std::string, double>>& task_metrics, bool perplexity) {
   if (jsonl_.is_open()) {
     nlohmann::json j{{"step", step}, {"val_loss", loss}};
     for (const auto& [name, value] : task_metrics) j["val_" + name] = value;
@@ -265,8 +265,12 @@ void MetricsLogger::validation(int64_t step, double loss,
     tb_->flush();
   }
   char buf[128];
-  std::snprintf(buf, sizeof buf, "step %6ld | validation loss %.4f | perplexity %.2f", long(step), loss, std::exp(loss));
+  std::snprintf(buf, sizeof buf, "step %6ld | validation loss %.4f", long(step), loss);
   std::string line = buf;
+  if (perplexity) {
+    std::snprintf(buf, sizeof buf, " | perplexity %.2f", std::exp(loss));
+    line += buf;
+  }
   for (const auto& [name, value] : task_metrics) {
     std::snprintf(buf, sizeof buf, " | %s %.4f", name.c_str(), value);
     line += buf;

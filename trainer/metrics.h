@@ -63,7 +63,9 @@ class MetricsLogger {
   void step(const StepRecord& r);
   // The validation loss and the task's own evaluation metrics (Task::eval_metrics): metrics.jsonl
   // val_<name>, TensorBoard val/<name>.
-  void validation(int64_t step, double loss, const std::vector<std::pair<std::string, double>>& task_metrics = {});
+  // `perplexity`: the loss is a cross-entropy, so its exp is printed beside it.
+  void validation(int64_t step, double loss, const std::vector<std::pair<std::string, double>>& task_metrics = {},
+                  bool perplexity = true);
   // A line for the console that must not collide with the progress line.
   void print(const std::string& line);
   const PeakFlops& peak() const { return peak_; }

@@ -66,6 +66,10 @@ class Task {
   // rank (a collective, like step_metrics), logged beside val_loss as val_<name> (val/<name>).
   virtual std::vector<std::pair<std::string, double>> eval_metrics() { return {}; }
 
+  // Whether the loss is a cross-entropy in nats/token (lm, sft, distill with loss ce), so that
+  // perplexity and the unigram-entropy bar mean something; false for a divergence.
+  virtual bool loss_is_cross_entropy() const { return true; }
+
   // The params a checkpoint holds: the trainable model's (frozen models load from their own source).
   virtual std::vector<Param*> checkpoint_params() { return model().params(); }
 };

@@ -440,7 +440,7 @@ void Trainer::train(int64_t stop_at_step) {
     if (valid_loader_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || final_step)) {
       const double val = evaluate(t.eval_batches);
       last_val_loss_ = val;
-      metrics_->validation(step_, val, eval_metrics_);
+      metrics_->validation(step_, val, eval_metrics_, task_->loss_is_cross_entropy());
     }
     // KV-cached decoding runs on one unsplit model; a split one is sampled after conversion.
     const bool can_sample = !grid_ || grid_->dims().product() == grid_->dims().dp;
@@ -496,6 +496,8 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens) {
   s.seed = static_cast<uint64_t>(config_.run.seed) + static_cast<uint64_t>(step_);
   return complete_text(*model_, *tokenizer_, prompt, tokens, s, end_of_document_id(store_.get(), *tokenizer_));
 }
+
+bool Trainer::loss_is_cross_entropy() const { return task_->loss_is_cross_entropy(); }
 
 double Trainer::unigram_entropy() const {
   ANVIL_CHECK(store_ != nullptr, "the unigram entropy needs data: data.train is none — pass --set "

@@ -120,6 +120,8 @@ class Trainer {
   double last_validation_loss() const { return last_val_loss_; }
   // The task's metrics of the last evaluate() (Task::eval_metrics; empty for lm and sft).
   const std::vector<std::pair<std::string, double>>& evaluation_metrics() const { return eval_metrics_; }
+  // The task's loss is a cross-entropy (perplexity and the unigram bar apply); see Task.
+  bool loss_is_cross_entropy() const;
   const std::vector<StepRecord>& history() const { return history_; }
   TransformerLM& model() { return *model_; }
   const RunConfig& config() const { return config_; }
