@@ -1,9 +1,9 @@
 // Drafter interop with transformers: a tiny target and a smaller drafter (same tokenizer, other
 // width and depth), both trained by `anvil train` and exported by `anvil convert --to hf`, run
 // transformers' assisted generation (model.generate(..., assistant_model=drafter,
-// do_sample=False)); its greedy tokens equal the target's plain greedy generate() in anvil (and
-// transformers' own plain greedy). Greedy speculative decoding is exact, so this is the output
-// `anvil generate --draft` must give too; the spec branch adds that comparison here.
+// do_sample=False)); its greedy tokens equal the target's plain greedy generate() in anvil,
+// transformers' own plain greedy, and anvil's speculative decoder with the same drafter
+// (speculative_generate with an LMDrafter, at gamma 2 and 5).
 // The drafter agrees with the target on some next tokens and not on others (checked), so both
 // accepted and rejected draft tokens happen.
 #include <gtest/gtest.h>
@@ -17,6 +17,7 @@
 #include "data/token_store.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "eval/speculative.h"
 #include "models/hf_convert.h"
 #include "tests/support/hf_oracle.h"
 #include "tests/support/reference.h"
@@ -84,6 +85,15 @@ TEST(HfAssisted, ExportedDrafterAsAssistantModelGivesTheTargetsGreedyTokens) {
   ASSERT_LT(drafter.model->config().hidden_size, target.model->config().hidden_size);
   const int32_t eos = corpus.info().eos_id;
   const auto ours = generate(*target.model, prompts, max_new, SamplingConfig::greedy(), eos);
+  LMDrafter drafter_of_ours(*drafter.model);
+  for (const int gamma : {2, 5}) {
+    SCOPED_TRACE("anvil speculative, gamma " + std::to_string(gamma));
+    const SpeculativeResult spec =
+        speculative_generate(*target.model, drafter_of_ours, prompts, max_new, SamplingConfig::greedy(), gamma, eos);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(theirs["assisted"][i].get<std::vector<int32_t>>(), spec.tokens[i]) << "prompt " << i;
+    }
+  }
 
   std::set<int32_t> distinct;
   int agree = 0, total = 0;
