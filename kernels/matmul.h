@@ -24,7 +24,7 @@ Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
 // verification of γ + 1 tokens then costs about one decoding step. KV-cache decoding
 // (TransformerLM::forward_cached) opens one; training never does, so its numerics (sgemm) stay
 // as they were. One row keeps sgemv either way; CUDA is unaffected.
-constexpr int64_t kDecodeMaxRows = 16;
+constexpr int64_t kDecodeMaxRows = 24;
 class DecodeMatmulScope {
  public:
   DecodeMatmulScope();
