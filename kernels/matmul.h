@@ -18,4 +18,23 @@ void matmul_bias(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, c
 // Allocating form: returns op(A) @ op(B).
 Tensor matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b);
 
+// While one is alive on a thread, that thread's CPU matmuls of 2 .. kDecodeMaxRows rows against
+// a transposed 2-D weight (a [M, K] @ b[N, K]^T, what Linear computes) read the weight once
+// for all rows instead of packing it for sgemm (kernels/cpu/matmul_few_rows.cpp): a speculative
+// verification of γ + 1 tokens then costs about one decoding step. KV-cache decoding
+// (TransformerLM::forward_cached) opens one; training never does, so its numerics (sgemm) stay
+// as they were. One row keeps sgemv either way; CUDA is unaffected.
+constexpr int64_t kDecodeMaxRows = 24;
+class DecodeMatmulScope {
+ public:
+  DecodeMatmulScope();
+  ~DecodeMatmulScope();
+  DecodeMatmulScope(const DecodeMatmulScope&) = delete;
+  DecodeMatmulScope& operator=(const DecodeMatmulScope&) = delete;
+
+ private:
+  bool previous_;
+};
+bool decode_matmul_active();  // whether this thread is inside a DecodeMatmulScope
+
 }  // namespace anvil::kernels

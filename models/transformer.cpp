@@ -127,6 +127,7 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   ANVIL_CHECK(layout_.stages == 1, "forward_cached: KV-cached decoding is not pipeline-parallel yet — generate with "
               "a model built without pipeline stages (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
+  const kernels::DecodeMatmulScope few_rows;  // a few token rows per weight: read each weight once
   ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
                   kv.head_dim() == config_.resolved_head_dim(),
               "forward_cached: the KVCache has ", kv.num_layers(), " layers of ", kv.num_kv_heads(), " KV heads x ",

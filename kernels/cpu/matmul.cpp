@@ -1,5 +1,6 @@
 // Matrix products on the CPU through OpenBLAS cblas_sgemm (row-major, strided
-// rows). Batches loop over sgemm calls; OpenBLAS threads each call itself.
+// rows). Batches loop over sgemm calls; OpenBLAS threads each call itself. One row takes
+// sgemv; a few rows inside a DecodeMatmulScope take matmul_few_rows.
 #include "kernels/matmul.h"
 
 #include <cblas.h>
@@ -8,6 +9,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/matmul_few_rows.h"
 #include "kernels/elementwise.h"
 #include "kernels/matrix_layout.h"
 
@@ -30,7 +32,13 @@ std::string op_shape(const Tensor& t, bool trans) {
   return shape_str(t.shape()) + (trans ? " (transposed)" : "");
 }
 
+thread_local bool decode_matmul = false;
+
 }  // namespace
+
+DecodeMatmulScope::DecodeMatmulScope() : previous_(decode_matmul) { decode_matmul = true; }
+DecodeMatmulScope::~DecodeMatmulScope() { decode_matmul = previous_; }
+bool decode_matmul_active() { return decode_matmul; }
 
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
   ANVIL_DISPATCH_CUDA(a, matmul, a, trans_a, b, trans_b, c, alpha, beta);
@@ -78,6 +86,12 @@ void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor
     else  // c^T = b^T @ x with b [K, N]
       cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(K), static_cast<blasint>(N), alpha, pb,
                   static_cast<blasint>(mb.ld), pa, incx, beta, pc, 1);
+    return;
+  }
+
+  // A few token rows of a KV-cache decoding call against a weight [N, K]: read it once.
+  if (decode_matmul && B == 1 && M <= kDecodeMaxRows && !trans_a && trans_b) {
+    cpu::matmul_few_rows(pa, ma.ld, pb, mb.ld, pc, mc.ld, M, N, K, alpha, beta);
     return;
   }
 
