@@ -221,6 +221,7 @@ PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool train
   }
   // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
   std::vector<Tensor> ids = in.ids;
+  for (int m = 0; m < M && masks_ > 0; ++m) ids[m] = batches[m].ids.to(env_.device);  // the windows alone
   std::vector<std::shared_ptr<StepContext>> contexts(M);
   for (int m = 0; m < M; ++m)
     contexts[m] = make_step_context(batches[m], target_->config().max_position_embeddings, env_.device);
