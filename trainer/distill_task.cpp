@@ -175,7 +175,7 @@ void DistillTask::build(const TaskEnv& env) {
                 "parallel — set parallel.sp: 1 (tp, pp and dp work)");
     ANVIL_CHECK(config.data.packing == "none", "distill.drafter parallelspec: packed documents are not supported "
                 "(the masks follow the window's real tokens) — set data.packing: none");
-    drafter_->add_mask_embeddings(masks_, static_cast<uint64_t>(config.run.seed));
+    add_parallel_spec_masks(*drafter_, config);
     anchors_ = parallel_spec_anchor_count(config.data.seq_len, masks_, d.anchors_per_sequence,
                                           drafter_->config().max_position_embeddings);
   }

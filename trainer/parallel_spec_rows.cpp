@@ -2,13 +2,30 @@
 #include "trainer/parallel_spec_rows.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "models/step_context.h"
+#include "trainer/checkpoint.h"
+#include "trainer/load_model.h"
 
 namespace anvil {
 
 int64_t parallel_spec_masks(const RunConfig& config) {
   return config.task.name == "distill" && config.distill.drafter == "parallelspec" ? config.distill.parallel_tokens : 0;
+}
+
+void add_parallel_spec_masks(TransformerLM& drafter, const RunConfig& config) {
+  const int64_t masks = parallel_spec_masks(config);
+  drafter.add_mask_embeddings(masks, static_cast<uint64_t>(config.run.seed));
+  const std::string& from = config.model.init_from;
+  std::error_code ec;
+  if (from.empty() || drafter.mask_tokens() == 0 ||
+      !std::filesystem::is_regular_file(std::filesystem::path(from) / kCheckpointFile, ec))
+    return;
+  if (parallel_spec_masks(config_from_checkpoint(from)) != masks) return;  // a plain LM (or other k): fresh masks
+  CheckpointContents contents;
+  contents.params = checkpoint_tensors({&drafter.param(kMaskEmbeddingName)});
+  load_checkpoint(from, contents);
 }
 
 int64_t parallel_spec_anchor_count(int64_t n, int64_t masks, int64_t requested, int64_t max_positions) {

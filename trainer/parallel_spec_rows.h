@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "data/loader.h"
+#include "models/transformer.h"
 #include "trainer/config.h"
 
 namespace anvil {
@@ -22,6 +23,11 @@ namespace anvil {
 // The mask tokens a run's model has: distill.parallel_tokens for task distill with drafter
 // parallelspec, else 0. load_model and the distill task add them (TransformerLM::add_mask_embeddings).
 int64_t parallel_spec_masks(const RunConfig& config);
+
+// The distill task's drafter gains its mask tokens (initialised from run.seed); when model.init_from
+// is an anvil checkpoint of a ParallelSpec drafter with as many masks, its mask table is loaded
+// too (build_trainable_lm loaded the rest), so training continues from a trained drafter.
+void add_parallel_spec_masks(TransformerLM& drafter, const RunConfig& config);
 
 // The anchors per row: `requested` (0: as many as fit n + a·k <= max_positions), at most n - 1.
 // Throws naming distill.anchors_per_sequence / data.seq_len when not one anchor fits.

@@ -3,7 +3,7 @@
 // over the window for the real tokens and over [x_0..x_t, MASK_1..MASK_k] for each anchor t; the
 // target over the window), for forward KL and for ce; the loss falls in a short run; the
 // checkpoint reloads with its mask tokens and decodes greedily exactly as the target; bad input
-// fails before any work.
+// fails before any work; model.init_from continues from a ParallelSpec checkpoint's mask table.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -168,6 +168,16 @@ TEST(DistillParallelSpec, TheLossFallsAndTheCheckpointDraftsLosslessly) {
   for (int64_t i = 0; i < trained.numel(); ++i)
     moved = std::max(moved, static_cast<double>(std::fabs(trained.data<float>()[i] - initial.data<float>()[i])));
   EXPECT_GT(moved, 1e-4) << "the mask table trained and was saved";
+  // model.init_from that checkpoint continues from its mask table too (not a fresh one).
+  const RunConfig again = load_run_config(
+      tiny().config, {"run.out_dir=" + tiny().dir + "/init_from", "checkpoint.resume=none", "task.name=distill",
+                      "distill.target=" + target_dir(), "distill.drafter=parallelspec",
+                      "model={init_from: " + config.run.out_dir + "}", "training.steps=1", "training.eval_every=0",
+                      "schedule.warmup_steps=0"});
+  Trainer continued(again, TrainerMode::Quiet);
+  const Tensor loaded = continued.model().param(kMaskEmbeddingName).value;
+  for (int64_t i = 0; i < trained.numel(); ++i)
+    ASSERT_EQ(loaded.data<float>()[i], trained.data<float>()[i]) << "mask table element " << i;
   const LoadedModel target = load_model(target_dir());
   const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7, 8}, {9, 10, 11, 12}, {100, 200, 300, 400}, {1, 2, 3, 4}};
   const auto want = generate(*target.model, prompts, 24, SamplingConfig::greedy());
