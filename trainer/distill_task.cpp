@@ -199,26 +199,14 @@ void DistillTask::build(const TaskEnv& env) {
 
 PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
   const int M = static_cast<int>(batches.size());
-  // ParallelSpec: the drafter reads group-wise rows (windows + masks); the target the windows alone.
-  std::vector<Batch> rows;
-  std::vector<Tensor> groups, slots;
-  for (int m = 0; m < M && masks_ > 0; ++m) {
-    ParallelSpecRows r = parallel_spec_rows(batches[m], masks_, anchors_, static_cast<int32_t>(drafter_->config().vocab_size),
-                                            static_cast<int32_t>(env_.config->training.ignore_index));
-    rows.push_back(std::move(r.drafter));
-    groups.push_back(std::move(r.group_ids));
-    slots.push_back(r.teacher_slots.to(env_.device));
-  }
   const int64_t max_positions = drafter_->config().max_position_embeddings;
-  LMStepInputs in = make_lm_step(env_, masks_ > 0 ? rows : batches, training, max_positions);
-  for (int m = 0; m < M && masks_ > 0; ++m) {
-    auto ctx = std::make_shared<StepContext>();
-    ctx->position_ids = rows[m].position_ids;
-    ctx->mask.group_ids = groups[m];
-    check_step_context(*ctx, groups[m].size(0), groups[m].size(1), max_positions, "distill parallelspec");
-    ctx->to(env_.device);
-    in.contexts[m] = std::move(ctx);
-  }
+  // ParallelSpec: the drafter reads group-wise rows (windows + masks); the target the windows alone.
+  ParallelSpecStep pspec;
+  if (masks_ > 0)
+    pspec = parallel_spec_step(batches, masks_, anchors_, static_cast<int32_t>(drafter_->config().vocab_size),
+                               static_cast<int32_t>(env_.config->training.ignore_index), max_positions, env_.device);
+  LMStepInputs in = make_lm_step(env_, masks_ > 0 ? pspec.rows : batches, training, max_positions);
+  if (masks_ > 0) in.contexts = pspec.contexts;
   // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
   std::vector<Tensor> ids = in.ids;
   for (int m = 0; m < M && masks_ > 0; ++m) ids[m] = batches[m].ids.to(env_.device);  // the windows alone
@@ -230,7 +218,7 @@ PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool train
   target_pipeline_->evaluate(M, capture);
   stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens), capture.take());
-  loss_->set_teacher_slots(std::move(slots));
+  loss_->set_teacher_slots(std::move(pspec.teacher_slots));
   return *loss_;
 }
 

@@ -84,4 +84,21 @@ ParallelSpecRows parallel_spec_rows(const Batch& window, int64_t masks, int64_t 
   return out;
 }
 
+ParallelSpecStep parallel_spec_step(const std::vector<Batch>& windows, int64_t masks, int64_t anchors,
+                                    int32_t first_mask_id, int32_t ignore_index, int64_t max_positions, Device device) {
+  ParallelSpecStep step;
+  for (const Batch& window : windows) {
+    ParallelSpecRows r = parallel_spec_rows(window, masks, anchors, first_mask_id, ignore_index);
+    auto ctx = std::make_shared<StepContext>();
+    ctx->position_ids = r.drafter.position_ids;
+    ctx->mask.group_ids = r.group_ids;
+    check_step_context(*ctx, r.group_ids.size(0), r.group_ids.size(1), max_positions, "distill parallelspec");
+    ctx->to(device);
+    step.rows.push_back(std::move(r.drafter));
+    step.contexts.push_back(std::move(ctx));
+    step.teacher_slots.push_back(r.teacher_slots.to(device));
+  }
+  return step;
+}
+
 }  // namespace anvil

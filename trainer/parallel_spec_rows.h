@@ -13,8 +13,11 @@
 // same for every row and step; the row has n + a·k slots, which must fit the drafter's positions.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "data/loader.h"
+#include "models/step_context.h"
 #include "models/transformer.h"
 #include "trainer/config.h"
 
@@ -45,5 +48,15 @@ struct ParallelSpecRows {
 // The rows for a window batch (ids and targets i32 [B, n], on the host, no packed documents).
 ParallelSpecRows parallel_spec_rows(const Batch& window, int64_t masks, int64_t anchors, int32_t first_mask_id,
                                     int32_t ignore_index);
+
+// The drafter's side of one step, per micro-batch: its rows, their step contexts (group ids and
+// positions, checked and on `device`) and the teacher slots (on `device`).
+struct ParallelSpecStep {
+  std::vector<Batch> rows;
+  std::vector<std::shared_ptr<StepContext>> contexts;
+  std::vector<Tensor> teacher_slots;
+};
+ParallelSpecStep parallel_spec_step(const std::vector<Batch>& windows, int64_t masks, int64_t anchors,
+                                    int32_t first_mask_id, int32_t ignore_index, int64_t max_positions, Device device);
 
 }  // namespace anvil
