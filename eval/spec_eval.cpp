@@ -68,7 +68,8 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
         const size_t last = std::min(prompts.size(), first + static_cast<size_t>(o.batch_size));
         const std::vector<std::vector<int32_t>> chunk(prompts.begin() + first, prompts.begin() + last);
         const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
-        const SpeculativeResult spec = speculative_generate(target, *lm, chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
+        const SpeculativeResult spec =
+            speculative_generate(target, *lm, chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
         const Clock::time_point t0 = Clock::now();
         const auto plain = generate(target, chunk, o.max_new_tokens, cfg, o.stop_token);
         c.plain_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
