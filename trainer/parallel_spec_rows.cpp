@@ -42,10 +42,16 @@ int64_t parallel_spec_anchor_count(int64_t n, int64_t masks, int64_t requested, 
   return requested;
 }
 
-int64_t parallel_spec_anchor(int64_t j, int64_t a, int64_t n) { return j * (n - 1) / a; }
+int64_t parallel_spec_anchor(int64_t j, int64_t a, int64_t n, int64_t offset) { return (j * (n - 1) + offset) / a; }
+
+int64_t parallel_spec_offset(const int32_t* ids, int64_t n) {
+  uint64_t h = 14695981039346656037ull;
+  for (int64_t j = 0; j < n; ++j) h = (h ^ static_cast<uint32_t>(ids[j])) * 1099511628211ull;
+  return n > 1 ? static_cast<int64_t>(h % static_cast<uint64_t>(n - 1)) : 0;
+}
 
 ParallelSpecRows parallel_spec_rows(const Batch& window, int64_t masks, int64_t anchors, int32_t first_mask_id,
-                                    int32_t ignore_index) {
+                                    int32_t ignore_index, bool shifted) {
   ANVIL_CHECK(!window.segment_ids.defined(), "distill.drafter parallelspec: packed documents are not supported — "
               "set data.packing: none");
   ANVIL_CHECK(window.ids.dim() == 2 && window.targets.shape() == window.ids.shape() && !window.ids.device().is_cuda(),
@@ -69,8 +75,9 @@ ParallelSpecRows parallel_spec_rows(const Batch& window, int64_t masks, int64_t 
       row[j] = x[j], label[j] = y[j], group[j] = -1;
       teacher[j] = static_cast<int32_t>(b * n + j);
     }
+    const int64_t offset = shifted ? parallel_spec_offset(x, n) : 0;
     for (int64_t a = 0; a < anchors; ++a) {
-      const int64_t t = parallel_spec_anchor(a, anchors, n);
+      const int64_t t = parallel_spec_anchor(a, anchors, n, offset);
       for (int64_t i = 1; i <= masks; ++i) {
         const int64_t slot = n + a * masks + (i - 1), source = t + i;  // mask i drafts targets[t + i]
         row[slot] = first_mask_id + static_cast<int32_t>(i - 1);

@@ -9,8 +9,10 @@
 // predicts x_{t+1+i} = targets[t + i], ignored past the window. The target model scores a slot
 // with its own distribution at the real slot that predicts the same token: slot j for x_j,
 // slot t + i for mask i of anchor t (teacher_slots). The target runs over the real tokens only.
-// Anchors: `anchors` evenly spaced over 0 .. n - 2 (every slot whose mask 1 has a label), the
-// same for every row and step; the row has n + a·k slots, which must fit the drafter's positions.
+// Anchors: `anchors` evenly spaced over 0 .. n - 2 (every slot whose mask 1 has a label), the grid
+// shifted per row by an offset hashed from the row's tokens (so masks train at every position,
+// and a row's anchors depend on its content only: the same under any layout or batch). The row
+// has n + a·k slots, which must fit the drafter's positions.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -36,8 +38,11 @@ void add_parallel_spec_masks(TransformerLM& drafter, const RunConfig& config);
 // Throws naming distill.anchors_per_sequence / data.seq_len when not one anchor fits.
 int64_t parallel_spec_anchor_count(int64_t n, int64_t masks, int64_t requested, int64_t max_positions);
 
-// Anchor j of a (0-based) in a window of n real tokens: floor(j (n - 1) / a), so a = n - 1 takes every slot.
-int64_t parallel_spec_anchor(int64_t j, int64_t a, int64_t n);
+// Anchor j of a (0-based) in a window of n real tokens with grid offset o in [0, n - 1):
+// floor((j (n - 1) + o) / a) — strictly increasing, within 0 .. n - 2; a = n - 1 takes every slot.
+int64_t parallel_spec_anchor(int64_t j, int64_t a, int64_t n, int64_t offset);
+// The grid offset of a row of n tokens: an FNV-1a hash of its ids, modulo n - 1.
+int64_t parallel_spec_offset(const int32_t* ids, int64_t n);
 
 struct ParallelSpecRows {
   Batch drafter;         // ids (mask i = first_mask_id + i), targets and position_ids, each i32 [B, n + a·k]
@@ -46,8 +51,9 @@ struct ParallelSpecRows {
 };
 
 // The rows for a window batch (ids and targets i32 [B, n], on the host, no packed documents).
+// shifted = false: every row's grid offset is 0 (for tests that spell the layout out).
 ParallelSpecRows parallel_spec_rows(const Batch& window, int64_t masks, int64_t anchors, int32_t first_mask_id,
-                                    int32_t ignore_index);
+                                    int32_t ignore_index, bool shifted = true);
 
 // The drafter's side of one step, per micro-batch: its rows, their step contexts (group ids and
 // positions, checked and on `device`) and the teacher slots (on `device`).

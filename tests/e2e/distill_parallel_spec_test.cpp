@@ -113,7 +113,7 @@ double naive_first_step(const RunConfig& config) {
         sum += score(zt.data<float>() + j * V, zs.data<float>() + j * V, V, y[j], ce), count += 1;
       }
       for (int64_t s = 0; s < a; ++s) {  // anchor t: [x_0..x_t, masks]; mask i drafts y[t + i]
-        const int64_t t = s * (n - 1) / a;
+        const int64_t t = parallel_spec_anchor(s, a, n, parallel_spec_offset(x, n));
         std::vector<int32_t> row(x, x + t + 1);
         for (int64_t i = 0; i < k; ++i) row.push_back(drafter.mask_token_id(i));
         const Tensor zm = logits_of(drafter, row);
