@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "eval/parallel_spec_drafter.h"
+
 namespace anvil {
 
 namespace {
@@ -21,9 +23,9 @@ std::string speculative_complete_text(TransformerLM& target, TransformerLM& draf
   if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
   const int64_t positions = std::min(target.config().max_position_embeddings, drafter.config().max_position_embeddings);
   const int64_t room = positions - static_cast<int64_t>(ids.size()) - (gamma - 1);
-  LMDrafter lm(drafter);
+  const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
   const SpeculativeResult r =
-      speculative_generate(target, lm, {ids}, static_cast<int>(std::max<int64_t>(0, std::min(tokens, room))), config,
+      speculative_generate(target, *lm, {ids}, static_cast<int>(std::max<int64_t>(0, std::min(tokens, room))), config,
                            gamma, eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
   if (stats) *stats = r.stats;
   return prompt + tokenizer.decode(r.tokens[0]);
@@ -42,8 +44,8 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
   using Clock = std::chrono::steady_clock;
   {  // Untimed warm-up of both paths (thread pool, first allocations), so the first case is not charged for it.
     SamplingConfig greedy = SamplingConfig::greedy();
-    LMDrafter lm(drafter);
-    speculative_generate(target, lm, {prompts[0]}, 2, greedy, 1);
+    const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
+    speculative_generate(target, *lm, {prompts[0]}, 2, greedy, 1);
     generate(target, {prompts[0]}, 2, greedy);
   }
   std::vector<SpecEvalCase> cases;
@@ -65,8 +67,9 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
       for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(o.batch_size)) {
         const size_t last = std::min(prompts.size(), first + static_cast<size_t>(o.batch_size));
         const std::vector<std::vector<int32_t>> chunk(prompts.begin() + first, prompts.begin() + last);
-        LMDrafter lm(drafter);
-        const SpeculativeResult spec = speculative_generate(target, lm, chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
+        const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
+        const SpeculativeResult spec =
+            speculative_generate(target, *lm, chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
         const Clock::time_point t0 = Clock::now();
         const auto plain = generate(target, chunk, o.max_new_tokens, cfg, o.stop_token);
         c.plain_seconds += std::chrono::duration<double>(Clock::now() - t0).count();

@@ -139,7 +139,7 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   const Tensor positions = kv.begin_step(T, config_.max_position_embeddings, device());
   const bool common_run = kv.step_is_common_run();
   const int64_t start = common_run ? kv.length() : 0;  // the run's first slot (the layers read kv's rows)
-  Tensor x = wte_->infer(ids);
+  Tensor x = masks_ ? masks_->infer(ids) : wte_->infer(ids);
   if (wpe_ && common_run) {
     const Tensor rows = wpe_->weight.value.slice(0, start, start + T);
     for (int64_t b = 0; b < B; ++b) {
@@ -196,9 +196,10 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
       for (int64_t b = 0; b < dx.size(0); ++b) kernels::add_inplace(dpos, dx32.select(0, b));
     }
   }
-  wte_->backward(dx, c.child(0));
+  if (masks_) masks_->backward(dx, c.child(0));  // wte's gradient and the masks'
+  else wte_->backward(dx, c.child(0));
   // Over several stages a tied embedding is final only after all_reduce_tied_embedding_grad.
-  report_grads_ready({tied_over_stages() ? nullptr : &*wte_, wpe_ ? &*wpe_ : nullptr});
+  report_grads_ready({tied_over_stages() ? nullptr : &*wte_, wpe_ ? &*wpe_ : nullptr, masks_.get()});
   return Tensor();
 }
 
@@ -251,9 +252,25 @@ int64_t TransformerLM::enter_sequence(int64_t local_length) {
   return part.start(sp.rank());
 }
 
+void TransformerLM::add_mask_embeddings(int64_t masks, uint64_t seed) {
+  ANVIL_CHECK(!masks_, "add_mask_embeddings: the model has its ", masks_ ? masks_->masks() : 0, " mask tokens already");
+  ANVIL_CHECK(!device_.is_cuda(), "add_mask_embeddings: add the mask tokens on the CPU, before TransformerLM::to");
+  if (!is_first_stage()) return;  // only the embedding stage reads ids
+  masks_ = std::make_unique<MaskTokenEmbedding>(*wte_, masks, config_.hidden_size, tp_);
+  const float std = static_cast<float>(config_.initializer_range);
+  init_params(masks_->params(), seed, std, std);
+}
+
+int32_t TransformerLM::mask_token_id(int64_t i) const {
+  ANVIL_CHECK(masks_ && i >= 0 && i < masks_->masks(), "mask_token_id: mask ", i, " does not exist — the model has ",
+              mask_tokens(), " mask tokens (a ParallelSpec drafter: TransformerLM::add_mask_embeddings)");
+  return masks_->mask_id(i);
+}
+
 void TransformerLM::collect_params(std::vector<Param*>& out) {
   if (wte_) wte_->collect_params(out);
   if (wpe_) wpe_->collect_params(out);
+  if (masks_) masks_->collect_params(out);
   for (auto& b : blocks_) b->collect_params(out);
   if (norm_f_) norm_f_->collect_params(out);
   if (head_) head_->collect_params(out);

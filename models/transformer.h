@@ -10,6 +10,7 @@
 #include "models/config.h"
 #include "models/kv_cache.h"
 #include "models/lm_loss.h"
+#include "models/mask_embedding.h"
 
 namespace anvil {
 
@@ -179,6 +180,15 @@ class TransformerLM : public Module {
   using GradReadyCallback = std::function<void(const std::vector<Param*>& ready)>;
   void set_grad_ready_callback(GradReadyCallback callback) { grad_ready_ = std::move(callback); }
 
+  // ParallelSpec drafters (models/mask_embedding.h): adds `masks` learned mask tokens, ids
+  // vocab_size .. vocab_size + masks - 1 (mask_token_id), initialised like the embeddings from
+  // (seed, name). Call once, on the CPU before to() and before loading weights; only the first
+  // pipeline stage holds them. Without it (every other model) the ids must lie in the vocabulary
+  // and the embedding runs exactly as before.
+  void add_mask_embeddings(int64_t masks, uint64_t seed);
+  int64_t mask_tokens() const { return masks_ ? masks_->masks() : 0; }
+  int32_t mask_token_id(int64_t i) const;  // throws unless 0 <= i < mask_tokens()
+
   void collect_params(std::vector<Param*>& out) override;
   Param& param(const std::string& name);  // throws naming the missing param
   void zero_grad();
@@ -222,6 +232,7 @@ class TransformerLM : public Module {
   // Each part exists only on the pipeline stage that runs it (all of them with one stage).
   std::optional<VocabParallelEmbedding> wte_;  // first stage; also the last when tied (the head's weight)
   std::optional<Embedding> wpe_;  // GPT-2 learned positions; first stage
+  std::unique_ptr<MaskTokenEmbedding> masks_;  // ParallelSpec's mask tokens (first stage); embeds in wte_'s place
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;  // this stage's layers
   std::unique_ptr<Module> norm_f_;  // last stage
   std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)

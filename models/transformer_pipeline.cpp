@@ -11,7 +11,7 @@ Tensor TransformerLM::embed_stage_input(const Tensor& ids, int64_t start, Cache&
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2, "token ids must be [batch, seq_len], got ", ids.describe());
   const int64_t B = ids.size(0), T = ids.size(1);
-  Tensor x = wte_->forward(ids, c.child(0));
+  Tensor x = masks_ ? masks_->forward(ids, c.child(0)) : wte_->forward(ids, c.child(0));
   const Tensor& position_ids = c.context().position_ids;
   if (wpe_ && position_ids.defined()) {
     ANVIL_CHECK(position_ids.shape() == ids.shape(), "position ids ", position_ids.describe(),

@@ -513,6 +513,8 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   s.read("top_k", d.top_k);
   s.read("top_p", d.top_p);
   s.read("gamma", d.gamma);
+  s.read("parallel_tokens", d.parallel_tokens);
+  s.read("anchors_per_sequence", d.anchors_per_sequence);
   if (task != "distill") {
     const std::pair<const char*, bool> changed[] = {
         {"target", !raw.empty()},
@@ -521,14 +523,16 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
         {"temperature", d.temperature != defaults.temperature},
         {"top_k", d.top_k != defaults.top_k},
         {"top_p", d.top_p != defaults.top_p},
-        {"gamma", d.gamma != defaults.gamma}};
+        {"gamma", d.gamma != defaults.gamma},
+        {"parallel_tokens", d.parallel_tokens != defaults.parallel_tokens},
+        {"anchors_per_sequence", d.anchors_per_sequence != defaults.anchors_per_sequence}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
                 "only; set task.name: distill or remove the distill section");
     return;
   }
-  s.require(d.drafter == "standalone", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
-            "(the model section is the drafter, an ordinary LM)");
+  s.require(d.drafter != "eagle", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
+            "(the model section is the drafter, an ordinary LM) or parallelspec");
   if (raw.empty())
     s.fail("target", "is required for task.name: distill but missing — add `target: runs/demo` (an anvil run or "
            "checkpoint directory, or a Hugging Face directory) under distill:");
@@ -545,6 +549,10 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   s.require(d.loss != "reverse_kl" || (d.top_k == 0 && d.top_p == 1), "loss",
             "reverse_kl is infinite wherever the drafter puts mass outside the filtered target's support (top_k = ",
             d.top_k, ", top_p = ", d.top_p, ") — drop distill.top_k / distill.top_p, or use forward_kl, tvd or jsd");
+  s.require(d.parallel_tokens >= 1, "parallel_tokens", "must be at least 1 (the drafter's mask tokens), got ",
+            d.parallel_tokens);
+  s.require(d.anchors_per_sequence >= 0, "anchors_per_sequence", "must be >= 0 (0 = as many as fit), got ",
+            d.anchors_per_sequence);
   s.require(d.gamma >= 1, "gamma", "must be at least 1 (the draft length tau_sim is reported for), got ", d.gamma);
 }
 

@@ -113,12 +113,16 @@ struct TaskSection {
 // task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
 struct DistillSection {
   std::string target;                 // absolute path: an anvil checkpoint / run directory or a HF directory
-  std::string drafter = "standalone";  // standalone (parallelspec and eagle: not built yet)
+  std::string drafter = "standalone";  // standalone | parallelspec (eagle: not built yet)
   std::string loss = "forward_kl";    // forward_kl | reverse_kl | tvd | jsd | ce
   double temperature = 1.0;           // > 0: the decoding temperature both distributions are taken at
   int64_t top_k = 0;                  // 0 = off
   double top_p = 1.0;                 // (0, 1]; 1 = off
   int64_t gamma = 4;                  // >= 1: draft length of the reported tau_sim
+  // drafter parallelspec (trainer/parallel_spec_rows.h): the drafter's learned mask tokens k, and
+  // the anchors given k masks each per training row (0 = as many as fit the model's positions).
+  int64_t parallel_tokens = 4;        // >= 1
+  int64_t anchors_per_sequence = 0;   // >= 0
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.

@@ -69,12 +69,14 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
 
   section = "distill";  // written for every task (at its defaults unless the task is distill)
   string("target", c.distill.target, "frozen target: anvil checkpoint or Hugging Face directory");
-  string("drafter", c.distill.drafter, "standalone");
+  string("drafter", c.distill.drafter, "standalone | parallelspec");
   string("loss", c.distill.loss, "forward_kl | reverse_kl | tvd | jsd | ce");
   real("temperature", c.distill.temperature);
   integer("top_k", c.distill.top_k, "0 = off");
   real("top_p", c.distill.top_p, "1 = off");
   integer("gamma", c.distill.gamma, "draft length of tau_sim");
+  integer("parallel_tokens", c.distill.parallel_tokens, "parallelspec: mask tokens k");
+  integer("anchors_per_sequence", c.distill.anchors_per_sequence, "parallelspec: 0 = as many as fit");
 
   section = "model";
   const ModelSection& m = c.model;

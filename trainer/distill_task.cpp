@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "data/tokenizer.h"
+#include "kernels/embedding.h"
 #include "models/hf_convert.h"
 #include "models/layout_checks.h"
 #include "parallel/data_parallel.h"
@@ -12,6 +13,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/lm_task.h"
 #include "trainer/load_model.h"
+#include "trainer/parallel_spec_rows.h"
 #include "trainer/trainer.h"
 
 namespace anvil {
@@ -114,7 +116,14 @@ PipelineLoss::Value DistillPipelineLoss::forward(int m, const Tensor& hidden, bo
   {
     Cache target_head;  // frozen: nothing is kept for a backward
     ANVIL_CHECK(target_hidden_.at(m).defined(), "distill: no target hidden state for micro-batch ", m);
-    teacher = target_.forward_head(target_hidden_[m], target_head);
+    Tensor source = target_hidden_[m];
+    if (!teacher_slots_.empty()) {  // ParallelSpec: each drafter slot is scored at the real slot predicting its token
+      const int64_t H = source.size(2);
+      Tensor rows = empty_like(source, {teacher_slots_.at(m).numel(), H});
+      kernels::embedding_forward(teacher_slots_[m], source.contiguous().view({-1, H}), rows);
+      source = rows.view({hidden.size(0), hidden.size(1), H});
+    }
+    teacher = target_.forward_head(source, target_head);
     target_hidden_[m] = Tensor();  // used once; its memory goes with it
   }
   Value v;
@@ -157,12 +166,21 @@ void DistillTask::build(const TaskEnv& env) {
   env_ = env;
   const RunConfig& config = *env.config;
   const DistillSection& d = config.distill;
-  ANVIL_CHECK(d.drafter == "standalone", "distill.drafter: ", d.drafter,
-              " drafters are not built yet — use distill.drafter: standalone");
+  ANVIL_CHECK(d.drafter == "standalone" || d.drafter == "parallelspec", "distill.drafter: ", d.drafter,
+              " drafters are not built yet — use distill.drafter: standalone or parallelspec");
   ANVIL_CHECK(!d.target.empty(), config.source, ": task.name: distill needs distill.target (the frozen target: an "
               "anvil checkpoint or run directory, or a Hugging Face directory)");
   check_target(config, describe_target(d.target));
   drafter_ = build_trainable_lm(env);
+  if ((masks_ = parallel_spec_masks(config)) > 0) {
+    ANVIL_CHECK(env.layout.sp == nullptr, "distill.drafter parallelspec: the mask groups' attention is not sequence-"
+                "parallel — set parallel.sp: 1 (tp, pp and dp work)");
+    ANVIL_CHECK(config.data.packing == "none", "distill.drafter parallelspec: packed documents are not supported "
+                "(the masks follow the window's real tokens) — set data.packing: none");
+    add_parallel_spec_masks(*drafter_, config);
+    anchors_ = parallel_spec_anchor_count(config.data.seq_len, masks_, d.anchors_per_sequence,
+                                          drafter_->config().max_position_embeddings);
+  }
   stage_ = std::make_unique<TransformerStage>(*drafter_);
   LoadModelOptions options;
   options.device = env.device;
@@ -182,10 +200,18 @@ void DistillTask::build(const TaskEnv& env) {
 }
 
 PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
-  LMStepInputs in = make_lm_step(env_, batches, training, drafter_->config().max_position_embeddings);
   const int M = static_cast<int>(batches.size());
+  const int64_t max_positions = drafter_->config().max_position_embeddings;
+  // ParallelSpec: the drafter reads group-wise rows (windows + masks); the target the windows alone.
+  ParallelSpecStep pspec;
+  if (masks_ > 0)
+    pspec = parallel_spec_step(batches, masks_, anchors_, static_cast<int32_t>(drafter_->config().vocab_size),
+                               static_cast<int32_t>(env_.config->training.ignore_index), max_positions, env_.device);
+  LMStepInputs in = make_lm_step(env_, masks_ > 0 ? pspec.rows : batches, training, max_positions);
+  if (masks_ > 0) in.contexts = pspec.contexts;
   // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
   std::vector<Tensor> ids = in.ids;
+  for (int m = 0; m < M && masks_ > 0; ++m) ids[m] = batches[m].ids.to(env_.device);  // the windows alone
   std::vector<std::shared_ptr<StepContext>> contexts(M);
   for (int m = 0; m < M; ++m)
     contexts[m] = make_step_context(batches[m], target_->config().max_position_embeddings, env_.device);
@@ -194,6 +220,7 @@ PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool train
   target_pipeline_->evaluate(M, capture);
   stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens), capture.take());
+  loss_->set_teacher_slots(std::move(pspec.teacher_slots));
   return *loss_;
 }
 

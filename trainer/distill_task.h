@@ -43,6 +43,9 @@ class DistillPipelineLoss : public PipelineLoss {
   // target's final hidden state per micro-batch (on the last stage; empty elsewhere).
   void set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts,
                          std::vector<Tensor> target_hidden);
+  // ParallelSpec (trainer/parallel_spec_rows.h): per micro-batch, the row of the target's
+  // [B·n] outputs that scores each drafter slot (i32 [B·T]); empty: slot for slot.
+  void set_teacher_slots(std::vector<Tensor> slots) { teacher_slots_ = std::move(slots); }
 
   Value forward(int m, const Tensor& hidden, bool for_backward) override;
   Tensor backward(int m) override;
@@ -60,6 +63,7 @@ class DistillPipelineLoss : public PipelineLoss {
   std::vector<LMMicroBatch> micro_;
   std::vector<int64_t> counts_;
   std::vector<Tensor> target_hidden_;
+  std::vector<Tensor> teacher_slots_;
   double acceptance_sum_ = 0, scored_tokens_ = 0;
 };
 
@@ -86,6 +90,7 @@ class DistillTask : public Task {
   std::unique_ptr<TransformerStage> stage_, target_stage_;
   std::unique_ptr<PipelineExecutor> target_pipeline_;
   std::unique_ptr<DistillPipelineLoss> loss_;
+  int64_t masks_ = 0, anchors_ = 0;  // drafter parallelspec: mask tokens and anchors per row (else 0)
 };
 
 }  // namespace anvil

@@ -6,6 +6,7 @@
 #include "models/hf_convert.h"
 #include "core/cuda_device.h"
 #include "trainer/checkpoint.h"
+#include "trainer/parallel_spec_rows.h"
 #include "trainer/trainer.h"
 
 namespace anvil {
@@ -67,6 +68,10 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     out.source = find_checkpoint_dir(path);
     out.config = config_from_checkpoint(out.source, options.overrides);
     out.model = build_frozen(out.config.model, options.layout);
+    if (const int64_t masks = parallel_spec_masks(out.config)) {  // a ParallelSpec drafter's mask tokens
+      FrozenParamScope frozen;
+      out.model->add_mask_embeddings(masks, 0);
+    }
     CheckpointContents contents;
     contents.params = checkpoint_tensors(out.model->params());  // each param's shard under a split layout
     out.step = load_checkpoint(out.source, contents).step;

@@ -1,7 +1,8 @@
 // Layout equivalence of task.name: distill (issue 14, labels multirank + spec): the drafter and
 // its frozen target are split by the same grid, and dp2, tp2, pp2, sp2 (2 ranks) and dp2 x tp2
-// (4 ranks) distill runs take the same steps as one process — per-step loss, gradient norm and
-// acceptance, and the final drafter read back from the layout's own checkpoint. Tolerances as in
+// (4 ranks) distill runs take the same steps as one process (standalone drafter; parallelspec on
+// every layout but sp2) — per-step loss, gradient norm and acceptance, and the final drafter read
+// back from the layout's own checkpoint. Tolerances as in
 // layout_equivalence_test.cpp: fp32 reduction-order noise over 10 steps (AdamW eps 1e-5 there too).
 // The loss is forward KL: TVD's gradient ½ sign(q − p) is discontinuous, so that noise flips it
 // wherever p ≈ q and the final params drift apart by ~1e-4 with no layout at fault.
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
@@ -55,10 +57,12 @@ struct Layout {
 };
 
 // The drafter: hidden 16, 2 layers (pp2), 4 query / 2 KV heads (tp2, sp2), intermediate 32.
-RunConfig config(const Layout& l) {
-  const std::string out =
-      tiny().dir + "/out_" + l.label() + (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
+// drafter: standalone, or parallelspec (k = 4 masks, 8 anchors per 32-token window; sp refuses it).
+RunConfig config(const Layout& l, const std::string& drafter = "standalone") {
+  const std::string out = tiny().dir + "/out_" + drafter + "_" + l.label() +
+                          (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
   return load_run_config(tiny().config, {"run.out_dir=" + out,
+                                         "distill.drafter=" + drafter,
                                          "checkpoint.dir=" + out + "/checkpoints",
                                          "checkpoint.resume=none",
                                          "task.name=distill",
@@ -94,20 +98,21 @@ double metric(const StepRecord& r, const std::string& name) {
   return NAN;
 }
 
-Trainer& reference() {
-  static std::unique_ptr<Trainer> t = [] {
-    auto r = std::make_unique<Trainer>(config(Layout{}), TrainerMode::Quiet);
-    r->train();
-    return r;
-  }();
+Trainer& reference(const std::string& drafter = "standalone") {
+  static std::map<std::string, std::unique_ptr<Trainer>> runs;
+  std::unique_ptr<Trainer>& t = runs[drafter];
+  if (!t) {
+    t = std::make_unique<Trainer>(config(Layout{}, drafter), TrainerMode::Quiet);
+    t->train();
+  }
   return *t;
 }
 
-void expect_same_training(const Layout& l) {
+void expect_same_training(const Layout& l, const std::string& drafter = "standalone") {
   ASSERT_EQ(l.size(), world()->size()) << l.label();
-  Trainer& ref = reference();
-  const std::string label = l.label();
-  Trainer t(config(l), TrainerMode::Quiet, world());
+  Trainer& ref = reference(drafter);
+  const std::string label = drafter + " " + l.label();
+  Trainer t(config(l, drafter), TrainerMode::Quiet, world());
   t.train();
   ASSERT_EQ(t.history().size(), ref.history().size()) << label;
   double worst = 0;
@@ -120,7 +125,7 @@ void expect_same_training(const Layout& l) {
     EXPECT_LT(rel(metric(a, "acceptance"), metric(b, "acceptance")), 1e-5) << label << " step " << i + 1;
     EXPECT_LT(rel(metric(a, "tau_sim"), metric(b, "tau_sim")), 1e-5) << label << " step " << i + 1;
   }
-  const LoadedModel back = load_model(config(l).checkpoint.dir);
+  const LoadedModel back = load_model(config(l, drafter).checkpoint.dir);
   EXPECT_EQ(back.step, kSteps);
   double worst_param = 0;
   for (Param* p : back.model->params()) {
@@ -143,4 +148,15 @@ TEST(DistillLayoutEquivalence, EveryLayoutDistillsLikeOneProcess) {
   ASSERT_GT(ran, 0) << "no distill layout has " << world()->size() << " ranks; run at 2 or 4";
   // The reference really trained: the divergence fell.
   EXPECT_LT(reference().history().back().loss, reference().history().front().loss);
+}
+
+// ParallelSpec's group-wise rows under the grid: the mask table is replicated over tp and held by
+// the first pipeline stage; the target still reads the windows alone.
+TEST(DistillLayoutEquivalence, ParallelSpecDistillsLikeOneProcess) {
+  const std::vector<Layout> all = {{2, 1, 1, 1}, {1, 2, 1, 1}, {1, 1, 2, 1}, {2, 2, 1, 1}};
+  int ran = 0;
+  for (const Layout& l : all)
+    if (l.size() == world()->size()) expect_same_training(l, "parallelspec"), ++ran;
+  ASSERT_GT(ran, 0) << "no distill layout has " << world()->size() << " ranks; run at 2 or 4";
+  EXPECT_LT(reference("parallelspec").history().back().loss, reference("parallelspec").history().front().loss);
 }
