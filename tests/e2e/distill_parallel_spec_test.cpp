@@ -22,14 +22,7 @@ using namespace anvil;
 namespace {
 
 const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = [] {
-    anvil::testing::TinyRun r = anvil::testing::make_tiny_run("distill_pspec");
-    Trainer target(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=30",
-                                              "training.eval_every=0", "checkpoint.resume=none"}),
-                   TrainerMode::Quiet);
-    target.train();
-    return r;
-  }();
+  static const anvil::testing::TinyRun run = anvil::testing::make_tiny_target_run("distill_pspec");
   return run;
 }
 std::string target_dir() { return tiny().dir + "/target"; }

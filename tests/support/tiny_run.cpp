@@ -1,6 +1,7 @@
 #include "tests/support/tiny_run.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include "core/error.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "trainer/trainer.h"
 
 namespace anvil::testing {
 
@@ -63,6 +65,15 @@ TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml) {
                           << "           eval_batches: 2}\n"
                           << "checkpoint: {every: 0, keep: 2}\n"
                           << extra_yaml;
+  return r;
+}
+
+TinyRun make_tiny_target_run(const std::string& name, int steps) {
+  TinyRun r = make_tiny_run(name + "_" + std::to_string(getpid()));
+  Trainer target(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=" + std::to_string(steps),
+                                            "training.eval_every=0", "checkpoint.resume=none"}),
+                 TrainerMode::Quiet);
+  target.train();
   return r;
 }
 

@@ -17,6 +17,11 @@ struct TinyRun {
 // `extra_yaml` is appended to the config (e.g. to add a bad key). Steps default to 20.
 TinyRun make_tiny_run(const std::string& name, const std::string& extra_yaml = "");
 
+// A tiny run plus a distillation target in dir + "/target": the tiny Llama trained `steps` steps,
+// so its distributions are far from a fresh drafter's. The directory carries the process id:
+// ctest runs the tests of one binary as parallel processes, each building its own.
+TinyRun make_tiny_target_run(const std::string& name, int steps = 30);
+
 // Runs a shell command; returns its exit status and puts stdout+stderr in `output`.
 int run_command(const std::string& command, std::string& output);
 // run_command that expects exit status 0 (a failure names the command and its output); returns the output.
