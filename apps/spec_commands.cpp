@@ -124,6 +124,7 @@ int run_eval_spec(const EvalSpecArgs& a) {
                                    {"max_new_tokens", a.max_tokens}, {"batch_size", a.batch_size},
                                    {"threads", threads},            {"top_k", a.top_k},
                                    {"top_p", a.top_p},              {"seed", a.seed},
+                                   {"prompt_ids", prompts},  // so peers (bench/) decode the same prompts
                                    {"cases", spec_eval_json(cases)}};
     std::ofstream out(a.json);
     ANVIL_CHECK(out.good(), "eval spec: cannot write --json ", a.json, " — check the directory exists");
