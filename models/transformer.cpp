@@ -179,10 +179,7 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
     dx = norm_f_->backward(dx, c.child(L + 1));
     report_grads_ready({norm_f_.get()});
   }
-  for (size_t i = L; i-- > 0;) {
-    dx = blocks_[i]->backward(dx, c.child(1 + i));
-    report_grads_ready({blocks_[i].get()});
-  }
+  dx = blocks_backward(std::move(dx), c);
   if (!is_first_stage()) return dx;  // the previous stage's output gradient
   if (wpe_ && wpe_->weight.trainable) {
     const Tensor dx32 = dx.dtype() == DType::F32 ? dx : dx.to(DType::F32);  // grads accumulate in f32
@@ -200,6 +197,27 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   report_grads_ready({tied_over_stages() ? nullptr : &*wte_, wpe_ ? &*wpe_ : nullptr});
   return Tensor();
 }
+
+Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c) {
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    dx = blocks_[i]->backward(dx, c.child(1 + i));
+    report_grads_ready({blocks_[i].get()});
+  }
+  return dx;
+}
+
+Tensor TransformerLM::forward_blocks(const Tensor& x, Cache& c) {
+  ANVIL_CHECK(layout_.stages == 1 && !tp_ && !layout_.sp, "TransformerLM::forward_blocks runs every block of one "
+              "process's model — build it without tp, sp or pipeline stages");
+  check_dtype(x, compute_, "forward_blocks' input");
+  ANVIL_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "forward_blocks: the input must be [batch, seq_len, ",
+              config_.hidden_size, "], got ", x.describe());
+  Tensor h = x;
+  for (size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, c.child(1 + i));
+  return h;
+}
+
+Tensor TransformerLM::backward_blocks(const Tensor& dy, Cache& c) { return blocks_backward(dy, c); }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward_loss runs the whole model, but this rank holds pipeline "
@@ -256,6 +274,7 @@ void TransformerLM::collect_params(std::vector<Param*>& out) {
   for (auto& b : blocks_) b->collect_params(out);
   if (norm_f_) norm_f_->collect_params(out);
   if (head_) head_->collect_params(out);
+  for (Module* m : attached_) m->collect_params(out);
 }
 
 Param& TransformerLM::param(const std::string& name) {

@@ -110,6 +110,18 @@ class TransformerLM : public Module {
   // dlogits -> the gradient of the head's input; accumulates the head's gradient (a tied head:
   // the embedding's) and reports it ready. Clears `c`.
   Tensor backward_head(const Tensor& dlogits, Cache& c);
+  // The blocks alone on given input vectors x [B, T, hidden] in compute_dtype() (Hugging Face's
+  // inputs_embeds; an EAGLE drafter feeds its fused features): returns the last block's output
+  // before the final norm (final_norm() applies it). Positions and mask from c.context(). One
+  // stage, no tp or sp.
+  Tensor forward_blocks(const Tensor& x, Cache& c);
+  // Its backward: accumulates the blocks' gradients and returns the gradient of x.
+  Tensor backward_blocks(const Tensor& dy, Cache& c);
+  Module& final_norm() { return *norm_f_; }
+  // A module outside the trunk that trains with the model (an EAGLE drafter's fusion layers):
+  // its params are listed after the model's (collect_params), so they are moved, initialised,
+  // zeroed and stepped with them. Not owned; the caller runs it.
+  void attach(Module& extra) { attached_.push_back(&extra); }
   // The loss that scores this model's logits: vocab-parallel under tp, a group mean under sp.
   CrossEntropyLoss cross_entropy() const;
   // Where a stage Cache keeps what the head and its loss save (forward_head's cache and the
@@ -196,6 +208,8 @@ class TransformerLM : public Module {
   // Final norm (last stage), this stage's blocks, embeddings (first stage); returns the
   // gradient of the stage's input (undefined on the first stage).
   Tensor trunk_backward(Tensor dx, Cache& c);
+  // This stage's blocks from the last to the first, reporting each one's grads ready.
+  Tensor blocks_backward(Tensor dx, Cache& c);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
   float head_loss(const Tensor& hidden, const Tensor& targets, Cache& c, int ignore_index);
   Tensor head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
@@ -225,6 +239,7 @@ class TransformerLM : public Module {
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;  // this stage's layers
   std::unique_ptr<Module> norm_f_;  // last stage
   std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)
+  std::vector<Module*> attached_;             // attach()
 };
 
 }  // namespace anvil

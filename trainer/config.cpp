@@ -3,6 +3,7 @@
 #include "trainer/config.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -513,6 +514,17 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   s.read("top_k", d.top_k);
   s.read("top_p", d.top_p);
   s.read("gamma", d.gamma);
+  std::vector<std::string> layers;
+  s.read("eagle_layers", layers);
+  d.eagle_layers.clear();
+  for (const std::string& text : layers) {
+    char* end = nullptr;
+    const long long layer = std::strtoll(text.c_str(), &end, 10);
+    s.require(!text.empty() && *end == '\0' && layer >= 0, "eagle_layers", "holds '", text,
+              "', which is not a layer index — list three target layer indices, e.g. [1, 8, 14]");
+    d.eagle_layers.push_back(layer);
+  }
+  s.read("ttt_steps", d.ttt_steps);
   if (task != "distill") {
     const std::pair<const char*, bool> changed[] = {
         {"target", !raw.empty()},
@@ -521,13 +533,15 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
         {"temperature", d.temperature != defaults.temperature},
         {"top_k", d.top_k != defaults.top_k},
         {"top_p", d.top_p != defaults.top_p},
-        {"gamma", d.gamma != defaults.gamma}};
+        {"gamma", d.gamma != defaults.gamma},
+        {"eagle_layers", !d.eagle_layers.empty()},
+        {"ttt_steps", d.ttt_steps != defaults.ttt_steps}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
                 "only; set task.name: distill or remove the distill section");
     return;
   }
-  s.require(d.drafter == "standalone", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
+  s.require(d.drafter != "parallelspec", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
             "(the model section is the drafter, an ordinary LM)");
   if (raw.empty())
     s.fail("target", "is required for task.name: distill but missing — add `target: runs/demo` (an anvil run or "
@@ -546,6 +560,12 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
             "reverse_kl is infinite wherever the drafter puts mass outside the filtered target's support (top_k = ",
             d.top_k, ", top_p = ", d.top_p, ") — drop distill.top_k / distill.top_p, or use forward_kl, tvd or jsd");
   s.require(d.gamma >= 1, "gamma", "must be at least 1 (the draft length tau_sim is reported for), got ", d.gamma);
+  s.require(d.drafter == "eagle" || (d.eagle_layers.empty() && d.ttt_steps == defaults.ttt_steps), "eagle_layers",
+            "and ttt_steps configure drafter: eagle only, but drafter is ", d.drafter,
+            " — set drafter: eagle or remove them");
+  s.require(d.eagle_layers.empty() || d.eagle_layers.size() == 3, "eagle_layers", "must list three target layers "
+            "(low, middle, high), got ", d.eagle_layers.size(), " — or leave it empty for {1, L/2, L-2}");
+  s.require(d.ttt_steps >= 1, "ttt_steps", "must be at least 1 (1 = no training-time test), got ", d.ttt_steps);
 }
 
 }  // namespace

@@ -13,7 +13,9 @@
 //               target-generated text), temperature [1.0], top_k [0 = off], top_p [1.0 = off] (the
 //               decoder's: the target's distribution is filtered by them, models/distill_loss.h;
 //               reverse_kl takes no filter), gamma [4] (the draft length the simulated acceptance
-//               length tau_sim is reported for)
+//               length tau_sim is reported for); drafter eagle only (models/eagle_drafter.h): eagle_layers
+//               [[] = {1, L/2, L-2}] (the three target layers whose outputs are fused), ttt_steps [3] (the
+//               training-time-test steps unrolled: the drafter drafts from its own features)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -119,6 +121,8 @@ struct DistillSection {
   int64_t top_k = 0;                  // 0 = off
   double top_p = 1.0;                 // (0, 1]; 1 = off
   int64_t gamma = 4;                  // >= 1: draft length of the reported tau_sim
+  std::vector<int64_t> eagle_layers;  // drafter eagle: three target layers, empty = {1, L/2, L-2}
+  int64_t ttt_steps = 3;              // drafter eagle: >= 1 training-time-test steps
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.

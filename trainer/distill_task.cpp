@@ -155,11 +155,15 @@ void DistillTask::build(const TaskEnv& env) {
   env_ = env;
   const RunConfig& config = *env.config;
   const DistillSection& d = config.distill;
-  ANVIL_CHECK(d.drafter == "standalone", "distill.drafter: ", d.drafter,
-              " drafters are not built yet — use distill.drafter: standalone");
+  ANVIL_CHECK(d.drafter == "standalone" || d.drafter == "eagle", "distill.drafter: ", d.drafter,
+              " drafters are not built yet — use distill.drafter: standalone or eagle");
   ANVIL_CHECK(!d.target.empty(), config.source, ": task.name: distill needs distill.target (the frozen target: an "
               "anvil checkpoint or run directory, or a Hugging Face directory)");
   check_target(config, describe_target(d.target));
+  if (d.drafter == "eagle") {
+    eagle_ = std::make_unique<EagleDistill>(env);
+    return;
+  }
   drafter_ = build_trainable_lm(env);
   stage_ = std::make_unique<TransformerStage>(*drafter_);
   LoadModelOptions options;
@@ -180,6 +184,7 @@ void DistillTask::build(const TaskEnv& env) {
 }
 
 PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
+  if (eagle_) return eagle_->prepare(batches, training);
   LMStepInputs in = make_lm_step(env_, batches, training, drafter_->config().max_position_embeddings);
   const int M = static_cast<int>(batches.size());
   // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
@@ -196,7 +201,8 @@ PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool train
 }
 
 std::vector<std::pair<std::string, double>> DistillTask::acceptance_metrics() {
-  std::vector<double> sums = {loss_->acceptance_sum(), loss_->scored_tokens()};
+  std::vector<double> sums = eagle_ ? std::vector<double>{eagle_->acceptance_sum(), eagle_->scored_tokens()}
+                                    : std::vector<double>{loss_->acceptance_sum(), loss_->scored_tokens()};
   if (env_.pp) sums = all_reduce_sum(*env_.pp, sums);  // only the last stage scored
   // Each sp rank holds its group's sums: the ratio over dp x sp is the same as over dp.
   if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);
