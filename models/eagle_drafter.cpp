@@ -10,9 +10,13 @@ namespace anvil {
 
 namespace {
 
+// One block of the target's shape. The RoPE kernels take at most max_positions slots per
+// sequence, and step s's packed sequence holds (s + 1) * T slots (positions stay < T): the
+// body's tables are kMaxTrainSteps times the target's.
 ModelConfig body_config(const ModelConfig& target) {
   ModelConfig c = target;
   c.num_hidden_layers = 1;
+  c.max_position_embeddings = target.max_position_embeddings * EagleDrafter::kMaxTrainSteps;
   return c;
 }
 
@@ -72,7 +76,6 @@ EagleDrafter::EagleDrafter(TransformerLM& target, std::vector<int64_t> layers)
 void EagleDrafter::share_target_weights() {
   const Family& family = family_of(target_.config());
   std::vector<std::string> shared = {std::string(family.embed_tokens) + ".weight"};
-  if (family.embed_positions) shared.push_back(std::string(family.embed_positions) + ".weight");
   if (!target_.config().tie_word_embeddings) shared.push_back(std::string(family.head) + ".weight");
   for (const std::string& name : shared) {
     Param& mine = body_->param(name);
@@ -80,6 +83,11 @@ void EagleDrafter::share_target_weights() {
     mine.value = target_.param(name).value;  // the same storage: frozen, never stepped
   }
   shared_ = shared;
+  if (family.embed_positions) {  // learned positions: unused (the target's features carry them), frozen
+    const std::string name = std::string(family.embed_positions) + ".weight";
+    body_->param(name).set_trainable(false);
+    shared_.push_back(name);
+  }
 }
 
 std::vector<Param*> EagleDrafter::own_params() {
@@ -144,7 +152,8 @@ Tensor EagleDrafter::step_rows(const Tensor& rows, int64_t steps) {
 
 Tensor EagleDrafter::forward_train(const Tensor& ids, const std::vector<Tensor>& taps, int64_t steps, Cache& c) {
   check_dtype(ids, DType::I32, "EAGLE drafter token ids");
-  ANVIL_CHECK(steps >= 1, "distill.ttt_steps must be >= 1, got ", steps);
+  ANVIL_CHECK(steps >= 1 && steps <= kMaxTrainSteps, "distill.ttt_steps must be in [1, ", kMaxTrainSteps, "], got ",
+              steps);
   ANVIL_CHECK(ids.dim() == 2 && taps.size() == 3, "EAGLE drafter: forward_train takes ids [B, T] and the three "
               "tapped states, got ids ", ids.describe(), " and ", taps.size(), " states");
   const int64_t B = ids.size(0), T = ids.size(1), h = body_->config().hidden_size;

@@ -37,6 +37,7 @@ namespace anvil {
 
 class EagleDrafter {
  public:
+  static constexpr int64_t kMaxTrainSteps = 8;  // training-time-test steps (EAGLE-3 trains 7)
   // EAGLE-3's choice of low, middle and high layer for a target of `num_layers` layers.
   static std::vector<int64_t> default_layers(int64_t num_layers);
 
@@ -57,7 +58,7 @@ class EagleDrafter {
   std::vector<Param*> own_params();
   // Fresh weights of the own params from Philox keyed by (seed, name), as TransformerLM's rule.
   void init_weights(uint64_t seed);
-  // Points the body's embedding, position table and head at the target's (again after the
+  // Points the body's embedding and head at the target's (again after the
   // body moved to another device: body().to copies).
   void share_target_weights();
 
@@ -91,7 +92,7 @@ class EagleDrafter {
   std::vector<int64_t> layers_;
   std::unique_ptr<TransformerLM> body_;
   Linear fc_, input_proj_;
-  std::vector<std::string> shared_;  // names of the body's params that are the target's
+  std::vector<std::string> shared_;  // the body's params that are not the drafter's own (the target's; unused)
 };
 
 }  // namespace anvil

@@ -565,7 +565,8 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
             " — set drafter: eagle or remove them");
   s.require(d.eagle_layers.empty() || d.eagle_layers.size() == 3, "eagle_layers", "must list three target layers "
             "(low, middle, high), got ", d.eagle_layers.size(), " — or leave it empty for {1, L/2, L-2}");
-  s.require(d.ttt_steps >= 1, "ttt_steps", "must be at least 1 (1 = no training-time test), got ", d.ttt_steps);
+  s.require(d.ttt_steps >= 1 && d.ttt_steps <= 8, "ttt_steps", "must be in [1, 8] (1 = no training-time test; "
+            "EAGLE-3 trains 7), got ", d.ttt_steps);
 }
 
 }  // namespace
