@@ -222,6 +222,10 @@ void EagleDrafter::backward_train(const Tensor& dnormed, Cache& c) {
   c.clear();
 }
 
+Tensor EagleDrafter::forward_cached(const Tensor& tokens, const Tensor& features, KVCache& kv) {
+  return body_->forward_blocks_cached(step_input(tokens, features, nullptr), kv);
+}
+
 Tensor EagleDrafter::logits(const Tensor& hidden) {
   Cache scratch;
   return body_->forward_head(body_->final_norm().infer(hidden), scratch);

@@ -80,6 +80,10 @@ class EagleDrafter {
   // ---- Decoding (eval/eagle_drafter.cpp drives these) ----
   // The fused feature of tapped states [B, T, h] each (inference, nothing saved).
   Tensor fuse(const std::vector<Tensor>& taps);
+  // One cached call: tokens i32 [B, T], features [B, T, h] (fused, or the drafter's own outputs)
+  // -> the pre-norm outputs [B, T, h], appending T entries to kv (a KVCache of body()'s config)
+  // at the positions it gives.
+  Tensor forward_cached(const Tensor& tokens, const Tensor& features, KVCache& kv);
   // Logits [B, T, V] of pre-norm outputs.
   Tensor logits(const Tensor& hidden);
 

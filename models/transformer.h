@@ -135,7 +135,13 @@ class TransformerLM : public Module {
   // (or [B, 1, vocab] for the last one when last_position_only, which skips the
   // head's work on a long prompt). Prefill with the prompt, then one token per step.
   // Not tensor- or sequence-parallel: throws when the model was built with a tp or sp communicator.
-  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
+  // `taps`, when given, receives the outputs of its layers at the T_new positions (an EAGLE
+  // drafter reads the accepted prefix's); the logits are the same either way.
+  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false, HiddenTaps* taps = nullptr);
+  // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
+  // twin): appends their keys/values to kv at the positions it gives and returns the last block's
+  // outputs before the final norm.
+  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv);
 
   // Mean cross-entropy over targets != ignore_index (forward, then cross_entropy()); logits
   // stay in the cache. Under sp (ids and targets this rank's slices) the mean over the whole
@@ -208,6 +214,11 @@ class TransformerLM : public Module {
   // Final norm (last stage), this stage's blocks, embeddings (first stage); returns the
   // gradient of the stage's input (undefined on the first stage).
   Tensor trunk_backward(Tensor dx, Cache& c);
+  // Checks kv against this model and batch B (forward_cached's checks).
+  void check_cache(const KVCache& kv, int64_t B, const char* where) const;
+  // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
+  // the step is not a common run), recording taps; advances kv by T.
+  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps);
   // This stage's blocks from the last to the first, reporting each one's grads ready.
   Tensor blocks_backward(Tensor dx, Cache& c);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
