@@ -154,3 +154,20 @@ TEST(EagleDistill, BadEagleSettingsFailNamingTheField) {
   e = error_of([] { eagle_config("not_eagle", {"distill.drafter=standalone", "distill.ttt_steps=2"}); });
   EXPECT_NE(e.find("drafter: eagle only"), std::string::npos) << e;
 }
+
+// The CLI decodes with the trained EAGLE drafter: greedy `generate --draft` prints what plain
+// greedy generation prints, and `eval spec` reports its cases.
+TEST(EagleDistill, TheCliDecodesWithTheEagleDrafter) {
+  const RunConfig config = eagle_config("cli", {"training.steps=4"});
+  Trainer(config, TrainerMode::Quiet).train();
+  const std::string anvil = ANVIL_BINARY, target = tiny().dir + "/target";
+  const std::string gen = anvil + " generate --checkpoint " + target + " --prompt 'The GNU General' --max-tokens 12 ";
+  const std::string plain = anvil::testing::must_run("(" + gen + "--temperature 0 2>/dev/null)");
+  const std::string spec =
+      anvil::testing::must_run("(" + gen + "--temperature 0 --draft " + config.run.out_dir + " --gamma 3 2>/dev/null)");
+  EXPECT_EQ(spec, plain);
+  const std::string report = anvil::testing::must_run(anvil + " eval spec --target " + target + " --draft " +
+                                                      config.run.out_dir + " --gammas 2 --temperatures 0,1 "
+                                                      "--max-tokens 8 --num-prompts 2 --prompt-tokens 6");
+  EXPECT_NE(report.find("speedup"), std::string::npos) << report;
+}
