@@ -542,7 +542,7 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
     return;
   }
   s.require(d.drafter != "parallelspec", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
-            "(the model section is the drafter, an ordinary LM)");
+            "(the model section is the drafter, an ordinary LM) or eagle");
   if (raw.empty())
     s.fail("target", "is required for task.name: distill but missing — add `target: runs/demo` (an anvil run or "
            "checkpoint directory, or a Hugging Face directory) under distill:");

@@ -8,7 +8,7 @@
 //   distill:    (task distill only; any other task refuses a key set away from its default)
 //               target (required: an anvil checkpoint or run directory, or a Hugging Face directory;
 //               frozen, sharded like the drafter), drafter [standalone] (standalone: the model section is
-//               an ordinary LM; parallelspec and eagle are not built yet), loss [forward_kl]
+//               an ordinary LM; eagle: models/eagle_drafter.h; parallelspec is not built yet), loss [forward_kl]
 //               (forward_kl | reverse_kl | tvd | jsd | ce: hard-label cross-entropy on the data, then
 //               target-generated text), temperature [1.0], top_k [0 = off], top_p [1.0 = off] (the
 //               decoder's: the target's distribution is filtered by them, models/distill_loss.h;
@@ -115,7 +115,7 @@ struct TaskSection {
 // task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
 struct DistillSection {
   std::string target;                 // absolute path: an anvil checkpoint / run directory or a HF directory
-  std::string drafter = "standalone";  // standalone (parallelspec and eagle: not built yet)
+  std::string drafter = "standalone";  // standalone | eagle (parallelspec: not built yet)
   std::string loss = "forward_kl";    // forward_kl | reverse_kl | tvd | jsd | ce
   double temperature = 1.0;           // > 0: the decoding temperature both distributions are taken at
   int64_t top_k = 0;                  // 0 = off
