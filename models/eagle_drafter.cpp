@@ -140,13 +140,12 @@ Tensor EagleDrafter::step_labels(const Tensor& targets, int64_t steps, int ignor
 }
 
 Tensor EagleDrafter::step_rows(const Tensor& rows, int64_t steps) {
-  const int64_t B = rows.size(0), T = rows.size(1);
+  const int64_t T = rows.size(1);
   Shape shape = rows.shape();
   shape[1] = steps * T;
   Tensor out = Tensor::zeros(shape, rows.dtype(), rows.device());
   for (int64_t s = 0; s < steps && s + 1 < T; ++s)
     out.slice(1, s * T, s * T + T - 1 - s).copy_(rows.slice(1, 1 + s, T));
-  (void)B;
   return out;
 }
 

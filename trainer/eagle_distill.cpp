@@ -119,8 +119,7 @@ EagleDistill::EagleDistill(const TaskEnv& env) : env_(env) {
   LoadModelOptions options;
   options.device = env.device;
   options.compute = env.compute;
-  target_ = load_model(d.target, options).model;
-  for (Param* p : target_->params()) p->set_trainable(false);
+  target_ = load_model(d.target, options).model;  // frozen: weights only
   const int64_t L = target_->config().num_hidden_layers;
   drafter_ = std::make_unique<EagleDrafter>(
       *target_, d.eagle_layers.empty() ? EagleDrafter::default_layers(L) : d.eagle_layers);

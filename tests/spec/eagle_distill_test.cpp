@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "data/loader.h"
 #include "models/eagle_drafter.h"
 #include "tests/support/tiny_run.h"
@@ -23,7 +25,8 @@ namespace {
 // The tiny Llama (hidden 32, 2 layers) trained 30 steps: the target.
 const anvil::testing::TinyRun& tiny() {
   static const anvil::testing::TinyRun run = [] {
-    anvil::testing::TinyRun r = anvil::testing::make_tiny_run("eagle_distill");
+    // One directory per process: CTest runs this binary's tests as parallel processes.
+    anvil::testing::TinyRun r = anvil::testing::make_tiny_run("eagle_distill_" + std::to_string(getpid()));
     Trainer target(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=30",
                                               "training.eval_every=0", "checkpoint.resume=none"}),
                    TrainerMode::Quiet);
