@@ -147,6 +147,29 @@ TEST(EagleDistill, TheCheckpointHoldsTheDraftersOwnParams) {
   EXPECT_THROW(load_checkpoint(dir, embedding, nullptr), Error);
 }
 
+TEST(EagleDistill, StopAndResumeIsBitwiseIdentical) {
+  const std::vector<std::string> sets = {"training.steps=4", "distill.ttt_steps=2"};
+  Trainer straight(eagle_config("resume_straight", sets), TrainerMode::Quiet);
+  straight.train();
+  std::vector<std::string> resumable = sets;
+  resumable.push_back("checkpoint.resume=auto");
+  std::vector<StepRecord> split;
+  {
+    Trainer first(eagle_config("resume_split", resumable), TrainerMode::Quiet);
+    first.train(2);
+    split = first.history();
+  }
+  Trainer second(eagle_config("resume_split", resumable), TrainerMode::Quiet);
+  EXPECT_EQ(second.step(), 2);
+  second.train();
+  split.insert(split.end(), second.history().begin(), second.history().end());
+  ASSERT_EQ(split.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(split[i].loss, straight.history()[i].loss) << "step " << i + 1;  // bitwise: the same float
+    EXPECT_EQ(split[i].grad_norm, straight.history()[i].grad_norm) << "step " << i + 1;
+  }
+}
+
 TEST(EagleDistill, BadEagleSettingsFailNamingTheField) {
   std::string e = error_of([] { Trainer t(eagle_config("bad_layers", {"distill.eagle_layers=[0, 1, 2]"})); });
   EXPECT_NE(e.find("distill.eagle_layers: layer 2 is a drafter kind the target cannot serve"), std::string::npos) << e;
