@@ -205,7 +205,7 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
     dx = norm_f_->backward(dx, c.child(L + 1));
     report_grads_ready({norm_f_.get()});
   }
-  dx = blocks_backward(std::move(dx), c);
+  dx = blocks_backward(std::move(dx), c, true);
   if (!is_first_stage()) return dx;  // the previous stage's output gradient
   if (wpe_ && wpe_->weight.trainable) {
     const Tensor dx32 = dx.dtype() == DType::F32 ? dx : dx.to(DType::F32);  // grads accumulate in f32
@@ -224,10 +224,10 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   return Tensor();
 }
 
-Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c) {
+Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c, bool report) {
   for (size_t i = blocks_.size(); i-- > 0;) {
     dx = blocks_[i]->backward(dx, c.child(1 + i));
-    report_grads_ready({blocks_[i].get()});
+    if (report) report_grads_ready({blocks_[i].get()});
   }
   return dx;
 }
@@ -243,7 +243,7 @@ Tensor TransformerLM::forward_blocks(const Tensor& x, Cache& c) {
   return h;
 }
 
-Tensor TransformerLM::backward_blocks(const Tensor& dy, Cache& c) { return blocks_backward(dy, c); }
+Tensor TransformerLM::backward_blocks(const Tensor& dy, Cache& c) { return blocks_backward(dy, c, false); }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward_loss runs the whole model, but this rank holds pipeline "

@@ -115,7 +115,10 @@ class TransformerLM : public Module {
   // before the final norm (final_norm() applies it). Positions and mask from c.context(). One
   // stage, no tp or sp.
   Tensor forward_blocks(const Tensor& x, Cache& c);
-  // Its backward: accumulates the blocks' gradients and returns the gradient of x.
+  // Its backward: accumulates the blocks' gradients and returns the gradient of x. Reports nothing
+  // to the grad-ready callback: a caller may run it several times per micro-batch (an EAGLE
+  // drafter's training-time-test steps), so the gradients are final only at the step's end, where
+  // data parallelism reduces whatever was not reported (DataParallel::finish_grad_sync).
   Tensor backward_blocks(const Tensor& dy, Cache& c);
   Module& final_norm() { return *norm_f_; }
   // A module outside the trunk that trains with the model (an EAGLE drafter's fusion layers):
@@ -219,8 +222,8 @@ class TransformerLM : public Module {
   // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
   // the step is not a common run), recording taps; advances kv by T.
   Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps);
-  // This stage's blocks from the last to the first, reporting each one's grads ready.
-  Tensor blocks_backward(Tensor dx, Cache& c);
+  // This stage's blocks from the last to the first, reporting each one's grads ready when `report`.
+  Tensor blocks_backward(Tensor dx, Cache& c, bool report);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
   float head_loss(const Tensor& hidden, const Tensor& targets, Cache& c, int ignore_index);
   Tensor head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
