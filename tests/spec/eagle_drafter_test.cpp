@@ -88,6 +88,31 @@ TEST(EagleDrafter, DefaultLayersAndSharedFrozenTargetWeights) {
             f.target.param("lm_head.weight").value.data<float>());
 }
 
+TEST(EagleDrafter, AGpt2TargetServesToo) {
+  // Learned positions, a tied head, LayerNorm: the position table is neither shared nor trained
+  // (the target's features carry the positions), and a training step runs.
+  ModelConfig config = anvil::testing::small_gpt2(3);
+  TransformerLM target(config);
+  target.init_weights(3);
+  EagleDrafter drafter(target, EagleDrafter::default_layers(3));
+  drafter.init_weights(4);
+  for (Param* p : drafter.own_params())
+    EXPECT_TRUE(p->name.rfind("eagle.", 0) == 0 || p->name.rfind("transformer.h.0.", 0) == 0 ||
+                p->name.rfind("transformer.ln_f.", 0) == 0) << p->name;
+  EXPECT_FALSE(drafter.body().param("transformer.wpe.weight").trainable);
+  const Tensor ids = random_ids(2, 6, config.vocab_size, 1);
+  Cache scratch, c;
+  HiddenTaps taps;
+  taps.layers = drafter.layers();
+  target.forward_hidden(ids, scratch, &taps);
+  const Tensor y = drafter.forward_train(ids, taps.states, 2, c);
+  drafter.backward_train(Tensor::full(y.shape(), 1.0), c);
+  double g = 0;
+  for (Param* p : drafter.own_params())
+    for (int64_t i = 0; i < p->grad.numel(); ++i) g += std::fabs(p->grad.data<float>()[i]);
+  EXPECT_GT(g, 0.0);
+}
+
 TEST(EagleDrafter, EveryStepEqualsTheNaiveChainItDecodes) {
   Fixture f;
   const int64_t B = 2, T = 7, S = 3, h = f.config.hidden_size;
@@ -134,7 +159,7 @@ TEST(EagleDrafter, EveryStepEqualsTheNaiveChainItDecodes) {
           scale = std::max(scale, std::fabs(static_cast<double>(expect.data<float>()[k])));
         }
         // The next step reads this step's pre-norm output and the next token.
-        seq.push_back(input(b, t + 2 + s, row(last, 0, 0)));
+        if (s + 1 < S) seq.push_back(input(b, t + 2 + s, row(last, 0, 0)));
       }
     }
   // f32 sums of <= 3h terms through one block: a few ulps of the normed scale, amplified by the norm.
