@@ -33,6 +33,9 @@ const anvil::testing::TinyRun& tiny() {
     target.train();
     return r;
   }();
+  static const struct RemoveAtExit {  // the directory is this process's alone
+    ~RemoveAtExit() { std::filesystem::remove_all(run.dir); }
+  } remove_at_exit;
   return run;
 }
 
