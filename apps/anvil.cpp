@@ -300,9 +300,9 @@ int run_generate(const GenerateArgs& a) {
     std::printf("%s\n", complete_text(*loaded.model, tokenizer, a.prompt, a.max_tokens, s, eos).c_str());
     return 0;
   }
-  const LoadedModel drafter = load_drafter(a.draft, loaded);
+  LoadedDrafter drafter = load_drafter(a.draft, loaded);
   SpeculativeStats stats;
-  std::printf("%s\n", speculative_complete_text(*loaded.model, *drafter.model, tokenizer, a.prompt, a.max_tokens, s,
+  std::printf("%s\n", speculative_complete_text(*loaded.model, drafter.factory(), tokenizer, a.prompt, a.max_tokens, s,
                                                  a.gamma, eos, &stats).c_str());
   std::fflush(stdout);
   std::fprintf(stderr, "%s\n", stats.summary().c_str());

@@ -9,7 +9,9 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "eval/eagle_chain_drafter.h"
 #include "eval/spec_eval.h"
+#include "trainer/checkpoint.h"
 
 namespace anvil {
 
@@ -67,15 +69,40 @@ std::vector<std::vector<int32_t>> prompts_from_store(const std::string& path, co
 
 }  // namespace
 
-LoadedModel load_drafter(const std::string& path, const LoadedModel& target) {
-  LoadModelOptions options;
-  options.device = target.model->device();
-  options.compute = target.model->compute_dtype();
-  LoadedModel drafter = load_model(path, options);
-  const auto mine = tokenizer_of(drafter), theirs = tokenizer_of(target);
+DrafterFactory LoadedDrafter::factory() {
+  if (eagle) {
+    EagleDrafter* d = eagle.get();
+    return [d]() -> std::unique_ptr<Drafter> { return std::make_unique<EagleChainDrafter>(*d); };
+  }
+  return model_drafter_factory(*model.model);
+}
+
+LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target) {
+  LoadedDrafter drafter;
+  std::error_code ec;
+  const bool hf = std::filesystem::is_regular_file(std::filesystem::path(path) / "config.json", ec) &&
+                  !std::filesystem::is_regular_file(std::filesystem::path(path) / kCheckpointFile, ec);
+  if (!hf && config_from_checkpoint(path).distill.drafter == "eagle") {  // EAGLE: its own params on the target
+    const std::string dir = find_checkpoint_dir(path);
+    drafter.model.config = config_from_checkpoint(path);
+    const std::vector<int64_t>& layers = drafter.model.config.distill.eagle_layers;
+    drafter.eagle = std::make_unique<EagleDrafter>(
+        *target.model, layers.empty() ? EagleDrafter::default_layers(target.model->config().num_hidden_layers) : layers);
+    load_checkpoint(dir, drafter.eagle->own_params(), nullptr);  // a shape mismatch names the tensor
+    drafter.eagle->body().to(target.model->device(), target.model->compute_dtype());
+    drafter.eagle->share_target_weights();
+    drafter.source = dir;
+  } else {
+    LoadModelOptions options;
+    options.device = target.model->device();
+    options.compute = target.model->compute_dtype();
+    drafter.model = load_model(path, options);
+    drafter.source = drafter.model.source;
+  }
+  const auto mine = tokenizer_of(drafter.model), theirs = tokenizer_of(target);
   ANVIL_CHECK(!mine || !theirs || mine->hash_hex() == theirs->hash_hex(), "the drafter ", path, " uses the tokenizer ",
-              drafter.config.tokenizer.path, " but the target ", target.source, " uses ", target.config.tokenizer.path,
-              " — a drafter must be trained with the target's tokenizer");
+              drafter.model.config.tokenizer.path, " but the target ", target.source, " uses ",
+              target.config.tokenizer.path, " — a drafter must be trained with the target's tokenizer");
   return drafter;
 }
 
@@ -89,7 +116,7 @@ int run_eval_spec(const EvalSpecArgs& a) {
   options.overrides = a.overrides;
   const LoadedModel target = load_model(a.target, options);
   if (target.config.run.threads > 0) omp_set_num_threads(static_cast<int>(target.config.run.threads));
-  const LoadedModel drafter = load_drafter(a.draft, target);
+  LoadedDrafter drafter = load_drafter(a.draft, target);
   const auto tokenizer = tokenizer_of(target);
   ANVIL_CHECK(a.prompts_file.empty() || a.data.empty(), "eval spec: pass --prompts or --data, not both");
   std::string source;
@@ -116,7 +143,7 @@ int run_eval_spec(const EvalSpecArgs& a) {
   std::printf("target %s, drafter %s: %zu prompts from %s, %d new tokens, batch %ld, %d threads, %s\n",
               target.source.c_str(), drafter.source.c_str(), prompts.size(), source.c_str(), a.max_tokens,
               long(a.batch_size), threads, target.model->device().str().c_str());
-  const std::vector<SpecEvalCase> cases = run_spec_eval(*target.model, *drafter.model, prompts, o);
+  const std::vector<SpecEvalCase> cases = run_spec_eval(*target.model, drafter.factory(), prompts, o);
   std::printf("%s", spec_eval_table(cases).c_str());
   if (!a.json.empty()) {
     const nlohmann::json report = {{"target", target.source},       {"drafter", drafter.source},

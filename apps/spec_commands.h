@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "eval/spec_eval.h"
+#include "models/eagle_drafter.h"
 #include "trainer/load_model.h"
 
 namespace anvil {
@@ -22,10 +24,20 @@ struct EvalSpecArgs {
   std::vector<std::string> overrides;  // --set for the target's stored config
 };
 
+// A drafter loaded for decoding against a target: a standalone LM (`model`), or an EAGLE
+// drafter (`eagle`: a distill.drafter: eagle checkpoint, built on the target's embedding, head
+// and layers, its own params read from the checkpoint).
+struct LoadedDrafter {
+  std::string source;  // the directory read
+  LoadedModel model;
+  std::unique_ptr<EagleDrafter> eagle;
+  DrafterFactory factory();
+};
+
 // The drafter at `path` (an anvil checkpoint or a Hugging Face directory) on the target's device
 // and in its dtype. Refuses a drafter whose tokenizer differs from the target's (when both name
 // one); speculative_generate then checks the vocabulary sizes.
-LoadedModel load_drafter(const std::string& path, const LoadedModel& target);
+LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target);
 
 int run_eval_spec(const EvalSpecArgs& args);
 

@@ -58,6 +58,10 @@ class Drafter {
   // committed next[b]. Inactive rows commit nothing.
   virtual void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
                       const std::vector<int32_t>& next) = 0;
+  // The target layers this drafter reads (an EAGLE drafter), or null: the decoder passes them to
+  // every target forward — the prompt's prefill before begin(), each verification before
+  // commit() — so the drafter finds the target's states of the tokens just fed there.
+  virtual HiddenTaps* target_taps() { return nullptr; }
 };
 
 // A standalone TransformerLM as the drafter. It keeps its own KV cache; per row, the cache holds

@@ -16,16 +16,20 @@ const char* const kTauDefinition =
     "is accepted, 1 when none is)";
 }  // namespace
 
-std::string speculative_complete_text(TransformerLM& target, TransformerLM& drafter, const Tokenizer& tokenizer,
+DrafterFactory model_drafter_factory(TransformerLM& drafter) {
+  return [&drafter]() -> std::unique_ptr<Drafter> { return make_model_drafter(drafter); };
+}
+
+std::string speculative_complete_text(TransformerLM& target, const DrafterFactory& drafter, const Tokenizer& tokenizer,
                                       const std::string& prompt, int64_t tokens, const SamplingConfig& config,
                                       int gamma, int32_t eos, SpeculativeStats* stats) {
   std::vector<int32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
-  const int64_t positions = std::min(target.config().max_position_embeddings, drafter.config().max_position_embeddings);
+  const std::unique_ptr<Drafter> draft = drafter();
+  const int64_t positions = std::min(target.config().max_position_embeddings, draft->max_positions());
   const int64_t room = positions - static_cast<int64_t>(ids.size()) - (gamma - 1);
-  const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
   const SpeculativeResult r =
-      speculative_generate(target, *lm, {ids}, static_cast<int>(std::max<int64_t>(0, std::min(tokens, room))), config,
+      speculative_generate(target, *draft, {ids}, static_cast<int>(std::max<int64_t>(0, std::min(tokens, room))), config,
                            gamma, eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
   if (stats) *stats = r.stats;
   return prompt + tokenizer.decode(r.tokens[0]);
@@ -36,7 +40,7 @@ double SpecEvalCase::speedup() const {
   return plain > 0 ? spec.tokens_per_second() / plain : 0.0;
 }
 
-std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& drafter,
+std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFactory& drafter,
                                         const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& o) {
   ANVIL_CHECK(!prompts.empty(), "eval spec: no prompts — pass --prompts FILE or --data STORE");
   ANVIL_CHECK(o.batch_size >= 1, "eval spec: the batch size must be >= 1, got ", o.batch_size);
@@ -44,8 +48,7 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
   using Clock = std::chrono::steady_clock;
   {  // Untimed warm-up of both paths (thread pool, first allocations), so the first case is not charged for it.
     SamplingConfig greedy = SamplingConfig::greedy();
-    const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
-    speculative_generate(target, *lm, {prompts[0]}, 2, greedy, 1);
+    speculative_generate(target, *drafter(), {prompts[0]}, 2, greedy, 1);
     generate(target, {prompts[0]}, 2, greedy);
   }
   std::vector<SpecEvalCase> cases;
@@ -67,9 +70,7 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& dr
       for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(o.batch_size)) {
         const size_t last = std::min(prompts.size(), first + static_cast<size_t>(o.batch_size));
         const std::vector<std::vector<int32_t>> chunk(prompts.begin() + first, prompts.begin() + last);
-        const std::unique_ptr<Drafter> lm = make_model_drafter(drafter);
-        const SpeculativeResult spec =
-            speculative_generate(target, *lm, chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
+        const SpeculativeResult spec = speculative_generate(target, *drafter(), chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
         const Clock::time_point t0 = Clock::now();
         const auto plain = generate(target, chunk, o.max_new_tokens, cfg, o.stop_token);
         c.plain_seconds += std::chrono::duration<double>(Clock::now() - t0).count();

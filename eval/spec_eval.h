@@ -2,6 +2,8 @@
 // and `anvil eval spec` (run_spec_eval: speculative against plain KV-cached decoding of the same
 // target on the same prompts and threads, per γ and temperature, as a table and as JSON).
 #pragma once
+#include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include <optional>
@@ -16,7 +18,15 @@ namespace anvil {
 // complete_text (eval/generate.h) with a drafter: the prompt followed by the text of up to
 // `tokens` new tokens, stopping at `eos` (>= 0). Fewer tokens when the models' positions run out
 // (prompt + tokens + gamma − 1 must fit both). `stats` receives the decoding's measurements.
-std::string speculative_complete_text(TransformerLM& target, TransformerLM& drafter, const Tokenizer& tokenizer,
+// A fresh drafter for one decoding call: an LMDrafter over a standalone LM, a ParallelSpecDrafter
+// over an LM with mask tokens, an EagleChainDrafter over an EAGLE drafter (apps/spec_commands.h's
+// LoadedDrafter::factory makes the right one).
+using DrafterFactory = std::function<std::unique_ptr<Drafter>()>;
+// The factory of drafters over a drafter LM: ParallelSpec when it has mask tokens, else standalone
+// (make_model_drafter).
+DrafterFactory model_drafter_factory(TransformerLM& drafter);
+
+std::string speculative_complete_text(TransformerLM& target, const DrafterFactory& drafter, const Tokenizer& tokenizer,
                                       const std::string& prompt, int64_t tokens, const SamplingConfig& config,
                                       int gamma, int32_t eos, SpeculativeStats* stats = nullptr);
 
@@ -44,7 +54,7 @@ struct SpecEvalCase {
   double speedup() const;  // speculative tokens/s over plain tokens/s
 };
 
-std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, TransformerLM& drafter,
+std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFactory& drafter,
                                         const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options);
 
 // The report: one row per case (τ, acceptance by position, target forwards per token, c,

@@ -193,7 +193,7 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
   if (P > 1) {
     Tensor ids = Tensor::empty({B, P - 1}, DType::I32);
     for (int64_t b = 0; b < B; ++b) std::copy(seq[b].begin(), seq[b].end() - 1, ids.data<int32_t>() + b * (P - 1));
-    target.forward_cached(ids.to(target.device()), kv, /*last_position_only=*/true);
+    target.forward_cached(ids.to(target.device()), kv, /*last_position_only=*/true, drafter.target_taps());
   }
   drafter.begin(setup);
   stats.prefill_seconds += seconds_since(prefill_start);
@@ -221,7 +221,7 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
       if (!active[b]) kv.truncate(b, 0);
     }
     t0 = Clock::now();
-    const Tensor logits = host_f32(target.forward_cached(ids.to(target.device()), kv));
+    const Tensor logits = host_f32(target.forward_cached(ids.to(target.device()), kv, false, drafter.target_taps()));
     stats.target_seconds += seconds_since(t0);
     ++stats.target_calls;
 

@@ -115,26 +115,45 @@ CrossEntropyLoss TransformerLM::cross_entropy() const {
   return CrossEntropyLoss(tp_, vocab_start_, config_.vocab_size, layout_.sp);
 }
 
-Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only) {
+void TransformerLM::check_cache(const KVCache& kv, int64_t B, const char* where) const {
+  ANVIL_CHECK(tp_ == nullptr, where, ": KV-cached decoding is not tensor-parallel yet — generate with a "
+              "model built without a tp communicator (load the full checkpoint on one rank)");
+  ANVIL_CHECK(layout_.sp == nullptr, where, ": KV-cached decoding is not sequence-parallel — each new token "
+              "attends to the whole cache, so there is no sequence to split; generate with a model built without an "
+              "sp communicator (load the full checkpoint on one rank)");
+  ANVIL_CHECK(layout_.stages == 1, where, ": KV-cached decoding is not pipeline-parallel yet — generate with "
+              "a model built without pipeline stages (load the full checkpoint on one rank)");
+  ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
+                  kv.head_dim() == config_.resolved_head_dim(),
+              where, ": the KVCache has ", kv.num_layers(), " layers of ", kv.num_kv_heads(), " KV heads x ",
+              kv.head_dim(), " but the model has ", config_.num_hidden_layers, " x ", config_.num_key_value_heads,
+              " x ", config_.resolved_head_dim(), " — build the KVCache from this model's config");
+  ANVIL_CHECK(kv.batch() == B, where, ": the input has batch ", B, " but the KVCache was built for batch ", kv.batch());
+}
+
+Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps) {
+  if (taps) taps->states.assign(taps->layers.size(), Tensor());
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
+    if (taps)
+      for (size_t k = 0; k < taps->layers.size(); ++k)
+        if (taps->layers[k] == static_cast<int64_t>(i)) taps->states[k] = x;
+  }
+  kv.advance(x.size(1));
+  return x;
+}
+
+Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only, HiddenTaps* taps) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
-  ANVIL_CHECK(tp_ == nullptr, "forward_cached: KV-cached decoding is not tensor-parallel yet — generate with a "
-              "model built without a tp communicator (load the full checkpoint on one rank)");
-  ANVIL_CHECK(layout_.sp == nullptr, "forward_cached: KV-cached decoding is not sequence-parallel — each new token "
-              "attends to the whole cache, so there is no sequence to split; generate with a model built without an "
-              "sp communicator (load the full checkpoint on one rank)");
-  ANVIL_CHECK(layout_.stages == 1, "forward_cached: KV-cached decoding is not pipeline-parallel yet — generate with "
-              "a model built without pipeline stages (load the full checkpoint on one rank)");
   const int64_t B = ids.size(0), T = ids.size(1);
   const kernels::DecodeMatmulScope few_rows;  // a few token rows per weight: read each weight once
-  ANVIL_CHECK(kv.num_layers() == config_.num_hidden_layers && kv.num_kv_heads() == config_.num_key_value_heads &&
-                  kv.head_dim() == config_.resolved_head_dim(),
-              "forward_cached: the KVCache has ", kv.num_layers(), " layers of ", kv.num_kv_heads(), " KV heads x ",
-              kv.head_dim(), " but the model has ", config_.num_hidden_layers, " x ", config_.num_key_value_heads,
-              " x ", config_.resolved_head_dim(), " — build the KVCache from this model's config");
-  ANVIL_CHECK(kv.batch() == B, "forward_cached: ids ", ids.describe(), " have batch ", B,
-              " but the KVCache was built for batch ", kv.batch());
+  check_cache(kv, B, "forward_cached");
+  if (taps)
+    for (int64_t layer : taps->layers)
+      ANVIL_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "hidden taps: layer ", layer,
+                  " does not exist — the model has layers 0 .. ", config_.num_hidden_layers - 1);
   // Each row's positions: its next slots, or the ids given with KVCache::set_positions.
   const Tensor positions = kv.begin_step(T, config_.max_position_embeddings, device());
   const bool common_run = kv.step_is_common_run();
@@ -149,12 +168,20 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   } else if (wpe_) {
     add_position_embeddings(x, positions.to(device()));
   }
-  for (size_t i = 0; i < blocks_.size(); ++i)
-    x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
-  kv.advance(T);
+  x = blocks_cached(std::move(x), kv, start, taps);
   if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
   x = norm_f_->infer(x);
   return head_->infer(x);
+}
+
+Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv) {
+  check_dtype(x, compute_, "forward_blocks_cached' input");
+  ANVIL_CHECK(x.dim() == 3 && x.size(1) >= 1 && x.size(2) == config_.hidden_size, "forward_blocks_cached: the input "
+              "must be [batch, T_new >= 1, ", config_.hidden_size, "], got ", x.describe());
+  check_cache(kv, x.size(0), "forward_blocks_cached");
+  const kernels::DecodeMatmulScope few_rows;  // as forward_cached
+  kv.begin_step(x.size(1), config_.max_position_embeddings, device());
+  return blocks_cached(x, kv, kv.step_is_common_run() ? kv.length() : 0, nullptr);
 }
 
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {
@@ -180,10 +207,7 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
     dx = norm_f_->backward(dx, c.child(L + 1));
     report_grads_ready({norm_f_.get()});
   }
-  for (size_t i = L; i-- > 0;) {
-    dx = blocks_[i]->backward(dx, c.child(1 + i));
-    report_grads_ready({blocks_[i].get()});
-  }
+  dx = blocks_backward(std::move(dx), c, true);
   if (!is_first_stage()) return dx;  // the previous stage's output gradient
   if (wpe_ && wpe_->weight.trainable) {
     const Tensor dx32 = dx.dtype() == DType::F32 ? dx : dx.to(DType::F32);  // grads accumulate in f32
@@ -202,6 +226,27 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
   report_grads_ready({tied_over_stages() ? nullptr : &*wte_, wpe_ ? &*wpe_ : nullptr, masks_.get()});
   return Tensor();
 }
+
+Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c, bool report) {
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    dx = blocks_[i]->backward(dx, c.child(1 + i));
+    if (report) report_grads_ready({blocks_[i].get()});
+  }
+  return dx;
+}
+
+Tensor TransformerLM::forward_blocks(const Tensor& x, Cache& c) {
+  ANVIL_CHECK(layout_.stages == 1 && !tp_ && !layout_.sp, "TransformerLM::forward_blocks runs every block of one "
+              "process's model — build it without tp, sp or pipeline stages");
+  check_dtype(x, compute_, "forward_blocks' input");
+  ANVIL_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "forward_blocks: the input must be [batch, seq_len, ",
+              config_.hidden_size, "], got ", x.describe());
+  Tensor h = x;
+  for (size_t i = 0; i < blocks_.size(); ++i) h = blocks_[i]->forward(h, c.child(1 + i));
+  return h;
+}
+
+Tensor TransformerLM::backward_blocks(const Tensor& dy, Cache& c) { return blocks_backward(dy, c, false); }
 
 float TransformerLM::forward_loss(const Tensor& ids, const Tensor& targets, Cache& c, int ignore_index) {
   ANVIL_CHECK(layout_.stages == 1, "TransformerLM::forward_loss runs the whole model, but this rank holds pipeline "
@@ -274,6 +319,7 @@ void TransformerLM::collect_params(std::vector<Param*>& out) {
   for (auto& b : blocks_) b->collect_params(out);
   if (norm_f_) norm_f_->collect_params(out);
   if (head_) head_->collect_params(out);
+  for (Module* m : attached_) m->collect_params(out);
 }
 
 Param& TransformerLM::param(const std::string& name) {

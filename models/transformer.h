@@ -111,6 +111,21 @@ class TransformerLM : public Module {
   // dlogits -> the gradient of the head's input; accumulates the head's gradient (a tied head:
   // the embedding's) and reports it ready. Clears `c`.
   Tensor backward_head(const Tensor& dlogits, Cache& c);
+  // The blocks alone on given input vectors x [B, T, hidden] in compute_dtype() (Hugging Face's
+  // inputs_embeds; an EAGLE drafter feeds its fused features): returns the last block's output
+  // before the final norm (final_norm() applies it). Positions and mask from c.context(). One
+  // stage, no tp or sp.
+  Tensor forward_blocks(const Tensor& x, Cache& c);
+  // Its backward: accumulates the blocks' gradients and returns the gradient of x. Reports nothing
+  // to the grad-ready callback: a caller may run it several times per micro-batch (an EAGLE
+  // drafter's training-time-test steps), so the gradients are final only at the step's end, where
+  // data parallelism reduces whatever was not reported (DataParallel::finish_grad_sync).
+  Tensor backward_blocks(const Tensor& dy, Cache& c);
+  Module& final_norm() { return *norm_f_; }
+  // A module outside the trunk that trains with the model (an EAGLE drafter's fusion layers):
+  // its params are listed after the model's (collect_params), so they are moved, initialised,
+  // zeroed and stepped with them. Not owned; the caller runs it.
+  void attach(Module& extra) { attached_.push_back(&extra); }
   // The loss that scores this model's logits: vocab-parallel under tp, a group mean under sp.
   CrossEntropyLoss cross_entropy() const;
   // Where a stage Cache keeps what the head and its loss save (forward_head's cache and the
@@ -124,7 +139,13 @@ class TransformerLM : public Module {
   // (or [B, 1, vocab] for the last one when last_position_only, which skips the
   // head's work on a long prompt). Prefill with the prompt, then one token per step.
   // Not tensor- or sequence-parallel: throws when the model was built with a tp or sp communicator.
-  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false);
+  // `taps`, when given, receives the outputs of its layers at the T_new positions (an EAGLE
+  // drafter reads the accepted prefix's); the logits are the same either way.
+  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false, HiddenTaps* taps = nullptr);
+  // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
+  // twin): appends their keys/values to kv at the positions it gives and returns the last block's
+  // outputs before the final norm.
+  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv);
 
   // Mean cross-entropy over targets != ignore_index (forward, then cross_entropy()); logits
   // stay in the cache. Under sp (ids and targets this rank's slices) the mean over the whole
@@ -206,6 +227,13 @@ class TransformerLM : public Module {
   // Final norm (last stage), this stage's blocks, embeddings (first stage); returns the
   // gradient of the stage's input (undefined on the first stage).
   Tensor trunk_backward(Tensor dx, Cache& c);
+  // Checks kv against this model and batch B (forward_cached's checks).
+  void check_cache(const KVCache& kv, int64_t B, const char* where) const;
+  // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
+  // the step is not a common run), recording taps; advances kv by T.
+  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps);
+  // This stage's blocks from the last to the first, reporting each one's grads ready when `report`.
+  Tensor blocks_backward(Tensor dx, Cache& c, bool report);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
   float head_loss(const Tensor& hidden, const Tensor& targets, Cache& c, int ignore_index);
   Tensor head_loss_backward(Cache& c, float loss_scale, int64_t loss_tokens);
@@ -236,6 +264,7 @@ class TransformerLM : public Module {
   std::vector<std::unique_ptr<TransformerBlock>> blocks_;  // this stage's layers
   std::unique_ptr<Module> norm_f_;  // last stage
   std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)
+  std::vector<Module*> attached_;             // attach()
 };
 
 }  // namespace anvil

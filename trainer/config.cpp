@@ -3,6 +3,7 @@
 #include "trainer/config.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -515,6 +516,17 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   s.read("gamma", d.gamma);
   s.read("parallel_tokens", d.parallel_tokens);
   s.read("anchors_per_sequence", d.anchors_per_sequence);
+  std::vector<std::string> layers;
+  s.read("eagle_layers", layers);
+  d.eagle_layers.clear();
+  for (const std::string& text : layers) {
+    char* end = nullptr;
+    const long long layer = std::strtoll(text.c_str(), &end, 10);
+    s.require(!text.empty() && *end == '\0' && layer >= 0, "eagle_layers", "holds '", text,
+              "', which is not a layer index — list three target layer indices, e.g. [1, 8, 14]");
+    d.eagle_layers.push_back(layer);
+  }
+  s.read("ttt_steps", d.ttt_steps);
   if (task != "distill") {
     const std::pair<const char*, bool> changed[] = {
         {"target", !raw.empty()},
@@ -525,14 +537,14 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
         {"top_p", d.top_p != defaults.top_p},
         {"gamma", d.gamma != defaults.gamma},
         {"parallel_tokens", d.parallel_tokens != defaults.parallel_tokens},
-        {"anchors_per_sequence", d.anchors_per_sequence != defaults.anchors_per_sequence}};
+        {"anchors_per_sequence", d.anchors_per_sequence != defaults.anchors_per_sequence},
+        {"eagle_layers", !d.eagle_layers.empty()},
+        {"ttt_steps", d.ttt_steps != defaults.ttt_steps}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
                 "only; set task.name: distill or remove the distill section");
     return;
   }
-  s.require(d.drafter != "eagle", "drafter", d.drafter, " drafters are not built yet — use drafter: standalone "
-            "(the model section is the drafter, an ordinary LM) or parallelspec");
   if (raw.empty())
     s.fail("target", "is required for task.name: distill but missing — add `target: runs/demo` (an anvil run or "
            "checkpoint directory, or a Hugging Face directory) under distill:");
@@ -554,6 +566,17 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   s.require(d.anchors_per_sequence >= 0, "anchors_per_sequence", "must be >= 0 (0 = as many as fit), got ",
             d.anchors_per_sequence);
   s.require(d.gamma >= 1, "gamma", "must be at least 1 (the draft length tau_sim is reported for), got ", d.gamma);
+  s.require(d.drafter == "parallelspec" ||
+                (d.parallel_tokens == defaults.parallel_tokens && d.anchors_per_sequence == defaults.anchors_per_sequence),
+            "parallel_tokens", "and anchors_per_sequence configure drafter: parallelspec only, but drafter is ",
+            d.drafter, " — set drafter: parallelspec or remove them");
+  s.require(d.drafter == "eagle" || (d.eagle_layers.empty() && d.ttt_steps == defaults.ttt_steps), "eagle_layers",
+            "and ttt_steps configure drafter: eagle only, but drafter is ", d.drafter,
+            " — set drafter: eagle or remove them");
+  s.require(d.eagle_layers.empty() || d.eagle_layers.size() == 3, "eagle_layers", "must list three target layers "
+            "(low, middle, high), got ", d.eagle_layers.size(), " — or leave it empty for {1, L/2, L-2}");
+  s.require(d.ttt_steps >= 1 && d.ttt_steps <= 8, "ttt_steps", "must be in [1, 8] (1 = no training-time test; "
+            "EAGLE-3 trains 7), got ", d.ttt_steps);
 }
 
 }  // namespace

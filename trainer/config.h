@@ -8,12 +8,16 @@
 //   distill:    (task distill only; any other task refuses a key set away from its default)
 //               target (required: an anvil checkpoint or run directory, or a Hugging Face directory;
 //               frozen, sharded like the drafter), drafter [standalone] (standalone: the model section is
-//               an ordinary LM; parallelspec and eagle are not built yet), loss [forward_kl]
+//               an ordinary LM; parallelspec: trainer/parallel_spec_rows.h; eagle: models/eagle_drafter.h), loss [forward_kl]
 //               (forward_kl | reverse_kl | tvd | jsd | ce: hard-label cross-entropy on the data, then
 //               target-generated text), temperature [1.0], top_k [0 = off], top_p [1.0 = off] (the
 //               decoder's: the target's distribution is filtered by them, models/distill_loss.h;
 //               reverse_kl takes no filter), gamma [4] (the draft length the simulated acceptance
-//               length tau_sim is reported for)
+//               length tau_sim is reported for); drafter eagle only (models/eagle_drafter.h): eagle_layers
+//               [[] = {1, L/2, L-2}] (the three target layers whose outputs are fused), ttt_steps [3] (the
+//               training-time-test steps unrolled: the drafter drafts from its own features); drafter
+//               parallelspec only (trainer/parallel_spec_rows.h): parallel_tokens [4] (k learned mask
+//               tokens), anchors_per_sequence [0 = as many as fit]
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -113,7 +117,7 @@ struct TaskSection {
 // task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
 struct DistillSection {
   std::string target;                 // absolute path: an anvil checkpoint / run directory or a HF directory
-  std::string drafter = "standalone";  // standalone | parallelspec (eagle: not built yet)
+  std::string drafter = "standalone";  // standalone | parallelspec | eagle
   std::string loss = "forward_kl";    // forward_kl | reverse_kl | tvd | jsd | ce
   double temperature = 1.0;           // > 0: the decoding temperature both distributions are taken at
   int64_t top_k = 0;                  // 0 = off
@@ -123,6 +127,8 @@ struct DistillSection {
   // the anchors given k masks each per training row (0 = as many as fit the model's positions).
   int64_t parallel_tokens = 4;        // >= 1
   int64_t anchors_per_sequence = 0;   // >= 0
+  std::vector<int64_t> eagle_layers;  // drafter eagle: three target layers, empty = {1, L/2, L-2}
+  int64_t ttt_steps = 3;              // drafter eagle: >= 1 training-time-test steps
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.

@@ -69,7 +69,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
 
   section = "distill";  // written for every task (at its defaults unless the task is distill)
   string("target", c.distill.target, "frozen target: anvil checkpoint or Hugging Face directory");
-  string("drafter", c.distill.drafter, "standalone | parallelspec");
+  string("drafter", c.distill.drafter, "standalone | parallelspec | eagle");
   string("loss", c.distill.loss, "forward_kl | reverse_kl | tvd | jsd | ce");
   real("temperature", c.distill.temperature);
   integer("top_k", c.distill.top_k, "0 = off");
@@ -77,6 +77,10 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("gamma", c.distill.gamma, "draft length of tau_sim");
   integer("parallel_tokens", c.distill.parallel_tokens, "parallelspec: mask tokens k");
   integer("anchors_per_sequence", c.distill.anchors_per_sequence, "parallelspec: 0 = as many as fit");
+  std::vector<std::string> eagle_layers;
+  for (int64_t layer : c.distill.eagle_layers) eagle_layers.push_back(std::to_string(layer));
+  f.push_back({section, "eagle_layers", K::List, "", eagle_layers, "eagle: three target layers; [] = {1, L/2, L-2}"});
+  integer("ttt_steps", c.distill.ttt_steps, "eagle: training-time-test steps");
 
   section = "model";
   const ModelSection& m = c.model;

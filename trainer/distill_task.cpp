@@ -166,11 +166,15 @@ void DistillTask::build(const TaskEnv& env) {
   env_ = env;
   const RunConfig& config = *env.config;
   const DistillSection& d = config.distill;
-  ANVIL_CHECK(d.drafter == "standalone" || d.drafter == "parallelspec", "distill.drafter: ", d.drafter,
-              " drafters are not built yet — use distill.drafter: standalone or parallelspec");
+  ANVIL_CHECK(d.drafter == "standalone" || d.drafter == "parallelspec" || d.drafter == "eagle", "distill.drafter: ",
+              d.drafter, " is not a drafter kind — use standalone, parallelspec or eagle");
   ANVIL_CHECK(!d.target.empty(), config.source, ": task.name: distill needs distill.target (the frozen target: an "
               "anvil checkpoint or run directory, or a Hugging Face directory)");
   check_target(config, describe_target(d.target));
+  if (d.drafter == "eagle") {
+    eagle_ = std::make_unique<EagleDistill>(env);
+    return;
+  }
   drafter_ = build_trainable_lm(env);
   if ((masks_ = parallel_spec_masks(config)) > 0) {
     ANVIL_CHECK(env.layout.sp == nullptr, "distill.drafter parallelspec: the mask groups' attention is not sequence-"
@@ -200,6 +204,7 @@ void DistillTask::build(const TaskEnv& env) {
 }
 
 PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
+  if (eagle_) return eagle_->prepare(batches, training);
   const int M = static_cast<int>(batches.size());
   const int64_t max_positions = drafter_->config().max_position_embeddings;
   // ParallelSpec: the drafter reads group-wise rows (windows + masks); the target the windows alone.
@@ -225,7 +230,8 @@ PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool train
 }
 
 std::vector<std::pair<std::string, double>> DistillTask::acceptance_metrics() {
-  std::vector<double> sums = {loss_->acceptance_sum(), loss_->scored_tokens()};
+  std::vector<double> sums = eagle_ ? std::vector<double>{eagle_->acceptance_sum(), eagle_->scored_tokens()}
+                                    : std::vector<double>{loss_->acceptance_sum(), loss_->scored_tokens()};
   if (env_.pp) sums = all_reduce_sum(*env_.pp, sums);  // only the last stage scored
   // Each sp rank holds its group's sums: the ratio over dp x sp is the same as over dp.
   if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);

@@ -23,6 +23,7 @@
 
 #include "models/distill_loss.h"
 #include "models/lm_pipeline.h"
+#include "trainer/eagle_distill.h"
 #include "trainer/task.h"
 
 namespace anvil {
@@ -72,13 +73,16 @@ class DistillTask : public Task {
   std::string name() const override { return "distill"; }
   // Checks the target against the drafter (vocabulary, tokenizer, layout) before loading it.
   void build(const TaskEnv& env) override;
-  TransformerLM& model() override { return *drafter_; }
-  PipelineStage& stage() override { return *stage_; }
+  TransformerLM& model() override { return eagle_ ? eagle_->model() : *drafter_; }
+  PipelineStage& stage() override { return eagle_ ? eagle_->stage() : *stage_; }
   PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
   std::vector<std::pair<std::string, double>> step_metrics() override { return acceptance_metrics(); }
   std::vector<std::pair<std::string, double>> eval_metrics() override { return acceptance_metrics(); }
   bool loss_is_cross_entropy() const override;
-  // checkpoint_params: the drafter's only (the default); the target reloads from distill.target.
+  // checkpoint_params: the drafter's only; the target reloads from distill.target. An EAGLE
+  // drafter's: its own (its embedding and head are the target's), which alone can train.
+  std::vector<Param*> checkpoint_params() override { return eagle_ ? eagle_->own_params() : Task::checkpoint_params(); }
+  std::vector<Param*> tunable_params() override { return eagle_ ? eagle_->own_params() : Task::tunable_params(); }
 
  private:
   // acceptance and tau_sim over the last prepare()'s micro-batches: a collective over pp and
@@ -91,6 +95,7 @@ class DistillTask : public Task {
   std::unique_ptr<PipelineExecutor> target_pipeline_;
   std::unique_ptr<DistillPipelineLoss> loss_;
   int64_t masks_ = 0, anchors_ = 0;  // drafter parallelspec: mask tokens and anchors per row (else 0)
+  std::unique_ptr<EagleDistill> eagle_;  // distill.drafter: eagle (the members above stay empty)
 };
 
 }  // namespace anvil

@@ -72,6 +72,9 @@ class Task {
 
   // The params a checkpoint holds: the trainable model's (frozen models load from their own source).
   virtual std::vector<Param*> checkpoint_params() { return model().params(); }
+  // The params training.trainable chooses among: the trainable model's, less any part of it the
+  // task keeps frozen whatever the patterns say (an EAGLE drafter's shared embedding and head).
+  virtual std::vector<Param*> tunable_params() { return model().params(); }
 };
 
 // The task named `name` (task_names() lists them); throws naming the choices otherwise.

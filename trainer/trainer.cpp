@@ -166,7 +166,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
   task_->build(env);
   model_ = &task_->model();
   // Patterns match over the whole model (combined over pp); a pipeline stage may train nothing.
-  trainable_ = select_trainable(config_, model_->params(), split_axis(Axis::PP));
+  trainable_ = select_trainable(config_, task_->tunable_params(), split_axis(Axis::PP));
   // Built, initialised and loaded on the CPU in f32; now onto the run's device and precision
   // (a no-op for cpu/fp32), before the gradient buckets and the optimizer state are laid out.
   model_->to(device_, compute_dtype(config_.run));

@@ -284,7 +284,9 @@ TEST(DistillTask, BadInputFailsNamingTheField) {
   fails_with({"distill.loss=kl"}, "distill.loss");
   fails_with({"distill.loss=reverse_kl", "distill.top_k=20"}, "reverse_kl is infinite");
   fails_with({"distill.loss=reverse_kl", "distill.top_p=0.9"}, "drop distill.top_k / distill.top_p");
-  fails_with({"distill.drafter=eagle"}, "not built yet");
+  fails_with({"distill.drafter=medusa"}, "distill.drafter");
+  fails_with({"distill.parallel_tokens=3"}, "configure drafter: parallelspec only");
+  fails_with({"distill.ttt_steps=2"}, "configure drafter: eagle only");
   fails_with({"distill.temperature=0"}, "distill.temperature");
   fails_with({"distill.gamma=0"}, "distill.gamma");
   fails_with({"distill.colour=red"}, "unknown key");
