@@ -527,6 +527,7 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
     d.eagle_layers.push_back(layer);
   }
   s.read("ttt_steps", d.ttt_steps);
+  s.read("on_policy", d.on_policy);
   if (task != "distill") {
     const std::pair<const char*, bool> changed[] = {
         {"target", !raw.empty()},
@@ -539,7 +540,8 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
         {"parallel_tokens", d.parallel_tokens != defaults.parallel_tokens},
         {"anchors_per_sequence", d.anchors_per_sequence != defaults.anchors_per_sequence},
         {"eagle_layers", !d.eagle_layers.empty()},
-        {"ttt_steps", d.ttt_steps != defaults.ttt_steps}};
+        {"ttt_steps", d.ttt_steps != defaults.ttt_steps},
+        {"on_policy", d.on_policy != defaults.on_policy}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
                 "only; set task.name: distill or remove the distill section");
@@ -577,6 +579,10 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
             "(low, middle, high), got ", d.eagle_layers.size(), " — or leave it empty for {1, L/2, L-2}");
   s.require(d.ttt_steps >= 1 && d.ttt_steps <= 8, "ttt_steps", "must be in [1, 8] (1 = no training-time test; "
             "EAGLE-3 trains 7), got ", d.ttt_steps);
+  s.require(d.on_policy >= 0 && d.on_policy <= 1, "on_policy", "must be in [0, 1] (the share of micro-batches "
+            "sampled from the drafter; 0 = off), got ", d.on_policy);
+  s.require(d.on_policy == 0 || d.drafter == "standalone", "on_policy", "samples from a standalone drafter only, "
+            "but drafter is ", d.drafter, " — set on_policy: 0 or drafter: standalone");
 }
 
 }  // namespace
@@ -606,6 +612,12 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
                               "documents needs parallel.sp = 1, got sp = ", c.parallel.sp,
                               " — Ulysses sequence parallelism does not mask document boundaries yet; use "
                               "packing: none or sp: 1");
+  // On-policy rows are decoded with the drafter's KV cache, which needs the whole drafter on the rank.
+  sections.at("distill").require(
+      c.distill.on_policy == 0 || (c.parallel.tp == 1 && c.parallel.pp == 1 && c.parallel.sp == 1), "on_policy",
+      c.distill.on_policy, " samples rows from the whole drafter, but parallel.tp = ", c.parallel.tp,
+      ", parallel.pp = ", c.parallel.pp, ", parallel.sp = ", c.parallel.sp,
+      " — set parallel.tp, parallel.pp and parallel.sp to 1 (dp works), or distill.on_policy: 0");
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);
   parse_logging(sections.at("logging"), c.logging);

@@ -129,6 +129,9 @@ struct DistillSection {
   int64_t anchors_per_sequence = 0;   // >= 0
   std::vector<int64_t> eagle_layers;  // drafter eagle: three target layers, empty = {1, L/2, L-2}
   int64_t ttt_steps = 3;              // drafter eagle: >= 1 training-time-test steps
+  // [0, 1]: the share of each training step's micro-batches sampled from the current drafter
+  // (on-policy distillation, DistillSpec; trainer/on_policy.h). Standalone drafter, tp = pp = sp = 1.
+  double on_policy = 0.0;
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.

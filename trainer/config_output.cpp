@@ -81,6 +81,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   for (int64_t layer : c.distill.eagle_layers) eagle_layers.push_back(std::to_string(layer));
   f.push_back({section, "eagle_layers", K::List, "", eagle_layers, "eagle: three target layers; [] = {1, L/2, L-2}"});
   integer("ttt_steps", c.distill.ttt_steps, "eagle: training-time-test steps");
+  real("on_policy", c.distill.on_policy, "share of micro-batches sampled from the drafter");
 
   section = "model";
   const ModelSection& m = c.model;

@@ -18,7 +18,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"run", {"name", "out_dir", "seed", "device", "precision", "threads", "peer_timeout"}},
       {"task", {"name"}},
       {"distill", {"target", "drafter", "loss", "temperature", "top_k", "top_p", "gamma", "parallel_tokens",
-                   "anchors_per_sequence", "eagle_layers", "ttt_steps"}},
+                   "anchors_per_sequence", "eagle_layers", "ttt_steps", "on_policy"}},
       {"model",
        {"config", "init_from", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "rope_theta", "norm_eps",

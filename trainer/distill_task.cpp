@@ -13,6 +13,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/lm_task.h"
 #include "trainer/load_model.h"
+#include "trainer/on_policy.h"
 #include "trainer/parallel_spec_rows.h"
 #include "trainer/trainer.h"
 
@@ -205,6 +206,38 @@ void DistillTask::build(const TaskEnv& env) {
 
 PipelineLoss& DistillTask::prepare(const std::vector<Batch>& batches, bool training) {
   if (eagle_) return eagle_->prepare(batches, training);
+  if (training && env_.config->distill.on_policy > 0) {
+    const std::vector<Batch> sampled = with_on_policy_rows(batches);
+    return prepare_rows(sampled, training);
+  }
+  return prepare_rows(batches, training);
+}
+
+std::vector<Batch> DistillTask::with_on_policy_rows(const std::vector<Batch>& batches) {
+  const RunConfig& config = *env_.config;
+  // tp = pp = sp = 1 (config.cpp): the data group is the dp group, and dp rank r holds rows
+  // [r·B, (r+1)·B) of each global micro-batch (data/loader.h).
+  const int dp_rank = env_.data_group ? env_.data_group->rank() : 0;
+  std::vector<Batch> out = batches;
+  int64_t sampled = 0;
+  for (size_t m = 0; m < batches.size(); ++m) {
+    if (!on_policy_micro_batch(config.run.seed, step_, static_cast<int64_t>(m), config.distill.on_policy)) continue;
+    const uint32_t first_row = static_cast<uint32_t>(dp_rank * batches[m].ids.size(0));
+    out[m] = on_policy_rows(*drafter_, batches[m], on_policy_sampling(config, step_, static_cast<int64_t>(m)),
+                            first_row, static_cast<int32_t>(config.training.ignore_index));
+    ++sampled;
+  }
+  on_policy_fraction_ = batches.empty() ? 0.0 : static_cast<double>(sampled) / static_cast<double>(batches.size());
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> DistillTask::step_metrics() {
+  std::vector<std::pair<std::string, double>> metrics = acceptance_metrics();
+  if (env_.config->distill.on_policy > 0) metrics.emplace_back("on_policy_fraction", on_policy_fraction_);
+  return metrics;
+}
+
+PipelineLoss& DistillTask::prepare_rows(const std::vector<Batch>& batches, bool training) {
   const int M = static_cast<int>(batches.size());
   const int64_t max_positions = drafter_->config().max_position_embeddings;
   // ParallelSpec: the drafter reads group-wise rows (windows + masks); the target the windows alone.

@@ -16,7 +16,8 @@
 // Metrics: the loss; `acceptance` ᾱ, the mean of α = Σ min(p, q) over the step's scored tokens,
 // and `tau_sim` = (1 − ᾱ^{γ+1}) / (1 − ᾱ), the expected tokens per target call at γ =
 // distill.gamma (ALGORITHMS.md §7); the same over the validation pass (val_acceptance,
-// val_tau_sim). A checkpoint holds the drafter only: the target reloads from its own source.
+// val_tau_sim); with distill.on_policy > 0, `on_policy_fraction`, the share of the step's
+// micro-batches sampled from the drafter (trainer/on_policy.h; training steps only). A checkpoint holds the drafter only: the target reloads from its own source.
 #pragma once
 #include <memory>
 #include <vector>
@@ -76,7 +77,8 @@ class DistillTask : public Task {
   TransformerLM& model() override { return eagle_ ? eagle_->model() : *drafter_; }
   PipelineStage& stage() override { return eagle_ ? eagle_->stage() : *stage_; }
   PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
-  std::vector<std::pair<std::string, double>> step_metrics() override { return acceptance_metrics(); }
+  void begin_step(int64_t step) override { step_ = step; }
+  std::vector<std::pair<std::string, double>> step_metrics() override;
   std::vector<std::pair<std::string, double>> eval_metrics() override { return acceptance_metrics(); }
   bool loss_is_cross_entropy() const override;
   // checkpoint_params: the drafter's only; the target reloads from distill.target. An EAGLE
@@ -88,6 +90,11 @@ class DistillTask : public Task {
   // acceptance and tau_sim over the last prepare()'s micro-batches: a collective over pp and
   // the data group, the same on every rank.
   std::vector<std::pair<std::string, double>> acceptance_metrics();
+  // distill.on_policy: the step's batches with its on-policy micro-batches replaced by rows the
+  // drafter samples (trainer/on_policy.h); sets on_policy_fraction_.
+  std::vector<Batch> with_on_policy_rows(const std::vector<Batch>& batches);
+  // prepare() of a standalone or ParallelSpec drafter over the given rows.
+  PipelineLoss& prepare_rows(const std::vector<Batch>& batches, bool training);
 
   TaskEnv env_;
   std::unique_ptr<TransformerLM> drafter_, target_;
@@ -95,6 +102,8 @@ class DistillTask : public Task {
   std::unique_ptr<PipelineExecutor> target_pipeline_;
   std::unique_ptr<DistillPipelineLoss> loss_;
   int64_t masks_ = 0, anchors_ = 0;  // drafter parallelspec: mask tokens and anchors per row (else 0)
+  int64_t step_ = 0;               // training steps done (begin_step)
+  double on_policy_fraction_ = 0;  // the last training step's share of sampled micro-batches
   std::unique_ptr<EagleDistill> eagle_;  // distill.drafter: eagle (the members above stay empty)
 };
 

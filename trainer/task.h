@@ -59,6 +59,9 @@ class Task {
   // normalisers backward needs (a collective over env.data_group); false: forward only
   // (evaluation), each micro-batch's loss a mean over its own tokens.
   virtual PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) = 0;
+  // Before a training step's prepare(): the steps done so far (the checkpoint's count on resume),
+  // for a task whose micro-batches depend on the step (distill's on-policy rows).
+  virtual void begin_step(int64_t step) {}
   // After a training step: the task's own metrics, the same on every rank, written to
   // metrics.jsonl and TensorBoard (task/<name>) beside the loss.
   virtual std::vector<std::pair<std::string, double>> step_metrics() { return {}; }

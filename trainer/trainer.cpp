@@ -378,6 +378,7 @@ StepRecord Trainer::train_step() {
   // micro-batch's token count (trainer.h).
   std::vector<Batch> batches;
   for (int64_t m = 0; m < accum; ++m) batches.push_back(sliced(train_loader_->next()));
+  task_->begin_step(step_);
   PipelineLoss& loss = task_->prepare(batches, true);
   double loss_sum = pipeline_->step(static_cast<int>(accum), loss).loss;  // every pp rank has it
   StepRecord r;
