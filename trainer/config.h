@@ -17,7 +17,9 @@
 //               [[] = {1, L/2, L-2}] (the three target layers whose outputs are fused), ttt_steps [3] (the
 //               training-time-test steps unrolled: the drafter drafts from its own features); drafter
 //               parallelspec only (trainer/parallel_spec_rows.h): parallel_tokens [4] (k learned mask
-//               tokens), anchors_per_sequence [0 = as many as fit]
+//               tokens), anchors_per_sequence [0 = as many as fit]; on_policy [0.0] (in [0, 1]: the share of each
+//               training step's micro-batches whose second halves the current drafter samples, scored at
+//               the sampled tokens; standalone drafter, tp = pp = sp = 1; trainer/on_policy.h)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "data/loader.h"
 #include "tests/support/tiny_run.h"
@@ -21,6 +22,9 @@ namespace {
 
 const anvil::testing::TinyRun& tiny() {
   static const anvil::testing::TinyRun run = anvil::testing::make_tiny_target_run("on_policy");
+  static const struct RemoveAtExit {  // the directory carries this process's id: it is ours alone
+    ~RemoveAtExit() { std::filesystem::remove_all(run.dir); }
+  } remove_at_exit;
   return run;
 }
 
