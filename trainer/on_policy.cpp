@@ -1,6 +1,8 @@
 // On-policy rows for task distill: which micro-batches, their sampling seeds, their rows (on_policy.h).
 #include "trainer/on_policy.h"
 
+#include <algorithm>
+
 #include "core/rng.h"
 
 namespace anvil {
