@@ -42,6 +42,40 @@ struct DraftBlock {
   int64_t forwards = 0;         // batched forward calls the drafter ran for this block
 };
 
+// Draft position `position` of round `round` of RNG sequence `sequence`, drawn from q (already
+// processed by `sampling`): the argmax when greedy, else draw_token with
+// speculative_uniform(seed, kDraftStream + sequence, round, position) — every drafter draws so.
+int32_t draw_draft_token(const std::vector<double>& q, const SamplingConfig& sampling, uint32_t sequence,
+                         uint32_t round, int position);
+
+// Checks a batch handed to begin() by drafter `who`: gamma >= 1, one RNG sequence per prompt, and
+// prompts sharing one length >= 1. Returns that length.
+int64_t check_draft_setup(const DraftSetup& setup, const char* who);
+
+// The per-row state every chain drafter keeps: the committed tokens, how far its cache has been
+// fed, and the last block's drafts (which commit() appends).
+struct DraftRows {
+  DraftSetup setup;
+  std::vector<std::vector<int32_t>> committed;  // row b: prompt + committed tokens
+  std::vector<int64_t> fed;                     // row b: how much of its sequence the drafter's cache holds
+  std::vector<int32_t> drafted;                 // the last block's tokens [B, gamma]
+
+  // Starts a batch: every row holds its prompt, nothing fed yet.
+  void begin(const DraftSetup& batch);
+  int64_t batch() const { return static_cast<int64_t>(committed.size()); }
+  // An empty block for this batch (placeholder tokens 0, q all zeros).
+  DraftBlock empty_block(int64_t vocab) const;
+  // Row b's draft position i from the logits z: writes q into the block and returns the token
+  // (an inactive row gets its last committed token as a placeholder and no q).
+  int32_t draft(DraftBlock& block, int64_t b, int i, const float* z, bool active, uint32_t round) const;
+  // Row b kept n of its drafts and then committed `next`: appends them to its committed tokens.
+  void commit(int64_t b, int n, int32_t next, const char* who);
+};
+
+// Feeds every row's prompt but its last token into a fresh cache (the first proposal feeds the
+// last), as the standalone and ParallelSpec drafters start.
+void prefill_prompts(TransformerLM& model, KVCache& kv, DraftRows& rows);
+
 class Drafter {
  public:
   virtual ~Drafter() = default;
@@ -83,11 +117,8 @@ class LMDrafter : public Drafter {
 
  private:
   TransformerLM& model_;
-  DraftSetup setup_;
   std::unique_ptr<KVCache> kv_;
-  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
-  std::vector<int64_t> fed_;                     // row b: how many of committed_[b] its cache holds
-  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
+  DraftRows rows_;  // fed: how many of the committed tokens the cache holds
 };
 
 }  // namespace anvil

@@ -35,11 +35,8 @@ class ParallelSpecDrafter : public Drafter {
 
  private:
   TransformerLM& model_;
-  DraftSetup setup_;
   std::unique_ptr<KVCache> kv_;
-  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
-  std::vector<int64_t> fed_;                     // row b: how many of committed_[b] its cache holds
-  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
+  DraftRows rows_;  // fed: how many of the committed tokens the cache holds
 };
 
 // The drafter a model serves as: ParallelSpec when it has mask tokens, else a standalone LM.
