@@ -217,39 +217,6 @@ TEST(ParallelSpecGreedy, EqualsGreedyGenerateWithOneDrafterForwardPerRound) {
   }
 }
 
-namespace {
-
-std::vector<std::vector<int32_t>> rows_of(int64_t rows) {
-  return std::vector<std::vector<int32_t>>(static_cast<size_t>(rows), std::vector<int32_t>{1, 5, 9});
-}
-
-// Counts of token t at positions 0, 1, 2 and of the three-token prefix hashed into 61 cells.
-std::vector<std::vector<int64_t>> histograms(const std::vector<std::vector<int32_t>>& samples, int64_t V) {
-  std::vector<std::vector<int64_t>> h(4);
-  for (int k = 0; k < 3; ++k) h[k].assign(V, 0);
-  h[3].assign(61, 0);
-  for (const auto& s : samples) {
-    for (int k = 0; k < 3; ++k) ++h[k][s[k]];
-    ++h[3][(s[0] * V * V + s[1] * V + s[2]) % 61];
-  }
-  return h;
-}
-
-bool same_distribution(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b,
-                       int64_t V, std::string& report) {
-  const auto ha = histograms(a, V), hb = histograms(b, V);
-  bool all = true;
-  for (int k = 0; k < 4; ++k) {
-    const ChiSquare c = chi_square_two_sample(ha[k], hb[k]);
-    report += "cell set " + std::to_string(k) + ": chi2 " + std::to_string(c.statistic) + " df " +
-              std::to_string(c.df) + " (critical " + std::to_string(chi_square_critical(c.df)) + ")\n";
-    all = all && c.passes();
-  }
-  return all;
-}
-
-}  // namespace
-
 TEST(ParallelSpecSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
   Models& m = models();
   const int64_t V = 48, n = 6000;

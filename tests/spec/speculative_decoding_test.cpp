@@ -133,38 +133,6 @@ TEST(SpeculativeGreedy, RowsAcceptDifferentlyAndStopTokensEndRows) {
   EXPECT_LE(stopped.tokens[1].size(), 7u);
 }
 
-// Samples the first `n` tokens after one prompt in `rows` independent sequences (one row each).
-std::vector<std::vector<int32_t>> rows_of(int64_t rows) {
-  return std::vector<std::vector<int32_t>>(static_cast<size_t>(rows), std::vector<int32_t>{1, 5, 9});
-}
-
-// Counts of token t at positions 0, 1, 2 and of the three-token prefix hashed into 61 cells.
-std::vector<std::vector<int64_t>> histograms(const std::vector<std::vector<int32_t>>& samples, int64_t V) {
-  std::vector<std::vector<int64_t>> h(4);
-  for (int k = 0; k < 3; ++k) h[k].assign(V, 0);
-  h[3].assign(61, 0);
-  for (const auto& s : samples) {
-    for (int k = 0; k < 3; ++k) ++h[k][s[k]];
-    ++h[3][(s[0] * V * V + s[1] * V + s[2]) % 61];
-  }
-  return h;
-}
-
-// Whether two sets of samples pass every two-sample chi-square (false alarm ~1e-6 each).
-bool same_distribution(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b,
-                       int64_t V, std::string& report) {
-  const auto ha = histograms(a, V), hb = histograms(b, V);
-  bool all = true;
-  const char* names[] = {"token 1", "token 2", "token 3", "tokens 1-3 (hashed)"};
-  for (int k = 0; k < 4; ++k) {
-    const ChiSquare c = chi_square_two_sample(ha[k], hb[k]);
-    report += std::string(names[k]) + ": chi2 " + std::to_string(c.statistic) + " df " + std::to_string(c.df) +
-              " (critical " + std::to_string(chi_square_critical(c.df)) + ")\n";
-    all = all && c.passes();
-  }
-  return all;
-}
-
 // A drafter that draws from its model's q but reports the uniform distribution: the verifier
 // then accepts with the wrong ratio and resamples from the wrong residual.
 class MisreportingDrafter : public Drafter {
