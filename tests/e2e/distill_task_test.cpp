@@ -20,6 +20,7 @@
 
 using namespace anvil;
 using anvil::testing::error_of;
+using anvil::testing::metric;
 
 namespace {
 
@@ -31,13 +32,6 @@ std::string target_dir() { return tiny().dir + "/target"; }
 RunConfig distill_config(const std::string& label, const std::vector<std::string>& extra = {}) {
   return anvil::testing::distill_run_config(tiny(), label, {"model.hidden_size=16", "model.num_hidden_layers=1",
                                             "model.intermediate_size=32", "training.eval_every=10"}, extra);
-}
-
-double metric(const StepRecord& r, const std::string& name) {
-  for (const auto& [key, value] : r.task_metrics)
-    if (key == name) return value;
-  ADD_FAILURE() << "no task metric " << name;
-  return NAN;
 }
 
 uint64_t bits(double x) {

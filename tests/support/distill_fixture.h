@@ -1,8 +1,13 @@
 // What the distill end-to-end tests share: the tiny trained target (built once per test process
 // in its own directory, removed at exit), a distill run config on it, the error text of a
-// refused call, and what a naive first-step loop reads (the resolved config, a training loader of
-// the run's settings, the target).
+// refused call, a step's task metric, the relative difference the layout tests bound, and what
+// a naive first-step loop reads (the resolved config, a training loader of the run's settings,
+// the target).
 #pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -48,6 +53,17 @@ inline std::string error_of(const std::function<void()>& f) {
   }
   return "(no error)";
 }
+
+// The task metric `name` of a step (a test failure, and NaN, when the step has none).
+inline double metric(const StepRecord& r, const std::string& name) {
+  for (const auto& [key, value] : r.task_metrics)
+    if (key == name) return value;
+  ADD_FAILURE() << "no task metric " << name;
+  return NAN;
+}
+
+// |a − b| relative to |b|.
+inline double rel(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
 
 // A naive first-step loop's inputs: the config with its vocabulary resolved, a loader of the
 // run's training split (its first batches are the first step's micro-batches), the target.
