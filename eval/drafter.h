@@ -98,6 +98,20 @@ class Drafter {
   virtual HiddenTaps* target_taps() { return nullptr; }
 };
 
+// A drafter that is one TransformerLM with a KV cache of its own (the standalone and ParallelSpec
+// drafters): its vocabulary and positions are the model's.
+class ModelDrafter : public Drafter {
+ public:
+  int64_t vocab_size() const override { return model_.config().vocab_size; }
+  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
+
+ protected:
+  explicit ModelDrafter(TransformerLM& model) : model_(model) {}
+  TransformerLM& model_;
+  std::unique_ptr<KVCache> kv_;
+  DraftRows rows_;  // fed: how many of the committed tokens the cache holds
+};
+
 // A standalone TransformerLM as the drafter. It keeps its own KV cache; per row, the cache holds
 // a prefix of the committed tokens and the rest are "pending" (fed at the next round's first
 // call). After a round a row has one pending token (the verifier's next token) or, when all γ
@@ -105,20 +119,13 @@ class Drafter {
 // round feeds the same count for every row, so a row with fewer pending tokens is rolled back one
 // slot further and re-feeds its last committed token. The draws: draft position i of round r of
 // sequence s uses speculative_uniform(seed, kDraftStream + s, r, i); greedy takes the argmax.
-class LMDrafter : public Drafter {
+class LMDrafter : public ModelDrafter {
  public:
-  explicit LMDrafter(TransformerLM& model) : model_(model) {}
-  int64_t vocab_size() const override { return model_.config().vocab_size; }
-  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
+  explicit LMDrafter(TransformerLM& model) : ModelDrafter(model) {}
   void begin(const DraftSetup& setup) override;
   DraftBlock propose(uint32_t round, const std::vector<bool>& active) override;
   void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
               const std::vector<int32_t>& next) override;
-
- private:
-  TransformerLM& model_;
-  std::unique_ptr<KVCache> kv_;
-  DraftRows rows_;  // fed: how many of the committed tokens the cache holds
 };
 
 }  // namespace anvil

@@ -7,7 +7,7 @@
 
 namespace anvil {
 
-ParallelSpecDrafter::ParallelSpecDrafter(TransformerLM& model) : model_(model) {
+ParallelSpecDrafter::ParallelSpecDrafter(TransformerLM& model) : ModelDrafter(model) {
   ANVIL_CHECK(model.mask_tokens() >= 1, "ParallelSpecDrafter: the model has no mask tokens — load a drafter trained "
               "with distill.drafter: parallelspec");
 }

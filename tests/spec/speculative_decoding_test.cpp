@@ -11,24 +11,12 @@
 #include "eval/speculative.h"
 #include "tests/spec/spec_stats.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using namespace anvil::testing;
 
 namespace {
-
-ModelConfig tiny_llama(int64_t layers, int64_t vocab = 48) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = vocab;
-  c.hidden_size = 32;
-  c.num_hidden_layers = layers;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 64;
-  c.max_position_embeddings = 96;
-  c.norm_eps = 1e-5;
-  return c;
-}
 
 std::unique_ptr<TransformerLM> random_model(const ModelConfig& c) {
   auto m = std::make_unique<TransformerLM>(c);
@@ -52,8 +40,8 @@ std::unique_ptr<TransformerLM> perturbed_copy(TransformerLM& target, float scale
 }
 
 struct Models {
-  std::unique_ptr<TransformerLM> target = random_model(tiny_llama(2));
-  std::unique_ptr<TransformerLM> small = random_model(tiny_llama(1));  // another architecture: agrees rarely
+  std::unique_ptr<TransformerLM> target = random_model(spec_llama(2));
+  std::unique_ptr<TransformerLM> small = random_model(spec_llama(1));  // another architecture: agrees rarely
   std::unique_ptr<TransformerLM> near = perturbed_copy(*target, 0.03f);  // agrees partly
   std::unique_ptr<TransformerLM> same = perturbed_copy(*target, 0.0f);   // agrees always
 };
