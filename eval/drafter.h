@@ -42,6 +42,40 @@ struct DraftBlock {
   int64_t forwards = 0;         // batched forward calls the drafter ran for this block
 };
 
+// Draft position `position` of round `round` of RNG sequence `sequence`, drawn from q (already
+// processed by `sampling`): the argmax when greedy, else draw_token with
+// speculative_uniform(seed, kDraftStream + sequence, round, position) — every drafter draws so.
+int32_t draw_draft_token(const std::vector<double>& q, const SamplingConfig& sampling, uint32_t sequence,
+                         uint32_t round, int position);
+
+// Checks a batch handed to begin() by drafter `who`: gamma >= 1, one RNG sequence per prompt, and
+// prompts sharing one length >= 1. Returns that length.
+int64_t check_draft_setup(const DraftSetup& setup, const char* who);
+
+// The per-row state every chain drafter keeps: the committed tokens, how far its cache has been
+// fed, and the last block's drafts (which commit() appends).
+struct DraftRows {
+  DraftSetup setup;
+  std::vector<std::vector<int32_t>> committed;  // row b: prompt + committed tokens
+  std::vector<int64_t> fed;                     // row b: how much of its sequence the drafter's cache holds
+  std::vector<int32_t> drafted;                 // the last block's tokens [B, gamma]
+
+  // Starts a batch: every row holds its prompt, nothing fed yet.
+  void begin(const DraftSetup& batch);
+  int64_t batch() const { return static_cast<int64_t>(committed.size()); }
+  // An empty block for this batch (placeholder tokens 0, q all zeros).
+  DraftBlock empty_block(int64_t vocab) const;
+  // Row b's draft position i from the logits z: writes q into the block and returns the token
+  // (an inactive row gets its last committed token as a placeholder and no q).
+  int32_t draft(DraftBlock& block, int64_t b, int i, const float* z, bool active, uint32_t round) const;
+  // Row b kept n of its drafts and then committed `next`: appends them to its committed tokens.
+  void commit(int64_t b, int n, int32_t next, const char* who);
+};
+
+// Feeds every row's prompt but its last token into a fresh cache (the first proposal feeds the
+// last), as the standalone and ParallelSpec drafters start.
+void prefill_prompts(TransformerLM& model, KVCache& kv, DraftRows& rows);
+
 class Drafter {
  public:
   virtual ~Drafter() = default;
@@ -64,6 +98,20 @@ class Drafter {
   virtual HiddenTaps* target_taps() { return nullptr; }
 };
 
+// A drafter that is one TransformerLM with a KV cache of its own (the standalone and ParallelSpec
+// drafters): its vocabulary and positions are the model's.
+class ModelDrafter : public Drafter {
+ public:
+  int64_t vocab_size() const override { return model_.config().vocab_size; }
+  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
+
+ protected:
+  explicit ModelDrafter(TransformerLM& model) : model_(model) {}
+  TransformerLM& model_;
+  std::unique_ptr<KVCache> kv_;
+  DraftRows rows_;  // fed: how many of the committed tokens the cache holds
+};
+
 // A standalone TransformerLM as the drafter. It keeps its own KV cache; per row, the cache holds
 // a prefix of the committed tokens and the rest are "pending" (fed at the next round's first
 // call). After a round a row has one pending token (the verifier's next token) or, when all γ
@@ -71,23 +119,13 @@ class Drafter {
 // round feeds the same count for every row, so a row with fewer pending tokens is rolled back one
 // slot further and re-feeds its last committed token. The draws: draft position i of round r of
 // sequence s uses speculative_uniform(seed, kDraftStream + s, r, i); greedy takes the argmax.
-class LMDrafter : public Drafter {
+class LMDrafter : public ModelDrafter {
  public:
-  explicit LMDrafter(TransformerLM& model) : model_(model) {}
-  int64_t vocab_size() const override { return model_.config().vocab_size; }
-  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
+  explicit LMDrafter(TransformerLM& model) : ModelDrafter(model) {}
   void begin(const DraftSetup& setup) override;
   DraftBlock propose(uint32_t round, const std::vector<bool>& active) override;
   void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
               const std::vector<int32_t>& next) override;
-
- private:
-  TransformerLM& model_;
-  DraftSetup setup_;
-  std::unique_ptr<KVCache> kv_;
-  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
-  std::vector<int64_t> fed_;                     // row b: how many of committed_[b] its cache holds
-  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
 };
 
 }  // namespace anvil

@@ -42,12 +42,9 @@ class EagleChainDrafter : public Drafter {
 
   EagleDrafter& drafter_;
   HiddenTaps taps_;
-  DraftSetup setup_;
   std::unique_ptr<KVCache> kv_;
-  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
-  std::vector<std::vector<float>> features_;     // row b: f_t, h floats per column t (t <= L - 2)
-  std::vector<int64_t> fed_;                     // row b: columns its cache holds
-  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
+  DraftRows rows_;                             // fed: the columns each row's cache holds
+  std::vector<std::vector<float>> features_;  // row b: f_t, h floats per column t (t <= L - 2)
 };
 
 }  // namespace anvil

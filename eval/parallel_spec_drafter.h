@@ -21,25 +21,15 @@
 
 namespace anvil {
 
-class ParallelSpecDrafter : public Drafter {
+class ParallelSpecDrafter : public ModelDrafter {
  public:
   // The model must have mask tokens (a checkpoint trained with distill.drafter: parallelspec).
   explicit ParallelSpecDrafter(TransformerLM& model);
-  int64_t vocab_size() const override { return model_.config().vocab_size; }
-  int64_t max_positions() const override { return model_.config().max_position_embeddings; }
   // Refuses γ > mask tokens + 1 (one forward drafts at most that many).
   void begin(const DraftSetup& setup) override;
   DraftBlock propose(uint32_t round, const std::vector<bool>& active) override;
   void commit(const std::vector<bool>& active, const std::vector<int>& accepted,
               const std::vector<int32_t>& next) override;
-
- private:
-  TransformerLM& model_;
-  DraftSetup setup_;
-  std::unique_ptr<KVCache> kv_;
-  std::vector<std::vector<int32_t>> committed_;  // row b: prompt + committed tokens
-  std::vector<int64_t> fed_;                     // row b: how many of committed_[b] its cache holds
-  std::vector<int32_t> drafted_;                 // the last block's tokens [B, gamma]
 };
 
 // The drafter a model serves as: ParallelSpec when it has mask tokens, else a standalone LM.

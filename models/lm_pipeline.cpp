@@ -76,12 +76,15 @@ PipelineLoss::Value CausalLMLoss::forward(int m, const Tensor& hidden, bool for_
   Cache scratch;
   Cache& c = for_backward ? model.head_cache(stage_.cache(m)) : scratch;
   const Tensor logits = model.forward_head(hidden, c.child(0));
-  Value v;
-  v.loss = model.cross_entropy().forward(logits, mb.targets, c, ignore_index_);
-  const double count = static_cast<double>(counts_[m]);
-  const double divisor = mb.loss_tokens >= 0 ? static_cast<double>(mb.loss_tokens) : count;
-  v.weight = count;
-  v.objective = divisor > 0 ? mb.loss_scale * static_cast<double>(v.loss) * count / divisor : 0.0;
+  return token_mean_loss(model.cross_entropy().forward(logits, mb.targets, c, ignore_index_), mb, counts_[m]);
+}
+
+PipelineLoss::Value token_mean_loss(float loss, const LMMicroBatch& mb, int64_t count) {
+  PipelineLoss::Value v;
+  v.loss = loss;
+  v.weight = static_cast<double>(count);
+  const double divisor = mb.loss_tokens >= 0 ? static_cast<double>(mb.loss_tokens) : v.weight;
+  v.objective = divisor > 0 ? mb.loss_scale * static_cast<double>(v.loss) * v.weight / divisor : 0.0;
   return v;
 }
 

@@ -22,6 +22,10 @@ struct LMMicroBatch {
   int64_t loss_tokens = -1;
 };
 
+// Micro-batch mb's loss value from its mean loss over this rank's `count` scored tokens: weighed
+// by count, and the objective a mean over mb.loss_tokens (the group's tokens) when that is set.
+PipelineLoss::Value token_mean_loss(float loss, const LMMicroBatch& mb, int64_t count);
+
 // This rank's pipeline stage of a TransformerLM's trunk (embeddings on the first stage, its
 // blocks, the final norm on the last): the executor passes hidden states [B, T, hidden] in
 // the model's compute dtype between stages, and the last stage's output is the final hidden

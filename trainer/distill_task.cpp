@@ -127,24 +127,19 @@ PipelineLoss::Value DistillPipelineLoss::forward(int m, const Tensor& hidden, bo
     teacher = target_.forward_head(source, target_head);
     target_hidden_[m] = Tensor();  // used once; its memory goes with it
   }
-  Value v;
+  float loss = 0;  // the drafter's loss, as reported
   DistillationLoss::Result scored;
   if (ce_) {  // the data's labels are the objective; the target's distribution is measured only
     Cache measured;
     scored = divergence_.forward(logits, teacher, mb.targets, measured, ignore_index_, false);
-    v.loss = model.cross_entropy().forward(logits, mb.targets, c, ignore_index_);
+    loss = model.cross_entropy().forward(logits, mb.targets, c, ignore_index_);
   } else {
     scored = divergence_.forward(logits, teacher, mb.targets, c, ignore_index_, for_backward);
-    v.loss = scored.loss;
+    loss = scored.loss;
   }
   acceptance_sum_ += scored.acceptance_sum;
   scored_tokens_ += scored.tokens;
-  // As CausalLMLoss: the reported loss is a mean over the sp group's tokens, weighed by this rank's.
-  const double count = static_cast<double>(counts_.at(m));
-  const double divisor = mb.loss_tokens >= 0 ? static_cast<double>(mb.loss_tokens) : count;
-  v.weight = count;
-  v.objective = divisor > 0 ? mb.loss_scale * static_cast<double>(v.loss) * count / divisor : 0.0;
-  return v;
+  return token_mean_loss(loss, mb, counts_.at(m));  // weighed as CausalLMLoss weighs its loss
 }
 
 Tensor DistillPipelineLoss::backward(int m) {

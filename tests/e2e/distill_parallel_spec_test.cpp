@@ -12,45 +12,25 @@
 #include "data/loader.h"
 #include "eval/parallel_spec_drafter.h"
 #include "eval/speculative.h"
-#include "tests/support/tiny_run.h"
+#include "tests/support/distill_fixture.h"
 #include "trainer/load_model.h"
 #include "trainer/parallel_spec_rows.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::error_of;
 
 namespace {
 
-const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = anvil::testing::make_tiny_target_run("distill_pspec");
-  return run;
-}
+const anvil::testing::TinyRun& tiny() { return anvil::testing::distill_target_run("distill_pspec"); }
 std::string target_dir() { return tiny().dir + "/target"; }
 
 // A ParallelSpec drafter (1 layer, hidden 16) on the tiny run's windows of 32 tokens; its 64
 // positions leave room for 8 anchors of 4 masks (the default: as many as fit).
-RunConfig pspec_config(const std::string& label, std::vector<std::string> extra = {}) {
-  std::vector<std::string> sets = {"run.out_dir=" + tiny().dir + "/" + label,
-                                   "checkpoint.resume=none",
-                                   "task.name=distill",
-                                   "distill.target=" + target_dir(),
-                                   "distill.drafter=parallelspec",
-                                   "model.hidden_size=16",
-                                   "model.num_hidden_layers=1",
-                                   "model.intermediate_size=32",
-                                   "training.eval_every=0",
-                                   "schedule.warmup_steps=0"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_config(tiny().config, sets);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+RunConfig pspec_config(const std::string& label, const std::vector<std::string>& extra = {}) {
+  return anvil::testing::distill_run_config(tiny(), label, {"distill.drafter=parallelspec", "model.hidden_size=16",
+                                            "model.num_hidden_layers=1", "model.intermediate_size=32",
+                                            "training.eval_every=0"}, extra);
 }
 
 std::vector<double> softmax(const float* z, int64_t V) {
@@ -79,15 +59,14 @@ Tensor logits_of(TransformerLM& model, const std::vector<int32_t>& ids) {
 
 // The first step's loss from plain forwards (no group mask) and a naive loop.
 double naive_first_step(const RunConfig& config) {
-  RunConfig c = config;
-  resolve_vocab_size(c, Tokenizer::load(c.tokenizer.path).vocab_size());
-  auto store = std::make_shared<const TokenStore>(TokenStore::open(c.data.train));
-  Loader loader(store, loader_config(c), Split::Train);
+  anvil::testing::FirstStepInputs in(config);
+  const RunConfig& c = in.config;
+  Loader& loader = in.loader;
   const int64_t k = c.distill.parallel_tokens, V = c.model.vocab_size;
   TransformerLM drafter(c.model);
   drafter.init_weights(static_cast<uint64_t>(c.run.seed));
   drafter.add_mask_embeddings(k, static_cast<uint64_t>(c.run.seed));
-  const LoadedModel target = load_model(c.distill.target);
+  const LoadedModel& target = in.target;
   const bool ce = c.distill.loss == "ce";
   const int64_t M = c.training.grad_accum_steps;
   double loss = 0;

@@ -13,57 +13,31 @@
 
 #include "data/loader.h"
 #include "models/hf_convert.h"
-#include "tests/support/tiny_run.h"
+#include "tests/support/distill_fixture.h"
 #include "trainer/distill_task.h"
 #include "trainer/load_model.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::error_of;
+using anvil::testing::metric;
 
 namespace {
 
 // The tiny run and its target (the tiny Llama trained 30 steps).
-const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = anvil::testing::make_tiny_target_run("distill");
-  return run;
-}
+const anvil::testing::TinyRun& tiny() { return anvil::testing::distill_target_run("distill"); }
 std::string target_dir() { return tiny().dir + "/target"; }
 
 // A distill run: the drafter is a 1-layer, hidden-16 Llama on the target's tokenizer.
-RunConfig distill_config(const std::string& label, std::vector<std::string> extra = {}) {
-  std::vector<std::string> sets = {"run.out_dir=" + tiny().dir + "/" + label,
-                                   "checkpoint.resume=none",
-                                   "task.name=distill",
-                                   "distill.target=" + target_dir(),
-                                   "model.hidden_size=16",
-                                   "model.num_hidden_layers=1",
-                                   "model.intermediate_size=32",
-                                   "training.eval_every=10",
-                                   "schedule.warmup_steps=0"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_config(tiny().config, sets);
-}
-
-double metric(const StepRecord& r, const std::string& name) {
-  for (const auto& [key, value] : r.task_metrics)
-    if (key == name) return value;
-  ADD_FAILURE() << "no task metric " << name;
-  return NAN;
+RunConfig distill_config(const std::string& label, const std::vector<std::string>& extra = {}) {
+  return anvil::testing::distill_run_config(tiny(), label, {"model.hidden_size=16", "model.num_hidden_layers=1",
+                                            "model.intermediate_size=32", "training.eval_every=10"}, extra);
 }
 
 uint64_t bits(double x) {
   uint64_t u;
   std::memcpy(&u, &x, sizeof u);
   return u;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 // ---- the naive reference: p, q and the divergence of one row, in double ----
@@ -126,13 +100,12 @@ RowScore score_row(const float* zt, const float* zs, int64_t V, const DistillSec
 // The first step's loss and acceptance from plain forwards of the fresh drafter and the target
 // over the step's micro-batches, read by a loader of the run's settings.
 std::pair<double, double> naive_first_step(const RunConfig& config) {
-  RunConfig c = config;
-  resolve_vocab_size(c, Tokenizer::load(c.tokenizer.path).vocab_size());
-  auto store = std::make_shared<const TokenStore>(TokenStore::open(c.data.train));
-  Loader loader(store, loader_config(c), Split::Train);
+  anvil::testing::FirstStepInputs in(config);
+  const RunConfig& c = in.config;
+  Loader& loader = in.loader;
+  const LoadedModel& target = in.target;
   TransformerLM drafter(c.model);
   drafter.init_weights(static_cast<uint64_t>(c.run.seed));
-  const LoadedModel target = load_model(c.distill.target);
   const int64_t M = c.training.grad_accum_steps, V = c.model.vocab_size;
   double loss = 0, alpha_sum = 0, tokens = 0;
   for (int64_t m = 0; m < M; ++m) {

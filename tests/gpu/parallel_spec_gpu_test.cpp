@@ -10,6 +10,7 @@
 #include "eval/speculative.h"
 #include "models/step_context.h"
 #include "tests/support/gpu_check.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using namespace anvil::testing;
@@ -18,22 +19,9 @@ namespace {
 
 constexpr int64_t kMasks = 4;
 
-ModelConfig tiny_llama() {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 48;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 64;
-  c.max_position_embeddings = 96;
-  c.norm_eps = 1e-5;
-  return c;
-}
-
 // The same random weights for the same config and mask count (Philox streams named after params).
 std::unique_ptr<TransformerLM> random_model(int64_t masks, Device device) {
-  auto m = std::make_unique<TransformerLM>(tiny_llama());
+  auto m = std::make_unique<TransformerLM>(spec_llama(2));
   m->init_weights(7);
   if (masks > 0) m->add_mask_embeddings(masks, 7);
   randomize_params(m->params());

@@ -11,7 +11,7 @@
 #include <cstdio>
 
 #include "models/eagle_drafter.h"
-#include "tests/support/mpi_world.h"
+#include "tests/support/mpi_distill_fixture.h"
 #include "tests/support/reference.h"
 #include "trainer/checkpoint.h"
 #include "trainer/load_model.h"
@@ -19,6 +19,8 @@
 
 using namespace anvil;
 using anvil::testing::is_root;
+using anvil::testing::metric;
+using anvil::testing::rel;
 using anvil::testing::world;
 
 namespace {
@@ -28,17 +30,8 @@ constexpr int64_t kSteps = 10;
 
 // The tiny run, and its target (the tiny Llama trained 30 steps) written once by rank 0.
 const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = [] {
-    anvil::testing::TinyRun r = anvil::testing::shared_tiny_run("eagle_layouts_np" + std::to_string(world()->size()));
-    if (is_root()) {
-      Trainer target(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=30",
-                                                "training.eval_every=0", "checkpoint.resume=none", "run.threads=1"}),
-                     TrainerMode::Quiet);
-      target.train();
-    }
-    world()->barrier();
-    return r;
-  }();
+  static const anvil::testing::TinyRun run =
+      anvil::testing::shared_tiny_target_run("eagle_layouts_np" + std::to_string(world()->size()));
   return run;
 }
 
@@ -65,14 +58,6 @@ RunConfig config(int dp) {
                                          "parallel.dp=" + std::to_string(dp)});
 }
 
-double rel(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); }
-
-double metric(const StepRecord& r, const std::string& name) {
-  for (const auto& [key, value] : r.task_metrics)
-    if (key == name) return value;
-  ADD_FAILURE() << "no task metric " << name;
-  return NAN;
-}
 
 }  // namespace
 

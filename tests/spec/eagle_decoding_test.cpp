@@ -13,31 +13,19 @@
 #include "eval/eagle_chain_drafter.h"
 #include "eval/speculative.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using namespace anvil::testing;
 
 namespace {
 
-ModelConfig tiny_llama() {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = 48;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 64;
-  c.max_position_embeddings = 96;
-  c.norm_eps = 1e-5;
-  return c;
-}
-
 struct Models {
   std::unique_ptr<TransformerLM> target;
   std::unique_ptr<EagleDrafter> drafter;
   Models() {
     omp_set_num_threads(1);  // tiny calls: one thread keeps the tests fast on a busy machine
-    target = std::make_unique<TransformerLM>(tiny_llama());
+    target = std::make_unique<TransformerLM>(spec_llama(4));
     target->init_weights(7);
     randomize_params(target->params());
     drafter = std::make_unique<EagleDrafter>(*target, EagleDrafter::default_layers(4));

@@ -7,54 +7,24 @@
 
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-
-#include <unistd.h>
 
 #include "data/loader.h"
 #include "models/eagle_drafter.h"
-#include "tests/support/tiny_run.h"
+#include "tests/support/distill_fixture.h"
 #include "trainer/checkpoint.h"
 #include "trainer/load_model.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::error_of;
 
 namespace {
 
 // The tiny Llama (hidden 32, 2 layers) trained 30 steps: the target.
-const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = [] {
-    // One directory per process: CTest runs this binary's tests as parallel processes.
-    anvil::testing::TinyRun r = anvil::testing::make_tiny_run("eagle_distill_" + std::to_string(getpid()));
-    Trainer target(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=30",
-                                              "training.eval_every=0", "checkpoint.resume=none"}),
-                   TrainerMode::Quiet);
-    target.train();
-    return r;
-  }();
-  static const struct RemoveAtExit {  // the directory is this process's alone
-    ~RemoveAtExit() { std::filesystem::remove_all(run.dir); }
-  } remove_at_exit;
-  return run;
-}
+const anvil::testing::TinyRun& tiny() { return anvil::testing::distill_target_run("eagle_distill"); }
 
-RunConfig eagle_config(const std::string& label, std::vector<std::string> extra = {}) {
-  std::vector<std::string> sets = {"run.out_dir=" + tiny().dir + "/" + label, "checkpoint.resume=none",
-                                   "task.name=distill", "distill.drafter=eagle",
-                                   "distill.target=" + tiny().dir + "/target", "training.eval_every=0",
-                                   "schedule.warmup_steps=0"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_config(tiny().config, sets);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+RunConfig eagle_config(const std::string& label, const std::vector<std::string>& extra = {}) {
+  return anvil::testing::distill_run_config(tiny(), label, {"distill.drafter=eagle", "training.eval_every=0"}, extra);
 }
 
 // log softmax of one row, in double.
@@ -71,11 +41,10 @@ std::vector<double> log_softmax(const float* z, int64_t V) {
 // the target's distribution at position t + 1 + s (it predicts token t + 2 + s), summed over
 // steps and divided by the micro-batch's token count, averaged over micro-batches.
 double naive_first_step(const RunConfig& config) {
-  RunConfig c = config;
-  resolve_vocab_size(c, Tokenizer::load(c.tokenizer.path).vocab_size());
-  auto store = std::make_shared<const TokenStore>(TokenStore::open(c.data.train));
-  Loader loader(store, loader_config(c), Split::Train);
-  const LoadedModel target = load_model(c.distill.target);
+  anvil::testing::FirstStepInputs in(config);
+  const RunConfig& c = in.config;
+  Loader& loader = in.loader;
+  const LoadedModel& target = in.target;
   EagleDrafter drafter(*target.model, EagleDrafter::default_layers(target.model->config().num_hidden_layers));
   drafter.init_weights(static_cast<uint64_t>(c.run.seed));
   const int64_t M = c.training.grad_accum_steps, V = c.model.vocab_size, S = c.distill.ttt_steps;

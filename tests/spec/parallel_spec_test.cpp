@@ -15,6 +15,7 @@
 #include "models/step_context.h"
 #include "tests/spec/spec_stats.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using namespace anvil::testing;
@@ -22,19 +23,6 @@ using namespace anvil::testing;
 namespace {
 
 constexpr int64_t kMasks = 4;
-
-ModelConfig tiny_llama(int64_t layers, int64_t vocab = 48) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = vocab;
-  c.hidden_size = 32;
-  c.num_hidden_layers = layers;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 64;
-  c.max_position_embeddings = 96;
-  c.norm_eps = 1e-5;
-  return c;
-}
 
 std::unique_ptr<TransformerLM> random_model(const ModelConfig& c, int64_t masks) {
   auto m = std::make_unique<TransformerLM>(c);
@@ -62,7 +50,7 @@ void single_thread() { omp_set_num_threads(1); }  // tiny per-row calls: threads
 }  // namespace
 
 TEST(MaskEmbedding, RealIdsEmbedBitwiseAsWithoutMasks) {
-  auto plain = random_model(tiny_llama(2), 0);
+  auto plain = random_model(spec_llama(2), 0);
   auto masked = copy_of(*plain, kMasks);
   const Tensor ids = random_ids({2, 11}, 48, 3);
   Cache a, b;
@@ -77,7 +65,7 @@ TEST(MaskEmbedding, RealIdsEmbedBitwiseAsWithoutMasks) {
 TEST(MaskEmbedding, MaskIdsReadAndTrainTheMaskTable) {
   // Reference: the same model without masks whose token rows u_i (ids absent from the input)
   // hold the mask rows — its forward and its gradient of row u_i must be the masked model's.
-  auto masked = random_model(tiny_llama(2), kMasks);
+  auto masked = random_model(spec_llama(2), kMasks);
   auto reference = copy_of(*masked, 0);
   const std::vector<int32_t> stand_in = {44, 45, 46, 47};
   const Tensor table = masked->param(kMaskEmbeddingName).value;
@@ -127,7 +115,7 @@ TEST(MaskEmbedding, MaskIdsReadAndTrainTheMaskTable) {
 // the KV-cached call with re-fed tokens, padding and dropped mask slots changes nothing.
 TEST(ParallelSpecDrafter, ProposalsAreThePlainForwardsDistributions) {
   single_thread();
-  auto drafter_model = random_model(tiny_llama(2), kMasks);
+  auto drafter_model = random_model(spec_llama(2), kMasks);
   const int64_t V = 48;
   SamplingConfig t1;
   t1.seed = 2;
@@ -179,8 +167,8 @@ TEST(ParallelSpecDrafter, ProposalsAreThePlainForwardsDistributions) {
 namespace {
 
 struct Models {
-  std::unique_ptr<TransformerLM> target = random_model(tiny_llama(2), 0);
-  std::unique_ptr<TransformerLM> small = random_model(tiny_llama(1), kMasks);  // agrees rarely
+  std::unique_ptr<TransformerLM> target = random_model(spec_llama(2), 0);
+  std::unique_ptr<TransformerLM> small = random_model(spec_llama(1), kMasks);  // agrees rarely
   std::unique_ptr<TransformerLM> copy = copy_of(*target, kMasks);  // draft 1 always right, the masks random
 };
 
@@ -216,39 +204,6 @@ TEST(ParallelSpecGreedy, EqualsGreedyGenerateWithOneDrafterForwardPerRound) {
     }
   }
 }
-
-namespace {
-
-std::vector<std::vector<int32_t>> rows_of(int64_t rows) {
-  return std::vector<std::vector<int32_t>>(static_cast<size_t>(rows), std::vector<int32_t>{1, 5, 9});
-}
-
-// Counts of token t at positions 0, 1, 2 and of the three-token prefix hashed into 61 cells.
-std::vector<std::vector<int64_t>> histograms(const std::vector<std::vector<int32_t>>& samples, int64_t V) {
-  std::vector<std::vector<int64_t>> h(4);
-  for (int k = 0; k < 3; ++k) h[k].assign(V, 0);
-  h[3].assign(61, 0);
-  for (const auto& s : samples) {
-    for (int k = 0; k < 3; ++k) ++h[k][s[k]];
-    ++h[3][(s[0] * V * V + s[1] * V + s[2]) % 61];
-  }
-  return h;
-}
-
-bool same_distribution(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b,
-                       int64_t V, std::string& report) {
-  const auto ha = histograms(a, V), hb = histograms(b, V);
-  bool all = true;
-  for (int k = 0; k < 4; ++k) {
-    const ChiSquare c = chi_square_two_sample(ha[k], hb[k]);
-    report += "cell set " + std::to_string(k) + ": chi2 " + std::to_string(c.statistic) + " df " +
-              std::to_string(c.df) + " (critical " + std::to_string(chi_square_critical(c.df)) + ")\n";
-    all = all && c.passes();
-  }
-  return all;
-}
-
-}  // namespace
 
 TEST(ParallelSpecSampling, FirstThreeTokensMatchPlainSamplingAtT1) {
   Models& m = models();

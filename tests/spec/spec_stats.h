@@ -1,10 +1,12 @@
 // Goodness-of-fit helpers for the speculative-decoding tests: Pearson chi-square statistics
 // (one sample against known probabilities, two samples against each other) and their critical
-// values, so every threshold follows from the sample size and a stated false-alarm rate.
+// values, so every threshold follows from the sample size and a stated false-alarm rate; and the
+// check that two sets of sampled three-token continuations follow one distribution.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace anvil::testing {
@@ -90,6 +92,39 @@ inline double total_variation(const std::vector<int64_t>& counts, const std::vec
 inline double total_variation_bound(int64_t k, int64_t n, double delta = 1e-6) {
   const double l1 = std::sqrt(2.0 * (k * std::log(2.0) - std::log(delta)) / static_cast<double>(n));
   return l1 / 2;
+}
+
+// `rows` copies of the prompt {1, 5, 9}: independent sequences, one row each.
+inline std::vector<std::vector<int32_t>> rows_of(int64_t rows) {
+  return std::vector<std::vector<int32_t>>(static_cast<size_t>(rows), std::vector<int32_t>{1, 5, 9});
+}
+
+// Counts of token t at positions 0, 1, 2 and of the three-token prefix hashed into 61 cells.
+inline std::vector<std::vector<int64_t>> histograms(const std::vector<std::vector<int32_t>>& samples, int64_t V) {
+  std::vector<std::vector<int64_t>> h(4);
+  for (int k = 0; k < 3; ++k) h[k].assign(V, 0);
+  h[3].assign(61, 0);
+  for (const auto& s : samples) {
+    for (int k = 0; k < 3; ++k) ++h[k][s[k]];
+    ++h[3][(s[0] * V * V + s[1] * V + s[2]) % 61];
+  }
+  return h;
+}
+
+// Whether two sets of samples pass every two-sample chi-square (false alarm ~1e-6 each); the
+// statistics go to `report`.
+inline bool same_distribution(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b,
+                              int64_t V, std::string& report) {
+  const auto ha = histograms(a, V), hb = histograms(b, V);
+  bool all = true;
+  const char* names[] = {"token 1", "token 2", "token 3", "tokens 1-3 (hashed)"};
+  for (int k = 0; k < 4; ++k) {
+    const ChiSquare c = chi_square_two_sample(ha[k], hb[k]);
+    report += std::string(names[k]) + ": chi2 " + std::to_string(c.statistic) + " df " + std::to_string(c.df) +
+              " (critical " + std::to_string(chi_square_critical(c.df)) + ")\n";
+    all = all && c.passes();
+  }
+  return all;
 }
 
 }  // namespace anvil::testing

@@ -11,24 +11,12 @@
 #include "eval/speculative.h"
 #include "tests/spec/spec_stats.h"
 #include "tests/support/reference.h"
+#include "tests/support/small_models.h"
 
 using namespace anvil;
 using namespace anvil::testing;
 
 namespace {
-
-ModelConfig tiny_llama(int64_t layers, int64_t vocab = 48) {
-  ModelConfig c = ModelConfig::llama();
-  c.vocab_size = vocab;
-  c.hidden_size = 32;
-  c.num_hidden_layers = layers;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 64;
-  c.max_position_embeddings = 96;
-  c.norm_eps = 1e-5;
-  return c;
-}
 
 std::unique_ptr<TransformerLM> random_model(const ModelConfig& c) {
   auto m = std::make_unique<TransformerLM>(c);
@@ -52,8 +40,8 @@ std::unique_ptr<TransformerLM> perturbed_copy(TransformerLM& target, float scale
 }
 
 struct Models {
-  std::unique_ptr<TransformerLM> target = random_model(tiny_llama(2));
-  std::unique_ptr<TransformerLM> small = random_model(tiny_llama(1));  // another architecture: agrees rarely
+  std::unique_ptr<TransformerLM> target = random_model(spec_llama(2));
+  std::unique_ptr<TransformerLM> small = random_model(spec_llama(1));  // another architecture: agrees rarely
   std::unique_ptr<TransformerLM> near = perturbed_copy(*target, 0.03f);  // agrees partly
   std::unique_ptr<TransformerLM> same = perturbed_copy(*target, 0.0f);   // agrees always
 };
@@ -131,38 +119,6 @@ TEST(SpeculativeGreedy, RowsAcceptDifferentlyAndStopTokensEndRows) {
   const auto stopped = speculative_generate(*m.target, again, kFourPrompts, 30, SamplingConfig::greedy(), 4, stop);
   EXPECT_EQ(stopped.tokens, want);
   EXPECT_LE(stopped.tokens[1].size(), 7u);
-}
-
-// Samples the first `n` tokens after one prompt in `rows` independent sequences (one row each).
-std::vector<std::vector<int32_t>> rows_of(int64_t rows) {
-  return std::vector<std::vector<int32_t>>(static_cast<size_t>(rows), std::vector<int32_t>{1, 5, 9});
-}
-
-// Counts of token t at positions 0, 1, 2 and of the three-token prefix hashed into 61 cells.
-std::vector<std::vector<int64_t>> histograms(const std::vector<std::vector<int32_t>>& samples, int64_t V) {
-  std::vector<std::vector<int64_t>> h(4);
-  for (int k = 0; k < 3; ++k) h[k].assign(V, 0);
-  h[3].assign(61, 0);
-  for (const auto& s : samples) {
-    for (int k = 0; k < 3; ++k) ++h[k][s[k]];
-    ++h[3][(s[0] * V * V + s[1] * V + s[2]) % 61];
-  }
-  return h;
-}
-
-// Whether two sets of samples pass every two-sample chi-square (false alarm ~1e-6 each).
-bool same_distribution(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b,
-                       int64_t V, std::string& report) {
-  const auto ha = histograms(a, V), hb = histograms(b, V);
-  bool all = true;
-  const char* names[] = {"token 1", "token 2", "token 3", "tokens 1-3 (hashed)"};
-  for (int k = 0; k < 4; ++k) {
-    const ChiSquare c = chi_square_two_sample(ha[k], hb[k]);
-    report += std::string(names[k]) + ": chi2 " + std::to_string(c.statistic) + " df " + std::to_string(c.df) +
-              " (critical " + std::to_string(chi_square_critical(c.df)) + ")\n";
-    all = all && c.passes();
-  }
-  return all;
 }
 
 // A drafter that draws from its model's q but reports the uniform distribution: the verifier

@@ -57,6 +57,19 @@ double model_grad_norm(TransformerLM& model, Communicator* pp) {
   return grid_grad_norm({{&params, nullptr, nullptr}}, {model.tensor_parallel(), pp}, not_counted);
 }
 
+ModelConfig spec_llama(int64_t layers, int64_t vocab) {
+  ModelConfig c = ModelConfig::llama();
+  c.vocab_size = vocab;
+  c.hidden_size = 32;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.intermediate_size = 64;
+  c.max_position_embeddings = 96;
+  c.norm_eps = 1e-5;
+  return c;
+}
+
 ModelConfig parity_gpt2() {
   ModelConfig c = ModelConfig::gpt2();
   c.vocab_size = 523;

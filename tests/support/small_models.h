@@ -25,6 +25,9 @@ ModelConfig small_mistral(int64_t window, int64_t layers = 2);
 
 // The whole-model PyTorch parity shapes: GPT-2 (vocab 523, hidden 64, 4 heads, MLP 256, 80
 // positions) and Llama with GQA (vocab 611, hidden 96, 6 query / 2 KV heads, MLP 168, 128 positions).
+// The tiny Llama of the speculative-decoding tests: hidden 32, 4 query / 2 KV heads,
+// intermediate 64, 96 positions, `layers` layers over `vocab` tokens.
+ModelConfig spec_llama(int64_t layers, int64_t vocab = 48);
 ModelConfig parity_gpt2();
 ModelConfig parity_llama();
 
