@@ -35,7 +35,9 @@ Batch on_policy_rows(TransformerLM& drafter, const Batch& data, const SamplingCo
   // No stop token: every row gets exactly T − P sampled tokens.
   const std::vector<std::vector<int32_t>> sampled =
       generate(drafter, prompts, static_cast<int>(T - P), sampling, std::nullopt, first_row);
-  Batch rows{Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::I32)};
+  Batch rows;  // plain causal rows: no documents
+  rows.ids = Tensor::empty({B, T}, DType::I32);
+  rows.targets = Tensor::empty({B, T}, DType::I32);
   int32_t* out = rows.ids.data<int32_t>();
   int32_t* targets = rows.targets.data<int32_t>();
   for (int64_t i = 0; i < B; ++i) {
