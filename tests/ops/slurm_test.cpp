@@ -63,10 +63,14 @@ class LocalSlurm : public ::testing::Test {
     return out;
   }
   // "PENDING", "RUNNING", ... or "" once the job has left the queue.
+  // The job's state; "" once it has left the queue. A squeue that fails (slurmctld slow to answer
+  // on a loaded machine) says nothing about the job: "UNKNOWN", so waiting goes on.
   static std::string state(const std::string& job) {
-    std::string s = slurm("squeue -h -j " + job + " -o %T 2>/dev/null");
+    std::string s;
+    const int rc = run_command(env() + "squeue -h -j " + job + " -o %T", s);
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-    return s.find("Invalid") != std::string::npos ? "" : s;
+    if (s.find("Invalid job id") != std::string::npos) return "";
+    return rc == 0 ? s : "UNKNOWN";
   }
   static bool wait_for_end(const std::string& job, double seconds) {
     return wait_until(seconds, [&] { return state(job).empty(); });
