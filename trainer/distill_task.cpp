@@ -1,9 +1,11 @@
 #include "trainer/distill_task.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
 #include "data/tokenizer.h"
+#include "eval/speculative.h"
 #include "kernels/embedding.h"
 #include "models/hf_convert.h"
 #include "models/layout_checks.h"
@@ -20,11 +22,6 @@
 namespace anvil {
 
 namespace fs = std::filesystem;
-
-double simulated_tau(double alpha, int64_t gamma) {
-  if (alpha >= 1) return static_cast<double>(gamma + 1);
-  return (1 - std::pow(alpha, static_cast<double>(gamma + 1))) / (1 - alpha);
-}
 
 namespace {
 
@@ -264,7 +261,9 @@ std::vector<std::pair<std::string, double>> DistillTask::acceptance_metrics() {
   // Each sp rank holds its group's sums: the ratio over dp x sp is the same as over dp.
   if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);
   const double alpha = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
-  return {{"acceptance", alpha}, {"tau_sim", simulated_tau(alpha, env_.config->distill.gamma)}};
+  // Summed in float, the mean may round a hair above 1, where the formula's limit is gamma + 1.
+  const double tau = expected_tokens_per_call(std::min(alpha, 1.0), static_cast<int>(env_.config->distill.gamma));
+  return {{"acceptance", alpha}, {"tau_sim", tau}};
 }
 
 }  // namespace anvil

@@ -29,10 +29,6 @@
 
 namespace anvil {
 
-// The expected tokens per target call of chain speculative sampling with per-token acceptance
-// `alpha` and draft length `gamma`: (1 − α^{γ+1}) / (1 − α), γ + 1 at α = 1.
-double simulated_tau(double alpha, int64_t gamma);
-
 // The drafter's loss on its last pipeline stage, against the target's kept hidden states.
 class DistillPipelineLoss : public PipelineLoss {
  public:

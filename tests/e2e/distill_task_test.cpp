@@ -311,9 +311,3 @@ TEST(DistillTask, AHuggingFaceTargetLoadsAndItsTokenizerIsChecked) {
   EXPECT_NE(e.find("must share the tokenizer"), std::string::npos) << e;
 }
 
-TEST(DistillTask, SimulatedTauIsTheExpectedTokensPerTargetCall) {
-  EXPECT_NEAR(simulated_tau(0.8, 4), 3.3616, 1e-12);  // ALGORITHMS.md §7's vectors
-  EXPECT_NEAR(simulated_tau(0.9, 3), 3.439, 1e-12);
-  EXPECT_EQ(simulated_tau(1.0, 4), 5.0);
-  EXPECT_EQ(simulated_tau(0.0, 4), 1.0);
-}
