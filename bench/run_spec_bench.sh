@@ -6,6 +6,8 @@
 #   standalone_t1   configs/distill-standalone.yaml: forward KL at T = 1 (the decoding temperature)
 #   standalone_t03  the same at T = 0.3: KD at a temperature other than T = 1 decoding (TempSpec's
 #                   mismatch), for the tau(T=1)/tau(T=0) comparison
+#   standalone_onpolicy  the same as standalone_t1 with distill.on_policy 0.5: half the micro-batches
+#                   continue from the drafter's own samples (DistillSpec), against standalone_t1 off-policy
 #   parallelspec    configs/distill-parallelspec.yaml (k = 5 masks: gamma <= 6)
 #   eagle           configs/distill-eagle.yaml, when it exists
 # Also anvil's plain greedy decoding against transformers' generate() on the exported target.
@@ -45,6 +47,7 @@ train_drafter() {  # name config [--set ...]: trained once per OUT directory
 }
 train_drafter standalone_t1 configs/distill-standalone.yaml
 train_drafter standalone_t03 configs/distill-standalone.yaml --set distill.temperature=0.3
+train_drafter standalone_onpolicy configs/distill-standalone.yaml --set distill.on_policy=0.5
 train_drafter parallelspec configs/distill-parallelspec.yaml
 [ -f configs/distill-eagle.yaml ] && train_drafter eagle configs/distill-eagle.yaml
 rm -f "$out"/eval_*.json

@@ -32,6 +32,13 @@ print("\nTempSpec: tau(T=1) / tau(T=0) per drafter and gamma")
 for (drafter, gamma, t), cases in sorted(rows.items()):
     if t == 0 and (drafter, gamma, 1.0) in rows:
         print(f"  {drafter:<22} gamma {gamma}: {med(rows[(drafter, gamma, 1.0)], 'tau') / med(cases, 'tau'):.3f}")
+pairs = [("standalone_onpolicy", "standalone_t1")]  # (on-policy, its off-policy twin)
+for on, off in pairs:
+    shared = sorted(k[1:] for k in rows if k[0] == on and (off,) + k[1:] in rows)
+    if shared:
+        print(f"\non-policy vs off-policy: tau of {on} minus tau of {off} (medians)")
+        for gamma, t in shared:
+            print(f"  gamma {gamma} T {t:g}: {med(rows[(on, gamma, t)], 'tau') - med(rows[(off, gamma, t)], 'tau'):+.3f}")
 hf = os.path.join(out, "hf_baseline.json")
 if os.path.exists(hf):
     theirs = json.load(open(hf))

@@ -5,6 +5,7 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/matmul.h"
 
 namespace anvil {
 
@@ -125,6 +126,7 @@ Tensor EagleDrafter::step_input(const Tensor& tokens, const Tensor& feature, Cac
 
 Tensor EagleDrafter::fuse(const std::vector<Tensor>& taps) {
   ANVIL_CHECK(taps.size() == 3, "EAGLE drafter: fuse takes the three tapped layers' states, got ", taps.size());
+  const kernels::DecodeMatmulScope few_rows;  // decoding fuses the gamma + 1 positions a verification confirmed
   return fc_.infer(concat_last(concat_last(taps[0], taps[1]), taps[2]));
 }
 
@@ -222,10 +224,12 @@ void EagleDrafter::backward_train(const Tensor& dnormed, Cache& c) {
 }
 
 Tensor EagleDrafter::forward_cached(const Tensor& tokens, const Tensor& features, KVCache& kv) {
+  const kernels::DecodeMatmulScope few_rows;  // input_proj of a few decoding rows, as the blocks after it
   return body_->forward_blocks_cached(step_input(tokens, features, nullptr), kv);
 }
 
 Tensor EagleDrafter::logits(const Tensor& hidden) {
+  const kernels::DecodeMatmulScope few_rows;
   Cache scratch;
   return body_->forward_head(body_->final_norm().infer(hidden), scratch);
 }
