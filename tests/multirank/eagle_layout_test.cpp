@@ -2,7 +2,8 @@
 // (2 ranks) and dp2 x tp2 (4 ranks) runs take the same steps as one process — per-step loss,
 // gradient norm, acceptance and tau_sim within fp32 reduction-order noise over 10 steps. Under tp
 // the target is sharded like the drafter (block split, embedding and head vocab-parallel, fc /
-// input_proj / norms replicated); the replicated params stay bitwise alike on every rank. The
+// input_proj / norms replicated), with an untied head and, under tp, a tied one (a tied target);
+// the replicated params stay bitwise alike on every rank. The
 // drafter's own params read back from the layout's checkpoint (written whole) into a single-process
 // drafter equal the single process's, and that drafter decodes as `anvil eval spec` loads it
 // (apps/spec_commands.cpp: its own params on a whole target): greedy speculative output equals
@@ -56,16 +57,40 @@ struct Layout {
   }
 };
 
-RunConfig config(const Layout& l) {
-  const std::string out =
-      tiny().dir + "/out_" + l.label() + (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
+// The target of a tied run: the tiny Llama with tie_word_embeddings, trained 30 steps by rank 0.
+const std::string& tied_target() {
+  static const std::string dir = [] {
+    const std::string d = tiny().dir + "/target_tied";
+    if (is_root()) {
+      Trainer target(load_run_config(tiny().config, {"run.out_dir=" + d, "model.tie_word_embeddings=true",
+                                                     "training.steps=30", "training.eval_every=0",
+                                                     "checkpoint.resume=none", "run.threads=1"}),
+                     TrainerMode::Quiet);
+      target.train();
+    }
+    world()->barrier();
+    return d;
+  }();
+  return dir;
+}
+
+const std::string& target_dir(bool tied) {
+  static const std::string untied = tiny().dir + "/target";
+  return tied ? tied_target() : untied;
+}
+
+// tied: the target (and so the drafter's head) ties its LM head to the embedding.
+RunConfig config(const Layout& l, bool tied = false) {
+  const std::string out = tiny().dir + "/out_" + l.label() + (tied ? "_tied" : "") +
+                          (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
   return load_run_config(tiny().config, {"run.out_dir=" + out,
+                                         "model.tie_word_embeddings=" + std::string(tied ? "true" : "false"),
                                          "checkpoint.dir=" + out + "/checkpoints",
                                          "checkpoint.resume=none",
                                          "task.name=distill",
                                          "distill.drafter=eagle",
                                          "distill.ttt_steps=2",
-                                         "distill.target=" + tiny().dir + "/target",
+                                         "distill.target=" + target_dir(tied),
                                          "distill.temperature=0.8",
                                          "optimizer.eps=1e-5",
                                          "run.threads=1",
@@ -83,10 +108,11 @@ RunConfig config(const Layout& l) {
 }
 
 // The single-process run, once per rank (each in its own directory).
-Trainer& reference() {
-  static std::unique_ptr<Trainer> t;
+Trainer& reference(bool tied = false) {
+  static std::unique_ptr<Trainer> runs[2];
+  std::unique_ptr<Trainer>& t = runs[tied];
   if (!t) {
-    t = std::make_unique<Trainer>(config(Layout{}), TrainerMode::Quiet);
+    t = std::make_unique<Trainer>(config(Layout{}, tied), TrainerMode::Quiet);
     t->train();
   }
   return *t;
@@ -95,11 +121,11 @@ Trainer& reference() {
 // The layout's checkpoint read as `anvil eval spec` reads it: the drafter's own params onto a
 // whole target in this one process. Its params must equal the single process's, and it must
 // decode: greedy speculative output equals the target's greedy output (batch 1 and 2).
-void expect_checkpoint_decodes(const Layout& l, Trainer& ref) {
-  const std::string label = l.label();
-  const LoadedModel target = load_model(tiny().dir + "/target");
+void expect_checkpoint_decodes(const Layout& l, bool tied, Trainer& ref) {
+  const std::string label = l.label() + (tied ? " tied" : "");
+  const LoadedModel target = load_model(target_dir(tied));
   EagleDrafter back(*target.model, EagleDrafter::default_layers(target.model->config().num_hidden_layers));
-  load_checkpoint(find_checkpoint_dir(config(l).checkpoint.dir), back.own_params(), nullptr);
+  load_checkpoint(find_checkpoint_dir(config(l, tied).checkpoint.dir), back.own_params(), nullptr);
   double worst_param = 0;
   for (Param* p : back.own_params()) {
     const double e = anvil::testing::max_rel_diff(p->value, ref.model().param(p->name).value);
@@ -116,11 +142,11 @@ void expect_checkpoint_decodes(const Layout& l, Trainer& ref) {
   }
 }
 
-void expect_same_training(const Layout& l) {
+void expect_same_training(const Layout& l, bool tied = false) {
   ASSERT_EQ(l.size(), world()->size()) << l.label();
-  Trainer& ref = reference();
-  const std::string label = l.label();
-  Trainer t(config(l), TrainerMode::Quiet, world());
+  Trainer& ref = reference(tied);
+  const std::string label = l.label() + (tied ? " tied" : "");
+  Trainer t(config(l, tied), TrainerMode::Quiet, world());
   t.train();
   ASSERT_EQ(t.history().size(), ref.history().size()) << label;
   double worst = 0;
@@ -149,7 +175,7 @@ void expect_same_training(const Layout& l) {
     for (int r = 1; r < world()->size(); ++r)
       EXPECT_TRUE(std::equal(v, v + mine.numel(), v + r * mine.numel())) << label << " " << p->name << ": rank " << r;
   }
-  expect_checkpoint_decodes(l, ref);
+  expect_checkpoint_decodes(l, tied, ref);
 }
 
 }  // namespace
@@ -161,6 +187,16 @@ TEST(EagleLayoutEquivalence, EveryLayoutDistillsLikeOneProcess) {
     if (l.size() == world()->size()) expect_same_training(l), ++ran;
   ASSERT_GT(ran, 0) << "no eagle layout has " << world()->size() << " ranks; run at 2 or 4";
   EXPECT_LT(reference().history().back().loss, reference().history().front().loss);  // it really trained
+}
+
+// A tied target: the drafter's head is the tied head on the target's vocab-parallel embedding shard.
+TEST(EagleLayoutEquivalence, TiedHeadDistillsLikeOneProcessUnderTp) {
+  const std::vector<Layout> all = {{1, 2}, {2, 2}};
+  int ran = 0;
+  for (const Layout& l : all)
+    if (l.size() == world()->size()) expect_same_training(l, true), ++ran;
+  ASSERT_GT(ran, 0) << "no tied eagle layout has " << world()->size() << " ranks; run at 2 or 4";
+  EXPECT_LT(reference(true).history().back().loss, reference(true).history().front().loss);
 }
 
 // sp and pp are not supported for the EAGLE drafter: one clear error before any work.
