@@ -2,13 +2,12 @@
 // (2 ranks) and dp2 x tp2 (4 ranks) runs take the same steps as one process — per-step loss,
 // gradient norm, acceptance and tau_sim within fp32 reduction-order noise over 10 steps. Under tp
 // the target is sharded like the drafter (block split, embedding and head vocab-parallel, fc /
-// input_proj / norms replicated), with an untied head and, under tp, a tied one (a tied target);
-// the replicated params stay bitwise alike on every rank. The
-// drafter's own params read back from the layout's checkpoint (written whole) into a single-process
-// drafter equal the single process's, and that drafter decodes as `anvil eval spec` loads it
-// (apps/spec_commands.cpp: its own params on a whole target): greedy speculative output equals
-// greedy decoding. sp and pp are refused with one error naming both. Tolerances as in
-// distill_layout_test.cpp.
+// input_proj / norms replicated), with an untied head and with a tied one (a tied target); the
+// replicated params stay bitwise alike on every rank. The drafter's own params read back from the
+// layout's checkpoint (written whole) into a single-process drafter equal the single process's,
+// and that drafter decodes as `anvil eval spec` loads it (apps/spec_commands.cpp: its own params
+// on a whole target): greedy speculative output equals greedy decoding. sp and pp are refused
+// with one error naming both. Tolerances as in distill_layout_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
