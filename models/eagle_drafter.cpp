@@ -6,6 +6,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
+#include "parallel/tensor_parallel.h"
 
 namespace anvil {
 
@@ -59,16 +60,18 @@ EagleDrafter::EagleDrafter(TransformerLM& target, std::vector<int64_t> layers)
       fc_("eagle.fc", 3 * target.config().hidden_size, target.config().hidden_size, false),
       input_proj_("eagle.input_proj", 2 * target.config().hidden_size, target.config().hidden_size, false) {
   const ModelConfig& config = target.config();
-  ANVIL_CHECK(target.layout().stages == 1 && !target.tensor_parallel() && !target.sequence_parallel(),
-              "EAGLE drafter: the target is split over tp, sp or pipeline stages, which the EAGLE drafter does not "
-              "support yet — run distill.drafter: eagle with parallel.tp = parallel.sp = parallel.pp = 1");
+  ANVIL_CHECK(target.layout().stages == 1 && !target.sequence_parallel(),
+              "EAGLE drafter: the target is split over sp or pipeline stages, which the EAGLE drafter does not "
+              "support yet — run distill.drafter: eagle with parallel.sp = parallel.pp = 1 (dp and tp work)");
   ANVIL_CHECK(layers_.size() == 3, "distill.eagle_layers: the EAGLE drafter fuses exactly three target layers (low, "
               "middle, high), got ", layers_.size(), " — list three layer indices or leave it empty for {1, L/2, L-2}");
   for (int64_t layer : layers_)
     ANVIL_CHECK(layer >= 0 && layer < config.num_hidden_layers, "distill.eagle_layers: layer ", layer,
                 " is a drafter kind the target cannot serve — the target has layers 0 .. ",
                 config.num_hidden_layers - 1, "; choose indices in that range");
-  body_ = std::make_unique<TransformerLM>(body_config(config));
+  ModelLayout layout;
+  layout.tp = target.tensor_parallel();  // the block, embedding and head split like the target's
+  body_ = std::make_unique<TransformerLM>(body_config(config), layout);
   body_->attach(fc_);
   body_->attach(input_proj_);
   share_target_weights();
@@ -119,7 +122,12 @@ Tensor EagleDrafter::concat_last(const Tensor& a, const Tensor& b) const {
 Tensor EagleDrafter::step_input(const Tensor& tokens, const Tensor& feature, Cache* c) {
   const Tensor& table = target_.param(family_of(target_.config()).embed_tokens + std::string(".weight")).value;
   Tensor embedded = empty_like(table, {tokens.numel(), table.size(1)});
-  kernels::embedding_forward(tokens.contiguous(), table, embedded);
+  if (Communicator* tp = target_.tensor_parallel()) {  // vocab-parallel: each row from the rank holding it
+    kernels::embedding_shard_forward(tokens.contiguous(), table, target_.vocab_start(), embedded);
+    ReduceFromTensorParallelRegion::forward(tp, embedded);
+  } else {
+    kernels::embedding_forward(tokens.contiguous(), table, embedded);
+  }
   const Tensor x = concat_last(embedded.view(feature.shape()), feature);
   return c ? input_proj_.forward(x, *c) : input_proj_.infer(x);
 }

@@ -25,7 +25,13 @@
 // anchor t, at position t + j); only the last segment's output is new. Columns whose token or
 // label falls past the window are padding (their label is ignore_index).
 //
-// The drafter runs in one process on one device (no tp, sp or pipeline split yet).
+// Tensor parallelism: built on a tp-sharded target, the drafter is split like it — the block's
+// heads and MLP width as the target's blocks, the shared embedding and head vocab-parallel (the
+// logits are this rank's vocabulary shard) — while fc, input_proj and the final norm are
+// replicated: their inputs (the target's taps, the all-reduced embedding, the block's output)
+// and output gradients are the same on every tp rank, so are their gradients (as the norms').
+// The training-time-test steps feed back hidden states, replicated too: nothing vocab-sized.
+// No sp or pipeline split; decoding (forward_cached) runs in one process.
 #pragma once
 #include <memory>
 #include <vector>
@@ -41,7 +47,7 @@ class EagleDrafter {
   // EAGLE-3's choice of low, middle and high layer for a target of `num_layers` layers.
   static std::vector<int64_t> default_layers(int64_t num_layers);
 
-  // target: the frozen target, whole (one stage, no tp or sp), built where the drafter runs;
+  // target: the frozen target, one stage, no sp (tp is fine), built where the drafter runs;
   // layers: the three target layers whose outputs are fused, each in [0, L). Throws naming
   // distill.eagle_layers when one is out of range. The drafter's own weights start from Philox
   // (init_weights) or a checkpoint.

@@ -236,8 +236,8 @@ Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c, bool report) {
 }
 
 Tensor TransformerLM::forward_blocks(const Tensor& x, Cache& c) {
-  ANVIL_CHECK(layout_.stages == 1 && !tp_ && !layout_.sp, "TransformerLM::forward_blocks runs every block of one "
-              "process's model — build it without tp, sp or pipeline stages");
+  ANVIL_CHECK(layout_.stages == 1 && !layout_.sp, "TransformerLM::forward_blocks runs every block on whole "
+              "sequences — build the model without sp or pipeline stages (tp is fine)");
   check_dtype(x, compute_, "forward_blocks' input");
   ANVIL_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, "forward_blocks: the input must be [batch, seq_len, ",
               config_.hidden_size, "], got ", x.describe());

@@ -114,7 +114,8 @@ class TransformerLM : public Module {
   // The blocks alone on given input vectors x [B, T, hidden] in compute_dtype() (Hugging Face's
   // inputs_embeds; an EAGLE drafter feeds its fused features): returns the last block's output
   // before the final norm (final_norm() applies it). Positions and mask from c.context(). One
-  // stage, no tp or sp.
+  // stage, no sp; under tp x is replicated over the tp ranks like every block's input, and so
+  // are the output and backward_blocks' dx.
   Tensor forward_blocks(const Tensor& x, Cache& c);
   // Its backward: accumulates the blocks' gradients and returns the gradient of x. Reports nothing
   // to the grad-ready callback: a caller may run it several times per micro-batch (an EAGLE

@@ -38,7 +38,8 @@ size_t EagleStage::saved_bytes() const {
 
 EagleLoss::EagleLoss(EagleDrafter& drafter, const DistillSpec& spec, int64_t steps, bool ce, int ignore_index)
     : drafter_(drafter),
-      divergence_(spec, nullptr, 0, drafter.body().config().vocab_size, nullptr),
+      divergence_(spec, drafter.body().tensor_parallel(), drafter.body().vocab_start(),
+                  drafter.body().config().vocab_size, nullptr),
       steps_(steps),
       ce_(ce),
       ignore_index_(ignore_index) {}
@@ -112,13 +113,15 @@ size_t EagleLoss::saved_bytes() const {
 EagleDistill::EagleDistill(const TaskEnv& env) : env_(env) {
   const RunConfig& config = *env.config;
   const DistillSection& d = config.distill;
-  ANVIL_CHECK(!env.layout.tp && !env.layout.sp && env.layout.stages == 1, "distill.drafter: eagle runs the target "
-              "and the drafter whole in each process — set parallel.tp, parallel.sp and parallel.pp to 1 (dp is fine)");
+  ANVIL_CHECK(!env.layout.sp && env.layout.stages == 1, config.source, ": distill.drafter: eagle is not split over "
+              "sequences or pipeline stages yet (its training-time-test steps attend across the whole window, and the "
+              "drafter reads three target layers at once) — set parallel.sp and parallel.pp to 1 (dp and tp work)");
   ANVIL_CHECK(config.model.init_from.empty(), config.source, ": model.init_from does not apply to distill.drafter: "
               "eagle (the drafter's shape follows the target) — remove it; resume a run with checkpoint.resume");
   LoadModelOptions options;
   options.device = env.device;
   options.compute = env.compute;
+  options.layout = env.layout;  // sharded by tp as the drafter's block, embedding and head
   target_ = load_model(d.target, options).model;  // frozen: weights only
   const int64_t L = target_->config().num_hidden_layers;
   drafter_ = std::make_unique<EagleDrafter>(

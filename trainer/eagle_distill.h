@@ -8,7 +8,9 @@
 // The loss is Σ over steps of the step's divergence summed over its scored tokens, divided by the
 // micro-batch's token count (the lm task's normaliser), so with one step it is the usual mean and
 // each further step adds its own mean. acceptance / tau_sim are over every step's scored tokens.
-// The drafter runs in one process (tp = sp = pp = 1); dp works as for any model.
+// Under tp the target is loaded sharded like the drafter (models/eagle_drafter.h: block split,
+// embedding and head vocab-parallel, fc / input_proj / norm replicated) and the divergence is
+// vocab-parallel; dp works as for any model. sp and pp are refused (parallel.sp = pp = 1).
 #pragma once
 #include <map>
 #include <memory>
@@ -76,7 +78,8 @@ class EagleLoss : public PipelineLoss {
 class EagleDistill {
  public:
   // Loads the target (distill.target) frozen on env.device and builds the drafter, initialised
-  // from run.seed. Throws before any work for a split layout or out-of-range eagle_layers.
+  // from run.seed, both split by env.layout.tp. Throws before any work under sp or pp, or for
+  // out-of-range eagle_layers.
   explicit EagleDistill(const TaskEnv& env);
   TransformerLM& model() { return drafter_->body(); }
   PipelineStage& stage() { return *stage_; }
