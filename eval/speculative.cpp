@@ -142,8 +142,12 @@ std::string SpeculativeStats::summary() const {
   std::ostringstream s;
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.3f", tau());
-  s << "speculative: gamma " << gamma << ", tau " << buf << " tokens per target forward (bonus token included)";
-  s << ", acceptance by position";
+  if (tree_width > 1)
+    s << "speculative: tree width " << tree_width << " depth " << gamma;
+  else
+    s << "speculative: gamma " << gamma;
+  s << ", tau " << buf << " tokens per target forward (bonus token included)";
+  s << (tree_width > 1 ? ", acceptance by level" : ", acceptance by position");
   for (int i = 0; i < gamma; ++i) {
     std::snprintf(buf, sizeof buf, "%s%.3f", i ? "/" : " ", acceptance_at(i));
     s << buf;
@@ -158,8 +162,9 @@ std::string SpeculativeStats::summary() const {
 }
 
 void SpeculativeStats::add(const SpeculativeStats& o) {
-  ANVIL_CHECK(o.gamma == gamma && o.reached.size() == reached.size(), "SpeculativeStats: cannot add gamma ", o.gamma,
-              " to gamma ", gamma);
+  ANVIL_CHECK(o.gamma == gamma && o.tree_width == tree_width && o.reached.size() == reached.size(),
+              "SpeculativeStats: cannot add gamma ", o.gamma, " (width ", o.tree_width, ") to gamma ", gamma, " (width ",
+              tree_width, ")");
   sequences += o.sequences, tokens += o.tokens, committed += o.committed;
   target_calls += o.target_calls, target_row_forwards += o.target_row_forwards, drafter_calls += o.drafter_calls;
   for (size_t i = 0; i < reached.size(); ++i) reached[i] += o.reached[i], accepted[i] += o.accepted[i];

@@ -77,7 +77,8 @@ ChainVerdict verify_chain(const ChainRow& row, const double* uniforms, bool gree
 
 // What one speculative_generate call measured, summed over its batches.
 struct SpeculativeStats {
-  int gamma = 0;
+  int gamma = 0;                   // draft tokens per round; a tree's depth (acceptance by level)
+  int tree_width = 1;              // 1: a chain; else the width of a tree (eval/tree_speculative.h)
   int64_t sequences = 0;           // prompts decoded
   int64_t tokens = 0;              // new tokens returned (cut at max_new_tokens and the stop token)
   int64_t committed = 0;           // tokens the verifier committed (accepted + one per verification)
