@@ -268,23 +268,21 @@ void tree_batch(TransformerLM& target, TreeDrafter& drafter, const DraftTree& tr
 
 }  // namespace
 
-SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& drafter,
-                                            const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
-                                            const SamplingConfig& config, int width, int depth,
-                                            std::optional<int32_t> stop_token) {
+void check_tree_decoding(const TransformerLM& target, int64_t drafter_vocab, int64_t drafter_positions,
+                         const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                         const SamplingConfig& config, int width, int depth, std::optional<int32_t> stop_token) {
   config.validate();
   const DraftTree tree = DraftTree::complete(width, depth);
   const ModelConfig& mc = target.config();
-  ANVIL_CHECK(drafter.vocab_size() == mc.vocab_size, "tree speculative decoding: the drafter's vocabulary has ",
-              drafter.vocab_size(), " tokens but the target's has ", mc.vocab_size,
+  ANVIL_CHECK(drafter_vocab == mc.vocab_size, "tree speculative decoding: the drafter's vocabulary has ",
+              drafter_vocab, " tokens but the target's has ", mc.vocab_size,
               " — a drafter must share the target's tokenizer and vocab_size (train it with the target's tokenizer)");
   ANVIL_CHECK(max_new_tokens >= 0, "tree speculative decoding: max_new_tokens must be >= 0, got ", max_new_tokens);
   ANVIL_CHECK(!stop_token || (*stop_token >= 0 && *stop_token < mc.vocab_size), "tree speculative decoding: stop "
               "token ", stop_token.value_or(0), " is outside the vocabulary [0, ", mc.vocab_size, ")");
   ANVIL_CHECK(prompts.size() <= std::numeric_limits<uint32_t>::max(), "tree speculative decoding: too many prompts");
-  const int64_t room = std::min(mc.max_position_embeddings, drafter.max_positions());
+  const int64_t room = std::min(mc.max_position_embeddings, drafter_positions);
   const int64_t nodes = tree.nodes();
-  std::map<size_t, std::vector<size_t>> by_length;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& pr = prompts[i];
     ANVIL_CHECK(!pr.empty(), "tree speculative decoding: prompt ", i, " is empty — every prompt needs at least one "
@@ -293,14 +291,24 @@ SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& 
     ANVIL_CHECK(need <= room, "tree speculative decoding: a tree of width ", width, " and depth ", depth, " has ",
                 nodes, " nodes; with prompt ", i, " of ", pr.size(), " tokens and ", max_new_tokens,
                 " new tokens the cache needs ", need, " slots (prompt + new tokens + tree nodes - 1), more than the ",
-                room, " the ", mc.max_position_embeddings <= drafter.max_positions() ? "target" : "drafter",
+                room, " the ", mc.max_position_embeddings <= drafter_positions ? "target" : "drafter",
                 " has (max_position_embeddings) — lower the tree's width or depth, shorten the prompt or lower "
                 "max_new_tokens to ", std::max<int64_t>(0, room - static_cast<int64_t>(pr.size()) - nodes + 1));
     for (size_t t = 0; t < pr.size(); ++t)
       ANVIL_CHECK(pr[t] >= 0 && pr[t] < mc.vocab_size, "tree speculative decoding: prompt ", i, " token ", t, " is ",
                   pr[t], ", outside the vocabulary [0, ", mc.vocab_size, ")");
-    by_length[pr.size()].push_back(i);
   }
+}
+
+SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& drafter,
+                                            const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                                            const SamplingConfig& config, int width, int depth,
+                                            std::optional<int32_t> stop_token) {
+  check_tree_decoding(target, drafter.vocab_size(), drafter.max_positions(), prompts, max_new_tokens, config, width,
+                      depth, stop_token);
+  const DraftTree tree = DraftTree::complete(width, depth);
+  std::map<size_t, std::vector<size_t>> by_length;
+  for (size_t i = 0; i < prompts.size(); ++i) by_length[prompts[i].size()].push_back(i);
   SpeculativeResult result;
   result.tokens.resize(prompts.size());
   SpeculativeStats& stats = result.stats;

@@ -76,6 +76,12 @@ class LMTreeDrafter : public TreeDrafter {
 // the tree's shape (DraftTree::complete), the drafter's vocabulary, the sampling config, and that
 // every prompt's length + max_new_tokens + tree nodes − 1 fits both models' positions (the cache
 // holds the committed tokens and one whole tree).
+// The checks above on their own (a caller may run them before other work, e.g. a warm-up).
+void check_tree_decoding(const TransformerLM& target, int64_t drafter_vocab, int64_t drafter_positions,
+                         const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                         const SamplingConfig& config, int width, int depth,
+                         std::optional<int32_t> stop_token = std::nullopt);
+
 SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& drafter,
                                             const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
                                             const SamplingConfig& config, int width, int depth,
