@@ -36,9 +36,7 @@ std::string speculative_complete_text(TransformerLM& target, const DrafterFactor
 }
 
 TreeDrafterFactory model_tree_drafter_factory(TransformerLM& drafter) {
-  ANVIL_CHECK(drafter.mask_tokens() == 0, "tree speculative decoding: the drafter has ", drafter.mask_tokens(),
-              " ParallelSpec mask tokens — it proposes a chain in one forward; decode it without a tree (tree width "
-              "1) or use a standalone drafter");
+  LMTreeDrafter check(drafter);  // refuses what cannot draft a tree, before any decoding
   return [&drafter]() -> std::unique_ptr<TreeDrafter> { return std::make_unique<LMTreeDrafter>(drafter); };
 }
 

@@ -33,8 +33,8 @@ std::string speculative_complete_text(TransformerLM& target, const DrafterFactor
 
 // A fresh tree drafter for one decoding call (eval/tree_speculative.h).
 using TreeDrafterFactory = std::function<std::unique_ptr<TreeDrafter>()>;
-// The factory of LMTreeDrafters over a standalone drafter LM; refuses a ParallelSpec drafter (mask
-// tokens), which proposes a chain in one forward.
+// The factory of LMTreeDrafters over a standalone drafter LM; refuses at once what LMTreeDrafter
+// refuses (ParallelSpec mask tokens, a sliding window).
 TreeDrafterFactory model_tree_drafter_factory(TransformerLM& drafter);
 
 // speculative_complete_text with a tree of `width` candidates per node, `depth` levels deep

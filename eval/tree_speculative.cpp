@@ -51,6 +51,14 @@ Tensor tree_positions(const DraftTree& tree, const std::vector<int64_t>& start, 
 
 // ---- LMTreeDrafter ----
 
+LMTreeDrafter::LMTreeDrafter(TransformerLM& model) : model_(model) {
+  ANVIL_CHECK(model.config().sliding_window == 0, "LMTreeDrafter: the drafter attends through a sliding window of ",
+              model.config().sliding_window, " positions, which the tree mask does not support — decode with chains "
+              "(tree width 1)");
+  ANVIL_CHECK(model.mask_tokens() == 0, "LMTreeDrafter: the drafter has ", model.mask_tokens(), " ParallelSpec mask "
+              "tokens — it proposes a chain in one forward; decode it without a tree (tree width 1)");
+}
+
 void LMTreeDrafter::begin(const DraftSetup& setup, const DraftTree& tree) {
   check_draft_setup(setup, "LMTreeDrafter");
   const int64_t B = static_cast<int64_t>(setup.prompts.size());
@@ -277,6 +285,9 @@ void check_tree_decoding(const TransformerLM& target, int64_t drafter_vocab, int
   ANVIL_CHECK(drafter_vocab == mc.vocab_size, "tree speculative decoding: the drafter's vocabulary has ",
               drafter_vocab, " tokens but the target's has ", mc.vocab_size,
               " — a drafter must share the target's tokenizer and vocab_size (train it with the target's tokenizer)");
+  ANVIL_CHECK(mc.sliding_window == 0, "tree speculative decoding: the target attends through a sliding window of ",
+              mc.sliding_window, " positions, which the tree mask does not support — decode it with chains (tree "
+              "width 1, i.e. without --tree-width)");
   ANVIL_CHECK(max_new_tokens >= 0, "tree speculative decoding: max_new_tokens must be >= 0, got ", max_new_tokens);
   ANVIL_CHECK(!stop_token || (*stop_token >= 0 && *stop_token < mc.vocab_size), "tree speculative decoding: stop "
               "token ", stop_token.value_or(0), " is outside the vocabulary [0, ", mc.vocab_size, ")");

@@ -51,7 +51,8 @@ class TreeDrafter {
 // (keep); a path reaching a leaf leaves the leaf unfed, and the next round first feeds it.
 class LMTreeDrafter : public TreeDrafter {
  public:
-  explicit LMTreeDrafter(TransformerLM& model) : model_(model) {}
+  // Refuses a model with a sliding window (the tree mask has none) or ParallelSpec mask tokens.
+  explicit LMTreeDrafter(TransformerLM& model);
   int64_t vocab_size() const override { return model_.config().vocab_size; }
   int64_t max_positions() const override { return model_.config().max_position_embeddings; }
   void begin(const DraftSetup& setup, const DraftTree& tree) override;

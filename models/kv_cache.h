@@ -11,8 +11,9 @@
 // sequence). A decoding call writes row b's T new tokens at slots row_length(b) .. + T - 1,
 // and each query attends causally over its row's slots. A token's *position* (RoPE angle,
 // GPT-2's wpe row) is its slot unless set_positions() gives explicit position ids for the
-// call, e.g. the depth-based positions of a tree of draft candidates sharing a prefix. After
-// verification keep() compacts the accepted path so that slot == position again.
+// call, e.g. the depth-based positions of a tree of draft candidates sharing a prefix, whose
+// siblings set_tree() keeps from seeing each other. After verification keep() compacts the
+// accepted path so that slot == position again.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -176,6 +176,13 @@ TEST(TreeInput, ATreeLargerThanTheCacheIsRefusedBeforeAnyWork) {
                 .find("vocabulary has 40 tokens"),
             std::string::npos);
   EXPECT_FALSE(spy.began || other_vocab.began);
+  // A sliding window (the tree mask has none): the target at the check, a drafter at construction.
+  const auto mistral = random_model(small_mistral(8));
+  SpyTreeDrafter spy132(132, 32);
+  const std::string window = error_of([&] { tree_speculative_generate(*mistral, spy132, kOnePrompt, 4, greedy, 2, 2); });
+  EXPECT_NE(window.find("sliding window of 8"), std::string::npos) << window;
+  EXPECT_FALSE(spy132.began);
+  EXPECT_NE(error_of([&] { LMTreeDrafter d(*mistral); }).find("sliding window"), std::string::npos);
   // At the limit it runs: 4 + 9 + 84 - 1 = 96.
   LMTreeDrafter drafter(*m.near);
   EXPECT_EQ(tree_speculative_generate(*m.target, drafter, kOnePrompt, 9, greedy, 4, 3).tokens,
