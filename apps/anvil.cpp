@@ -78,6 +78,7 @@ struct GenerateArgs {
   std::string checkpoint, prompt;
   std::string draft;  // a drafter: speculative decoding with `gamma` draft tokens per target forward
   int gamma = 4;
+  int tree_width = 1;  // > 1: a tree of this width, gamma deep, verified in one target forward
   int max_tokens = 64;
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
@@ -302,8 +303,13 @@ int run_generate(const GenerateArgs& a) {
   }
   LoadedDrafter drafter = load_drafter(a.draft, loaded);
   SpeculativeStats stats;
-  std::printf("%s\n", speculative_complete_text(*loaded.model, drafter.factory(), tokenizer, a.prompt, a.max_tokens, s,
-                                                 a.gamma, eos, &stats).c_str());
+  ANVIL_CHECK(a.tree_width >= 1, "generate: --tree-width ", a.tree_width, " must be >= 1 (1: a chain of --gamma drafts)");
+  if (a.tree_width > 1)
+    std::printf("%s\n", tree_complete_text(*loaded.model, drafter.tree_factory(), tokenizer, a.prompt, a.max_tokens, s,
+                                            a.tree_width, a.gamma, eos, &stats).c_str());
+  else
+    std::printf("%s\n", speculative_complete_text(*loaded.model, drafter.factory(), tokenizer, a.prompt, a.max_tokens,
+                                                   s, a.gamma, eos, &stats).c_str());
   std::fflush(stdout);
   std::fprintf(stderr, "%s\n", stats.summary().c_str());
   return 0;
@@ -489,7 +495,10 @@ int main(int argc, char** argv) {
                       "Override a config field, e.g. run.device=cpu for a checkpoint trained on a GPU");
   gen_cmd->add_option("--draft", gen.draft, "Drafter checkpoint or HF directory: lossless speculative decoding "
                       "(same output distribution; stats on stderr)");
-  gen_cmd->add_option("--gamma", gen.gamma, "Draft tokens per target forward (with --draft)")->capture_default_str();
+  gen_cmd->add_option("--gamma", gen.gamma, "Draft tokens per target forward (with --draft; a tree's depth)")
+      ->capture_default_str();
+  gen_cmd->add_option("--tree-width", gen.tree_width, "With --draft: candidates per node of a draft tree --gamma "
+                      "deep, verified in one target forward (1 = a chain)")->capture_default_str();
 
   EvalArgs ev;
   auto* eval_cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint (eval spec: "
@@ -511,8 +520,10 @@ int main(int argc, char** argv) {
       CLI::PositiveNumber);
   spec_cmd->add_option("--prompt-tokens", spec.prompt_tokens, "Tokens per prompt from --data")->capture_default_str()
       ->check(CLI::PositiveNumber);
-  spec_cmd->add_option("--gammas", spec.gammas, "Draft tokens per target forward")->delimiter(',')
-      ->capture_default_str();
+  spec_cmd->add_option("--gammas", spec.gammas, "Draft tokens per target forward (tree depths with --tree-width)")
+      ->delimiter(',')->capture_default_str();
+  spec_cmd->add_option("--tree-width", spec.tree_width, "Candidates per node of a draft tree, each gamma its depth, "
+                       "verified in one target forward (1 = chains; standalone drafters)")->capture_default_str();
   spec_cmd->add_option("--temperatures", spec.temperatures, "Sampling temperatures (0 = greedy)")->delimiter(',')
       ->capture_default_str();
   spec_cmd->add_option("--max-tokens", spec.max_tokens, "New tokens per prompt")->capture_default_str()->check(

@@ -77,6 +77,12 @@ DrafterFactory LoadedDrafter::factory() {
   return model_drafter_factory(*model.model);
 }
 
+TreeDrafterFactory LoadedDrafter::tree_factory() {
+  ANVIL_CHECK(!eagle, "tree speculative decoding: ", source, " is an EAGLE drafter, which drafts chains here — "
+              "decode it without a tree (tree width 1) or use a standalone drafter");
+  return model_tree_drafter_factory(*model.model);
+}
+
 LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target) {
   LoadedDrafter drafter;
   std::error_code ec;
@@ -110,6 +116,8 @@ int run_eval_spec(const EvalSpecArgs& a) {
   for (int gamma : a.gammas)
     ANVIL_CHECK(gamma >= 1, "eval spec: --gammas ", gamma, " — every gamma (draft tokens per target forward) must be "
                 ">= 1, e.g. --gammas 2,4,6");
+  ANVIL_CHECK(a.tree_width >= 1, "eval spec: --tree-width ", a.tree_width, " — the tree width must be >= 1 (1: "
+              "chains), e.g. --tree-width 2");
   for (double t : a.temperatures)
     ANVIL_CHECK(t >= 0, "eval spec: --temperatures ", t, " — temperatures must be >= 0 (0 = greedy), e.g. 0,1");
   LoadModelOptions options;
@@ -139,11 +147,13 @@ int run_eval_spec(const EvalSpecArgs& a) {
   o.top_k = a.top_k;
   o.top_p = a.top_p;
   o.seed = a.seed;
+  o.tree_width = a.tree_width;
+  const TreeDrafterFactory tree = a.tree_width > 1 ? drafter.tree_factory() : nullptr;
   const int threads = omp_get_max_threads();
   std::printf("target %s, drafter %s: %zu prompts from %s, %d new tokens, batch %ld, %d threads, %s\n",
               target.source.c_str(), drafter.source.c_str(), prompts.size(), source.c_str(), a.max_tokens,
               long(a.batch_size), threads, target.model->device().str().c_str());
-  const std::vector<SpecEvalCase> cases = run_spec_eval(*target.model, drafter.factory(), prompts, o);
+  const std::vector<SpecEvalCase> cases = run_spec_eval(*target.model, drafter.factory(), prompts, o, tree);
   std::printf("%s", spec_eval_table(cases).c_str());
   if (!a.json.empty()) {
     const nlohmann::json report = {{"target", target.source},       {"drafter", drafter.source},
@@ -151,6 +161,7 @@ int run_eval_spec(const EvalSpecArgs& a) {
                                    {"max_new_tokens", a.max_tokens}, {"batch_size", a.batch_size},
                                    {"threads", threads},            {"top_k", a.top_k},
                                    {"top_p", a.top_p},              {"seed", a.seed},
+                                   {"tree_width", a.tree_width},
                                    {"prompt_ids", prompts},  // so peers (bench/) decode the same prompts
                                    {"cases", spec_eval_json(cases)}};
     std::ofstream out(a.json);

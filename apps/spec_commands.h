@@ -16,6 +16,7 @@ struct EvalSpecArgs {
   std::string data;          // a token store: the first prompt_tokens of its held-out documents
   std::string json;          // where to write the JSON report (optional)
   std::vector<int> gammas{2, 4, 6};
+  int tree_width = 1;  // > 1: trees of this width, each gamma their depth
   std::vector<double> temperatures{0, 1};
   int max_tokens = 64;
   int64_t num_prompts = 8, prompt_tokens = 16, batch_size = 1, top_k = 0;
@@ -32,6 +33,8 @@ struct LoadedDrafter {
   LoadedModel model;
   std::unique_ptr<EagleDrafter> eagle;
   DrafterFactory factory();
+  // Tree drafters (a standalone LM only: EAGLE and ParallelSpec drafters draft chains here).
+  TreeDrafterFactory tree_factory();
 };
 
 // The drafter at `path` (an anvil checkpoint or a Hugging Face directory) on the target's device

@@ -35,16 +35,50 @@ std::string speculative_complete_text(TransformerLM& target, const DrafterFactor
   return prompt + tokenizer.decode(r.tokens[0]);
 }
 
+TreeDrafterFactory model_tree_drafter_factory(TransformerLM& drafter) {
+  LMTreeDrafter check(drafter);  // refuses what cannot draft a tree, before any decoding
+  return [&drafter]() -> std::unique_ptr<TreeDrafter> { return std::make_unique<LMTreeDrafter>(drafter); };
+}
+
+std::string tree_complete_text(TransformerLM& target, const TreeDrafterFactory& drafter, const Tokenizer& tokenizer,
+                               const std::string& prompt, int64_t tokens, const SamplingConfig& config, int width,
+                               int depth, int32_t eos, SpeculativeStats* stats) {
+  std::vector<int32_t> ids = tokenizer.encode(prompt);
+  if (ids.empty()) ids.push_back(eos >= 0 ? eos : 0);  // an empty prompt starts a new document
+  const std::unique_ptr<TreeDrafter> draft = drafter();
+  const int64_t positions = std::min(target.config().max_position_embeddings, draft->max_positions());
+  const int64_t room = positions - static_cast<int64_t>(ids.size()) - (draft_tree_nodes(width, depth) - 1);
+  const SpeculativeResult r =
+      tree_speculative_generate(target, *draft, {ids}, static_cast<int>(std::max<int64_t>(0, std::min(tokens, room))),
+                                config, width, depth, eos >= 0 ? std::optional<int32_t>(eos) : std::nullopt);
+  if (stats) *stats = r.stats;
+  return prompt + tokenizer.decode(r.tokens[0]);
+}
+
 double SpecEvalCase::speedup() const {
   const double plain = plain_tokens_per_second();
   return plain > 0 ? spec.tokens_per_second() / plain : 0.0;
 }
 
 std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFactory& drafter,
-                                        const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& o) {
+                                        const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& o,
+                                        const TreeDrafterFactory& tree) {
   ANVIL_CHECK(!prompts.empty(), "eval spec: no prompts — pass --prompts FILE or --data STORE");
   ANVIL_CHECK(o.batch_size >= 1, "eval spec: the batch size must be >= 1, got ", o.batch_size);
   ANVIL_CHECK(!o.gammas.empty() && !o.temperatures.empty(), "eval spec: give at least one gamma and one temperature");
+  ANVIL_CHECK(o.tree_width >= 1, "eval spec: the tree width must be >= 1 (1: chains), got ", o.tree_width);
+  const bool trees = o.tree_width > 1;
+  ANVIL_CHECK(!trees || tree, "eval spec: tree width ", o.tree_width, " needs a tree drafter");
+  if (trees) {  // every case's tree against the cache, before any work
+    const std::unique_ptr<TreeDrafter> probe = tree();
+    for (int depth : o.gammas)
+      for (double temperature : o.temperatures) {
+        SamplingConfig cfg;
+        cfg.temperature = temperature, cfg.top_k = o.top_k, cfg.top_p = o.top_p;
+        check_tree_decoding(target, probe->vocab_size(), probe->max_positions(), prompts, o.max_new_tokens, cfg,
+                            o.tree_width, depth, o.stop_token);
+      }
+  }
   using Clock = std::chrono::steady_clock;
   {  // Untimed warm-up of both paths (thread pool, first allocations), so the first case is not charged for it.
     SamplingConfig greedy = SamplingConfig::greedy();
@@ -61,8 +95,10 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
       cfg.seed = o.seed;
       SpecEvalCase c;
       c.gamma = gamma;
+      c.tree_width = o.tree_width;
       c.temperature = temperature;
       c.spec.gamma = gamma;
+      c.spec.tree_width = o.tree_width;
       c.spec.reached.assign(static_cast<size_t>(std::max(gamma, 0)), 0);
       c.spec.accepted = c.spec.reached;
       c.same_tokens = true;
@@ -70,7 +106,10 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
       for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(o.batch_size)) {
         const size_t last = std::min(prompts.size(), first + static_cast<size_t>(o.batch_size));
         const std::vector<std::vector<int32_t>> chunk(prompts.begin() + first, prompts.begin() + last);
-        const SpeculativeResult spec = speculative_generate(target, *drafter(), chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
+        const SpeculativeResult spec =
+            trees ? tree_speculative_generate(target, *tree(), chunk, o.max_new_tokens, cfg, o.tree_width, gamma,
+                                              o.stop_token)
+                  : speculative_generate(target, *drafter(), chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
         const Clock::time_point t0 = Clock::now();
         const auto plain = generate(target, chunk, o.max_new_tokens, cfg, o.stop_token);
         c.plain_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -88,6 +127,9 @@ std::string spec_eval_table(const std::vector<SpecEvalCase>& cases) {
   std::ostringstream s;
   s << kTauDefinition << "; acceptance at position i is given positions 1..i-1 accepted; c = drafter forward time / "
     << "target forward time\n";
+  if (!cases.empty() && cases.front().tree_width > 1)
+    s << "trees of width " << cases.front().tree_width << " verified in one target forward each: gamma is the tree's "
+      << "depth, acceptance by position is by tree level\n";
   char line[512];
   std::snprintf(line, sizeof line, "%5s %5s %6s %-32s %8s %6s %10s %11s %8s %5s\n", "gamma", "T", "tau",
                 "acceptance by position", "fwd/tok", "c", "spec tok/s", "plain tok/s", "speedup", "same");
@@ -115,6 +157,8 @@ nlohmann::json spec_eval_json(const std::vector<SpecEvalCase>& cases) {
     std::vector<double> by_position;
     for (int i = 0; i < c.gamma; ++i) by_position.push_back(st.acceptance_at(i));
     out.push_back({{"gamma", c.gamma},
+                   {"tree_width", c.tree_width},
+                   {"tree_nodes", draft_tree_nodes(c.tree_width, c.gamma)},
                    {"temperature", c.temperature},
                    {"tau", st.tau()},
                    {"tau_definition", kTauDefinition},

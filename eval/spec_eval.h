@@ -12,6 +12,7 @@
 
 #include "data/tokenizer.h"
 #include "eval/speculative.h"
+#include "eval/tree_speculative.h"
 
 namespace anvil {
 
@@ -30,6 +31,18 @@ std::string speculative_complete_text(TransformerLM& target, const DrafterFactor
                                       const std::string& prompt, int64_t tokens, const SamplingConfig& config,
                                       int gamma, int32_t eos, SpeculativeStats* stats = nullptr);
 
+// A fresh tree drafter for one decoding call (eval/tree_speculative.h).
+using TreeDrafterFactory = std::function<std::unique_ptr<TreeDrafter>()>;
+// The factory of LMTreeDrafters over a standalone drafter LM; refuses at once what LMTreeDrafter
+// refuses (ParallelSpec mask tokens, a sliding window).
+TreeDrafterFactory model_tree_drafter_factory(TransformerLM& drafter);
+
+// speculative_complete_text with a tree of `width` candidates per node, `depth` levels deep
+// (prompt + tokens + tree nodes − 1 must fit both models' positions, else fewer tokens).
+std::string tree_complete_text(TransformerLM& target, const TreeDrafterFactory& drafter, const Tokenizer& tokenizer,
+                               const std::string& prompt, int64_t tokens, const SamplingConfig& config, int width,
+                               int depth, int32_t eos, SpeculativeStats* stats = nullptr);
+
 struct SpecEvalOptions {
   std::vector<int> gammas{2, 4, 6};
   std::vector<double> temperatures{0, 1};
@@ -39,11 +52,15 @@ struct SpecEvalOptions {
   double top_p = 1.0;
   uint64_t seed = 0;
   std::optional<int32_t> stop_token;
+  // > 1: verify trees of this width with each gamma as the depth (tree_speculative_generate,
+  // run_spec_eval's tree drafter); 1: chains.
+  int tree_width = 1;
 };
 
 // One (γ, temperature) cell: the speculative run and the plain run of the target on the same prompts.
 struct SpecEvalCase {
-  int gamma = 0;
+  int gamma = 0;       // the draft length, or the tree's depth
+  int tree_width = 1;  // 1: a chain
   double temperature = 0;
   SpeculativeStats spec;
   int64_t plain_tokens = 0;
@@ -54,8 +71,11 @@ struct SpecEvalCase {
   double speedup() const;  // speculative tokens/s over plain tokens/s
 };
 
+// With options.tree_width > 1 the cases decode with `tree` (which must then be set); the checks
+// of every case (tree size against the positions among them) run before any decoding.
 std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFactory& drafter,
-                                        const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options);
+                                        const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options,
+                                        const TreeDrafterFactory& tree = nullptr);
 
 // The report: one row per case (τ, acceptance by position, target forwards per token, c,
 // tokens/s with and without speculation, speedup) under a line defining τ.

@@ -19,13 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-int32_t argmax(const double* dist, int64_t vocab) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < vocab; ++i)
-    if (dist[i] > dist[best]) best = i;
-  return static_cast<int32_t>(best);
-}
-
 }  // namespace
 
 double speculative_uniform(uint64_t seed, uint32_t stream, uint32_t round, uint32_t index) {
@@ -54,6 +47,22 @@ double acceptance_probability(const double* p, const double* q, int64_t vocab) {
   return alpha;
 }
 
+int32_t argmax_token(const double* dist, int64_t vocab) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < vocab; ++i)
+    if (dist[i] > dist[best]) best = i;
+  return static_cast<int32_t>(best);
+}
+
+bool residual_distribution(const double* p, const double* q, int64_t vocab, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(vocab));
+  double mass = 0;
+  for (int64_t t = 0; t < vocab; ++t) mass += out[t] = std::max(0.0, p[t] - q[t]);
+  if (!(mass > 0)) return false;
+  for (double& r : out) r /= mass;
+  return true;
+}
+
 int32_t draw_token(const double* dist, int64_t vocab, double u) {
   ANVIL_CHECK(u >= 0 && u < 1, "draw_token: u must lie in [0, 1), got ", u);
   double cum = 0;
@@ -79,7 +88,7 @@ ChainVerdict verify_chain(const ChainRow& row, const double* uniforms, bool gree
     const double* p = row.p + i * V;
     const double* q = row.q + i * V;
     if (greedy) {
-      const int32_t best = argmax(p, V);
+      const int32_t best = argmax_token(p, V);
       if (x != best) return {i, best};
       ++v.accepted;
       continue;
@@ -92,15 +101,12 @@ ChainVerdict verify_chain(const ChainRow& row, const double* uniforms, bool gree
     }
     // Rejected: the residual norm(max(0, p − q)). Its mass is the rejection probability, so it is
     // positive whenever a rejection can happen; rounding (p == q up to the last bits) falls back to p.
-    std::vector<double> residual(static_cast<size_t>(V));
-    double mass = 0;
-    for (int64_t t = 0; t < V; ++t) mass += residual[t] = std::max(0.0, p[t] - q[t]);
-    if (!(mass > 0)) return {i, draw_token(p, V, uniforms[row.gamma])};
-    for (double& r : residual) r /= mass;
+    std::vector<double> residual;
+    if (!residual_distribution(p, q, V, residual)) return {i, draw_token(p, V, uniforms[row.gamma])};
     return {i, draw_token(residual.data(), V, uniforms[row.gamma])};
   }
   const double* bonus = row.p + row.gamma * V;
-  v.next = greedy ? argmax(bonus, V) : draw_token(bonus, V, uniforms[row.gamma]);
+  v.next = greedy ? argmax_token(bonus, V) : draw_token(bonus, V, uniforms[row.gamma]);
   return v;
 }
 
@@ -136,8 +142,12 @@ std::string SpeculativeStats::summary() const {
   std::ostringstream s;
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.3f", tau());
-  s << "speculative: gamma " << gamma << ", tau " << buf << " tokens per target forward (bonus token included)";
-  s << ", acceptance by position";
+  if (tree_width > 1)
+    s << "speculative: tree width " << tree_width << " depth " << gamma;
+  else
+    s << "speculative: gamma " << gamma;
+  s << ", tau " << buf << " tokens per target forward (bonus token included)";
+  s << (tree_width > 1 ? ", acceptance by level" : ", acceptance by position");
   for (int i = 0; i < gamma; ++i) {
     std::snprintf(buf, sizeof buf, "%s%.3f", i ? "/" : " ", acceptance_at(i));
     s << buf;
@@ -152,8 +162,9 @@ std::string SpeculativeStats::summary() const {
 }
 
 void SpeculativeStats::add(const SpeculativeStats& o) {
-  ANVIL_CHECK(o.gamma == gamma && o.reached.size() == reached.size(), "SpeculativeStats: cannot add gamma ", o.gamma,
-              " to gamma ", gamma);
+  ANVIL_CHECK(o.gamma == gamma && o.tree_width == tree_width && o.reached.size() == reached.size(),
+              "SpeculativeStats: cannot add gamma ", o.gamma, " (width ", o.tree_width, ") to gamma ", gamma, " (width ",
+              tree_width, ")");
   sequences += o.sequences, tokens += o.tokens, committed += o.committed;
   target_calls += o.target_calls, target_row_forwards += o.target_row_forwards, drafter_calls += o.drafter_calls;
   for (size_t i = 0; i < reached.size(); ++i) reached[i] += o.reached[i], accepted[i] += o.accepted[i];

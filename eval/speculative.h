@@ -49,6 +49,14 @@ double acceptance_probability(const double* p, const double* q, int64_t vocab);
 // id order, skipping zero-probability tokens.
 int32_t draw_token(const double* dist, int64_t vocab, double u);
 
+// The target's argmax of a processed distribution (ties to the lowest id): the greedy verdict.
+int32_t argmax_token(const double* dist, int64_t vocab);
+
+// The rejection residual norm(max(0, p − q)) into `out` (size vocab); false (out unspecified) when
+// its mass is not positive, which can only be rounding (p == q up to the last bits): the caller
+// then draws from p itself.
+bool residual_distribution(const double* p, const double* q, int64_t vocab, std::vector<double>& out);
+
 // One row of one round, for verify_chain.
 struct ChainRow {
   int gamma = 0;
@@ -69,7 +77,8 @@ ChainVerdict verify_chain(const ChainRow& row, const double* uniforms, bool gree
 
 // What one speculative_generate call measured, summed over its batches.
 struct SpeculativeStats {
-  int gamma = 0;
+  int gamma = 0;                   // draft tokens per round; a tree's depth (acceptance by level)
+  int tree_width = 1;              // 1: a chain; else the width of a tree (eval/tree_speculative.h)
   int64_t sequences = 0;           // prompts decoded
   int64_t tokens = 0;              // new tokens returned (cut at max_new_tokens and the stop token)
   int64_t committed = 0;           // tokens the verifier committed (accepted + one per verification)

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/tree_attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/rope.h"
 #include "parallel/ulysses.h"
@@ -150,6 +151,24 @@ Tensor Attention::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   Tensor attn = empty_like(x, {B, T, H, D});
+  if (kv.rows && kv.rows->tree.defined()) {
+    // A draft tree (KVCache::set_tree): each row's nodes see its cached slots and their ancestors.
+    ANVIL_CHECK(shape_.window == 0, "attention KV cache: a draft tree under a sliding window (", shape_.window,
+                ") is not supported — verify with a chain (tree width 1 uses the chain decoder) for this model");
+    rotate(q, k, kv.rows->positions, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t start = kv.rows->lengths[static_cast<size_t>(b)], stop = start + T;
+      ANVIL_CHECK(stop <= kv.k.size(1), "attention KV cache: row ", b, " slots ", start, " .. ", stop - 1,
+                  " exceed its max_len = ", kv.k.size(1));
+      Tensor kb = kv.k.slice(0, b, b + 1), vb = kv.v.slice(0, b, b + 1);
+      write_positions(kb, k.slice(0, b, b + 1), start);
+      write_positions(vb, v.slice(0, b, b + 1), start);
+      Tensor out_b = attn.slice(0, b, b + 1);
+      kernels::tree_attention_forward(q.slice(0, b, b + 1), kb.slice(1, 0, stop), vb.slice(1, 0, stop), scale, start,
+                                      kv.rows->tree, out_b);
+    }
+    return out_.infer(attn.view({B, T, H * D}));
+  }
   if (!kv.rows || kv.rows->uniform()) {
     // Every row continues at one slot (a hand-built layer: start_pos): today's single call.
     const int64_t start = kv.rows ? kv.rows->lengths.front() : start_pos;

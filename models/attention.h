@@ -73,7 +73,8 @@ class Attention : public Module {
   // kv.rows (a layer built by hand) they sit at slots and positions start_pos .. start_pos + T - 1.
   // With kv.rows (a KVCache's layer) row b's tokens go to slots rows->lengths[b] .. + T - 1, at
   // the positions rows->positions when defined (else their slots). Their keys and values (after
-  // RoPE) are written into kv, then each query attends causally over its row's slots.
+  // RoPE) are written into kv, then each query attends causally over its row's slots — or, when
+  // rows->tree is defined (KVCache::set_tree), over its row's cached slots and its tree ancestors.
   // Saves nothing for backward.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
 

@@ -64,12 +64,16 @@ void KVCache::advance(int64_t n) {
   for (int64_t& l : rows_->lengths) l += n;
   rows_->positions = Tensor();
   next_positions_ = Tensor();
+  rows_->tree = Tensor();
+  next_tree_.clear();
 }
 
 void KVCache::reset() {
   std::fill(rows_->lengths.begin(), rows_->lengths.end(), 0);
   rows_->positions = Tensor();
   next_positions_ = Tensor();
+  rows_->tree = Tensor();
+  next_tree_.clear();
 }
 
 void KVCache::truncate(int64_t length) {
@@ -110,6 +114,8 @@ void KVCache::keep(int64_t row, int64_t prefix, const std::vector<int64_t>& slot
 
 void KVCache::set_positions(Tensor positions) { next_positions_ = std::move(positions); }
 
+void KVCache::set_tree(std::vector<uint8_t> visible) { next_tree_ = std::move(visible); }
+
 Tensor KVCache::begin_step(int64_t T, int64_t max_positions, Device device) {
   check_room(T);
   Tensor host = Tensor::empty({batch_, T}, DType::I32);
@@ -130,6 +136,16 @@ Tensor KVCache::begin_step(int64_t T, int64_t max_positions, Device device) {
                 "; shorten the prompt or the generation");
   const bool common_run = !next_positions_.defined() && uniform();
   rows_->positions = common_run ? Tensor() : host.to(device);
+  rows_->tree = Tensor();
+  if (!next_tree_.empty()) {
+    ANVIL_CHECK(static_cast<int64_t>(next_tree_.size()) == T * T, "KVCache::set_tree: the mask has ", next_tree_.size(),
+                " entries but this call decodes ", T, " tokens — give T * T = ", T * T, " (DraftTree::ancestor_mask)");
+    ANVIL_CHECK(next_positions_.defined(), "KVCache::set_tree: a tree call needs its position ids too — call "
+                "set_positions with prefix length + depth of each node");
+    Tensor tree = Tensor::empty({T, T}, DType::I32);
+    std::copy(next_tree_.begin(), next_tree_.end(), tree.data<int32_t>());
+    rows_->tree = tree.to(device);
+  }
   return host;
 }
 

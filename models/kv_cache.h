@@ -11,8 +11,9 @@
 // sequence). A decoding call writes row b's T new tokens at slots row_length(b) .. + T - 1,
 // and each query attends causally over its row's slots. A token's *position* (RoPE angle,
 // GPT-2's wpe row) is its slot unless set_positions() gives explicit position ids for the
-// call, e.g. the depth-based positions of a tree of draft candidates sharing a prefix. After
-// verification keep() compacts the accepted path so that slot == position again.
+// call, e.g. the depth-based positions of a tree of draft candidates sharing a prefix, whose
+// siblings set_tree() keeps from seeing each other. After verification keep() compacts the
+// accepted path so that slot == position again.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -30,6 +31,9 @@ struct KVRows {
   // i32 [B, T] on the model's device: the positions of the call in flight, set by
   // KVCache::begin_step when they are not one common run start .. start + T - 1; else undefined.
   Tensor positions;
+  // i32 [T, T] on the model's device: the tree mask of the call in flight (KVCache::set_tree), token
+  // i of the call seeing token j of the call iff tree[i, j] != 0; undefined: causal.
+  Tensor tree;
   bool uniform() const;  // every row has the same length
 };
 
@@ -83,6 +87,12 @@ class KVCache {
   // Explicit position ids (i32 [B, T], any device) for the next decoding call of T tokens;
   // undefined restores the default (each token's slot). advance() clears them.
   void set_positions(Tensor positions);
+  // A tree mask for the next decoding call of T tokens, the same for every row: `visible` [T * T],
+  // 1 where token i of the call may see token j of the call (the draft tree's ancestor-or-self
+  // mask, DraftTree::ancestor_mask); every token still sees all the cached slots of its row. The
+  // call needs position ids too (set_positions: prefix length + depth). advance() clears it;
+  // empty clears it now.
+  void set_tree(std::vector<uint8_t> visible);
   // The model calls this before a decoding call of T tokens: checks room and positions and
   // publishes to the layers (KVRows::positions) the call's positions on `device` when they are
   // not one common run. Returns the host i32 [B, T] positions (the common run included).
@@ -95,6 +105,7 @@ class KVCache {
   int64_t batch_, max_len_, num_kv_heads_, head_dim_;
   std::shared_ptr<KVRows> rows_;
   Tensor next_positions_;  // set_positions' ids, or undefined
+  std::vector<uint8_t> next_tree_;  // set_tree's mask, or empty
   std::vector<KVLayer> layers_;
 };
 

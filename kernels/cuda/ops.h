@@ -32,6 +32,10 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& lse, float scale, int64_t q_offset, Tensor& dq, Tensor& dk, Tensor& dv,
                         const AttentionMask& mask);
 
+// tree_attention.h
+void tree_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t prefix,
+                            const Tensor& visible, Tensor& out);
+
 // elementwise.h
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void add_inplace(Tensor& y, const Tensor& x);

@@ -1,6 +1,6 @@
 // The speculative-decoding CLI on the tiny run: `anvil generate --draft` prints what plain greedy
 // generation prints plus a stats line on stderr, `anvil eval spec` prints its table and writes
-// JSON with every field, and bad input (gamma 0, another tokenizer) exits with one clear line.
+// JSON with every field, trees (--tree-width) do the same, and bad input (gamma 0, another tokenizer) exits with one clear line.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -99,6 +99,40 @@ TEST(SpecCli, EvalSpecPrintsTheTableAndWritesJson) {
   EXPECT_NE(plain_eval.find("perplexity"), std::string::npos) << plain_eval;
   EXPECT_NE(run_command(kAnvil + " eval", plain_eval), 0);
   EXPECT_NE(plain_eval.find("--checkpoint"), std::string::npos) << plain_eval;
+}
+
+TEST(SpecCli, TreesDecodeLikePlainGreedyAndReportTheirShape) {
+  const SpecRun r("spec_cli_tree", true);
+  const std::string gen = kAnvil + " generate --checkpoint " + r.target + " --prompt 'The GNU General' --max-tokens 12 ";
+  std::string err;
+  const std::string plain = stdout_of(r, gen + "--temperature 0", err);
+  const std::string tree = stdout_of(r, gen + "--temperature 0 --draft " + r.drafter + " --gamma 2 --tree-width 3", err);
+  EXPECT_EQ(tree, plain);
+  EXPECT_NE(err.find("speculative: tree width 3 depth 2, tau "), std::string::npos) << err;
+  const std::string json = r.run.dir + "/tree.json";
+  const std::string out = stdout_of(r, kAnvil + " eval spec --target " + r.target + " --draft " + r.drafter +
+                                        " --tree-width 2 --gammas 1,3 --temperatures 0,1 --max-tokens 8 --num-prompts 2 "
+                                        "--prompt-tokens 6 --json " + json, err);
+  EXPECT_NE(out.find("trees of width 2"), std::string::npos) << out;
+  std::ifstream in(json);
+  ASSERT_TRUE(in.good()) << json;
+  const nlohmann::json report = nlohmann::json::parse(in);
+  EXPECT_EQ(report["tree_width"], 2);
+  ASSERT_EQ(report["cases"].size(), 4u);
+  for (const auto& c : report["cases"]) {
+    const int depth = c["gamma"];
+    EXPECT_EQ(c["tree_width"], 2);
+    EXPECT_EQ(c["tree_nodes"], depth == 1 ? 2 : 14);
+    EXPECT_EQ(c["acceptance_by_position"].size(), static_cast<size_t>(depth));
+    EXPECT_LE(c["tau"].get<double>(), depth + 1.0);
+    if (c["temperature"] == 0) EXPECT_TRUE(c["same_tokens_as_plain"].get<bool>()) << c.dump();
+  }
+  // A tree larger than the cache: one line naming the tree, before any decoding.
+  std::string bad;
+  EXPECT_NE(run_command(kAnvil + " eval spec --target " + r.target + " --draft " + r.drafter +
+                            " --tree-width 8 --gammas 3 --max-tokens 8 --num-prompts 2 --prompt-tokens 6", bad), 0);
+  EXPECT_NE(bad.find("a tree of width 8 and depth 3 has 584 nodes"), std::string::npos) << bad;
+  EXPECT_EQ(bad.find("terminate called"), std::string::npos) << bad;
 }
 
 TEST(SpecCli, BadInputGetsOneClearLine) {
