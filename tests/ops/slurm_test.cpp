@@ -62,21 +62,15 @@ class LocalSlurm : public ::testing::Test {
     while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
     return out;
   }
-  // The job's state ("PENDING", "RUNNING", ...), or "" once it has ended. Read from scontrol's
-  // JobState rather than squeue's listing: a job being requeued can drop out of squeue for a moment
-  // on a loaded machine, which read as "ended". A query that fails (slurmctld slow to answer) says
-  // nothing about the job: "UNKNOWN", so waiting goes on.
+  // "PENDING", "RUNNING", ... or "" once the job has left the queue.
+  // The job's state; "" once it has left the queue. A squeue that fails (slurmctld slow to answer
+  // on a loaded machine) says nothing about the job: "UNKNOWN", so waiting goes on.
   static std::string state(const std::string& job) {
     std::string s;
-    const int rc = run_command(env() + "scontrol -o show job " + job, s);
+    const int rc = run_command(env() + "squeue -h -j " + job + " -o %T", s);
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
     if (s.find("Invalid job id") != std::string::npos) return "";
-    const size_t at = s.find("JobState=");
-    if (rc != 0 || at == std::string::npos) return "UNKNOWN";
-    const std::string st = s.substr(at + 9, s.find_first_of(" \n", at) - at - 9);
-    for (const char* done : {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                             "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
-      if (st == done) return "";
-    return st;
+    return rc == 0 ? s : "UNKNOWN";
   }
   static bool wait_for_end(const std::string& job, double seconds) {
     return wait_until(seconds, [&] { return state(job).empty(); });
