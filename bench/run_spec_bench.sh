@@ -10,6 +10,7 @@
 #                   continue from the drafter's own samples (DistillSpec), against standalone_t1 off-policy
 #   parallelspec    configs/distill-parallelspec.yaml (k = 5 masks: gamma <= 6)
 #   eagle           configs/distill-eagle.yaml, when it exists
+# and standalone_t1 again with a tree of candidates (standalone_t1_tree2).
 # Also anvil's plain greedy decoding against transformers' generate() on the exported target.
 # The target: TARGET (default build/bench/spec_target, ~38M params: `anvil train
 # bench/configs/spec_target.yaml`, hours on 2 cores, resumable); TARGET=build/demo/run for a quick look.
@@ -57,6 +58,13 @@ for d in "${drafters[@]}"; do
     "$anvil" eval spec --target "$target" --draft "$out/$d" --num-prompts 8 --prompt-tokens 32 --max-tokens 64 \
       --gammas "${gammas[@]}" --temperatures 0 1 --seed "$r" --json "$out/eval_${d}_$r.json" > "$out/eval_${d}_$r.log"
   done
+done
+# A tree of candidates (width 2, depth 4: 30 nodes per target call) from the temperature-matched
+# standalone drafter, against the chains above.
+for r in $(seq "$runs"); do
+  "$anvil" eval spec --target "$target" --draft "$out/standalone_t1" --num-prompts 8 --prompt-tokens 32 --max-tokens 64 \
+    --gammas 4 --tree-width 2 --temperatures 0 1 --seed "$r" --json "$out/eval_standalone_t1_tree2_$r.json" \
+    > "$out/eval_standalone_t1_tree2_$r.log"
 done
 # transformers' plain greedy decoding of the same target on the same prompts and threads.
 pydeps=${ANVIL_PYDEPS:-$HOME/.cache/anvil-pydeps}
