@@ -127,6 +127,20 @@ double SpeculativeStats::acceptance_at(int i) const {
   return k < reached.size() && reached[k] ? static_cast<double>(accepted[k]) / reached[k] : 0.0;
 }
 
+void verification_inputs(const float* logits, int64_t b, int64_t positions, int64_t vocab, const SamplingConfig& cfg,
+                         uint32_t sequence, uint32_t round, bool greedy, std::vector<double>& p,
+                         std::vector<double>& uniforms) {
+  p.resize(static_cast<size_t>(positions * vocab));
+  for (int64_t i = 0; i < positions; ++i) {
+    const std::vector<double> pi = sampling_distribution(logits + (b * positions + i) * vocab, vocab, cfg);
+    std::copy(pi.begin(), pi.end(), p.begin() + i * vocab);
+  }
+  uniforms.resize(static_cast<size_t>(positions), 0.0);
+  if (!greedy)
+    for (int64_t i = 0; i < positions; ++i)
+      uniforms[i] = speculative_uniform(cfg.seed, kVerifyStream + sequence, round, static_cast<uint32_t>(i));
+}
+
 double SpeculativeStats::target_forwards_per_token() const {
   return tokens ? static_cast<double>(target_row_forwards) / tokens : 0.0;
 }
@@ -240,14 +254,7 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
     for (int64_t b = 0; b < B; ++b) {
       if (!active[b]) continue;
       ++stats.target_row_forwards;
-      for (int64_t i = 0; i < W; ++i) {
-        const std::vector<double> pi = sampling_distribution(logits.data<float>() + (b * W + i) * V, V, cfg);
-        std::copy(pi.begin(), pi.end(), p.begin() + i * V);
-      }
-      const uint32_t s = setup.sequences[b];
-      if (!greedy)
-        for (int64_t i = 0; i < W; ++i)
-          uniforms[i] = speculative_uniform(cfg.seed, kVerifyStream + s, round, static_cast<uint32_t>(i));
+      verification_inputs(logits.data<float>(), b, W, V, cfg, setup.sequences[b], round, greedy, p, uniforms);
       ChainRow chain;
       chain.gamma = gamma;
       chain.vocab = V;

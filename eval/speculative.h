@@ -57,6 +57,14 @@ int32_t argmax_token(const double* dist, int64_t vocab);
 // then draws from p itself.
 bool residual_distribution(const double* p, const double* q, int64_t vocab, std::vector<double>& out);
 
+// A verification's inputs for row b of a target call over `positions` tokens per row: the
+// target's processed distributions of the row's positions into p ([positions, vocab], from the
+// logits [B, positions, vocab]), and unless greedy the verifier's uniforms of sequence `sequence`
+// in round `round` into uniforms[0 .. positions). Shared by the chain and the tree decoders.
+void verification_inputs(const float* logits, int64_t b, int64_t positions, int64_t vocab, const SamplingConfig& cfg,
+                         uint32_t sequence, uint32_t round, bool greedy, std::vector<double>& p,
+                         std::vector<double>& uniforms);
+
 // One row of one round, for verify_chain.
 struct ChainRow {
   int gamma = 0;

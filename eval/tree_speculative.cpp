@@ -225,14 +225,7 @@ void tree_batch(TransformerLM& target, TreeDrafter& drafter, const DraftTree& tr
     for (int64_t b = 0; b < B; ++b) {
       if (!active[b]) continue;
       ++stats.target_row_forwards;
-      for (int64_t i = 0; i < S; ++i) {
-        const std::vector<double> pi = sampling_distribution(logits.data<float>() + (b * S + i) * V, V, cfg);
-        std::copy(pi.begin(), pi.end(), p.begin() + i * V);
-      }
-      const uint32_t s = setup.sequences[b];
-      if (!greedy)
-        for (int64_t i = 0; i < S; ++i)
-          uniforms[i] = speculative_uniform(cfg.seed, kVerifyStream + s, round, static_cast<uint32_t>(i));
+      verification_inputs(logits.data<float>(), b, S, V, cfg, setup.sequences[b], round, greedy, p, uniforms);
       TreeRow row;
       row.tree = &tree;
       row.vocab = V;
