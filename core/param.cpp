@@ -1,5 +1,7 @@
 #include "core/param.h"
 
+#include <cmath>
+
 #include "core/rng.h"
 
 namespace anvil {
@@ -102,6 +104,12 @@ void init_params(const std::vector<Param*>& params, uint64_t seed, float std, fl
       case Init::ResidualNormal: fill_normal_logical(rng, *p, residual_std); break;
       case Init::Zeros: p->value.fill_(0.0); break;
       case Init::Ones: p->value.fill_(1.0); break;
+      case Init::SquareLinearBias: {
+        ANVIL_CHECK(!p->shard.sharded(), p->name, ": Init::SquareLinearBias is for replicated params");
+        const float bound = 1.0f / std::sqrt(static_cast<float>(p->value.numel()));
+        rng.fill_uniform(p->value, -bound, bound);
+        break;
+      }
       case Init::Keep: break;
     }
   }

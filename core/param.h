@@ -50,6 +50,9 @@ enum class Init {
   ResidualNormal,  // an output projection into the residual stream: N(0, the family's residual std)
   Zeros,
   Ones,
+  // U(-1/sqrt(n), 1/sqrt(n)) with n the param's element count: PyTorch's nn.Linear bias default
+  // (bound 1/sqrt(fan_in)) for the bias of a square layer (Medusa's ResBlock). Replicated params only.
+  SquareLinearBias,
   Keep,            // loaded, never initialised (e.g. a quantized weight's packed integers)
 };
 
@@ -80,6 +83,9 @@ struct Param {
   Tensor grad;       // f32; undefined when frozen: frozen params cost no gradient memory
   bool trainable = true;
   ParamRole role = ParamRole::Vector;
+  // The optimizer steps this param at lr x lr_scale (every optimizer; Medusa-2's heads train at
+  // medusa.lr_multiplier x the backbone's lr, and 0 holds a param still: decay included).
+  double lr_scale = 1.0;
   ShardSpec shard;
   Init init = Init::Normal;
   // A dense float weight follows the model's compute dtype: move_params casts it and keeps an

@@ -83,6 +83,23 @@ class CausalLMLoss : public PipelineLoss {
   std::vector<int64_t> counts_;  // non-ignored targets per micro-batch, on this rank
 };
 
+// The last stage's output of a frozen model's trunk, kept per micro-batch: the "loss" of a
+// forward-only pipeline (PipelineExecutor::evaluate) over a distillation target or a
+// self-distillation teacher, whose head then runs where its logits are needed.
+class HiddenCapture : public PipelineLoss {
+ public:
+  explicit HiddenCapture(int micro_batches) : hidden_(micro_batches) {}
+  Value forward(int m, const Tensor& hidden, bool) override {
+    hidden_.at(m) = hidden;
+    return {};
+  }
+  Tensor backward(int) override { ANVIL_FAIL("HiddenCapture: a frozen model's pipeline runs forward only"); }
+  std::vector<Tensor> take() { return std::move(hidden_); }
+
+ private:
+  std::vector<Tensor> hidden_;
+};
+
 // The number of targets != ignore_index (copied to the host when on a device).
 int64_t count_loss_tokens(const Tensor& targets, int ignore_index);
 

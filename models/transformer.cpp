@@ -111,6 +111,12 @@ Tensor TransformerLM::backward_head(const Tensor& dlogits, Cache& c) {
   return dx;
 }
 
+Param& TransformerLM::head_weight() {
+  ANVIL_CHECK(is_last_stage(), "head_weight: pipeline stage ", layout_.stage, " of ", layout_.stages,
+              " has no head — only the last stage holds the LM head");
+  return head_->weight();
+}
+
 CrossEntropyLoss TransformerLM::cross_entropy() const {
   return CrossEntropyLoss(tp_, vocab_start_, config_.vocab_size, layout_.sp);
 }
@@ -144,6 +150,13 @@ Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, Hidden
 }
 
 Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only, HiddenTaps* taps) {
+  Tensor x = forward_cached_hidden(ids, kv, taps);
+  const int64_t T = x.size(1);
+  if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
+  return infer_head(x);
+}
+
+Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
@@ -169,9 +182,13 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
     add_position_embeddings(x, positions.to(device()));
   }
   x = blocks_cached(std::move(x), kv, start, taps);
-  if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
-  x = norm_f_->infer(x);
-  return head_->infer(x);
+  return norm_f_->infer(x);
+}
+
+Tensor TransformerLM::infer_head(const Tensor& hidden) {
+  ANVIL_CHECK(is_last_stage(), "infer_head: only the last pipeline stage holds the LM head");
+  const kernels::DecodeMatmulScope few_rows;
+  return head_->infer(hidden);
 }
 
 Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv) {

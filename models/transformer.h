@@ -123,6 +123,9 @@ class TransformerLM : public Module {
   // data parallelism reduces whatever was not reported (DataParallel::finish_grad_sync).
   Tensor backward_blocks(const Tensor& dy, Cache& c);
   Module& final_norm() { return *norm_f_; }
+  // The weight the LM head reads, [vocab / tp, hidden]: lm_head's, or the embedding's when tied
+  // (over several stages the last stage's copy). On the last pipeline stage only.
+  Param& head_weight();
   // A module outside the trunk that trains with the model (an EAGLE drafter's fusion layers):
   // its params are listed after the model's (collect_params), so they are moved, initialised,
   // zeroed and stepped with them. Not owned; the caller runs it.
@@ -143,6 +146,12 @@ class TransformerLM : public Module {
   // `taps`, when given, receives the outputs of its layers at the T_new positions (an EAGLE
   // drafter reads the accepted prefix's); the logits are the same either way.
   Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false, HiddenTaps* taps = nullptr);
+  // forward_cached's trunk: the final hidden states [B, T_new, hidden] (after the final norm, what
+  // the LM head reads) of the new positions; infer_head turns them into logits. Medusa decoding
+  // reads both: the base's logits and its heads' from the same hidden state.
+  Tensor forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps = nullptr);
+  // The LM head on a hidden state [B, T, hidden], saving nothing (decoding).
+  Tensor infer_head(const Tensor& hidden);
   // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
   // twin): appends their keys/values to kv at the positions it gives and returns the last block's
   // outputs before the final norm.

@@ -38,6 +38,7 @@ void AdamW::step(double lr) {
   for (Slot& slot : slots_) {
     s.weight_decay = static_cast<float>(decay_for(*slot.param));
     Param& p = *slot.param;
+    s.lr = static_cast<float>(lr * p.lr_scale);
     // Mixed precision: the master is updated and the rounded value written in the same pass.
     Tensor low_precision = p.master.defined() ? p.value : Tensor();
     kernels::adamw_update(master_weight(p), p.grad, slot.exp_avg, slot.exp_avg_sq, s, low_precision);

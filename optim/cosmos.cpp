@@ -160,16 +160,17 @@ void Cosmos::step(double lr) {
     Param& p = *s.param;
     ANVIL_CHECK(p.grad.defined(), "cosmos: param ", p.name, " has no gradient at step ", steps_);
     Tensor g = p.grad.contiguous();
+    const double plr = lr * p.lr_scale;
     if (s.matrix) {
       CosmosConfig cfg = config_;
       cfg.weight_decay = decay_for(p);
       CosmosMatrix<float> x{p.value.data<float>(), g.data<float>(), s.exp_avg.data<float>(),
                             s.exp_avg_sq.data<float>(), s.basis.data<float>(), s.basis_gram.data<float>(),
                             p.value.size(0), p.value.size(1), s.basis.size(1)};
-      cosmos_matrix_step<float>(x, steps_, cfg, lr);
+      cosmos_matrix_step<float>(x, steps_, cfg, plr);
     } else {
       adam_branch_step(p.value.data<float>(), g.data<float>(), s.exp_avg.data<float>(), s.exp_avg_sq.data<float>(),
-                       p.value.numel(), steps_, config_, lr, decay_for(p));
+                       p.value.numel(), steps_, config_, plr, decay_for(p));
     }
   }
 }

@@ -67,8 +67,9 @@ void Muon::step(double lr) {
     kernels::muon_momentum(p.grad.view({s.rows, s.cols}), buffer, update, beta, config_.nesterov, ema);
     kernels::newton_schulz(update, update, config_.ns);
     Tensor w = master_weight(p).view({s.rows, s.cols});
-    if (config_.weight_decay != 0.0) kernels::scale_inplace(w, static_cast<float>(1.0 - lr * config_.weight_decay));
-    kernels::axpy(static_cast<float>(-lr * update_scale(s.rows, s.cols)), update, w);
+    const double plr = lr * p.lr_scale;
+    if (config_.weight_decay != 0.0) kernels::scale_inplace(w, static_cast<float>(1.0 - plr * config_.weight_decay));
+    kernels::axpy(static_cast<float>(-plr * update_scale(s.rows, s.cols)), update, w);
     refresh_value(p);  // mixed precision: the compute copy follows the master
   }
 }

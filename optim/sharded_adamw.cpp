@@ -35,6 +35,7 @@ void ShardedAdamW::update_shard(double lr) {
     Tensor m = exp_avg_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     Tensor v = exp_avg_sq_.slice(0, piece.moment_offset, piece.moment_offset + seg.length);
     s.weight_decay = static_cast<float>(decay_rule_.decay_for(*seg.param));
+    s.lr = static_cast<float>(lr * seg.param->lr_scale);
     // p is the f32 master shard under mixed precision; all_gather_params rounds the values.
     kernels::adamw_update(p, g, m, v, s);
   }

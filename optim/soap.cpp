@@ -164,7 +164,7 @@ void Soap::step(double lr) {
     ANVIL_CHECK(s.param->grad.defined(), "soap: param ", s.param->name, " has no gradient at call ", calls_);
     Tensor g = s.param->grad.contiguous();
     if (calls_ == 1) initialize(s, g.data<float>());
-    else update(s, g.data<float>(), calls_ - 1, lr);
+    else update(s, g.data<float>(), calls_ - 1, lr * s.param->lr_scale);
   }
 }
 

@@ -92,17 +92,18 @@ PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
       if (before_backward_) before_backward_(m, &a == &actions.back());  // every table ends with a backward
       const auto it = in_flight.find(m);
       ANVIL_CHECK(it != in_flight.end(), "pipeline table runs backward ", m, " before its forward");
+      const bool gradients_travel = stage_impl_.passes_gradient();
       Tensor dy;
       if (last) {
         dy = loss.backward(m);
-      } else {  // the gradient of what forward m sent
+      } else if (gradients_travel) {  // the gradient of what forward m sent
         dy = Tensor::empty(it->second, stage_impl_.activation_dtype(), stage_impl_.device());
         pp_->recv(dy, stage_ + 1, gradient_tag(m));
       }
       Tensor dx = stage_impl_.backward(m, dy);
       dy = Tensor();
       in_flight.erase(it);
-      if (!first) sends.push_back(pp_->isend(dx, stage_ - 1, gradient_tag(m)));
+      if (!first && gradients_travel) sends.push_back(pp_->isend(dx, stage_ - 1, gradient_tag(m)));
     }
     reap_sends();
   }

@@ -38,6 +38,13 @@ class PipelineStage {
   // the step's gradients across stages (the tied embedding's two copies). Collective over pp
   // (null with one stage); the default does nothing.
   virtual void finish_backward(Communicator* pp) { (void)pp; }
+  // Whether backward needs the gradient of this stage's output from the next stage and returns
+  // the gradient of its input. False when nothing before the loss trains (Medusa-1's heads on a
+  // frozen trunk: the loss's own params take their gradients, the trunk runs forward only): then
+  // no gradient travels between stages, backward gets an undefined dy except on the last stage
+  // (the loss's, which it may ignore) and returns an undefined tensor. Must answer alike on
+  // every stage of a step.
+  virtual bool passes_gradient() const { return true; }
 };
 
 // The loss of the last stage's output, one micro-batch at a time.

@@ -585,6 +585,57 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
             "but drafter is ", d.drafter, " — set on_policy: 0 or drafter: standalone");
 }
 
+// task medusa's section; for any other task it must stay at its defaults (as distill's).
+void parse_medusa(const Section& s, const std::string& task, MedusaSection& m) {
+  const MedusaSection defaults;
+  s.read("num_heads", m.num_heads);
+  s.read("num_layers", m.num_layers);
+  s.read("stage", m.stage);
+  s.read("copy_lm_head", m.copy_lm_head);
+  s.read("heads_coefficient", m.heads_coefficient);
+  s.read("decay", m.decay);
+  s.read_choice("schedule", m.schedule, {"constant", "linear", "sine"});
+  s.read("schedule_steps", m.schedule_steps);
+  s.read("lr_multiplier", m.lr_multiplier);
+  s.read("warmup_steps", m.warmup_steps);
+  s.read_choice("backbone_loss", m.backbone_loss, {"lm", "self_distill"});
+  if (task != "medusa") {
+    const std::pair<const char*, bool> changed[] = {
+        {"num_heads", m.num_heads != defaults.num_heads},
+        {"num_layers", m.num_layers != defaults.num_layers},
+        {"stage", m.stage != defaults.stage},
+        {"copy_lm_head", m.copy_lm_head != defaults.copy_lm_head},
+        {"heads_coefficient", m.heads_coefficient != defaults.heads_coefficient},
+        {"decay", m.decay != defaults.decay},
+        {"schedule", m.schedule != defaults.schedule},
+        {"schedule_steps", m.schedule_steps != defaults.schedule_steps},
+        {"lr_multiplier", m.lr_multiplier != defaults.lr_multiplier},
+        {"warmup_steps", m.warmup_steps != defaults.warmup_steps},
+        {"backbone_loss", m.backbone_loss != defaults.backbone_loss}};
+    for (const auto& [key, set] : changed)
+      s.require(!set, key, "is set but task.name is ", task, " — the medusa section configures task.name: medusa "
+                "only; set task.name: medusa or remove the medusa section");
+    return;
+  }
+  s.require(m.num_heads >= 1 && m.num_heads <= 16, "num_heads", "must be in [1, 16] (Medusa trains 3 to 5), got ",
+            m.num_heads);
+  s.require(m.num_layers >= 0 && m.num_layers <= 8, "num_layers", "must be in [0, 8] ResBlocks per head (Medusa: 1), got ",
+            m.num_layers);
+  s.require(m.stage == 1 || m.stage == 2, "stage", "must be 1 (Medusa-1: the backbone frozen) or 2 (Medusa-2: "
+            "trained jointly), got ", m.stage);
+  s.require(m.heads_coefficient > 0, "heads_coefficient", "must be positive (Medusa: 0.2), got ", m.heads_coefficient);
+  s.require(m.decay > 0, "decay", "must be positive (Medusa: 0.8), got ", m.decay);
+  s.require(m.schedule_steps >= 0, "schedule_steps", "must be >= 0 (0 = training.steps), got ", m.schedule_steps);
+  s.require(m.lr_multiplier > 0, "lr_multiplier", "must be positive (Medusa-2: 4.0), got ", m.lr_multiplier);
+  s.require(m.warmup_steps >= 0, "warmup_steps", "must be >= 0, got ", m.warmup_steps);
+  if (m.stage == 1) {
+    s.require(m.warmup_steps == defaults.warmup_steps && m.backbone_loss == defaults.backbone_loss &&
+                  m.lr_multiplier == defaults.lr_multiplier,
+              "warmup_steps", ", lr_multiplier and backbone_loss configure stage 2 (joint training) only, but stage "
+              "is 1 (the backbone frozen, only the heads train) — set stage: 2 or remove them");
+  }
+}
+
 }  // namespace
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
@@ -596,6 +647,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_run(sections.at("run"), source_name, c.run);
   sections.at("task").read_choice("name", c.task.name, task_names());
   parse_distill(ctx, sections.at("distill"), c.task.name, c.distill);
+  parse_medusa(sections.at("medusa"), c.task.name, c.medusa);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
@@ -618,6 +670,17 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
       c.distill.on_policy, " samples rows from the whole drafter, but parallel.tp = ", c.parallel.tp,
       ", parallel.pp = ", c.parallel.pp, ", parallel.sp = ", c.parallel.sp,
       " — set parallel.tp, parallel.pp and parallel.sp to 1 (dp works), or distill.on_policy: 0");
+  if (c.task.name == "medusa") {
+    sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required for task.name: medusa — "
+                                 "the heads train on a pretrained base: set model.init_from to an anvil run or "
+                                 "checkpoint directory, or a Hugging Face directory (e.g. runs/demo)");
+    sections.at("parallel").require(c.parallel.sp == 1, "sp", "must be 1 for task.name: medusa, got ", c.parallel.sp,
+                                    " — head k's target is k + 1 positions ahead, across sequence slices; dp, tp "
+                                    "and pp work");
+    sections.at("medusa").require(c.medusa.warmup_steps < c.training.steps || c.medusa.stage == 1, "warmup_steps",
+                                  c.medusa.warmup_steps, " heads-only steps leave none of training.steps = ",
+                                  c.training.steps, " for joint training — lower medusa.warmup_steps");
+  }
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);
   parse_logging(sections.at("logging"), c.logging);

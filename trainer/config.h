@@ -20,6 +20,15 @@
 //               tokens), anchors_per_sequence [0 = as many as fit]; on_policy [0.0] (in [0, 1]: the share of each
 //               training step's micro-batches whose second halves the current drafter samples, scored at
 //               the sampled tokens; standalone drafter, tp = pp = sp = 1; trainer/on_policy.h)
+//   medusa:     (task medusa only; trainer/medusa_task.h; needs model.init_from, the base) num_heads [3],
+//               num_layers [1] (ResBlocks per head), stage [1] (1: Medusa-1, the backbone frozen and run
+//               forward only | 2: Medusa-2, trained jointly), copy_lm_head [true] (W2 starts as the base's
+//               lm_head), heads_coefficient [0.2] and decay [0.8] (head k's loss weighs
+//               heads_coefficient * decay^k * s(step)), schedule [constant] (constant | linear | sine: the
+//               ramp s), schedule_steps [0 = training.steps]; stage 2 only: lr_multiplier [4.0] (the heads'
+//               lr over the backbone's), warmup_steps [0] (the first steps train the heads only),
+//               backbone_loss [lm] (lm: cross-entropy on the data | self_distill: forward KL to the frozen
+//               original model, model.init_from, on data it generated: `anvil data generate`)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -113,7 +122,7 @@ struct RunSection {
 
 // What the run trains (trainer/task.h): a registered task's name.
 struct TaskSection {
-  std::string name = "lm";  // lm | sft | distill (task_names() in trainer/task_names.h)
+  std::string name = "lm";  // lm | sft | distill | medusa (task_names() in trainer/task_names.h)
 };
 
 // task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
@@ -134,6 +143,23 @@ struct DistillSection {
   // [0, 1]: the share of each training step's micro-batches sampled from the current drafter
   // (on-policy distillation, DistillSpec; trainer/on_policy.h). Standalone drafter, tp = pp = sp = 1.
   double on_policy = 0.0;
+};
+
+// task medusa (trainer/medusa_task.h): K decoding heads on the model (model.init_from: the base).
+struct MedusaSection {
+  int64_t num_heads = 3;             // >= 1 (Medusa's released Vicuna recipe: 3; its model default 5)
+  int64_t num_layers = 1;            // >= 0 ResBlocks per head
+  int64_t stage = 1;                 // 1: Medusa-1, the backbone frozen | 2: Medusa-2, trained jointly
+  bool copy_lm_head = true;          // W2 of every head starts as the base's lm_head (else a fresh normal draw)
+  double heads_coefficient = 0.2;    // lambda_0: head k's loss weighs heads_coefficient * decay^k
+  double decay = 0.8;                // > 0
+  std::string schedule = "constant";  // constant | linear | sine: the ramp s(step) of the heads' weight
+  int64_t schedule_steps = 0;        // the ramp's length in steps; 0 = training.steps
+  // stage 2 only
+  double lr_multiplier = 4.0;        // the heads step at lr x lr_multiplier
+  int64_t warmup_steps = 0;          // the first steps train the heads only (the backbone frozen)
+  std::string backbone_loss = "lm";  // lm: cross-entropy on the data | self_distill: forward KL to the
+                                     // frozen original model (model.init_from) on the data (its own generations)
 };
 
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
@@ -214,6 +240,7 @@ struct RunConfig {
   RunSection run;
   TaskSection task;
   DistillSection distill;
+  MedusaSection medusa;
   ModelSection model;
   DataSection data;
   TokenizerSection tokenizer;

@@ -65,7 +65,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 
   section = "task";
-  string("name", c.task.name, "lm | sft | distill");
+  string("name", c.task.name, "lm | sft | distill | medusa");
 
   section = "distill";  // written for every task (at its defaults unless the task is distill)
   string("target", c.distill.target, "frozen target: anvil checkpoint or Hugging Face directory");
@@ -82,6 +82,19 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   f.push_back({section, "eagle_layers", K::List, "", eagle_layers, "eagle: three target layers; [] = {1, L/2, L-2}"});
   integer("ttt_steps", c.distill.ttt_steps, "eagle: training-time-test steps");
   real("on_policy", c.distill.on_policy, "share of micro-batches sampled from the drafter");
+
+  section = "medusa";  // written for every task (at its defaults unless the task is medusa)
+  integer("num_heads", c.medusa.num_heads);
+  integer("num_layers", c.medusa.num_layers, "ResBlocks per head");
+  integer("stage", c.medusa.stage, "1: backbone frozen | 2: joint");
+  boolean("copy_lm_head", c.medusa.copy_lm_head);
+  real("heads_coefficient", c.medusa.heads_coefficient, "head k weighs heads_coefficient * decay^k");
+  real("decay", c.medusa.decay);
+  string("schedule", c.medusa.schedule, "constant | linear | sine");
+  integer("schedule_steps", c.medusa.schedule_steps, "0 = training.steps");
+  real("lr_multiplier", c.medusa.lr_multiplier, "stage 2: the heads' lr over the backbone's");
+  integer("warmup_steps", c.medusa.warmup_steps, "stage 2: heads-only steps first");
+  string("backbone_loss", c.medusa.backbone_loss, "stage 2: lm | self_distill");
 
   section = "model";
   const ModelSection& m = c.model;

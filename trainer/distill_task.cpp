@@ -25,21 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The last stage's output of the target's trunk, kept per micro-batch (forward only).
-class HiddenCapture : public PipelineLoss {
- public:
-  explicit HiddenCapture(int micro_batches) : hidden_(micro_batches) {}
-  Value forward(int m, const Tensor& hidden, bool) override {
-    hidden_.at(m) = hidden;
-    return {};
-  }
-  Tensor backward(int) override { ANVIL_FAIL("the distillation target is frozen: its pipeline runs forward only"); }
-  std::vector<Tensor> take() { return std::move(hidden_); }
-
- private:
-  std::vector<Tensor> hidden_;
-};
-
 // What the target is, read before its weights: its architecture and its tokenizer (when known).
 struct TargetDescription {
   ModelConfig model;

@@ -6,12 +6,13 @@
 #include "trainer/checkpoint.h"
 #include "trainer/distill_task.h"
 #include "trainer/lm_task.h"
+#include "trainer/medusa_task.h"
 #include "trainer/task_names.h"
 
 namespace anvil {
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"lm", "sft", "distill"};
+  static const std::vector<std::string> names = {"lm", "sft", "distill", "medusa"};
   return names;
 }
 
@@ -19,6 +20,7 @@ std::unique_ptr<Task> make_task(const std::string& name) {
   if (name == "lm") return std::make_unique<LMTask>();
   if (name == "sft") return std::make_unique<SFTTask>();
   if (name == "distill") return std::make_unique<DistillTask>();
+  if (name == "medusa") return std::make_unique<MedusaTask>();
   std::string choices;
   for (const std::string& n : task_names()) choices += (choices.empty() ? "" : ", ") + n;
   ANVIL_FAIL("task.name: '", name, "' is not a task — choose one of ", choices);

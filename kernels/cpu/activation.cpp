@@ -1,4 +1,4 @@
-// GELU (tanh approximation) and SwiGLU on the CPU: elementwise tile loops, each
+// GELU (tanh approximation), SwiGLU and the residual SiLU on the CPU: elementwise tile loops, each
 // element read into locals before its output is written (so aliasing is safe).
 #include "kernels/activation.h"
 
@@ -97,6 +97,43 @@ void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Ten
       // d silu(g) / dg = s * (1 + g * (1 - s)).
       pdg[j] = d * u * s * (1.0f + g * (1.0f - s));
       pdu[j] = d * g * s;
+    }
+  });
+}
+
+void residual_silu_forward(const Tensor& x, const Tensor& pre, Tensor& y) {
+  ANVIL_DISPATCH_CUDA(x, residual_silu_forward, x, pre, y);
+  constexpr const char* op = "residual_silu_forward";
+  cpu::Rows vx = cpu::as_rows(op, "x", x), vp = cpu::as_rows(op, "pre", pre), vy = cpu::as_rows(op, "y", y);
+  cpu::require_same_shape(op, "pre", pre, "x", x);
+  cpu::require_same_shape(op, "y", y, "x", x);
+  cpu::merge_dense({&vx, &vp, &vy});
+  cpu::parallel_tiles(vx.rows, vx.cols, [&](int64_t r, int64_t j0, int64_t j1) {
+    const float* px = vx.row(r);
+    const float* pp = vp.row(r);
+    float* py = vy.row(r);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float g = pp[j], h = px[j];
+      py[j] = h + g * cpu::vsigmoid(g);
+    }
+  });
+}
+
+void silu_backward(const Tensor& dy, const Tensor& pre, Tensor& dpre) {
+  ANVIL_DISPATCH_CUDA(dy, silu_backward, dy, pre, dpre);
+  constexpr const char* op = "silu_backward";
+  cpu::Rows vdy = cpu::as_rows(op, "dy", dy), vp = cpu::as_rows(op, "pre", pre), vd = cpu::as_rows(op, "dpre", dpre);
+  cpu::require_same_shape(op, "dy", dy, "pre", pre);
+  cpu::require_same_shape(op, "dpre", dpre, "pre", pre);
+  cpu::merge_dense({&vdy, &vp, &vd});
+  cpu::parallel_tiles(vp.rows, vp.cols, [&](int64_t r, int64_t j0, int64_t j1) {
+    const float* pdy = vdy.row(r);
+    const float* pp = vp.row(r);
+    float* pd = vd.row(r);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float d = pdy[j], g = pp[j];
+      const float s = cpu::vsigmoid(g);
+      pd[j] = d * s * (1.0f + g * (1.0f - s));
     }
   });
 }

@@ -1,4 +1,4 @@
-// GELU (tanh approximation) and SwiGLU on CUDA (kernels/activation.h): elementwise maps,
+// GELU (tanh approximation), SwiGLU and the residual SiLU on CUDA (kernels/activation.h): elementwise maps,
 // the same formulas as the CPU backend (kernels/cpu/activation.cpp), f32 arithmetic.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -41,6 +41,21 @@ struct SwigluBackwardOp {  // x = {dy, gate, up}; y = {dgate, dup}
     const float s = sigmoid_f32(g);
     y[0] = d * u * s * (1.0f + g * (1.0f - s));  // d silu(g) / dg = s (1 + g (1 - s))
     y[1] = d * g * s;
+  }
+};
+
+struct ResidualSiluForwardOp {  // x = {x, pre}
+  __device__ void operator()(const float* x, float* y) const {
+    const float g = x[1];
+    y[0] = x[0] + g * sigmoid_f32(g);
+  }
+};
+
+struct SiluBackwardOp {  // x = {dy, pre}
+  __device__ void operator()(const float* x, float* y) const {
+    const float d = x[0], g = x[1];
+    const float s = sigmoid_f32(g);
+    y[0] = d * s * (1.0f + g * (1.0f - s));
   }
 };
 
@@ -88,6 +103,26 @@ void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Ten
               dgate.describe(), ") — at most one of them may alias dy");
   merge_dense({&vdy, &vg, &vu, &vdg, &vdu});
   launch_map(ctx, {vdy, vg, vu}, {vdg, vdu}, SwigluBackwardOp{});
+}
+
+void residual_silu_forward(const Tensor& x, const Tensor& pre, Tensor& y) {
+  constexpr const char* op = "residual_silu_forward";
+  OpContext ctx(op, "x", x);
+  Rows vx = ctx.rows("x", x), vp = ctx.rows("pre", pre, x.dtype()), vy = ctx.rows("y", y, x.dtype());
+  require_same_shape(op, "pre", pre, "x", x);
+  require_same_shape(op, "y", y, "x", x);
+  merge_dense({&vx, &vp, &vy});
+  launch_map(ctx, {vx, vp}, {vy}, ResidualSiluForwardOp{});
+}
+
+void silu_backward(const Tensor& dy, const Tensor& pre, Tensor& dpre) {
+  constexpr const char* op = "silu_backward";
+  OpContext ctx(op, "dy", dy);
+  Rows vdy = ctx.rows("dy", dy), vp = ctx.rows("pre", pre, dy.dtype()), vd = ctx.rows("dpre", dpre, dy.dtype());
+  require_same_shape(op, "dy", dy, "pre", pre);
+  require_same_shape(op, "dpre", dpre, "pre", pre);
+  merge_dense({&vdy, &vp, &vd});
+  launch_map(ctx, {vdy, vp}, {vd}, SiluBackwardOp{});
 }
 
 }  // namespace anvil::kernels::cuda

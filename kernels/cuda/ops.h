@@ -24,6 +24,8 @@ void gelu_forward(const Tensor& x, Tensor& y);
 void gelu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y);
 void swiglu_backward(const Tensor& dy, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
+void residual_silu_forward(const Tensor& x, const Tensor& pre, Tensor& y);
+void silu_backward(const Tensor& dy, const Tensor& pre, Tensor& dpre);
 
 // attention.h (cuDNN frontend SDPA where the shape allows, else the fallback kernel)
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t q_offset, Tensor& out,

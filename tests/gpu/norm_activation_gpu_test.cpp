@@ -174,6 +174,32 @@ TEST_P(ActivationGpu, SwigluForwardBackwardMatchCpu) {
   EXPECT_GPU_NEAR(dup2, dup, activation_tol(dt), "swiglu dup with dgate aliasing dy");
 }
 
+TEST_P(ActivationGpu, ResidualSiluForwardBackwardMatchCpu) {
+  const DType dt = GetParam();
+  for (const Shape& shape : {Shape{7, 333}, Shape{8, 512}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const Tensor x = reference_input(random_tensor(shape, 65, -2, 2), dt);
+    const Tensor pre = reference_input(random_tensor(shape, 66, -6, 6), dt);
+    const Tensor dy = reference_input(random_tensor(shape, 67), dt);
+    Tensor y = Tensor::empty(shape), dpre = Tensor::empty(shape);
+    kernels::residual_silu_forward(x, pre, y);
+    kernels::silu_backward(dy, pre, dpre);
+    const Tensor xg = gpu_operand(x, dt), pg = gpu_operand(pre, dt);
+    Tensor yg = Tensor::empty(shape, dt, gpu()), dg = Tensor::empty(shape, dt, gpu());
+    kernels::residual_silu_forward(xg, pg, yg);
+    kernels::silu_backward(gpu_operand(dy, dt), pg, dg);
+    EXPECT_GPU_NEAR(yg, y, activation_tol(dt), "residual silu y");
+    EXPECT_GPU_NEAR(dg, dpre, activation_tol(dt), "silu dpre");
+    // In place, as MedusaHeads uses them: y aliases pre, dpre aliases dy.
+    Tensor yi = gpu_operand(pre, dt);
+    kernels::residual_silu_forward(xg, yi, yi);
+    EXPECT_GPU_NEAR(yi, y, activation_tol(dt), "residual silu y in place");
+    Tensor di = gpu_operand(dy, dt);
+    kernels::silu_backward(di, pg, di);
+    EXPECT_GPU_NEAR(di, dpre, activation_tol(dt), "silu dpre in place");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, ActivationGpu, ::testing::Values(F32, BF16),
                          [](const ::testing::TestParamInfo<DType>& i) { return std::string(dtype_label(i.param)); });
 

@@ -184,3 +184,45 @@ TEST(Activation, VectorisableExpAndSigmoidAreAccurate) {
     EXPECT_NEAR(kernels::cpu::vsigmoid(x), sigmoid(x), 3e-7 * sigmoid(x) + 1e-45) << x;
   EXPECT_TRUE(std::isnan(kernels::cpu::vsigmoid(std::numeric_limits<float>::quiet_NaN())));
 }
+
+TEST(ResidualSilu, ForwardAndBackwardMatchTheFormula) {
+  uint32_t s = 40;
+  for (const Shape& shape : kShapes) {
+    Tensor x = random_tensor(shape, s++, -2.0f, 2.0f), pre = random_tensor(shape, s++, -8.0f, 8.0f);
+    Tensor dy = random_tensor(shape, s++);
+    const auto vx = values(x), vp = values(pre), vdy = values(dy);
+    std::vector<double> y(vx.size()), dp(vx.size());
+    for (size_t i = 0; i < vx.size(); ++i) {
+      const double sg = sigmoid(vp[i]);
+      y[i] = vx[i] + vp[i] * sg;
+      dp[i] = vdy[i] * (sg + vp[i] * sg * (1 - sg));
+    }
+    Tensor out = Tensor::full(shape, std::numeric_limits<float>::quiet_NaN());
+    kernels::residual_silu_forward(x, pre, out);
+    EXPECT_LT(rel_error(out, y), 1e-5) << shape_str(shape);
+    Tensor dpre = Tensor::full(shape, std::numeric_limits<float>::quiet_NaN());
+    kernels::silu_backward(dy, pre, dpre);
+    EXPECT_LT(rel_error(dpre, dp), 1e-5) << shape_str(shape);
+    // y aliasing x, y aliasing pre, dpre aliasing dy: same bits.
+    Tensor xi = x.clone(), pi = pre.clone(), di = dy.clone();
+    kernels::residual_silu_forward(xi, pre, xi);
+    kernels::residual_silu_forward(x, pi, pi);
+    kernels::silu_backward(di, pre, di);
+    EXPECT_TRUE(bitwise_equal(xi, out));
+    EXPECT_TRUE(bitwise_equal(pi, out));
+    EXPECT_TRUE(bitwise_equal(di, dpre));
+  }
+}
+
+TEST(ResidualSilu, BackwardMatchesFiniteDifferences) {
+  Tensor x = random_tensor({3, 11}, 50), pre = random_tensor({3, 11}, 51, -3.0f, 3.0f), r = random_tensor({3, 11}, 52);
+  Tensor y = Tensor::empty({3, 11});
+  auto loss = [&] {
+    kernels::residual_silu_forward(x, pre, y);
+    return dot(y, r);
+  };
+  const Tensor fd = finite_difference_grad(pre, loss);
+  Tensor dpre = Tensor::empty({3, 11});
+  kernels::silu_backward(r, pre, dpre);
+  EXPECT_LT(max_rel_diff(dpre, fd), 1e-2);
+}
