@@ -45,8 +45,8 @@ MedusaTree MedusaTree::from_paths(std::vector<std::vector<int>> paths, int num_h
     const std::vector<int>& p = paths[i];
     ANVIL_CHECK(!p.empty(), where, ": path ", i, " is empty — the root is implicit; every path names >= 1 rank");
     ANVIL_CHECK(static_cast<int64_t>(p.size()) <= num_heads, where, ": path ", i, " ", path_text(p),
-                " uses head ", p.size(), " but the model has ", num_heads, " Medusa heads — drop the paths deeper than ",
-                num_heads, " or train more heads");
+                " uses head ", p.size(), " but the model has ", num_heads,
+                " Medusa heads — drop the paths deeper than ", num_heads, " or train more heads");
     for (int c : p)
       ANVIL_CHECK(c >= 0 && c < topk, where, ": path ", i, " ", path_text(p), " has rank ", c, ", outside [0, ", topk,
                   ") — ranks count from 0 (0 = the head's most likely token)");
