@@ -28,20 +28,27 @@
 // are the chain decoder's indices.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace anvil {
 
-// A complete draft tree in breadth-first order: node 0 is the root (the last committed token,
-// no draft), nodes 1..n the drafts; a node's children are consecutive and in order.
+// A draft tree in breadth-first order: node 0 is the root (the last committed token, no draft),
+// nodes 1..n the drafts; a node's children are consecutive and in order. Complete trees (width ×
+// depth, the drafter's) and irregular ones (Medusa's candidate trees, eval/medusa_tree.h) alike.
 struct DraftTree {
-  int width = 0, depth = 0;
+  int width = 0;                        // children of every inner node of a complete tree; 0 when irregular
+  int depth = 0;                        // the deepest level
   std::vector<int32_t> parent;          // [n + 1]: parent[0] = -1, parent[c] < c
   std::vector<int32_t> level;           // [n + 1]: depth of the node, 0 for the root
   std::vector<int32_t> first_child;     // [n + 1]: index of the first child, or -1 for a leaf
+  std::vector<int32_t> children;        // [n + 1]: how many children (first_child .. + children - 1)
 
   // width >= 1, depth >= 1, at most kMaxNodes drafts; a clear error otherwise.
   static DraftTree complete(int width, int depth);
+  // Any tree from its parents in breadth-first order (parent[0] = -1, then non-decreasing parents,
+  // each < its child), 1..kMaxNodes drafts; errors name `where`. width = 0 unless it is complete.
+  static DraftTree from_parents(std::vector<int32_t> parent, const std::string& where);
   static constexpr int64_t kMaxNodes = 4096;
   int64_t nodes() const { return static_cast<int64_t>(parent.size()) - 1; }  // drafts, root excluded
   int64_t size() const { return static_cast<int64_t>(parent.size()); }       // with the root
@@ -58,7 +65,9 @@ struct TreeRow {
   const DraftTree* tree = nullptr;
   int64_t vocab = 0;
   const int32_t* tokens = nullptr;  // [size]: tokens[c] the draft at node c (tokens[0] unused)
-  const double* q = nullptr;        // [size, vocab]: q at node i, that i's children were drawn from (leaves' unused)
+  // [size, vocab]: q at node i, that i's children were drawn from (leaves' unused); nullptr when
+  // every child is a deterministic candidate (Medusa's top-k), i.e. q = the point mass on it.
+  const double* q = nullptr;
   const double* p = nullptr;        // [size, vocab]: the target's distribution after node i's path
 };
 
@@ -69,6 +78,16 @@ struct TreeVerdict {
 
 // The recursive rejection sampler above; `uniforms` holds size() values in [0, 1) (unread when
 // greedy). Throws when a draft token has q = 0 at its parent.
+//
+// Deterministic candidates (row.q == nullptr; Medusa's trees, whose children are the heads' top-k
+// tokens, fixed before the target scores anything): each child x is the point-mass proposal
+// q = δ_x, so its test is "accept iff u < r(x)" and a rejection leaves r' = norm(max(0, r − δ_x)) =
+// r with x zeroed, renormalised. Lossless by the argument above: one chain step with target r and a
+// point-mass draft commits x with probability r(x) and otherwise a token from r', i.e. y ≠ x with
+// probability (1 − r(x)) · r(y) / (1 − r(x)) = r(y) — the node's committed token follows p. The
+// candidates do not depend on the uniforms, so the accepted child's subtree continues the same
+// argument with p at that child. A repeated sibling has r(x) = 0 after its first rejection and is
+// rejected surely (exact, only wasted).
 TreeVerdict verify_tree(const TreeRow& row, const double* uniforms, bool greedy);
 
 }  // namespace anvil

@@ -124,9 +124,9 @@ TreeBlock LMTreeDrafter::propose(uint32_t round, const std::vector<bool>& active
         const float* z = logits.data<float>() + (b * n + i) * V;
         const std::vector<double> q = sampling_distribution(z, V, sampling);
         std::copy(q.begin(), q.end(), block.q.begin() + (b * S + i) * V);
-        const int32_t first = tree_.first_child[i];
-        const std::vector<int32_t> best = greedy ? best_tokens(z, V, tree_.width) : std::vector<int32_t>();
-        for (int32_t c = first; c < first + tree_.width; ++c)
+        const int32_t first = tree_.first_child[i], count = tree_.children[i];
+        const std::vector<int32_t> best = greedy && count > 0 ? best_tokens(z, V, count) : std::vector<int32_t>();
+        for (int32_t c = first; c < first + count; ++c)
           block.tokens[b * S + c] = greedy ? best[c - first]
                                            : draw_draft_token(q, sampling, rows_.setup.sequences[b], round, c - 1);
       }

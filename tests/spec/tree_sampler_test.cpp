@@ -105,7 +105,7 @@ TreeVerdict verify_without_sibling_residual(const TreeRow& row, const double* u,
   while (!t.leaf(node)) {
     const double *p = row.p + node * V, *q = row.q + node * V;
     int32_t kept = -1;
-    for (int32_t c = t.first_child[node]; c < t.first_child[node] + t.width && kept < 0; ++c)
+    for (int32_t c = t.first_child[node]; c < t.first_child[node] + t.children[node] && kept < 0; ++c)
       if (u[c - 1] * q[row.tokens[c]] < p[row.tokens[c]]) kept = c;
     if (kept < 0) {
       std::vector<double> r;
