@@ -73,18 +73,22 @@ void check_medusa_base(const std::string& dir, const CheckpointMeta& meta, const
              ": restore it, or point at a copy of the same base with --set model.init_from=PATH");
 }
 
-// A stage-1 checkpoint's heads were trained on the base its run config recorded (meta's model
-// config); model.init_from now names the base they are loaded on: the same architecture, or a
-// clear error rather than a shape mismatch deep in the loader.
-void check_same_base(const std::string& dir, const CheckpointMeta& meta, const RunConfig& config) {
-  const nlohmann::json then = nlohmann::json::parse(meta.model_config_json), now = config.model.to_json();
+// A stage-1 checkpoint's heads were trained on the architecture its run config records; the
+// base model.init_from names now must have it, or a clear error rather than a shape mismatch
+// deep in the loader.
+void check_same_base(const std::string& dir, const RunConfig& config) {
+  const std::string& base = config.model.init_from;
+  std::error_code ec;
+  const nlohmann::json now = fs::is_regular_file(fs::path(base) / kCheckpointFile, ec)
+                                 ? nlohmann::json::parse(read_checkpoint_meta(base).model_config_json)
+                                 : read_hf_config(base).to_json();
+  const nlohmann::json then = config.model.to_json();
   for (const char* key : {"model_type", "hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
                           "num_key_value_heads", "intermediate_size"}) {
     if (!then.contains(key) || !now.contains(key) || then[key] == now[key]) continue;
     ANVIL_FAIL("the Medusa heads in ", dir, " were trained on a base with ", key, " = ", then[key].dump(),
-               ", but model.init_from ", config.model.init_from, " has ", key, " = ", now[key].dump(),
-               " — another model: point model.init_from (--set model.init_from=PATH) at the base the heads were "
-               "trained on");
+               ", but model.init_from ", base, " has ", key, " = ", now[key].dump(), " — another model: point "
+               "model.init_from (--set model.init_from=PATH) at the base the heads were trained on");
   }
 }
 }  // namespace
@@ -129,7 +133,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     const bool medusa = out.config.task.name == "medusa";
     const bool heads_only = medusa && out.config.medusa.stage == 1;
     if (heads_only) {  // Medusa-1: the base from model.init_from, before the heads join its params
-      check_same_base(out.source, meta, out.config);
+      check_same_base(out.source, out.config);
       load_init_weights(*out.model, out.config.model.init_from);
     }
     if (medusa && out.model->is_last_stage()) {  // the heads live where the LM head does
