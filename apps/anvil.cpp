@@ -1,5 +1,6 @@
 // anvil: the one command-line tool. Subcommands: train, data prepare, data generate, tokenizer
-// train, generate (--draft: speculative), eval (eval spec: apps/spec_commands.cpp), convert.
+// train, generate (--draft: speculative; --medusa: Medusa heads), eval (eval spec:
+// apps/spec_commands.cpp; eval medusa: apps/medusa_commands.cpp), convert.
 // Every failure prints one line a user can act on and exits non-zero; nothing here aborts on
 // bad input.
 #include <CLI/CLI.hpp>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "apps/medusa_commands.h"
 #include "apps/spec_commands.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
@@ -79,6 +81,7 @@ struct GenerateArgs {
   std::string draft;  // a drafter: speculative decoding with `gamma` draft tokens per target forward
   int gamma = 4;
   int tree_width = 1;  // > 1: a tree of this width, gamma deep, verified in one target forward
+  MedusaFlags medusa;  // medusa.run: decode with a Medusa run's heads (its base replaces --checkpoint)
   int max_tokens = 64;
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
@@ -281,9 +284,13 @@ int run_tokenizer_train(const TokenizerArgs& a) {
 }
 
 int run_generate(const GenerateArgs& a) {
+  const bool medusa = !a.medusa.run.empty();
+  ANVIL_CHECK(medusa != !a.checkpoint.empty(), medusa ? "generate: pass --medusa RUN alone, without --checkpoint (the "
+              "Medusa run names its base)" : "generate: --checkpoint is required (or --medusa RUN)");
+  ANVIL_CHECK(!medusa || a.draft.empty(), "generate: --medusa and --draft are two ways to speculate — pass one");
   LoadModelOptions options;
   options.overrides = a.overrides;
-  const LoadedModel loaded = load_model(a.checkpoint, options);
+  const LoadedModel loaded = medusa ? load_medusa_run(a.medusa, a.overrides) : load_model(a.checkpoint, options);
   const RunConfig& cfg = loaded.config;
   if (cfg.run.threads > 0) omp_set_num_threads(static_cast<int>(cfg.run.threads));
   ANVIL_CHECK(!cfg.tokenizer.path.empty(), a.checkpoint, " has no tokenizer.json — generation needs one to encode "
@@ -297,12 +304,20 @@ int run_generate(const GenerateArgs& a) {
   s.top_p = a.top_p;
   s.seed = static_cast<uint64_t>(a.seed) + static_cast<uint64_t>(loaded.step);
   const int32_t eos = end_of_document_id(store.get(), tokenizer);
+  SpeculativeStats stats;
+  if (medusa) {
+    const MedusaTree tree = medusa_tree_of(a.medusa, *loaded.medusa);
+    std::printf("%s\n", medusa_complete_text(*loaded.model, *loaded.medusa, tree, tokenizer, a.prompt, a.max_tokens, s,
+                                             medusa_acceptance_of(a.medusa, s.temperature), eos, &stats).c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s\n", stats.summary().c_str());
+    return 0;
+  }
   if (a.draft.empty()) {
     std::printf("%s\n", complete_text(*loaded.model, tokenizer, a.prompt, a.max_tokens, s, eos).c_str());
     return 0;
   }
   LoadedDrafter drafter = load_drafter(a.draft, loaded);
-  SpeculativeStats stats;
   ANVIL_CHECK(a.tree_width >= 1, "generate: --tree-width ", a.tree_width, " must be >= 1 (1: a chain of --gamma drafts)");
   if (a.tree_width > 1)
     std::printf("%s\n", tree_complete_text(*loaded.model, drafter.tree_factory(), tokenizer, a.prompt, a.max_tokens, s,
@@ -482,7 +497,8 @@ int main(int argc, char** argv) {
 
   GenerateArgs gen;
   auto* gen_cmd = app.add_subcommand("generate", "Generate text from a checkpoint (KV-cache decoding)");
-  gen_cmd->add_option("--checkpoint", gen.checkpoint, "Checkpoint or run directory")->required();
+  // Required unless --medusa gives the run (checked in run_generate).
+  gen_cmd->add_option("--checkpoint", gen.checkpoint, "Checkpoint or run directory");
   gen_cmd->add_option("--prompt", gen.prompt, "Prompt text")->capture_default_str();
   gen_cmd->add_option("--max-tokens", gen.max_tokens, "Tokens to generate")->capture_default_str()->check(
       CLI::PositiveNumber);
@@ -499,10 +515,24 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen_cmd->add_option("--tree-width", gen.tree_width, "With --draft: candidates per node of a draft tree --gamma "
                       "deep, verified in one target forward (1 = a chain)")->capture_default_str();
-
+  // The Medusa flags of generate and eval medusa.
+  const auto medusa_flags = [](CLI::App* cmd, MedusaFlags& f, const char* run_help) {
+    cmd->add_option("--medusa", f.run, run_help);
+    cmd->add_option("--tree", f.tree, "Medusa candidate tree: a published tree's name (mc_sim_7b_63, ...), a path "
+                    "list like '[(0,), (1,), (0, 0)]', or a file holding one (default: mc_sim_7b_63's first 16 paths "
+                    "within the heads, small for CPUs)");
+    cmd->add_option("--medusa-mode", f.mode, "Acceptance at T > 0: lossless (the base's distribution exactly) | typical "
+                    "(Medusa's, faster, not distribution-preserving) | greedy (T = 0 only); T = 0 is greedy")
+        ->capture_default_str();
+    cmd->add_option("--posterior-threshold", f.epsilon, "Typical acceptance's epsilon: accept x iff p(x) > "
+                    "min(epsilon, alpha * exp(-H(p)))")->capture_default_str();
+    cmd->add_option("--posterior-alpha", f.delta, "Typical acceptance's delta (alpha)")->capture_default_str();
+  };
+  medusa_flags(gen_cmd, gen.medusa, "A Medusa run (task.name: medusa): decode its base with its heads proposing a "
+               "tree of candidates, verified in one base forward (replaces --checkpoint; stats on stderr)");
   EvalArgs ev;
   auto* eval_cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint (eval spec: "
-                                      "speculative decoding)");
+                                      "speculative decoding; eval medusa: Medusa decoding)");
   // Required unless `eval spec` runs (checked below): CLI11 would demand it of the subcommand too.
   eval_cmd->add_option("--checkpoint", ev.checkpoint, "Checkpoint or run directory");
   eval_cmd->add_option("--batches", ev.batches, "Validation batches")->capture_default_str()->check(
@@ -535,6 +565,34 @@ int main(int argc, char** argv) {
   spec_cmd->add_option("--seed", spec.seed, "Sampling seed")->capture_default_str();
   spec_cmd->add_option("--json", spec.json, "Write the report as JSON here");
   spec_cmd->add_option("--set", spec.overrides, "Override a field of the target's stored config");
+
+  EvalMedusaArgs med;
+  auto* med_cmd = eval_cmd->add_subcommand("medusa", "Medusa vs plain KV-cached decoding of a Medusa run's base: tau, "
+                                           "acceptance per head, tokens/s, speedup (--build-tree N: a calibrated tree)");
+  medusa_flags(med_cmd, med.medusa, "The Medusa run (task.name: medusa)");
+  med_cmd->get_option("--medusa")->required();
+  med_cmd->add_option("--prompts", med.prompts_file, "Prompts, one per line")->check(CLI::ExistingFile);
+  med_cmd->add_option("--data", med.data, "Token store whose held-out documents give the prompts (default: the run's "
+                      "data.train)");
+  med_cmd->add_option("--num-prompts", med.num_prompts, "Prompts taken from --data")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  med_cmd->add_option("--prompt-tokens", med.prompt_tokens, "Tokens per prompt from --data")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  med_cmd->add_option("--temperatures", med.temperatures, "Sampling temperatures (0 = greedy)")->delimiter(',')
+      ->capture_default_str();
+  med_cmd->add_option("--max-tokens", med.max_tokens, "New tokens per prompt (with --build-tree: the base's greedy "
+                      "tokens per prompt the heads are scored on)")->capture_default_str()->check(CLI::PositiveNumber);
+  med_cmd->add_option("--batch-size", med.batch_size, "Prompts decoded together")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  med_cmd->add_option("--top-k", med.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  med_cmd->add_option("--top-p", med.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  med_cmd->add_option("--seed", med.seed, "Sampling seed")->capture_default_str();
+  med_cmd->add_option("--json", med.json, "Write the report as JSON here");
+  med_cmd->add_option("--build-tree", med.build_tree, "Instead of the report: measure each head's top-10 accuracy "
+                      "on the prompts and build the tree of N nodes with the largest expected tau");
+  med_cmd->add_option("--output", med.output, "With --build-tree: write the tree (medusa_choices) here, for --tree");
+  med_cmd->add_option("--set", med.overrides, "Override a field of the run's stored config (e.g. "
+                      "model.init_from=BASE when the base moved)");
 
   ConvertArgs conv;
   auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
@@ -576,9 +634,10 @@ int main(int argc, char** argv) {
     if (*tok_train) return run_tokenizer_train(tok);
     if (*gen_cmd) return run_generate(gen);
     if (*spec_cmd) return run_eval_spec(spec);
+    if (*med_cmd) return run_eval_medusa(med);
     if (*eval_cmd) {
       ANVIL_CHECK(!ev.checkpoint.empty(), "eval: --checkpoint is required (anvil eval --checkpoint RUN_DIR), or "
-                  "use anvil eval spec");
+                  "use anvil eval spec or anvil eval medusa");
       return run_eval(ev);
     }
     if (*conv_cmd) return run_convert(conv);

@@ -15,44 +15,40 @@
 
 namespace anvil {
 
-namespace {
-
-// The tokenizer a loaded model names, or null when it names none that exists.
 std::unique_ptr<Tokenizer> tokenizer_of(const LoadedModel& m) {
   const std::string& path = m.config.tokenizer.path;
   if (path.empty() || !std::filesystem::is_regular_file(path)) return nullptr;
   return std::make_unique<Tokenizer>(Tokenizer::load(path));
 }
 
-std::vector<std::vector<int32_t>> prompts_from_file(const std::string& path, const Tokenizer& tokenizer) {
+std::vector<std::vector<int32_t>> prompts_from_file(const std::string& path, const Tokenizer& tokenizer,
+                                                    const std::string& command) {
   std::ifstream in(path);
-  ANVIL_CHECK(in.good(), "eval spec: cannot read --prompts ", path, " — check the path");
+  ANVIL_CHECK(in.good(), command, ": cannot read --prompts ", path, " — check the path");
   std::vector<std::vector<int32_t>> prompts;
   std::string line;
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     prompts.push_back(tokenizer.encode(line));
-    ANVIL_CHECK(!prompts.back().empty(), "eval spec: ", path, " line '", line, "' encodes to no tokens");
+    ANVIL_CHECK(!prompts.back().empty(), command, ": ", path, " line '", line, "' encodes to no tokens");
   }
-  ANVIL_CHECK(!prompts.empty(), "eval spec: ", path, " has no prompt — write one prompt per line");
+  ANVIL_CHECK(!prompts.empty(), command, ": ", path, " has no prompt — write one prompt per line");
   return prompts;
 }
 
-// The first `length` tokens of up to `count` held-out documents of `path` (the target's validation
-// split when its config has one, else every document: a store of held-out text).
-std::vector<std::vector<int32_t>> prompts_from_store(const std::string& path, const LoadedModel& target,
+std::vector<std::vector<int32_t>> prompts_from_store(const std::string& path, const LoadedModel& model,
                                                      const Tokenizer* tokenizer, int64_t count, int64_t length,
-                                                     std::string& source) {
+                                                     std::string& source, const std::string& command) {
   const TokenStore store = TokenStore::open(path);
   if (tokenizer) store.check_tokenizer(tokenizer->hash_hex());
-  const double fraction = target.config.data.valid_fraction;
+  const double fraction = model.config.data.valid_fraction;
   std::vector<int64_t> docs;
   if (fraction > 0) {
-    docs = split_documents(store.num_documents(), fraction, static_cast<uint64_t>(target.config.run.seed), Split::Valid);
-    source = path + " (the target's validation documents)";
+    docs = split_documents(store.num_documents(), fraction, static_cast<uint64_t>(model.config.run.seed), Split::Valid);
+    source = path + " (the model's validation documents)";
   } else {
     for (int64_t d = 0; d < store.num_documents(); ++d) docs.push_back(d);
-    source = path + " (every document: the target names no validation split)";
+    source = path + " (every document: the model names no validation split)";
   }
   std::vector<std::vector<int32_t>> prompts;
   for (int64_t d : docs) {
@@ -62,12 +58,10 @@ std::vector<std::vector<int32_t>> prompts_from_store(const std::string& path, co
     doc.resize(static_cast<size_t>(length));
     prompts.push_back(std::move(doc));
   }
-  ANVIL_CHECK(!prompts.empty(), "eval spec: ", source, " has no document longer than --prompt-tokens ", length,
+  ANVIL_CHECK(!prompts.empty(), command, ": ", source, " has no document longer than --prompt-tokens ", length,
               " — lower --prompt-tokens or pass --prompts FILE");
   return prompts;
 }
-
-}  // namespace
 
 DrafterFactory LoadedDrafter::factory() {
   if (eagle) {
@@ -131,13 +125,13 @@ int run_eval_spec(const EvalSpecArgs& a) {
   std::vector<std::vector<int32_t>> prompts;
   if (!a.prompts_file.empty()) {
     ANVIL_CHECK(tokenizer != nullptr, "eval spec: ", a.target, " has no tokenizer.json to encode --prompts with");
-    prompts = prompts_from_file(a.prompts_file, *tokenizer);
+    prompts = prompts_from_file(a.prompts_file, *tokenizer, "eval spec");
     source = a.prompts_file;
   } else {
     const std::string store = a.data.empty() ? target.config.data.train : a.data;
     ANVIL_CHECK(!store.empty() && store != "none", "eval spec: no prompts — pass --prompts FILE (one per line) or "
                 "--data STORE (held-out documents)");
-    prompts = prompts_from_store(store, target, tokenizer.get(), a.num_prompts, a.prompt_tokens, source);
+    prompts = prompts_from_store(store, target, tokenizer.get(), a.num_prompts, a.prompt_tokens, source, "eval spec");
   }
   SpecEvalOptions o;
   o.gammas = a.gammas;

@@ -44,4 +44,17 @@ LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target);
 
 int run_eval_spec(const EvalSpecArgs& args);
 
+// What `eval spec` and `eval medusa` read prompts with (`command` names the caller in errors).
+// The tokenizer a loaded model names, or null when it names none that exists.
+std::unique_ptr<Tokenizer> tokenizer_of(const LoadedModel& m);
+// One prompt per non-blank line of `path`, encoded.
+std::vector<std::vector<int32_t>> prompts_from_file(const std::string& path, const Tokenizer& tokenizer,
+                                                    const std::string& command);
+// The first `length` tokens of up to `count` held-out documents of `path` (the model's validation
+// split when its config has one, else every document: a store of held-out text); `source`
+// receives a description of where they came from.
+std::vector<std::vector<int32_t>> prompts_from_store(const std::string& path, const LoadedModel& model,
+                                                     const Tokenizer* tokenizer, int64_t count, int64_t length,
+                                                     std::string& source, const std::string& command);
+
 }  // namespace anvil

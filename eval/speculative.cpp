@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <sstream>
 
 #include "core/rng.h"
@@ -141,6 +142,41 @@ void verification_inputs(const float* logits, int64_t b, int64_t positions, int6
       uniforms[i] = speculative_uniform(cfg.seed, kVerifyStream + sequence, round, static_cast<uint32_t>(i));
 }
 
+int64_t commit_tokens(const std::vector<int32_t>& tokens, int max_new_tokens, std::optional<int32_t> stop_token,
+                      std::vector<int32_t>& seq, std::vector<int32_t>& out) {
+  int64_t appended = 0;
+  for (const int32_t tok : tokens) {
+    seq.push_back(tok);
+    out.push_back(tok);
+    ++appended;
+    if ((stop_token && tok == *stop_token) || static_cast<int>(out.size()) == max_new_tokens) break;
+  }
+  return appended;
+}
+
+bool still_active(std::vector<bool>& active, const std::vector<std::vector<int32_t>>& out,
+                  const std::vector<size_t>& which, int max_new_tokens, std::optional<int32_t> stop_token) {
+  bool any = false;
+  for (size_t b = 0; b < active.size(); ++b) {
+    const std::vector<int32_t>& mine = out[which[b]];
+    if (active[b])
+      active[b] = static_cast<int>(mine.size()) < max_new_tokens && !(stop_token && mine.back() == *stop_token);
+    any = any || active[b];
+  }
+  return any;
+}
+
+std::vector<int32_t> best_tokens(const float* z, int64_t vocab, int count) {
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  const int64_t k = std::min<int64_t>(count, vocab);
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                    [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+  ids.resize(static_cast<size_t>(k));
+  ids.resize(static_cast<size_t>(count), ids.front());
+  return ids;
+}
+
 double SpeculativeStats::target_forwards_per_token() const {
   return tokens ? static_cast<double>(target_row_forwards) / tokens : 0.0;
 }
@@ -156,27 +192,36 @@ std::string SpeculativeStats::summary() const {
   std::ostringstream s;
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.3f", tau());
-  if (tree_width > 1)
+  const bool medusa = tree_width == 0;  // the heads draft: no drafter forwards
+  if (medusa)
+    s << "medusa: tree of " << tree_nodes << " nodes, depth " << gamma;
+  else if (tree_width > 1)
     s << "speculative: tree width " << tree_width << " depth " << gamma;
   else
     s << "speculative: gamma " << gamma;
-  s << ", tau " << buf << " tokens per target forward (bonus token included)";
-  s << (tree_width > 1 ? ", acceptance by level" : ", acceptance by position");
+  s << ", tau " << buf << (medusa ? " tokens per base forward (the next token included)"
+                                  : " tokens per target forward (bonus token included)");
+  s << (medusa ? ", acceptance per head" : tree_width > 1 ? ", acceptance by level" : ", acceptance by position");
   for (int i = 0; i < gamma; ++i) {
     std::snprintf(buf, sizeof buf, "%s%.3f", i ? "/" : " ", acceptance_at(i));
     s << buf;
   }
   std::snprintf(buf, sizeof buf, "%.3f", target_forwards_per_token());
-  s << ", target forwards/token " << buf << ", drafter forwards " << drafter_calls;
-  std::snprintf(buf, sizeof buf, "%.3f", drafter_overhead());
-  s << ", c " << buf;
+  if (medusa) {
+    s << ", base forwards/token " << buf;
+  } else {
+    s << ", target forwards/token " << buf << ", drafter forwards " << drafter_calls;
+    std::snprintf(buf, sizeof buf, "%.3f", drafter_overhead());
+    s << ", c " << buf;
+  }
   std::snprintf(buf, sizeof buf, "%.1f", tokens_per_second());
   s << ", " << tokens << " tokens at " << buf << " tokens/s";
   return s.str();
 }
 
 void SpeculativeStats::add(const SpeculativeStats& o) {
-  ANVIL_CHECK(o.gamma == gamma && o.tree_width == tree_width && o.reached.size() == reached.size(),
+  ANVIL_CHECK(o.gamma == gamma && o.tree_width == tree_width && o.tree_nodes == tree_nodes &&
+                  o.reached.size() == reached.size(),
               "SpeculativeStats: cannot add gamma ", o.gamma, " (width ", o.tree_width, ") to gamma ", gamma, " (width ",
               tree_width, ")");
   sequences += o.sequences, tokens += o.tokens, committed += o.committed;
@@ -272,26 +317,14 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
       // Commit x_1..x_n, then next; the cache keeps the old committed tokens and x_1..x_n.
       const int64_t length = static_cast<int64_t>(seq[b].size());
       kv.truncate(b, length + verdict.accepted);
-      std::vector<int32_t>& mine = out[which[b]];
-      for (int i = 0; i <= verdict.accepted; ++i) {
-        const int32_t tok = i < verdict.accepted ? chain.draft[i] : verdict.next;
-        seq[b].push_back(tok);
-        mine.push_back(tok);
-        ++stats.tokens;
-        if ((stop_token && tok == *stop_token) || static_cast<int>(mine.size()) == max_new_tokens) break;
-      }
+      std::vector<int32_t> tokens(chain.draft, chain.draft + verdict.accepted);
+      tokens.push_back(verdict.next);
+      stats.tokens += commit_tokens(tokens, max_new_tokens, stop_token, seq[b], out[which[b]]);
     }
     stats.verify_seconds += seconds_since(t0);
     // The drafter hears this round's verdict for every row that was active in it.
     drafter.commit(active, accepted, next);
-    bool any = false;
-    for (int64_t b = 0; b < B; ++b) {
-      const std::vector<int32_t>& mine = out[which[b]];
-      if (active[b])
-        active[b] = static_cast<int>(mine.size()) < max_new_tokens && !(stop_token && mine.back() == *stop_token);
-      any = any || active[b];
-    }
-    if (!any) break;
+    if (!still_active(active, out, which, max_new_tokens, stop_token)) break;
   }
 }
 

@@ -65,6 +65,20 @@ void verification_inputs(const float* logits, int64_t b, int64_t positions, int6
                          uint32_t sequence, uint32_t round, bool greedy, std::vector<double>& p,
                          std::vector<double>& uniforms);
 
+// The decoders' tail (chain, tree, Medusa), per row and round: appends a verdict's tokens (the
+// accepted drafts, then the next token) to the row's sequence `seq` and its new tokens `out`,
+// stopping after the stop token or at max_new_tokens new tokens; returns how many it appended.
+int64_t commit_tokens(const std::vector<int32_t>& tokens, int max_new_tokens, std::optional<int32_t> stop_token,
+                      std::vector<int32_t>& seq, std::vector<int32_t>& out);
+// ... and after the round: row b (new tokens out[which[b]]) stays active while it has fewer than
+// max_new_tokens new tokens and did not end at the stop token. Returns whether any row is active.
+bool still_active(std::vector<bool>& active, const std::vector<std::vector<int32_t>>& out,
+                  const std::vector<size_t>& which, int max_new_tokens, std::optional<int32_t> stop_token);
+
+// The `count` best tokens of logits z, best first, ties to the lower id (the first is the argmax
+// generate() takes); the argmax again where the vocabulary is smaller than count.
+std::vector<int32_t> best_tokens(const float* z, int64_t vocab, int count);
+
 // One row of one round, for verify_chain.
 struct ChainRow {
   int gamma = 0;
@@ -86,7 +100,9 @@ ChainVerdict verify_chain(const ChainRow& row, const double* uniforms, bool gree
 // What one speculative_generate call measured, summed over its batches.
 struct SpeculativeStats {
   int gamma = 0;                   // draft tokens per round; a tree's depth (acceptance by level)
-  int tree_width = 1;              // 1: a chain; else the width of a tree (eval/tree_speculative.h)
+  int tree_width = 1;              // 1: a chain; else the width of a tree (eval/tree_speculative.h);
+                                   // 0: an irregular tree (Medusa's, eval/medusa_decode.h)
+  int64_t tree_nodes = 0;          // an irregular tree's candidates (root excluded)
   int64_t sequences = 0;           // prompts decoded
   int64_t tokens = 0;              // new tokens returned (cut at max_new_tokens and the stop token)
   int64_t committed = 0;           // tokens the verifier committed (accepted + one per verification)

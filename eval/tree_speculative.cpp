@@ -6,7 +6,6 @@
 #include <chrono>
 #include <limits>
 #include <map>
-#include <numeric>
 
 namespace anvil {
 
@@ -15,19 +14,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// The `count` best tokens of logits z, best first, ties to the lower id (the first is the argmax
-// generate() takes); the argmax again where the vocabulary is smaller than count.
-std::vector<int32_t> best_tokens(const float* z, int64_t vocab, int count) {
-  std::vector<int32_t> ids(static_cast<size_t>(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
-  const int64_t k = std::min<int64_t>(count, vocab);
-  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
-                    [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
-  ids.resize(static_cast<size_t>(k));
-  ids.resize(static_cast<size_t>(count), ids.front());
-  return ids;
-}
 
 // The ancestor mask of the first n nodes of a tree (breadth first: they form a subtree).
 std::vector<uint8_t> leading_mask(const DraftTree& tree, int64_t n) {
@@ -243,27 +229,16 @@ void tree_batch(TransformerLM& target, TreeDrafter& drafter, const DraftTree& tr
       std::vector<int64_t> slots = {start[b]};
       for (int32_t c : verdict.path) slots.push_back(start[b] + c);
       kv.keep(b, start[b], slots);
-      std::vector<int32_t>& mine = out[which[b]];
-      for (int i = 0; i <= accepted; ++i) {
-        const int32_t tok = i < accepted ? row.tokens[verdict.path[i]] : verdict.next;
-        seq[b].push_back(tok);
-        mine.push_back(tok);
-        ++stats.tokens;
-        if ((stop_token && tok == *stop_token) || static_cast<int>(mine.size()) == max_new_tokens) break;
-      }
+      std::vector<int32_t> tokens;
+      for (int32_t c : verdict.path) tokens.push_back(row.tokens[c]);
+      tokens.push_back(verdict.next);
+      stats.tokens += commit_tokens(tokens, max_new_tokens, stop_token, seq[b], out[which[b]]);
       paths[b] = std::move(verdict.path);
       next[b] = verdict.next;
     }
     stats.verify_seconds += seconds_since(t0);
     drafter.commit(active, paths, next);
-    bool any = false;
-    for (int64_t b = 0; b < B; ++b) {
-      const std::vector<int32_t>& mine = out[which[b]];
-      if (active[b])
-        active[b] = static_cast<int>(mine.size()) < max_new_tokens && !(stop_token && mine.back() == *stop_token);
-      any = any || active[b];
-    }
-    if (!any) break;
+    if (!still_active(active, out, which, max_new_tokens, stop_token)) break;
   }
 }
 

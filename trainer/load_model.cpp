@@ -1,7 +1,10 @@
 #include "trainer/load_model.h"
 
+#include <yaml-cpp/yaml.h>
+
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "models/hf_convert.h"
 #include "core/cuda_device.h"
@@ -46,7 +49,60 @@ std::unique_ptr<TransformerLM> build_frozen(const ModelConfig& config, const Mod
   FrozenParamScope frozen;
   return std::make_unique<TransformerLM>(config, layout);
 }
+
+// A medusa checkpoint whose base (model.init_from) has gone: parse_run_config would stop at the
+// missing path with a training-time message; say what the path is needed for and the fix.
+void check_medusa_base(const std::string& dir, const CheckpointMeta& meta, const std::vector<std::string>& overrides) {
+  for (const std::string& o : overrides)
+    if (o.rfind("model.init_from=", 0) == 0) return;  // the user points at the base elsewhere
+  YAML::Node run;
+  try {
+    run = YAML::Load(meta.run_config_yaml);
+  } catch (const YAML::Exception&) {
+    return;  // parse_run_config reports it
+  }
+  if (!run["task"] || !run["task"]["name"] || run["task"]["name"].as<std::string>() != "medusa") return;
+  if (!run["model"] || !run["model"]["init_from"]) return;
+  const std::string base = run["model"]["init_from"].as<std::string>();
+  std::error_code ec;
+  if (base.empty() || fs::exists(base, ec)) return;
+  const bool heads_only = !run["medusa"] || !run["medusa"]["stage"] || run["medusa"]["stage"].as<int>() == 1;
+  ANVIL_FAIL("the Medusa run ", dir, " was trained on the base model ", base, " (its model.init_from), which no "
+             "longer exists — ", heads_only ? "a stage-1 checkpoint holds the heads only, so the base's weights must "
+             "be read from there" : "the run's architecture is read from there",
+             ": restore it, or point at a copy of the same base with --set model.init_from=PATH");
+}
+
+// A stage-1 checkpoint's heads were trained on the architecture its run config records; the
+// base model.init_from names now must have it, or a clear error rather than a shape mismatch
+// deep in the loader.
+void check_same_base(const std::string& dir, const RunConfig& config) {
+  const std::string& base = config.model.init_from;
+  std::error_code ec;
+  const nlohmann::json now = fs::is_regular_file(fs::path(base) / kCheckpointFile, ec)
+                                 ? nlohmann::json::parse(read_checkpoint_meta(base).model_config_json)
+                                 : read_hf_config(base).to_json();
+  const nlohmann::json then = config.model.to_json();
+  for (const char* key : {"model_type", "hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "intermediate_size"}) {
+    if (!then.contains(key) || !now.contains(key) || then[key] == now[key]) continue;
+    ANVIL_FAIL("the Medusa heads in ", dir, " were trained on a base with ", key, " = ", then[key].dump(),
+               ", but model.init_from ", base, " has ", key, " = ", now[key].dump(), " — another model: point "
+               "model.init_from (--set model.init_from=PATH) at the base the heads were trained on");
+  }
+}
 }  // namespace
+
+void load_init_weights(TransformerLM& model, const std::string& from) {
+  std::error_code ec;
+  if (fs::is_regular_file(fs::path(from) / kCheckpointFile, ec)) {
+    CheckpointContents contents;  // an anvil checkpoint: its params only, each rank its shard
+    contents.params = checkpoint_tensors(model.params());
+    load_checkpoint(from, contents);
+  } else {
+    load_hf_weights(model, SafetensorsIndex::open(from));
+  }
+}
 
 LoadedModel load_model(const std::string& path, const LoadModelOptions& options) {
   LoadedModel out;
@@ -66,14 +122,33 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     out.source = path;
   } else {
     out.source = find_checkpoint_dir(path);
+    const CheckpointMeta meta = read_checkpoint_meta(out.source);
+    check_medusa_base(out.source, meta, options.overrides);
     out.config = config_from_checkpoint(out.source, options.overrides);
     out.model = build_frozen(out.config.model, options.layout);
     if (const int64_t masks = parallel_spec_masks(out.config)) {  // a ParallelSpec drafter's mask tokens
       FrozenParamScope frozen;
       out.model->add_mask_embeddings(masks, 0);
     }
-    CheckpointContents contents;
-    contents.params = checkpoint_tensors(out.model->params());  // each param's shard under a split layout
+    const bool medusa = out.config.task.name == "medusa";
+    const bool heads_only = medusa && out.config.medusa.stage == 1;
+    if (heads_only) {  // Medusa-1: the base from model.init_from, before the heads join its params
+      check_same_base(out.source, out.config);
+      load_init_weights(*out.model, out.config.model.init_from);
+    }
+    if (medusa && out.model->is_last_stage()) {  // the heads live where the LM head does
+      const MedusaSection& spec = out.config.medusa;
+      const ModelConfig& mc = out.config.model;
+      FrozenParamScope frozen;
+      out.medusa = std::make_unique<MedusaHeads>(spec.num_heads, spec.num_layers, mc.hidden_size, mc.vocab_size,
+                                                 options.layout.tp);
+      out.model->attach(*out.medusa);  // moved with the model; listed in its params
+    }
+    CheckpointContents contents;  // each param's shard under a split layout
+    if (heads_only)
+      contents.params = out.medusa ? checkpoint_tensors(out.medusa->params()) : std::vector<CheckpointTensor>{};
+    else
+      contents.params = checkpoint_tensors(out.model->params());
     out.step = load_checkpoint(out.source, contents).step;
   }
   const Device device = options.device ? *options.device : from_hf ? Device::cpu() : training_device(out.config.run);

@@ -8,12 +8,19 @@
 // optimizer state ever exist, so it costs its weights (and RoPE tables) only, at every moment.
 // Its weights are read straight into the model, never initialised first, and the model is moved
 // to its device once.
+//
+// A medusa run (task.name: medusa) loads as its base with the Medusa heads attached
+// (LoadedModel::medusa, built frozen from config.medusa): a stage-1 checkpoint holds the heads
+// only, so the base's weights come from the run's model.init_from (an anvil checkpoint or a
+// Hugging Face directory) and the heads from the checkpoint; a stage-2 checkpoint holds both.
+// Whoever ignores the heads (plain `anvil generate`) decodes the base alone.
 #pragma once
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "models/medusa_heads.h"
 #include "models/transformer.h"
 #include "trainer/config.h"
 
@@ -37,6 +44,8 @@ struct LoadedModel {
   RunConfig config;
   int64_t step = 0;    // the checkpoint's optimizer step (0 for a Hugging Face directory)
   std::string source;  // the checkpoint directory or Hugging Face directory read
+  // A medusa run's heads (attached to `model`, on its device and in its dtype); null otherwise.
+  std::unique_ptr<MedusaHeads> medusa;
 };
 
 LoadedModel load_model(const std::string& path, const LoadModelOptions& options = {});
@@ -44,6 +53,9 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options 
 // A checkpoint directory (holding checkpoint.h5), or the newest complete one under a run
 // directory (its checkpoints/) or a checkpoint root. Throws naming the path otherwise.
 std::string find_checkpoint_dir(const std::string& path);
+// model.init_from's weights into `model` (built for that architecture): an anvil checkpoint
+// directory (its params only, each rank its shard) or a Hugging Face directory.
+void load_init_weights(TransformerLM& model, const std::string& from);
 // The run config stored in a checkpoint, with checkpoint.resume pointing at it, then `overrides`.
 RunConfig config_from_checkpoint(const std::string& path, const std::vector<std::string>& overrides = {});
 

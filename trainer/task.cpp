@@ -1,11 +1,8 @@
 #include "trainer/task.h"
 
-#include <filesystem>
-
-#include "models/hf_convert.h"
-#include "trainer/checkpoint.h"
 #include "trainer/distill_task.h"
 #include "trainer/lm_task.h"
+#include "trainer/load_model.h"
 #include "trainer/medusa_task.h"
 #include "trainer/task_names.h"
 
@@ -31,16 +28,7 @@ std::unique_ptr<TransformerLM> build_trainable_lm(const TaskEnv& env) {
   auto model = std::make_unique<TransformerLM>(static_cast<const ModelConfig&>(config.model), env.layout);
   model->init_weights(static_cast<uint64_t>(config.run.seed));
   // model.init_from: its weights replace the fresh init (a checkpoint restored later still wins).
-  const std::string& from = config.model.init_from;
-  if (from.empty()) return model;
-  std::error_code ec;
-  if (std::filesystem::is_regular_file(std::filesystem::path(from) / kCheckpointFile, ec)) {
-    CheckpointContents contents;  // an anvil checkpoint: its params only, each rank its shard
-    contents.params = checkpoint_tensors(model->params());
-    load_checkpoint(from, contents);
-  } else {
-    load_hf_weights(*model, SafetensorsIndex::open(from));
-  }
+  if (!config.model.init_from.empty()) load_init_weights(*model, config.model.init_from);
   return model;
 }
 
