@@ -144,7 +144,8 @@ int run_train(const TrainArgs& a) {
       case StopReason::Finished: {
         const double val = trainer.last_validation_loss();
         if (!std::isnan(val) && trainer.is_main_rank() && !cross_entropy)
-          std::printf("final validation loss %.4f (%s)\n", val, config.distill.loss.c_str());
+          std::printf("final validation loss %.4f (%s)\n", val,
+                      config.task.name == "distill" ? config.distill.loss.c_str() : "the task's objective");
         else if (!std::isnan(val) && trainer.is_main_rank())
           std::printf("final validation loss %.4f nats/token (perplexity %.2f) vs unigram entropy %.4f: %.4f below\n",
                       val, std::exp(val), unigram, unigram - val);

@@ -60,7 +60,8 @@ MedusaLoss::MedusaLoss(TransformerLM& model, MedusaHeads* heads, const MedusaSec
 
 void MedusaLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts,
                                    std::vector<std::vector<Tensor>> head_targets, std::vector<double> weights,
-                                   bool backbone, bool trains, std::vector<Tensor> teacher_hidden) {
+                                   bool backbone, bool trains, std::vector<Tensor> teacher_hidden,
+                                   bool backbone_in_objective) {
   ANVIL_CHECK(dhidden_.empty(), "MedusaLoss: new micro-batches while ", dhidden_.size(), " wait for their backward");
   micro_ = micro_batches;
   counts_ = std::move(counts);
@@ -69,6 +70,7 @@ void MedusaLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batche
   backbone_ = backbone;
   trains_ = trains;
   teacher_hidden_ = std::move(teacher_hidden);
+  backbone_in_objective_ = backbone_in_objective;
   sums_ = MedusaSums{};
   sums_.head_loss.assign(weights_.size(), 0.0);
   sums_.head_tokens.assign(weights_.size(), 0.0);
@@ -122,7 +124,7 @@ PipelineLoss::Value MedusaLoss::forward(int m, const Tensor& hidden, bool for_ba
     }
     sums_.backbone_loss += mean * n;
     sums_.backbone_tokens += n;
-    objective_sum += mean * n;
+    if (backbone_in_objective_) objective_sum += mean * n;
     if (for_backward && trains_) {
       const Tensor dlogits = distill ? divergence_.backward(c, mb.loss_scale, divisor)
                                      : ce.backward(c, mb.loss_scale, divisor);
@@ -232,7 +234,7 @@ PipelineLoss& MedusaTask::prepare(const std::vector<Batch>& batches, bool traini
   }
   trunk_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens), std::move(head_targets), std::move(weights), backbone,
-                           trunk_trains, std::move(teacher_hidden));
+                           trunk_trains, std::move(teacher_hidden), /*backbone_in_objective=*/joint);
   return *loss_;
 }
 

@@ -23,8 +23,9 @@
 // one head's logits are alive at a time; backward() hands the summed gradient of h to the stage.
 //
 // Metrics: head<k>_loss, head k's mean cross-entropy over its own tokens; heads_weight s(step);
-// stage 2: backbone_loss (the backbone term's mean). Evaluation adds the backbone's
-// cross-entropy in either stage (val_backbone_loss: the quality Medusa-2 must keep).
+// stage 2: backbone_loss (the backbone term's mean). Evaluation measures the backbone's
+// cross-entropy in either stage (val_backbone_loss: the quality Medusa-2 must keep); it joins the
+// validation loss in stage 2 only, so in stage 1 val_loss is the heads' objective alone.
 // A checkpoint holds the heads (stage 1; the base reloads from model.init_from) or everything
 // (stage 2). Under the grid: tp splits each head's vocabulary projection like lm_head, the heads
 // live on the last pipeline stage, dp/ZeRO cover every trainable param; sp is refused.
@@ -78,10 +79,11 @@ class MedusaLoss : public PipelineLoss {
   // backbone term is scored (stage 2 training, or evaluation); trains: whether the trunk takes
   // the gradient (else the heads' backward stops at h); teacher_hidden: the teacher's final hidden
   // state per micro-batch, whose KL scores the backbone (self_distill training; else empty: the
-  // backbone term is the data's cross-entropy).
+  // backbone term is the data's cross-entropy); backbone_in_objective: whether that term counts in
+  // the loss (else it is measured only: a Medusa-1 evaluation reports the frozen base's loss apart).
   void set_micro_batches(const std::vector<LMMicroBatch>& micro_batches, std::vector<int64_t> counts,
                          std::vector<std::vector<Tensor>> head_targets, std::vector<double> weights, bool backbone,
-                         bool trains, std::vector<Tensor> teacher_hidden);
+                         bool trains, std::vector<Tensor> teacher_hidden, bool backbone_in_objective);
   Value forward(int m, const Tensor& hidden, bool for_backward) override;
   Tensor backward(int m) override;
   size_t saved_bytes() const override;
@@ -100,6 +102,7 @@ class MedusaLoss : public PipelineLoss {
   std::vector<double> weights_;
   bool backbone_ = false, trains_ = false;
   std::vector<Tensor> teacher_hidden_;
+  bool backbone_in_objective_ = false;  // false: the backbone term is measured only (Medusa-1's evaluation)
   std::map<int, Tensor> dhidden_;  // per micro-batch, from forward to backward
   MedusaSums sums_;
 };
