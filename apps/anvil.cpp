@@ -419,10 +419,23 @@ int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
   const RunConfig cfg = parse_run_config(meta.run_config_yaml, dir + "/" + kCheckpointFile, dir, {"data.train=none"});
   ANVIL_CHECK(!cfg.model.vocab_size_auto, dir, ": the stored config has vocab_size: auto — it was not written by "
               "`anvil train`");
-  TransformerLM model(cfg.model);
-  load_checkpoint(dir, model.params(), nullptr);
   std::unique_ptr<Tokenizer> tok;
   if (fs::is_regular_file(cfg.tokenizer.path)) tok = std::make_unique<Tokenizer>(Tokenizer::load(cfg.tokenizer.path));
+  if (cfg.task.name == "medusa") {  // the base and, beside it, the heads in Medusa's format
+    LoadModelOptions options;
+    options.device = Device::cpu();
+    options.compute = DType::F32;
+    options.overrides = {"data.train=none"};
+    const LoadedModel loaded = load_model(dir, options);
+    save_hf(*loaded.model, tok.get(), hf_dir);
+    save_medusa_hf(*loaded.medusa, hf_dir, fs::absolute(hf_dir).lexically_normal().string());
+    std::printf("wrote %s (config.json with medusa_num_heads %ld, model.safetensors, medusa_lm_head.safetensors%s) "
+                "from %s\n", hf_dir.c_str(), long(loaded.medusa->heads()),
+                tok ? ", tokenizer.json, tokenizer_config.json" : "", dir.c_str());
+    return 0;
+  }
+  TransformerLM model(cfg.model);
+  load_checkpoint(dir, model.params(), nullptr);
   save_hf(model, tok.get(), hf_dir);
   std::printf("wrote %s (config.json, model.safetensors%s) from %s\n", hf_dir.c_str(),
               tok ? ", tokenizer.json, tokenizer_config.json" : "", dir.c_str());

@@ -220,11 +220,70 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
   }
 }
 
+namespace {
+constexpr const char* kMedusaFile = "medusa_lm_head.safetensors";
+std::string medusa_key(const std::string& param_name) {  // the state dict of Medusa's medusa_head module
+  return param_name.substr(std::string(MedusaHeads::kPrefix).size() + 1);
+}
+}  // namespace
+
+void save_medusa_hf(const MedusaHeads& heads, const std::string& dir, const std::string& base) {
+  TensorMap tensors;
+  for (Param* p : const_cast<MedusaHeads&>(heads).params()) tensors.emplace(medusa_key(p->name), host_f32(master_weight(*p)));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  ANVIL_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
+  write_safetensors((fs::path(dir) / kMedusaFile).string(), tensors, {{"format", "pt"}});
+  const fs::path config = fs::path(dir) / "config.json";
+  nlohmann::json j = nlohmann::json::object();
+  if (fs::is_regular_file(config, ec)) j = nlohmann::json::parse(std::ifstream(config));
+  j["medusa_num_heads"] = heads.heads();
+  j["medusa_num_layers"] = heads.layers();
+  j["base_model_name_or_path"] = base;
+  write_json_file(config.string(), j);
+}
+
+void load_medusa_hf(MedusaHeads& heads, const std::string& dir) {
+  const std::string path = (fs::path(dir) / kMedusaFile).string();
+  std::error_code ec;
+  ANVIL_CHECK(fs::is_regular_file(path, ec), "no Medusa heads in ", dir, ": ", kMedusaFile, " is missing — export "
+              "them with `anvil convert --from MEDUSA_RUN --to hf DIR`");
+  const fs::path config = fs::path(dir) / "config.json";
+  if (fs::is_regular_file(config, ec)) {
+    const nlohmann::json j = nlohmann::json::parse(std::ifstream(config), nullptr, false);
+    ANVIL_CHECK(!j.is_discarded(), config.string(), " is not valid JSON");
+    if (j.contains("medusa_num_heads"))
+      ANVIL_CHECK(j["medusa_num_heads"].is_number_integer() && j["medusa_num_heads"].get<int64_t>() == heads.heads(),
+                  config.string(), ": medusa_num_heads is ", j["medusa_num_heads"].dump(), " but the heads being loaded "
+                  "are ", heads.heads(), " — build them with medusa.num_heads: ", j["medusa_num_heads"].dump());
+    if (j.contains("medusa_num_layers"))
+      ANVIL_CHECK(j["medusa_num_layers"].is_number_integer() && j["medusa_num_layers"].get<int64_t>() == heads.layers(),
+                  config.string(), ": medusa_num_layers is ", j["medusa_num_layers"].dump(), " but the heads being "
+                  "loaded have ", heads.layers(), " — build them with medusa.num_layers: ", j["medusa_num_layers"].dump());
+  }
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  const std::vector<Param*> params = heads.params();
+  ANVIL_CHECK(file.names().size() == params.size(), path, " holds ", file.names().size(), " tensors but ",
+              heads.heads(), " heads of ", heads.layers(), " ResBlocks have ", params.size(), " — the file is for "
+              "other heads");
+  for (Param* p : params) {  // every check first: nothing is loaded from a file that does not fit
+    const std::string key = medusa_key(p->name);
+    ANVIL_CHECK(file.contains(key), path, " has no tensor ", key, " (the heads' ", p->name, ")");
+    ANVIL_CHECK(file.info(key).shape == logical_shape(*p), path, ": ", key, " is ", shape_text(file.info(key).shape),
+                " but ", p->name, " is ", shape_text(logical_shape(*p)), " — the heads were trained on another base");
+  }
+  for (Param* p : params) {
+    master_weight(*p).copy_(take_shard(*p, file.get_f32(medusa_key(p->name))).to(master_weight(*p).device()));
+    refresh_value(*p);
+  }
+}
+
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes) {
   const ModelConfig& config = model.config();
   // params() only lists the params; nothing is modified.
-  const std::vector<Param*> params = const_cast<TransformerLM&>(model).params();
+  std::vector<Param*> params;  // the model's own: attached modules (Medusa heads) export apart
+  const_cast<TransformerLM&>(model).collect_own_params(params);
   TensorMap tensors;
   for (const Param* p : params) {
     Tensor v = host_f32(master_weight(*p));  // the f32 weights, on the host

@@ -30,6 +30,7 @@
 
 #include "data/safetensors.h"
 #include "models/config.h"
+#include "models/medusa_heads.h"
 
 namespace anvil {
 
@@ -66,5 +67,17 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
 // Creates DIR; refuses to mix with an existing checkpoint of the other (single/sharded) form.
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes = 5'000'000'000ull);
+
+// Medusa heads in Medusa's own format, beside a base written by save_hf into the same DIR:
+// DIR/medusa_lm_head.safetensors holds the state dict of Medusa's `medusa_head` module (names
+// without the `medusa_head.` prefix: `<k>.<l>.linear.weight`, `<k>.<l>.linear.bias`,
+// `<k>.<layers>.weight`; f32), and DIR/config.json gains MedusaConfig's fields medusa_num_heads,
+// medusa_num_layers and base_model_name_or_path (`base`). Medusa's loader reads the same state
+// dict from medusa_lm_head.pt: `torch.save(safetensors.torch.load_file(F), "medusa_lm_head.pt")`.
+void save_medusa_hf(const MedusaHeads& heads, const std::string& dir, const std::string& base);
+// Reads DIR/medusa_lm_head.safetensors into `heads` (shapes and names checked, every tensor used;
+// errors name the file, the tensor and both shapes). The heads' count and layers must match
+// config.json's medusa_num_heads / medusa_num_layers when those are present.
+void load_medusa_hf(MedusaHeads& heads, const std::string& dir);
 
 }  // namespace anvil

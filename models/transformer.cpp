@@ -330,13 +330,17 @@ int32_t TransformerLM::mask_token_id(int64_t i) const {
 }
 
 void TransformerLM::collect_params(std::vector<Param*>& out) {
+  collect_own_params(out);
+  for (Module* m : attached_) m->collect_params(out);
+}
+
+void TransformerLM::collect_own_params(std::vector<Param*>& out) {
   if (wte_) wte_->collect_params(out);
   if (wpe_) wpe_->collect_params(out);
   if (masks_) masks_->collect_params(out);
   for (auto& b : blocks_) b->collect_params(out);
   if (norm_f_) norm_f_->collect_params(out);
   if (head_) head_->collect_params(out);
-  for (Module* m : attached_) m->collect_params(out);
 }
 
 Param& TransformerLM::param(const std::string& name) {

@@ -220,7 +220,9 @@ class TransformerLM : public Module {
   int64_t mask_tokens() const { return masks_ ? masks_->masks() : 0; }
   int32_t mask_token_id(int64_t i) const;  // throws unless 0 <= i < mask_tokens()
 
-  void collect_params(std::vector<Param*>& out) override;
+  void collect_params(std::vector<Param*>& out) override;  // the model's, then the attached modules'
+  // The model's own params: what a Hugging Face export of the model holds (no attached module's).
+  void collect_own_params(std::vector<Param*>& out);
   Param& param(const std::string& name);  // throws naming the missing param
   void zero_grad();
 
