@@ -605,6 +605,8 @@ int main(int argc, char** argv) {
   med_cmd->add_option("--build-tree", med.build_tree, "Instead of the report: measure each head's top-10 accuracy "
                       "on the prompts and build the tree of N nodes with the largest expected tau");
   med_cmd->add_option("--output", med.output, "With --build-tree: write the tree (medusa_choices) here, for --tree");
+  med_cmd->add_flag("--for-speed", med.for_speed, "With --build-tree N: time the base's verification forward on this "
+                    "machine and take the tree of at most N nodes with the largest predicted speedup (CPUs want few)");
   med_cmd->add_option("--set", med.overrides, "Override a field of the run's stored config (e.g. "
                       "model.init_from=BASE when the base moved)");
 

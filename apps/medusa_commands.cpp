@@ -50,7 +50,25 @@ int build_tree(const EvalMedusaArgs& a, LoadedModel& run, const std::vector<std:
     for (double acc : accuracy[k]) std::printf(" %.3f", acc);
     std::printf("\n");
   }
-  const MedusaTree tree = build_medusa_tree(accuracy, a.build_tree);
+  MedusaTree tree = build_medusa_tree(accuracy, a.build_tree);
+  if (a.for_speed) {  // the size this machine decodes fastest with, from timed verification forwards
+    int64_t prefix = 0;
+    for (const auto& p : prompts) prefix = std::max<int64_t>(prefix, static_cast<int64_t>(p.size()));
+    prefix = std::max<int64_t>(1, std::min<int64_t>(prefix + a.max_tokens / 2,
+                                                     run.model->config().max_position_embeddings - a.build_tree - 1));
+    const MedusaCostModel cost = measure_medusa_cost(*run.model, *run.medusa, a.build_tree, prefix);
+    std::printf("this machine (%d threads, %s): plain step %.3f ms, heads %.3f ms; verifying T tokens:",
+                omp_get_max_threads(), run.model->device().str().c_str(), 1e3 * cost.plain_seconds,
+                1e3 * cost.heads_seconds);
+    for (size_t i = 0; i < cost.sizes.size(); ++i)
+      std::printf(" T=%ld %.3f ms", long(cost.sizes[i]), 1e3 * cost.verify_seconds[i]);
+    std::printf("\n");
+    SpeedTree best = build_medusa_tree_for_speed(accuracy, a.build_tree, cost);
+    std::printf("predicted speedup %.2fx at %ld nodes (the tree of %d nodes: %.2fx)\n", best.predicted_speedup,
+                long(best.tree.nodes()), a.build_tree,
+                (1.0 + expected_accept_length(tree, accuracy)) * cost.plain_seconds / cost.round_seconds(tree.nodes()));
+    tree = std::move(best.tree);
+  }
   const std::string choices = format_medusa_choices(tree);
   std::printf("tree of %ld nodes, depth %d, expected tau %.3f (1 + its expected accepted length):\n%s\n",
               long(tree.nodes()), tree.depth(), 1.0 + expected_accept_length(tree, accuracy), choices.c_str());
@@ -69,6 +87,8 @@ int run_eval_medusa(const EvalMedusaArgs& a) {
   for (double t : a.temperatures)
     ANVIL_CHECK(t >= 0, "eval medusa: --temperatures ", t, " — temperatures must be >= 0 (0 = greedy), e.g. 0,1");
   ANVIL_CHECK(a.build_tree >= 0, "eval medusa: --build-tree ", a.build_tree, " — give the tree's node count, e.g. 16");
+  ANVIL_CHECK(!a.for_speed || a.build_tree > 0, "eval medusa: --for-speed sizes the tree --build-tree N builds — "
+              "add --build-tree N (the most nodes to consider, e.g. 32)");
   ANVIL_CHECK(a.output.empty() || a.build_tree > 0, "eval medusa: --output writes the tree --build-tree N builds — "
               "add --build-tree N");
   ANVIL_CHECK(a.prompts_file.empty() || a.data.empty(), "eval medusa: pass --prompts or --data, not both");

@@ -37,6 +37,7 @@ struct EvalMedusaArgs {
   uint64_t seed = 0;
   int build_tree = 0;   // > 0: build a tree of this many nodes instead of the speed report
   std::string output;   // with build_tree: where to write its medusa_choices
+  bool for_speed = false;  // with build_tree: at most that many nodes, sized by this machine's measured costs
   std::vector<std::string> overrides;  // --set for the run's stored config
 };
 

@@ -325,4 +325,87 @@ std::vector<std::vector<double>> measure_medusa_accuracy(TransformerLM& base, Me
   return accuracy;
 }
 
+// ---- A tree sized to the machine ----
+
+double MedusaCostModel::round_seconds(int64_t tree_nodes) const {
+  ANVIL_CHECK(!sizes.empty() && sizes.size() == verify_seconds.size(), "MedusaCostModel: no measurements");
+  const double T = static_cast<double>(tree_nodes + 1);  // the root and the nodes
+  size_t i = 1;
+  while (i + 1 < sizes.size() && static_cast<double>(sizes[i]) < T) ++i;
+  if (sizes.size() == 1) return verify_seconds[0] + heads_seconds;
+  const double x0 = static_cast<double>(sizes[i - 1]), x1 = static_cast<double>(sizes[i]);
+  const double y = verify_seconds[i - 1] + (verify_seconds[i] - verify_seconds[i - 1]) * (T - x0) / (x1 - x0);
+  return std::max(y, 0.0) + heads_seconds;
+}
+
+MedusaCostModel measure_medusa_cost(TransformerLM& base, MedusaHeads& heads, int64_t max_nodes, int64_t prefix,
+                                    int repeats) {
+  const ModelConfig& mc = base.config();
+  ANVIL_CHECK(max_nodes >= 1 && repeats >= 1, "measure_medusa_cost: max_nodes and repeats must be >= 1");
+  ANVIL_CHECK(prefix >= 1 && prefix + max_nodes + 1 <= mc.max_position_embeddings, "measure_medusa_cost: a prefix of ",
+              prefix, " tokens and a tree of ", max_nodes, " nodes exceed the base's ", mc.max_position_embeddings,
+              " positions — lower the tree's size");
+  MedusaCostModel cost;
+  for (int64_t T = 1; T < max_nodes + 1; T *= 2) cost.sizes.push_back(T);
+  cost.sizes.push_back(max_nodes + 1);
+  KVCache kv(mc, 1, prefix + max_nodes + 1, base.device(), base.compute_dtype());
+  auto tokens = [&](int64_t n, int64_t offset) {  // any ids: the cost does not depend on them
+    Tensor ids = Tensor::empty({1, n}, DType::I32);
+    for (int64_t i = 0; i < n; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((7 * (i + offset) + 1) % mc.vocab_size);
+    return ids.to(base.device());
+  };
+  base.forward_cached(tokens(prefix, 0), kv, /*last_position_only=*/true);
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<std::vector<double>> verify(cost.sizes.size());
+  std::vector<double> heads_t, plain_t;
+  Tensor h;
+  for (int r = 0; r < repeats; ++r) {  // sizes interleaved, so drifting load hits them alike
+    for (size_t j = 0; j < cost.sizes.size(); ++j) {
+      const int64_t T = cost.sizes[j];
+      kv.truncate(0, prefix);
+      if (T > 1) {  // a root with T − 1 children (T = 1: the root alone, plainly causal)
+        std::vector<int32_t> parent(static_cast<size_t>(T), 0);
+        parent[0] = -1;
+        const DraftTree star = DraftTree::from_parents(parent, "measure_medusa_cost");
+        Tensor positions = Tensor::empty({1, T}, DType::I32);
+        for (int64_t i = 0; i < T; ++i) positions.data<int32_t>()[i] = static_cast<int32_t>(prefix + star.level[i]);
+        kv.set_positions(positions);
+        kv.set_tree(star.ancestor_mask());
+      }
+      const Clock::time_point t0 = Clock::now();
+      h = base.forward_cached_hidden(tokens(T, prefix), kv);
+      host_f32(base.infer_head(h));
+      verify[j].push_back(seconds_since(t0));
+    }
+    kv.truncate(0, prefix);
+    Clock::time_point t0 = Clock::now();
+    host_f32(base.forward_cached(tokens(1, prefix), kv));
+    plain_t.push_back(seconds_since(t0));
+    const Tensor last = h.slice(1, 0, 1).contiguous();
+    t0 = Clock::now();
+    for (int64_t k = 0; k < heads.heads(); ++k) host_f32(heads.infer_head(k, last));
+    heads_t.push_back(seconds_since(t0));
+  }
+  for (const auto& v : verify) cost.verify_seconds.push_back(median(v));
+  cost.heads_seconds = median(heads_t);
+  cost.plain_seconds = median(plain_t);
+  return cost;
+}
+
+SpeedTree build_medusa_tree_for_speed(const std::vector<std::vector<double>>& accuracy, int max_nodes,
+                                      const MedusaCostModel& cost) {
+  ANVIL_CHECK(max_nodes >= 1, "build_medusa_tree_for_speed: max_nodes must be >= 1, got ", max_nodes);
+  SpeedTree best;
+  for (int n = 1; n <= max_nodes; ++n) {
+    MedusaTree tree = build_medusa_tree(accuracy, n);
+    const double tau = 1.0 + expected_accept_length(tree, accuracy);
+    const double speedup = tau * cost.plain_seconds / cost.round_seconds(tree.nodes());
+    if (speedup > best.predicted_speedup) best = {std::move(tree), tau, speedup};
+  }
+  return best;
+}
+
 }  // namespace anvil

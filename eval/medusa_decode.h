@@ -94,4 +94,33 @@ std::vector<std::vector<double>> measure_medusa_accuracy(TransformerLM& base, Me
                                                          int continuation, int topk = kMedusaTopK,
                                                          std::vector<int64_t>* positions = nullptr);
 
+
+// What a Medusa round costs on this machine, for a tree sized to it (build_medusa_tree_for_speed):
+// seconds of one verification — a base forward of T tokens under a tree mask after `prefix` cached
+// tokens (batch 1) and the LM head on them — for T in `sizes`, the heads' top-k work at one
+// position, and a plain decoding step (T = 1 without a tree). Medians of `repeats` timings; cost
+// at other T is interpolated linearly (the forward's cost is close to affine in T).
+struct MedusaCostModel {
+  std::vector<int64_t> sizes;
+  std::vector<double> verify_seconds;  // per entry of sizes
+  double heads_seconds = 0;
+  double plain_seconds = 0;
+  double round_seconds(int64_t tree_nodes) const;  // verification of root + nodes, plus the heads
+};
+MedusaCostModel measure_medusa_cost(TransformerLM& base, MedusaHeads& heads, int64_t max_nodes, int64_t prefix,
+                                    int repeats = 7);
+
+// The tree a CPU (or any machine) decodes fastest with: among build_medusa_tree's trees of 1 ..
+// max_nodes nodes — each the one before plus the next most probable node — the one whose
+// predicted speedup (1 + expected accepted length) · plain step / round cost is largest. A GPU's
+// round costs about a step up to dozens of nodes, so the choice grows to max_nodes there; a
+// 2-core CPU's grows with every node, so the choice is small.
+struct SpeedTree {
+  MedusaTree tree;
+  double expected_tau = 0;       // 1 + expected accepted length (independence of the heads)
+  double predicted_speedup = 0;  // over plain decoding, from the cost model
+};
+SpeedTree build_medusa_tree_for_speed(const std::vector<std::vector<double>>& accuracy, int max_nodes,
+                                      const MedusaCostModel& cost);
+
 }  // namespace anvil
