@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "eval/spec_eval.h"
+
 namespace anvil {
 
 namespace {
@@ -129,17 +131,8 @@ nlohmann::json medusa_eval_json(const std::vector<MedusaEvalCase>& cases) {
                    {"base_forwards_per_token", st.target_forwards_per_token()},
                    {"base_calls", st.target_calls},
                    {"heads_seconds", st.draft_seconds},
-                   {"base_seconds", st.target_seconds},
-                   {"verify_seconds", st.verify_seconds},
-                   {"prefill_seconds", st.prefill_seconds},
-                   {"seconds", st.total_seconds},
-                   {"tokens", st.tokens},
-                   {"tokens_per_second", st.tokens_per_second()},
-                   {"plain_tokens", c.plain_tokens},
-                   {"plain_seconds", c.plain_seconds},
-                   {"plain_tokens_per_second", c.plain_tokens_per_second()},
-                   {"speedup", c.speedup()},
-                   {"same_tokens_as_plain", c.same_tokens}});
+                   {"base_seconds", st.target_seconds}});
+    out.back().update(decode_speed_json(st, c.plain_tokens, c.plain_seconds, c.speedup(), c.same_tokens));
   }
   return out;
 }

@@ -150,6 +150,20 @@ std::string spec_eval_table(const std::vector<SpecEvalCase>& cases) {
   return s.str();
 }
 
+nlohmann::json decode_speed_json(const SpeculativeStats& st, int64_t plain_tokens, double plain_seconds, double speedup,
+                                 bool same_tokens) {
+  return {{"verify_seconds", st.verify_seconds},
+          {"prefill_seconds", st.prefill_seconds},
+          {"seconds", st.total_seconds},
+          {"tokens", st.tokens},
+          {"tokens_per_second", st.tokens_per_second()},
+          {"plain_tokens", plain_tokens},
+          {"plain_seconds", plain_seconds},
+          {"plain_tokens_per_second", plain_seconds > 0 ? plain_tokens / plain_seconds : 0.0},
+          {"speedup", speedup},
+          {"same_tokens_as_plain", same_tokens}};
+}
+
 nlohmann::json spec_eval_json(const std::vector<SpecEvalCase>& cases) {
   nlohmann::json out = nlohmann::json::array();
   for (const SpecEvalCase& c : cases) {
@@ -170,17 +184,8 @@ nlohmann::json spec_eval_json(const std::vector<SpecEvalCase>& cases) {
                    {"drafter_forwards", st.drafter_calls},
                    {"drafter_overhead_c", st.drafter_overhead()},
                    {"draft_seconds", st.draft_seconds},
-                   {"target_seconds", st.target_seconds},
-                   {"verify_seconds", st.verify_seconds},
-                   {"prefill_seconds", st.prefill_seconds},
-                   {"seconds", st.total_seconds},
-                   {"tokens", st.tokens},
-                   {"tokens_per_second", st.tokens_per_second()},
-                   {"plain_tokens", c.plain_tokens},
-                   {"plain_seconds", c.plain_seconds},
-                   {"plain_tokens_per_second", c.plain_tokens_per_second()},
-                   {"speedup", c.speedup()},
-                   {"same_tokens_as_plain", c.same_tokens}});
+                   {"target_seconds", st.target_seconds}});
+    out.back().update(decode_speed_json(st, c.plain_tokens, c.plain_seconds, c.speedup(), c.same_tokens));
   }
   return out;
 }

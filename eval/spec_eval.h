@@ -81,5 +81,9 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
 // tokens/s with and without speculation, speedup) under a line defining τ.
 std::string spec_eval_table(const std::vector<SpecEvalCase>& cases);
 nlohmann::json spec_eval_json(const std::vector<SpecEvalCase>& cases);
+// The fields every decoding report shares (spec_eval_json, medusa_eval_json): the decode's time
+// and speed beside the plain decoding of the same prompts it is measured against.
+nlohmann::json decode_speed_json(const SpeculativeStats& st, int64_t plain_tokens, double plain_seconds, double speedup,
+                                 bool same_tokens);
 
 }  // namespace anvil
