@@ -20,7 +20,7 @@ target=${TARGET:-$build/bench/spec_target}
 out=${OUT:-$build/medusa_bench}
 corpus=$(realpath "$build/demo/kjv.h5")
 threads=${THREADS:-$(nproc)}
-tree_nodes=${TREE_NODES:-16}
+tree_nodes=${TREE_NODES:-32}  # the most nodes --for-speed considers
 export OMP_NUM_THREADS=$threads
 if [ ! -d "$target/checkpoints" ]; then
   echo "no target checkpoint under $target — train it first: $anvil train bench/configs/spec_target.yaml" \
@@ -63,7 +63,7 @@ drafters+=(standalone)
 
 rm -f "$out"/eval_*.json
 for m in "${models[@]}"; do
-  "$anvil" eval medusa --medusa "$out/$m" --build-tree "$tree_nodes" --num-prompts 32 --prompt-tokens 32 \
+  "$anvil" eval medusa --medusa "$out/$m" --build-tree "$tree_nodes" --for-speed --num-prompts 32 --prompt-tokens 32 \
     --max-tokens 64 --output "$out/$m.tree" > "$out/$m.tree.log"
   for r in $(seq "$runs"); do
     for mode in typical lossless; do  # T = 0 is greedy either way: measured with the first
@@ -93,7 +93,7 @@ result=bench/results/cpu-medusa-$date${SUFFIX:-}.txt
   echo "Medusa bench, $date, $cpu ($(nproc) cores, $threads threads), commit $(git rev-parse --short HEAD)"
   echo "target $target: $(grep -E '^ +(type|hidden_size|num_hidden_layers|intermediate_size):' "$target/config.yaml" |
                           tr -s ' ' | paste -sd ',')"
-  echo "training: $steps steps each; trees of $tree_nodes nodes built from each model's measured head accuracy"
+  echo "training: $steps steps each; trees of at most $tree_nodes nodes built from each model's measured head accuracy, sized to this machine (--for-speed)"
   echo "eval: 8 held-out prompts of 32 tokens, 64 new tokens, batch 1; medians of $runs runs"
   echo
   python3 bench/medusa_summary.py "$out" "${models[@]}" -- "${drafters[@]}"
