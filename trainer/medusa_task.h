@@ -9,7 +9,9 @@
 // with s the schedule's ramp (constant | linear | sine over schedule_steps). Medusa-2 (stage: 2)
 // trains everything jointly: L = L_backbone + the heads' sum, the heads stepping at
 // lr × lr_multiplier (Param::lr_scale); the first warmup_steps steps are Medusa-1 steps (the
-// backbone's lr_scale 0, its trunk forward only). L_backbone is the data's cross-entropy
+// backbone's lr_scale 0, its trunk forward only). The optimizer's step count runs through the
+// warm-up, so the backbone's first AdamW step after it is bias-corrected as step warmup_steps + 1
+// (smaller than a fresh optimizer's first step, as when Medusa's two stages share one optimizer). L_backbone is the data's cross-entropy
 // (backbone_loss: lm) or, for self-distillation (backbone_loss: self_distill), the forward KL
 // from the frozen original model — model.init_from again, loaded frozen and split like the
 // model, run through its own pipeline forward only like distill's target — on text it
