@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   const int64_t steps = argc > 2 ? std::atoi(argv[2]) : 20;
   const int repeats = argc > 3 ? std::atoi(argv[3]) : 10;
   try {
-    RunConfig config = load_run_config(argv[1], {"training.steps=" + std::to_string(steps), "training.eval_every=0",
+    RunConfig config = load_run_config(argv[1], {"training.steps=" + std::to_string(steps), "schedule.warmup_steps=0", "training.eval_every=0",
                                                  "checkpoint.every=0", "checkpoint.resume=none",
                                                  "run.out_dir=/tmp/medusa_step_bench", "logging.jsonl=false",
                                                  "logging.tensorboard=false", "training.sample_every=0"});
