@@ -57,16 +57,17 @@ int build_tree(const EvalMedusaArgs& a, LoadedModel& run, const std::vector<std:
     prefix = std::max<int64_t>(1, std::min<int64_t>(prefix + a.max_tokens / 2,
                                                      run.model->config().max_position_embeddings - a.build_tree - 1));
     const MedusaCostModel cost = measure_medusa_cost(*run.model, *run.medusa, a.build_tree, prefix);
-    std::printf("this machine (%d threads, %s): plain step %.3f ms, heads %.3f ms; verifying T tokens:",
+    std::printf("this machine (%d threads, %s): plain step %.3f ms, a head %.3f ms; verifying T tokens:",
                 omp_get_max_threads(), run.model->device().str().c_str(), 1e3 * cost.plain_seconds,
-                1e3 * cost.heads_seconds);
+                1e3 * cost.head_seconds);
     for (size_t i = 0; i < cost.sizes.size(); ++i)
       std::printf(" T=%ld %.3f ms", long(cost.sizes[i]), 1e3 * cost.verify_seconds[i]);
     std::printf("\n");
     SpeedTree best = build_medusa_tree_for_speed(accuracy, a.build_tree, cost);
     std::printf("predicted speedup %.2fx at %ld nodes (the tree of %d nodes: %.2fx)\n", best.predicted_speedup,
                 long(best.tree.nodes()), a.build_tree,
-                (1.0 + expected_accept_length(tree, accuracy)) * cost.plain_seconds / cost.round_seconds(tree.nodes()));
+                (1.0 + expected_accept_length(tree, accuracy)) * cost.plain_seconds /
+                    cost.round_seconds(tree.nodes(), tree.depth()));
     tree = std::move(best.tree);
   }
   const std::string choices = format_medusa_choices(tree);

@@ -327,7 +327,8 @@ std::vector<std::vector<double>> measure_medusa_accuracy(TransformerLM& base, Me
 
 // ---- A tree sized to the machine ----
 
-double MedusaCostModel::round_seconds(int64_t tree_nodes) const {
+double MedusaCostModel::round_seconds(int64_t tree_nodes, int depth) const {
+  const double heads_seconds = head_seconds * depth;
   ANVIL_CHECK(!sizes.empty() && sizes.size() == verify_seconds.size(), "MedusaCostModel: no measurements");
   const double T = static_cast<double>(tree_nodes + 1);  // the root and the nodes
   size_t i = 1;
@@ -390,7 +391,7 @@ MedusaCostModel measure_medusa_cost(TransformerLM& base, MedusaHeads& heads, int
     heads_t.push_back(seconds_since(t0));
   }
   for (const auto& v : verify) cost.verify_seconds.push_back(median(v));
-  cost.heads_seconds = median(heads_t);
+  cost.head_seconds = median(heads_t) / static_cast<double>(heads.heads());
   cost.plain_seconds = median(plain_t);
   return cost;
 }
@@ -402,7 +403,7 @@ SpeedTree build_medusa_tree_for_speed(const std::vector<std::vector<double>>& ac
   for (int n = 1; n <= max_nodes; ++n) {
     MedusaTree tree = build_medusa_tree(accuracy, n);
     const double tau = 1.0 + expected_accept_length(tree, accuracy);
-    const double speedup = tau * cost.plain_seconds / cost.round_seconds(tree.nodes());
+    const double speedup = tau * cost.plain_seconds / cost.round_seconds(tree.nodes(), tree.depth());
     if (speedup > best.predicted_speedup) best = {std::move(tree), tau, speedup};
   }
   return best;

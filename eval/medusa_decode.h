@@ -97,15 +97,16 @@ std::vector<std::vector<double>> measure_medusa_accuracy(TransformerLM& base, Me
 
 // What a Medusa round costs on this machine, for a tree sized to it (build_medusa_tree_for_speed):
 // seconds of one verification — a base forward of T tokens under a tree mask after `prefix` cached
-// tokens (batch 1) and the LM head on them — for T in `sizes`, the heads' top-k work at one
-// position, and a plain decoding step (T = 1 without a tree). Medians of `repeats` timings; cost
+// tokens (batch 1) and the LM head on them — for T in `sizes`, one head's work at one position,
+// and a plain decoding step (T = 1 without a tree). Medians of `repeats` timings; cost
 // at other T is interpolated linearly (the forward's cost is close to affine in T).
 struct MedusaCostModel {
   std::vector<int64_t> sizes;
   std::vector<double> verify_seconds;  // per entry of sizes
-  double heads_seconds = 0;
+  double head_seconds = 0;  // one head's logits and top-k at one position (a round runs the tree's depth of them)
   double plain_seconds = 0;
-  double round_seconds(int64_t tree_nodes) const;  // verification of root + nodes, plus the heads
+  // Verification of root + nodes, plus the `depth` heads the tree reads.
+  double round_seconds(int64_t tree_nodes, int depth) const;
 };
 MedusaCostModel measure_medusa_cost(TransformerLM& base, MedusaHeads& heads, int64_t max_nodes, int64_t prefix,
                                     int repeats = 7);

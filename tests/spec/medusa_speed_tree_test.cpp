@@ -20,11 +20,11 @@ TEST(MedusaSpeedTree, CostModelInterpolatesBetweenMeasuredSizes) {
   MedusaCostModel c;
   c.sizes = {1, 2, 4, 8};
   c.verify_seconds = {1.0, 2.0, 4.0, 10.0};
-  c.heads_seconds = 0.5;
-  EXPECT_DOUBLE_EQ(c.round_seconds(1), 2.5);   // T = 2
-  EXPECT_DOUBLE_EQ(c.round_seconds(2), 3.5);   // T = 3: between 2 and 4
-  EXPECT_DOUBLE_EQ(c.round_seconds(5), 4.0 + 3.0 + 0.5);  // T = 6: between 4 (4 s) and 8 (10 s)
-  EXPECT_DOUBLE_EQ(c.round_seconds(7), 10.5);  // T = 8
+  c.head_seconds = 0.5;
+  EXPECT_DOUBLE_EQ(c.round_seconds(1, 1), 2.5);   // T = 2, one head
+  EXPECT_DOUBLE_EQ(c.round_seconds(2, 2), 4.0);   // T = 3: between 2 and 4; two heads
+  EXPECT_DOUBLE_EQ(c.round_seconds(5, 1), 4.0 + 3.0 + 0.5);  // T = 6: between 4 (4 s) and 8 (10 s)
+  EXPECT_DOUBLE_EQ(c.round_seconds(7, 3), 11.5);  // T = 8, three heads
 }
 
 TEST(MedusaSpeedTree, PicksTheSizeABruteForceOverSizesPicks) {
@@ -38,7 +38,8 @@ TEST(MedusaSpeedTree, PicksTheSizeABruteForceOverSizesPicks) {
     double best = 0;
     int best_n = 0;
     for (int n = 1; n <= 24; ++n) {
-      const double s = (1 + expected_accept_length(build_medusa_tree(kAccuracy, n), kAccuracy)) / c.round_seconds(n);
+      const MedusaTree tree = build_medusa_tree(kAccuracy, n);
+      const double s = (1 + expected_accept_length(tree, kAccuracy)) / c.round_seconds(n, tree.depth());
       if (s > best) best = s, best_n = n;
     }
     const SpeedTree got = build_medusa_tree_for_speed(kAccuracy, 24, c);
@@ -67,7 +68,7 @@ TEST(MedusaSpeedTree, MeasuresEverySizeOnARealModel) {
   EXPECT_EQ(c.sizes, (std::vector<int64_t>{1, 2, 4, 8, 13}));
   ASSERT_EQ(c.verify_seconds.size(), c.sizes.size());
   for (double s : c.verify_seconds) EXPECT_GT(s, 0.0);
-  EXPECT_GT(c.heads_seconds, 0.0);
+  EXPECT_GT(c.head_seconds, 0.0);
   EXPECT_GT(c.plain_seconds, 0.0);
   EXPECT_NE(anvil::testing::error_of([&] { measure_medusa_cost(base, heads, 60, 10); }).find("positions"),
             std::string::npos);
