@@ -15,16 +15,7 @@ namespace anvil {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// The prompts' indices grouped by length: each group decodes as one batch.
-std::map<size_t, std::vector<size_t>> by_length(const std::vector<std::vector<int32_t>>& prompts) {
-  std::map<size_t, std::vector<size_t>> groups;
-  for (size_t i = 0; i < prompts.size(); ++i) groups[prompts[i].size()].push_back(i);
-  return groups;
-}
+using Clock = DecodeClock;
 
 // ids i32 [B, T] of the rows `which` of `rows`, tokens [from, from + T) of each, on `device`.
 Tensor row_ids(const std::vector<std::vector<int32_t>>& rows, const std::vector<size_t>& which, int64_t from,
@@ -265,7 +256,7 @@ SpeculativeResult medusa_generate(TransformerLM& base, MedusaHeads& heads, const
   stats.accepted.assign(static_cast<size_t>(tree.depth()), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
-  for (const auto& [length, which] : by_length(prompts))
+  for (const auto& [length, which] : prompts_by_length(prompts))
     medusa_batch(base, heads, tree, prompts, which, max_new_tokens, config, acceptance, stop_token, result.tokens,
                  stats);
   stats.total_seconds = seconds_since(t0);
@@ -286,7 +277,7 @@ std::vector<std::vector<double>> measure_medusa_accuracy(TransformerLM& base, Me
                 " positions (and a prompt needs >= 1 token) — shorten the prompts or the continuation");
   std::vector<std::vector<int64_t>> hits(static_cast<size_t>(K), std::vector<int64_t>(static_cast<size_t>(topk), 0));
   std::vector<int64_t> scored(static_cast<size_t>(K), 0);
-  for (const auto& [length, which] : by_length(prompts)) {
+  for (const auto& [length, which] : prompts_by_length(prompts)) {
     std::vector<std::vector<int32_t>> group;
     for (size_t i : which) group.push_back(prompts[i]);
     const auto more = generate(base, group, continuation, SamplingConfig::greedy());

@@ -16,9 +16,7 @@ namespace anvil {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using Clock = DecodeClock;
 
 }  // namespace
 
@@ -140,6 +138,16 @@ void verification_inputs(const float* logits, int64_t b, int64_t positions, int6
   if (!greedy)
     for (int64_t i = 0; i < positions; ++i)
       uniforms[i] = speculative_uniform(cfg.seed, kVerifyStream + sequence, round, static_cast<uint32_t>(i));
+}
+
+double seconds_since(DecodeClock::time_point t0) {
+  return std::chrono::duration<double>(DecodeClock::now() - t0).count();
+}
+
+std::map<size_t, std::vector<size_t>> prompts_by_length(const std::vector<std::vector<int32_t>>& prompts) {
+  std::map<size_t, std::vector<size_t>> groups;
+  for (size_t i = 0; i < prompts.size(); ++i) groups[prompts[i].size()].push_back(i);
+  return groups;
 }
 
 int64_t commit_tokens(const std::vector<int32_t>& tokens, int max_new_tokens, std::optional<int32_t> stop_token,
@@ -345,7 +353,6 @@ SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
               stop_token.value_or(0), " is outside the vocabulary [0, ", mc.vocab_size, ")");
   ANVIL_CHECK(prompts.size() <= std::numeric_limits<uint32_t>::max(), "speculative decoding: too many prompts");
   const int64_t room = std::min(mc.max_position_embeddings, drafter.max_positions());
-  std::map<size_t, std::vector<size_t>> by_length;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& pr = prompts[i];
     ANVIL_CHECK(!pr.empty(), "speculative decoding: prompt ", i, " is empty — every prompt needs at least one token");
@@ -358,7 +365,6 @@ SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
     for (size_t t = 0; t < pr.size(); ++t)
       ANVIL_CHECK(pr[t] >= 0 && pr[t] < mc.vocab_size, "speculative decoding: prompt ", i, " token ", t, " is ", pr[t],
                   ", outside the vocabulary [0, ", mc.vocab_size, ")");
-    by_length[pr.size()].push_back(i);
   }
   SpeculativeResult result;
   result.tokens.resize(prompts.size());
@@ -369,7 +375,7 @@ SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
   stats.accepted.assign(static_cast<size_t>(gamma), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
-  for (const auto& [length, which] : by_length)
+  for (const auto& [length, which] : prompts_by_length(prompts))
     speculative_batch(target, drafter, prompts, which, max_new_tokens, config, gamma, stop_token, result.tokens, stats);
   stats.total_seconds = seconds_since(t0);
   return result;

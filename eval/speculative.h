@@ -18,7 +18,9 @@
 // from its own stream (kDraftStream). A sequence's tokens therefore depend only on (seed, s) and
 // the models, not on its batch-mates (up to floating-point differences between batch shapes).
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,6 +66,12 @@ bool residual_distribution(const double* p, const double* q, int64_t vocab, std:
 void verification_inputs(const float* logits, int64_t b, int64_t positions, int64_t vocab, const SamplingConfig& cfg,
                          uint32_t sequence, uint32_t round, bool greedy, std::vector<double>& p,
                          std::vector<double>& uniforms);
+
+// The decoders' (chain, tree, Medusa) timer: seconds on the steady clock since t0.
+using DecodeClock = std::chrono::steady_clock;
+double seconds_since(DecodeClock::time_point t0);
+// The prompts' indices grouped by length: each group decodes as one batch whose rows step together.
+std::map<size_t, std::vector<size_t>> prompts_by_length(const std::vector<std::vector<int32_t>>& prompts);
 
 // The decoders' tail (chain, tree, Medusa), per row and round: appends a verdict's tokens (the
 // accepted drafts, then the next token) to the row's sequence `seq` and its new tokens `out`,

@@ -11,9 +11,7 @@ namespace anvil {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using Clock = DecodeClock;
 
 // The ancestor mask of the first n nodes of a tree (breadth first: they form a subtree).
 std::vector<uint8_t> leading_mask(const DraftTree& tree, int64_t n) {
@@ -286,8 +284,6 @@ SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& 
   check_tree_decoding(target, drafter.vocab_size(), drafter.max_positions(), prompts, max_new_tokens, config, width,
                       depth, stop_token);
   const DraftTree tree = DraftTree::complete(width, depth);
-  std::map<size_t, std::vector<size_t>> by_length;
-  for (size_t i = 0; i < prompts.size(); ++i) by_length[prompts[i].size()].push_back(i);
   SpeculativeResult result;
   result.tokens.resize(prompts.size());
   SpeculativeStats& stats = result.stats;
@@ -298,7 +294,7 @@ SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& 
   stats.accepted.assign(static_cast<size_t>(depth), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
-  for (const auto& [length, which] : by_length)
+  for (const auto& [length, which] : prompts_by_length(prompts))
     tree_batch(target, drafter, tree, prompts, which, max_new_tokens, config, stop_token, result.tokens, stats);
   stats.total_seconds = seconds_since(t0);
   return result;

@@ -40,13 +40,17 @@ Tensor medusa_head_targets(const Batch& batch, int64_t k, int32_t ignore_index) 
   return out;
 }
 
-double medusa_head_weight(const MedusaSection& spec, int64_t k, int64_t step, int64_t total_steps) {
+double medusa_schedule_factor(const MedusaSection& spec, int64_t step, int64_t total_steps) {
   const int64_t ramp = spec.schedule_steps > 0 ? spec.schedule_steps : total_steps;
   const double x = ramp > 0 ? std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(ramp)) : 1.0;
-  double s = 1.0;  // constant
-  if (spec.schedule == "linear") s = x;
-  else if (spec.schedule == "sine") s = std::sin(0.5 * M_PI * x);
-  return spec.heads_coefficient * std::pow(spec.decay, static_cast<double>(k)) * s;
+  if (spec.schedule == "linear") return x;
+  if (spec.schedule == "sine") return std::sin(0.5 * M_PI * x);
+  return 1.0;  // constant
+}
+
+double medusa_head_weight(const MedusaSection& spec, int64_t k, int64_t step, int64_t total_steps) {
+  return spec.heads_coefficient * std::pow(spec.decay, static_cast<double>(k)) *
+         medusa_schedule_factor(spec, step, total_steps);
 }
 
 MedusaLoss::MedusaLoss(TransformerLM& model, MedusaHeads* heads, const MedusaSection& spec, TransformerLM* teacher,
@@ -214,10 +218,9 @@ PipelineLoss& MedusaTask::prepare(const std::vector<Batch>& batches, bool traini
   LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);
   std::vector<std::vector<Tensor>> head_targets(M);
   std::vector<double> weights;
-  heads_weight_ = training ? medusa_head_weight(spec, 0, step_, config.training.steps) / spec.heads_coefficient : 1.0;
+  heads_weight_ = training ? medusa_schedule_factor(spec, step_, config.training.steps) : 1.0;  // s = 1 in evaluation
   for (int64_t k = 0; k < spec.num_heads; ++k)
-    weights.push_back(training ? medusa_head_weight(spec, k, step_, config.training.steps)
-                               : spec.heads_coefficient * std::pow(spec.decay, static_cast<double>(k)));
+    weights.push_back(spec.heads_coefficient * std::pow(spec.decay, static_cast<double>(k)) * heads_weight_);
   if (model_->is_last_stage())
     for (int m = 0; m < M; ++m)
       for (int64_t k = 0; k < spec.num_heads; ++k)

@@ -113,7 +113,9 @@ class MedusaLoss : public PipelineLoss {
 // and, with segment_ids, in the same document as position t; ignore_index elsewhere.
 Tensor medusa_head_targets(const Batch& batch, int64_t k, int32_t ignore_index);
 
-// The weight of head k at a step: heads_coefficient · decay^k · s(step), s from the schedule.
+// The schedule's ramp s(step) in (0, 1] (constant | linear | sine over schedule_steps, else total_steps).
+double medusa_schedule_factor(const MedusaSection& spec, int64_t step, int64_t total_steps);
+// The weight of head k at a step: heads_coefficient · decay^k · s(step).
 double medusa_head_weight(const MedusaSection& spec, int64_t k, int64_t step, int64_t total_steps);
 
 class MedusaTask : public Task {
