@@ -16,6 +16,7 @@
 #include "kernels/distill_loss.h"  // DistillArgs
 #include "kernels/newton_schulz.h"
 #include "kernels/optim_kernels.h"
+#include "kernels/quant.h"  // QuantizedWeight
 
 namespace anvil::kernels::cuda {
 
@@ -97,6 +98,11 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, c
 // optim_kernels.h (param, grad, states f32; low_precision: the bf16 compute copy, or undefined)
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& s,
                   Tensor& low_precision);
+
+// quant.h (the weight's tensors on the device; activations f32 or bf16, accumulation f32)
+void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_end, Tensor& out);
+void quant_matmul(const Tensor& x, const QuantizedWeight& w, Tensor& y, bool accumulate);
+void quant_matmul_input_grad(const Tensor& dy, const QuantizedWeight& w, Tensor& dx, bool accumulate);
 
 // rope.h (cos/sin tables f32 on the same device)
 void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos);
