@@ -14,6 +14,8 @@
 //         q = clamp(rint(w / s) + z, 0, qmax), ŵ = s·(q − z). rint is round-half-to-even
 //         (numpy's and torch's round). zeros are kept as f32, not packed: they are integers
 //         after quantization and fractional after a QA-LoRA merge (z' = z − ΔW / s).
+//         `zeros` holds z itself, in [0, qmax]: GPTQ-for-LLaMa/AutoGPTQ checkpoints pack
+//         qzeros = z − 1 (add 1 when importing one), and AutoAWQ interleaves its nibbles.
 //
 // Packing, every scheme: codes of the flattened row-major W, `8 / bits` per byte, the first
 // element in the most significant bits of its byte (bitsandbytes' NF4 order: element 2i is the
