@@ -84,7 +84,9 @@ __device__ __forceinline__ GroupParams group_params(const QView& w, int64_t idx,
   if constexpr (F == Fmt::NF4) {
     return {__ldg(w.absmax + idx), 0.0f};
   } else if constexpr (F == Fmt::NF4DQ) {
-    return {s_dyn[__ldg(w.absmax_codes + idx)] * __ldg(w.absmax_scales + (idx >> 8)) + w.absmax_offset, 0.0f};
+    // As bitsandbytes: the product rounded to f32, then the offset added (never one FMA).
+    const float scaled = __fmul_rn(s_dyn[__ldg(w.absmax_codes + idx)], __ldg(w.absmax_scales + (idx >> 8)));
+    return {__fadd_rn(scaled, w.absmax_offset), 0.0f};
   } else {
     return {__ldg(w.scales + idx), __ldg(w.zeros + idx)};
   }
