@@ -153,7 +153,7 @@ constexpr int kGemvMaxRows = 16;  // more activation rows than this go through c
 constexpr int kPassRows = 4;      // activation rows per pass of the GEMV kernels
 constexpr int kGemvWarps = 8;     // y = x·Ŵᵀ: output rows per block
 constexpr int kGradWarps = 4;     // dx = dy·Ŵ: warps sharing a block's units
-constexpr int kGradTargetBlocks = 512;  // enough blocks to fill a GPU (fixed: results never depend on it)
+constexpr int kGradTargetBlocks = 512;  // fills a GPU; a constant, so the split (and the bits) depend on the shape only
 constexpr int64_t kTileElements = int64_t{1} << 22;  // the dequantized tile: 8 MiB in bf16, 16 in f32
 
 // y[r, o] (+)= sum_i x[r, i]·ŵ[o, i] for r < nrows (≤ R): warp per output row o, lane per V units.
@@ -359,6 +359,12 @@ Weight checked_weight(const OpContext& ctx, const QuantizedWeight& w) {
     v.scales = ctx.contiguous_f32("w.scales", w.scales);
     v.zeros = ctx.contiguous_f32("w.zeros", w.zeros);
   }
+  // A unit (8 codes) is read as one 4- or 2-byte word: rows start on such a boundary (in is a
+  // multiple of 8), so only a packed view cut off a unit boundary can break it.
+  const int unit_bytes = quant_bits(w.scheme);
+  ANVIL_CHECK(reinterpret_cast<uintptr_t>(v.packed) % unit_bytes == 0, ctx.op(), ": w.packed ", w.packed.describe(),
+              " starts at an address that is not a multiple of ", unit_bytes,
+              " bytes — pass packed codes that start on a row boundary (or a .clone())");
   v.units_per_row = static_cast<int>(w.in_features / 8);
   v.units_per_group = static_cast<int>(w.block / 8);
   v.groups_per_row = w.in_features / w.block;
