@@ -16,6 +16,7 @@
 #include <array>
 #include <cmath>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/common.h"
 
 namespace anvil::kernels {
@@ -316,7 +317,7 @@ QuantizedWeight quantize_groupwise(const Tensor& w, QuantScheme scheme, int64_t 
 }
 
 void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_end, Tensor& out) {
-  // The CUDA backend's commit adds ANVIL_DISPATCH_CUDA(out, dequantize_rows, ...) here with its kernel.
+  ANVIL_DISPATCH_CUDA(out, dequantize_rows, w, row_begin, row_end, out);
   constexpr const char* op = "dequantize_rows";
   check_quantized_weight(w, op);
   cpu::require_cpu(op, "packed", w.packed);
