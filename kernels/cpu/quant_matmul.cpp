@@ -4,7 +4,8 @@
 // Every scheme dequantizes the same way: within a group (an nf4 absmax block, an intN group,
 // both `block` consecutive codes of one row since `block` divides `in`) code c stands for
 // table[c], a 16- or 4-entry table built per group (NF4[c]·absmax, s·(c − z)). The kernels
-// build that table and look codes up in it.
+// build that table and look codes up in it; the AVX2 intN GEMV instead uses that ŵ is affine in
+// the code and sums s·Σ x·q − s·z·Σ x per group (a conversion instead of a table lookup).
 //   - Few activation rows (≤ kQuantFewRows, decoding): the kernels stream the packed codes
 //     once, dequantize in registers and accumulate in f32. Forward: threads split the output
 //     rows. Input grad: threads split the input columns into strips of whole groups, each
@@ -25,6 +26,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/common.h"
@@ -179,11 +181,6 @@ void dequantize_tile(const PackedWeight& w, int64_t o0, int64_t o1, int64_t g0, 
 
 namespace {
 
-void gemv(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* y, int64_t ldy, int64_t o0,
-          int64_t o1, bool accumulate, bool avx) {
-  (avx ? avx2::gemv : scalar::gemv)(w, x, ldx, rows, y, ldy, o0, o1, accumulate);
-}
-
 void dequantize_tile(const PackedWeight& w, int64_t o0, int64_t o1, int64_t g0, int64_t g1, float* out, int64_t ld,
                      bool avx) {
   (avx ? avx2::dequantize_tile : scalar::dequantize_tile)(w, o0, o1, g0, g1, out, ld);
@@ -193,12 +190,28 @@ void dequantize_tile(const PackedWeight& w, int64_t o0, int64_t o1, int64_t g0, 
 void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulate) {
   const bool avx = quant_avx2_active();  // read on the calling thread: a scope covers the workers
   if (x.rows <= kQuantFewRows) {
+    // The AVX2 intN kernel wants each group's Σ x (the zero point's term), once per call.
+    std::vector<float> group_sums;
+    if (avx && !w.nf4) {
+      group_sums.assign(static_cast<size_t>(x.rows * w.groups), 0.0f);
+      for (int64_t m = 0; m < x.rows; ++m)
+        for (int64_t g = 0; g < w.groups; ++g) {
+          const float* xg = x.row(m) + g * w.block;
+          float s = 0.0f;
+          for (int64_t e = 0; e < w.block; ++e) s += xg[e];
+          group_sums[static_cast<size_t>(m * w.groups + g)] = s;
+        }
+    }
     constexpr int64_t kRowsPerTask = 16;
     const int64_t tasks = ceil_div(w.out, kRowsPerTask);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && tasks > 1)
-    for (int64_t t = 0; t < tasks; ++t)
-      gemv(w, x.p, x.ld, x.rows, y.p, y.ld, t * kRowsPerTask, std::min(w.out, (t + 1) * kRowsPerTask), accumulate,
-           avx);
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t o0 = t * kRowsPerTask, o1 = std::min(w.out, o0 + kRowsPerTask);
+      if (avx)
+        avx2::gemv(w, x.p, x.ld, group_sums.data(), x.rows, y.p, y.ld, o0, o1, accumulate);
+      else
+        scalar::gemv(w, x.p, x.ld, x.rows, y.p, y.ld, o0, o1, accumulate);
+    }
     return;
   }
   const int64_t tile_groups = std::max<int64_t>(1, kForwardTileCols / w.block);

@@ -59,6 +59,23 @@ ANVIL_AVX2 inline __m256 decode8(const uint8_t* p, const Table& t) {
   return _mm256_permutevar8x32_ps(t.lo, v);
 }
 
+// The eight codes starting at byte p as floats (intN: ŵ = s·q − s·z is affine in the code, so
+// the products need no table).
+template <int BITS>
+ANVIL_AVX2 inline __m256 codes8(const uint8_t* p) {
+  if (BITS == 4) {
+    uint32_t u;
+    std::memcpy(&u, p, 4);
+    const __m256i v =
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(u)), _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+  }
+  uint16_t u;
+  std::memcpy(&u, p, 2);
+  const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(u), _mm256_setr_epi32(6, 4, 2, 0, 14, 12, 10, 8));
+  return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+}
+
 ANVIL_AVX2 inline float horizontal_sum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -95,6 +112,53 @@ ANVIL_AVX2 void gemv_rows(const PackedWeight& w, const float* x, int64_t ldx, fl
       __m256 s = acc[m][0];
       for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[m][a]);
       const float sum = horizontal_sum(s);
+      float& out = y[m * ldy + o];
+      out = accumulate ? out + sum : sum;
+    }
+  }
+}
+
+// gemv_rows for intN: per group Σ_k x_k ŵ_k = s·Σ_k x_k q_k − s·z·Σ_k x_k, with the codes converted
+// rather than looked up (half the instructions of decode8) and Σ_k x_k given per (row, group).
+template <int BITS, int M>
+ANVIL_AVX2 void gemv_rows_int(const PackedWeight& w, const float* x, int64_t ldx, const float* x_group_sums,
+                              float* y, int64_t ldy, int64_t o0, int64_t o1, bool accumulate) {
+  constexpr int A = M == 1 ? 4 : (M <= 4 ? 2 : 1);
+  for (int64_t o = o0; o < o1; ++o) {
+    __m256 total[M];
+    float zero_terms[M];
+    for (int m = 0; m < M; ++m) {
+      total[m] = _mm256_setzero_ps();
+      zero_terms[m] = 0.0f;
+    }
+    const uint8_t* p = w.codes + o * w.row_bytes;
+    int64_t k = 0;
+    for (int64_t g = 0; g < w.groups; ++g) {
+      __m256 acc[M][A];
+      for (int m = 0; m < M; ++m)
+        for (int a = 0; a < A; ++a) acc[m][a] = _mm256_setzero_ps();
+      const int64_t end = k + w.block;
+      for (; k + 8 * A <= end; k += 8 * A, p += BITS * A)
+        for (int a = 0; a < A; ++a) {
+          const __m256 q = codes8<BITS>(p + a * BITS);
+          for (int m = 0; m < M; ++m)
+            acc[m][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * ldx + k + 8 * a), q, acc[m][a]);
+        }
+      for (; k < end; k += 8, p += BITS) {
+        const __m256 q = codes8<BITS>(p);
+        for (int m = 0; m < M; ++m) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * ldx + k), q, acc[m][0]);
+      }
+      const float s = w.scales[o * w.groups + g], sz = s * w.zeros[o * w.groups + g];
+      const __m256 vs = _mm256_set1_ps(s);
+      for (int m = 0; m < M; ++m) {
+        __m256 sum = acc[m][0];
+        for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, acc[m][a]);
+        total[m] = _mm256_fmadd_ps(vs, sum, total[m]);
+        zero_terms[m] += sz * x_group_sums[m * w.groups + g];
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      const float sum = horizontal_sum(total[m]) - zero_terms[m];
       float& out = y[m * ldy + o];
       out = accumulate ? out + sum : sum;
     }
@@ -165,6 +229,13 @@ struct Gemv {
 };
 
 template <int BITS, int M>
+struct GemvInt {
+  using Fn = void (*)(const PackedWeight&, const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t,
+                      bool);
+  static constexpr Fn run = gemv_rows_int<BITS, M>;
+};
+
+template <int BITS, int M>
 struct InputGrad {
   using Fn = void (*)(const PackedWeight&, const float*, int64_t, float*, int64_t, int64_t, int64_t, bool);
   static constexpr Fn run = input_grad_strip<BITS, M>;
@@ -172,9 +243,10 @@ struct InputGrad {
 
 }  // namespace
 
-void gemv(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* y, int64_t ldy, int64_t o0,
-          int64_t o1, bool accumulate) {
-  pick<Gemv>(w.bits, rows)(w, x, ldx, y, ldy, o0, o1, accumulate);
+void gemv(const PackedWeight& w, const float* x, int64_t ldx, const float* x_group_sums, int64_t rows, float* y,
+          int64_t ldy, int64_t o0, int64_t o1, bool accumulate) {
+  if (w.nf4) return pick<Gemv>(w.bits, rows)(w, x, ldx, y, ldy, o0, o1, accumulate);
+  pick<GemvInt>(w.bits, rows)(w, x, ldx, x_group_sums, y, ldy, o0, o1, accumulate);
 }
 
 void gemv_input_grad(const PackedWeight& w, const float* dy, int64_t lddy, int64_t rows, float* dx, int64_t lddx,

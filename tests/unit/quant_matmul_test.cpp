@@ -8,10 +8,11 @@
 // Shapes: rows 1..8 take the GEMV kernels, more rows the dequantized-tile sgemm path; `out` not a
 // multiple of 8; blocks that are and are not multiples of the kernels' unroll (8, 24, 32, 64, 128).
 //
-// Tolerance: each output is a K-term f32 sum of f32 products of ŵ (itself one f32 rounding off
-// the exact decode), in an order the kernel chooses, so |err| ≤ (K + 2)·2⁻²⁴·Σ_k |x_k||ŵ_k|
-// (+ 2⁻²⁴|y₀| when accumulating): the classic bound for any summation order, checked per element.
-// A wrong code, scale or zero moves an output by about one term, |x||ŵ| ≈ Σ/K, far above it.
+// Tolerance: each output is a K-term f32 sum of f32 products, in an order the kernel chooses, so
+// |err| ≤ (K + 4)·2⁻²⁴·Σ_k |x_k|·|w_k| (+ 2⁻²⁴|y₀| when accumulating): the classic bound for any
+// summation order, checked per element. |w_k| is |ŵ_k| for nf4; for intN it is s·(q + |z|), since
+// the AVX2 kernel sums s·Σ x·q − s·z·Σ x (its terms are that large before they cancel). A wrong
+// code, scale or zero moves an output by about one term, |x||ŵ| ≈ Σ/K, far above the bound.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -100,12 +101,14 @@ QuantizedWeight random_weight(Kind kind, int64_t out, int64_t in, int64_t block,
   return w;
 }
 
-// Ŵ [out, in] in double, decoded from the format as quant.h states it.
-std::vector<double> decode(const QuantizedWeight& w) {
+// Ŵ [out, in] in double, decoded from the format as quant.h states it; `magnitude` gets the size
+// of each weight's terms in the kernels' sums (see the tolerance above).
+std::vector<double> decode(const QuantizedWeight& w, std::vector<double>* magnitude = nullptr) {
   const int bits = kernels::quant_bits(w.scheme), per = 8 / bits;
   const int64_t in = w.in_features, n = w.numel();
   const uint8_t* packed = w.packed.data<uint8_t>();
   std::vector<double> out(static_cast<size_t>(n));
+  if (magnitude) magnitude->assign(static_cast<size_t>(n), 0.0);
   for (int64_t e = 0; e < n; ++e) {
     const int shift = 8 - bits * (1 + static_cast<int>(e % per));  // the first element in the high bits
     const int code = (packed[e / per] >> shift) & ((1 << bits) - 1);
@@ -117,9 +120,12 @@ std::vector<double> decode(const QuantizedWeight& w) {
                                  w.absmax_offset
                            : w.absmax.data<float>()[b];
       out[e] = kNF4[code] * absmax;
+      if (magnitude) (*magnitude)[e] = std::fabs(out[e]);
     } else {
       const int64_t o = e / in, g = (e % in) / w.block;  // == b, spelled as the [out, in / block] index
-      out[e] = w.scales.item_at({o, g}) * (code - w.zeros.item_at({o, g}));
+      const double s = w.scales.item_at({o, g}), z = w.zeros.item_at({o, g});
+      out[e] = s * (code - z);
+      if (magnitude) (*magnitude)[e] = std::fabs(s) * (code + std::fabs(z));
     }
   }
   return out;
@@ -130,8 +136,8 @@ struct Reference {
   std::vector<double> value, bound;
 };
 
-Reference reference(const std::vector<double>& wd, int64_t out, int64_t in, const Tensor& a, bool forward,
-                    const Tensor* c0) {
+Reference reference(const std::vector<double>& wd, const std::vector<double>& wm, int64_t out, int64_t in,
+                    const Tensor& a, bool forward, const Tensor* c0) {
   const int64_t rows = a.numel() / a.size(-1);
   const std::vector<float> av = a.contiguous().to_vector();
   const std::vector<float> c0v = c0 ? c0->contiguous().to_vector() : std::vector<float>{};
@@ -144,14 +150,14 @@ Reference reference(const std::vector<double>& wd, int64_t out, int64_t in, cons
     for (int64_t j = 0; j < n_c; ++j) {
       double s = 0, abs = 0;
       for (int64_t k = 0; k < n_a; ++k) {
-        const double t = av[m * n_a + k] * (forward ? wd[j * in + k] : wd[k * in + j]);
-        s += t;
-        abs += std::fabs(t);
+        const int64_t e = forward ? j * in + k : k * in + j;
+        s += av[m * n_a + k] * wd[e];
+        abs += std::fabs(av[m * n_a + k]) * wm[e];
       }
       const size_t i = static_cast<size_t>(m * n_c + j);
       const double old = c0 ? c0v[i] : 0.0;
       r.value[i] = s + old;
-      r.bound[i] = (n_a + 2) * u * abs + 2 * u * std::fabs(old) + 1e-30;
+      r.bound[i] = (n_a + 4) * u * abs + 2 * u * std::fabs(old) + 1e-30;
     }
   return r;
 }
@@ -180,7 +186,8 @@ struct Shape3 {
 // Runs both products for every row count and accumulate flag on the current kernels.
 void check_products(Kind kind, const Shape3& s, uint32_t seed, const std::string& path) {
   const QuantizedWeight w = random_weight(kind, s.out, s.in, s.block, seed);
-  const std::vector<double> wd = decode(w);
+  std::vector<double> wm;
+  const std::vector<double> wd = decode(w, &wm);
   for (int64_t rows : {1, 2, 3, 5, 8, 9, 17, 100})
     for (bool accumulate : {false, true}) {
       const std::string where = std::string(kind_name(kind)) + " out=" + std::to_string(s.out) +
@@ -194,7 +201,7 @@ void check_products(Kind kind, const Shape3& s, uint32_t seed, const std::string
                               : Tensor::full({rows, s.out}, std::numeric_limits<double>::quiet_NaN());
         const Tensor y0 = y.clone();
         kernels::quant_matmul(x, w, y, accumulate);
-        EXPECT_EQ(violations(y, reference(wd, s.out, s.in, x, true, accumulate ? &y0 : nullptr)), "")
+        EXPECT_EQ(violations(y, reference(wd, wm, s.out, s.in, x, true, accumulate ? &y0 : nullptr)), "")
             << "quant_matmul " << where;
       }
       {
@@ -203,7 +210,7 @@ void check_products(Kind kind, const Shape3& s, uint32_t seed, const std::string
                                : Tensor::full({rows, s.in}, std::numeric_limits<double>::quiet_NaN());
         const Tensor dx0 = dx.clone();
         kernels::quant_matmul_input_grad(dy, w, dx, accumulate);
-        EXPECT_EQ(violations(dx, reference(wd, s.out, s.in, dy, false, accumulate ? &dx0 : nullptr)), "")
+        EXPECT_EQ(violations(dx, reference(wd, wm, s.out, s.in, dy, false, accumulate ? &dx0 : nullptr)), "")
             << "quant_matmul_input_grad " << where;
       }
     }
@@ -241,7 +248,8 @@ TEST(QuantMatmul, LargeShapesSplitAcrossThreadsAndTiles) {
   const Shape3 s{300, 1280, 64};
   for (Kind kind : {Kind::NF4Double, Kind::Int4, Kind::Int2}) {
     const QuantizedWeight w = random_weight(kind, s.out, s.in, s.block, 40 + static_cast<uint32_t>(kind));
-    const std::vector<double> wd = decode(w);
+    std::vector<double> wm;
+    const std::vector<double> wd = decode(w, &wm);
     for (bool scalar : {true, false}) {
       if (!scalar && !kernels::cpu::quant_avx2_active()) continue;
       std::unique_ptr<kernels::cpu::ScalarQuantKernels> scope;
@@ -253,11 +261,11 @@ TEST(QuantMatmul, LargeShapesSplitAcrossThreadsAndTiles) {
           const Tensor x = random_tensor({rows, s.in}, 90 + rows);
           Tensor y = Tensor::empty({rows, s.out});
           kernels::quant_matmul(x, w, y);
-          EXPECT_EQ(violations(y, reference(wd, s.out, s.in, x, true, nullptr)), "") << where;
+          EXPECT_EQ(violations(y, reference(wd, wm, s.out, s.in, x, true, nullptr)), "") << where;
           const Tensor dy = random_tensor({rows, s.out}, 95 + rows);
           Tensor dx = Tensor::empty({rows, s.in});
           kernels::quant_matmul_input_grad(dy, w, dx);
-          EXPECT_EQ(violations(dx, reference(wd, s.out, s.in, dy, false, nullptr)), "") << where;
+          EXPECT_EQ(violations(dx, reference(wd, wm, s.out, s.in, dy, false, nullptr)), "") << where;
         }
       });
     }
@@ -277,18 +285,19 @@ TEST(QuantMatmul, QuantizedWeightsMatchDequantizeRows) {
     kernels::dequantize_rows(w, 0, w.out_features, wt);
     const std::vector<double> wd = values(wt);
     // The decode written here agrees with the library's to the last f32 bit's rounding.
-    const std::vector<double> mine = decode(w);
+    std::vector<double> wm;
+    const std::vector<double> mine = decode(w, &wm);
     for (size_t i = 0; i < wd.size(); ++i) ASSERT_NEAR(mine[i], wd[i], 1e-7 * std::fabs(wd[i]) + 1e-30) << i;
     for (int64_t rows : {1, 4, 12}) {
       const Tensor x = random_tensor({rows, w.in_features}, 60 + rows);
       Tensor y = Tensor::empty({rows, w.out_features});
       kernels::quant_matmul(x, w, y);
-      EXPECT_EQ(violations(y, reference(wd, w.out_features, w.in_features, x, true, nullptr)), "")
+      EXPECT_EQ(violations(y, reference(wd, wm, w.out_features, w.in_features, x, true, nullptr)), "")
           << kernels::quant_scheme_name(w.scheme) << " rows=" << rows;
       const Tensor dy = random_tensor({rows, w.out_features}, 70 + rows);
       Tensor dx = Tensor::empty({rows, w.in_features});
       kernels::quant_matmul_input_grad(dy, w, dx);
-      EXPECT_EQ(violations(dx, reference(wd, w.out_features, w.in_features, dy, false, nullptr)), "")
+      EXPECT_EQ(violations(dx, reference(wd, wm, w.out_features, w.in_features, dy, false, nullptr)), "")
           << kernels::quant_scheme_name(w.scheme) << " rows=" << rows;
     }
   }
@@ -297,26 +306,27 @@ TEST(QuantMatmul, QuantizedWeightsMatchDequantizeRows) {
 // 3-D activations and row-strided views (column slices of wider buffers) in and out.
 TEST(QuantMatmul, BatchedAndStridedOperands) {
   const QuantizedWeight w = random_weight(Kind::Int4, 19, 64, 32, 77);
-  const std::vector<double> wd = decode(w);
+  std::vector<double> wm;
+  const std::vector<double> wd = decode(w, &wm);
   for (int64_t rows_per_batch : {1, 3, 7}) {
     const Tensor x = random_tensor({2, rows_per_batch, 64}, 80 + rows_per_batch);
     Tensor y = Tensor::empty({2, rows_per_batch, 19});
     kernels::quant_matmul(x, w, y);
-    EXPECT_EQ(violations(y, reference(wd, 19, 64, x, true, nullptr)), "") << rows_per_batch;
+    EXPECT_EQ(violations(y, reference(wd, wm, 19, 64, x, true, nullptr)), "") << rows_per_batch;
 
     const int64_t rows = 2 * rows_per_batch;
     Tensor wide_x = random_tensor({rows, 80}, 85 + rows_per_batch), wide_y = Tensor::zeros({rows, 30});
     const Tensor xs = wide_x.slice(1, 8, 72);
     Tensor ys = wide_y.slice(1, 5, 24);
     kernels::quant_matmul(xs, w, ys);
-    EXPECT_EQ(violations(ys, reference(wd, 19, 64, xs, true, nullptr)), "") << rows_per_batch;
+    EXPECT_EQ(violations(ys, reference(wd, wm, 19, 64, xs, true, nullptr)), "") << rows_per_batch;
     for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(wide_y.item_at({r, 29}), 0.0) << "wrote outside the view";
 
     Tensor wide_dx = Tensor::zeros({rows, 70});
     Tensor dxs = wide_dx.slice(1, 3, 67);
     const Tensor dys = wide_x.slice(1, 1, 20);
     kernels::quant_matmul_input_grad(dys, w, dxs);
-    EXPECT_EQ(violations(dxs, reference(wd, 19, 64, dys, false, nullptr)), "") << rows_per_batch;
+    EXPECT_EQ(violations(dxs, reference(wd, wm, 19, 64, dys, false, nullptr)), "") << rows_per_batch;
     for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(wide_dx.item_at({r, 2}) + wide_dx.item_at({r, 67}), 0.0);
   }
 }
