@@ -89,6 +89,13 @@ uint8_t nearest_code(const std::array<float, M>& mids, float x) {
 // bitsandbytes' guard against a zero absmax: 1 / max(absmax, 1e-38) keeps 0 · inv = 0.
 inline float safe_reciprocal(float absmax) { return 1.0f / std::max(absmax, 1e-38f); }
 
+// bitsandbytes' decoded absmax: DYN[code] · scale rounded to f32, then + offset in f32. The volatile
+// product keeps the compiler from fusing the two into one FMA (a different rounding).
+inline float double_quant_absmax(float dyn, float scale, float offset) {
+  const volatile float product = dyn * scale;
+  return product + offset;
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The f32 CPU matrix W [out, in] a quantizer reads, contiguous and finite.
@@ -329,11 +336,10 @@ void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_en
     const float* ps = dq ? w.absmax_scales.data<float>() : nullptr;
     cpu::parallel_rows(rows, in, [&](int64_t r) {
       float* y = vo.row(r);
-      for (int64_t j = 0; j < in; ++j) {
-        const int64_t e = (row_begin + r) * in + j, b = e / w.block;
-        // bitsandbytes: absmax = DYN[code] · scale (f32), then + offset (f32).
-        const float amax = dq ? dyn[pc[b]] * ps[b / kDoubleQuantBlock] + w.absmax_offset : pa[b];
-        y[j] = kNF4[unpack_code(pp, 4, e)] * amax;
+      for (int64_t j0 = 0; j0 < in; j0 += w.block) {  // blocks never straddle rows: block divides in
+        const int64_t e0 = (row_begin + r) * in + j0, b = e0 / w.block;
+        const float amax = dq ? double_quant_absmax(dyn[pc[b]], ps[b / kDoubleQuantBlock], w.absmax_offset) : pa[b];
+        for (int64_t i = 0; i < w.block; ++i) y[j0 + i] = kNF4[unpack_code(pp, 4, e0 + i)] * amax;
       }
     });
     return;
@@ -344,9 +350,10 @@ void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_en
   cpu::parallel_rows(rows, in, [&](int64_t r) {
     const int64_t row = row_begin + r;
     float* y = vo.row(r);
-    for (int64_t j = 0; j < in; ++j) {
-      const int64_t g = row * groups + j / w.block;
-      y[j] = ps[g] * (static_cast<float>(unpack_code(pp, bits, row * in + j)) - pz[g]);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = ps[row * groups + g], z = pz[row * groups + g];
+      const int64_t j0 = g * w.block;
+      for (int64_t i = 0; i < w.block; ++i) y[j0 + i] = s * (static_cast<float>(unpack_code(pp, bits, row * in + j0 + i)) - z);
     }
   });
 }
