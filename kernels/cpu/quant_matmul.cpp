@@ -74,7 +74,9 @@ void decode_group(const PackedWeight& w, int64_t o, int64_t g, float* out) {
 
 float PackedWeight::nf4_absmax(int64_t b) const {
   if (absmax != nullptr) return absmax[b];
-  return dynamic_map[absmax_codes[b]] * absmax_scales[b / 256] + absmax_offset;
+  // As dequantize_rows (quant_format.cpp): the product rounded to f32 before the offset, no FMA.
+  const volatile float product = dynamic_map[absmax_codes[b]] * absmax_scales[b / 256];
+  return product + absmax_offset;
 }
 
 void PackedWeight::group_table(int64_t o, int64_t g, float* table) const {
