@@ -41,6 +41,15 @@ QuantScheme parse_quant_scheme(const std::string& name, const std::string& field
 const float* nf4_values();
 const float* dynamic_map_signed();
 
+// Absmaxes per f32 scale under double quantization (bitsandbytes' nested blocksize).
+constexpr int64_t kDoubleQuantBlock = 256;
+// A double-quantized absmax as bitsandbytes decodes it: DYN[code]·scale rounded to f32, then
+// + offset in f32. The volatile keeps the compiler from fusing the two into one FMA (another rounding).
+inline float double_quant_absmax(float dyn, float scale, float offset) {
+  const volatile float product = dyn * scale;
+  return product + offset;
+}
+
 // A quantized weight [out_features, in_features]: views of the tensors a LinearWeight holds as
 // frozen Params (so checkpoints save them as they are). All on one device.
 struct QuantizedWeight {

@@ -40,7 +40,6 @@ constexpr float kNF4[16] = {-1.0f,
                             0.7229568362236023f,
                             1.0f};
 
-constexpr int64_t kDoubleQuantBlock = 256;  // absmaxes per f32 scale (bitsandbytes' blocksize=256)
 
 // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for exponent
 // i = 0..6, the 2^i midpoints of linspace(0.1, 1, 2^i + 1) scaled by ±10^(i−6), plus 0 and 1,
@@ -89,13 +88,6 @@ uint8_t nearest_code(const std::array<float, M>& mids, float x) {
 
 // bitsandbytes' guard against a zero absmax: 1 / max(absmax, 1e-38) keeps 0 · inv = 0.
 inline float safe_reciprocal(float absmax) { return 1.0f / std::max(absmax, 1e-38f); }
-
-// bitsandbytes' decoded absmax: DYN[code] · scale rounded to f32, then + offset in f32. The volatile
-// product keeps the compiler from fusing the two into one FMA (a different rounding).
-inline float double_quant_absmax(float dyn, float scale, float offset) {
-  const volatile float product = dyn * scale;
-  return product + offset;
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

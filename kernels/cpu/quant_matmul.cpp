@@ -74,9 +74,7 @@ void decode_group(const PackedWeight& w, int64_t o, int64_t g, float* out) {
 
 float PackedWeight::nf4_absmax(int64_t b) const {
   if (absmax != nullptr) return absmax[b];
-  // As dequantize_rows (quant_format.cpp): the product rounded to f32 before the offset, no FMA.
-  const volatile float product = dynamic_map[absmax_codes[b]] * absmax_scales[b / 256];
-  return product + absmax_offset;
+  return double_quant_absmax(dynamic_map[absmax_codes[b]], absmax_scales[b / kDoubleQuantBlock], absmax_offset);
 }
 
 void PackedWeight::group_table(int64_t o, int64_t g, float* table) const {
@@ -298,6 +296,7 @@ Operands operands(const char* op, const PackedWeight& w, const char* a_name, con
 }  // namespace cpu
 
 void quant_matmul(const Tensor& x, const QuantizedWeight& w, Tensor& y, bool accumulate) {
+  ANVIL_DISPATCH_CUDA(x, quant_matmul, x, w, y, accumulate);
   constexpr const char* kOp = "quant_matmul";
   const cpu::PackedWeight p = cpu::packed_weight(w, kOp);
   const cpu::Operands v = cpu::operands(kOp, p, "x", x, p.in, "y", y, p.out);
@@ -306,6 +305,7 @@ void quant_matmul(const Tensor& x, const QuantizedWeight& w, Tensor& y, bool acc
 }
 
 void quant_matmul_input_grad(const Tensor& dy, const QuantizedWeight& w, Tensor& dx, bool accumulate) {
+  ANVIL_DISPATCH_CUDA(dy, quant_matmul_input_grad, dy, w, dx, accumulate);
   constexpr const char* kOp = "quant_matmul_input_grad";
   const cpu::PackedWeight p = cpu::packed_weight(w, kOp);
   const cpu::Operands v = cpu::operands(kOp, p, "dy", dy, p.out, "dx", dx, p.in);

@@ -31,9 +31,8 @@ ANVIL_AVX2 inline Table group_table(const PackedWeight& w, int64_t o, int64_t g)
     float a;
     if (w.absmax != nullptr) {
       a = w.absmax[b];
-    } else {  // as PackedWeight::nf4_absmax: the product rounded to f32 before the offset, no FMA
-      const volatile float product = w.dynamic_map[w.absmax_codes[b]] * w.absmax_scales[b / 256];
-      a = product + w.absmax_offset;
+    } else {
+      a = double_quant_absmax(w.dynamic_map[w.absmax_codes[b]], w.absmax_scales[b / kDoubleQuantBlock], w.absmax_offset);
     }
     const __m256 va = _mm256_set1_ps(a);
     return {_mm256_mul_ps(_mm256_loadu_ps(w.nf4_table), va), _mm256_mul_ps(_mm256_loadu_ps(w.nf4_table + 8), va)};
