@@ -2,7 +2,7 @@
 // (tests/parity/quant_hf_ref.py, from bitsandbytes' QuantState.as_dict and AutoGPTQ's pack):
 // - reading: our decode of the oracle's files equals its dequantization BITWISE (same f32 products);
 //   with act order, Ŵ_ours[:, j] equals the oracle's column perm[j] bitwise, and the quantized
-//   product of x[:, perm] matches x · Ŵᵀ (float64) within the f32 bound of a 128-term dot product;
+//   product x[:, perm] · Ŵ_oursᵀ matches x · Ŵᵀ (float64) within the f32 bound of a 128-term dot product;
 // - writing: the oracle decodes our files, the consumers' way, to our Ŵ bitwise, and re-writing a
 //   weight read from the oracle's GPTQ file reproduces its tensors bitwise;
 // - round trips ours → file → ours are bitwise.
@@ -208,9 +208,15 @@ TEST(QuantHfFormatParity, BnbAndGptqAgainstTheNumpyOracle) {
     }
     if (c.act) {
       // y = x[:, perm] · Ŵ_oursᵀ against the oracle's x · Ŵᵀ in float64: |error| ≤ 2·n·u·Σ|x||w|.
+      // (An f32 loop over our decode; the quantized product's own kernels are tested against dequantize_rows.)
       const Tensor xp = gather_columns(x, read.perm);
       Tensor y = Tensor::empty({x.size(0), c.out});
-      kernels::quant_matmul(xp, read.weight, y);
+      for (int64_t r = 0; r < x.size(0); ++r)
+        for (int64_t o = 0; o < c.out; ++o) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j < c.in; ++j) acc += xp.data<float>()[r * c.in + j] * mine.data<float>()[o * c.in + j];
+          y.data<float>()[r * c.out + o] = acc;
+        }
       const Tensor y_ref = expected.at(std::string(c.name) + ".y");
       for (int64_t r = 0; r < x.size(0); ++r) {
         for (int64_t o = 0; o < c.out; ++o) {

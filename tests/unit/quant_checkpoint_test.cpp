@@ -85,7 +85,10 @@ TEST(QuantCheckpoint, BnbRejectsOtherFormatsNamingTheTensor) {
   EXPECT_HAS(bnb_error(with_state(bnb(false), "\"shape\"", "\"shapes\"")), "\"shapes\", which bitsandbytes");
   EXPECT_HAS(bnb_error(with_state(bnb(true), "\"nested_blocksize\":256", "\"nested_blocksize\":128")),
              "nested_blocksize 128");
-  EXPECT_HAS(bnb_error(with_state(bnb(true), "\"nested_offset\":", "\"nested_offset\":\"x\",\"q\":")), "nested_offset");
+  TensorMap nested = bnb(true);
+  nested[kState] = bytes(R"({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [4, 128],
+      "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": "0.5"})");
+  EXPECT_HAS(bnb_error(nested), "nested_offset is \"0.5\"");
 
   TensorMap t = bnb(false);
   t[kState] = bytes("{\"quant_type\": \"nf4\"");
