@@ -36,8 +36,13 @@ struct Reader {
 
 Tensor bytes_tensor(const std::string& s, DType dtype, const Shape& shape) {
   Tensor t = Tensor::zeros(shape, dtype);
-  std::memcpy(t.raw_data(), s.data(), std::min(s.size(), t.nbytes()));
+  const size_t k = std::min(s.size(), t.nbytes());
+  if (k > 0) std::memcpy(t.raw_data(), s.data(), k);
   return t;
+}
+
+std::string bytes_of(const Tensor& t) {
+  return t.nbytes() == 0 ? std::string() : std::string(static_cast<const char*>(t.raw_data()), t.nbytes());
 }
 
 // Deterministic weights: the fuzzer explores the container, not the values.
@@ -104,13 +109,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 0: {  // new shape (1-3 dims), same dtype, old bytes where they fit
         Shape shape(1 + in.byte() % 3);
         for (int64_t& d : shape) d = in.byte() % 40;
-        const std::string old(static_cast<const char*>(it->second.raw_data()), it->second.nbytes());
-        it->second = bytes_tensor(old, it->second.dtype(), shape);
+        it->second = bytes_tensor(bytes_of(it->second), it->second.dtype(), shape);
         break;
       }
       case 1: {  // another dtype, same shape
-        const std::string old(static_cast<const char*>(it->second.raw_data()), it->second.nbytes());
-        it->second = bytes_tensor(old, kDtypes[in.byte() % 7], it->second.shape());
+        it->second = bytes_tensor(bytes_of(it->second), kDtypes[in.byte() % 7], it->second.shape());
         break;
       }
       case 2: t.erase(it); break;
