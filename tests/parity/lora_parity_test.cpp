@@ -56,7 +56,7 @@ TEST(LoraParity, MatchesTorchAutograd) {
     const std::string in_path = ::testing::TempDir() + "/lora_in.anvt", out_path = ::testing::TempDir() + "/lora_out.anvt";
     write_tensor_file(in_path, {{"x", x}, {"W", lw.weight().value}, {"b", lw.bias().value}, {"A", ad.A.value},
                                 {"B", ad.B.value}, {"dy", dy}, {"mask", mask},
-                                {"params", Tensor::from_vector({spec.scaling(), float(c.g), 0.0f}, {3})}});
+                                {"params", Tensor::from_vector(std::vector<float>{spec.scaling(), float(c.g), 0.0f}, {3})}});
     run_torch_script("tests/parity/torch_lora.py", in_path + " " + out_path);
     const TensorMap ref = read_tensor_file(out_path);
     // f32 against float64: dot products of length <= in (16) of O(1) terms, scaled by at most

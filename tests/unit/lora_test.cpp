@@ -155,9 +155,9 @@ TEST(Lora, QaLoraPublishedVector) {
   spec.r = 1, spec.alpha = 1, spec.qa_group = 2;
   LinearWeight lw("qa", 1, 4, false);  // base weight zero: y is the adapter's alone
   lw.attach_lora(spec);
-  lw.lora()->A.value.copy_(Tensor::from_vector({0.5f, -1.0f}, {1, 2}));
-  lw.lora()->B.value.copy_(Tensor::from_vector({2.0f}, {1, 1}));
-  const Tensor y = lw.forward(Tensor::from_vector({1, 3, 2, 4}, {1, 4}));
+  lw.lora()->A.value.copy_(Tensor::from_vector(std::vector<float>{0.5f, -1.0f}, {1, 2}));
+  lw.lora()->B.value.copy_(Tensor::from_vector(std::vector<float>{2.0f}, {1, 1}));
+  const Tensor y = lw.forward(Tensor::from_vector(std::vector<float>{1.0f, 3.0f, 2.0f, 4.0f}, {1, 4}));
   EXPECT_FLOAT_EQ(y.data<float>()[0], -4.0f);
   // Merged, the update is constant within each group: (BA)/g = [0.5, 0.5, -1, -1].
   const Tensor m = lw.merged();
