@@ -23,7 +23,7 @@ std::string base_dir() { return tiny().dir + "/target"; }
 RunConfig lora_config(const std::string& label, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> all = {"run.out_dir=" + tiny().dir + "/" + label, "checkpoint.resume=none",
                                   "model={init_from: " + base_dir() + "}", "lora.modules=[q_proj, v_proj, down_proj]",
-                                  "lora.r=4", "lora.alpha=8", "lora.dropout=0.1", "optimizer.lr=0.01",
+                                  "lora.r=8", "lora.alpha=16", "lora.dropout=0.1", "optimizer.lr=0.01",
                                   "schedule.warmup_steps=0", "training.eval_every=0", "training.steps=12",
                                   "training.grad_accum_steps=2", "checkpoint.every=0"};
   all.insert(all.end(), extra.begin(), extra.end());
@@ -54,11 +54,14 @@ TEST(LoraTask, AdaptersTrainOnAFrozenBase) {
                                           "training.steps=1"});
   Trainer base_only(plain, TrainerMode::Quiet);
   base_only.train();
+  // Training lowers the loss on held-out windows (the steps' own batches differ more than LoRA on
+  // q/v/down moves this tiny base in 12 steps, ~0.005 nats; the evaluation is deterministic).
+  const double before_val = t.evaluate(4);
   t.train();
   const auto& h = t.history();
   ASSERT_EQ(h.size(), 12u);
   EXPECT_NEAR(h[0].loss, base_only.history()[0].loss, 1e-5 * base_only.history()[0].loss);
-  EXPECT_LT(h.back().loss, h[0].loss);
+  EXPECT_LT(t.evaluate(4), before_val - 0.002);
   for (Param* p : t.model().params()) {
     const bool moved = max_abs_diff(p->value, before.at(p->name)) > 0;
     // Every B moves off zero; the base stays bitwise model.init_from's.
@@ -82,8 +85,8 @@ TEST(LoraTask, ResumeIsBitwise) {
   Trainer straight(lora_config("resume_straight", {"training.steps=8"}), TrainerMode::Quiet);
   straight.train();
   {
-    Trainer first(lora_config("resume_split", {"training.steps=4", "checkpoint.dir=" + ckpt}), TrainerMode::Quiet);
-    first.train();  // checkpoint.every 0: it saves at the end
+    Trainer first(lora_config("resume_split", {"training.steps=8", "checkpoint.dir=" + ckpt}), TrainerMode::Quiet);
+    first.train(4);  // stops after step 4 and checkpoints
   }
   Trainer second(lora_config("resume_split", {"training.steps=8", "checkpoint.dir=" + ckpt, "checkpoint.resume=auto"}),
                  TrainerMode::Quiet);
