@@ -5,8 +5,10 @@
 // Under tp the replicated factor's gradient is a partial sum over tp (A of a column-parallel layer,
 // B of a row-parallel one) and the dropout mask is drawn per logical element, so a wrong sum or a
 // rank-keyed mask fails here. Besides: every base param is frozen, has no gradient buffer and
-// stays bitwise the base on every rank. Tolerances as in layout_equivalence_test.cpp: fp32
-// reduction-order noise over 10 steps, AdamW eps 1e-5.
+// stays bitwise the base on every rank. Tolerances as in layout_equivalence_test.cpp (fp32
+// reduction-order noise over 10 steps, 1e-5), with AdamW eps 1e-4: B starts at zero and some of
+// its gradient entries are sums that cancel to ~1e-6, whose reduction-order noise an eps of 1e-5
+// lets Adam amplify to ~1.5e-5 of the adapter's scale by step 10 (seen under tp2).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -69,7 +71,7 @@ RunConfig config(const Layout& l, const Variant& v) {
                                    "checkpoint.dir=" + out + "/checkpoints",
                                    "checkpoint.resume=none",
                                    "model.init_from=" + base_dir(),
-                                   "optimizer.eps=1e-5",
+                                   "optimizer.eps=1e-4",
                                    "optimizer.lr=0.01",
                                    "run.threads=1",
                                    "schedule.warmup_steps=0",
