@@ -77,10 +77,11 @@ void move_params(const std::vector<Param*>& params, Device device, DType compute
 }
 
 namespace {
-// N(0, std) draws by logical element index, so a shard holds exactly its slice of the
-// single-process tensor: each run of the split dim is a contiguous local block.
-void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
-  if (!p.shard.sharded()) return rng.fill_normal(p.value, 0.0f, std);
+// Draws by logical element index, so a shard holds exactly its slice of the single-process
+// tensor: each run of the split dim is a contiguous local block, filled by `fill(block, first_index)`.
+template <class Fill>
+void fill_logical(Param& p, const Fill& fill) {
+  if (!p.shard.sharded()) return fill(p.value, 0);
   const ShardSplit& split = p.shard.single(p.name);  // initialising a multi-axis shard is not needed yet
   const Shape& shape = p.value.shape();
   const int d = split.dim;
@@ -91,8 +92,19 @@ void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
   for (int64_t o = 0; o < outer; ++o)
     for (const ShardRun& r : split.runs) {
       Tensor block = v.select(0, o).slice(0, r.local_start, r.local_start + r.length);
-      rng.fill_normal(block, 0.0f, std, static_cast<uint64_t>((o * split.full_size + r.global_start) * inner));
+      fill(block, static_cast<uint64_t>((o * split.full_size + r.global_start) * inner));
     }
+}
+
+void fill_normal_logical(const PhiloxStream& rng, Param& p, float std) {
+  fill_logical(p, [&](Tensor& t, uint64_t first) { rng.fill_normal(t, 0.0f, std, first); });
+}
+
+void fill_kaiming_uniform_logical(const PhiloxStream& rng, Param& p) {
+  ANVIL_CHECK(p.value.dim() == 2, p.name, ": Init::KaimingUniform is for a matrix [out, fan_in], got ",
+              p.value.describe());
+  const float bound = 1.0f / std::sqrt(static_cast<float>(logical_shape(p)[1]));
+  fill_logical(p, [&](Tensor& t, uint64_t first) { rng.fill_uniform(t, -bound, bound, first); });
 }
 }  // namespace
 
@@ -110,6 +122,7 @@ void init_params(const std::vector<Param*>& params, uint64_t seed, float std, fl
         rng.fill_uniform(p->value, -bound, bound);
         break;
       }
+      case Init::KaimingUniform: fill_kaiming_uniform_logical(rng, *p); break;
       case Init::Keep: break;
     }
   }

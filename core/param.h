@@ -53,6 +53,9 @@ enum class Init {
   // U(-1/sqrt(n), 1/sqrt(n)) with n the param's element count: PyTorch's nn.Linear bias default
   // (bound 1/sqrt(fan_in)) for the bias of a square layer (Medusa's ResBlock). Replicated params only.
   SquareLinearBias,
+  // U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in the logical size of dim 1: PyTorch's
+  // kaiming_uniform_(a=sqrt(5)), which PEFT uses for LoRA's A [r, in]. Drawn by logical element.
+  KaimingUniform,
   Keep,            // loaded, never initialised (e.g. a quantized weight's packed integers)
 };
 

@@ -246,6 +246,17 @@ Tensor Attention::backward(const Tensor& dy, Cache& c) {
                                   {&c.child(0), &c.child(1), &c.child(2)});
 }
 
+void Attention::collect_linears(std::vector<LinearWeight*>& out) {
+  if (projection_ == Projection::Fused) {
+    qkv_->collect_linears(out);
+  } else {
+    q_->collect_linears(out);
+    k_->collect_linears(out);
+    v_->collect_linears(out);
+  }
+  out_.collect_linears(out);
+}
+
 void Attention::collect_params(std::vector<Param*>& out) {
   if (projection_ == Projection::Fused) {
     qkv_->collect_params(out);

@@ -65,6 +65,7 @@ class Attention : public Module {
   Tensor forward(const Tensor& x, Cache& c) override;   // x: [B, T, hidden] (under sp: [B, Tl, hidden])
   Tensor backward(const Tensor& dy, Cache& c) override;
   void collect_params(std::vector<Param*>& out) override;
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   // Its input, q/k/v after RoPE, the attention output and its log-sum-exp (under sp: in the
   // head layout over every position, plus the output back in the sequence layout).
   size_t activation_bytes(const ActivationDims& d) const override;

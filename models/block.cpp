@@ -142,6 +142,13 @@ Tensor TransformerBlock::backward(const Tensor& dy, Cache& c) {
   return dx;
 }
 
+void TransformerBlock::collect_linears(std::vector<LinearWeight*>& out) {
+  attn_->collect_linears(out);
+  ff_->collect_linears(out);
+  for (auto& gate : gates_)
+    if (gate) gate->collect_linears(out);
+}
+
 void TransformerBlock::collect_params(std::vector<Param*>& out) {
   norm1_->collect_params(out);
   attn_->collect_params(out);

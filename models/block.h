@@ -58,6 +58,7 @@ class TransformerBlock : public Module {
   // appending their keys/values to this layer's KV cache; saves nothing.
   Tensor forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
   void collect_params(std::vector<Param*>& out) override;
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   // The sum of its parts', plus each gated sub-block's output and weights (kept for the gate's gradient).
   size_t activation_bytes(const ActivationDims& d) const override;
 

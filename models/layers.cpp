@@ -18,7 +18,7 @@ Linear::Linear(const std::string& name, int64_t in_features, int64_t out_feature
 Tensor Linear::forward(const Tensor& x, Cache& c) {
   const Tensor x2 = linear.input_matrix(x);
   c["x"] = x2;
-  return linear.forward(x2).view(with_last_dim(x.shape(), linear.out_features()));
+  return linear.forward(x2, true, c.context().dropout).view(with_last_dim(x.shape(), linear.out_features()));
 }
 
 Tensor Linear::infer(const Tensor& x) {
@@ -27,13 +27,16 @@ Tensor Linear::infer(const Tensor& x) {
 
 Tensor Linear::backward(const Tensor& dy, Cache& c) {
   const Tensor dy2 = dy.contiguous().view({-1, linear.out_features()});
-  const Tensor dx = linear.input_grad(dy2);
-  linear.accumulate_grads(dy2, c.get("x"));
+  const DropoutKey& key = c.context().dropout;
+  const Tensor dx = linear.input_grad(dy2, key);
+  linear.accumulate_grads(dy2, c.get("x"), key);
   c.clear();
   return dx.view(with_last_dim(dy.shape(), linear.in_features()));
 }
 
 void Linear::collect_params(std::vector<Param*>& out) { linear.collect_params(out); }
+
+void Linear::collect_linears(std::vector<LinearWeight*>& out) { out.push_back(&linear); }
 
 size_t Linear::activation_bytes(const ActivationDims& d) const { return d.tokens * linear.in_features() * d.act; }
 

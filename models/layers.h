@@ -16,6 +16,7 @@ class Linear : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override; // dy: [..., out]
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   size_t activation_bytes(const ActivationDims& d) const override;  // its input
 
   LinearWeight linear;

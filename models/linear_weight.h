@@ -3,15 +3,21 @@
 // Linear, ColumnParallelLinear and RowParallelLinear wrap it with their collectives.
 //
 // Today the weight is a dense Param [out, in] (owned, or another module's, for a tied head)
-// with an optional dense bias. The next issues add, behind the same calls: a frozen quantized
-// weight (packed integers + scales/zeros, Params that are not dense floats, Init::Keep) and
-// an optional LoRA adapter (A ~ Normal, B = Zeros) whose product joins the forward and whose
-// params are then the only trainable ones. merged() is the dense float weight export needs.
+// with an optional dense bias, and an optional LoRA adapter (models/lora.h, attach_lora) whose
+// product joins the forward and its dx part the input gradient, whatever the base is. The next
+// issue adds, behind the same calls, a frozen quantized weight (packed integers + scales/zeros,
+// Params that are not dense floats, Init::Keep). merged() is the dense float weight export needs.
+//
+// The DropoutKey arguments carry the micro-batch's StepContext::dropout to the adapter (inactive:
+// no dropout, as in evaluation and inference); `tp` is the communicator the weight is split over,
+// which the adapter's replicated factor sums its gradient over.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/param.h"
+#include "models/lora.h"
 
 namespace anvil {
 
@@ -34,14 +40,24 @@ class LinearWeight {
 
   // x [..., in] as a contiguous [rows, in] matrix, after checking its last dim.
   Tensor input_matrix(const Tensor& x) const;
-  // y [rows, out] = x2 W^T, plus the bias when `with_bias` (a row-parallel layer adds it
-  // after its reduction, with add_bias).
-  Tensor forward(const Tensor& x2, bool with_bias = true) const;
+  // y [rows, out] = x2 W^T (+ the adapter's s B A drop(x̃)), plus the bias when `with_bias` (a
+  // row-parallel layer adds it after its reduction, with add_bias; its partial products, the
+  // adapter's included, sum to the whole).
+  Tensor forward(const Tensor& x2, bool with_bias = true, const DropoutKey& key = DropoutKey()) const;
   void add_bias(Tensor& y) const;
-  // dx [rows, in] = dy2 W for dy2 [rows, out].
-  Tensor input_grad(const Tensor& dy2) const;
-  // dW += dy2^T x2 and db += sum of dy2's rows, for the params that train.
-  void accumulate_grads(const Tensor& dy2, const Tensor& x2);
+  // dx [rows, in] = dy2 W (+ the adapter's part) for dy2 [rows, out].
+  Tensor input_grad(const Tensor& dy2, const DropoutKey& key = DropoutKey()) const;
+  // dW += dy2^T x2 and db += sum of dy2's rows, and the adapter's gradients, for the params that train.
+  void accumulate_grads(const Tensor& dy2, const Tensor& x2, const DropoutKey& key = DropoutKey(),
+                        Communicator* tp = nullptr);
+
+  // Attaches a LoRA adapter (its params zero until init_params; the base is left as it is).
+  // Throws for a tied weight or a second adapter.
+  LoraAdapter& attach_lora(const LoraSpec& spec);
+  LoraAdapter* lora() { return lora_.get(); }
+  const LoraAdapter* lora() const { return lora_.get(); }
+  // The layer's HF module name: the weight's name less ".weight" (model.layers.0.self_attn.q_proj).
+  std::string module_name() const;
 
   // The dense float weight [out, in] (a quantized weight dequantized, an adapter merged in).
   Tensor merged() const;
@@ -51,12 +67,13 @@ class LinearWeight {
   Param& bias() { return bias_; }
   const Param& bias() const { return bias_; }
   bool tied() const { return tied_ != nullptr; }
-  void collect_params(std::vector<Param*>& out);  // weight (unless tied), then bias
+  void collect_params(std::vector<Param*>& out);  // weight (unless tied), bias, then lora_A, lora_B
 
  private:
   Param weight_;  // undefined when tied
   Param bias_;    // undefined without bias
   Param* tied_ = nullptr;
+  std::unique_ptr<LoraAdapter> lora_;
 };
 
 }  // namespace anvil

@@ -68,6 +68,16 @@ Tensor MLP::backward(const Tensor& dy, Cache& c) {
   return fc_->backward(dact, c.child(0));
 }
 
+void MLP::collect_linears(std::vector<LinearWeight*>& out) {
+  if (gated()) {
+    gate_->collect_linears(out);
+    up_->collect_linears(out);
+  } else {
+    fc_->collect_linears(out);
+  }
+  down_.collect_linears(out);
+}
+
 void MLP::collect_params(std::vector<Param*>& out) {
   if (gated()) {
     gate_->collect_params(out);

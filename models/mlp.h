@@ -20,6 +20,7 @@ class MLP : public FeedForward {
   Tensor backward(const Tensor& dy, Cache& c) override;
   Tensor infer(const Tensor& x) override;  // forward without saving anything
   void collect_params(std::vector<Param*>& out) override;
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   // Its input, the intermediate activations (gate and up | pre-GELU) and the down projection's input.
   size_t activation_bytes(const ActivationDims& d) const override;
 

@@ -12,6 +12,8 @@
 
 namespace anvil {
 
+class LinearWeight;
+
 // One micro-batch as a module's memory report sees it, on this rank.
 struct ActivationDims {
   size_t tokens = 0;   // the tokens this rank's token-local tensors hold (batch x its longest slice)
@@ -39,6 +41,9 @@ class Module {
   virtual size_t activation_bytes(const ActivationDims&) const { return 0; }
   // Appends this module's params (and its children's) in a fixed order.
   virtual void collect_params(std::vector<Param*>& out) = 0;
+  // Appends the LinearWeights this module (and its children) own, in the same order: what a LoRA
+  // adapter or a quantized base attaches to. A tied weight is its owner's, not listed.
+  virtual void collect_linears(std::vector<LinearWeight*>& out) {}
 
   std::vector<Param*> params() {
     std::vector<Param*> out;

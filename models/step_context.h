@@ -44,6 +44,24 @@ struct AuxLoss {
   float weight = 1.0f;
 };
 
+// Where a training micro-batch's rows lie in the step's global batch, and the Philox key of its
+// dropout draws (LoRA's adapter dropout, models/lora.h). A draw is indexed by the logical element
+// (global sequence, global position, logical column), never by rank, so every dp/tp/pp/sp layout
+// drops the same elements. Inactive (the default): evaluation and inference drop nothing.
+struct DropoutKey {
+  bool active = false;
+  uint64_t seed = 0;
+  uint32_t draw = 0;            // the global micro-batch's number in the run: step x micro-batches + m
+  int64_t first_sample = 0;     // this rank's first sequence in the global micro-batch (dp)
+  int64_t first_position = 0;   // its sequence slice's first position (sp)
+  int64_t local_len = 0;        // positions per sequence on this rank
+  int64_t seq_len = 0;          // positions per global sequence
+  // The global row of local row r of a [sequences x local_len, ...] activation.
+  int64_t global_row(int64_t r) const {
+    return (first_sample + r / local_len) * seq_len + first_position + r % local_len;
+  }
+};
+
 struct StepContext {
   // i32 [B, T] on the model's device: the position of each token (of this rank's slice under
   // sequence parallelism: its global positions). Undefined: positions start .. start + T - 1,
@@ -53,6 +71,7 @@ struct StepContext {
   // The sp group this micro-batch uses (null: the model's own, or none). A model built with a
   // fixed sp communicator refuses a different one here.
   Communicator* sp = nullptr;
+  DropoutKey dropout;  // training only
 
   void add_aux_loss(AuxLoss loss) { aux_losses_.push_back(std::move(loss)); }
   const std::vector<AuxLoss>& aux_losses() const { return aux_losses_; }

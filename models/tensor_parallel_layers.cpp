@@ -48,26 +48,30 @@ ColumnParallelLinear::ColumnParallelLinear(Param& tied_weight, Communicator* tp)
 Tensor ColumnParallelLinear::forward(const Tensor& x, Cache& c) {
   const Tensor x2 = linear_.input_matrix(CopyToTensorParallelRegion::forward(tp_, x));
   c["x"] = x2;
-  return linear_.forward(x2).view(with_last_dim(x.shape(), linear_.out_features()));
+  return linear_.forward(x2, true, c.context().dropout).view(with_last_dim(x.shape(), linear_.out_features()));
 }
 
 Tensor ColumnParallelLinear::infer(const Tensor& x) {
   return linear_.forward(linear_.input_matrix(x)).view(with_last_dim(x.shape(), linear_.out_features()));
 }
 
-Tensor ColumnParallelLinear::input_grad(const Tensor& dy) const {
-  const Tensor dx = linear_.input_grad(dy.contiguous().view({-1, linear_.out_features()}));
+Tensor ColumnParallelLinear::input_grad(const Tensor& dy, const Cache& c) const {
+  const Tensor dx = linear_.input_grad(dy.contiguous().view({-1, linear_.out_features()}), c.context().dropout);
   return dx.view(with_last_dim(dy.shape(), linear_.in_features()));
 }
 
 void ColumnParallelLinear::param_grads(const Tensor& dy, Cache& c) {
-  linear_.accumulate_grads(dy.contiguous().view({-1, linear_.out_features()}), c.get("x"));
+  linear_.accumulate_grads(dy.contiguous().view({-1, linear_.out_features()}), c.get("x"), c.context().dropout, tp_);
   c.clear();
 }
 
 Tensor ColumnParallelLinear::backward(const Tensor& dy, Cache& c) { return column_parallel_backward({this}, {dy}, {&c}); }
 
 void ColumnParallelLinear::collect_params(std::vector<Param*>& out) { linear_.collect_params(out); }
+
+void ColumnParallelLinear::collect_linears(std::vector<LinearWeight*>& out) {
+  if (!linear_.tied()) out.push_back(&linear_);
+}
 
 size_t ColumnParallelLinear::activation_bytes(const ActivationDims& d) const {
   return d.tokens * linear_.in_features() * d.act;
@@ -78,8 +82,8 @@ Tensor column_parallel_backward(const std::vector<ColumnParallelLinear*>& layers
   ANVIL_CHECK(!layers.empty() && dys.size() == layers.size() && caches.size() == layers.size(),
               "column_parallel_backward: ", layers.size(), " layers, ", dys.size(), " gradients and ", caches.size(),
               " caches — pass one of each per layer");
-  Tensor dx = layers[0]->input_grad(dys[0]);
-  for (size_t i = 1; i < layers.size(); ++i) kernels::add_inplace(dx, layers[i]->input_grad(dys[i]));
+  Tensor dx = layers[0]->input_grad(dys[0], *caches[0]);
+  for (size_t i = 1; i < layers.size(); ++i) kernels::add_inplace(dx, layers[i]->input_grad(dys[i], *caches[i]));
   // The input-gradient collective first; the weight gradients are computed while it runs.
   auto reduce = CopyToTensorParallelRegion::backward_start(layers[0]->tp(), dx);
   for (size_t i = 0; i < layers.size(); ++i) layers[i]->param_grads(dys[i], *caches[i]);
@@ -95,8 +99,8 @@ RowParallelLinear::RowParallelLinear(const std::string& name, int64_t in, int64_
   shard_param(linear_.weight(), 1, {in}, tp);
 }
 
-Tensor RowParallelLinear::apply(const Tensor& x2, const Shape& x_shape) const {
-  Tensor y = linear_.forward(x2, /*with_bias=*/false);
+Tensor RowParallelLinear::apply(const Tensor& x2, const Shape& x_shape, const DropoutKey& key) const {
+  Tensor y = linear_.forward(x2, /*with_bias=*/false, key);
   ReduceFromTensorParallelRegion::forward(tp_, y);  // sum of the ranks' partial products
   linear_.add_bias(y);                              // once, after the reduction
   return y.view(with_last_dim(x_shape, linear_.out_features()));
@@ -105,21 +109,24 @@ Tensor RowParallelLinear::apply(const Tensor& x2, const Shape& x_shape) const {
 Tensor RowParallelLinear::forward(const Tensor& x, Cache& c) {
   const Tensor x2 = linear_.input_matrix(x);
   c["x"] = x2;
-  return apply(x2, x.shape());
+  return apply(x2, x.shape(), c.context().dropout);
 }
 
-Tensor RowParallelLinear::infer(const Tensor& x) { return apply(linear_.input_matrix(x), x.shape()); }
+Tensor RowParallelLinear::infer(const Tensor& x) { return apply(linear_.input_matrix(x), x.shape(), DropoutKey()); }
 
 Tensor RowParallelLinear::backward(const Tensor& dy_in, Cache& c) {
   const Tensor& dy = ReduceFromTensorParallelRegion::backward(tp_, dy_in);
   const Tensor dy2 = dy.contiguous().view({-1, linear_.out_features()});
-  const Tensor dx = linear_.input_grad(dy2);
-  linear_.accumulate_grads(dy2, c.get("x"));
+  const DropoutKey& key = c.context().dropout;
+  const Tensor dx = linear_.input_grad(dy2, key);
+  linear_.accumulate_grads(dy2, c.get("x"), key, tp_);
   c.clear();
   return dx.view(with_last_dim(dy.shape(), linear_.in_features()));
 }
 
 void RowParallelLinear::collect_params(std::vector<Param*>& out) { linear_.collect_params(out); }
+
+void RowParallelLinear::collect_linears(std::vector<LinearWeight*>& out) { out.push_back(&linear_); }
 
 size_t RowParallelLinear::activation_bytes(const ActivationDims& d) const {
   return d.tokens * linear_.in_features() * d.act;

@@ -30,10 +30,12 @@ class ColumnParallelLinear : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override; // returns the full (reduced) dx
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;  // none when tied
+  void collect_linears(std::vector<LinearWeight*>& out) override;  // none when tied
   size_t activation_bytes(const ActivationDims& d) const override;  // its input
 
-  // The halves of backward, for layers that read one input (column_parallel_backward).
-  Tensor input_grad(const Tensor& dy) const;     // this rank's partial dx = dy W_local
+  // The halves of backward, for layers that read one input (column_parallel_backward). `c`: the
+  // forward's cache (its step context carries the adapter's dropout key).
+  Tensor input_grad(const Tensor& dy, const Cache& c) const;  // this rank's partial dx = dy W_local
   void param_grads(const Tensor& dy, Cache& c);  // dW += dy^T x, db += sum dy; clears c
 
   LinearWeight& linear() { return linear_; }
@@ -66,6 +68,7 @@ class RowParallelLinear : public Module {
   Tensor backward(const Tensor& dy, Cache& c) override; // returns this rank's dx shard
   Tensor infer(const Tensor& x) override;
   void collect_params(std::vector<Param*>& out) override;
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   size_t activation_bytes(const ActivationDims& d) const override;  // its input shard
 
   LinearWeight& linear() { return linear_; }
@@ -75,7 +78,7 @@ class RowParallelLinear : public Module {
   bool has_bias() const { return linear_.has_bias(); }
 
  private:
-  Tensor apply(const Tensor& x2, const Shape& x_shape) const;
+  Tensor apply(const Tensor& x2, const Shape& x_shape, const DropoutKey& key) const;
   Communicator* tp_;
   LinearWeight linear_;
 };

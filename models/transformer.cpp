@@ -334,6 +334,11 @@ void TransformerLM::collect_params(std::vector<Param*>& out) {
   for (Module* m : attached_) m->collect_params(out);
 }
 
+void TransformerLM::collect_linears(std::vector<LinearWeight*>& out) {
+  for (auto& b : blocks_) b->collect_linears(out);
+  if (head_) head_->collect_linears(out);
+}
+
 void TransformerLM::collect_own_params(std::vector<Param*>& out) {
   if (wte_) wte_->collect_params(out);
   if (wpe_) wpe_->collect_params(out);

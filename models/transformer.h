@@ -221,6 +221,8 @@ class TransformerLM : public Module {
   int32_t mask_token_id(int64_t i) const;  // throws unless 0 <= i < mask_tokens()
 
   void collect_params(std::vector<Param*>& out) override;  // the model's, then the attached modules'
+  // The blocks' linear layers and the lm_head (not an attached module's).
+  void collect_linears(std::vector<LinearWeight*>& out) override;
   // The model's own params: what a Hugging Face export of the model holds (no attached module's).
   void collect_own_params(std::vector<Param*>& out);
   Param& param(const std::string& name);  // throws naming the missing param

@@ -636,6 +636,36 @@ void parse_medusa(const Section& s, const std::string& task, MedusaSection& m) {
   }
 }
 
+// The lora section; with no modules (LoRA off) every other key must stay at its default.
+void parse_lora(const Section& s, const std::string& task, LoraSection& l) {
+  const LoraSection defaults;
+  s.read("modules", l.modules);
+  s.read("r", l.r);
+  s.read("alpha", l.alpha);
+  s.read("dropout", l.dropout);
+  s.read("rslora", l.rslora);
+  s.read("qa_group", l.qa_group);
+  if (!l.enabled()) {
+    const std::pair<const char*, bool> changed[] = {{"r", l.r != defaults.r},
+                                                    {"alpha", l.alpha != defaults.alpha},
+                                                    {"dropout", l.dropout != defaults.dropout},
+                                                    {"rslora", l.rslora != defaults.rslora},
+                                                    {"qa_group", l.qa_group != defaults.qa_group}};
+    for (const auto& [key, set] : changed)
+      s.require(!set, key, "is set but lora.modules is empty, so there is no adapter — list the layers to adapt "
+                "(e.g. modules: [q_proj, v_proj], or [all-linear]) or remove the lora section");
+    return;
+  }
+  for (const auto& m : l.modules)
+    s.require(!m.empty(), "modules", "contains an empty pattern — remove it (\"all-linear\" adapts every Linear but lm_head)");
+  s.require(task == "lm" || task == "sft", "modules", "attaches LoRA adapters for task.name lm or sft, but task.name "
+            "is ", task, " — use task.name: lm or sft, or remove the lora section");
+  s.require(l.r >= 1, "r", "must be at least 1 (QLoRA: 64), got ", l.r);
+  s.require(l.alpha > 0, "alpha", "must be positive (QLoRA: 16), got ", l.alpha);
+  s.require(l.dropout >= 0 && l.dropout < 1, "dropout", "must be in [0, 1) (QLoRA: 0.1 up to 13B), got ", l.dropout);
+  s.require(l.qa_group >= 0, "qa_group", "must be >= 0 (0 = plain LoRA; QA-LoRA: 32), got ", l.qa_group);
+}
+
 }  // namespace
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
@@ -648,6 +678,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   sections.at("task").read_choice("name", c.task.name, task_names());
   parse_distill(ctx, sections.at("distill"), c.task.name, c.distill);
   parse_medusa(sections.at("medusa"), c.task.name, c.medusa);
+  parse_lora(sections.at("lora"), c.task.name, c.lora);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
@@ -680,6 +711,14 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     sections.at("medusa").require(c.medusa.warmup_steps < c.training.steps || c.medusa.stage == 1, "warmup_steps",
                                   c.medusa.warmup_steps, " heads-only steps leave none of training.steps = ",
                                   c.training.steps, " for joint training — lower medusa.warmup_steps");
+  }
+  if (c.lora.enabled()) {
+    sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required with lora.modules — the "
+                                 "adapters train on a frozen pretrained base, which a checkpoint does not hold: set "
+                                 "model.init_from to an anvil run or checkpoint directory, or a Hugging Face directory");
+    sections.at("lora").require(c.lora.dropout == 0 || c.run.device == "cpu", "dropout", c.lora.dropout,
+                                " needs run.device: cpu for now (the dropout mask is drawn on the host) — set "
+                                "lora.dropout: 0 on cuda");
   }
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);

@@ -29,6 +29,15 @@
 //               lr over the backbone's), warmup_steps [0] (the first steps train the heads only),
 //               backbone_loss [lm] (lm: cross-entropy on the data | self_distill: forward KL to the frozen
 //               original model, model.init_from, on data it generated: `anvil data generate`)
+//   lora:       (tasks lm and sft; trainer/lora.h, models/lora.h) LoRA adapters on the Linear layers matched by
+//               modules [[] = off] (globs over HF module names, PEFT's target_modules rule: a pattern matches a
+//               name, or its tail after a dot, so q_proj matches every model.layers.N.self_attn.q_proj;
+//               "all-linear" = every Linear but lm_head); needs model.init_from (the frozen base). r [64],
+//               alpha [16] (QLoRA's and QA-LoRA's recipe, ALGORITHMS.md §9), dropout [0.0] (PEFT's and
+//               QA-LoRA's default; the QLoRA paper used 0.1 up to 13B; cpu only for now), rslora [false]
+//               (scaling alpha / sqrt(r) instead of alpha / r), qa_group [0 = plain LoRA; g > 0: QA-LoRA, the
+//               adapter reads the input average-pooled over groups of g]. Only the adapters train, and a
+//               checkpoint holds them only: the base reloads from model.init_from.
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -162,6 +171,17 @@ struct MedusaSection {
                                      // frozen original model (model.init_from) on the data (its own generations)
 };
 
+// LoRA adapters (trainer/lora.h) on the frozen model.init_from base, for tasks lm and sft.
+struct LoraSection {
+  std::vector<std::string> modules;  // globs over HF module names (PEFT's target_modules rule); empty = no LoRA
+  int64_t r = 64;                    // >= 1
+  double alpha = 16.0;               // > 0
+  double dropout = 0.0;              // [0, 1) on the adapter's input, training only
+  bool rslora = false;               // scaling alpha / sqrt(r) (rsLoRA) instead of alpha / r
+  int64_t qa_group = 0;              // 0: plain LoRA | g > 0: QA-LoRA's pooling group along in
+  bool enabled() const { return !modules.empty(); }
+};
+
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
 struct ModelSection : ModelConfig {
   std::string config_file;       // absolute path of model.config, empty when inline (provenance only)
@@ -241,6 +261,7 @@ struct RunConfig {
   TaskSection task;
   DistillSection distill;
   MedusaSection medusa;
+  LoraSection lora;
   ModelSection model;
   DataSection data;
   TokenizerSection tokenizer;

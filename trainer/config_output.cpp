@@ -96,6 +96,14 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   integer("warmup_steps", c.medusa.warmup_steps, "stage 2: heads-only steps first");
   string("backbone_loss", c.medusa.backbone_loss, "stage 2: lm | self_distill");
 
+  section = "lora";  // written for every run (modules [] = no LoRA)
+  f.push_back({section, "modules", K::List, "", c.lora.modules, "HF module globs; [] = off; all-linear"});
+  integer("r", c.lora.r);
+  real("alpha", c.lora.alpha, "scaling alpha / r (rslora: alpha / sqrt(r))");
+  real("dropout", c.lora.dropout, "on the adapter input, training only");
+  boolean("rslora", c.lora.rslora);
+  integer("qa_group", c.lora.qa_group, "0 = LoRA | g: QA-LoRA pooling group");
+
   section = "model";
   const ModelSection& m = c.model;
   // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.

@@ -2,12 +2,21 @@
 
 #include "parallel/data_parallel.h"
 #include "trainer/batch_context.h"
+#include "trainer/lora.h"
 
 namespace anvil {
 
 void LMTask::build(const TaskEnv& env) {
   env_ = env;
-  model_ = build_trainable_lm(env);
+  if (env.config->lora.enabled()) {
+    {
+      FrozenParamScope frozen;  // the base costs its weights only
+      model_ = build_trainable_lm(env);
+    }
+    adapters_ = attach_lora(*model_, *env.config, env.pp);
+  } else {
+    model_ = build_trainable_lm(env);
+  }
   stage_ = std::make_unique<TransformerStage>(*model_);
   loss_ = std::make_unique<CausalLMLoss>(*stage_, static_cast<int>(env.config->training.ignore_index));
 }
@@ -38,9 +47,21 @@ LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches,
   return in;
 }
 
+std::vector<Param*> LMTask::checkpoint_params() {
+  return env_.config->lora.enabled() ? adapters_ : model_->params();
+}
+
 PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
   LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);
   step_loss_tokens_ = in.global_tokens;
+  if (training && env_.config->lora.dropout > 0) {  // the adapters' dropout draws (evaluation drops nothing)
+    const int64_t M = static_cast<int64_t>(in.ids.size());
+    const int sp = env_.layout.sp ? env_.layout.sp->size() : 1;
+    for (int64_t m = 0; m < M; ++m) {
+      if (!in.contexts[m]) in.contexts[m] = std::make_shared<StepContext>();
+      in.contexts[m]->dropout = lora_dropout_key(*env_.config, step_, m, M, in.ids[m], env_.data_group, sp);
+    }
+  }
   stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens));
   return *loss_;

@@ -2,7 +2,8 @@
 // pretraining; data.packing chooses whether documents in a window see each other) and `sft`
 // (supervised fine-tuning on prompt/response pairs: the loss counts the response's tokens only,
 // the prompt's are masked out by the store's loss mask, and documents are always packed with
-// their boundaries).
+// their boundaries). Either can train LoRA adapters on a frozen base instead of the whole model
+// (the lora section; trainer/lora.h).
 #pragma once
 #include <memory>
 
@@ -32,9 +33,15 @@ class LMTask : public Task {
   TransformerLM& model() override { return *model_; }
   PipelineStage& stage() override { return *stage_; }
   PipelineLoss& prepare(const std::vector<Batch>& batches, bool training) override;
+  void begin_step(int64_t step) override { step_ = step; }
+  // With LoRA: the adapters (the base is model.init_from's, frozen); else the whole model.
+  std::vector<Param*> checkpoint_params() override;
+  std::vector<Param*> tunable_params() override { return checkpoint_params(); }
 
  protected:
   TaskEnv env_;
+  std::vector<Param*> adapters_;  // LoRA's params (empty without LoRA)
+  int64_t step_ = 0;              // training steps done (begin_step): the dropout draws' key
   std::unique_ptr<TransformerLM> model_;
   std::unique_ptr<TransformerStage> stage_;
   std::unique_ptr<CausalLMLoss> loss_;

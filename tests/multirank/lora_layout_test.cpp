@@ -1,0 +1,170 @@
+// Layout equivalence of LoRA training (issue 17, label multirank): LoRA on every Linear but
+// lm_head with dropout 0.1, and QA-LoRA (qa_group 4) on q/v/o/down, under dp2, dp2 + ZeRO-1, tp2,
+// pp2 (2 ranks) and dp2 x tp2 (4 ranks), take the same steps as one process: per-step loss and
+// gradient norm, and the final adapters read back from the layout's own checkpoint (written whole).
+// Under tp the replicated factor's gradient is a partial sum over tp (A of a column-parallel layer,
+// B of a row-parallel one) and the dropout mask is drawn per logical element, so a wrong sum or a
+// rank-keyed mask fails here. Besides: every base param is frozen, has no gradient buffer and
+// stays bitwise the base on every rank. Tolerances as in layout_equivalence_test.cpp (fp32
+// reduction-order noise over 10 steps, 1e-5), with AdamW eps 1e-4: B starts at zero and some of
+// its gradient entries are sums that cancel to ~1e-6, whose reduction-order noise an eps of 1e-5
+// lets Adam amplify to ~1.5e-5 of the adapter's scale by step 10 (seen under tp2).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+
+#include "tests/support/mpi_distill_fixture.h"
+#include "tests/support/reference.h"
+#include "trainer/checkpoint.h"
+#include "trainer/load_model.h"
+#include "trainer/lora.h"
+#include "trainer/trainer.h"
+
+using namespace anvil;
+using anvil::testing::is_root;
+using anvil::testing::rel;
+using anvil::testing::world;
+
+namespace {
+
+constexpr int64_t kGlobalMicroBatch = 8;
+constexpr int64_t kSteps = 10;
+
+const anvil::testing::TinyRun& tiny() {
+  static const anvil::testing::TinyRun run =
+      anvil::testing::shared_tiny_target_run("lora_layouts_np" + std::to_string(world()->size()));
+  return run;
+}
+std::string base_dir() { return tiny().dir + "/target"; }
+
+struct Layout {
+  int dp = 1, tp = 1, pp = 1;
+  int zero = 0;
+  int size() const { return dp * tp * pp; }
+  std::string label() const {
+    std::string s;
+    auto add = [&](const char* axis, int d) {
+      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
+    };
+    add("dp", dp), add("tp", tp), add("pp", pp);
+    if (s.empty()) s = "single";
+    if (zero) s += "+zero" + std::to_string(zero);
+    return s;
+  }
+};
+
+struct Variant {
+  std::string name;
+  std::vector<std::string> sets;
+};
+const Variant kLora{"lora", {"lora.modules=[all-linear]", "lora.r=4", "lora.alpha=8", "lora.dropout=0.1"}};
+const Variant kQaLora{"qalora", {"lora.modules=[q_proj, v_proj, o_proj, down_proj]", "lora.r=4", "lora.alpha=4",
+                                 "lora.qa_group=4", "lora.rslora=true"}};
+
+RunConfig config(const Layout& l, const Variant& v) {
+  const std::string out = tiny().dir + "/out_" + v.name + "_" + l.label() +
+                          (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
+  std::vector<std::string> sets = {"run.out_dir=" + out,
+                                   "checkpoint.dir=" + out + "/checkpoints",
+                                   "checkpoint.resume=none",
+                                   "model.init_from=" + base_dir(),
+                                   "optimizer.eps=1e-4",
+                                   "optimizer.lr=0.01",
+                                   "run.threads=1",
+                                   "schedule.warmup_steps=0",
+                                   "training.steps=" + std::to_string(kSteps),
+                                   "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
+                                   "training.grad_accum_steps=2",
+                                   "training.eval_every=0",
+                                   "training.sample_every=0",
+                                   "checkpoint.every=0",
+                                   "checkpoint.keep=0",
+                                   "parallel.dp=" + std::to_string(l.dp),
+                                   "parallel.tp=" + std::to_string(l.tp),
+                                   "parallel.pp=" + std::to_string(l.pp),
+                                   "optimizer.zero=" + std::to_string(l.zero)};
+  sets.insert(sets.end(), v.sets.begin(), v.sets.end());
+  return load_run_config(tiny().config, sets);
+}
+
+bool is_adapter(const Param& p) { return p.name.find(".lora_") != std::string::npos; }
+
+// Trains t, checking that the base stays frozen, without gradient buffers, and bitwise its start.
+void train_checking_the_base(Trainer& t, const std::string& label) {
+  std::map<std::string, Tensor> base;
+  for (Param* p : t.model().params())
+    if (!is_adapter(*p)) {
+      EXPECT_FALSE(p->trainable) << label << " " << p->name;
+      EXPECT_FALSE(p->grad.defined()) << label << " " << p->name << " holds a gradient buffer";
+      base[p->name] = p->value.clone();
+    }
+  t.train();
+  for (Param* p : t.model().params())
+    if (!is_adapter(*p)) EXPECT_EQ(anvil::testing::max_abs_diff(p->value, base.at(p->name)), 0.0) << label << " " << p->name;
+}
+
+Trainer& reference(const Variant& v) {
+  static std::map<std::string, std::unique_ptr<Trainer>> runs;
+  std::unique_ptr<Trainer>& t = runs[v.name];
+  if (!t) {
+    t = std::make_unique<Trainer>(config(Layout{}, v), TrainerMode::Quiet);
+    train_checking_the_base(*t, v.name + " single");
+  }
+  return *t;
+}
+
+// The final adapters read back from the layout's checkpoint into a whole model's adapters.
+void expect_same_final_adapters(const Layout& l, const Variant& v, Trainer& ref, const std::string& label) {
+  const RunConfig c = config(l, v);
+  const std::string dir = find_checkpoint_dir(c.checkpoint.dir);
+  TransformerLM whole(ref.model().config());
+  const std::vector<Param*> adapters = attach_lora(whole, c, nullptr);
+  const CheckpointMeta meta = load_checkpoint(dir, adapters, nullptr);
+  EXPECT_EQ(meta.step, kSteps) << label;
+  double worst = 0;
+  for (Param* p : adapters) {
+    const double e = anvil::testing::max_rel_diff(p->value, ref.model().param(p->name).value);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, 1e-5) << label << " " << p->name;
+    if (p->name.find("lora_B") != std::string::npos) EXPECT_GT(anvil::testing::max_abs_diff(p->value, Tensor::zeros(p->value.shape())), 1e-3) << label << " " << p->name << " did not train";
+  }
+  if (is_root()) std::printf("[%s] max final adapter deviation %.2e over %zu params\n", label.c_str(), worst, adapters.size());
+}
+
+void expect_same_training(const Layout& l, const Variant& v) {
+  ASSERT_EQ(l.size(), world()->size()) << l.label();
+  Trainer& ref = reference(v);
+  const std::string label = v.name + " " + l.label();
+  Trainer t(config(l, v), TrainerMode::Quiet, world());
+  train_checking_the_base(t, label);
+  ASSERT_EQ(t.history().size(), ref.history().size()) << label;
+  double worst_loss = 0, worst_norm = 0;
+  for (size_t i = 0; i < t.history().size(); ++i) {
+    const StepRecord &a = t.history()[i], &b = ref.history()[i];
+    const double e = rel(a.loss, b.loss), g = rel(a.grad_norm, b.grad_norm);
+    worst_loss = std::max(worst_loss, e);
+    worst_norm = std::max(worst_norm, g);
+    EXPECT_LT(e, 1e-5) << label << " step " << i + 1 << ": " << a.loss << " vs " << b.loss;
+    EXPECT_LT(g, 1e-4) << label << " step " << i + 1 << ": grad norm " << a.grad_norm << " vs " << b.grad_norm;
+  }
+  if (is_root())
+    std::printf("[%s] max per-step deviation: loss %.2e, grad norm %.2e\n", label.c_str(), worst_loss, worst_norm);
+  expect_same_final_adapters(l, v, ref, label);
+}
+
+void every_layout(const Variant& v) {
+  const std::vector<Layout> all = {{2, 1, 1}, {2, 1, 1, 1}, {1, 2, 1}, {1, 1, 2}, {2, 2, 1}};
+  int ran = 0;
+  for (const Layout& l : all)
+    if (l.size() == world()->size()) expect_same_training(l, v), ++ran;
+  ASSERT_GT(ran, 0) << "no LoRA layout has " << world()->size() << " ranks; run at 2 or 4";
+}
+
+}  // namespace
+
+TEST(LoraLayoutEquivalence, LoraWithDropoutTrainsLikeOneProcess) { every_layout(kLora); }
+
+TEST(LoraLayoutEquivalence, QaLoraTrainsLikeOneProcess) { every_layout(kQaLora); }
