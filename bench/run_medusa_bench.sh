@@ -9,7 +9,7 @@
 # The backbone's validation loss before and after Medusa-2 (`anvil eval`, the corpus's held-out split).
 # The target: TARGET (default build/bench/spec_target, ~38M params: `anvil train
 # bench/configs/spec_target.yaml`, an hour on 2 cores); TARGET=build/demo/run for a quick look.
-# usage: bench/run_medusa_bench.sh [STEPS=300] [RUNS=5]     results: bench/results/cpu-medusa-<date>.txt
+# usage: [DRAFTERS=0] bench/run_medusa_bench.sh [STEPS=300] [RUNS=5]     results: bench/results/cpu-medusa-<date>.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-300}
@@ -56,10 +56,14 @@ train medusa2_k3 configs/medusa-2.yaml "${medusa[@]}" --set data.train="$out/sel
   --set medusa.warmup_steps=$((steps / 4))
 models+=(medusa2_k3)
 # The speculative issue's drafters on the same target (distill.target), for the comparison.
+# DRAFTERS=0 leaves them out (e.g. when bench/run_spec_bench.sh measured them on this target already).
 drafters=()
-train standalone configs/distill-standalone.yaml --set distill.target="$target"
-drafters+=(standalone)
-[ -f configs/distill-eagle.yaml ] && { train eagle configs/distill-eagle.yaml --set distill.target="$target"; drafters+=(eagle); }
+if [ "${DRAFTERS:-1}" != 0 ]; then
+  train standalone configs/distill-standalone.yaml --set distill.target="$target"
+  drafters+=(standalone)
+  train eagle configs/distill-eagle.yaml --set distill.target="$target"
+  drafters+=(eagle)
+fi
 
 rm -f "$out"/eval_*.json
 for m in "${models[@]}"; do
