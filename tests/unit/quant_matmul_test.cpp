@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <string>
@@ -238,9 +239,14 @@ TEST(QuantMatmul, ScalarKernelsMatchTheDecodedWeight) {
   check_all_kinds("scalar");
 }
 
-TEST(QuantMatmul, Avx2KernelsMatchTheDecodedWeight) {
-  if (!kernels::cpu::quant_avx2_active()) GTEST_SKIP() << "no AVX2/FMA here (or ANVIL_QUANT_KERNELS=scalar)";
-  check_all_kinds("avx2");
+// The run-time choice takes the AVX2 kernels exactly when the CPU has AVX2 and FMA and the
+// environment does not force the scalar path; where it does, they match the decoded weight.
+TEST(QuantMatmul, Avx2KernelsAreChosenByTheCpuAndMatchTheDecodedWeight) {
+  const char* env = std::getenv("ANVIL_QUANT_KERNELS");
+  const bool forced_scalar = env != nullptr && std::string(env) == "scalar";
+  const bool expected = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !forced_scalar;
+  ASSERT_EQ(kernels::cpu::quant_avx2_active(), expected);
+  if (expected) check_all_kinds("avx2");
 }
 
 // Several tiles, K chunks, strips and threads: out > 64 and 256 rows, in > 1024 columns.
