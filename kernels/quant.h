@@ -88,6 +88,16 @@ QuantizedWeight quantize_groupwise(const Tensor& w, QuantScheme scheme, int64_t 
 // f32 or bf16 `out` on a device).
 void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_end, Tensor& out);
 
+// The f32 absmax of every block of an nf4 weight (CPU): `absmax` itself, or the double-quantized
+// codes decoded as bitsandbytes decodes them (a split weight keeps its blocks' absmaxes this way:
+// bitsandbytes' nested blocks run across the whole flattened tensor, not a shard of it).
+Tensor nf4_absmax(const QuantizedWeight& w);
+
+// GPTQ act order (data/quant_checkpoint.h): out[:, j] = x[:, perm[j]] for x [rows, in] and perm
+// i32 [in], and its adjoint dx[:, perm[j]] += dp[:, j]. CPU and CUDA.
+void permute_columns(const Tensor& x, const Tensor& perm, Tensor& out);
+void unpermute_add_columns(const Tensor& dp, const Tensor& perm, Tensor& dx);
+
 // y [rows, out] = x [rows, in] · Ŵᵀ, and the input gradient dx [rows, in] = dy [rows, out] · Ŵ
 // (a frozen base needs no dW). CPU: f32, AVX2/FMA kernels chosen at run time with a scalar
 // fallback; few rows read the packed codes directly (GEMV), many rows dequantize tiles of W into

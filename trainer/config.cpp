@@ -666,6 +666,35 @@ void parse_lora(const Section& s, const std::string& task, LoraSection& l) {
   s.require(l.qa_group >= 0, "qa_group", "must be >= 0 (0 = plain LoRA; QA-LoRA: 32), got ", l.qa_group);
 }
 
+// The quant section; with scheme none every other key must stay at its default.
+void parse_quant(const Section& s, QuantSection& q) {
+  const QuantSection defaults;
+  s.read_choice("scheme", q.scheme, {"none", "nf4", "int4", "int2"});
+  s.read("block", q.block);
+  s.read("double_quant", q.double_quant);
+  s.read("modules", q.modules);
+  s.read("skip", q.skip);
+  if (!q.enabled()) {
+    const std::pair<const char*, bool> changed[] = {{"block", q.block != defaults.block},
+                                                    {"double_quant", q.double_quant != defaults.double_quant},
+                                                    {"modules", q.modules != defaults.modules},
+                                                    {"skip", q.skip != defaults.skip}};
+    for (const auto& [key, set] : changed)
+      s.require(!set, key, "is set but quant.scheme is none (a dense base) — set scheme: nf4, int4 or int2, or remove it");
+    return;
+  }
+  if (q.block == 0) q.block = q.scheme == "nf4" ? 64 : 128;
+  s.require(q.block >= 8 && q.block % 8 == 0, "block", "must be a positive multiple of 8 (nf4: 64; int: 32, 64 or 128), got ",
+            q.block);
+  s.require(q.scheme == "nf4" || !s.has("double_quant"), "double_quant", "applies to nf4 only (int4/int2 keep f32 "
+            "scales and zeros per group) — remove it");
+  if (q.scheme != "nf4") q.double_quant = false;
+  s.require(!q.modules.empty(), "modules", "is empty, so nothing is quantized — list the layers ([all-linear]) or set "
+            "scheme: none");
+  for (const auto& m : q.modules)
+    s.require(!m.empty(), "modules", "contains an empty pattern — remove it");
+}
+
 }  // namespace
 
 RunConfig parse_run_config(const std::string& yaml_text, const std::string& source_name, const std::string& base_dir,
@@ -679,6 +708,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_distill(ctx, sections.at("distill"), c.task.name, c.distill);
   parse_medusa(sections.at("medusa"), c.task.name, c.medusa);
   parse_lora(sections.at("lora"), c.task.name, c.lora);
+  parse_quant(sections.at("quant"), c.quant);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
@@ -720,6 +750,9 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
                                 " needs run.device: cpu for now (the dropout mask is drawn on the host) — set "
                                 "lora.dropout: 0 on cuda");
   }
+  sections.at("quant").require(!c.quant.enabled() || c.lora.enabled(), "scheme", c.quant.scheme, " quantizes a frozen "
+                               "base, but lora.modules is empty, so nothing would train — add a lora section (e.g. "
+                               "modules: [all-linear]) or set quant.scheme: none");
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);
   parse_logging(sections.at("logging"), c.logging);

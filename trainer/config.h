@@ -38,6 +38,11 @@
 //               (scaling alpha / sqrt(r) instead of alpha / r), qa_group [0 = plain LoRA; g > 0: QA-LoRA, the
 //               adapter reads the input average-pooled over groups of g]. Only the adapters train, and a
 //               checkpoint holds them only: the base reloads from model.init_from.
+//   quant:      (with lora; trainer/quant.h) a quantized frozen base: scheme [none] (none | nf4: QLoRA's NormalFloat4 in
+//               blocks of 64 | int4 | int2: group-wise asymmetric, GPTQ/AWQ's), block [0 = nf4 64, int 128] (nf4's
+//               absmax block; int: the group along in, 32/64/128), double_quant [true] (nf4 only), modules
+//               [[all-linear]] and skip [[lm_head]] (lora.modules' glob rule). Applied on load to model.init_from's
+//               dense weights; a checkpoint holds the packed codes and their scales as integer/f32 datasets.
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -182,6 +187,17 @@ struct LoraSection {
   bool enabled() const { return !modules.empty(); }
 };
 
+// A quantized frozen base (trainer/quant.h, kernels/quant.h): the Linear layers matched by `modules`
+// and by no `skip` pattern (lora.modules' glob rule) hold their weights quantized, for LoRA to train on.
+struct QuantSection {
+  std::string scheme = "none";                       // none | nf4 | int4 | int2
+  int64_t block = 0;                                 // 0: the scheme's default, nf4 64 (bitsandbytes), int 128 (GPTQ)
+  bool double_quant = true;                          // nf4: absmaxes as 8-bit codes (QLoRA's 4.127 bits)
+  std::vector<std::string> modules = {"all-linear"};
+  std::vector<std::string> skip = {"lm_head"};
+  bool enabled() const { return scheme != "none"; }
+};
+
 // The architecture (ModelConfig, Hugging Face field names) plus where it came from.
 struct ModelSection : ModelConfig {
   std::string config_file;       // absolute path of model.config, empty when inline (provenance only)
@@ -262,6 +278,7 @@ struct RunConfig {
   DistillSection distill;
   MedusaSection medusa;
   LoraSection lora;
+  QuantSection quant;
   ModelSection model;
   DataSection data;
   TokenizerSection tokenizer;

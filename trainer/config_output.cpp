@@ -104,6 +104,13 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   boolean("rslora", c.lora.rslora);
   integer("qa_group", c.lora.qa_group, "0 = LoRA | g: QA-LoRA pooling group");
 
+  section = "quant";  // written for every run (scheme none = a dense base)
+  string("scheme", c.quant.scheme, "none | nf4 | int4 | int2");
+  integer("block", c.quant.block, "nf4: absmax block | int: group along in");
+  boolean("double_quant", c.quant.double_quant);
+  f.push_back({section, "modules", K::List, "", c.quant.modules, "HF module globs"});
+  f.push_back({section, "skip", K::List, "", c.quant.skip, "kept dense"});
+
   section = "model";
   const ModelSection& m = c.model;
   // model.config is provenance: the architecture is written out in full, so the resolved YAML stands alone.

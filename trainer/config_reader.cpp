@@ -22,6 +22,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"medusa", {"num_heads", "num_layers", "stage", "copy_lm_head", "heads_coefficient", "decay", "schedule",
                   "schedule_steps", "lr_multiplier", "warmup_steps", "backbone_loss"}},
       {"lora", {"modules", "r", "alpha", "dropout", "rslora", "qa_group"}},
+      {"quant", {"scheme", "block", "double_quant", "modules", "skip"}},
       {"model",
        {"config", "init_from", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings", "rope_theta", "norm_eps",

@@ -13,7 +13,7 @@ void LMTask::build(const TaskEnv& env) {
       FrozenParamScope frozen;  // the base costs its weights only
       model_ = build_trainable_lm(env);
     }
-    adapters_ = attach_lora(*model_, *env.config, env.pp);
+    adapters_ = adapt_base(*model_, *env.config, env.layout.tp, env.pp);
   } else {
     model_ = build_trainable_lm(env);
   }
@@ -48,8 +48,16 @@ LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches,
 }
 
 std::vector<Param*> LMTask::checkpoint_params() {
-  return env_.config->lora.enabled() ? adapters_ : model_->params();
+  if (!env_.config->lora.enabled()) return model_->params();
+  // The adapters, and a quantized base's packed codes and scales as they are (the dense frozen
+  // weights reload from model.init_from).
+  std::vector<Param*> params = adapters_;
+  for (Param* p : model_->params())
+    if (p->keep_dtype) params.push_back(p);
+  return params;
 }
+
+std::vector<Param*> LMTask::tunable_params() { return env_.config->lora.enabled() ? adapters_ : model_->params(); }
 
 PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
   LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);

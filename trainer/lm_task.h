@@ -36,7 +36,7 @@ class LMTask : public Task {
   void begin_step(int64_t step) override { step_ = step; }
   // With LoRA: the adapters (the base is model.init_from's, frozen); else the whole model.
   std::vector<Param*> checkpoint_params() override;
-  std::vector<Param*> tunable_params() override { return checkpoint_params(); }
+  std::vector<Param*> tunable_params() override;
 
  protected:
   TaskEnv env_;

@@ -7,6 +7,7 @@
 #include "core/glob.h"
 #include "parallel/data_parallel.h"
 #include "parallel/sequence_partition.h"
+#include "trainer/quant.h"
 
 namespace anvil {
 
@@ -71,6 +72,11 @@ std::vector<Param*> attach_lora(TransformerLM& model, const RunConfig& config, C
   // A Kaiming-uniform, B zeros (neither reads the std).
   init_params(params, static_cast<uint64_t>(config.run.seed), 0.0f, 0.0f);
   return params;
+}
+
+std::vector<Param*> adapt_base(TransformerLM& model, const RunConfig& config, Communicator* tp, Communicator* pp) {
+  quantize_model(model, config, tp, pp);
+  return attach_lora(model, config, pp);
 }
 
 DropoutKey lora_dropout_key(const RunConfig& config, int64_t step, int64_t m, int64_t M, const Tensor& ids,

@@ -30,6 +30,11 @@ bool lora_pattern_matches(const std::string& pattern, const std::string& module)
 // the Linear names.
 std::vector<Param*> attach_lora(TransformerLM& model, const RunConfig& config, Communicator* pp);
 
+// A LoRA run's base made ready for training or use, after model.init_from's weights are loaded:
+// the quant section's Linears quantized (trainer/quant.h), then the adapters attached (attach_lora).
+// Returns the adapter params. Training (LMTask), load_model and convert all build a run this way.
+std::vector<Param*> adapt_base(TransformerLM& model, const RunConfig& config, Communicator* tp, Communicator* pp);
+
 // The dropout key of training micro-batch m (of M) at step `step`, whose ids are this rank's
 // [B, T] slice: seed run.seed, rows placed by this rank's coordinates in the data group
 // (`data_group`: dp x sp, ordered dp_i * sp + sp_i; null when alone; `sp_size` its sp degree).

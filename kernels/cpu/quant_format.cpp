@@ -352,3 +352,60 @@ void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_en
 }
 
 }  // namespace anvil::kernels
+
+namespace anvil::kernels {
+
+Tensor nf4_absmax(const QuantizedWeight& w) {
+  check_quantized_weight(w, "nf4_absmax");
+  ANVIL_CHECK(w.scheme == QuantScheme::NF4, "nf4_absmax: the weight is ", quant_scheme_name(w.scheme),
+              ", which has scales and zeros, not absmaxes");
+  if (!w.double_quant()) return w.absmax.to(Device::cpu()).clone();
+  const Tensor codes = w.absmax_codes.to(Device::cpu()), scales = w.absmax_scales.to(Device::cpu());
+  const int64_t n = codes.numel();
+  Tensor out = Tensor::empty({n}, DType::F32);
+  const float* dyn = dynamic_map_signed();
+  const uint8_t* pc = codes.data<uint8_t>();
+  const float* ps = scales.data<float>();
+  float* po = out.data<float>();
+  for (int64_t b = 0; b < n; ++b) po[b] = double_quant_absmax(dyn[pc[b]], ps[b / kDoubleQuantBlock], w.absmax_offset);
+  return out;
+}
+
+namespace {
+// perm's entries as a checked CPU pointer: i32 [in], each in [0, in).
+const int32_t* checked_perm(const char* op, const Tensor& perm, int64_t in) {
+  const int32_t* p = cpu::contiguous_i32(op, "perm", perm);
+  ANVIL_CHECK(perm.numel() == in, op, ": perm has ", perm.numel(), " entries for ", in, " columns");
+  for (int64_t j = 0; j < in; ++j)
+    ANVIL_CHECK(p[j] >= 0 && p[j] < in, op, ": perm[", j, "] = ", p[j], " is not a column of [0, ", in, ")");
+  return p;
+}
+}  // namespace
+
+void permute_columns(const Tensor& x, const Tensor& perm, Tensor& out) {
+  ANVIL_DISPATCH_CUDA(x, permute_columns, x, perm, out);
+  constexpr const char* op = "permute_columns";
+  const cpu::Rows vx = cpu::as_rows(op, "x", x), vo = cpu::as_rows(op, "out", out);
+  ANVIL_CHECK(vo.rows == vx.rows && vo.cols == vx.cols, op, ": out ", out.describe(), " is not x's shape ", x.describe());
+  const int32_t* p = checked_perm(op, perm, vx.cols);
+  cpu::parallel_rows(vx.rows, vx.cols, [&](int64_t r) {
+    const float* xr = vx.row(r);
+    float* o = vo.row(r);
+    for (int64_t j = 0; j < vx.cols; ++j) o[j] = xr[p[j]];
+  });
+}
+
+void unpermute_add_columns(const Tensor& dp, const Tensor& perm, Tensor& dx) {
+  ANVIL_DISPATCH_CUDA(dp, unpermute_add_columns, dp, perm, dx);
+  constexpr const char* op = "unpermute_add_columns";
+  const cpu::Rows vp = cpu::as_rows(op, "dp", dp), vx = cpu::as_rows(op, "dx", dx);
+  ANVIL_CHECK(vx.rows == vp.rows && vx.cols == vp.cols, op, ": dx ", dx.describe(), " is not dp's shape ", dp.describe());
+  const int32_t* p = checked_perm(op, perm, vp.cols);
+  cpu::parallel_rows(vp.rows, vp.cols, [&](int64_t r) {
+    const float* s = vp.row(r);
+    float* d = vx.row(r);
+    for (int64_t j = 0; j < vp.cols; ++j) d[p[j]] += s[j];
+  });
+}
+
+}  // namespace anvil::kernels

@@ -103,6 +103,8 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
 void dequantize_rows(const QuantizedWeight& w, int64_t row_begin, int64_t row_end, Tensor& out);
 void quant_matmul(const Tensor& x, const QuantizedWeight& w, Tensor& y, bool accumulate);
 void quant_matmul_input_grad(const Tensor& dy, const QuantizedWeight& w, Tensor& dx, bool accumulate);
+void permute_columns(const Tensor& x, const Tensor& perm, Tensor& out);
+void unpermute_add_columns(const Tensor& dp, const Tensor& perm, Tensor& dx);
 
 // rope.h (cos/sin tables f32 on the same device)
 void rope_forward(Tensor& x, const Tensor& cos, const Tensor& sin, int64_t start_pos);

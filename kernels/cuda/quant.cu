@@ -552,4 +552,50 @@ void quant_matmul_input_grad(const Tensor& dy, const QuantizedWeight& w, Tensor&
   }
 }
 
+namespace {
+// out[r, j] = x[r, perm[j]] (Scatter false), or dx[r, perm[j]] += dp[r, j] (Scatter true): perm is a
+// permutation, so the scatter's targets are distinct and need no atomics.
+template <class T, bool Scatter>
+__global__ void permute_columns_kernel(const T* __restrict__ src, int64_t lds, T* __restrict__ dst, int64_t ldd,
+                                       const int32_t* __restrict__ perm, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = e / cols, j = e % cols;
+    if (Scatter) {
+      T& d = dst[r * ldd + perm[j]];
+      d = from_f32<T>(to_f32(d) + to_f32(src[r * lds + j]));
+    } else {
+      dst[r * ldd + j] = src[r * lds + perm[j]];
+    }
+  }
+}
+
+template <bool Scatter>
+void launch_permute(const char* op, const char* src_name, const Tensor& src, const Tensor& perm, const char* dst_name,
+                    Tensor& dst) {
+  OpContext ctx(op, src_name, src);
+  const Rows vs = ctx.rows(src_name, src), vd = ctx.rows(dst_name, dst, src.dtype());
+  ANVIL_CHECK(vs.rows == vd.rows && vs.cols == vd.cols, op, ": ", dst_name, " ", dst.describe(), " is not ", src_name,
+              "'s shape ", src.describe());
+  const int32_t* p = ctx.contiguous_i32("perm", perm);
+  ANVIL_CHECK(perm.numel() == vs.cols, op, ": perm has ", perm.numel(), " entries for ", vs.cols, " columns");
+  if (vs.rows == 0 || vs.cols == 0) return;
+  with_float_type(src.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    permute_columns_kernel<T, Scatter><<<blocks_for(vs.rows * vs.cols, kThreads), kThreads, 0, ctx.stream()>>>(
+        static_cast<const T*>(vs.p), vs.ld, static_cast<T*>(vd.p), vd.ld, p, vs.rows, vs.cols);
+    ANVIL_CUDA_CHECK_LAUNCH();
+  });
+}
+}  // namespace
+
+void permute_columns(const Tensor& x, const Tensor& perm, Tensor& out) {
+  launch_permute<false>("permute_columns", "x", x, perm, "out", out);
+}
+
+void unpermute_add_columns(const Tensor& dp, const Tensor& perm, Tensor& dx) {
+  launch_permute<true>("unpermute_add_columns", "dp", dp, perm, "dx", dx);
+}
+
 }  // namespace anvil::kernels::cuda

@@ -1,0 +1,58 @@
+#include "trainer/quant.h"
+
+#include "parallel/communicator.h"
+#include "parallel/data_parallel.h"
+#include "trainer/lora.h"
+
+namespace anvil {
+
+bool quant_matches(const QuantSection& quant, const std::string& module) {
+  for (const std::string& pattern : quant.skip)
+    if (lora_pattern_matches(pattern, module)) return false;
+  for (const std::string& pattern : quant.modules)
+    if (lora_pattern_matches(pattern, module)) return true;
+  return false;
+}
+
+namespace {
+// The whole logical dense weight of `lw`, on the CPU in f32: this rank's shard placed into zeros and
+// summed over tp (each element comes from exactly one rank, so the sum is exact).
+Tensor full_dense_weight(LinearWeight& lw, Communicator* tp) {
+  const Param& w = lw.weight();
+  const Tensor local = master_weight(w).to(Device::cpu()).to(DType::F32);
+  if (!w.shard.sharded()) return local;
+  ANVIL_CHECK(tp, w.name, " is split but no tensor-parallel communicator was given");
+  Tensor full = Tensor::zeros(logical_shape(w));
+  place_shard(w, local, full);
+  tp->all_reduce(full);
+  return full;
+}
+}  // namespace
+
+void quantize_model(TransformerLM& model, const RunConfig& config, Communicator* tp, Communicator* pp) {
+  const QuantSection& q = config.quant;
+  if (!q.enabled()) return;
+  const kernels::QuantScheme scheme = kernels::parse_quant_scheme(q.scheme, config.source + ": quant.scheme");
+  std::vector<LinearWeight*> linears;
+  model.collect_linears(linears);
+  std::vector<double> matched(q.modules.size(), 0.0);
+  for (LinearWeight* lw : linears) {
+    const std::string module = lw->module_name();
+    for (size_t i = 0; i < q.modules.size(); ++i)
+      if (lora_pattern_matches(q.modules[i], module)) matched[i] += 1;
+    if (!quant_matches(q, module)) continue;
+    const std::string what = config.source + ": quant (" + module + ")";
+    const Tensor full = full_dense_weight(*lw, tp);
+    const kernels::QuantizedWeight quantized =
+        scheme == kernels::QuantScheme::NF4 ? kernels::quantize_nf4(full, q.double_quant, q.block, what)
+                                            : kernels::quantize_groupwise(full, scheme, q.block, what);
+    lw->set_quantized(quantized);
+  }
+  if (pp && pp->size() > 1) matched = all_reduce_sum(*pp, matched);
+  for (size_t i = 0; i < matched.size(); ++i)
+    ANVIL_CHECK(matched[i] > 0, config.source, ": quant.modules: '", q.modules[i], "' matches none of the model's "
+                "Linear layers — a bare name such as q_proj matches the last part of a name, \"all-linear\" every "
+                "Linear but lm_head");
+}
+
+}  // namespace anvil
