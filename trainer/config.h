@@ -36,8 +36,8 @@
 //               alpha [16] (QLoRA's and QA-LoRA's recipe, ALGORITHMS.md §9), dropout [0.0] (PEFT's and
 //               QA-LoRA's default; the QLoRA paper used 0.1 up to 13B; cpu only for now), rslora [false]
 //               (scaling alpha / sqrt(r) instead of alpha / r), qa_group [0 = plain LoRA; g > 0: QA-LoRA, the
-//               adapter reads the input average-pooled over groups of g]. Only the adapters train, and a
-//               checkpoint holds them only: the base reloads from model.init_from.
+//               adapter reads the input average-pooled over groups of g]. Only the adapters train; a
+//               checkpoint holds them and a quantized base's packed tensors: the dense base reloads from model.init_from.
 //   quant:      (with lora; trainer/quant.h) a quantized frozen base: scheme [none] (none | nf4: QLoRA's NormalFloat4 in
 //               blocks of 64 | int4 | int2: group-wise asymmetric, GPTQ/AWQ's), block [0 = nf4 64, int 128] (nf4's
 //               absmax block; int: the group along in, 32/64/128), double_quant [true] (nf4 only), modules
