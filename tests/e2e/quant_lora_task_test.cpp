@@ -236,6 +236,12 @@ TEST(QuantLoraTask, BadQuantSettingsFailNamingTheField) {
     Trainer t(quant_config("bad_modules", kNf4, {"quant.modules=[q_prj]"}), TrainerMode::Quiet);
   });
   EXPECT_NE(none.find("quant.modules: 'q_prj' matches none"), std::string::npos) << none;
+  // A pattern whose only layer quant.skip excludes (lm_head, by default) would quantize nothing.
+  const std::string skipped = error_of([] {
+    Trainer t(quant_config("bad_skipped", kNf4, {"quant.modules=[lm_head]"}), TrainerMode::Quiet);
+  });
+  EXPECT_NE(skipped.find("quant.modules: 'lm_head' matches only layers that quant.skip excludes"), std::string::npos)
+      << skipped;
   // A block the matrix cannot take: nf4's default 64 does not divide in_features 32.
   const std::string shape = error_of([] {
     Trainer t(quant_config("bad_shape", {"quant.scheme=nf4"}), TrainerMode::Quiet);
