@@ -202,6 +202,34 @@ TEST(QuantLayoutEquivalence, QloraNf4DoubleQuantTrainsLikeOneProcess) { every_la
 
 TEST(QuantLayoutEquivalence, QaLoraInt4TrainsLikeOneProcess) { every_layout(kQaLoraInt4); }
 
+// A single process's checkpoint at step 5 (written whole: u8 codes, replicated absmax codes) resumes
+// under tp2, each rank reading its slice of the integer datasets, and steps 6..10 match the single
+// process that ran straight through.
+TEST(QuantLayoutResume, QloraCheckpointOfOneProcessResumesUnderTp2) {
+  ASSERT_EQ(world()->size(), 2);
+  Trainer& ref = reference(kQlora);
+  const std::string ckpt = tiny().dir + "/qlora_resume_rank" + std::to_string(world()->rank()) + "/checkpoints";
+  {
+    Trainer first(config(Layout{}, kQlora, {"checkpoint.dir=" + ckpt}), TrainerMode::Quiet);
+    first.train(5);  // stops after step 5 and checkpoints
+  }
+  world()->barrier();
+  const std::string rank0 = tiny().dir + "/qlora_resume_rank0/checkpoints";
+  Trainer t(config(Layout{1, 2, 1}, kQlora, {"checkpoint.dir=" + rank0, "checkpoint.resume=auto"}), TrainerMode::Quiet,
+            world());
+  ASSERT_EQ(t.step(), 5);
+  expect_quantized_layers(t, Layout{1, 2, 1}, kQlora, "qlora resumed tp2");
+  t.train();
+  ASSERT_EQ(t.history().size(), 5u);
+  double worst = 0;
+  for (size_t i = 0; i < 5; ++i) {
+    const double e = rel(t.history()[i].loss, ref.history()[5 + i].loss);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, 1e-5) << "step " << 6 + i;
+  }
+  if (is_root()) std::printf("[qlora resumed under tp2] max loss deviation %.2e\n", worst);
+}
+
 // tp2 halves o_proj's in (32) to 16, which cuts an int4 group of 32: one error on every rank, naming
 // the layer and the fix.
 TEST(QuantLayoutErrors, TpSplitThatCutsAGroupIsAnError) {
