@@ -10,7 +10,8 @@
 // stays bitwise on every rank. Tolerances and AdamW eps 1e-4 as in lora_layout_test.cpp (its header
 // says why). The tiny Llama's Linears have in = 32 (o_proj, q/k/v, gate/up) or 64 (down_proj), so
 // blocks are 16 (nf4: in / tp of o_proj) and 32 (int4 on every Linear but o_proj, whose in / tp = 16
-// would cut a group: that error is the last case, at 2 ranks).
+// would cut a group: that error is the last case, at 2 ranks). Also at 2 ranks: a one-process
+// checkpoint (the packed base as integer datasets) resumes under tp2.
 #include <gtest/gtest.h>
 
 #include <algorithm>
