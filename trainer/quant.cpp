@@ -35,12 +35,15 @@ void quantize_model(TransformerLM& model, const RunConfig& config, Communicator*
   const kernels::QuantScheme scheme = kernels::parse_quant_scheme(q.scheme, config.source + ": quant.scheme");
   std::vector<LinearWeight*> linears;
   model.collect_linears(linears);
-  std::vector<double> matched(q.modules.size(), 0.0);
+  // Per modules pattern: the layers it quantizes, then (after them) the ones it matches that skip excludes.
+  const size_t n = q.modules.size();
+  std::vector<double> matched(2 * n, 0.0);
   for (LinearWeight* lw : linears) {
     const std::string module = lw->module_name();
-    for (size_t i = 0; i < q.modules.size(); ++i)
-      if (lora_pattern_matches(q.modules[i], module)) matched[i] += 1;
-    if (!quant_matches(q, module)) continue;
+    const bool quantize = quant_matches(q, module);
+    for (size_t i = 0; i < n; ++i)
+      if (lora_pattern_matches(q.modules[i], module)) matched[quantize ? i : n + i] += 1;
+    if (!quantize) continue;
     const std::string what = config.source + ": quant (" + module + ")";
     const Tensor full = full_dense_weight(*lw, tp);
     const kernels::QuantizedWeight quantized =
@@ -49,10 +52,15 @@ void quantize_model(TransformerLM& model, const RunConfig& config, Communicator*
     lw->set_quantized(quantized);
   }
   if (pp && pp->size() > 1) matched = all_reduce_sum(*pp, matched);
-  for (size_t i = 0; i < matched.size(); ++i)
+  for (size_t i = 0; i < n; ++i) {
+    // A pattern whose every layer quant.skip excludes quantizes nothing, silently: as wrong as no match.
+    ANVIL_CHECK(matched[i] > 0 || matched[n + i] == 0, config.source, ": quant.modules: '", q.modules[i],
+                "' matches only layers that quant.skip excludes, so it quantizes nothing — remove them from quant.skip "
+                "(default [lm_head]) or drop the pattern");
     ANVIL_CHECK(matched[i] > 0, config.source, ": quant.modules: '", q.modules[i], "' matches none of the model's "
                 "Linear layers — a bare name such as q_proj matches the last part of a name, \"all-linear\" every "
                 "Linear but lm_head");
+  }
 }
 
 }  // namespace anvil
