@@ -35,7 +35,7 @@ for seed in $seeds; do
     esac
     dir=$out/$way-$seed
     /usr/bin/time -f "max_rss_kb %M" "$anvil" train bench/configs/qlora_bench.yaml --set run.out_dir="$dir" \
-      --set run.seed="$seed" --set training.steps="$steps" "${extra[@]}" > "$out/$way-$seed.log" 2>&1
+      --set run.seed="$seed" --set training.steps="$steps" --set training.eval_every="$steps" "${extra[@]}" > "$out/$way-$seed.log" 2>&1
   done
 done
 "$build/bin/quant_decode_bench" "$target" 32 64 5 128 > "$out/decode.txt"

@@ -136,8 +136,9 @@ void read_slabs(const h5::Context& file_ctx, hid_t group, CheckpointTensor& t, c
   const Shape shape(dims.begin(), dims.end());
   if (shape != t.logical())
     ctx.fail(std::string(kind) + " '" + name + "' has shape " + shape_str(shape) + " but the model expects " +
-             shape_str(t.logical()) + " — the checkpoint comes from a different model shape; fix model.* in the "
-             "config to match it, or start a fresh run (checkpoint.resume: none)");
+             shape_str(t.logical()) + " — the checkpoint comes from a different model shape; fix model.* " +
+             (dtype_is_float(t.local.dtype()) && name.find(".weight.") == std::string::npos ? "" : "(or quant.scheme / quant.block, for a quantized weight) ") +
+             "in the config to match it, or start a fresh run (checkpoint.resume: none)");
   h5::Id type(file_ctx.check(H5Dget_type(set.get()), "type of " + name), H5Tclose);
   const DType dt = stored_dtype(t.local);
   if (H5Tget_class(type.get()) != (dt == DType::F32 ? H5T_FLOAT : H5T_INTEGER))
