@@ -4,7 +4,7 @@ LoRA interop (tests/parity/peft_parity_test.cpp).
   peft_ref.py load BASE_HF ADAPTER_DIR IDS OUT
       PeftModel.from_pretrained(AutoModelForCausalLM(BASE_HF), ADAPTER_DIR) -> logits of IDS["ids"]
       into OUT["logits"] (ANVT files, tests/parity/tensor_file.py).
-  peft_ref.py save BASE_HF ADAPTER_DIR IDS OUT R ALPHA MODULES SEED
+  peft_ref.py save BASE_HF ADAPTER_DIR R ALPHA MODULES SEED IDS OUT
       get_peft_model(base, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=MODULES.split(","))),
       every lora_A and lora_B set to N(0, 0.05) draws of torch.manual_seed(SEED) (B non-zero, so the
       adapter changes the outputs), save_pretrained(ADAPTER_DIR) and its logits into OUT["logits"].
@@ -29,12 +29,13 @@ def main():
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    mode, base_dir, adapter_dir, ids_path, out_path = sys.argv[1:6]
+    mode, base_dir, adapter_dir = sys.argv[1:4]
+    ids_path, out_path = sys.argv[-2:]
     base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
     if mode == "load":
         model = PeftModel.from_pretrained(base, adapter_dir)
     elif mode == "save":
-        r, alpha, modules, seed = int(sys.argv[6]), float(sys.argv[7]), sys.argv[8].split(","), int(sys.argv[9])
+        r, alpha, modules, seed = int(sys.argv[4]), float(sys.argv[5]), sys.argv[6].split(","), int(sys.argv[7])
         model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=modules,
                                                 task_type="CAUSAL_LM"))
         torch.manual_seed(seed)
@@ -42,6 +43,11 @@ def main():
             for name, p in sorted(model.named_parameters()):
                 if "lora_A" in name or "lora_B" in name:
                     p.normal_(0.0, 0.05)
+        # save_pretrained updates DIR/README.md, or makes one from a Jinja template (Jinja2 is not
+        # among the pins): start from an empty card.
+        os.makedirs(adapter_dir, exist_ok=True)
+        with open(os.path.join(adapter_dir, "README.md"), "w") as f:
+            f.write("---\n---\n")
         model.save_pretrained(adapter_dir)
     else:
         raise SystemExit(f"unknown mode {mode}")
