@@ -18,6 +18,7 @@
 #include "tests/support/hf_oracle.h"
 #include "tests/support/reference.h"
 #include "trainer/load_model.h"
+#include "trainer/peft_adapter.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -219,4 +220,31 @@ TEST(LoraInterop, BadAdaptersFailClearly) {
     Trainer t(lora_config("bad_qa", {"lora.qa_group=16", "lora.init_from=" + peft}), TrainerMode::Quiet);
   });
   EXPECT_NE(qa.find("qa_group"), std::string::npos) << qa;
+  // ... nor export.
+  const RunConfig qa_config = lora_config("bad_qa_export", {"lora.qa_group=16", "quant={scheme: int4, block: 16}"});
+  Trainer qa_run(qa_config, TrainerMode::Quiet);
+  const std::string qa_export = error_of([&] { save_peft_adapter(qa_run.model(), qa_config, tiny().dir + "/qa_peft"); });
+  EXPECT_NE(qa_export.find("QA-LoRA"), std::string::npos) << qa_export;
+  EXPECT_NE(qa_export.find("--merge"), std::string::npos) << qa_export;
+}
+
+TEST(LoraInterop, MovedBaseNamesTheFix) {
+  const std::string moved = tiny().dir + "/moved_base";
+  fs::copy(base_dir(), moved, fs::copy_options::recursive);
+  std::vector<std::string> sets = lora_sets("moved");
+  sets.push_back("model={init_from: " + moved + "}");
+  sets.push_back("training.steps=1");
+  std::string checkpoint;
+  {
+    Trainer t(load_run_config(tiny().config, sets), TrainerMode::Quiet);
+    t.train();
+    checkpoint = t.save();
+  }
+  fs::remove_all(moved);
+  const std::string gone = error_of([&] { load_model(checkpoint, on_cpu()); });
+  EXPECT_NE(gone.find("LoRA run"), std::string::npos) << gone;
+  EXPECT_NE(gone.find("--set model.init_from=PATH"), std::string::npos) << gone;
+  LoadModelOptions elsewhere = on_cpu();
+  elsewhere.overrides = {"model.init_from=" + base_dir()};
+  EXPECT_NO_THROW(load_model(checkpoint, elsewhere));
 }
