@@ -33,6 +33,7 @@
 #include "trainer/plot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/load_model.h"
+#include "trainer/peft_adapter.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -92,6 +93,7 @@ struct GenerateArgs {
 struct ConvertArgs {
   std::vector<std::string> from, to;
   std::string tokenizer;
+  bool merge = false;  // a LoRA run -> hf: the adapters merged into a dense model
 };
 
 struct EvalArgs {
@@ -411,8 +413,17 @@ int convert_from_hf(const std::string& hf_dir, const std::string& out, const std
   return 0;
 }
 
+// A LoRA run's model as it trained (base, quantization, adapters) on the CPU in f32.
+LoadedModel load_lora_run(const std::string& dir) {
+  LoadModelOptions options;
+  options.device = Device::cpu();
+  options.compute = DType::F32;
+  options.overrides = {"data.train=none"};
+  return load_model(dir, options);
+}
+
 // An anvil checkpoint (or run directory) -> a Hugging Face directory.
-int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
+int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir, bool merge) {
   const std::string dir = find_checkpoint_dir(checkpoint);
   const CheckpointMeta meta = read_checkpoint_meta(dir);
   // Only the model and tokenizer matter here: the training data may be long gone.
@@ -421,6 +432,18 @@ int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
               "`anvil train`");
   std::unique_ptr<Tokenizer> tok;
   if (fs::is_regular_file(cfg.tokenizer.path)) tok = std::make_unique<Tokenizer>(Tokenizer::load(cfg.tokenizer.path));
+  ANVIL_CHECK(merge == cfg.lora.enabled(), merge ? "convert --merge: " + dir + " is not a LoRA run (lora.modules is "
+              "empty), so there is nothing to merge — drop --merge" : "convert: " + dir + " is a LoRA run: its "
+              "checkpoint holds adapters on the base " + cfg.model.init_from + " — write the merged dense model with "
+              "--to hf DIR --merge, or the adapter alone in PEFT's format with --to peft DIR");
+  if (merge) {  // save_hf writes each adapted or quantized Linear merged into a dense weight
+    const LoadedModel loaded = load_lora_run(dir);
+    save_hf(*loaded.model, tok.get(), hf_dir);
+    const std::string into = cfg.quant.enabled() ? " into the dequantized " + cfg.quant.scheme + " base" : "";
+    std::printf("wrote %s (config.json, model.safetensors%s: the LoRA adapters merged%s) from %s\n", hf_dir.c_str(),
+                tok ? ", tokenizer.json, tokenizer_config.json" : "", into.c_str(), dir.c_str());
+    return 0;
+  }
   if (cfg.task.name == "medusa") {  // the base and, beside it, the heads in Medusa's format
     LoadModelOptions options;
     options.device = Device::cpu();
@@ -442,13 +465,33 @@ int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
   return 0;
 }
 
+// A LoRA run's adapters -> a PEFT adapter directory (trainer/peft_adapter.h).
+int convert_to_peft(const std::string& checkpoint, const std::string& out) {
+  const std::string dir = find_checkpoint_dir(checkpoint);
+  const LoadedModel loaded = load_lora_run(dir);
+  save_peft_adapter(*loaded.model, loaded.config, out);
+  std::printf("wrote %s (adapter_config.json, adapter_model.safetensors: PEFT LoRA, r %ld, base %s) from %s\n",
+              out.c_str(), long(loaded.config.lora.r), loaded.config.model.init_from.c_str(), dir.c_str());
+  return 0;
+}
+
 int run_convert(const ConvertArgs& a) {
-  const bool from_hf = a.from.size() == 2 && a.from[0] == "hf" && a.to.size() == 1;
-  const bool to_hf = a.from.size() == 1 && a.to.size() == 2 && a.to[0] == "hf";
-  ANVIL_CHECK(from_hf || to_hf, "convert: use `--from hf HF_DIR --to CHECKPOINT_DIR` or `--from CHECKPOINT --to hf "
-              "HF_DIR`");
-  ANVIL_CHECK(a.tokenizer.empty() || from_hf, "convert: --tokenizer applies to --from hf only");
-  return from_hf ? convert_from_hf(a.from[1], a.to[0], a.tokenizer) : convert_to_hf(a.from[0], a.to[1]);
+  const std::string usage = "convert: use `--from hf HF_DIR --to CHECKPOINT_DIR`, `--from CHECKPOINT --to hf HF_DIR` "
+                            "(a LoRA run: add --merge) or, for a LoRA run, `--from CHECKPOINT --to peft DIR`";
+  if (a.from.size() == 2) {
+    ANVIL_CHECK(a.from[0] == "hf" && a.to.size() == 1, usage);
+    ANVIL_CHECK(!a.merge, "convert: --merge applies to --from CHECKPOINT (a LoRA run) only");
+    return convert_from_hf(a.from[1], a.to[0], a.tokenizer);
+  }
+  ANVIL_CHECK(a.from.size() == 1 && a.to.size() == 2, usage);
+  ANVIL_CHECK(a.tokenizer.empty(), "convert: --tokenizer applies to --from hf only");
+  // One branch per target format of a checkpoint.
+  if (a.to[0] == "hf") return convert_to_hf(a.from[0], a.to[1], a.merge);
+  if (a.to[0] == "peft") {
+    ANVIL_CHECK(!a.merge, "convert --to peft writes the adapter alone — drop --merge (or use --to hf DIR --merge)");
+    return convert_to_peft(a.from[0], a.to[1]);
+  }
+  ANVIL_FAIL(usage, " — unknown target format '", a.to[0], "'");
 }
 
 }  // namespace
@@ -614,11 +657,14 @@ int main(int argc, char** argv) {
   auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
   conv_cmd->add_option("--from", conv.from, "hf HF_DIR | CHECKPOINT (a checkpoint or run directory)")
       ->required()->expected(1, 2);
-  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR")->required()->expected(1, 2);
+  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR | peft DIR (a LoRA run's adapter)")
+      ->required()->expected(1, 2);
+  conv_cmd->add_flag("--merge", conv.merge, "with --to hf on a LoRA run: merge the adapters into a dense model");
   conv_cmd->add_option("--tokenizer", conv.tokenizer, "with --from hf: tokenizer.json when HF_DIR has none")
       ->check(CLI::ExistingFile);
   conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
-                   "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo");
+                   "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo\n  anvil convert --from runs/lora --to hf "
+                   "export/merged --merge\n  anvil convert --from runs/lora --to peft export/adapter");
 
   bool topo_local = false;
   auto* topo_cmd = app.add_subcommand("topology", "Print where each rank landed (run it under mpirun or srun)");

@@ -4,11 +4,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "models/linear_weight.h"
 #include "models/transformer.h"
 
 namespace anvil {
@@ -284,9 +286,25 @@ void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::
   // params() only lists the params; nothing is modified.
   std::vector<Param*> params;  // the model's own: attached modules (Medusa heads) export apart
   const_cast<TransformerLM&>(model).collect_own_params(params);
+  // A Linear with an adapter or a quantized weight exports its dense merged weight under the plain
+  // name, and none of its adapter factors or quantization companions.
+  std::vector<LinearWeight*> linears;
+  const_cast<TransformerLM&>(model).collect_linears(linears);
+  std::map<std::string, const LinearWeight*> merged;  // weight name -> its Linear
+  std::set<std::string> skipped;
+  for (LinearWeight* lw : linears) {
+    if (!lw->lora() && !lw->quantized()) continue;
+    merged.emplace(lw->module_name() + ".weight", lw);
+    std::vector<Param*> own;
+    lw->collect_params(own);
+    for (const Param* p : own)
+      if (p != &lw->bias()) skipped.insert(p->name);
+  }
   TensorMap tensors;
   for (const Param* p : params) {
-    Tensor v = host_f32(master_weight(*p));  // the f32 weights, on the host
+    const auto m = merged.find(p->name);
+    if (m == merged.end() && skipped.count(p->name)) continue;
+    Tensor v = host_f32(m != merged.end() ? m->second->merged() : master_weight(*p));  // the f32 weights, on the host
     if (is_conv1d(config, p->name)) v = v.transpose(0, 1).contiguous();
     tensors.emplace(p->name, v);
   }

@@ -64,6 +64,8 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
 // max_shard_bytes, as save_pretrained does) and, when `tokenizer` is given, DIR/tokenizer.json
 // and DIR/tokenizer_config.json (PreTrainedTokenizerFast, <|endoftext|> as bos/eos when the
 // tokenizer has it), so AutoTokenizer.from_pretrained(DIR) loads it.
+// A Linear with a LoRA adapter or a quantized weight is written merged (LinearWeight::merged():
+// dequantized, the adapter added) under its plain name: a dense model transformers loads as it is.
 // Creates DIR; refuses to mix with an existing checkpoint of the other (single/sharded) form.
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes = 5'000'000'000ull);

@@ -7,7 +7,7 @@ packages=(
   libopenblas-openmp-dev libgtest-dev
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
-  python3-torch python3-numpy python3-pip
+  python3-torch python3-numpy python3-pip python3-psutil python3-yaml  # the last two: accelerate (peft)
   zlib1g-dev
   slurm-wlm slurmctld slurmd slurm-client munge
   clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (tests/fuzz)
@@ -38,20 +38,22 @@ fi
 # transformers for Debian's torch 1.13 (/usr/bin/python3, which pip may not modify: Debian marks it
 # externally managed): a pinned set, every wheel without dependencies, into a --target directory that
 # tests/parity/hf_parity_test.cpp puts on PYTHONPATH. transformers 4.38.2 runs on torch 1.13 and Debian's
-# numpy 1.24 (GPT-2 and Llama build, save and load); the rest are versions it accepts. The set is
+# numpy 1.24 (GPT-2 and Llama build, save and load); peft 0.10 (+ accelerate 0.27, whose psutil and
+# pyyaml Debian ships) loads and saves LoRA adapters on it; the rest are versions it accepts. The set is
 # recorded in the directory, so a changed pin reinstalls. ANVIL_PYDEPS overrides the location
 # (tests/CMakeLists.txt reads the same variable at configure time).
 pydeps="${ANVIL_PYDEPS:-$HOME/.cache/anvil-pydeps}"
 hf_pins=(
   transformers==4.38.2 tokenizers==0.15.2 safetensors==0.4.2 huggingface-hub==0.21.4
   regex==2023.12.25 tqdm==4.66.2 filelock==3.13.1 packaging==23.2 fsspec==2024.2.0
+  peft==0.10.0 accelerate==0.27.2
 )
 if [ "$(cat "$pydeps/.anvil-pins" 2>/dev/null)" != "${hf_pins[*]}" ] ||
    ! PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import transformers, tokenizers, safetensors' >/dev/null 2>&1; then
   echo "install_deps: installing ${hf_pins[*]} into $pydeps for /usr/bin/python3"
   rm -rf "$pydeps"
   /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$pydeps" "${hf_pins[@]}"
-  PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import torch, transformers; transformers.LlamaForCausalLM; transformers.GPT2LMHeadModel'
+  PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import torch, transformers, peft; transformers.LlamaForCausalLM; transformers.GPT2LMHeadModel'
   echo "${hf_pins[*]}" > "$pydeps/.anvil-pins"
 fi
 

@@ -637,7 +637,7 @@ void parse_medusa(const Section& s, const std::string& task, MedusaSection& m) {
 }
 
 // The lora section; with no modules (LoRA off) every other key must stay at its default.
-void parse_lora(const Section& s, const std::string& task, LoraSection& l) {
+void parse_lora(const Context& ctx, const Section& s, const std::string& task, LoraSection& l) {
   const LoraSection defaults;
   s.read("modules", l.modules);
   s.read("r", l.r);
@@ -645,12 +645,17 @@ void parse_lora(const Section& s, const std::string& task, LoraSection& l) {
   s.read("dropout", l.dropout);
   s.read("rslora", l.rslora);
   s.read("qa_group", l.qa_group);
+  std::string init_from;
+  // Resolved but not required to exist: only a fresh start reads it (peft_adapter.cpp says what is
+  // missing), so a finished run loads after its starting adapter is gone.
+  if (s.read("init_from", init_from) && !init_from.empty()) l.init_from = resolve_input(ctx, s, "init_from", init_from);
   if (!l.enabled()) {
     const std::pair<const char*, bool> changed[] = {{"r", l.r != defaults.r},
                                                     {"alpha", l.alpha != defaults.alpha},
                                                     {"dropout", l.dropout != defaults.dropout},
                                                     {"rslora", l.rslora != defaults.rslora},
-                                                    {"qa_group", l.qa_group != defaults.qa_group}};
+                                                    {"qa_group", l.qa_group != defaults.qa_group},
+                                                    {"init_from", !l.init_from.empty()}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but lora.modules is empty, so there is no adapter — list the layers to adapt "
                 "(e.g. modules: [q_proj, v_proj], or [all-linear]) or remove the lora section");
@@ -707,7 +712,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   sections.at("task").read_choice("name", c.task.name, task_names());
   parse_distill(ctx, sections.at("distill"), c.task.name, c.distill);
   parse_medusa(sections.at("medusa"), c.task.name, c.medusa);
-  parse_lora(sections.at("lora"), c.task.name, c.lora);
+  parse_lora(ctx, sections.at("lora"), c.task.name, c.lora);
   parse_quant(sections.at("quant"), c.quant);
   parse_model(ctx, sections.at("model"), c.model);
   parse_data(ctx, sections.at("data"), c.model, c.data);

@@ -184,6 +184,9 @@ struct LoraSection {
   double dropout = 0.0;              // [0, 1) on the adapter's input, training only
   bool rslora = false;               // scaling alpha / sqrt(r) (rsLoRA) instead of alpha / r
   int64_t qa_group = 0;              // 0: plain LoRA | g > 0: QA-LoRA's pooling group along in
+  // A PEFT adapter directory (trainer/peft_adapter.h) whose factors start the adapters; "" = fresh
+  // (A Kaiming-uniform, B zero). Read when a run starts, not on resume: the checkpoint's win.
+  std::string init_from;
   bool enabled() const { return !modules.empty(); }
 };
 

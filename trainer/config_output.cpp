@@ -103,6 +103,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   real("dropout", c.lora.dropout, "on the adapter input, training only");
   boolean("rslora", c.lora.rslora);
   integer("qa_group", c.lora.qa_group, "0 = LoRA | g: QA-LoRA pooling group");
+  string("init_from", c.lora.init_from, "PEFT adapter dir starting the adapters; empty = fresh");
 
   section = "quant";  // written for every run (scheme none = a dense base)
   string("scheme", c.quant.scheme, "none | nf4 | int4 | int2");

@@ -21,7 +21,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
                    "anchors_per_sequence", "eagle_layers", "ttt_steps", "on_policy"}},
       {"medusa", {"num_heads", "num_layers", "stage", "copy_lm_head", "heads_coefficient", "decay", "schedule",
                   "schedule_steps", "lr_multiplier", "warmup_steps", "backbone_loss"}},
-      {"lora", {"modules", "r", "alpha", "dropout", "rslora", "qa_group"}},
+      {"lora", {"modules", "r", "alpha", "dropout", "rslora", "qa_group", "init_from"}},
       {"quant", {"scheme", "block", "double_quant", "modules", "skip"}},
       {"model",
        {"config", "init_from", "type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

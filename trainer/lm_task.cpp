@@ -1,8 +1,12 @@
 #include "trainer/lm_task.h"
 
+#include <filesystem>
+
 #include "parallel/data_parallel.h"
 #include "trainer/batch_context.h"
+#include "trainer/checkpoint.h"
 #include "trainer/lora.h"
+#include "trainer/peft_adapter.h"
 
 namespace anvil {
 
@@ -14,6 +18,13 @@ void LMTask::build(const TaskEnv& env) {
       model_ = build_trainable_lm(env);
     }
     adapters_ = adapt_base(*model_, *env.config, env.layout.tp, env.pp);
+    const CheckpointSection& ck = env.config->checkpoint;
+    const bool resuming = ck.resume != "none" && (ck.resume != "auto" || !latest_checkpoint(ck.dir).empty());
+    std::error_code ec;
+    // A PEFT adapter starts the adapters; a resume's checkpoint replaces them anyway (and the
+    // adapter may be gone by then).
+    if (!env.config->lora.init_from.empty() && !(resuming && !std::filesystem::exists(env.config->lora.init_from, ec)))
+      load_peft_adapter(adapters_, *env.config, env.config->lora.init_from);
   } else {
     model_ = build_trainable_lm(env);
   }
@@ -48,13 +59,7 @@ LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches,
 }
 
 std::vector<Param*> LMTask::checkpoint_params() {
-  if (!env_.config->lora.enabled()) return model_->params();
-  // The adapters, and a quantized base's packed codes and scales as they are (the dense frozen
-  // weights reload from model.init_from).
-  std::vector<Param*> params = adapters_;
-  for (Param* p : model_->params())
-    if (p->keep_dtype) params.push_back(p);
-  return params;
+  return env_.config->lora.enabled() ? lora_checkpoint_params(*model_, adapters_) : model_->params();
 }
 
 std::vector<Param*> LMTask::tunable_params() { return env_.config->lora.enabled() ? adapters_ : model_->params(); }

@@ -9,6 +9,7 @@
 #include "models/hf_convert.h"
 #include "core/cuda_device.h"
 #include "trainer/checkpoint.h"
+#include "trainer/lora.h"
 #include "trainer/parallel_spec_rows.h"
 #include "trainer/trainer.h"
 
@@ -50,9 +51,9 @@ std::unique_ptr<TransformerLM> build_frozen(const ModelConfig& config, const Mod
   return std::make_unique<TransformerLM>(config, layout);
 }
 
-// A medusa checkpoint whose base (model.init_from) has gone: parse_run_config would stop at the
-// missing path with a training-time message; say what the path is needed for and the fix.
-void check_medusa_base(const std::string& dir, const CheckpointMeta& meta, const std::vector<std::string>& overrides) {
+// A medusa or LoRA checkpoint whose base (model.init_from) has gone: parse_run_config would stop
+// at the missing path with a training-time message; say what the path is needed for and the fix.
+void check_base_present(const std::string& dir, const CheckpointMeta& meta, const std::vector<std::string>& overrides) {
   for (const std::string& o : overrides)
     if (o.rfind("model.init_from=", 0) == 0) return;  // the user points at the base elsewhere
   YAML::Node run;
@@ -61,15 +62,25 @@ void check_medusa_base(const std::string& dir, const CheckpointMeta& meta, const
   } catch (const YAML::Exception&) {
     return;  // parse_run_config reports it
   }
-  if (!run["task"] || !run["task"]["name"] || run["task"]["name"].as<std::string>() != "medusa") return;
+  const bool medusa = run["task"] && run["task"]["name"] && run["task"]["name"].as<std::string>() == "medusa";
+  const bool lora = run["lora"] && run["lora"]["modules"] && run["lora"]["modules"].IsSequence() &&
+                    run["lora"]["modules"].size() > 0;
+  if (!medusa && !lora) return;
   if (!run["model"] || !run["model"]["init_from"]) return;
   const std::string base = run["model"]["init_from"].as<std::string>();
   std::error_code ec;
   if (base.empty() || fs::exists(base, ec)) return;
-  const bool heads_only = !run["medusa"] || !run["medusa"]["stage"] || run["medusa"]["stage"].as<int>() == 1;
-  ANVIL_FAIL("the Medusa run ", dir, " was trained on the base model ", base, " (its model.init_from), which no "
-             "longer exists — ", heads_only ? "a stage-1 checkpoint holds the heads only, so the base's weights must "
-             "be read from there" : "the run's architecture is read from there",
+  std::string why;
+  if (lora) {
+    why = "a LoRA checkpoint holds the adapters (and a quantized base's packed codes) only, so the base's weights "
+          "must be read from there";
+  } else {
+    const bool heads_only = !run["medusa"] || !run["medusa"]["stage"] || run["medusa"]["stage"].as<int>() == 1;
+    why = heads_only ? "a stage-1 checkpoint holds the heads only, so the base's weights must be read from there"
+                     : "the run's architecture is read from there";
+  }
+  ANVIL_FAIL("the ", lora ? "LoRA" : "Medusa", " run ", dir, " was trained on the base model ", base,
+             " (its model.init_from), which no longer exists — ", why,
              ": restore it, or point at a copy of the same base with --set model.init_from=PATH");
 }
 
@@ -123,7 +134,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
   } else {
     out.source = find_checkpoint_dir(path);
     const CheckpointMeta meta = read_checkpoint_meta(out.source);
-    check_medusa_base(out.source, meta, options.overrides);
+    check_base_present(out.source, meta, options.overrides);
     out.config = config_from_checkpoint(out.source, options.overrides);
     out.model = build_frozen(out.config.model, options.layout);
     if (const int64_t masks = parallel_spec_masks(out.config)) {  // a ParallelSpec drafter's mask tokens
@@ -132,6 +143,12 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     }
     const bool medusa = out.config.task.name == "medusa";
     const bool heads_only = medusa && out.config.medusa.stage == 1;
+    std::vector<Param*> adapters;
+    if (out.config.lora.enabled()) {  // the base from model.init_from, quantized and adapted as in training
+      load_init_weights(*out.model, out.config.model.init_from);
+      FrozenParamScope frozen;  // the adapters too: nothing trains here
+      adapters = adapt_base(*out.model, out.config, options.layout.tp, nullptr);
+    }
     if (heads_only) {  // Medusa-1: the base from model.init_from, before the heads join its params
       check_same_base(out.source, out.config);
       load_init_weights(*out.model, out.config.model.init_from);
@@ -147,6 +164,8 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     CheckpointContents contents;  // each param's shard under a split layout
     if (heads_only)
       contents.params = out.medusa ? checkpoint_tensors(out.medusa->params()) : std::vector<CheckpointTensor>{};
+    else if (out.config.lora.enabled())
+      contents.params = checkpoint_tensors(lora_checkpoint_params(*out.model, adapters));
     else
       contents.params = checkpoint_tensors(out.model->params());
     out.step = load_checkpoint(out.source, contents).step;

@@ -14,6 +14,11 @@
 // only, so the base's weights come from the run's model.init_from (an anvil checkpoint or a
 // Hugging Face directory) and the heads from the checkpoint; a stage-2 checkpoint holds both.
 // Whoever ignores the heads (plain `anvil generate`) decodes the base alone.
+//
+// A LoRA run (lora.modules) loads as it trained: the base from model.init_from, quantized by the
+// quant section and adapted (trainer/lora.h adapt_base, everything frozen), then the checkpoint's
+// adapters and packed codes (lora_checkpoint_params). Quantized Linears compute through the
+// quantized kernels, the adapters beside them, in generate, eval and KV-cache decoding alike.
 #pragma once
 #include <memory>
 #include <optional>

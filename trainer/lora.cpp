@@ -79,6 +79,13 @@ std::vector<Param*> adapt_base(TransformerLM& model, const RunConfig& config, Co
   return attach_lora(model, config, pp);
 }
 
+std::vector<Param*> lora_checkpoint_params(TransformerLM& model, const std::vector<Param*>& adapters) {
+  std::vector<Param*> params = adapters;
+  for (Param* p : model.params())
+    if (p->keep_dtype) params.push_back(p);
+  return params;
+}
+
 DropoutKey lora_dropout_key(const RunConfig& config, int64_t step, int64_t m, int64_t M, const Tensor& ids,
                             Communicator* data_group, int sp_size) {
   DropoutKey key;

@@ -35,6 +35,11 @@ std::vector<Param*> attach_lora(TransformerLM& model, const RunConfig& config, C
 // Returns the adapter params. Training (LMTask), load_model and convert all build a run this way.
 std::vector<Param*> adapt_base(TransformerLM& model, const RunConfig& config, Communicator* tp, Communicator* pp);
 
+// What a LoRA run's checkpoint holds: the adapters, and a quantized base's packed codes and scales
+// as they are (keep_dtype params); the dense frozen weights reload from model.init_from. LMTask
+// saves these and load_model reads them back.
+std::vector<Param*> lora_checkpoint_params(TransformerLM& model, const std::vector<Param*>& adapters);
+
 // The dropout key of training micro-batch m (of M) at step `step`, whose ids are this rank's
 // [B, T] slice: seed run.seed, rows placed by this rank's coordinates in the data group
 // (`data_group`: dp x sp, ordered dp_i * sp + sp_i; null when alone; `sp_size` its sp degree).
