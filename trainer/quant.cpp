@@ -1,5 +1,6 @@
 #include "trainer/quant.h"
 
+#include "core/allocator.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
 #include "trainer/lora.h"
@@ -51,6 +52,9 @@ void quantize_model(TransformerLM& model, const RunConfig& config, Communicator*
                                             : kernels::quantize_groupwise(full, scheme, q.block, what);
     lw->set_quantized(quantized);
   }
+  // The freed dense weights go back to the system rather than to the allocator's cache: the
+  // memory a quantized base saves is what the process holds from here on.
+  cpu_allocator().empty_cache();
   if (pp && pp->size() > 1) matched = all_reduce_sum(*pp, matched);
   for (size_t i = 0; i < n; ++i) {
     // A pattern whose every layer quant.skip excludes quantizes nothing, silently: as wrong as no match.
