@@ -44,6 +44,9 @@ constexpr int64_t kInputGradTileCols = 256;
 // Input-grad GEMV strips: about this many input columns (whole groups) per strip, so a strip's
 // dx rows stay in L1 while every output row streams past.
 constexpr int64_t kStripCols = 256;
+// The chunked AVX2 kernels sum their strip in a buffer and pay a fixed cost per (row, strip): wider
+// strips (M · 1024 floats of buffer, L1 for one row).
+constexpr int64_t kChunkedStripCols = 1024;
 
 thread_local int scalar_scopes = 0;
 
@@ -202,13 +205,23 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
           group_sums[static_cast<size_t>(m * w.groups + g)] = s;
         }
     }
+    // The chunked AVX2 kernels read x in their decode order (a copy per call, [rows, in]).
+    const float* xa = x.p;
+    int64_t ldxa = x.ld;
+    std::vector<float> permuted;
+    if (avx && avx2::chunked(w)) {
+      permuted.resize(static_cast<size_t>(x.rows * w.in));
+      avx2::permute_columns(w, x.p, x.ld, x.rows, permuted.data());
+      xa = permuted.data();
+      ldxa = w.in;
+    }
     constexpr int64_t kRowsPerTask = 16;
     const int64_t tasks = ceil_div(w.out, kRowsPerTask);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && tasks > 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t o0 = t * kRowsPerTask, o1 = std::min(w.out, o0 + kRowsPerTask);
       if (avx)
-        avx2::gemv(w, x.p, x.ld, group_sums.data(), x.rows, y.p, y.ld, o0, o1, accumulate);
+        avx2::gemv(w, xa, ldxa, group_sums.data(), x.rows, y.p, y.ld, o0, o1, accumulate);
       else
         scalar::gemv(w, x.p, x.ld, x.rows, y.p, y.ld, o0, o1, accumulate);
     }
@@ -241,7 +254,8 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
 void input_grad(const PackedWeight& w, const Rows& dy, const Rows& dx, bool accumulate) {
   const bool avx = quant_avx2_active();
   if (dy.rows <= kQuantFewRows) {
-    const int64_t strip_groups = std::max<int64_t>(1, kStripCols / w.block);
+    const int64_t strip_cols = avx && avx2::chunked(w) ? kChunkedStripCols : kStripCols;
+    const int64_t strip_groups = std::max<int64_t>(1, strip_cols / w.block);
     const int64_t strips = ceil_div(w.groups, strip_groups);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && strips > 1)
     for (int64_t s = 0; s < strips; ++s) {
