@@ -367,98 +367,117 @@ ANVIL_AVX2 void gemv_chunked(const PackedWeight& w, const float* xp, int64_t ldx
   }
 }
 
-// dx[m, k] (+)= Σ_o dy[m, o] Ŵ[o, k] over groups [g0, g1): the strip is summed in permuted order in
-// a small buffer (L1), R output rows at a time in registers so the buffer is read and written once
-// per R rows; then un-permuted into dx (intN: minus Σ_o dy·s·z per group).
-template <bool NF4, int M>
-ANVIL_AVX2 void input_grad_chunked(const PackedWeight& w, const float* dy, int64_t lddy, float* dx, int64_t lddx,
-                                   int64_t g0, int64_t g1, bool accumulate) {
-  constexpr int R = M == 1 ? 4 : (M <= 2 ? 2 : 1);
-  const Nf4Planes planes = nf4_planes(w.nf4_table != nullptr ? w.nf4_table : nf4_values());
-  const int64_t k0 = g0 * w.block, width = (g1 - g0) * w.block, groups = g1 - g0;
-  std::unique_ptr<float[]> acc_buf(new float[M * width + M * groups]);
-  float* acc = acc_buf.get();  // [M, width] permuted, then [M, groups] zero terms
-  float* zero_terms = acc + M * width;
-  std::fill(acc, acc + M * width + M * groups, 0.0f);
-  std::unique_ptr<float[]> strip_scales(new float[R * groups]);
-  constexpr int64_t kPrefetchRows = 8;  // the strip of a later row is fetched while these compute
-  const int64_t strip_bytes = width / 2;
-  for (int64_t o = 0; o < w.out; o += R) {
-    const int rows = static_cast<int>(std::min<int64_t>(R, w.out - o));
-    for (int r = 0; r < rows; ++r)
-      if (o + r + kPrefetchRows < w.out) {
-        const char* ahead = reinterpret_cast<const char*>(w.codes + (o + r + kPrefetchRows) * w.row_bytes + k0 / 2);
-        for (int64_t off = 0; off < strip_bytes; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+// The input-grad strip of chunked_input_grad: acc [M, width] (permuted order) and, intN,
+// zero_terms [M, groups] of groups [g0, g1).
+struct Strip {
+  int64_t g0, g1, groups, width;
+  float* acc;
+  float* zero_terms;
+  float* scales;  // [R, groups] scratch for the rows' block scales
+};
+
+// Adds output rows [o, o + R) to the strip: their R contributions are summed in registers and
+// added to the buffer once.
+template <bool NF4, int M, int R>
+ANVIL_AVX2 inline void strip_rows(const PackedWeight& w, const Nf4Planes& planes, const float* dy, int64_t lddy,
+                                  int64_t o, const Strip& st) {
+  for (int r = 0; r < R; ++r) block_scales(w, (o + r) * w.groups + st.g0, st.groups, st.scales + r * st.groups);
+  for (int64_t g = st.g0; g < st.g1; ++g) {
+    const int64_t gi = g - st.g0;
+    float d[M][R];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) {
+        d[m][r] = dy[m * lddy + o + r] * st.scales[r * st.groups + gi];
+        if (!NF4) st.zero_terms[m * st.groups + gi] += d[m][r] * w.zeros[(o + r) * w.groups + g];
       }
-    for (int r = 0; r < rows; ++r) block_scales(w, (o + r) * w.groups + g0, groups, strip_scales.get() + r * groups);
-    for (int64_t g = g0; g < g1; ++g) {
-      float d[M][R];
-      for (int r = 0; r < R; ++r) {
-        const int64_t b = (o + r) * w.groups + g;
-        const float s = r < rows ? strip_scales[r * groups + g - g0] : 0.0f;
-        for (int m = 0; m < M; ++m) {
-          d[m][r] = r < rows ? dy[m * lddy + o + r] * s : 0.0f;
-          if (!NF4 && r < rows) zero_terms[m * groups + g - g0] += d[m][r] * w.zeros[b];
-        }
-      }
-      const uint8_t* p[R];
-      for (int r = 0; r < R; ++r) p[r] = w.codes + (o + (r < rows ? r : 0)) * w.row_bytes + g * w.block / 2;
-      const int64_t kg = (g - g0) * w.block;
-      if (NF4) {
-        for (int64_t e = 0; e < w.block; e += 64)
-          for (int half = 0; half < 2; ++half) {
-            __m256 t[M][4];
-            for (int m = 0; m < M; ++m)
-              for (int a = 0; a < 4; ++a) t[m][a] = _mm256_setzero_ps();
-            for (int r = 0; r < rows; ++r) {
-              __m256i high, low;
-              nibbles32(p[r] + e / 2, high, low);
-              __m256 f[4];
-              nf4_decode32(planes, half == 0 ? high : low, f);
-              for (int m = 0; m < M; ++m) {
-                const __m256 vd = _mm256_set1_ps(d[m][r]);
-                for (int a = 0; a < 4; ++a) t[m][a] = _mm256_fmadd_ps(vd, f[a], t[m][a]);
-              }
-            }
-            for (int m = 0; m < M; ++m)
-              for (int a = 0; a < 4; ++a) {
-                float* out = acc + m * width + kg + e + 32 * half + 8 * a;
-                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), t[m][a]));
-              }
-          }
-      } else {
-        for (int64_t e = 0; e < w.block; e += 16) {
-          __m256 t[M][2];
-          for (int m = 0; m < M; ++m) t[m][0] = t[m][1] = _mm256_setzero_ps();
-          for (int r = 0; r < rows; ++r) {
-            __m256 high, low;
-            int4_decode16(p[r] + e / 2, high, low);
+    const uint8_t* p = w.codes + o * w.row_bytes + g * w.block / 2;
+    float* acc = st.acc + gi * w.block;
+    if (NF4) {
+      for (int64_t e = 0; e < w.block; e += 64)
+        for (int half = 0; half < 2; ++half) {
+          __m256 t[M][4];
+          for (int m = 0; m < M; ++m)
+            for (int a = 0; a < 4; ++a) t[m][a] = _mm256_setzero_ps();
+          for (int r = 0; r < R; ++r) {
+            __m256i high, low;
+            nibbles32(p + r * w.row_bytes + e / 2, high, low);
+            __m256 f[4];
+            nf4_decode32(planes, half == 0 ? high : low, f);
             for (int m = 0; m < M; ++m) {
               const __m256 vd = _mm256_set1_ps(d[m][r]);
-              t[m][0] = _mm256_fmadd_ps(vd, high, t[m][0]);
-              t[m][1] = _mm256_fmadd_ps(vd, low, t[m][1]);
+              for (int a = 0; a < 4; ++a) t[m][a] = _mm256_fmadd_ps(vd, f[a], t[m][a]);
             }
           }
           for (int m = 0; m < M; ++m)
-            for (int a = 0; a < 2; ++a) {
-              float* out = acc + m * width + kg + e + 8 * a;
+            for (int a = 0; a < 4; ++a) {
+              float* out = acc + m * st.width + e + 32 * half + 8 * a;
               _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), t[m][a]));
             }
         }
+    } else {
+      for (int64_t e = 0; e < w.block; e += 16) {
+        __m256 t[M][2];
+        for (int m = 0; m < M; ++m) t[m][0] = t[m][1] = _mm256_setzero_ps();
+        for (int r = 0; r < R; ++r) {
+          __m256 high, low;
+          int4_decode16(p + r * w.row_bytes + e / 2, high, low);
+          for (int m = 0; m < M; ++m) {
+            const __m256 vd = _mm256_set1_ps(d[m][r]);
+            t[m][0] = _mm256_fmadd_ps(vd, high, t[m][0]);
+            t[m][1] = _mm256_fmadd_ps(vd, low, t[m][1]);
+          }
+        }
+        for (int m = 0; m < M; ++m)
+          for (int a = 0; a < 2; ++a) {
+            float* out = acc + m * st.width + e + 8 * a;
+            _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), t[m][a]));
+          }
       }
     }
   }
+}
+
+// dx[m, k] (+)= Σ_o dy[m, o] Ŵ[o, k] over groups [g0, g1): the strip is summed in permuted order in
+// a small buffer (L1), R output rows at a time, then un-permuted into dx (intN: minus Σ_o dy·s·z
+// per group, ŵ = s·q − s·z as in the forward).
+template <bool NF4, int M>
+ANVIL_AVX2 void input_grad_chunked(const PackedWeight& w, const float* dy, int64_t lddy, float* dx, int64_t lddx,
+                                   int64_t g0, int64_t g1, bool accumulate) {
+  constexpr int R = M == 1 ? 8 : (M <= 2 ? 4 : (M <= 4 ? 2 : 1));
+  const Nf4Planes planes = nf4_planes(w.nf4_table != nullptr ? w.nf4_table : nf4_values());
+  Strip st;
+  st.g0 = g0, st.g1 = g1, st.groups = g1 - g0, st.width = st.groups * w.block;
+  const int64_t k0 = g0 * w.block;
+  std::unique_ptr<float[]> buf(new float[M * st.width + M * st.groups + R * st.groups]);
+  st.acc = buf.get();
+  st.zero_terms = st.acc + M * st.width;
+  st.scales = st.zero_terms + M * st.groups;
+  std::fill(st.acc, st.scales, 0.0f);
+  constexpr int64_t kPrefetchRows = 8;  // the strip of a later row is fetched while these compute
+  const int64_t strip_bytes = st.width / 2;
+  const auto prefetch = [&](int64_t o, int rows) {
+    for (int64_t q = o + kPrefetchRows; q < std::min(w.out, o + kPrefetchRows + rows); ++q) {
+      const char* ahead = reinterpret_cast<const char*>(w.codes + q * w.row_bytes + k0 / 2);
+      for (int64_t off = 0; off < strip_bytes; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+    }
+  };
+  int64_t o = 0;
+  for (; o + R <= w.out; o += R) {
+    prefetch(o, R);
+    strip_rows<NF4, M, R>(w, planes, dy, lddy, o, st);
+  }
+  for (; o < w.out; ++o) strip_rows<NF4, M, 1>(w, planes, dy, lddy, o, st);
   const int64_t chunk = NF4 ? 64 : 16;
   for (int m = 0; m < M; ++m)
-    for (int64_t kc = 0; kc < width; kc += chunk) {
-      const float zt = NF4 ? 0.0f : zero_terms[m * groups + kc / w.block];
+    for (int64_t kc = 0; kc < st.width; kc += chunk) {
+      const float zt = NF4 ? 0.0f : st.zero_terms[m * st.groups + kc / w.block];
       float* out = dx + m * lddx + k0 + kc;
-      const float* in = acc + m * width + kc;
+      const float* in = st.acc + m * st.width + kc;
       for (int64_t v = 0; v < chunk / 8; ++v)
         for (int64_t i = 0; i < 8; ++i) {
           const float value = in[8 * v + i] - zt;
-          float& o = out[chunk_element(NF4, v, i)];
-          o = accumulate ? o + value : value;
+          float& y = out[chunk_element(NF4, v, i)];
+          y = accumulate ? y + value : value;
         }
     }
 }
