@@ -716,9 +716,6 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required with lora.modules — the "
                                  "adapters train on a frozen pretrained base, which a checkpoint does not hold: set "
                                  "model.init_from to an anvil run or checkpoint directory, or a Hugging Face directory");
-    sections.at("lora").require(c.lora.dropout == 0 || c.run.device == "cpu", "dropout", c.lora.dropout,
-                                " needs run.device: cpu for now (the dropout mask is drawn on the host) — set "
-                                "lora.dropout: 0 on cuda");
   }
   parse_checkpoint(ctx, sections.at("checkpoint"), c.run, c.checkpoint);
   parse_guard(sections.at("guard"), c.guard);
