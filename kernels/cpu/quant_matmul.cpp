@@ -20,6 +20,7 @@
 #include "kernels/cpu/quant_matmul.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -44,9 +45,10 @@ constexpr int64_t kInputGradTileCols = 256;
 // Input-grad GEMV strips: about this many input columns (whole groups) per strip, so a strip's
 // dx rows stay in L1 while every output row streams past.
 constexpr int64_t kStripCols = 256;
-// The chunked AVX2 kernels sum their strip in a buffer and pay a fixed cost per (row, strip): wider
-// strips (M · 1024 floats of buffer, L1 for one row).
-constexpr int64_t kChunkedStripCols = 1024;
+// The chunked AVX2 kernels sum their strip in a buffer (M × strip floats, L1/L2) and walk every
+// output row once per strip, a short strided read each: one strip per thread, within these bounds.
+constexpr int64_t kChunkedStripMinCols = 1024;
+constexpr int64_t kChunkedStripMaxCols = 8192;
 
 thread_local int scalar_scopes = 0;
 
@@ -254,7 +256,10 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
 void input_grad(const PackedWeight& w, const Rows& dy, const Rows& dx, bool accumulate) {
   const bool avx = quant_avx2_active();
   if (dy.rows <= kQuantFewRows) {
-    const int64_t strip_cols = avx && avx2::chunked(w) ? kChunkedStripCols : kStripCols;
+    const int64_t strip_cols =
+        avx && avx2::chunked(w)
+            ? std::clamp<int64_t>(ceil_div(w.in, omp_get_max_threads()), kChunkedStripMinCols, kChunkedStripMaxCols)
+            : kStripCols;
     const int64_t strip_groups = std::max<int64_t>(1, strip_cols / w.block);
     const int64_t strips = ceil_div(w.groups, strip_groups);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && strips > 1)

@@ -300,15 +300,12 @@ ANVIL_AVX2 void block_scales(const PackedWeight& w, int64_t b0, int64_t n, float
   for (; i < n; ++i) out[i] = w.nf4_absmax(b0 + i);
 }
 
-ANVIL_AVX2 inline __m256 sum4(const __m256* a) {
-  return _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-}
-
 // y[m, o] (+)= xp[m, :] · Ŵ[o, :] for M rows of permuted x: per block, Σ xp·(NF4[c] or q), then
 // nf4: · absmax; int4: · s, with − s·z·Σx per group.
 template <bool NF4, int M>
 ANVIL_AVX2 void gemv_chunked(const PackedWeight& w, const float* xp, int64_t ldx, const float* x_group_sums,
                              float* y, int64_t ldy, int64_t o0, int64_t o1, bool accumulate) {
+  constexpr int A = M == 1 ? 4 : (M == 2 ? 2 : 1);  // independent sums per row (FMA latency), in registers
   const Nf4Planes planes = nf4_planes(w.nf4_table != nullptr ? w.nf4_table : nf4_values());
   // The row's block scales first, out of the decode loop (a double-quantized absmax costs a few
   // dependent scalar operations).
@@ -324,9 +321,9 @@ ANVIL_AVX2 void gemv_chunked(const PackedWeight& w, const float* xp, int64_t ldx
     const uint8_t* p = w.codes + o * w.row_bytes;
     for (int64_t g = 0; g < w.groups; ++g) {
       const int64_t k0 = g * w.block;
-      __m256 acc[M][4];
+      __m256 acc[M][A];
       for (int m = 0; m < M; ++m)
-        for (int a = 0; a < 4; ++a) acc[m][a] = _mm256_setzero_ps();
+        for (int a = 0; a < A; ++a) acc[m][a] = _mm256_setzero_ps();
       if (NF4) {
         for (int64_t k = k0; k < k0 + w.block; k += 64, p += 32) {
           __m256i high, low;
@@ -335,11 +332,12 @@ ANVIL_AVX2 void gemv_chunked(const PackedWeight& w, const float* xp, int64_t ldx
           nf4_decode32(planes, high, f);
           for (int m = 0; m < M; ++m)
             for (int a = 0; a < 4; ++a)
-              acc[m][a] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 8 * a), f[a], acc[m][a]);
+              acc[m][a % A] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 8 * a), f[a], acc[m][a % A]);
           nf4_decode32(planes, low, f);
           for (int m = 0; m < M; ++m)
             for (int a = 0; a < 4; ++a)
-              acc[m][a] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 32 + 8 * a), f[a], acc[m][a]);
+              acc[m][a % A] =
+                  _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 32 + 8 * a), f[a], acc[m][a % A]);
         }
       } else {
         for (int64_t k = k0; k < k0 + w.block; k += 32, p += 16) {
@@ -348,14 +346,16 @@ ANVIL_AVX2 void gemv_chunked(const PackedWeight& w, const float* xp, int64_t ldx
           int4_decode16(p + 8, f[2], f[3]);
           for (int m = 0; m < M; ++m)
             for (int a = 0; a < 4; ++a)
-              acc[m][a] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 8 * a), f[a], acc[m][a]);
+              acc[m][a % A] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + m * ldx + k + 8 * a), f[a], acc[m][a % A]);
         }
       }
       const int64_t b = o * w.groups + g;
       const float s = row_scales[g];
       const __m256 vs = _mm256_set1_ps(s);
       for (int m = 0; m < M; ++m) {
-        total[m] = _mm256_fmadd_ps(vs, sum4(acc[m]), total[m]);
+        __m256 sum = acc[m][0];
+        for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, acc[m][a]);
+        total[m] = _mm256_fmadd_ps(vs, sum, total[m]);
         if (!NF4) zero_terms[m] += s * w.zeros[b] * x_group_sums[m * w.groups + g];
       }
     }
@@ -443,7 +443,7 @@ ANVIL_AVX2 inline void strip_rows(const PackedWeight& w, const Nf4Planes& planes
 template <bool NF4, int M>
 ANVIL_AVX2 void input_grad_chunked(const PackedWeight& w, const float* dy, int64_t lddy, float* dx, int64_t lddx,
                                    int64_t g0, int64_t g1, bool accumulate) {
-  constexpr int R = M == 1 ? 8 : (M <= 2 ? 4 : (M <= 4 ? 2 : 1));
+  constexpr int R = M == 1 ? 4 : (M == 2 ? 2 : 1);  // t[M][·] and the rows' codes in registers
   const Nf4Planes planes = nf4_planes(w.nf4_table != nullptr ? w.nf4_table : nf4_values());
   Strip st;
   st.g0 = g0, st.g1 = g1, st.groups = g1 - g0, st.width = st.groups * w.block;
