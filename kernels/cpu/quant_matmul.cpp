@@ -16,7 +16,10 @@
 //     split the tiles by their output block, so each sgemm runs on one thread and writes its
 //     own part of y / dx.
 // The AVX2/FMA kernels (quant_matmul_avx2.cpp) run when the CPU has them; the scalar ones
-// (here) are the fallback and the reference the tests compare them with.
+// (here) are the fallback and the reference the tests compare them with. Their "chunked" 4-bit
+// kernels (int4 group % 32, nf4 block % 64) leave decoded codes in a lane order of their own: the
+// forward reads x permuted once per call (permute_columns), the input grad sums its strip in that
+// order and un-permutes it, with strips of one per thread so each output row is read in long runs.
 #include "kernels/cpu/quant_matmul.h"
 
 #include <cblas.h>

@@ -4,7 +4,8 @@
 // low bits of lane j (the first element sits in the high bits of its byte); vpermps then looks
 // the codes up in the group's value table: 16 entries in two registers for 4-bit codes (bit 3
 // picks the register through a blend), 4 entries repeated twice for 2-bit ones (vpermps reads
-// 3 index bits, so the next code's low bit lands on the copy).
+// 3 index bits, so the next code's low bit lands on the copy). These serve int2 and blocks the
+// chunked 4-bit kernels further down (the fast path for int4 and nf4) do not take.
 //
 // Every function carries target("avx2,fma") and nothing here is inline in a header or a
 // template from one, so no AVX2 instruction can leak into code the scalar path shares.
