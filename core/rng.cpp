@@ -2,30 +2,12 @@
 
 #include <cmath>
 
+#include "core/philox.h"
+
 namespace anvil {
 
-namespace {
-constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-
-inline void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-  const uint64_t p = static_cast<uint64_t>(a) * b;
-  hi = static_cast<uint32_t>(p >> 32);
-  lo = static_cast<uint32_t>(p);
-}
-}  // namespace
-
 PhiloxBlock philox4x32_10(PhiloxBlock c, std::array<uint32_t, 2> k) {
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k[0] += kWeyl0;
-      k[1] += kWeyl1;
-    }
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo(kMul0, c[0], hi0, lo0);
-    mulhilo(kMul1, c[2], hi1, lo1);
-    c = {hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0};
-  }
+  philox::rounds4x32_10(c.data(), k[0], k[1]);
   return c;
 }
 
@@ -35,7 +17,7 @@ PhiloxBlock PhiloxStream::block(uint64_t index) const {
 }
 
 float PhiloxStream::uniform(uint64_t index) const {
-  return static_cast<float>(u32(index) >> 8) * (1.0f / 16777216.0f);
+  return philox::uniform24(u32(index));
 }
 
 float PhiloxStream::normal(uint64_t index) const {

@@ -1,5 +1,6 @@
 // Counter-based RNG: Philox-4x32-10 keyed by (seed, stream, step), counted by the
-// logical element index, so any device or parallel layout draws the same numbers.
+// logical element index, so any device or parallel layout draws the same numbers. The rounds
+// themselves are core/philox.h, shared with the CUDA kernels that draw.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -19,6 +20,10 @@ class PhiloxStream {
  public:
   PhiloxStream(uint64_t seed, uint32_t stream, uint32_t step = 0)
       : seed_(seed), stream_(stream), step_(step) {}
+
+  uint64_t seed() const { return seed_; }
+  uint32_t stream() const { return stream_; }
+  uint32_t step() const { return step_; }
 
   PhiloxBlock block(uint64_t index) const;
   uint32_t u32(uint64_t index) const { return block(index)[0]; }

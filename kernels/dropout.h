@@ -19,8 +19,12 @@ struct DropoutLayout {
   int64_t logical_cols = 0;
 };
 
-// x[r, c] <- u >= p ? x[r, c] / (1 - p) : 0 for f32 x [rows, cols] (contiguous), 0 <= p < 1.
-// CPU only for now: a CUDA tensor is refused with a message naming `what`.
+// x[r, c] <- u >= p ? x[r, c] · (1 / (1 − p)) : 0 for x [rows, cols] (contiguous), 0 <= p < 1.
+// CPU: f32. CUDA (kernels/cuda/dropout.cu): f32 or bf16 (the product rounded once to bf16), the
+// same draws and mask bit for bit; row_of is evaluated on the host and the rows' first indices
+// copied to the device.
 void dropout_inplace(Tensor& x, float p, const PhiloxStream& rng, const DropoutLayout& layout, const char* what);
+// The device-independent argument checks (shape, p, columns), naming `what`; both backends call it.
+void require_dropout_args(const Tensor& x, float p, const DropoutLayout& layout, const char* what);
 
 }  // namespace anvil::kernels

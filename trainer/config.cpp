@@ -751,9 +751,6 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required with lora.modules — the "
                                  "adapters train on a frozen pretrained base, which a checkpoint does not hold: set "
                                  "model.init_from to an anvil run or checkpoint directory, or a Hugging Face directory");
-    sections.at("lora").require(c.lora.dropout == 0 || c.run.device == "cpu", "dropout", c.lora.dropout,
-                                " needs run.device: cpu for now (the dropout mask is drawn on the host) — set "
-                                "lora.dropout: 0 on cuda");
   }
   sections.at("quant").require(!c.quant.enabled() || c.lora.enabled(), "scheme", c.quant.scheme, " quantizes a frozen "
                                "base, but lora.modules is empty, so nothing would train — add a lora section (e.g. "

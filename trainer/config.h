@@ -34,7 +34,7 @@
 //               name, or its tail after a dot, so q_proj matches every model.layers.N.self_attn.q_proj;
 //               "all-linear" = every Linear but lm_head); needs model.init_from (the frozen base). r [64],
 //               alpha [16] (QLoRA's and QA-LoRA's recipe, ALGORITHMS.md §9), dropout [0.0] (PEFT's and
-//               QA-LoRA's default; the QLoRA paper used 0.1 up to 13B; cpu only for now), rslora [false]
+//               QA-LoRA's default; the QLoRA paper used 0.1 up to 13B; one mask on cpu and cuda), rslora [false]
 //               (scaling alpha / sqrt(r) instead of alpha / r), qa_group [0 = plain LoRA; g > 0: QA-LoRA, the
 //               adapter reads the input average-pooled over groups of g]. Only the adapters train; a
 //               checkpoint holds them and a quantized base's packed tensors: the dense base reloads from model.init_from.

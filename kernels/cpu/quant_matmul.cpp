@@ -16,10 +16,14 @@
 //     split the tiles by their output block, so each sgemm runs on one thread and writes its
 //     own part of y / dx.
 // The AVX2/FMA kernels (quant_matmul_avx2.cpp) run when the CPU has them; the scalar ones
-// (here) are the fallback and the reference the tests compare them with.
+// (here) are the fallback and the reference the tests compare them with. Their "chunked" 4-bit
+// kernels (int4 group % 32, nf4 block % 64) leave decoded codes in a lane order of their own: the
+// forward reads x permuted once per call (permute_columns), the input grad sums its strip in that
+// order and un-permutes it, with strips of one per thread so each output row is read in long runs.
 #include "kernels/cpu/quant_matmul.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -44,6 +48,10 @@ constexpr int64_t kInputGradTileCols = 256;
 // Input-grad GEMV strips: about this many input columns (whole groups) per strip, so a strip's
 // dx rows stay in L1 while every output row streams past.
 constexpr int64_t kStripCols = 256;
+// The chunked AVX2 kernels sum their strip in a buffer (M × strip floats, L1/L2) and walk every
+// output row once per strip, a short strided read each: one strip per thread, within these bounds.
+constexpr int64_t kChunkedStripMinCols = 1024;
+constexpr int64_t kChunkedStripMaxCols = 8192;
 
 thread_local int scalar_scopes = 0;
 
@@ -202,13 +210,23 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
           group_sums[static_cast<size_t>(m * w.groups + g)] = s;
         }
     }
+    // The chunked AVX2 kernels read x in their decode order (a copy per call, [rows, in]).
+    const float* xa = x.p;
+    int64_t ldxa = x.ld;
+    std::vector<float> permuted;
+    if (avx && avx2::chunked(w)) {
+      permuted.resize(static_cast<size_t>(x.rows * w.in));
+      avx2::permute_columns(w, x.p, x.ld, x.rows, permuted.data());
+      xa = permuted.data();
+      ldxa = w.in;
+    }
     constexpr int64_t kRowsPerTask = 16;
     const int64_t tasks = ceil_div(w.out, kRowsPerTask);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && tasks > 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t o0 = t * kRowsPerTask, o1 = std::min(w.out, o0 + kRowsPerTask);
       if (avx)
-        avx2::gemv(w, x.p, x.ld, group_sums.data(), x.rows, y.p, y.ld, o0, o1, accumulate);
+        avx2::gemv(w, xa, ldxa, group_sums.data(), x.rows, y.p, y.ld, o0, o1, accumulate);
       else
         scalar::gemv(w, x.p, x.ld, x.rows, y.p, y.ld, o0, o1, accumulate);
     }
@@ -241,7 +259,11 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
 void input_grad(const PackedWeight& w, const Rows& dy, const Rows& dx, bool accumulate) {
   const bool avx = quant_avx2_active();
   if (dy.rows <= kQuantFewRows) {
-    const int64_t strip_groups = std::max<int64_t>(1, kStripCols / w.block);
+    const int64_t strip_cols =
+        avx && avx2::chunked(w)
+            ? std::clamp<int64_t>(ceil_div(w.in, omp_get_max_threads()), kChunkedStripMinCols, kChunkedStripMaxCols)
+            : kStripCols;
+    const int64_t strip_groups = std::max<int64_t>(1, strip_cols / w.block);
     const int64_t strips = ceil_div(w.groups, strip_groups);
 #pragma omp parallel for schedule(static) if (w.out * w.in >= kParallelMin && strips > 1)
     for (int64_t s = 0; s < strips; ++s) {

@@ -14,6 +14,7 @@
 #include "kernels/attention.h"  // AttentionMask
 #include "kernels/cuda/gemm.h"  // matmul_bias, matmul_bias_gelu (cuBLASLt epilogues)
 #include "kernels/distill_loss.h"  // DistillArgs
+#include "kernels/dropout.h"       // DropoutLayout
 #include "kernels/newton_schulz.h"
 #include "kernels/optim_kernels.h"
 #include "kernels/quant.h"  // QuantizedWeight
@@ -81,6 +82,9 @@ void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets, i
 
 // matmul.h (cuBLASLt)
 void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta);
+
+// dropout.h (x f32 or bf16, in place)
+void dropout_inplace(Tensor& x, float p, const PhiloxStream& rng, const DropoutLayout& layout, const char* what);
 
 // muon_kernels.h, newton_schulz.h
 void muon_momentum(const Tensor& grad, Tensor& buffer, Tensor& update, float beta, bool nesterov, bool ema);
