@@ -6,17 +6,38 @@
 
 namespace anvil {
 
+std::unique_ptr<TransformerLM> build_adaptable_lm(const TaskEnv& env, std::vector<Param*>& adapters) {
+  adapters.clear();
+  if (!env.config->lora.enabled()) return build_trainable_lm(env);
+  std::unique_ptr<TransformerLM> model;
+  {
+    FrozenParamScope frozen;  // the base costs its weights only
+    model = build_trainable_lm(env);
+  }
+  adapters = adapt_base(*model, *env.config, env.layout.tp, env.pp);
+  return model;
+}
+
+std::vector<Param*> lora_checkpoint_params(TransformerLM& model, const std::vector<Param*>& adapters) {
+  std::vector<Param*> params = adapters;
+  for (Param* p : model.params())
+    if (p->keep_dtype) params.push_back(p);
+  return params;
+}
+
+void set_lora_dropout(const TaskEnv& env, int64_t step, LMStepInputs& in) {
+  if (env.config->lora.dropout <= 0) return;
+  const int64_t M = static_cast<int64_t>(in.ids.size());
+  const int sp = env.layout.sp ? env.layout.sp->size() : 1;
+  for (int64_t m = 0; m < M; ++m) {
+    if (!in.contexts[m]) in.contexts[m] = std::make_shared<StepContext>();
+    in.contexts[m]->dropout = lora_dropout_key(*env.config, step, m, M, in.ids[m], env.data_group, sp);
+  }
+}
+
 void LMTask::build(const TaskEnv& env) {
   env_ = env;
-  if (env.config->lora.enabled()) {
-    {
-      FrozenParamScope frozen;  // the base costs its weights only
-      model_ = build_trainable_lm(env);
-    }
-    adapters_ = adapt_base(*model_, *env.config, env.layout.tp, env.pp);
-  } else {
-    model_ = build_trainable_lm(env);
-  }
+  model_ = build_adaptable_lm(env, adapters_);
   stage_ = std::make_unique<TransformerStage>(*model_);
   loss_ = std::make_unique<CausalLMLoss>(*stage_, static_cast<int>(env.config->training.ignore_index));
 }
@@ -48,13 +69,7 @@ LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches,
 }
 
 std::vector<Param*> LMTask::checkpoint_params() {
-  if (!env_.config->lora.enabled()) return model_->params();
-  // The adapters, and a quantized base's packed codes and scales as they are (the dense frozen
-  // weights reload from model.init_from).
-  std::vector<Param*> params = adapters_;
-  for (Param* p : model_->params())
-    if (p->keep_dtype) params.push_back(p);
-  return params;
+  return env_.config->lora.enabled() ? lora_checkpoint_params(*model_, adapters_) : model_->params();
 }
 
 std::vector<Param*> LMTask::tunable_params() { return env_.config->lora.enabled() ? adapters_ : model_->params(); }
@@ -62,14 +77,7 @@ std::vector<Param*> LMTask::tunable_params() { return env_.config->lora.enabled(
 PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
   LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);
   step_loss_tokens_ = in.global_tokens;
-  if (training && env_.config->lora.dropout > 0) {  // the adapters' dropout draws (evaluation drops nothing)
-    const int64_t M = static_cast<int64_t>(in.ids.size());
-    const int sp = env_.layout.sp ? env_.layout.sp->size() : 1;
-    for (int64_t m = 0; m < M; ++m) {
-      if (!in.contexts[m]) in.contexts[m] = std::make_shared<StepContext>();
-      in.contexts[m]->dropout = lora_dropout_key(*env_.config, step_, m, M, in.ids[m], env_.data_group, sp);
-    }
-  }
+  if (training) set_lora_dropout(env_, step_, in);  // the adapters' dropout draws
   stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens));
   return *loss_;
