@@ -528,6 +528,7 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
   }
   s.read("ttt_steps", d.ttt_steps);
   s.read("on_policy", d.on_policy);
+  s.read("ce_weight", d.ce_weight);
   if (task != "distill") {
     const std::pair<const char*, bool> changed[] = {
         {"target", !raw.empty()},
@@ -541,7 +542,8 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
         {"anchors_per_sequence", d.anchors_per_sequence != defaults.anchors_per_sequence},
         {"eagle_layers", !d.eagle_layers.empty()},
         {"ttt_steps", d.ttt_steps != defaults.ttt_steps},
-        {"on_policy", d.on_policy != defaults.on_policy}};
+        {"on_policy", d.on_policy != defaults.on_policy},
+        {"ce_weight", d.ce_weight != defaults.ce_weight}};
     for (const auto& [key, set] : changed)
       s.require(!set, key, "is set but task.name is ", task, " — the distill section configures task.name: distill "
                 "only; set task.name: distill or remove the distill section");
@@ -583,6 +585,12 @@ void parse_distill(const Context& ctx, const Section& s, const std::string& task
             "sampled from the drafter; 0 = off), got ", d.on_policy);
   s.require(d.on_policy == 0 || d.drafter == "standalone", "on_policy", "samples from a standalone drafter only, "
             "but drafter is ", d.drafter, " — set on_policy: 0 or drafter: standalone");
+  s.require(std::isfinite(d.ce_weight) && d.ce_weight >= 0, "ce_weight", "must be finite and >= 0 (the weight of "
+            "the cross-entropy added to the divergence; 0 = off), got ", d.ce_weight);
+  s.require(d.ce_weight == 0 || d.loss != "ce", "ce_weight", "adds cross-entropy to a divergence, but loss is ce "
+            "(cross-entropy alone) — set loss: forward_kl (LREC's KL + CE) or remove ce_weight");
+  s.require(d.ce_weight == 0 || d.drafter != "eagle", "ce_weight", "applies to standalone and parallelspec drafters "
+            "(an EAGLE drafter's loss is its own) — remove ce_weight or set drafter: standalone");
 }
 
 // task medusa's section; for any other task it must stay at its defaults (as distill's).
@@ -663,8 +671,8 @@ void parse_lora(const Context& ctx, const Section& s, const std::string& task, L
   }
   for (const auto& m : l.modules)
     s.require(!m.empty(), "modules", "contains an empty pattern — remove it (\"all-linear\" adapts every Linear but lm_head)");
-  s.require(task == "lm" || task == "sft", "modules", "attaches LoRA adapters for task.name lm or sft, but task.name "
-            "is ", task, " — use task.name: lm or sft, or remove the lora section");
+  s.require(task == "lm" || task == "sft" || task == "distill", "modules", "attaches LoRA adapters for task.name lm, "
+            "sft or distill, but task.name is ", task, " — use task.name: lm, sft or distill, or remove the lora section");
   s.require(l.r >= 1, "r", "must be at least 1 (QLoRA: 64), got ", l.r);
   s.require(l.alpha > 0, "alpha", "must be positive (QLoRA: 16), got ", l.alpha);
   s.require(l.dropout >= 0 && l.dropout < 1, "dropout", "must be in [0, 1) (QLoRA: 0.1 up to 13B), got ", l.dropout);
@@ -752,6 +760,12 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
                                  "adapters train on a frozen pretrained base, which a checkpoint does not hold: set "
                                  "model.init_from to an anvil run or checkpoint directory, or a Hugging Face directory");
   }
+  // Distill's LoRA student is the standalone drafter (model.init_from's base); EAGLE and ParallelSpec
+  // drafters have parts of their own (fusion layer, mask tokens) that a frozen base does not hold.
+  sections.at("lora").require(!c.lora.enabled() || c.task.name != "distill" || c.distill.drafter == "standalone",
+                              "modules", "adapts the standalone drafter of task.name: distill (LREC), but "
+                              "distill.drafter is ", c.distill.drafter, " — set distill.drafter: standalone, or remove "
+                              "the lora section to train the ", c.distill.drafter, " drafter whole");
   sections.at("quant").require(!c.quant.enabled() || c.lora.enabled(), "scheme", c.quant.scheme, " quantizes a frozen "
                                "base, but lora.modules is empty, so nothing would train — add a lora section (e.g. "
                                "modules: [all-linear]) or set quant.scheme: none");

@@ -19,7 +19,10 @@
 //               parallelspec only (trainer/parallel_spec_rows.h): parallel_tokens [4] (k learned mask
 //               tokens), anchors_per_sequence [0 = as many as fit]; on_policy [0.0] (in [0, 1]: the share of each
 //               training step's micro-batches whose second halves the current drafter samples, scored at
-//               the sampled tokens; standalone drafter, tp = pp = sp = 1; trainer/on_policy.h)
+//               the sampled tokens; standalone drafter, tp = pp = sp = 1; trainer/on_policy.h); ce_weight [0.0] (>= 0:
+//               loss = divergence + ce_weight x cross-entropy on the data's next tokens, LREC's KL + CE; not
+//               with loss ce). With a lora (and quant) section the standalone drafter is model.init_from's
+//               base, frozen (quantized) with adapters: LoRA distilled from the target (LREC, INT2.1)
 //   medusa:     (task medusa only; trainer/medusa_task.h; needs model.init_from, the base) num_heads [3],
 //               num_layers [1] (ResBlocks per head), stage [1] (1: Medusa-1, the backbone frozen and run
 //               forward only | 2: Medusa-2, trained jointly), copy_lm_head [true] (W2 starts as the base's
@@ -29,7 +32,7 @@
 //               lr over the backbone's), warmup_steps [0] (the first steps train the heads only),
 //               backbone_loss [lm] (lm: cross-entropy on the data | self_distill: forward KL to the frozen
 //               original model, model.init_from, on data it generated: `anvil data generate`)
-//   lora:       (tasks lm and sft; trainer/lora.h, models/lora.h) LoRA adapters on the Linear layers matched by
+//   lora:       (tasks lm, sft and distill with a standalone drafter; trainer/lora.h, models/lora.h) LoRA adapters on the Linear layers matched by
 //               modules [[] = off] (globs over HF module names, PEFT's target_modules rule: a pattern matches a
 //               name, or its tail after a dot, so q_proj matches every model.layers.N.self_attn.q_proj;
 //               "all-linear" = every Linear but lm_head); needs model.init_from (the frozen base). r [64],
@@ -157,6 +160,9 @@ struct DistillSection {
   // [0, 1]: the share of each training step's micro-batches sampled from the current drafter
   // (on-policy distillation, DistillSpec; trainer/on_policy.h). Standalone drafter, tp = pp = sp = 1.
   double on_policy = 0.0;
+  // >= 0: the loss is the divergence + ce_weight x the cross-entropy of the drafter's logits on the
+  // data's next tokens (both per-token means; LREC's KL + CE, ALGORITHMS.md §9). 0 = divergence only.
+  double ce_weight = 0.0;
 };
 
 // task medusa (trainer/medusa_task.h): K decoding heads on the model (model.init_from: the base).
@@ -176,7 +182,8 @@ struct MedusaSection {
                                      // frozen original model (model.init_from) on the data (its own generations)
 };
 
-// LoRA adapters (trainer/lora.h) on the frozen model.init_from base, for tasks lm and sft.
+// LoRA adapters (trainer/lora.h) on the frozen model.init_from base, for tasks lm, sft and distill
+// (standalone drafter).
 struct LoraSection {
   std::vector<std::string> modules;  // globs over HF module names (PEFT's target_modules rule); empty = no LoRA
   int64_t r = 64;                    // >= 1

@@ -82,6 +82,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   f.push_back({section, "eagle_layers", K::List, "", eagle_layers, "eagle: three target layers; [] = {1, L/2, L-2}"});
   integer("ttt_steps", c.distill.ttt_steps, "eagle: training-time-test steps");
   real("on_policy", c.distill.on_policy, "share of micro-batches sampled from the drafter");
+  real("ce_weight", c.distill.ce_weight, "loss = divergence + ce_weight x CE on the data");
 
   section = "medusa";  // written for every task (at its defaults unless the task is medusa)
   integer("num_heads", c.medusa.num_heads);

@@ -18,7 +18,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"run", {"name", "out_dir", "seed", "device", "precision", "threads", "peer_timeout"}},
       {"task", {"name"}},
       {"distill", {"target", "drafter", "loss", "temperature", "top_k", "top_p", "gamma", "parallel_tokens",
-                   "anchors_per_sequence", "eagle_layers", "ttt_steps", "on_policy"}},
+                   "anchors_per_sequence", "eagle_layers", "ttt_steps", "on_policy", "ce_weight"}},
       {"medusa", {"num_heads", "num_layers", "stage", "copy_lm_head", "heads_coefficient", "decay", "schedule",
                   "schedule_steps", "lr_multiplier", "warmup_steps", "backbone_loss"}},
       {"lora", {"modules", "r", "alpha", "dropout", "rslora", "qa_group", "init_from"}},

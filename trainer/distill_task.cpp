@@ -6,6 +6,7 @@
 
 #include "data/tokenizer.h"
 #include "eval/speculative.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "models/hf_convert.h"
 #include "models/layout_checks.h"
@@ -73,12 +74,13 @@ void check_target(const RunConfig& config, const TargetDescription& target) {
 }  // namespace
 
 DistillPipelineLoss::DistillPipelineLoss(TransformerStage& drafter, TransformerLM& target, const DistillSpec& spec,
-                                         bool ce, int ignore_index)
+                                         bool ce, double ce_weight, int ignore_index)
     : drafter_(drafter),
       target_(target),
       divergence_(spec, drafter.model().layout().tp, drafter.model().vocab_start(), drafter.model().config().vocab_size,
                   drafter.model().layout().sp),
       ce_(ce),
+      ce_weight_(static_cast<float>(ce_weight)),
       ignore_index_(ignore_index) {}
 
 void DistillPipelineLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro_batches,
@@ -86,7 +88,7 @@ void DistillPipelineLoss::set_micro_batches(const std::vector<LMMicroBatch>& mic
   micro_ = micro_batches;
   counts_ = std::move(counts);
   target_hidden_ = std::move(target_hidden);
-  acceptance_sum_ = scored_tokens_ = 0;
+  acceptance_sum_ = scored_tokens_ = ce_sum_ = 0;
 }
 
 PipelineLoss::Value DistillPipelineLoss::forward(int m, const Tensor& hidden, bool for_backward) {
@@ -116,8 +118,12 @@ PipelineLoss::Value DistillPipelineLoss::forward(int m, const Tensor& hidden, bo
     scored = divergence_.forward(logits, teacher, mb.targets, measured, ignore_index_, false);
     loss = model.cross_entropy().forward(logits, mb.targets, c, ignore_index_);
   } else {
+    float ce = 0;
+    if (ce_weight_ > 0)  // LREC's CE term, on its own copy: the divergence overwrites the logits with its gradient
+      ce = model.cross_entropy().forward(for_backward ? logits.clone() : logits, mb.targets, c.child(1), ignore_index_);
     scored = divergence_.forward(logits, teacher, mb.targets, c, ignore_index_, for_backward);
-    loss = scored.loss;
+    loss = scored.loss + ce_weight_ * ce;
+    ce_sum_ += static_cast<double>(ce) * scored.tokens;
   }
   acceptance_sum_ += scored.acceptance_sum;
   scored_tokens_ += scored.tokens;
@@ -130,8 +136,11 @@ Tensor DistillPipelineLoss::backward(int m) {
   Cache& c = model.head_cache(drafter_.cache(m));
   Tensor dx;
   {
-    const Tensor dlogits = ce_ ? model.cross_entropy().backward(c, mb.loss_scale, mb.loss_tokens)
-                               : divergence_.backward(c, mb.loss_scale, mb.loss_tokens);
+    Tensor dlogits = ce_ ? model.cross_entropy().backward(c, mb.loss_scale, mb.loss_tokens)
+                         : divergence_.backward(c, mb.loss_scale, mb.loss_tokens);
+    if (!ce_ && ce_weight_ > 0)
+      kernels::add_inplace(dlogits,
+                           model.cross_entropy().backward(c.child(1), mb.loss_scale * ce_weight_, mb.loss_tokens));
     dx = model.backward_head(dlogits, c.child(0));
     c.clear();
   }
@@ -139,6 +148,16 @@ Tensor DistillPipelineLoss::backward(int m) {
 }
 
 bool DistillTask::loss_is_cross_entropy() const { return env_.config->distill.loss == "ce"; }
+
+std::vector<Param*> DistillTask::checkpoint_params() {
+  if (eagle_) return eagle_->own_params();
+  return env_.config->lora.enabled() ? lora_checkpoint_params(*drafter_, adapters_) : drafter_->params();
+}
+
+std::vector<Param*> DistillTask::tunable_params() {
+  if (eagle_) return eagle_->own_params();
+  return env_.config->lora.enabled() ? adapters_ : drafter_->params();
+}
 
 void DistillTask::build(const TaskEnv& env) {
   env_ = env;
@@ -153,7 +172,7 @@ void DistillTask::build(const TaskEnv& env) {
     eagle_ = std::make_unique<EagleDistill>(env);
     return;
   }
-  drafter_ = build_trainable_lm(env);
+  drafter_ = build_adaptable_lm(env, adapters_);  // LREC: the base frozen, quantized and adapted
   if ((masks_ = parallel_spec_masks(config)) > 0) {
     ANVIL_CHECK(env.layout.sp == nullptr, "distill.drafter parallelspec: the mask groups' attention is not sequence-"
                 "parallel — set parallel.sp: 1 (tp, pp and dp work)");
@@ -177,7 +196,7 @@ void DistillTask::build(const TaskEnv& env) {
   spec.temperature = d.temperature;
   spec.top_k = d.top_k;
   spec.top_p = d.top_p;
-  loss_ = std::make_unique<DistillPipelineLoss>(*stage_, *target_, spec, d.loss == "ce",
+  loss_ = std::make_unique<DistillPipelineLoss>(*stage_, *target_, spec, d.loss == "ce", d.ce_weight,
                                                 static_cast<int>(config.training.ignore_index));
 }
 
@@ -224,6 +243,7 @@ PipelineLoss& DistillTask::prepare_rows(const std::vector<Batch>& batches, bool 
                                static_cast<int32_t>(env_.config->training.ignore_index), max_positions, env_.device);
   LMStepInputs in = make_lm_step(env_, masks_ > 0 ? pspec.rows : batches, training, max_positions);
   if (masks_ > 0) in.contexts = pspec.contexts;
+  if (training) set_lora_dropout(env_, step_, in);  // a LoRA drafter's dropout draws, as LMTask's
   // The target's trunk over the same micro-batches, forward only: its last stage keeps each final hidden state.
   std::vector<Tensor> ids = in.ids;
   for (int m = 0; m < M && masks_ > 0; ++m) ids[m] = batches[m].ids.to(env_.device);  // the windows alone
@@ -240,15 +260,17 @@ PipelineLoss& DistillTask::prepare_rows(const std::vector<Batch>& batches, bool 
 }
 
 std::vector<std::pair<std::string, double>> DistillTask::acceptance_metrics() {
-  std::vector<double> sums = eagle_ ? std::vector<double>{eagle_->acceptance_sum(), eagle_->scored_tokens()}
-                                    : std::vector<double>{loss_->acceptance_sum(), loss_->scored_tokens()};
+  std::vector<double> sums = eagle_ ? std::vector<double>{eagle_->acceptance_sum(), eagle_->scored_tokens(), 0.0}
+                                    : std::vector<double>{loss_->acceptance_sum(), loss_->scored_tokens(), loss_->ce_sum()};
   if (env_.pp) sums = all_reduce_sum(*env_.pp, sums);  // only the last stage scored
   // Each sp rank holds its group's sums: the ratio over dp x sp is the same as over dp.
   if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);
   const double alpha = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
   // Summed in float, the mean may round a hair above 1, where the formula's limit is gamma + 1.
   const double tau = expected_tokens_per_call(std::min(alpha, 1.0), static_cast<int>(env_.config->distill.gamma));
-  return {{"acceptance", alpha}, {"tau_sim", tau}};
+  std::vector<std::pair<std::string, double>> metrics = {{"acceptance", alpha}, {"tau_sim", tau}};
+  if (env_.config->distill.ce_weight > 0) metrics.emplace_back("ce", sums[1] > 0 ? sums[2] / sums[1] : 0.0);
+  return metrics;
 }
 
 }  // namespace anvil

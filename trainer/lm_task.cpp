@@ -10,24 +10,38 @@
 
 namespace anvil {
 
+std::unique_ptr<TransformerLM> build_adaptable_lm(const TaskEnv& env, std::vector<Param*>& adapters) {
+  adapters.clear();
+  if (!env.config->lora.enabled()) return build_trainable_lm(env);
+  std::unique_ptr<TransformerLM> model;
+  {
+    FrozenParamScope frozen;  // the base costs its weights only
+    model = build_trainable_lm(env);
+  }
+  adapters = adapt_base(*model, *env.config, env.layout.tp, env.pp);
+  const CheckpointSection& ck = env.config->checkpoint;
+  const bool resuming = ck.resume != "none" && (ck.resume != "auto" || !latest_checkpoint(ck.dir).empty());
+  std::error_code ec;
+  // A PEFT adapter starts the adapters; a resume's checkpoint replaces them anyway (and the
+  // adapter may be gone by then).
+  if (!env.config->lora.init_from.empty() && !(resuming && !std::filesystem::exists(env.config->lora.init_from, ec)))
+    load_peft_adapter(adapters, *env.config, env.config->lora.init_from);
+  return model;
+}
+
+void set_lora_dropout(const TaskEnv& env, int64_t step, LMStepInputs& in) {
+  if (env.config->lora.dropout <= 0) return;
+  const int64_t M = static_cast<int64_t>(in.ids.size());
+  const int sp = env.layout.sp ? env.layout.sp->size() : 1;
+  for (int64_t m = 0; m < M; ++m) {
+    if (!in.contexts[m]) in.contexts[m] = std::make_shared<StepContext>();
+    in.contexts[m]->dropout = lora_dropout_key(*env.config, step, m, M, in.ids[m], env.data_group, sp);
+  }
+}
+
 void LMTask::build(const TaskEnv& env) {
   env_ = env;
-  if (env.config->lora.enabled()) {
-    {
-      FrozenParamScope frozen;  // the base costs its weights only
-      model_ = build_trainable_lm(env);
-    }
-    adapters_ = adapt_base(*model_, *env.config, env.layout.tp, env.pp);
-    const CheckpointSection& ck = env.config->checkpoint;
-    const bool resuming = ck.resume != "none" && (ck.resume != "auto" || !latest_checkpoint(ck.dir).empty());
-    std::error_code ec;
-    // A PEFT adapter starts the adapters; a resume's checkpoint replaces them anyway (and the
-    // adapter may be gone by then).
-    if (!env.config->lora.init_from.empty() && !(resuming && !std::filesystem::exists(env.config->lora.init_from, ec)))
-      load_peft_adapter(adapters_, *env.config, env.config->lora.init_from);
-  } else {
-    model_ = build_trainable_lm(env);
-  }
+  model_ = build_adaptable_lm(env, adapters_);
   stage_ = std::make_unique<TransformerStage>(*model_);
   loss_ = std::make_unique<CausalLMLoss>(*stage_, static_cast<int>(env.config->training.ignore_index));
 }
@@ -67,14 +81,7 @@ std::vector<Param*> LMTask::tunable_params() { return env_.config->lora.enabled(
 PipelineLoss& LMTask::prepare(const std::vector<Batch>& batches, bool training) {
   LMStepInputs in = make_lm_step(env_, batches, training, model_->config().max_position_embeddings);
   step_loss_tokens_ = in.global_tokens;
-  if (training && env_.config->lora.dropout > 0) {  // the adapters' dropout draws (evaluation drops nothing)
-    const int64_t M = static_cast<int64_t>(in.ids.size());
-    const int sp = env_.layout.sp ? env_.layout.sp->size() : 1;
-    for (int64_t m = 0; m < M; ++m) {
-      if (!in.contexts[m]) in.contexts[m] = std::make_shared<StepContext>();
-      in.contexts[m]->dropout = lora_dropout_key(*env_.config, step_, m, M, in.ids[m], env_.data_group, sp);
-    }
-  }
+  if (training) set_lora_dropout(env_, step_, in);  // the adapters' dropout draws
   stage_->set_inputs(std::move(in.ids), std::move(in.contexts));
   loss_->set_micro_batches(in.micro, std::move(in.tokens));
   return *loss_;

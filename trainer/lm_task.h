@@ -26,6 +26,15 @@ struct LMStepInputs {
 LMStepInputs make_lm_step(const TaskEnv& env, const std::vector<Batch>& batches, bool training,
                           int64_t max_positions);
 
+// A task's trainable LM (LMTask, and DistillTask's standalone drafter): with the lora section on,
+// model.init_from's base built frozen (its weights only), quantized and adapted by adapt_base
+// (trainer/lora.h), the adapter params into `adapters` (started from lora.init_from's PEFT adapter
+// unless a resume replaces them); else build_trainable_lm (adapters empty).
+std::unique_ptr<TransformerLM> build_adaptable_lm(const TaskEnv& env, std::vector<Param*>& adapters);
+// Training with lora.dropout > 0: each micro-batch's adapter dropout key (lora_dropout_key) into its
+// step context; `step` is the training steps done. Evaluation drops nothing: not called.
+void set_lora_dropout(const TaskEnv& env, int64_t step, LMStepInputs& in);
+
 class LMTask : public Task {
  public:
   std::string name() const override { return "lm"; }

@@ -1,6 +1,7 @@
 // LoRA on a run's model (the lora section, trainer/config.h): which Linear layers get an adapter,
 // attaching them to the frozen base, and the dropout key of a training micro-batch. The adapter
-// itself is models/lora.h; LMTask (lm, sft) calls these.
+// itself is models/lora.h; build_adaptable_lm (trainer/lm_task.h) calls these for LMTask (lm, sft) and
+// DistillTask's standalone drafter (LREC).
 //
 // A LoRA run builds its base frozen (FrozenParamScope: its weights only, no gradient or optimizer
 // state) from model.init_from, then attaches the adapters, which alone train; its checkpoints hold
