@@ -15,6 +15,7 @@
 #include "trainer/batch_context.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lm_task.h"
+#include "trainer/lora.h"
 #include "trainer/load_model.h"
 #include "trainer/on_policy.h"
 #include "trainer/parallel_spec_rows.h"
