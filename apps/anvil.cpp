@@ -20,6 +20,7 @@
 #include "apps/medusa_commands.h"
 #include "apps/spec_commands.h"
 #include "data/prepare.h"
+#include "data/quant_checkpoint.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
 #include "eval/generate_data.h"
@@ -33,6 +34,7 @@
 #include "trainer/plot.h"
 #include "trainer/checkpoint.h"
 #include "trainer/load_model.h"
+#include "trainer/quant_export.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -92,6 +94,7 @@ struct GenerateArgs {
 struct ConvertArgs {
   std::vector<std::string> from, to;
   std::string tokenizer;
+  bool merge = false;
 };
 
 struct EvalArgs {
@@ -442,7 +445,20 @@ int convert_to_hf(const std::string& checkpoint, const std::string& hf_dir) {
   return 0;
 }
 
+// A QA-LoRA run -> an INT4/INT2 Hugging Face directory, the adapter folded into the zero points
+// (trainer/quant_export.h; models/hf_quant.h says which consumers load it).
+int convert_to_gptq(const ConvertArgs& a) {
+  ANVIL_CHECK(a.merge, "convert --to gptq: pass --merge (the run's QA-LoRA adapter is folded into its quantized base)");
+  const QaLoraExport e = export_qa_lora_merged(a.from[0], a.to[1]);
+  std::printf("wrote %s (checkpoint_format %s%s): %ld adapters merged exactly into the zero points; largest layer "
+              "output change %.2e relative (the naive dequantize+add+requantize merge: %.2e)\n", a.to[1].c_str(),
+              e.format.c_str(), e.format == kAnvilFloatZeros ? ", loads in anvil only" : "", long(e.layers),
+              e.exact_max_rel, e.naive_max_rel);
+  return 0;
+}
+
 int run_convert(const ConvertArgs& a) {
+  if (a.from.size() == 1 && a.to.size() == 2 && a.to[0] == "gptq") return convert_to_gptq(a);
   const bool from_hf = a.from.size() == 2 && a.from[0] == "hf" && a.to.size() == 1;
   const bool to_hf = a.from.size() == 1 && a.to.size() == 2 && a.to[0] == "hf";
   ANVIL_CHECK(from_hf || to_hf, "convert: use `--from hf HF_DIR --to CHECKPOINT_DIR` or `--from CHECKPOINT --to hf "
@@ -614,11 +630,13 @@ int main(int argc, char** argv) {
   auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
   conv_cmd->add_option("--from", conv.from, "hf HF_DIR | CHECKPOINT (a checkpoint or run directory)")
       ->required()->expected(1, 2);
-  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR")->required()->expected(1, 2);
+  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR | gptq HF_DIR (with --merge)")->required()->expected(1, 2);
+  conv_cmd->add_flag("--merge", conv.merge, "with --to gptq DIR: fold a QA-LoRA run's adapter into its INT4/INT2 base");
   conv_cmd->add_option("--tokenizer", conv.tokenizer, "with --from hf: tokenizer.json when HF_DIR has none")
       ->check(CLI::ExistingFile);
   conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
-                   "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo");
+                   "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo\n  anvil convert --from runs/qalora --to gptq "
+                   "export/int4 --merge");
 
   bool topo_local = false;
   auto* topo_cmd = app.add_subcommand("topology", "Print where each rank landed (run it under mpirun or srun)");
