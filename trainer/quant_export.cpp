@@ -69,6 +69,9 @@ QaLoraExport export_qa_lora_merged(const std::string& run, const std::string& hf
     ANVIL_CHECK(!lw->quantized_perm().defined(), r.source, ": ", module, " is an act-order (desc_act) GPTQ weight: its "
                 "groups are not the contiguous columns QA-LoRA pools over, so the merge is not exact — use `--to hf DIR --merge`");
     const kernels::QuantizedWeight base = lw->quantized_weight();
+    ANVIL_CHECK(base.scheme != kernels::QuantScheme::NF4, r.source, ": ", module, " is nf4 (read from model.init_from) — "
+                "an adapter cannot merge into an nf4 base exactly: not possible exactly; use `--to hf DIR --merge` for a "
+                "dense model");
     const kernels::QuantizedWeight exact = merge_qa_lora(base, *lw->lora(), module);
     const kernels::QuantizedWeight requantized = requantize_merged(base, lw->lora()->delta_weight(), module);
     Tensor x = Tensor::empty({64, base.in_features});

@@ -10,9 +10,11 @@
 #include <filesystem>
 
 #include "data/quant_checkpoint.h"
+#include "models/hf_quant.h"
 #include "models/linear_weight.h"
 #include "tests/support/distill_fixture.h"
 #include "tests/support/reference.h"
+#include "trainer/quant.h"
 #include "trainer/quant_export.h"
 
 using namespace anvil;
@@ -87,4 +89,41 @@ TEST(QaLoraExport, PlainLoraAndNf4AreRefusedWithTheDenseMergeOffered) {
   EXPECT_NE(e2.find("not possible exactly"), std::string::npos) << e2;
   EXPECT_NE(e2.find("--to hf DIR --merge"), std::string::npos) << e2;
   EXPECT_FALSE(std::filesystem::exists(tiny().dir + "/export_nf4"));
+}
+
+// model.init_from a GPTQ directory (written here from the tiny base quantized int4 g32) with quant
+// none: the layers stay as the file has them, and the run is bitwise the run that quantizes the
+// dense base on load (the same codes: GPTQ keeps integer zeros, and f32 scales as written); a
+// quant section that asks for another block is refused; the QA-LoRA run exports as before.
+TEST(QaLoraExport, TrainsOnAPreQuantizedGptqBase) {
+  const std::string gptq_dir = tiny().dir + "/base_gptq";
+  {
+    LoadedModel base = load_model(tiny().dir + "/target", {});
+    RunConfig rc;
+    rc.source = "test";
+    rc.quant.scheme = "int4";
+    rc.quant.block = 32;
+    quantize_model(*base.model, rc, nullptr, nullptr);
+    ASSERT_EQ(write_quantized_hf(*base.model, nullptr, gptq_dir), "gptq");
+  }
+  const std::string init = "model={init_from: " + gptq_dir + "}";
+  const std::string e = error_of([&] { Trainer(run_config("conflict", {init, "quant.scheme=int4", "quant.block=64"}),
+                                               TrainerMode::Quiet); });
+  EXPECT_NE(e.find("quant.scheme: none"), std::string::npos) << e;
+
+  Trainer pre(run_config("pre", {init, "lora.qa_group=32"}), TrainerMode::Quiet);
+  std::vector<LinearWeight*> linears;
+  pre.model().collect_linears(linears);
+  for (LinearWeight* lw : linears) EXPECT_EQ(lw->quantized(), lw->module_name() != "lm_head") << lw->module_name();
+  pre.train();
+  Trainer on_load(run_config("on_load", {"quant.scheme=int4", "quant.block=32", "lora.qa_group=32"}), TrainerMode::Quiet);
+  on_load.train();
+  ASSERT_EQ(pre.history().size(), on_load.history().size());
+  for (size_t i = 0; i < pre.history().size(); ++i) EXPECT_EQ(pre.history()[i].loss, on_load.history()[i].loss) << i;
+
+  const Tensor ids = anvil::testing::random_ids({2, 16}, static_cast<int32_t>(pre.model().config().vocab_size), 6);
+  const QaLoraExport exact = export_qa_lora_merged(pre.save(), tiny().dir + "/export_pre");
+  LoadedModel merged = load_model(tiny().dir + "/export_pre", {});
+  EXPECT_LE(max_rel_diff(logits_of(*merged.model, ids), logits_of(pre.model(), ids)), 1e-5);
+  EXPECT_EQ(exact.layers, 3 * pre.model().config().num_hidden_layers);
 }
