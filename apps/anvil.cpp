@@ -27,6 +27,7 @@
 #include "eval/perplexity.h"
 #include "eval/spec_eval.h"
 #include "models/hf_convert.h"
+#include "models/hf_quant.h"
 #include "models/layout_checks.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/timed_communicator.h"
@@ -360,6 +361,8 @@ namespace fs = std::filesystem;
 // whose data.train is none, so `anvil generate --checkpoint out` works as it stands.
 int convert_from_hf(const std::string& hf_dir, const std::string& out, const std::string& tokenizer_arg) {
   const ModelConfig mc = read_hf_config(hf_dir);
+  ANVIL_CHECK(read_hf_quantization(hf_dir).format == HfQuantFormat::None, hf_dir, " is a quantized model (config.json's "
+              "quantization_config): use it as it is — `anvil generate --checkpoint ", hf_dir, "`, or model.init_from");
   const std::string tok_src = tokenizer_arg.empty() ? (fs::path(hf_dir) / "tokenizer.json").string() : tokenizer_arg;
   ANVIL_CHECK(fs::is_regular_file(tok_src), "no tokenizer: ", tok_src,
               " does not exist — pass --tokenizer path/to/tokenizer.json (generate and eval need one)");
