@@ -20,12 +20,14 @@
 #include "apps/medusa_commands.h"
 #include "apps/spec_commands.h"
 #include "data/prepare.h"
+#include "data/quant_checkpoint.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
 #include "eval/generate_data.h"
 #include "eval/perplexity.h"
 #include "eval/spec_eval.h"
 #include "models/hf_convert.h"
+#include "models/hf_quant.h"
 #include "models/layout_checks.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/timed_communicator.h"
@@ -34,6 +36,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/load_model.h"
 #include "trainer/peft_adapter.h"
+#include "trainer/quant_export.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -93,7 +96,7 @@ struct GenerateArgs {
 struct ConvertArgs {
   std::vector<std::string> from, to;
   std::string tokenizer;
-  bool merge = false;  // a LoRA run -> hf: the adapters merged into a dense model
+  bool merge = false;  // a LoRA run: adapters merged (--to hf: a dense model; --to gptq: QA-LoRA into the zeros)
 };
 
 struct EvalArgs {
@@ -359,6 +362,8 @@ namespace fs = std::filesystem;
 // whose data.train is none, so `anvil generate --checkpoint out` works as it stands.
 int convert_from_hf(const std::string& hf_dir, const std::string& out, const std::string& tokenizer_arg) {
   const ModelConfig mc = read_hf_config(hf_dir);
+  ANVIL_CHECK(read_hf_quantization(hf_dir).format == HfQuantFormat::None, hf_dir, " is a quantized model (config.json's "
+              "quantization_config): use it as it is — `anvil generate --checkpoint ", hf_dir, "`, or model.init_from");
   const std::string tok_src = tokenizer_arg.empty() ? (fs::path(hf_dir) / "tokenizer.json").string() : tokenizer_arg;
   ANVIL_CHECK(fs::is_regular_file(tok_src), "no tokenizer: ", tok_src,
               " does not exist — pass --tokenizer path/to/tokenizer.json (generate and eval need one)");
@@ -411,15 +416,6 @@ int convert_from_hf(const std::string& hf_dir, const std::string& out, const std
   std::printf("wrote %s (%s, %zu tensors) and %s from %s\n", dir.c_str(), mc.model_type.c_str(),
               model.params().size(), tok_path.c_str(), hf_dir.c_str());
   return 0;
-}
-
-// A LoRA run's model as it trained (base, quantization, adapters) on the CPU in f32.
-LoadedModel load_lora_run(const std::string& dir) {
-  LoadModelOptions options;
-  options.device = Device::cpu();
-  options.compute = DType::F32;
-  options.overrides = {"data.train=none"};
-  return load_model(dir, options);
 }
 
 // An anvil checkpoint (or run directory) -> a Hugging Face directory.
@@ -475,9 +471,22 @@ int convert_to_peft(const std::string& checkpoint, const std::string& out) {
   return 0;
 }
 
+// A QA-LoRA run -> an INT4/INT2 Hugging Face directory, the adapter folded into the zero points
+// (trainer/quant_export.h; models/hf_quant.h says which consumers load it).
+int convert_to_gptq(const ConvertArgs& a) {
+  ANVIL_CHECK(a.merge, "convert --to gptq: pass --merge (the run's QA-LoRA adapter is folded into its quantized base)");
+  const QaLoraExport e = export_qa_lora_merged(a.from[0], a.to[1]);
+  std::printf("wrote %s (checkpoint_format %s%s): %ld adapters merged exactly into the zero points; largest layer "
+              "output change %.2e relative (the naive dequantize+add+requantize merge: %.2e)\n", a.to[1].c_str(),
+              e.format.c_str(), e.format == kAnvilFloatZeros ? ", loads in anvil only" : "", long(e.layers),
+              e.exact_max_rel, e.naive_max_rel);
+  return 0;
+}
+
 int run_convert(const ConvertArgs& a) {
   const std::string usage = "convert: use `--from hf HF_DIR --to CHECKPOINT_DIR`, `--from CHECKPOINT --to hf HF_DIR` "
-                            "(a LoRA run: add --merge) or, for a LoRA run, `--from CHECKPOINT --to peft DIR`";
+                            "(a LoRA run: add --merge) or, for a LoRA run, `--from CHECKPOINT --to peft DIR`, or for a QA-LoRA "
+                            "run `--from CHECKPOINT --to gptq DIR --merge`";
   if (a.from.size() == 2) {
     ANVIL_CHECK(a.from[0] == "hf" && a.to.size() == 1, usage);
     ANVIL_CHECK(!a.merge, "convert: --merge applies to --from CHECKPOINT (a LoRA run) only");
@@ -491,6 +500,7 @@ int run_convert(const ConvertArgs& a) {
     ANVIL_CHECK(!a.merge, "convert --to peft writes the adapter alone — drop --merge (or use --to hf DIR --merge)");
     return convert_to_peft(a.from[0], a.to[1]);
   }
+  if (a.to[0] == "gptq") return convert_to_gptq(a);
   ANVIL_FAIL(usage, " — unknown target format '", a.to[0], "'");
 }
 
@@ -657,14 +667,17 @@ int main(int argc, char** argv) {
   auto* conv_cmd = app.add_subcommand("convert", "Convert between Hugging Face directories and anvil checkpoints");
   conv_cmd->add_option("--from", conv.from, "hf HF_DIR | CHECKPOINT (a checkpoint or run directory)")
       ->required()->expected(1, 2);
-  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR | peft DIR (a LoRA run's adapter)")
+  conv_cmd->add_option("--to", conv.to, "CHECKPOINT_DIR (new) | hf HF_DIR | peft DIR (a LoRA run's adapter) | "
+                       "gptq HF_DIR (a QA-LoRA run, with --merge)")
       ->required()->expected(1, 2);
-  conv_cmd->add_flag("--merge", conv.merge, "with --to hf on a LoRA run: merge the adapters into a dense model");
+  conv_cmd->add_flag("--merge", conv.merge, "a LoRA run: with --to hf, merge the adapters into a dense model; with --to "
+                     "gptq, fold a QA-LoRA adapter exactly into its INT4/INT2 base's zero points");
   conv_cmd->add_option("--tokenizer", conv.tokenizer, "with --from hf: tokenizer.json when HF_DIR has none")
       ->check(CLI::ExistingFile);
   conv_cmd->footer("Examples:\n  anvil convert --from hf gpt2/ --to ckpt/gpt2     (then: anvil generate --checkpoint "
                    "ckpt/gpt2)\n  anvil convert --from runs/demo --to hf export/demo\n  anvil convert --from runs/lora --to hf "
-                   "export/merged --merge\n  anvil convert --from runs/lora --to peft export/adapter");
+                   "export/merged --merge\n  anvil convert --from runs/lora --to peft export/adapter\n  anvil convert --from "
+                   "runs/qalora --to gptq export/int4 --merge");
 
   bool topo_local = false;
   auto* topo_cmd = app.add_subcommand("topology", "Print where each rank landed (run it under mpirun or srun)");

@@ -278,14 +278,16 @@ bool json_bool(const json& j, const char* key, bool fallback, const std::string&
 }
 
 bool is_v2(const GptqConfig& c) { return c.checkpoint_format == "gptq_v2"; }
+bool float_zeros(const GptqConfig& c) { return c.checkpoint_format == kAnvilFloatZeros; }
 
 void check_config(const GptqConfig& c, const std::string& source) {
   ANVIL_CHECK(c.bits == 4 || c.bits == 2, source, ": GPTQ bits ", c.bits,
               " — anvil holds int4 and int2 weights (3- and 8-bit GPTQ are not supported)");
   ANVIL_CHECK(c.group_size == -1 || (c.group_size > 0 && c.group_size % 8 == 0 && c.group_size < kMaxDim), source,
               ": GPTQ group_size ", c.group_size, " — anvil reads -1 or a positive multiple of 8");
-  ANVIL_CHECK(c.checkpoint_format == "gptq" || c.checkpoint_format == "gptq_v2", source, ": checkpoint_format \"",
-              c.checkpoint_format, "\" — anvil reads \"gptq\" and \"gptq_v2\" (marlin, awq and other packings are not supported)");
+  ANVIL_CHECK(c.checkpoint_format == "gptq" || c.checkpoint_format == "gptq_v2" || float_zeros(c), source,
+              ": checkpoint_format \"", c.checkpoint_format, "\" — anvil reads \"gptq\", \"gptq_v2\" and its own \"",
+              kAnvilFloatZeros, "\" (marlin, awq and other packings are not supported)");
 }
 
 }  // namespace
@@ -365,9 +367,14 @@ GptqWeight read_gptq(const TensorMap& tensors, const std::string& name, const Gp
   ANVIL_CHECK(out_features % per_word == 0, where(qw_name, source), ": out_features ", out_features,
               " is not a multiple of ", per_word, ", so qzeros cannot pack it");
   const int64_t groups = in_features / group;
-  const Tensor& qzeros_t = require(tensors, qz_name, source, "GPTQ", "the packed zero points");
-  expect_tensor(qzeros_t, qz_name, source, DType::I32, {groups, out_features / per_word},
-                "packed zero points [in / group_size, out·bits/32]");
+  // anvil_float_zeros: f32 zeros [in / group_size, out] in place of qzeros.
+  const std::string z_name = float_zeros(config) ? name + ".zeros" : qz_name;
+  const Tensor& qzeros_t = require(tensors, z_name, source, "GPTQ", "the zero points");
+  if (float_zeros(config))
+    expect_tensor(qzeros_t, z_name, source, DType::F32, {groups, out_features}, "f32 zero points [in / group_size, out]");
+  else
+    expect_tensor(qzeros_t, qz_name, source, DType::I32, {groups, out_features / per_word},
+                  "packed zero points [in / group_size, out·bits/32]");
   const Tensor& scales_t = require(tensors, s_name, source, "GPTQ", "the group scales");
   ANVIL_CHECK(scales_t.dtype() == DType::F16 || scales_t.dtype() == DType::BF16 || scales_t.dtype() == DType::F32,
               where(s_name, source), " is ", dtype_name(scales_t.dtype()), " — GPTQ scales are f16 (bf16 and f32 are read too)");
@@ -407,10 +414,11 @@ GptqWeight read_gptq(const TensorMap& tensors, const std::string& name, const Gp
   w.in_features = in_features;
   w.block = group;
   const Tensor qw = cpu_contiguous(qweight, qw_name, source);
-  const Tensor qz = cpu_contiguous(qzeros_t, qz_name, source);
+  const Tensor qz = cpu_contiguous(qzeros_t, z_name, source);
   const Tensor sc = cpu_contiguous(scales_t, s_name, source).to(DType::F32);
   const auto* pqw = qw.data<int32_t>();
-  const auto* pqz = qz.data<int32_t>();
+  const auto* pqz = float_zeros(config) ? nullptr : qz.data<int32_t>();
+  const float* pfz = float_zeros(config) ? qz.data<float>() : nullptr;
   const float* psc = sc.data<float>();
   w.scales = Tensor::empty({out_features, groups}, DType::F32);
   w.zeros = Tensor::empty({out_features, groups}, DType::F32);
@@ -423,9 +431,15 @@ GptqWeight read_gptq(const TensorMap& tensors, const std::string& name, const Gp
     for (int64_t o = 0; o < out_features; ++o) {
       const float s = psc[k * out_features + o];
       ANVIL_CHECK(std::isfinite(s), where(s_name, source), "[", k, ", ", o, "] is ", s, " — scales must be finite");
+      ps[o * groups + k] = s;
+      if (pfz) {
+        const float z = pfz[k * out_features + o];
+        ANVIL_CHECK(std::isfinite(z), where(z_name, source), "[", k, ", ", o, "] is ", z, " — zeros must be finite");
+        pz[o * groups + k] = z;
+        continue;
+      }
       const uint32_t word = static_cast<uint32_t>(pqz[k * (out_features / per_word) + o / per_word]);
       const uint32_t f = (word >> (bits * (o % per_word))) & mask;
-      ps[o * groups + k] = s;
       pz[o * groups + k] = static_cast<float>(is_v2(config) ? f : (f + 1) & mask);
     }
   }
@@ -488,23 +502,29 @@ void write_gptq(const QuantizedWeight& w, const Tensor& perm, const GptqConfig& 
   const float* ps = scales.data<float>();
   const float* pz = zeros.data<float>();
   Tensor qzeros = Tensor::zeros({groups, out_f / per_word}, DType::I32);
+  Tensor fzeros = Tensor::empty({groups, float_zeros(config) ? out_f : 0}, DType::F32);
   Tensor gscales = Tensor::empty({groups, out_f}, DType::F32);
   auto* pqz = qzeros.data<int32_t>();
   float* pgs = gscales.data<float>();
   for (int64_t o = 0; o < out_f; ++o) {
     for (int64_t k = 0; k < groups; ++k) {
       const float z = pz[o * groups + k];
+      pgs[k * out_f + o] = ps[o * groups + k];
+      if (float_zeros(config)) {  // any finite f32 zero (QA-LoRA's merged ones), as it is
+        ANVIL_CHECK(std::isfinite(z), what, ": zero point ", z, " at row ", o, ", group ", k, " is not finite");
+        fzeros.data<float>()[k * out_f + o] = z;
+        continue;
+      }
       ANVIL_CHECK(z == std::nearbyint(z) && z >= 0.0f && z <= static_cast<float>(qmax), what, ": zero point ", z,
                   " at row ", o, ", group ", k, " is not an integer in [0, ", qmax,
-                  "] — GPTQ packs integer zeros; a QA-LoRA-merged weight (fractional zeros) is kept in anvil's "
-                  "checkpoint format, which stores zeros as f32");
+                  "] — GPTQ packs integer zeros; write a QA-LoRA-merged weight (fractional zeros) with "
+                  "checkpoint_format \"", kAnvilFloatZeros, "\", which stores them as f32");
       ANVIL_CHECK(!config.sym || z == static_cast<float>(1u << (bits - 1)), what, ": config.sym is true but row ", o,
                   ", group ", k, " has zero point ", z, " — write sym false");
       const uint32_t f = is_v2(config) ? static_cast<uint32_t>(z) : (static_cast<uint32_t>(z) - 1u) & qmax;
       pqz[k * (out_f / per_word) + o / per_word] =
           static_cast<int32_t>(static_cast<uint32_t>(pqz[k * (out_f / per_word) + o / per_word]) |
                                (f << (bits * (o % per_word))));
-      pgs[k * out_f + o] = ps[o * groups + k];
     }
   }
   Tensor out_scales = gscales.to(scales_dtype);
@@ -533,7 +553,10 @@ void write_gptq(const QuantizedWeight& w, const Tensor& perm, const GptqConfig& 
     }
   }
   out[name + ".qweight"] = qweight;
-  out[name + ".qzeros"] = qzeros;
+  if (float_zeros(config))
+    out[name + ".zeros"] = fzeros;
+  else
+    out[name + ".qzeros"] = qzeros;
   out[name + ".scales"] = out_scales;
   out[name + ".g_idx"] = g_idx;
 }

@@ -25,6 +25,9 @@
 //   checkpoint_format "gptq" (AutoGPTQ, v1): f = (z − 1) mod 2^b, and every GPTQ kernel and the
 //   torch fallback decode z = (f + 1) mod 2^b — so z = 0 is f = 2^b − 1 (AutoGPTQ's own packer
 //   sign-extends that −1 into the higher fields; ours masks it). "gptq_v2" (GPTQModel): f = z.
+//   "anvil_float_zeros" (anvil's own extension, read by anvil only): name.zeros f32 [in/g, out]
+//   holds z itself in place of qzeros — any finite value, as QA-LoRA's merge leaves it (fractional,
+//   possibly outside [0, 2^b − 1]), which no integer qzeros can hold.
 //
 // Act order (desc_act, g_idx ≠ i / g): the groups are sets of columns. read_gptq returns the weight
 // in anvil's contiguous-group layout, Ŵ_ours[:, j] = Ŵ[:, perm[j]], with perm (i32 [in]) the
@@ -41,6 +44,9 @@ namespace anvil {
 
 // Which pre-quantized format holds Linear `name` in `tensors` (by its tensor names only).
 enum class HfQuantFormat { None, BnbNF4, Gptq };
+
+// GptqConfig::checkpoint_format of anvil's f32-zeros extension (see above).
+inline constexpr const char* kAnvilFloatZeros = "anvil_float_zeros";
 HfQuantFormat detect_hf_quant_format(const TensorMap& tensors, const std::string& name);
 
 // The tensors of Linear `name` in a checkpoint (every tensor named `name.*`), as views.
@@ -70,7 +76,7 @@ struct GptqConfig {
   int64_t group_size = 128;  // -1: one group over all of `in`
   bool desc_act = false;
   bool sym = false;
-  std::string checkpoint_format = "gptq";  // "gptq" (qzeros = z − 1) or "gptq_v2" (qzeros = z)
+  std::string checkpoint_format = "gptq";  // "gptq" (qzeros = z − 1), "gptq_v2" (qzeros = z), kAnvilFloatZeros
 };
 
 // Parses quantize_config.json or a config.json holding "quantization_config"; a missing
@@ -92,7 +98,8 @@ GptqWeight read_gptq(const SafetensorsIndex& checkpoint, const std::string& name
 // nearest; BF16; F32 keeps ours bitwise) and name.g_idx to `out`. `perm` (optional, i32 [in]) is
 // read_gptq's: the file then holds W's original column order with g_idx[perm[j]] = j / g.
 // config must match w (bits, group_size, desc_act when perm is given); zeros must be integers in
-// [0, 2^b − 1] — QA-LoRA's merged fractional zeros stay in anvil's own checkpoint format.
+// [0, 2^b − 1] unless config.checkpoint_format is kAnvilFloatZeros (QA-LoRA's merged fractional
+// zeros), which writes name.zeros f32 in place of name.qzeros.
 void write_gptq(const kernels::QuantizedWeight& w, const Tensor& perm, const GptqConfig& config, DType scales_dtype,
                 const std::string& name, TensorMap& out);
 

@@ -137,7 +137,7 @@ nlohmann::json hf_tokenizer_config(const Tokenizer& tokenizer, int64_t max_lengt
 
 }  // namespace
 
-void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
+void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const std::set<std::string>& quantized) {
   const ModelConfig& config = model.config();
   const std::string& src = index.path();
   const std::string prefix = family_of(config).model_prefix;
@@ -152,10 +152,19 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
     return param_name;
   };
 
+  // A quantized Linear's dense weight is read apart (its module's tensors are the packed form).
+  auto skipped = [&](const Param& p) {
+    const size_t dot = p.name.rfind(".weight");
+    return dot != std::string::npos && dot + 7 == p.name.size() && quantized.count(p.name.substr(0, dot));
+  };
+  std::vector<std::string> quantized_prefixes;
+  for (const std::string& m : quantized) quantized_prefixes.push_back(file_name(m) + ".");
+
   // Check everything first, so a bad file leaves the model untouched.
   std::set<std::string> used;
   std::vector<std::string> missing;
   for (Param* p : params) {
+    if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
     if (!index.contains(name)) {
       missing.push_back(name);
@@ -192,6 +201,9 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
   const bool whole_model = model.layout().stages == 1;
   for (const std::string& name : index.names()) {
     if (used.count(name) || family_of(config).is_known_buffer(name)) continue;
+    if (std::any_of(quantized_prefixes.begin(), quantized_prefixes.end(),
+                    [&](const std::string& prefix) { return name.rfind(prefix, 0) == 0; }))
+      continue;
     if (config.tie_word_embeddings && name == std::string(family_of(config).head) + ".weight") {
       tied_head = name;
       continue;
@@ -203,6 +215,7 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index) {
   }
 
   for (Param* p : params) {
+    if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
     Tensor w = index.get_f32(name);
     if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
@@ -282,7 +295,6 @@ void load_medusa_hf(MedusaHeads& heads, const std::string& dir) {
 
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes) {
-  const ModelConfig& config = model.config();
   // params() only lists the params; nothing is modified.
   std::vector<Param*> params;  // the model's own: attached modules (Medusa heads) export apart
   const_cast<TransformerLM&>(model).collect_own_params(params);
@@ -303,17 +315,32 @@ void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::
   TensorMap tensors;
   for (const Param* p : params) {
     const auto m = merged.find(p->name);
-    if (m == merged.end() && skipped.count(p->name)) continue;
-    Tensor v = host_f32(m != merged.end() ? m->second->merged() : master_weight(*p));  // the f32 weights, on the host
-    if (is_conv1d(config, p->name)) v = v.transpose(0, 1).contiguous();
+    if (m == merged.end()) {
+      if (!skipped.count(p->name)) add_hf_dense_tensor(model.config(), *p, tensors);
+      continue;
+    }
+    Tensor v = host_f32(m->second->merged());  // the f32 weights, on the host
+    if (is_conv1d(model.config(), p->name)) v = v.transpose(0, 1).contiguous();
     tensors.emplace(p->name, v);
   }
+  write_hf_dir(model.config(), tensors, tokenizer, dir, nlohmann::json::object(), max_shard_bytes);
+}
+
+void add_hf_dense_tensor(const ModelConfig& config, const Param& p, TensorMap& out) {
+  Tensor v = host_f32(master_weight(p));  // the f32 weights, on the host
+  if (is_conv1d(config, p.name)) v = v.transpose(0, 1).contiguous();
+  out.emplace(p.name, v);
+}
+
+void write_hf_dir(const ModelConfig& config, const TensorMap& tensors, const Tokenizer* tokenizer,
+                  const std::string& dir, const nlohmann::json& extra_config, uint64_t max_shard_bytes) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   ANVIL_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
   write_safetensors_sharded(dir, tensors, max_shard_bytes);
-  write_json_file((fs::path(dir) / "config.json").string(),
-                  hf_config_json(config, tokenizer ? tokenizer->token_to_id(kHfEosToken) : std::nullopt));
+  nlohmann::json j = hf_config_json(config, tokenizer ? tokenizer->token_to_id(kHfEosToken) : std::nullopt);
+  j.update(extra_config);
+  write_json_file((fs::path(dir) / "config.json").string(), j);
   if (tokenizer) {
     tokenizer->save((fs::path(dir) / "tokenizer.json").string());
     write_json_file((fs::path(dir) / "tokenizer_config.json").string(),

@@ -24,10 +24,12 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/param.h"
 #include "data/safetensors.h"
 #include "models/config.h"
 #include "models/medusa_heads.h"
@@ -58,7 +60,9 @@ nlohmann::json hf_config_json(const ModelConfig& config, std::optional<int32_t> 
 // expected shape (Conv1D layout for GPT-2); every tensor in the files must be used, be a
 // known buffer, or be a tied lm_head.weight equal to the embedding. Errors name the file,
 // the tensor and both shapes. Nothing is partially loaded on error: the checks run first.
-void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
+// `quantized` (module names, models/hf_quant.h): Linears whose weight the file holds quantized —
+// their `.weight` param is neither checked nor loaded here, and their tensors `<module>.*` count as used.
+void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const std::set<std::string>& quantized = {});
 
 // Writes DIR/config.json, DIR/model.safetensors (sharded with an index when the weights exceed
 // max_shard_bytes, as save_pretrained does) and, when `tokenizer` is given, DIR/tokenizer.json
@@ -69,6 +73,12 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index);
 // Creates DIR; refuses to mix with an existing checkpoint of the other (single/sharded) form.
 void save_hf(const TransformerLM& model, const Tokenizer* tokenizer, const std::string& dir,
              uint64_t max_shard_bytes = 5'000'000'000ull);
+// save_hf's parts, for exports that add tensors of their own (models/hf_quant.h): `p` as the f32
+// tensor the HF file holds (Conv1D transposed), and the directory from a finished tensor map, with
+// `extra_config`'s fields merged into config.json.
+void add_hf_dense_tensor(const ModelConfig& config, const Param& p, TensorMap& out);
+void write_hf_dir(const ModelConfig& config, const TensorMap& tensors, const Tokenizer* tokenizer,
+                  const std::string& dir, const nlohmann::json& extra_config, uint64_t max_shard_bytes = 5'000'000'000ull);
 
 // Medusa heads in Medusa's own format, beside a base written by save_hf into the same DIR:
 // DIR/medusa_lm_head.safetensors holds the state dict of Medusa's `medusa_head` module (names

@@ -699,7 +699,8 @@ void parse_quant(const Section& s, QuantSection& q) {
   if (q.block == 0) q.block = q.scheme == "nf4" ? 64 : 128;
   s.require(q.block >= 8 && q.block % 8 == 0, "block", "must be a positive multiple of 8 (nf4: 64; int: 32, 64 or 128), got ",
             q.block);
-  s.require(q.scheme == "nf4" || !s.has("double_quant"), "double_quant", "applies to nf4 only (int4/int2 keep f32 "
+  // false is what a stored int run config holds (to_yaml writes every key): only true is refused.
+  s.require(q.scheme == "nf4" || !s.has("double_quant") || !q.double_quant, "double_quant", "applies to nf4 only (int4/int2 keep f32 "
             "scales and zeros per group) — remove it");
   if (q.scheme != "nf4") q.double_quant = false;
   s.require(!q.modules.empty(), "modules", "is empty, so nothing is quantized — list the layers ([all-linear]) or set "

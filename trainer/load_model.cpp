@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/hf_convert.h"
+#include "models/hf_quant.h"
 #include "core/cuda_device.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lora.h"
@@ -111,7 +112,7 @@ void load_init_weights(TransformerLM& model, const std::string& from) {
     contents.params = checkpoint_tensors(model.params());
     load_checkpoint(from, contents);
   } else {
-    load_hf_weights(model, SafetensorsIndex::open(from));
+    load_hf_dir(model, from);  // pre-quantized Linears (GPTQ, bitsandbytes nf4) stay quantized
   }
 }
 
@@ -123,7 +124,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
                 "override — convert it first (`anvil convert --from-hf ", path, " --to DIR`) or drop --set");
     const ModelConfig mc = read_hf_config(path);
     out.model = build_frozen(mc, options.layout);
-    load_hf_weights(*out.model, SafetensorsIndex::open(path));
+    load_hf_dir(*out.model, path);
     static_cast<ModelConfig&>(out.config.model) = mc;
     out.config.model.init_from = fs::absolute(path).lexically_normal().string();
     out.config.data.train = "none";

@@ -46,6 +46,17 @@ void quantize_model(TransformerLM& model, const RunConfig& config, Communicator*
       if (lora_pattern_matches(q.modules[i], module)) matched[quantize ? i : n + i] += 1;
     if (!quantize) continue;
     const std::string what = config.source + ": quant (" + module + ")";
+    if (lw->quantized()) {  // read pre-quantized from model.init_from (GPTQ, bitsandbytes): kept as it is
+      const kernels::QuantizedWeight have = lw->quantized_weight();
+      const bool same = have.scheme == scheme && have.block == q.block &&
+                        (scheme != kernels::QuantScheme::NF4 || have.double_quant() == q.double_quant);
+      ANVIL_CHECK(same, what, ": model.init_from ", config.model.init_from, " holds this layer quantized as ",
+                  kernels::quant_scheme_name(have.scheme), " block ", have.block,
+                  have.scheme == kernels::QuantScheme::NF4 ? (have.double_quant() ? " with double_quant" : " without double_quant") : "",
+                  ", but the quant section asks for ", q.scheme, " block ", q.block, " — set quant.scheme: none to train on "
+                  "the file's quantization, or match it (quant.scheme/block/double_quant)");
+      continue;
+    }
     const Tensor full = full_dense_weight(*lw, tp);
     const kernels::QuantizedWeight quantized =
         scheme == kernels::QuantScheme::NF4 ? kernels::quantize_nf4(full, q.double_quant, q.block, what)

@@ -89,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     config.bits = (mode & 2) ? 2 : 4;
     config.group_size = 32;
     config.desc_act = (mode & 4) != 0;
-    config.checkpoint_format = (mode & 8) ? "gptq_v2" : "gptq";
+    config.checkpoint_format = (mode & 8) ? "gptq_v2" : (mode & 16) ? kAnvilFloatZeros : "gptq";
     const auto scheme = config.bits == 4 ? kernels::QuantScheme::Int4 : kernels::QuantScheme::Int2;
     Tensor perm;
     if (config.desc_act) {
