@@ -10,6 +10,8 @@
 // and a quant section that conflicts with the file's scheme.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -47,11 +49,21 @@ struct Oracle {
   Tensor ids, targets;
 };
 
+// Removes the process's oracle directory at exit.
+struct RemoveAtExit {
+  std::string dir;
+  ~RemoveAtExit() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
 // The oracle's directories, written once per process.
 const Oracle& oracle() {
   static const Oracle o = [] {
     Oracle r;
-    r.dir = ::testing::TempDir() + "/quant_hf_model";
+    // Per process: ctest runs each case in a process of its own, several at once.
+    r.dir = ::testing::TempDir() + "/quant_hf_model_" + std::to_string(::getpid());
     fs::remove_all(r.dir);
     fs::create_directories(r.dir);
     const ModelConfig c = tiny_llama();
@@ -68,6 +80,7 @@ const Oracle& oracle() {
                      r.dir + "/params.anvt " + r.dir + "/config.json " + r.dir);
     return r;
   }();
+  static const RemoveAtExit cleanup{o.dir};
   return o;
 }
 
