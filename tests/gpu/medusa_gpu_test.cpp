@@ -6,13 +6,11 @@
 // heads' residual SiLU and every other op then run on the device (tests/gpu/norm_activation_gpu_test.cpp).
 #include <gtest/gtest.h>
 
-#include <cmath>
-
 #include "tests/support/distill_fixture.h"
+#include "tests/support/gpu_run.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
-using anvil::testing::metric;
 
 namespace {
 
@@ -27,22 +25,7 @@ RunConfig medusa_config(const std::string& label, const std::vector<std::string>
 }
 
 void expect_tracks_cpu(const std::vector<std::string>& sets, const std::string& precision, double tol) {
-  std::vector<std::string> gpu_sets = sets;
-  gpu_sets.push_back("run.device=cuda");
-  gpu_sets.push_back("run.precision=" + precision);
-  Trainer gpu(medusa_config("gpu_" + precision, gpu_sets), TrainerMode::Quiet);
-  gpu.train();
-  Trainer cpu(medusa_config("cpu_" + precision, sets), TrainerMode::Quiet);
-  cpu.train();
-  const auto& g = gpu.history();
-  const auto& c = cpu.history();
-  ASSERT_EQ(g.size(), c.size());
-  for (size_t i = 0; i < c.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(g[i].loss)) << "step " << i + 1;
-    EXPECT_NEAR(g[i].loss, c[i].loss, tol * std::fabs(c[i].loss)) << "step " << i + 1;
-    for (const char* head : {"head0_loss", "head1_loss", "head2_loss"})
-      EXPECT_NEAR(metric(g[i], head), metric(c[i], head), tol * metric(c[i], head)) << head << " step " << i + 1;
-  }
+  anvil::testing::expect_gpu_run_tracks_cpu(medusa_config, sets, precision, tol, {"head0_loss", "head1_loss", "head2_loss"});
 }
 
 }  // namespace

@@ -6,9 +6,8 @@
 // bf16 within 2e-2, the bounds tests/gpu/medusa_gpu_test.cpp argues for a few AdamW steps.
 #include <gtest/gtest.h>
 
-#include <cmath>
-
 #include "tests/support/distill_fixture.h"
+#include "tests/support/gpu_run.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
@@ -27,20 +26,7 @@ RunConfig quant_config(const std::string& label, const std::vector<std::string>&
 }
 
 void expect_tracks_cpu(const std::vector<std::string>& sets, const std::string& precision, double tol) {
-  std::vector<std::string> gpu_sets = sets;
-  gpu_sets.push_back("run.device=cuda");
-  gpu_sets.push_back("run.precision=" + precision);
-  Trainer gpu(quant_config("gpu_" + precision, gpu_sets), TrainerMode::Quiet);
-  gpu.train();
-  Trainer cpu(quant_config("cpu_" + precision, sets), TrainerMode::Quiet);
-  cpu.train();
-  const auto& g = gpu.history();
-  const auto& c = cpu.history();
-  ASSERT_EQ(g.size(), c.size());
-  for (size_t i = 0; i < c.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(g[i].loss)) << "step " << i + 1;
-    EXPECT_NEAR(g[i].loss, c[i].loss, tol * std::fabs(c[i].loss)) << "step " << i + 1;
-  }
+  anvil::testing::expect_gpu_run_tracks_cpu(quant_config, sets, precision, tol);
 }
 
 const std::vector<std::string> kQLoRA = {"quant={scheme: nf4, block: 16, double_quant: true}",
