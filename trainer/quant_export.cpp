@@ -19,8 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 // A LoRA run's stored config; only the model matters here (the training data may be long gone).
 RunConfig lora_run_config(const std::string& dir) {
-  const CheckpointMeta meta = read_checkpoint_meta(dir);
-  RunConfig cfg = parse_run_config(meta.run_config_yaml, dir + "/" + kCheckpointFile, dir, {"data.train=none"});
+  RunConfig cfg = config_from_checkpoint(dir, {"data.train=none"});
   ANVIL_CHECK(cfg.lora.enabled(), dir, ": not a LoRA run (its lora.modules is empty) — export a full run "
               "with `anvil convert --from RUN --to hf DIR`");
   return cfg;

@@ -18,7 +18,7 @@
 // The AVX2/FMA kernels (quant_matmul_avx2.cpp) run when the CPU has them; the scalar ones
 // (here) are the fallback and the reference the tests compare them with. Their "chunked" 4-bit
 // kernels (int4 group % 32, nf4 block % 64) leave decoded codes in a lane order of their own: the
-// forward reads x permuted once per call (permute_columns), the input grad sums its strip in that
+// forward reads x permuted once per call (chunk_order_inputs), the input grad sums its strip in that
 // order and un-permutes it, with strips of one per thread so each output row is read in long runs.
 #include "kernels/cpu/quant_matmul.h"
 
@@ -216,7 +216,7 @@ void forward(const PackedWeight& w, const Rows& x, const Rows& y, bool accumulat
     std::vector<float> permuted;
     if (avx && avx2::chunked(w)) {
       permuted.resize(static_cast<size_t>(x.rows * w.in));
-      avx2::permute_columns(w, x.p, x.ld, x.rows, permuted.data());
+      avx2::chunk_order_inputs(w, x.p, x.ld, x.rows, permuted.data());
       xa = permuted.data();
       ldxa = w.in;
     }

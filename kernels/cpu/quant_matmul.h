@@ -53,9 +53,9 @@ void dequantize_tile(const PackedWeight& w, int64_t o0, int64_t o1, int64_t g0, 
 }  // namespace scalar
 namespace avx2 {
 // Whether the chunked 4-bit kernels take w (int4 with block % 32 == 0, nf4 with block % 64 == 0):
-// their forward reads x permuted by permute_columns into out [rows, in] (ld = in) in its place.
+// their forward reads x permuted by chunk_order_inputs into out [rows, in] (ld = in) in its place.
 bool chunked(const PackedWeight& w);
-void permute_columns(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* out);
+void chunk_order_inputs(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* out);
 // x_group_sums [rows, in / block]: Σ of each group of x's row (intN only; nf4 ignores it).
 void gemv(const PackedWeight& w, const float* x, int64_t ldx, const float* x_group_sums, int64_t rows, float* y,
           int64_t ldy, int64_t o0, int64_t o1, bool accumulate);

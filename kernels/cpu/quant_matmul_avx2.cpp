@@ -217,7 +217,7 @@ ANVIL_AVX2 void dequantize_rows(const PackedWeight& w, int64_t o0, int64_t o1, i
 
 // ---- Chunked 4-bit kernels (int4 with block % 32 == 0, nf4 with block % 64 == 0) ----
 // They decode a whole load of packed bytes at once and leave the codes in an order of their own
-// (below); x for the forward is permuted into that order once per call (permute_columns) and the
+// (below); x for the forward is permuted into that order once per call (chunk_order_inputs) and the
 // input grad sums its strip in that order and un-permutes it once at the end.
 //   int4: 8 bytes → vpmovzxbd → the high nibbles (elements 2j) and the low ones (2j+1) as two
 //     vectors, converted to floats; ŵ = s·q − s·z is folded as for gemv_rows_int.
@@ -549,7 +549,7 @@ bool chunked(const PackedWeight& w) {
   return w.bits == 4 && w.block % (w.nf4 ? 64 : 32) == 0;
 }
 
-void permute_columns(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* out) {
+void chunk_order_inputs(const PackedWeight& w, const float* x, int64_t ldx, int64_t rows, float* out) {
   const int64_t chunk = w.nf4 ? 64 : 16;
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t k = 0; k < w.in; k += chunk)
