@@ -13,7 +13,9 @@ KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Devi
       max_len_(max_len),
       num_kv_heads_(config.num_key_value_heads),
       head_dim_(config.resolved_head_dim()),
-      rows_(std::make_shared<KVRows>()) {
+      rows_(std::make_shared<KVRows>()),
+      dtype_(dtype),
+      device_(device) {
   ANVIL_CHECK(batch >= 1, "KVCache: batch must be >= 1, got ", batch);
   ANVIL_CHECK(max_len >= 1, "KVCache: max_len must be >= 1, got ", max_len);
   ANVIL_CHECK(max_len <= config.max_position_embeddings, "KVCache: max_len = ", max_len,
@@ -24,6 +26,8 @@ KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Devi
   layers_.reserve(static_cast<size_t>(config.num_hidden_layers));
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
     layers_.push_back({Tensor::empty(shape, dtype, device), Tensor::empty(shape, dtype, device), rows_});
+  block_actions_.assign(static_cast<size_t>(batch * config.num_hidden_layers), -1);
+  repeat_layers_.resize(static_cast<size_t>(config.num_hidden_layers));
 }
 
 int64_t KVCache::length() const {
@@ -47,6 +51,8 @@ KVLayer& KVCache::layer(int64_t i) {
 size_t KVCache::bytes() const {
   size_t total = 0;
   for (const KVLayer& l : layers_) total += l.k.nbytes() + l.v.nbytes();
+  for (const auto& l : repeat_layers_)
+    if (l) total += l->k.nbytes() + l->v.nbytes();
   return total;
 }
 
@@ -70,6 +76,7 @@ void KVCache::advance(int64_t n) {
 
 void KVCache::reset() {
   std::fill(rows_->lengths.begin(), rows_->lengths.end(), 0);
+  std::fill(block_actions_.begin(), block_actions_.end(), -1);
   rows_->positions = Tensor();
   next_positions_ = Tensor();
   rows_->tree = Tensor();
@@ -81,12 +88,15 @@ void KVCache::truncate(int64_t length) {
     ANVIL_CHECK(length >= 0 && length <= row_length(b), "KVCache: truncate(", length, ") outside [0, ",
                 row_length(b), "] for row ", b);
   std::fill(rows_->lengths.begin(), rows_->lengths.end(), length);
+  if (length == 0)
+    for (int64_t b = 0; b < batch_; ++b) forget_block_actions(b);
 }
 
 void KVCache::truncate(int64_t row, int64_t length) {
   const int64_t len = row_length(row);
   ANVIL_CHECK(length >= 0 && length <= len, "KVCache: truncate(row ", row, ", ", length, ") outside [0, ", len, "]");
   rows_->lengths[static_cast<size_t>(row)] = length;
+  if (length == 0) forget_block_actions(row);
 }
 
 void KVCache::keep(int64_t row, int64_t prefix, const std::vector<int64_t>& slots) {
@@ -99,8 +109,13 @@ void KVCache::keep(int64_t row, int64_t prefix, const std::vector<int64_t>& slot
                 slots[i - 1], " then ", slots[i], " — list the accepted path root first");
   }
   // Destination prefix + i <= slots[i] and increasing: a copy never overwrites a slot still to be read.
-  for (KVLayer& l : layers_)
+  std::vector<KVLayer*> all;
+  for (KVLayer& l : layers_) all.push_back(&l);
+  for (auto& l : repeat_layers_)
+    if (l) all.push_back(l.get());
+  for (KVLayer* lp : all)
     for (size_t i = 0; i < slots.size(); ++i) {
+      KVLayer& l = *lp;
       const int64_t dst = prefix + static_cast<int64_t>(i), src = slots[i];
       if (dst == src) continue;
       for (Tensor* t : {&l.k, &l.v}) {
@@ -147,6 +162,33 @@ Tensor KVCache::begin_step(int64_t T, int64_t max_positions, Device device) {
     rows_->tree = tree.to(device);
   }
   return host;
+}
+
+// ---- Dr.LLM block actions ----
+int32_t KVCache::block_action(int64_t row, int64_t layer) const {
+  ANVIL_CHECK(row >= 0 && row < batch_ && layer >= 0 && layer < num_layers(), "KVCache: block_action(row ", row,
+              ", layer ", layer, ") outside [0, ", batch_, ") x [0, ", num_layers(), ")");
+  return block_actions_[static_cast<size_t>(row * num_layers() + layer)];
+}
+
+void KVCache::set_block_action(int64_t row, int64_t layer, int32_t action) {
+  block_action(row, layer);  // range check
+  ANVIL_CHECK(action >= -1 && action <= 2, "KVCache: block action ", action, " for row ", row, " layer ", layer,
+              " — actions are 0 skip, 1 execute, 2 repeat (-1 undecided)");
+  block_actions_[static_cast<size_t>(row * num_layers() + layer)] = action;
+}
+
+void KVCache::forget_block_actions(int64_t row) {
+  std::fill_n(block_actions_.begin() + row * num_layers(), num_layers(), -1);
+}
+
+KVLayer& KVCache::repeat_layer(int64_t layer) {
+  const KVLayer& base = this->layer(layer);  // range check
+  auto& slot = repeat_layers_[static_cast<size_t>(layer)];
+  if (!slot)
+    slot = std::make_unique<KVLayer>(KVLayer{Tensor::empty(base.k.shape(), dtype_, device_),
+                                             Tensor::empty(base.v.shape(), dtype_, device_), rows_});
+  return *slot;
 }
 
 }  // namespace anvil

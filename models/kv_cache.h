@@ -101,12 +101,28 @@ class KVCache {
   // explicit ids): the layers then take today's single batched path.
   bool step_is_common_run() const { return !rows_->positions.defined(); }
 
+  // ---- Dr.LLM block actions (models/drllm_router.h, models/drllm_actions.h) ----
+  // The action row `row` takes at global layer `layer` (0 skip, 1 execute, 2 repeat): decided by
+  // the layer's router on the row's first call (its prefill) and kept for every later token; -1
+  // until then. set_block_action fixes one beforehand (forced decoding). reset() and a truncate to
+  // length 0 forget a row's actions. A skipped layer's slots of that row are never written or read.
+  int32_t block_action(int64_t row, int64_t layer) const;
+  void set_block_action(int64_t row, int64_t layer, int32_t action);
+  // The KV layer of layer `layer`'s repeat pass (shaped like layer()), allocated on first use.
+  KVLayer& repeat_layer(int64_t layer);
+  // ---- end Dr.LLM ----
+
  private:
   int64_t batch_, max_len_, num_kv_heads_, head_dim_;
   std::shared_ptr<KVRows> rows_;
   Tensor next_positions_;  // set_positions' ids, or undefined
   std::vector<uint8_t> next_tree_;  // set_tree's mask, or empty
   std::vector<KVLayer> layers_;
+  DType dtype_;
+  Device device_;
+  std::vector<int32_t> block_actions_;           // [batch x layers], -1 = undecided (Dr.LLM)
+  std::vector<std::unique_ptr<KVLayer>> repeat_layers_;  // per layer, null until a repeat pass needs it
+  void forget_block_actions(int64_t row);
 };
 
 }  // namespace anvil

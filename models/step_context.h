@@ -84,6 +84,19 @@ struct StepContext {
   // set by the task between forward and backward), to each unit's dL/dg.
   RouterGateStats router_stats;
   float router_capacity_grad = 0.0f;
+  // ---- Dr.LLM block actions (models/drllm_router.h) ----
+  // Forced per-sequence actions of every global layer, host i32 [B, num_layers] (0 skip, 1 execute,
+  // 2 repeat): the label path of router training, or a search candidate. Undefined: routed layers
+  // follow their routers' argmax, the others execute.
+  Tensor layer_actions;
+  // Filled by forward: each routed layer's router input, the windowed means [B, W', hidden] of the
+  // layer's input (detached; compute dtype, model device), in layer order. The caller clears it.
+  struct DrLLMRouterInput {
+    int64_t layer = 0;
+    Tensor means;
+  };
+  std::vector<DrLLMRouterInput> drllm_inputs;
+  // ---- end Dr.LLM ----
 
   void add_aux_loss(AuxLoss loss) { aux_losses_.push_back(std::move(loss)); }
   const std::vector<AuxLoss>& aux_losses() const { return aux_losses_; }

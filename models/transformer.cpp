@@ -52,6 +52,10 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
     check_router_spec(*routers, config.num_hidden_layers);
     routers_ = *routers;
     if (routers->kind == RouterKind::MindSkip) spec.gate = mindskip_gates(*routers);
+    if (routers->kind == RouterKind::DrLLM)  // Dr.LLM: block-level routers (models/transformer_drllm.cpp)
+      drllm_ = std::make_unique<DrLLMRouters>(routers->layers, first_layer_, per_stage, config.hidden_size,
+                                              routers->hidden, routers->windows,
+                                              [&](int64_t i) { return family.layer(i); });
   }
   for (int64_t i = first_layer_; i < first_layer_ + per_stage; ++i)
     blocks_.push_back(std::make_unique<TransformerBlock>(
@@ -146,7 +150,8 @@ Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, Hidden
   if (taps) taps->states.assign(taps->layers.size(), Tensor());
   const size_t count = stop < 0 ? blocks_.size() : static_cast<size_t>(stop);
   for (size_t i = 0; i < count; ++i) {
-    x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
+    x = drllm_ ? drllm_layer_cached(i, x, kv, start)  // Dr.LLM: skip / execute / repeat per row
+               : blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
     if (taps)
       for (size_t k = 0; k < taps->layers.size(); ++k)
         if (taps->layers[k] == static_cast<int64_t>(i)) taps->states[k] = x;
@@ -198,6 +203,7 @@ Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, Hidd
 std::vector<Param*> TransformerLM::router_params() {
   std::vector<Param*> out;
   for (auto& b : blocks_) b->collect_router_params(out);
+  if (drllm_) drllm_->collect_params(out);
   return out;
 }
 
@@ -272,6 +278,8 @@ Tensor TransformerLM::trunk_backward(Tensor dx, Cache& c) {
 
 Tensor TransformerLM::blocks_backward(Tensor dx, Cache& c, bool report) {
   for (size_t i = blocks_.size(); i-- > 0;) {
+    ANVIL_CHECK(!c.child(1 + i).has(kDrLLMActed), "TransformerLM backward: layer ", first_layer_ + i, " ran under Dr.LLM "
+                "skip/repeat actions, which save nothing for a backward (Dr.LLM trains its routers on detached inputs)");
     dx = blocks_[i]->backward(dx, c.child(1 + i));
     if (report) report_grads_ready({blocks_[i].get()});
   }
@@ -370,6 +378,7 @@ void TransformerLM::collect_own_params(std::vector<Param*>& out) {
   if (wpe_) wpe_->collect_params(out);
   if (masks_) masks_->collect_params(out);
   for (auto& b : blocks_) b->collect_params(out);
+  if (drllm_) drllm_->collect_params(out);
   if (norm_f_) norm_f_->collect_params(out);
   if (head_) head_->collect_params(out);
 }

@@ -8,6 +8,7 @@
 
 #include "models/block.h"
 #include "models/config.h"
+#include "models/drllm_router.h"
 #include "models/kv_cache.h"
 #include "models/layer_router.h"
 #include "models/lm_loss.h"
@@ -249,6 +250,15 @@ class TransformerLM : public Module {
   // forwards) since the last reset_routed_rows(): without skipping run == total.
   RoutedRows routed_rows() const;
   void reset_routed_rows();
+  // ---- Dr.LLM (RouterKind::DrLLM; models/drllm_router.h, models/transformer_drllm.cpp) ----
+  // This stage's Dr.LLM routers (null without them). Routed layers act per sequence: skip,
+  // execute or repeat. Training forwards follow StepContext::layer_actions when set (else the
+  // routers' argmax) and record each routed layer's router input in StepContext::drllm_inputs;
+  // a layer where some row skips or repeats saves nothing for a backward (the backbone is frozen:
+  // backward through it throws). forward_cached decides at each row's prefill and keeps the
+  // decision in the KVCache (KVCache::block_action; repeats write KVCache::repeat_layer).
+  DrLLMRouters* drllm_routers() { return drllm_.get(); }
+  // ---- end Dr.LLM ----
   Communicator* tensor_parallel() const { return tp_; }
   Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
@@ -301,6 +311,12 @@ class TransformerLM : public Module {
   std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)
   std::vector<Module*> attached_;             // attach()
   std::optional<RouterSpec> routers_;         // layer-skip routers, or none
+  // ---- Dr.LLM ----
+  std::unique_ptr<DrLLMRouters> drllm_;  // RouterKind::DrLLM's routers, or null
+  // Block i of this stage on x under the layer's Dr.LLM action (forced or routed), or plainly.
+  Tensor drllm_layer(size_t i, const Tensor& x, Cache& c);
+  Tensor drllm_layer_cached(size_t i, const Tensor& x, KVCache& kv, int64_t start);
+  // ---- end Dr.LLM ----
 };
 
 }  // namespace anvil

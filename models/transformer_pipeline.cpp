@@ -62,7 +62,7 @@ Tensor TransformerLM::forward_stage(const Tensor& input, Cache& c, HiddenTaps* t
   }
   const size_t L = blocks_.size();
   for (size_t i = 0; i < L; ++i) {
-    x = blocks_[i]->forward(x, c.child(1 + i));
+    x = drllm_layer(i, x, c);  // the block, or its Dr.LLM action (models/transformer_drllm.cpp)
     if (taps)
       for (size_t k = 0; k < taps->layers.size(); ++k)
         if (taps->layers[k] == first_layer_ + static_cast<int64_t>(i)) taps->states[k] = x;
