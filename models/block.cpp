@@ -149,6 +149,19 @@ void TransformerBlock::collect_linears(std::vector<LinearWeight*>& out) {
     if (gate) gate->collect_linears(out);
 }
 
+void TransformerBlock::collect_router_params(std::vector<Param*>& out) {
+  for (auto& gate : gates_)
+    if (gate && gate->skip_unit() != GateSkip::None) gate->collect_params(out);
+}
+
+RoutedRows& RoutedRows::operator+=(const RoutedRows& o) {
+  attention_run += o.attention_run;
+  attention_total += o.attention_total;
+  mlp_run += o.mlp_run;
+  mlp_total += o.mlp_total;
+  return *this;
+}
+
 void TransformerBlock::collect_params(std::vector<Param*>& out) {
   norm1_->collect_params(out);
   attn_->collect_params(out);
