@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "models/hf_quant.h"
 #include "trainer/checkpoint.h"
 

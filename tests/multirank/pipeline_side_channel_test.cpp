@@ -48,7 +48,7 @@ class ToyStage : public PipelineStage {
   DType activation_dtype() const override { return DType::F32; }
   Device device() const override { return Device::cpu(); }
   Tensor forward(int, const Tensor& input, bool) override {
-    return input.defined() ? input.clone() : Tensor::from_vector({1.0f, 2.0f}, {2});
+    return input.defined() ? input.clone() : Tensor::from_vector(std::vector<float>{1.0f, 2.0f}, {2});
   }
   Tensor backward(int, const Tensor& dy) override { return dy.defined() ? dy.clone() : Tensor(); }
   size_t saved_bytes() const override { return 0; }
@@ -72,7 +72,7 @@ class ToyLoss : public PipelineLoss {
     at_forward[m] = totals_[m];  // reduce_stats ran before forward(m)
     return {0.0f, 1.0, 0.0};
   }
-  Tensor backward(int) override { return Tensor::from_vector({0.0f, 0.0f}, {2}); }
+  Tensor backward(int) override { return Tensor::from_vector(std::vector<float>{0.0f, 0.0f}, {2}); }
   std::vector<float> reduce_stats(int m, std::vector<float> totals) override {
     Tensor t = Tensor::from_vector(totals, {static_cast<int64_t>(totals.size())});
     if (dp_) dp_->all_reduce(t);
