@@ -9,6 +9,7 @@
 #include "models/layer_router.h"
 #include "models/transformer.h"
 #include "trainer/config.h"
+#include "trainer/load_model.h"
 #include "trainer/task.h"
 
 namespace anvil {
@@ -27,10 +28,23 @@ std::unique_ptr<TransformerLM> build_routed_backbone(const TaskEnv& env, std::ve
 // `model`, every param but `skip` (the routers, which the backbone's source does not hold).
 void load_backbone_weights(TransformerLM& model, const std::string& from, const std::vector<Param*>& skip);
 
+// A backbone of architecture `backbone` with the routers of the router run `routers` (its router
+// section), everything frozen and uninitialised: for loading (load_model, load_routed_model).
+std::unique_ptr<TransformerLM> build_frozen_routed(const RunConfig& routers, const ModelConfig& backbone,
+                                                   const ModelLayout& layout);
+
 // The router params of `model` (a routed model) read from the router checkpoint `checkpoint_dir`,
-// trained on `trained_for` (that run's model section). A checkpoint trained on another backbone, or
-// with other router layers, is one clear error naming the file and the fix.
-void load_router_checkpoint(TransformerLM& model, const std::string& checkpoint_dir, const RunConfig& trained_for);
+// returns its step. A checkpoint trained on another backbone (the architecture it records differs
+// from the model's), or with other router layers, is one clear error naming the file and the fix.
+int64_t load_router_checkpoint(TransformerLM& model, const std::string& checkpoint_dir);
+
+// `anvil generate --routers` / `anvil eval --routers`: the router run or checkpoint `routers` on a
+// backbone: `backbone` (a checkpoint, run or Hugging Face directory of the same architecture), or
+// when empty the router run's model.init_from. The config is the router run's (tokenizer, data),
+// its model.init_from pointed at the backbone used. Errors: `routers` is not a router run, or the
+// backbone is another architecture than the routers were trained for.
+LoadedModel load_routed_model(const std::string& routers, const std::string& backbone,
+                              const LoadModelOptions& options);
 
 // Whether two model configs describe the same backbone architecture (the keys a router's shape and
 // meaning depend on); `why` names the first difference.
