@@ -1,6 +1,7 @@
 #include "trainer/task.h"
 
 #include "trainer/distill_task.h"
+#include "trainer/drllm_task.h"
 #include "trainer/lm_task.h"
 #include "trainer/load_model.h"
 #include "trainer/medusa_task.h"
@@ -18,8 +19,7 @@ std::unique_ptr<Task> make_task(const RunConfig& config) {
   const std::string& name = config.task.name;
   if (name == "router") {
     if (config.router.kind == "mindskip") return std::make_unique<MindSkipTask>();
-    // TODO(lead, at merge): router.kind drllm -> std::make_unique<DrLLMTask>() from trainer/drllm_task.h.
-    ANVIL_FAIL("router.kind: ", config.router.kind, " is not built into this anvil — use router.kind: mindskip");
+    if (config.router.kind == "drllm") return std::make_unique<DrLLMTask>();
   }
   if (name == "lm") return std::make_unique<LMTask>();
   if (name == "sft") return std::make_unique<SFTTask>();
