@@ -13,8 +13,9 @@ int64_t passes(const std::vector<int32_t>& path) {
   return n;
 }
 
-// One row's search state: the moves of a round are numbered 0 .. 2n - 1 (lower moves on layers
-// n-1 .. 0, then repeat moves on layers n-1 .. 0).
+// One row's search state: the moves of a round are numbered 0 .. 2n - 1 (skip moves on layers
+// n-1 .. 0, then repeat moves on layers n-1 .. 0). It ends: a skip never comes back (repeat moves
+// start from execute), and between skips each repeat move lowers the loss on a finite set.
 struct RowSearch {
   std::vector<int32_t> best, candidate;
   double best_loss = 0, tau = 0, base_loss = 0;
@@ -39,7 +40,7 @@ struct RowSearch {
       const int64_t j = n - 1 - (lower ? m : m - n);
       candidate = best;
       if (lower && best[j] > 0) {
-        candidate[j] -= 1;
+        candidate[j] = 0;
       } else if (!lower && best[j] == 1 && passes(best) < n) {
         candidate[j] = 2;
       } else {

@@ -8,8 +8,8 @@
 //   The current path `best` starts all-execute and is always acceptable: loss <= tau and
 //   passes <= n (never more compute than the backbone). Rounds of moves on `best`, each one
 //   forward evaluation:
-//     - lower moves, routed layers from the last to the first: p_j -> p_j - 1 (repeat ->
-//       execute, execute -> skip); accepted iff loss <= tau;
+//     - skip moves, routed layers from the last to the first: p_j -> 0 (from execute or
+//       repeat); accepted iff loss <= tau;
 //     - repeat moves, routed layers from the last to the first: execute -> repeat, only while
 //       passes(best) < n (it spends compute the skips saved); accepted iff loss < loss(best).
 //   The search ends after `budget` evaluations (the all-execute one included) or after a

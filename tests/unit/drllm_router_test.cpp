@@ -157,7 +157,7 @@ TEST(DrLLMRouter, FocalLossAndRouterBackwardMatchFiniteDifferences) {
   }
   // gamma = 0 with alpha = 1 is the cross-entropy.
   const double ones[3] = {1, 1, 1};
-  Tensor z = Tensor::from_vector({0.2f, -1.0f, 0.5f}, {1, 3}), dz;
+  Tensor z = Tensor::from_vector(std::vector<float>{0.2f, -1.0f, 0.5f}, Shape{1, 3}), dz;
   const double ce = std::log(std::exp(0.2) + std::exp(-1.0) + std::exp(0.5)) - 0.5;
   EXPECT_NEAR(drllm_focal_loss(z, {2}, ones, 0.0, 1.0, dz), ce, 1e-6);
 }
