@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "kernels/elementwise.h"
 #include "models/block.h"
@@ -169,24 +170,13 @@ double surrogate(RoutedBlock& rb, SkipScope scope, const Tensor& x, const Tensor
   };
   const Tensor n1 = rb.norm1->infer(x);
   double penalty = 0;
-  Tensor h;
-  if (scope == SkipScope::Attention) {
-    auto [s, p] = gates(n1, true);
-    penalty = p;
-    h = plus_scaled(x, rb.attn->infer(n1), s);
-  } else {
-    h = plus_scaled(x, rb.attn->infer(n1), std::vector<double>(static_cast<size_t>(x.size(0)), 1.0));
-  }
+  std::vector<double> s(static_cast<size_t>(x.size(0)), 1.0);  // the attention's scale (block scope: both)
+  if (scope != SkipScope::FeedForward) std::tie(s, penalty) = gates(n1, true);
+  const Tensor h = plus_scaled(x, rb.attn->infer(n1), s);
   const Tensor n2 = rb.norm2->infer(h);
-  Tensor y;
-  if (scope == SkipScope::FeedForward) {
-    auto [s, p] = gates(n2, false);
-    penalty = p;
-    y = plus_scaled(h, rb.ff->infer(n2), s);
-  } else {
-    y = plus_scaled(h, rb.ff->infer(n2), std::vector<double>(static_cast<size_t>(x.size(0)), 1.0));
-  }
-  return dot(y, R) + penalty;
+  if (scope == SkipScope::Attention) s.assign(s.size(), 1.0);
+  if (scope == SkipScope::FeedForward) std::tie(s, penalty) = gates(n2, false);
+  return dot(plus_scaled(h, rb.ff->infer(n2), s), R) + penalty;
 }
 }  // namespace
 
@@ -195,14 +185,15 @@ TEST(RouterBlock, StraightThroughGradientsMatchFiniteDifferences) {
     SkipScope scope;
     SkipUnit unit;
   };
-  for (const Case k : {Case{SkipScope::Attention, SkipUnit::Sequence}, Case{SkipScope::FeedForward, SkipUnit::Token}}) {
+  for (const Case k : {Case{SkipScope::Attention, SkipUnit::Sequence}, Case{SkipScope::FeedForward, SkipUnit::Token},
+                       Case{SkipScope::Block, SkipUnit::Sequence}}) {
     RoutedBlock rb(k.scope, k.unit);
     rb.router->weight.value.copy_(random_tensor({1, 16}, 9, -2.0f, 2.0f));
     Tensor x = random_tensor({3, 4, 16}, 6);
     const Tensor R = random_tensor({3, 4, 16}, 7);
     const float cap = 0.3f;
     // The decisions and r at the base point, then held fixed.
-    Tensor n = k.scope == SkipScope::Attention ? rb.norm1->infer(x)
+    Tensor n = k.scope != SkipScope::FeedForward ? rb.norm1->infer(x)
                                                : rb.norm2->infer(plus_scaled(x, rb.attn->infer(rb.norm1->infer(x)),
                                                                              {1.0, 1.0, 1.0}));
     const Tensor r = rb.router->probabilities(n);
@@ -230,10 +221,10 @@ TEST(RouterBlock, StraightThroughGradientsMatchFiniteDifferences) {
       const double down = loss();
       x.copy_(x0);
       const double numeric = (up - down) / (2 * e), analytic = dot(dx, v);
-      EXPECT_NEAR(analytic, numeric, 1e-2 * std::fabs(numeric) + 1e-3) << skip_unit_name(k.unit) << " direction " << dir;
+      EXPECT_NEAR(analytic, numeric, 1e-2 * std::fabs(numeric) + 1e-3) << skip_scope_name(k.scope) << " direction " << dir;
     }
     EXPECT_GT(kernels::max_abs(num_dw), 1e-3);
-    EXPECT_LE(max_abs_diff(rb.router->weight.grad, num_dw) / kernels::max_abs(num_dw), 2e-2) << skip_unit_name(k.unit);
+    EXPECT_LE(max_abs_diff(rb.router->weight.grad, num_dw) / kernels::max_abs(num_dw), 2e-2) << skip_scope_name(k.scope);
   }
 }
 
