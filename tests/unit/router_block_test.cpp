@@ -1,13 +1,15 @@
 // MindSkip routers inside one transformer block (models/layer_router.h, models/block_routing.cpp):
 // the gate at a known logit, sigma'(0) = 1/4, the straight-through gradients against finite
 // differences of the surrogate loss, a token-unit attention against an explicit attention over
-// the active tokens, and a routed stack of blocks against the naive soft-gated computation.
+// the active tokens, a routed stack of blocks against the naive soft-gated computation, and the
+// row gather / scatter kernels.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <tuple>
 
 #include "kernels/elementwise.h"
+#include "kernels/route_rows.h"
 #include "models/block.h"
 #include "models/layer_router.h"
 #include "tests/support/reference.h"
@@ -403,4 +405,29 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
       EXPECT_EQ(sub == 0 ? rows.attention_total : rows.mlp_total, B * T) << what;
     }
   }
+}
+
+TEST(RouteRows, GatherPadsScatterAddsAndBadIndicesAreNamed) {
+  const Tensor full = random_tensor({4, 3}, 60);
+  const Tensor index = Tensor::from_vector(std::vector<int32_t>{2, -1, 0}, {3});
+  Tensor out = Tensor::empty({3, 3});
+  kernels::gather_rows(full, index, out);
+  for (int64_t j = 0; j < 3; ++j) {
+    EXPECT_EQ(out.data<float>()[j], full.data<float>()[2 * 3 + j]);
+    EXPECT_EQ(out.data<float>()[3 + j], 0.0f);
+    EXPECT_EQ(out.data<float>()[6 + j], full.data<float>()[j]);
+  }
+  Tensor target = full.clone();
+  kernels::scatter_add_rows(out, index, target);
+  EXPECT_EQ(target.data<float>()[2 * 3 + 1], 2 * full.data<float>()[2 * 3 + 1]);
+  EXPECT_EQ(target.data<float>()[3 + 1], full.data<float>()[3 + 1]);  // row 1 took only padding
+  Tensor dots = Tensor::empty({3});
+  kernels::row_dot(out, out, dots);
+  EXPECT_NEAR(dots.data<float>()[0], dot(full.slice(0, 2, 3).contiguous(), full.slice(0, 2, 3).contiguous()), 1e-6);
+  const Tensor bad = Tensor::from_vector(std::vector<int32_t>{4, 0, 1}, {3});
+  EXPECT_NE(error_of([&] { kernels::gather_rows(full, bad, out); }).find("index 4 at slot 0 is outside [-1, 4)"),
+            std::string::npos);
+  const Tensor twice = Tensor::from_vector(std::vector<int32_t>{1, 1, -1}, {3});
+  EXPECT_NE(error_of([&] { kernels::scatter_add_rows(out, twice, target); }).find("row 1 appears twice"),
+            std::string::npos);
 }
