@@ -259,6 +259,8 @@ class TransformerLM : public Module {
   // decision in the KVCache (KVCache::block_action; repeats write KVCache::repeat_layer).
   DrLLMRouters* drllm_routers() { return drllm_.get(); }
   // ---- end Dr.LLM ----
+  // The MindSkip router of global layer `layer` on this stage, or null (tests force its decisions).
+  MindSkipRouter* mindskip_router(int64_t layer);
   Communicator* tensor_parallel() const { return tp_; }
   Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
