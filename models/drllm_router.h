@@ -31,8 +31,6 @@ enum class BlockAction : int32_t { Skip = 0, Execute = 1, Repeat = 2 };
 constexpr int kBlockActions = 3;
 // The Cache key a layer's cache holds when it ran under skip/repeat actions (nothing saved for backward).
 inline constexpr const char* kDrLLMActed = "drllm_acted";
-// Block passes an action costs: skip 0, execute 1, repeat 2 (the action's number).
-inline int64_t block_passes(int32_t action) { return action; }
 
 // The number of windows W' of a sequence of T tokens: W when T >= W, else 1.
 int64_t drllm_window_count(int64_t T, int64_t windows);
