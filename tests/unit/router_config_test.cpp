@@ -80,7 +80,7 @@ TEST_F(RouterConfigTest, BadInputsGiveOneClearErrorEach) {
   expect("  capacity_target: 0\n", {"router.capacity_target", "must be in (0, 1]"});
   expect("  capacity_target: 1.5\n", {"router.capacity_target", "must be in (0, 1]"});
   expect("  capacity_weight: -1\n", {"router.capacity_weight", ">= 0"});
-  expect("  scope: attn\n", {"router.scope", "did you mean attention?"});
+  expect("  scope: atention\n", {"router.scope", "did you mean attention?"});
   expect("  unit: tokens\n", {"router.unit", "did you mean token?"});
   expect("  objective: kld\n", {"router.objective", "did you mean kl?"});
   expect("  hidden: 64\n", {"router.hidden", "configures kind: drllm only"});
@@ -89,9 +89,9 @@ TEST_F(RouterConfigTest, BadInputsGiveOneClearErrorEach) {
   expect("  search_budget: 0\n", {"router.search_budget", "at least 1"}, {"router.kind=drllm"});
   expect("  focal_gamma: -1\n", {"router.focal_gamma", ">= 0"}, {"router.kind=drllm"});
   expect("  windows: 0\n", {"router.windows", "at least 1"}, {"router.kind=drllm"});
-  expect("", {"model.init_from", "required for task.name: router"}, {"model={hidden_size: 32}"});
+  expect("", {"model.init_from", "required for task.name: router"}, {"model={hidden_size: 32, num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 64}"});
   expect("", {"parallel.sp", "must be 1 for task.name: router"}, {"parallel.sp=2"});
-  expect("", {"router.capacity_wieght", "did you mean capacity_weight"}, {"router.capacity_wieght=1"});
+  expect("", {"router.capacity_wieght", "did you mean router.capacity_weight"}, {"router.capacity_wieght=1"});
   // Router keys with another task.
   const std::string other = error(std::string(anvil::testing::kMinimal) + "router:\n  tau: 0.3\n");
   EXPECT_TRUE(contains(other, "router.tau") && contains(other, "task.name is lm") &&
