@@ -1,6 +1,6 @@
 // Layout equivalence of MindSkip router training (issue 18, label multirank): routers on layers 1
 // and 2 of a tiny 4-layer Llama backbone (trained here by rank 0), with the capacity penalty on
-// (lambda = 4, target 0.5), under dp2, dp2 + ZeRO-1, tp2 and pp2 take the same 10 steps as one
+// (lambda = 4, target 0.5, tau 0.45: each sequence crosses at its own step), under dp2, dp2 + ZeRO-1, tp2 and pp2 take the same 10 steps as one
 // process: per-step loss (the objective: LM + penalty) within 1e-5 relative, the step's capacity
 // equal, and the final router weights within 1e-5. Under pp2 the two routers sit on different
 // stages (layers 0-1 | 2-3), so the capacity of a micro-batch, and with it the penalty's value and
@@ -75,9 +75,10 @@ RunConfig config(const Layout& l) {
                                          "task.name=router",
                                          "model={init_from: " + tiny().dir + "/target}",
                                          "router.layers=[1, 2]",
+                                         "router.tau=0.45",
                                          "router.capacity_weight=4",
                                          "router.capacity_target=0.5",
-                                         "optimizer.lr=0.02",
+                                         "optimizer.lr=0.03",
                                          "optimizer.weight_decay=0",
                                          "run.threads=1",
                                          "schedule.warmup_steps=0",
