@@ -75,6 +75,8 @@ class TransformerBlock : public Module {
   void collect_router_params(std::vector<Param*>& out);
   RoutedRows routed_rows() const { return counts_; }
   void reset_routed_rows() { counts_ = {}; }
+  // The gate on a sub-block's slot (null: ungated).
+  BlockGate* gate(SubBlock sub) const { return gates_[sub == SubBlock::Attention ? 0 : 1].get(); }
 
  private:
   // x + f (written over f), or x + w * f through the sub-block's gate (saving f and w).
@@ -84,7 +86,23 @@ class TransformerBlock : public Module {
   std::unique_ptr<Module> norm1_, norm2_;
   std::unique_ptr<Attention> attn_;
   std::unique_ptr<FeedForward> ff_;
+  // ---- Layer-skip routing (hard gates, models/block_routing.cpp) ----
+  // The hard gate deciding sub-block `sub` (0 attention, 1 feed-forward): its own, or for the
+  // feed-forward the attention's when that one covers the whole block; null when not routed.
+  BlockGate* router(int sub) const;
+  Tensor sub_forward(int sub, const Tensor& n, Cache& c);
+  Tensor sub_backward(int sub, const Tensor& dn, Cache& c);
+  // norm, gate, the sub-block on the active rows only, residual: x + g f(norm(x)).
+  Tensor routed_forward(int sub, const Tensor& x, Cache& c);
+  Tensor routed_backward(int sub, const Tensor& dy, Cache& c);
+  Tensor routed_forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
+  // The gates [B, T] of sub-block `sub` for a cached call (sequence unit: the row's decision
+  // taken at its first call, remembered in kv.route).
+  Tensor cached_gates(int sub, const Tensor& n, KVLayer& kv);
+  Tensor cached_attention(const Tensor& x, const Tensor& n, const Tensor& g, KVLayer& kv, int64_t start_pos);
+  void count(int sub, int64_t run, int64_t total);
   std::unique_ptr<BlockGate> gates_[2];  // around attention, feed-forward; null = ungated
+  bool routed_ = false;                  // a hard gate on either slot
   RoutedRows counts_;
 };
 

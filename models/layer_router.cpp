@@ -93,31 +93,39 @@ std::vector<float> MindSkipRouter::logits(const Tensor& n) const {
   return z;
 }
 
-namespace {
-// g per token, host f32 [B, T], from the units' r (a sequence's decision repeated over its tokens).
-Tensor token_gates(const std::vector<float>& r, float tau, int64_t B, int64_t T) {
+Tensor MindSkipRouter::gates(const std::vector<float>& r, int64_t B, int64_t T) const {
+  ANVIL_CHECK(forced.empty() || forced.size() == r.size(), weight.name, ": ", forced.size(),
+              " forced decisions for a call of ", r.size(), " ", skip_unit_name(unit_), " units");
   Tensor g = Tensor::empty({B, T}, DType::F32);
   float* pg = g.data<float>();
-  const int64_t per_unit = static_cast<int64_t>(r.size()) == B ? T : 1;
-  for (int64_t i = 0; i < B * T; ++i) pg[i] = r[static_cast<size_t>(i / per_unit)] >= tau ? 1.0f : 0.0f;
+  const int64_t per_unit = unit_ == SkipUnit::Sequence ? T : 1;  // a sequence's decision on each of its tokens
+  for (int64_t i = 0; i < B * T; ++i) {
+    const size_t u = static_cast<size_t>(i / per_unit);
+    pg[i] = (forced.empty() ? r[u] >= tau_ : forced[u] != 0.0f) ? 1.0f : 0.0f;
+  }
   return g;
 }
-}  // namespace
+
+Tensor MindSkipRouter::probabilities(const Tensor& n) const {
+  std::vector<float> r = logits(n);
+  for (float& v : r) v = sigmoid(v);
+  return Tensor::from_vector(r, {static_cast<int64_t>(r.size())});
+}
 
 Tensor MindSkipRouter::infer(const Tensor& n) {
   std::vector<float> r = logits(n);
   for (float& v : r) v = sigmoid(v);
-  return token_gates(r, tau_, n.size(0), n.size(1));
+  return gates(r, n.size(0), n.size(1));
 }
 
 Tensor MindSkipRouter::forward(const Tensor& n, Cache& c) {
   std::vector<float> r = logits(n);
-  double gate_sum = 0;
-  for (float& v : r) {
-    v = sigmoid(v);
-    gate_sum += v >= tau_ ? 1.0 : 0.0;
-  }
+  for (float& v : r) v = sigmoid(v);
+  const Tensor g = gates(r, n.size(0), n.size(1));
   if (StepContext* ctx = c.mutable_context()) {
+    const int64_t per_unit = unit_ == SkipUnit::Sequence ? n.size(1) : 1;
+    double gate_sum = 0;
+    for (int64_t i = 0; i < g.numel(); i += per_unit) gate_sum += g.data<float>()[i];
     ctx->router_stats.gate_sum += gate_sum;
     ctx->router_stats.units += static_cast<double>(r.size());
   }
@@ -125,7 +133,7 @@ Tensor MindSkipRouter::forward(const Tensor& n, Cache& c) {
   std::copy(r.begin(), r.end(), saved_r.data<float>());
   c["n"] = n;
   c["r"] = saved_r;
-  return token_gates(r, tau_, n.size(0), n.size(1));
+  return g;
 }
 
 Tensor MindSkipRouter::backward(const Tensor& dg, Cache& c) {

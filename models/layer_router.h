@@ -65,13 +65,22 @@ class MindSkipRouter : public BlockGate {
   size_t activation_bytes(const ActivationDims& d) const override;
   GateSkip skip_unit() const override { return unit_ == SkipUnit::Sequence ? GateSkip::Sequence : GateSkip::Token; }
   bool skips_whole_block() const override { return whole_block_; }
+  // r = sigmoid(w . xbar) of each unit of n [B, T, hidden] (host f32 [B] or [B * T]).
+  Tensor probabilities(const Tensor& n) const;
   float tau() const { return tau_; }
+  SkipUnit unit() const { return unit_; }
 
   Param weight;  // [1, hidden], f32 master math
+  // Decisions to take instead of r >= tau (tests; teacher forcing): one 0 / 1 per unit of each
+  // following call (sequence unit: per row; token unit: per token of the [B, T] input), r and
+  // the gradient as usual. Empty (the default): the router decides.
+  std::vector<float> forced;
 
  private:
   // z = w . xbar per unit (host f32 [units]) from n [B, T, hidden].
   std::vector<float> logits(const Tensor& n) const;
+  // g per token, host f32 [B, T], from the units' r (or `forced`).
+  Tensor gates(const std::vector<float>& r, int64_t B, int64_t T) const;
   SkipUnit unit_;
   float tau_;
   bool whole_block_;

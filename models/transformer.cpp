@@ -207,6 +207,14 @@ RoutedRows TransformerLM::routed_rows() const {
   return total;
 }
 
+MindSkipRouter* TransformerLM::mindskip_router(int64_t layer) {
+  const int64_t i = layer - first_layer_;
+  if (i < 0 || i >= num_stage_layers()) return nullptr;
+  for (SubBlock sub : {SubBlock::Attention, SubBlock::FeedForward})
+    if (auto* r = dynamic_cast<MindSkipRouter*>(blocks_[static_cast<size_t>(i)]->gate(sub))) return r;
+  return nullptr;
+}
+
 void TransformerLM::reset_routed_rows() {
   for (auto& b : blocks_) b->reset_routed_rows();
 }

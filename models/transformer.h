@@ -249,6 +249,8 @@ class TransformerLM : public Module {
   // forwards) since the last reset_routed_rows(): without skipping run == total.
   RoutedRows routed_rows() const;
   void reset_routed_rows();
+  // The MindSkip router of global layer `layer` on this stage, or null (tests force its decisions).
+  MindSkipRouter* mindskip_router(int64_t layer);
   Communicator* tensor_parallel() const { return tp_; }
   Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
