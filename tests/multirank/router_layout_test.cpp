@@ -78,7 +78,7 @@ RunConfig config(const Layout& l) {
                                          "router.tau=0.45",
                                          "router.capacity_weight=4",
                                          "router.capacity_target=0.5",
-                                         "optimizer.lr=0.03",
+                                         "optimizer.lr=0.003",
                                          "optimizer.weight_decay=0",
                                          "run.threads=1",
                                          "schedule.warmup_steps=0",
@@ -128,19 +128,25 @@ void expect_same_training(const Layout& l) {
   Trainer t(config(l), TrainerMode::Quiet, world());
   train_checking_the_backbone(t, label);
   ASSERT_EQ(t.history().size(), ref.history().size()) << label;
-  double worst_loss = 0, lowest_capacity = 1;
+  double worst_loss = 0;
   for (size_t i = 0; i < t.history().size(); ++i) {
     const StepRecord &a = t.history()[i], &b = ref.history()[i];
     const double e = rel(a.loss, b.loss);
     worst_loss = std::max(worst_loss, e);
     EXPECT_LT(e, 1e-5) << label << " step " << i + 1 << ": " << a.loss << " vs " << b.loss;
     const double ca = metric(a, "capacity"), cb = metric(b, "capacity");
-    lowest_capacity = std::min(lowest_capacity, cb);
     EXPECT_NEAR(ca, cb, 1e-9) << label << " step " << i + 1 << ": capacity";
     EXPECT_LT(rel(metric(a, "capacity_penalty"), metric(b, "capacity_penalty")), 1e-5) << label << " step " << i + 1;
   }
-  // The penalty really acted: the capacity moved off 1 (so skipping, and the cross-stage sums, mattered).
-  EXPECT_LT(lowest_capacity, 0.95) << label;
+  // The penalty really acted: some step skipped part of its batch (so the cross-stage sums mattered).
+  bool partial = false;
+  std::string trajectory;
+  for (const StepRecord& r : ref.history()) {
+    const double c = metric(r, "capacity");
+    partial |= c > 0 && c < 1;
+    trajectory += " " + std::to_string(c).substr(0, 5);
+  }
+  EXPECT_TRUE(partial) << label << ": capacity per step" << trajectory;
   double worst_weight = 0;
   const std::vector<Param*> routers = t.model().router_params();
   EXPECT_EQ(routers.size(), l.pp > 1 ? 1u : 2u) << label << ": a stage holds its own layers' routers";
@@ -150,8 +156,8 @@ void expect_same_training(const Layout& l) {
     EXPECT_LT(e, 1e-5) << label << " " << p->name;
   }
   if (is_root())
-    std::printf("[%s] max per-step loss deviation %.2e, final router weights %.2e, lowest capacity %.3f\n",
-                label.c_str(), worst_loss, worst_weight, lowest_capacity);
+    std::printf("[%s] max per-step loss deviation %.2e, final router weights %.2e, capacity per step%s\n",
+                label.c_str(), worst_loss, worst_weight, trajectory.c_str());
 }
 
 }  // namespace
