@@ -94,6 +94,25 @@ TEST(MindSkipTask, StartsAsTheBackboneThenOnlyTheRoutersMoveTowardTheTarget) {
   Trainer t(config, TrainerMode::Quiet);
   ASSERT_EQ(t.model().router_params().size(), 2u);
   const std::map<std::string, Tensor> before = snapshot(t.model().params());
+  t.train(1);  // stops after step 1 with a checkpoint
+  // After 1 step (some sequences skip): the trainer's evaluation (through the pipeline) and `anvil
+  // eval --routers` (plain forwards of the model loaded from the step-1 checkpoint) over the same
+  // two validation batches agree on the loss and the capacity.
+  const double val_loss = t.evaluate(2);
+  double val_capacity = -1;
+  for (const auto& [name, value] : t.evaluation_metrics())
+    if (name == "capacity") val_capacity = value;
+  const std::string anvil = ANVIL_BINARY;
+  const std::string ev = anvil::testing::must_run(anvil + " eval --routers " + config.run.out_dir + " --batches 2");
+  double cli_loss = -1, cli_ppl = -1, cli_capacity = -1;
+  const size_t at = ev.find("validation loss");
+  ASSERT_NE(at, std::string::npos) << ev;
+  ASSERT_EQ(std::sscanf(ev.c_str() + at, "validation loss %lf, perplexity %lf, capacity %lf", &cli_loss, &cli_ppl,
+                        &cli_capacity), 3) << ev;
+  EXPECT_NEAR(cli_loss, val_loss, 1e-4) << ev;
+  EXPECT_NEAR(cli_capacity, val_capacity, 1e-4) << ev;
+  EXPECT_GT(val_capacity, 0.0) << ev;
+  EXPECT_LT(val_capacity, 1.0) << ev;
   t.train();
   const std::vector<StepRecord>& h = t.history();
   ASSERT_EQ(h.size(), 6u);
@@ -112,6 +131,9 @@ TEST(MindSkipTask, StartsAsTheBackboneThenOnlyTheRoutersMoveTowardTheTarget) {
   EXPECT_TRUE(partial) << "no step skipped part of the batch";
   EXPECT_LT(metric(h.back(), "capacity"), 0.9);
   EXPECT_LT(metric(h.back(), "capacity_penalty"), metric(h[0], "capacity_penalty"));
+  // Both routers count one unit per sequence: the capacity is the mean of the layers' run shares.
+  for (const StepRecord& r : h)
+    EXPECT_NEAR(metric(r, "capacity"), 1.0 - (metric(r, "skip_l1") + metric(r, "skip_l2")) / 2, 1e-12);
   for (const Param* p : t.model().params()) {
     if (is_router(p->name)) {
       EXPECT_TRUE(p->trainable) << p->name;
@@ -145,9 +167,6 @@ TEST(MindSkipTask, StartsAsTheBackboneThenOnlyTheRoutersMoveTowardTheTarget) {
     EXPECT_TRUE(bitwise_equal(p->value, trained.at(p->name))) << p->name;
 
   // The CLI: eval --routers reports the capacity, generate --routers decodes.
-  const std::string anvil = ANVIL_BINARY;
-  const std::string ev = anvil::testing::must_run(anvil + " eval --routers " + config.run.out_dir + " --batches 2");
-  EXPECT_NE(ev.find("capacity"), std::string::npos) << ev;
   const std::string gen = anvil::testing::must_run(anvil + " generate --routers " + config.run.out_dir +
                                                    " --checkpoint " + backbone_dir() +
                                                    " --prompt 'the program' --max-tokens 4 --temperature 0");
