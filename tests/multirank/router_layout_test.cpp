@@ -2,7 +2,7 @@
 // and 2 of a tiny 4-layer Llama backbone (trained here by rank 0), with the capacity penalty on
 // (lambda = 4, target 0.5, tau 0.45: each sequence crosses at its own step), under dp2, dp2 + ZeRO-1, tp2 and pp2 take the same 10 steps as one
 // process: per-step loss (the objective: LM + penalty) within 1e-5 relative, the step's capacity
-// equal, and the final router weights within 1e-5. Under pp2 the two routers sit on different
+// and per-layer skip ratios equal, and the final router weights within 1e-5. Under pp2 the two routers sit on different
 // stages (layers 0-1 | 2-3), so the capacity of a micro-batch, and with it the penalty's value and
 // its gradient on both stages, needs the side channel (parallel/pipeline_stage.h); under dp2 the
 // capacity is the global micro-batch's (all-reduced on the last stage), so a per-rank capacity
@@ -136,6 +136,8 @@ void expect_same_training(const Layout& l) {
     EXPECT_LT(e, 1e-5) << label << " step " << i + 1 << ": " << a.loss << " vs " << b.loss;
     const double ca = metric(a, "capacity"), cb = metric(b, "capacity");
     EXPECT_NEAR(ca, cb, 1e-9) << label << " step " << i + 1 << ": capacity";
+    for (const char* layer : {"skip_l1", "skip_l2"})  // each on its own stage under pp2
+      EXPECT_NEAR(metric(a, layer), metric(b, layer), 1e-9) << label << " step " << i + 1 << ": " << layer;
     EXPECT_LT(rel(metric(a, "capacity_penalty"), metric(b, "capacity_penalty")), 1e-5) << label << " step " << i + 1;
   }
   // The penalty really acted: some step skipped part of its batch (so the cross-stage sums mattered).
