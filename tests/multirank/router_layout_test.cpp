@@ -1,12 +1,14 @@
 // Layout equivalence of MindSkip router training (issue 18, label multirank): routers on layers 1
-// and 2 of a tiny 4-layer Llama backbone (trained here by rank 0), with the capacity penalty on
-// (lambda = 4, target 0.5, tau 0.45: each sequence crosses at its own step), under dp2, dp2 + ZeRO-1, tp2 and pp2 take the same 10 steps as one
-// process: per-step loss (the objective: LM + penalty) within 1e-5 relative, the step's capacity
-// and per-layer skip ratios equal, and the final router weights within 1e-5. Under pp2 the two routers sit on different
-// stages (layers 0-1 | 2-3), so the capacity of a micro-batch, and with it the penalty's value and
-// its gradient on both stages, needs the side channel (parallel/pipeline_stage.h); under dp2 the
-// capacity is the global micro-batch's (all-reduced on the last stage), so a per-rank capacity
-// would differ here. The backbone stays frozen and bitwise its checkpoint on every rank.
+// and 2 of a tiny 4-layer Llama backbone (trained here by rank 0), capacity penalty on (lambda 4,
+// target 0.5; tau 0.45, so each sequence's gate closes at its own step), under dp2, dp2 + ZeRO-1,
+// tp2 and pp2 take the same 10 steps as one process: per-step loss (the objective: LM + penalty)
+// within 1e-5 relative, the step's capacity and per-layer skip ratios equal, and the final router
+// weights within 1e-5; some step skips part of its batch. Under pp2 the two routers sit on
+// different stages (layers 0-1 | 2-3), so a micro-batch's capacity, and with it the penalty's
+// value and its gradient on both stages, needs the side channel (parallel/pipeline_stage.h);
+// under dp2 the capacity is the global micro-batch's (all-reduced on the last stage): a stage- or
+// rank-local capacity fails here (checked by breaking each). The backbone stays frozen and
+// bitwise its checkpoint on every rank.
 // AdamW at its default eps (1e-8): a router's gradient is a sum over whole sequences, far from
 // the cancelling near-zero entries that made lora_layout_test raise eps. The gates are 0/1
 // decisions on r >= tau; a reduction-order difference could flip one whose r sits within ~1e-7
