@@ -1,12 +1,15 @@
 // MindSkip routers inside one transformer block (models/layer_router.h, models/block_routing.cpp):
 // the gate at a known logit, sigma'(0) = 1/4, the straight-through gradients against finite
 // differences of the surrogate loss, a token-unit attention against an explicit attention over
-// the active tokens, and a routed stack of blocks against the naive soft-gated computation.
+// the active tokens, a routed stack of blocks against the naive soft-gated computation, and the
+// row gather / scatter kernels.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "kernels/elementwise.h"
+#include "kernels/route_rows.h"
 #include "models/block.h"
 #include "models/layer_router.h"
 #include "tests/support/reference.h"
@@ -169,24 +172,13 @@ double surrogate(RoutedBlock& rb, SkipScope scope, const Tensor& x, const Tensor
   };
   const Tensor n1 = rb.norm1->infer(x);
   double penalty = 0;
-  Tensor h;
-  if (scope == SkipScope::Attention) {
-    auto [s, p] = gates(n1, true);
-    penalty = p;
-    h = plus_scaled(x, rb.attn->infer(n1), s);
-  } else {
-    h = plus_scaled(x, rb.attn->infer(n1), std::vector<double>(static_cast<size_t>(x.size(0)), 1.0));
-  }
+  std::vector<double> s(static_cast<size_t>(x.size(0)), 1.0);  // the attention's scale (block scope: both)
+  if (scope != SkipScope::FeedForward) std::tie(s, penalty) = gates(n1, true);
+  const Tensor h = plus_scaled(x, rb.attn->infer(n1), s);
   const Tensor n2 = rb.norm2->infer(h);
-  Tensor y;
-  if (scope == SkipScope::FeedForward) {
-    auto [s, p] = gates(n2, false);
-    penalty = p;
-    y = plus_scaled(h, rb.ff->infer(n2), s);
-  } else {
-    y = plus_scaled(h, rb.ff->infer(n2), std::vector<double>(static_cast<size_t>(x.size(0)), 1.0));
-  }
-  return dot(y, R) + penalty;
+  if (scope == SkipScope::Attention) s.assign(s.size(), 1.0);
+  if (scope == SkipScope::FeedForward) std::tie(s, penalty) = gates(n2, false);
+  return dot(plus_scaled(h, rb.ff->infer(n2), s), R) + penalty;
 }
 }  // namespace
 
@@ -195,14 +187,15 @@ TEST(RouterBlock, StraightThroughGradientsMatchFiniteDifferences) {
     SkipScope scope;
     SkipUnit unit;
   };
-  for (const Case k : {Case{SkipScope::Attention, SkipUnit::Sequence}, Case{SkipScope::FeedForward, SkipUnit::Token}}) {
+  for (const Case k : {Case{SkipScope::Attention, SkipUnit::Sequence}, Case{SkipScope::FeedForward, SkipUnit::Token},
+                       Case{SkipScope::Block, SkipUnit::Sequence}}) {
     RoutedBlock rb(k.scope, k.unit);
     rb.router->weight.value.copy_(random_tensor({1, 16}, 9, -2.0f, 2.0f));
     Tensor x = random_tensor({3, 4, 16}, 6);
     const Tensor R = random_tensor({3, 4, 16}, 7);
     const float cap = 0.3f;
     // The decisions and r at the base point, then held fixed.
-    Tensor n = k.scope == SkipScope::Attention ? rb.norm1->infer(x)
+    Tensor n = k.scope != SkipScope::FeedForward ? rb.norm1->infer(x)
                                                : rb.norm2->infer(plus_scaled(x, rb.attn->infer(rb.norm1->infer(x)),
                                                                              {1.0, 1.0, 1.0}));
     const Tensor r = rb.router->probabilities(n);
@@ -230,10 +223,10 @@ TEST(RouterBlock, StraightThroughGradientsMatchFiniteDifferences) {
       const double down = loss();
       x.copy_(x0);
       const double numeric = (up - down) / (2 * e), analytic = dot(dx, v);
-      EXPECT_NEAR(analytic, numeric, 1e-2 * std::fabs(numeric) + 1e-3) << skip_unit_name(k.unit) << " direction " << dir;
+      EXPECT_NEAR(analytic, numeric, 1e-2 * std::fabs(numeric) + 1e-3) << skip_scope_name(k.scope) << " direction " << dir;
     }
     EXPECT_GT(kernels::max_abs(num_dw), 1e-3);
-    EXPECT_LE(max_abs_diff(rb.router->weight.grad, num_dw) / kernels::max_abs(num_dw), 2e-2) << skip_unit_name(k.unit);
+    EXPECT_LE(max_abs_diff(rb.router->weight.grad, num_dw) / kernels::max_abs(num_dw), 2e-2) << skip_scope_name(k.scope);
   }
 }
 
@@ -412,4 +405,29 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
       EXPECT_EQ(sub == 0 ? rows.attention_total : rows.mlp_total, B * T) << what;
     }
   }
+}
+
+TEST(RouteRows, GatherPadsScatterAddsAndBadIndicesAreNamed) {
+  const Tensor full = random_tensor({4, 3}, 60);
+  const Tensor index = Tensor::from_vector(std::vector<int32_t>{2, -1, 0}, {3});
+  Tensor out = Tensor::empty({3, 3});
+  kernels::gather_rows(full, index, out);
+  for (int64_t j = 0; j < 3; ++j) {
+    EXPECT_EQ(out.data<float>()[j], full.data<float>()[2 * 3 + j]);
+    EXPECT_EQ(out.data<float>()[3 + j], 0.0f);
+    EXPECT_EQ(out.data<float>()[6 + j], full.data<float>()[j]);
+  }
+  Tensor target = full.clone();
+  kernels::scatter_add_rows(out, index, target);
+  EXPECT_EQ(target.data<float>()[2 * 3 + 1], 2 * full.data<float>()[2 * 3 + 1]);
+  EXPECT_EQ(target.data<float>()[3 + 1], full.data<float>()[3 + 1]);  // row 1 took only padding
+  Tensor dots = Tensor::empty({3});
+  kernels::row_dot(out, out, dots);
+  EXPECT_NEAR(dots.data<float>()[0], dot(full.slice(0, 2, 3).contiguous(), full.slice(0, 2, 3).contiguous()), 1e-6);
+  const Tensor bad = Tensor::from_vector(std::vector<int32_t>{4, 0, 1}, {3});
+  EXPECT_NE(error_of([&] { kernels::gather_rows(full, bad, out); }).find("index 4 at slot 0 is outside [-1, 4)"),
+            std::string::npos);
+  const Tensor twice = Tensor::from_vector(std::vector<int32_t>{1, 1, -1}, {3});
+  EXPECT_NE(error_of([&] { kernels::scatter_add_rows(out, twice, target); }).find("row 1 appears twice"),
+            std::string::npos);
 }

@@ -185,3 +185,41 @@ TEST(RouterModel, EarlyExitEqualsTheTruncatedModel) {
     EXPECT_NE(error_of([&] { full->forward_cached(ids, kv, false, nullptr, bad); }).find("exit_layer"),
               std::string::npos);
 }
+
+TEST(RouterModel, FrozenBackboneTrainsOnlyTheRoutersAndCacheResetForgetsDecisions) {
+  const ModelConfig c = spec_llama(3);
+  const RouterSpec rs = spec_of(SkipScope::Attention, SkipUnit::Sequence);
+  std::unique_ptr<TransformerLM> m;
+  {
+    FrozenParamScope frozen;  // how the router task builds its backbone
+    m = make_model(c, &rs, 8.0f);
+  }
+  for (Param* p : m->router_params()) p->set_trainable(true);
+  const Tensor ids = random_ids({3, 8}, 48, 12), targets = random_ids({3, 8}, 48, 13);
+  std::vector<Tensor> grads;
+  for (float capacity_grad : {0.0f, 0.5f}) {
+    for (Param* p : m->router_params()) p->zero_grad();
+    Cache cache;
+    auto ctx = std::make_shared<StepContext>();
+    cache.set_context(ctx);
+    m->forward_loss(ids, targets, cache);
+    ctx->router_capacity_grad = capacity_grad;
+    m->backward_loss(cache);
+    for (Param* p : m->params())
+      if (p->name.find(".router.") == std::string::npos) EXPECT_FALSE(p->grad.defined()) << p->name;
+    grads.push_back(m->router_params()[1]->grad.clone());
+    EXPECT_GT(kernels::max_abs(grads.back()), 0.0);
+  }
+  EXPECT_GT(max_abs_diff(grads[0], grads[1]), 1e-6) << "the capacity gradient reaches the router";
+
+  KVCache kv(c, 3, 8);
+  const Tensor first = cached_logits(*m, kv, ids, 3);
+  const std::vector<int8_t> decided = kv.layer(1).route->run;
+  kv.reset();
+  EXPECT_EQ(kv.layer(1).route->run, std::vector<int8_t>(3, -1));
+  // A different prompt length decides afresh: prefill over 6 tokens instead of 3.
+  cached_logits(*m, kv, ids, 6);
+  kv.reset();
+  EXPECT_EQ(max_abs_diff(cached_logits(*m, kv, ids, 3), first), 0.0);
+  EXPECT_EQ(kv.layer(1).route->run, decided);
+}
