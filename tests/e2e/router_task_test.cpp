@@ -5,7 +5,8 @@
 // the routers move (every backbone param stays bitwise its checkpoint's and has no gradient
 // buffer) and the checkpoint holds the routers alone; a resumed run continues bitwise; objective
 // kl starts at zero divergence. load_model, `anvil eval --routers` and `anvil generate --routers`
-// load backbone + routers; routers on another backbone are one clear error.
+// load backbone + routers; routers on another backbone, or a backbone that moved, are one clear
+// error each.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -204,6 +205,20 @@ TEST(MindSkipTask, ResumesBitwiseAndRefusesAnotherBackbone) {
   const std::string swapped =
       error_of([&] { load_model(routers, {{}, {}, {}, {"model.init_from=" + tiny().dir + "/other"}}); });
   EXPECT_NE(swapped.find("router"), std::string::npos) << swapped;
+}
+
+TEST(MindSkipTask, ABackboneThatMovedIsOneClearError) {
+  const std::string moved = tiny().dir + "/moved_backbone";
+  fs::copy(backbone_dir(), moved, fs::copy_options::recursive);
+  Trainer t(router_config("moved_run", {"model={init_from: " + moved + "}", "training.steps=1"}), TrainerMode::Quiet);
+  t.train();
+  fs::remove_all(moved);
+  const std::string msg = error_of([&] { load_model(tiny().dir + "/moved_run"); });
+  EXPECT_NE(msg.find("was trained on the backbone"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("no longer exists"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--set model.init_from=PATH"), std::string::npos) << msg;
+  // Pointed at the backbone's other copy, it loads.
+  EXPECT_NO_THROW(load_model(tiny().dir + "/moved_run", {{}, {}, {}, {"model.init_from=" + backbone_dir()}}));
 }
 
 TEST(MindSkipTask, KlObjectiveStartsAtZeroDivergence) {
