@@ -128,6 +128,9 @@ Tensor MindSkipRouter::forward(const Tensor& n, Cache& c) {
     for (int64_t i = 0; i < g.numel(); i += per_unit) gate_sum += g.data<float>()[i];
     ctx->router_stats.gate_sum += gate_sum;
     ctx->router_stats.units += static_cast<double>(r.size());
+    std::pair<double, double>& mine = ctx->router_stats.per_router[weight.name];  // per-layer skip ratios
+    mine.first += gate_sum;
+    mine.second += static_cast<double>(r.size());
   }
   Tensor saved_r = Tensor::empty({static_cast<int64_t>(r.size())}, DType::F32);
   std::copy(r.begin(), r.end(), saved_r.data<float>());

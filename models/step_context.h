@@ -3,7 +3,9 @@
 // sequence-parallel group of this micro-batch. One per micro-batch; the caller sets it on the
 // root Cache (Cache::set_context) and every module reads it through its own Cache.
 #pragma once
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -67,6 +69,8 @@ struct DropoutKey {
 struct RouterGateStats {
   double gate_sum = 0;  // sum of g over every router unit of this stage's router layers
   double units = 0;     // number of (layer, unit) pairs counted (sequence unit: B per layer; token: B x T)
+  // The same per router, keyed by its weight's name (e.g. model.layers.3.router.weight): {gate_sum, units}.
+  std::map<std::string, std::pair<double, double>> per_router;
 };
 
 struct StepContext {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "models/family.h"
 #include "parallel/data_parallel.h"
 #include "parallel/pipeline_schedule.h"
 #include "trainer/batch_context.h"
@@ -11,8 +12,20 @@
 
 namespace anvil {
 
+std::vector<GateTotals> gate_totals(const std::vector<double>& stats) {
+  std::vector<GateTotals> out;
+  for (size_t i = 0; i + 1 < stats.size(); i += 2) out.push_back({stats[i], stats[i + 1]});
+  return out;
+}
+
 RoutedStage::RoutedStage(TransformerLM& model, double capacity_weight, double capacity_target)
-    : TransformerStage(model), weight_(capacity_weight), target_(capacity_target) {}
+    : TransformerStage(model), weight_(capacity_weight), target_(capacity_target) {
+  if (const RouterSpec* spec = model.routers()) {
+    router_layers_ = spec->layers;
+    for (int64_t layer : spec->layers)
+      router_keys_.push_back(family_of(model.config()).layer(layer) + ".router.weight");
+  }
+}
 
 void RoutedStage::set_routed_inputs(std::vector<Tensor> ids, std::vector<std::shared_ptr<StepContext>> contexts,
                                     float loss_scale) {
@@ -21,7 +34,7 @@ void RoutedStage::set_routed_inputs(std::vector<Tensor> ids, std::vector<std::sh
     if (!c) c = std::make_shared<StepContext>();  // the routers report their gates into it
   contexts_ = contexts;
   loss_scale_ = loss_scale;
-  step_totals_ = {};
+  step_totals_.assign(1 + router_keys_.size(), GateTotals{});
   set_inputs(std::move(ids), std::move(contexts));
 }
 
@@ -34,7 +47,13 @@ Tensor RoutedStage::forward(int m, const Tensor& input, bool for_backward) {
 
 std::vector<float> RoutedStage::forward_stats(int m) const {
   const RouterGateStats& s = contexts_.at(m)->router_stats;
-  return {static_cast<float>(s.gate_sum), static_cast<float>(s.units)};
+  std::vector<float> out = {static_cast<float>(s.gate_sum), static_cast<float>(s.units)};
+  for (const std::string& key : router_keys_) {  // zeros for the other stages' routers
+    const auto it = s.per_router.find(key);
+    out.push_back(it == s.per_router.end() ? 0.0f : static_cast<float>(it->second.first));
+    out.push_back(it == s.per_router.end() ? 0.0f : static_cast<float>(it->second.second));
+  }
+  return out;
 }
 
 double RoutedStage::penalty(const GateTotals& t) const { return weight_ * std::max(0.0, t.capacity() - target_); }
@@ -46,10 +65,12 @@ float RoutedStage::capacity_grad(const GateTotals& t) const {
 }
 
 void RoutedStage::set_stat_totals(int m, const std::vector<float>& totals) {
-  const GateTotals t{totals.at(0), totals.at(1)};
-  step_totals_.gate_sum += t.gate_sum;
-  step_totals_.units += t.units;
-  contexts_.at(m)->router_capacity_grad = capacity_grad(t);
+  const std::vector<GateTotals> t = gate_totals(std::vector<double>(totals.begin(), totals.end()));
+  for (size_t k = 0; k < t.size() && k < step_totals_.size(); ++k) {
+    step_totals_[k].gate_sum += t[k].gate_sum;
+    step_totals_[k].units += t[k].units;
+  }
+  contexts_.at(m)->router_capacity_grad = capacity_grad(t.at(0));
 }
 
 RoutedLoss::RoutedLoss(RoutedStage& stage, PipelineLoss& objective, Communicator* data_group)
@@ -59,23 +80,19 @@ void RoutedLoss::begin(bool training, float loss_scale) {
   training_ = training;
   loss_scale_ = loss_scale;
   totals_.clear();
-  eval_totals_ = {};
+  eval_stats_.assign(stage_.stat_count(), 0.0);
   step_penalty_ = 0;
 }
 
 std::vector<float> RoutedLoss::reduce_stats(int m, std::vector<float> totals) {
-  GateTotals t{totals.at(0), totals.at(1)};
-  if (training_ && data_group_) {  // the global micro-batch's: every dp rank's last stage, in micro-batch order
-    const std::vector<double> sums = all_reduce_sum(*data_group_, std::vector<double>{t.gate_sum, t.units});
-    t = {sums[0], sums[1]};
-  }
+  std::vector<double> stats(totals.begin(), totals.end());
+  // The global micro-batch's: every dp rank's last stage, in micro-batch order.
+  if (training_ && data_group_) stats = all_reduce_sum(*data_group_, stats);
   if (static_cast<int>(totals_.size()) <= m) totals_.resize(m + 1);
-  totals_[m] = t;
-  if (!training_) {
-    eval_totals_.gate_sum += t.gate_sum;
-    eval_totals_.units += t.units;
-  }
-  return {static_cast<float>(t.gate_sum), static_cast<float>(t.units)};
+  totals_[m] = gate_totals(stats).at(0);
+  if (!training_)
+    for (size_t i = 0; i < stats.size(); ++i) eval_stats_[i] += stats[i];
+  return std::vector<float>(stats.begin(), stats.end());
 }
 
 PipelineLoss::Value RoutedLoss::forward(int m, const Tensor& hidden, bool for_backward) {
@@ -90,6 +107,17 @@ PipelineLoss::Value RoutedLoss::forward(int m, const Tensor& hidden, bool for_ba
   }
   return v;
 }
+
+namespace {
+// capacity and each router layer's skip ratio from [0] total and [1 + k] per-layer totals.
+std::vector<std::pair<std::string, double>> gate_metrics(const std::vector<GateTotals>& t,
+                                                         const std::vector<int64_t>& layers) {
+  std::vector<std::pair<std::string, double>> out = {{"capacity", t.at(0).capacity()}};
+  for (size_t k = 0; k < layers.size() && k + 1 < t.size(); ++k)
+    out.emplace_back("skip_l" + std::to_string(layers[k]), 1.0 - t[k + 1].capacity());
+  return out;
+}
+}  // namespace
 
 void MindSkipTask::build(const TaskEnv& env) {
   env_ = env;
@@ -146,14 +174,16 @@ std::vector<std::pair<std::string, double>> MindSkipTask::step_metrics() {
   // penalty is the last stage's, shared over pp so every rank logs the same.
   double penalty = loss_->step_penalty();
   if (env_.pp) penalty = all_reduce_sum(*env_.pp, penalty);
-  return {{"capacity", stage_->step_totals().capacity()}, {"capacity_penalty", penalty}};
+  std::vector<std::pair<std::string, double>> metrics = gate_metrics(stage_->step_totals(), stage_->router_layers());
+  metrics.insert(metrics.begin() + 1, {"capacity_penalty", penalty});
+  return metrics;
 }
 
 std::vector<std::pair<std::string, double>> MindSkipTask::eval_metrics() {
-  std::vector<double> sums = {loss_->eval_totals().gate_sum, loss_->eval_totals().units};
+  std::vector<double> sums = loss_->eval_stats();
   if (env_.pp) sums = all_reduce_sum(*env_.pp, sums);  // only the last stage holds the totals
   if (env_.data_group) sums = all_reduce_sum(*env_.data_group, sums);
-  return {{"capacity", GateTotals{sums[0], sums[1]}.capacity()}};
+  return gate_metrics(gate_totals(sums), stage_->router_layers());
 }
 
 }  // namespace anvil

@@ -19,10 +19,12 @@
 // the last stage, and come back with the gradient, so each stage knows c_m before its backward.
 // The logged training loss is the objective (LM or KL + penalty); validation scores the LM (or
 // KL) alone.
-// Metrics: `capacity` (the step's gates over its units, every rank and stage) and
-// `capacity_penalty`; after evaluation val_capacity.
+// Metrics: `capacity` (the step's gates over its units, every rank and stage), `capacity_penalty`
+// and per router layer i `skip_l<i>`, the share of its units skipped; after evaluation
+// val_capacity and val_skip_l<i>. The side channel carries [gates, units] in total and per layer.
 #pragma once
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -41,7 +43,9 @@ struct GateTotals {
 
 // A routed TransformerLM's stage: its forward collects the routers' gate statistics of each
 // micro-batch (StepContext::router_stats), the side channel sums them over the stages, and before
-// backward m it sets m's capacity-penalty gradient on m's step context.
+// backward m it sets m's capacity-penalty gradient on m's step context. The statistics of a
+// micro-batch: [gates, units] over every router layer, then the same per router layer (in the
+// spec's order; a stage fills its own layers' entries).
 class RoutedStage : public TransformerStage {
  public:
   // capacity_weight lambda and capacity_target of the penalty.
@@ -52,25 +56,33 @@ class RoutedStage : public TransformerStage {
                          float loss_scale);
 
   Tensor forward(int m, const Tensor& input, bool for_backward) override;
-  int stat_count() const override { return 2; }
+  int stat_count() const override { return 2 + 2 * static_cast<int>(router_keys_.size()); }
   std::vector<float> forward_stats(int m) const override;
   void set_stat_totals(int m, const std::vector<float>& totals) override;
 
   // The penalty's value and dP/dg for micro-batch m's global totals.
   double penalty(const GateTotals& totals) const;
   float capacity_grad(const GateTotals& totals) const;
-  // The global totals of the training step's micro-batches so far (set_stat_totals), on every stage.
-  const GateTotals& step_totals() const { return step_totals_; }
+  // The global totals of the training step's micro-batches so far (set_stat_totals), on every
+  // stage: [0] over every router layer, [1 + k] router layer k's.
+  const std::vector<GateTotals>& step_totals() const { return step_totals_; }
+  // The global layer of each router (the spec's layers).
+  const std::vector<int64_t>& router_layers() const { return router_layers_; }
 
  private:
   double weight_, target_;
   float loss_scale_ = 0;
+  std::vector<int64_t> router_layers_;
+  std::vector<std::string> router_keys_;  // each router's weight name (RouterGateStats::per_router)
   std::vector<std::shared_ptr<StepContext>> contexts_;
-  GateTotals step_totals_;
+  std::vector<GateTotals> step_totals_;
 };
 
+// The side channel's statistics as totals: [0] over every layer, [1 + k] router layer k's.
+std::vector<GateTotals> gate_totals(const std::vector<double>& stats);
+
 // The objective's loss (CausalLMLoss or the KL's DistillPipelineLoss) plus the capacity penalty
-// on the last stage; reduce_stats all-reduces the gate totals over the data group in training.
+// on the last stage; reduce_stats all-reduces the gate statistics over the data group in training.
 class RoutedLoss : public PipelineLoss {
  public:
   RoutedLoss(RoutedStage& stage, PipelineLoss& objective, Communicator* data_group);
@@ -81,8 +93,8 @@ class RoutedLoss : public PipelineLoss {
   Tensor backward(int m) override { return objective_.backward(m); }
   size_t saved_bytes() const override { return objective_.saved_bytes(); }
 
-  // Evaluation: this rank's totals over the pass (this data-parallel rank's micro-batches).
-  const GateTotals& eval_totals() const { return eval_totals_; }
+  // Evaluation: this rank's statistics summed over the pass (this data-parallel rank's micro-batches).
+  const std::vector<double>& eval_stats() const { return eval_stats_; }
   double step_penalty() const { return step_penalty_; }
 
  private:
@@ -91,8 +103,8 @@ class RoutedLoss : public PipelineLoss {
   Communicator* data_group_;
   bool training_ = false;
   float loss_scale_ = 0;
-  std::vector<GateTotals> totals_;  // per micro-batch (global in training)
-  GateTotals eval_totals_;
+  std::vector<GateTotals> totals_;  // per micro-batch, over every layer (global in training)
+  std::vector<double> eval_stats_;
   double step_penalty_ = 0;
 };
 
