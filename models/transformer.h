@@ -255,7 +255,9 @@ class TransformerLM : public Module {
   // execute or repeat. Training forwards follow StepContext::layer_actions when set (else the
   // routers' argmax) and record each routed layer's router input in StepContext::drllm_inputs;
   // a layer where some row skips or repeats saves nothing for a backward (the backbone is frozen:
-  // backward through it throws). forward_cached decides at each row's prefill and keeps the
+  // backward through it throws). Each routed layer adds its block passes (0, 1, 2 per sequence) to
+  // StepContext::router_stats (capacity = passes / (routed layers x sequences): 1 = the backbone's
+  // compute, above 1 with repeats). forward_cached decides at each row's prefill and keeps the
   // decision in the KVCache (KVCache::block_action; repeats write KVCache::repeat_layer).
   DrLLMRouters* drllm_routers() { return drllm_.get(); }
   // ---- end Dr.LLM ----

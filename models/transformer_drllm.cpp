@@ -38,6 +38,11 @@ Tensor TransformerLM::drllm_layer(size_t i, const Tensor& x, Cache& c) {
     const Tensor ac = a.contiguous();
     for (int64_t b = 0; b < B; ++b) actions[static_cast<size_t>(b)] = ac.data<int32_t>()[b * a.size(1) + layer];
   }
+  if (router)
+    if (StepContext* mutable_ctx = c.mutable_context()) {  // capacity: block passes per routed (layer, sequence)
+      for (int32_t a : actions) mutable_ctx->router_stats.gate_sum += a;
+      mutable_ctx->router_stats.units += static_cast<double>(B);
+    }
   if (all_execute(actions)) return blocks_[i]->forward(x, c.child(1 + i));  // the backbone's own path
   c.child(1 + i)[kDrLLMActed] = Tensor::zeros({1});
   return forward_block_actions(*blocks_[i], x, actions, ctx);
