@@ -57,7 +57,7 @@ class SelfSpeculativeBatch {
 
   // Row b's prompt and every token committed since (the cache holds all but the last).
   const std::vector<int32_t>& committed(int64_t b) const { return rows_.committed[static_cast<size_t>(b)]; }
-  const KVCache& cache() const { return kv_; }
+  KVCache& cache() { return kv_; }  // the shared cache (tests compare it with a full recompute)
   int64_t batch() const { return rows_.batch(); }
 
  private:
