@@ -117,9 +117,10 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
+    std::vector<std::string> paths = {a.base};  // as given (the summary matches them to its runs)
+    paths.insert(paths.end(), a.routed.begin(), a.routed.end());
     std::vector<LoadedModel> models;
-    models.push_back(load_model(a.base));
-    for (const std::string& r : a.routed) models.push_back(load_model(r));
+    for (const std::string& path : paths) models.push_back(load_model(path));
     if (models[0].config.run.threads > 0) omp_set_num_threads(static_cast<int>(models[0].config.run.threads));
     const int64_t B = a.batch, P = a.prompt_tokens, N = a.new_tokens;
     for (const LoadedModel& m : models)
@@ -149,7 +150,8 @@ int main(int argc, char** argv) {
       for (size_t k = 0; k < last[i].tokens.size(); ++k) same += last[i].tokens[k] == last[0].tokens[k];
       const double agree = static_cast<double>(same) / static_cast<double>(last[i].tokens.size());
       std::printf("%-60s %12.1f %12.1f %8.3fx %8.3fx %8.3f\n", models[i].source.c_str(), pf, dc, pf_x, dc_x, agree);
-      rows.push_back({{"checkpoint", models[i].source},
+      rows.push_back({{"path", paths[i]},
+                      {"checkpoint", models[i].source},
                       {"base", i == 0},
                       {"prefill_tokens_per_second", pf},
                       {"decode_tokens_per_second", dc},
