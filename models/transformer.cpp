@@ -137,10 +137,9 @@ void TransformerLM::check_cache(const KVCache& kv, int64_t B, const char* where)
   ANVIL_CHECK(kv.batch() == B, where, ": the input has batch ", B, " but the KVCache was built for batch ", kv.batch());
 }
 
-Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t first,
-                                   int64_t end) {
+Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps) {
   if (taps) taps->states.assign(taps->layers.size(), Tensor());
-  for (size_t i = static_cast<size_t>(first); i < static_cast<size_t>(end); ++i) {
+  for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
     if (taps)
       for (size_t k = 0; k < taps->layers.size(); ++k)
@@ -157,17 +156,13 @@ Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_p
   return infer_head(x);
 }
 
-Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps, int64_t exit_layer) {
+Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps) {
   check_dtype(ids, DType::I32, "token ids");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
   const int64_t B = ids.size(0), T = ids.size(1);
   const kernels::DecodeMatmulScope few_rows;  // a few token rows per weight: read each weight once
   check_cache(kv, B, "forward_cached");
-  const int64_t L = config_.num_hidden_layers;
-  if (exit_layer == -1) exit_layer = L;
-  ANVIL_CHECK(exit_layer >= 1 && exit_layer <= L, "forward_cached: exit layer ", exit_layer, " is outside [1, ", L,
-              "] — early exit runs the first 1 .. ", L, " layers of this model");
   if (taps)
     for (int64_t layer : taps->layers)
       ANVIL_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "hidden taps: layer ", layer,
@@ -186,7 +181,7 @@ Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, Hidd
   } else if (wpe_) {
     add_position_embeddings(x, positions.to(device()));
   }
-  x = blocks_cached(std::move(x), kv, start, taps, 0, exit_layer);
+  x = blocks_cached(std::move(x), kv, start, taps);
   return norm_f_->infer(x);
 }
 
@@ -196,17 +191,14 @@ Tensor TransformerLM::infer_head(const Tensor& hidden) {
   return head_->infer(hidden);
 }
 
-Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv, int64_t first_layer) {
+Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv) {
   check_dtype(x, compute_, "forward_blocks_cached' input");
   ANVIL_CHECK(x.dim() == 3 && x.size(1) >= 1 && x.size(2) == config_.hidden_size, "forward_blocks_cached: the input "
               "must be [batch, T_new >= 1, ", config_.hidden_size, "], got ", x.describe());
   check_cache(kv, x.size(0), "forward_blocks_cached");
-  const int64_t L = config_.num_hidden_layers;
-  ANVIL_CHECK(first_layer >= 0 && first_layer < L, "forward_blocks_cached: first layer ", first_layer,
-              " is outside [0, ", L - 1, "]");
   const kernels::DecodeMatmulScope few_rows;  // as forward_cached
   kv.begin_step(x.size(1), config_.max_position_embeddings, device());
-  return blocks_cached(x, kv, kv.step_is_common_run() ? kv.length() : 0, nullptr, first_layer, L);
+  return blocks_cached(x, kv, kv.step_is_common_run() ? kv.length() : 0, nullptr);
 }
 
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {

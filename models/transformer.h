@@ -149,18 +149,13 @@ class TransformerLM : public Module {
   // forward_cached's trunk: the final hidden states [B, T_new, hidden] (after the final norm, what
   // the LM head reads) of the new positions; infer_head turns them into logits. Medusa decoding
   // reads both: the base's logits and its heads' from the same hidden state.
-  // exit_layer E in [1, L] (-1: L) runs only layers 0 .. E-1 and then the final norm (early exit:
-  // self-speculative drafting, eval/self_speculative.h). kv still advances by T_new in every row,
-  // so layers E .. L-1 hold stale slots there until the caller truncates and refills them
-  // (forward_blocks_cached from layer E).
-  Tensor forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps = nullptr, int64_t exit_layer = -1);
+  Tensor forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps = nullptr);
   // The LM head on a hidden state [B, T, hidden], saving nothing (decoding).
   Tensor infer_head(const Tensor& hidden);
   // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
   // twin): appends their keys/values to kv at the positions it gives and returns the last block's
-  // outputs before the final norm. first_layer > 0 runs layers first_layer .. L-1 only, x being
-  // layer first_layer - 1's output (the verification half of early-exit self-speculation).
-  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv, int64_t first_layer = 0);
+  // outputs before the final norm.
+  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv);
 
   // Mean cross-entropy over targets != ignore_index (forward, then cross_entropy()); logits
   // stay in the cache. Under sp (ids and targets this rank's slices) the mean over the whole
@@ -248,9 +243,9 @@ class TransformerLM : public Module {
   Tensor trunk_backward(Tensor dx, Cache& c);
   // Checks kv against this model and batch B (forward_cached's checks).
   void check_cache(const KVCache& kv, int64_t B, const char* where) const;
-  // Blocks first .. end-1 on x [B, T, hidden] through kv starting at slot `start` (the rows' own
-  // slots when the step is not a common run), recording taps; advances kv by T.
-  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t first, int64_t end);
+  // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
+  // the step is not a common run), recording taps; advances kv by T.
+  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps);
   // This stage's blocks from the last to the first, reporting each one's grads ready when `report`.
   Tensor blocks_backward(Tensor dx, Cache& c, bool report);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
