@@ -40,6 +40,15 @@ TransformerBlock::TransformerBlock(const BlockSpec& spec, const BlockContext& b)
     gates_[0] = spec.gate(b, SubBlock::Attention);
     gates_[1] = spec.gate(b, SubBlock::FeedForward);
   }
+  const bool hard[2] = {gates_[0] && gates_[0]->skip_unit() != GateSkip::None,
+                        gates_[1] && gates_[1]->skip_unit() != GateSkip::None};
+  routed_ = hard[0] || hard[1];
+  ANVIL_CHECK(!routed_ || ((hard[0] || !gates_[0]) && (hard[1] || !gates_[1])), b.prefix,
+              ": a block mixes a soft gate with a layer-skip router — give each block one kind of gate");
+  ANVIL_CHECK(!(hard[0] && gates_[0]->skips_whole_block() && gates_[1]), b.prefix,
+              ": a whole-block router on the attention slot leaves no room for a feed-forward gate");
+  ANVIL_CHECK(!routed_ || !b.sequence, b.prefix, ": layer-skip routers under Ulysses sequence parallelism are not "
+              "supported (a routed sub-block gathers whole sequences) — train routers with sp = 1");
 }
 
 TransformerBlock::TransformerBlock(const std::string& prefix, const ModelConfig& config,
@@ -117,11 +126,19 @@ Tensor TransformerBlock::residual_backward(const Tensor& dy, int sub, Cache& c, 
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, Cache& c) {
+  if (routed_) return routed_forward(1, routed_forward(0, x, c), c);
+  const int64_t tokens = x.size(0) * x.size(1);
+  count(0, tokens, tokens);
+  count(1, tokens, tokens);
   const Tensor h = residual(x, attn_->forward(norm1_->forward(x, c.child(0)), c.child(1)), 0, c);
   return residual(h, ff_->forward(norm2_->forward(h, c.child(2)), c.child(3)), 1, c);
 }
 
 Tensor TransformerBlock::forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos) {
+  if (routed_) return routed_forward_cached(x, kv, start_pos);
+  const int64_t tokens = x.size(0) * x.size(1);
+  count(0, tokens, tokens);
+  count(1, tokens, tokens);
   Tensor h = attn_->forward_cached(norm1_->infer(x), kv, start_pos);
   if (gates_[0]) h = gated_sum(x, h, gates_[0]->infer(x));
   else kernels::add(h, x, h);
@@ -132,6 +149,7 @@ Tensor TransformerBlock::forward_cached(const Tensor& x, KVLayer& kv, int64_t st
 }
 
 Tensor TransformerBlock::backward(const Tensor& dy, Cache& c) {
+  if (routed_) return routed_backward(0, routed_backward(1, dy, c), c);
   Tensor dh_gate, dx_gate;
   Tensor dh = norm2_->backward(ff_->backward(residual_backward(dy, 1, c, dh_gate), c.child(3)), c.child(2));
   kernels::add_inplace(dh, dy);  // residual branch
@@ -147,6 +165,19 @@ void TransformerBlock::collect_linears(std::vector<LinearWeight*>& out) {
   ff_->collect_linears(out);
   for (auto& gate : gates_)
     if (gate) gate->collect_linears(out);
+}
+
+void TransformerBlock::collect_router_params(std::vector<Param*>& out) {
+  for (auto& gate : gates_)
+    if (gate && gate->skip_unit() != GateSkip::None) gate->collect_params(out);
+}
+
+RoutedRows& RoutedRows::operator+=(const RoutedRows& o) {
+  attention_run += o.attention_run;
+  attention_total += o.attention_total;
+  mlp_run += o.mlp_run;
+  mlp_total += o.mlp_total;
+  return *this;
 }
 
 void TransformerBlock::collect_params(std::vector<Param*>& out) {

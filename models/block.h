@@ -26,17 +26,27 @@ struct BlockContext {
   std::shared_ptr<const RopeTables> rope;  // null with learned positions
   Communicator* tp = nullptr;              // tensor parallel: attention and feed-forward split
   std::shared_ptr<const SequenceParallelContext> sequence;  // Ulysses sequence parallel, or null
+  int64_t layer = -1;  // the block's global layer index (-1: a block built by hand)
 };
 
 enum class SubBlock { Attention, FeedForward };
+// Empty, or returns a gate (or nullptr: that sub-block is not gated).
+using BlockGateFactory = std::function<std::unique_ptr<BlockGate>(const BlockContext&, SubBlock)>;
+
+// Token rows each sub-block computed vs. the rows it would compute without skipping (layer-skip
+// routers run a sub-block on the active rows only), summed over forwards since the last reset.
+struct RoutedRows {
+  int64_t attention_run = 0, attention_total = 0;
+  int64_t mlp_run = 0, mlp_total = 0;
+  RoutedRows& operator+=(const RoutedRows& o);
+};
 
 struct BlockSpec {
   // `name`: the norm's full parameter-name prefix (e.g. "model.layers.3.input_layernorm").
   std::function<std::unique_ptr<Module>(const std::string& name, const BlockContext&)> norm;
   std::function<std::unique_ptr<Attention>(const BlockContext&)> attention;
   std::function<std::unique_ptr<FeedForward>(const BlockContext&)> feed_forward;
-  // Empty, or returns a gate (or nullptr: that sub-block is not gated).
-  std::function<std::unique_ptr<BlockGate>(const BlockContext&, SubBlock)> gate;
+  BlockGateFactory gate;
 };
 
 // The family's norm, its attention layout, the dense MLP (gated or not); no gates.
@@ -61,6 +71,12 @@ class TransformerBlock : public Module {
   void collect_linears(std::vector<LinearWeight*>& out) override;
   // The sum of its parts', plus each gated sub-block's output and weights (kept for the gate's gradient).
   size_t activation_bytes(const ActivationDims& d) const override;
+  // The params of its hard gates (layer-skip routers), appended to out.
+  void collect_router_params(std::vector<Param*>& out);
+  RoutedRows routed_rows() const { return counts_; }
+  void reset_routed_rows() { counts_ = {}; }
+  // The gate on a sub-block's slot (null: ungated).
+  BlockGate* gate(SubBlock sub) const { return gates_[sub == SubBlock::Attention ? 0 : 1].get(); }
 
  private:
   // x + f (written over f), or x + w * f through the sub-block's gate (saving f and w).
@@ -70,7 +86,24 @@ class TransformerBlock : public Module {
   std::unique_ptr<Module> norm1_, norm2_;
   std::unique_ptr<Attention> attn_;
   std::unique_ptr<FeedForward> ff_;
+  // ---- Layer-skip routing (hard gates, models/block_routing.cpp) ----
+  // The hard gate deciding sub-block `sub` (0 attention, 1 feed-forward): its own, or for the
+  // feed-forward the attention's when that one covers the whole block; null when not routed.
+  BlockGate* router(int sub) const;
+  Tensor sub_forward(int sub, const Tensor& n, Cache& c);
+  Tensor sub_backward(int sub, const Tensor& dn, Cache& c);
+  // norm, gate, the sub-block on the active rows only, residual: x + g f(norm(x)).
+  Tensor routed_forward(int sub, const Tensor& x, Cache& c);
+  Tensor routed_backward(int sub, const Tensor& dy, Cache& c);
+  Tensor routed_forward_cached(const Tensor& x, KVLayer& kv, int64_t start_pos);
+  // The gates [B, T] of sub-block `sub` for a cached call (sequence unit: the row's decision
+  // taken at its first call, remembered in kv.route).
+  Tensor cached_gates(int sub, const Tensor& n, KVLayer& kv);
+  Tensor cached_attention(const Tensor& x, const Tensor& n, const Tensor& g, KVLayer& kv, int64_t start_pos);
+  void count(int sub, int64_t run, int64_t total);
   std::unique_ptr<BlockGate> gates_[2];  // around attention, feed-forward; null = ungated
+  bool routed_ = false;                  // a hard gate on either slot
+  RoutedRows counts_;
 };
 
 // The norm a family uses: LayerNorm (GPT-2) or RMSNorm (Llama), from the family table.

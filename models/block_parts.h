@@ -20,9 +20,19 @@ class FeedForward : public Module {
 // token, w = 0 skips it, a value in between scales it (a soft router). forward(x, c) returns
 // w; backward(dw, c) takes dL/dw [B, T] (f32), accumulates the gate's own gradients and
 // returns its contribution to dL/dx (an undefined tensor when w does not depend on x).
+//
+// A hard gate (skip_unit() != None, a layer-skip router: models/layer_router.h) decides instead
+// per sequence or per token whether the sub-block runs at all: forward reads the sub-block's
+// normed input, returns host f32 0 / 1 weights [B, T], and the block runs the sub-block on the
+// active rows only (skipped rows get y = x; their f is never computed). backward gets dL/dg of
+// each token and returns dL/d(normed input). skips_whole_block(): the gate sits on the
+// attention slot and its decision covers both sub-blocks (one router per block).
+enum class GateSkip { None, Sequence, Token };
 class BlockGate : public Module {
  public:
   size_t activation_bytes(const ActivationDims& d) const override = 0;
+  virtual GateSkip skip_unit() const { return GateSkip::None; }
+  virtual bool skips_whole_block() const { return false; }
 };
 
 }  // namespace anvil

@@ -4,6 +4,17 @@
 
 namespace anvil {
 
+void KVRoute::reset_row(size_t row) {
+  run[row] = -1;
+  slots[row].clear();
+}
+
+void KVRoute::truncate_row(size_t row, int64_t length) {
+  if (length == 0) return reset_row(row);  // a new sequence: decide again at its prefill
+  auto& s = slots[row];
+  while (!s.empty() && s.back() >= length) s.pop_back();
+}
+
 bool KVRows::uniform() const {
   return std::all_of(lengths.begin(), lengths.end(), [&](int64_t l) { return l == lengths.front(); });
 }
@@ -22,8 +33,12 @@ KVCache::KVCache(const ModelConfig& config, int64_t batch, int64_t max_len, Devi
   rows_->lengths.assign(static_cast<size_t>(batch), 0);
   const Shape shape{batch, max_len, num_kv_heads_, head_dim_};
   layers_.reserve(static_cast<size_t>(config.num_hidden_layers));
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
-    layers_.push_back({Tensor::empty(shape, dtype, device), Tensor::empty(shape, dtype, device), rows_});
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    auto route = std::make_shared<KVRoute>();
+    route->run.assign(static_cast<size_t>(batch), -1);
+    route->slots.resize(static_cast<size_t>(batch));
+    layers_.push_back({Tensor::empty(shape, dtype, device), Tensor::empty(shape, dtype, device), rows_, route});
+  }
 }
 
 int64_t KVCache::length() const {
@@ -63,6 +78,7 @@ void KVCache::advance(int64_t n) {
   check_room(n);
   for (int64_t& l : rows_->lengths) l += n;
   rows_->positions = Tensor();
+  rows_->step_positions = Tensor();
   next_positions_ = Tensor();
   rows_->tree = Tensor();
   next_tree_.clear();
@@ -70,6 +86,8 @@ void KVCache::advance(int64_t n) {
 
 void KVCache::reset() {
   std::fill(rows_->lengths.begin(), rows_->lengths.end(), 0);
+  for (KVLayer& l : layers_)
+    for (size_t b = 0; b < l.route->run.size(); ++b) l.route->reset_row(b);
   rows_->positions = Tensor();
   next_positions_ = Tensor();
   rows_->tree = Tensor();
@@ -81,12 +99,15 @@ void KVCache::truncate(int64_t length) {
     ANVIL_CHECK(length >= 0 && length <= row_length(b), "KVCache: truncate(", length, ") outside [0, ",
                 row_length(b), "] for row ", b);
   std::fill(rows_->lengths.begin(), rows_->lengths.end(), length);
+  for (KVLayer& l : layers_)
+    for (size_t b = 0; b < l.route->run.size(); ++b) l.route->truncate_row(b, length);
 }
 
 void KVCache::truncate(int64_t row, int64_t length) {
   const int64_t len = row_length(row);
   ANVIL_CHECK(length >= 0 && length <= len, "KVCache: truncate(row ", row, ", ", length, ") outside [0, ", len, "]");
   rows_->lengths[static_cast<size_t>(row)] = length;
+  for (KVLayer& l : layers_) l.route->truncate_row(static_cast<size_t>(row), length);
 }
 
 void KVCache::keep(int64_t row, int64_t prefix, const std::vector<int64_t>& slots) {
@@ -98,6 +119,10 @@ void KVCache::keep(int64_t row, int64_t prefix, const std::vector<int64_t>& slot
     ANVIL_CHECK(i == 0 || slots[i] > slots[i - 1], "KVCache: keep(row ", row, "): slots must be strictly increasing, got ",
                 slots[i - 1], " then ", slots[i], " — list the accepted path root first");
   }
+  for (const KVLayer& l : layers_)
+    ANVIL_CHECK(l.route->slots[static_cast<size_t>(row)].empty(), "KVCache: keep(row ", row, "): a token-unit "
+                "layer-skip router holds this row's keys compacted — tree verification is not supported with "
+                "token-unit routers; decode with a chain (or route per sequence)");
   // Destination prefix + i <= slots[i] and increasing: a copy never overwrites a slot still to be read.
   for (KVLayer& l : layers_)
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -134,6 +159,7 @@ Tensor KVCache::begin_step(int64_t T, int64_t max_positions, Device device) {
     ANVIL_CHECK(p[i] >= 0 && p[i] < max_positions, "forward_cached: position ", p[i], " of row ", i / T, " token ",
                 i % T, " is outside [0, ", max_positions, ") — max_position_embeddings = ", max_positions,
                 "; shorten the prompt or the generation");
+  rows_->step_positions = host;
   const bool common_run = !next_positions_.defined() && uniform();
   rows_->positions = common_run ? Tensor() : host.to(device);
   rows_->tree = Tensor();

@@ -34,7 +34,21 @@ struct KVRows {
   // i32 [T, T] on the model's device: the tree mask of the call in flight (KVCache::set_tree), token
   // i of the call seeing token j of the call iff tree[i, j] != 0; undefined: causal.
   Tensor tree;
+  // host i32 [B, T]: the positions of the call in flight, always set by KVCache::begin_step
+  // (layer-skip routers of token unit place their tokens by it).
+  Tensor step_positions;
   bool uniform() const;  // every row has the same length
+};
+
+// What a layer-skip router (models/layer_router.h) remembers of a KVCache's layer; reset with
+// the cache. Sequence unit: each row's decision, taken at its first call (the prefill) and kept.
+// Token unit: the layer holds keys only of the tokens it ran on, compacted — entry i of row b is
+// the token at row slot slots[b][i]; a skipped token is absent, later tokens never see it.
+struct KVRoute {
+  std::vector<int8_t> run;                   // per row: -1 undecided, 0 skips, 1 runs (sequence unit)
+  std::vector<std::vector<int32_t>> slots;   // per row: the row slots held, in order (token unit)
+  void reset_row(size_t row);
+  void truncate_row(size_t row, int64_t length);  // forgets the tokens at slots >= length
 };
 
 struct KVLayer {
@@ -42,6 +56,9 @@ struct KVLayer {
   Tensor v;  // [B, max_len, Hkv, D]
   // The owning cache's rows (null for a layer built by hand: then start_pos places the tokens).
   std::shared_ptr<const KVRows> rows;
+  // Routing state of a router layer (a KVCache's layers have one, sized to its batch; null for a
+  // layer built by hand: decisions are then made per call).
+  std::shared_ptr<KVRoute> route;
 };
 
 class KVCache {

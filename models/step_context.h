@@ -62,6 +62,13 @@ struct DropoutKey {
   }
 };
 
+// The gates of layer-skip routers (models/layer_router.h) in one forward, for the capacity
+// statistics: every MindSkip router adds its units' gates here (this rank's micro-batch, this stage).
+struct RouterGateStats {
+  double gate_sum = 0;  // sum of g over every router unit of this stage's router layers
+  double units = 0;     // number of (layer, unit) pairs counted (sequence unit: B per layer; token: B x T)
+};
+
 struct StepContext {
   // i32 [B, T] on the model's device: the position of each token (of this rank's slice under
   // sequence parallelism: its global positions). Undefined: positions start .. start + T - 1,
@@ -72,6 +79,11 @@ struct StepContext {
   // fixed sp communicator refuses a different one here.
   Communicator* sp = nullptr;
   DropoutKey dropout;  // training only
+  // Layer-skip routers: forward adds the gates here; backward adds router_capacity_grad, the
+  // capacity penalty's dObjective/dg (the same for every unit and layer, loss scale included,
+  // set by the task between forward and backward), to each unit's dL/dg.
+  RouterGateStats router_stats;
+  float router_capacity_grad = 0.0f;
 
   void add_aux_loss(AuxLoss loss) { aux_losses_.push_back(std::move(loss)); }
   const std::vector<AuxLoss>& aux_losses() const { return aux_losses_; }

@@ -29,7 +29,7 @@ const ModelConfig& validated(const ModelConfig& c, const ModelLayout& layout) {
 
 }  // namespace
 
-TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout)
+TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layout, const RouterSpec* routers)
     : config_(validated(config, layout)),
       layout_(layout),
       tp_(layout.tp),
@@ -47,10 +47,15 @@ TransformerLM::TransformerLM(const ModelConfig& config, const ModelLayout& layou
   if (layout.sp) sequence_ = std::make_shared<SequenceParallelContext>(SequenceParallelContext{layout.sp, {}});
   const int64_t per_stage = config.num_hidden_layers / layout.stages;
   first_layer_ = layout.stage * per_stage;
-  const BlockSpec spec = block_spec(config);
+  BlockSpec spec = block_spec(config);
+  if (routers) {
+    check_router_spec(*routers, config.num_hidden_layers);
+    routers_ = *routers;
+    if (routers->kind == RouterKind::MindSkip) spec.gate = mindskip_gates(*routers);
+  }
   for (int64_t i = first_layer_; i < first_layer_ + per_stage; ++i)
-    blocks_.push_back(
-        std::make_unique<TransformerBlock>(spec, BlockContext{family.layer(i), config_, family, rope_, tp, sequence_}));
+    blocks_.push_back(std::make_unique<TransformerBlock>(
+        spec, BlockContext{family.layer(i), config_, family, rope_, tp, sequence_, i}));
   if (last) {
     norm_f_ = make_norm(family.final_norm, config);
     if (config.tie_word_embeddings) head_.emplace(wte_->weight, tp);
@@ -137,9 +142,10 @@ void TransformerLM::check_cache(const KVCache& kv, int64_t B, const char* where)
   ANVIL_CHECK(kv.batch() == B, where, ": the input has batch ", B, " but the KVCache was built for batch ", kv.batch());
 }
 
-Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps) {
+Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop) {
   if (taps) taps->states.assign(taps->layers.size(), Tensor());
-  for (size_t i = 0; i < blocks_.size(); ++i) {
+  const size_t count = stop < 0 ? blocks_.size() : static_cast<size_t>(stop);
+  for (size_t i = 0; i < count; ++i) {
     x = blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
     if (taps)
       for (size_t k = 0; k < taps->layers.size(); ++k)
@@ -149,15 +155,19 @@ Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, Hidden
   return x;
 }
 
-Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only, HiddenTaps* taps) {
-  Tensor x = forward_cached_hidden(ids, kv, taps);
+Tensor TransformerLM::forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only, HiddenTaps* taps,
+                                     int64_t exit_layer) {
+  Tensor x = forward_cached_hidden(ids, kv, taps, exit_layer);
   const int64_t T = x.size(1);
   if (last_position_only && T > 1) x = x.slice(1, T - 1, T).contiguous();
   return infer_head(x);
 }
 
-Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps) {
+Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps, int64_t exit_layer) {
   check_dtype(ids, DType::I32, "token ids");
+  const int64_t L = config_.num_hidden_layers;
+  ANVIL_CHECK(exit_layer == -1 || (exit_layer >= 1 && exit_layer <= L), "forward_cached: exit_layer = ", exit_layer,
+              " is outside [1, ", L, "] — give the number of leading layers to run (-1: all of them)");
   ANVIL_CHECK(ids.dim() == 2 && ids.size(1) >= 1, "forward_cached: token ids must be [batch, T_new] with T_new >= 1, got ",
               ids.describe());
   const int64_t B = ids.size(0), T = ids.size(1);
@@ -181,8 +191,32 @@ Tensor TransformerLM::forward_cached_hidden(const Tensor& ids, KVCache& kv, Hidd
   } else if (wpe_) {
     add_position_embeddings(x, positions.to(device()));
   }
-  x = blocks_cached(std::move(x), kv, start, taps);
+  x = blocks_cached(std::move(x), kv, start, taps, exit_layer);
   return norm_f_->infer(x);
+}
+
+std::vector<Param*> TransformerLM::router_params() {
+  std::vector<Param*> out;
+  for (auto& b : blocks_) b->collect_router_params(out);
+  return out;
+}
+
+RoutedRows TransformerLM::routed_rows() const {
+  RoutedRows total;
+  for (const auto& b : blocks_) total += b->routed_rows();
+  return total;
+}
+
+MindSkipRouter* TransformerLM::mindskip_router(int64_t layer) {
+  const int64_t i = layer - first_layer_;
+  if (i < 0 || i >= num_stage_layers()) return nullptr;
+  for (SubBlock sub : {SubBlock::Attention, SubBlock::FeedForward})
+    if (auto* r = dynamic_cast<MindSkipRouter*>(blocks_[static_cast<size_t>(i)]->gate(sub))) return r;
+  return nullptr;
+}
+
+void TransformerLM::reset_routed_rows() {
+  for (auto& b : blocks_) b->reset_routed_rows();
 }
 
 Tensor TransformerLM::infer_head(const Tensor& hidden) {

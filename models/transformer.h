@@ -9,6 +9,7 @@
 #include "models/block.h"
 #include "models/config.h"
 #include "models/kv_cache.h"
+#include "models/layer_router.h"
 #include "models/lm_loss.h"
 #include "models/mask_embedding.h"
 
@@ -67,7 +68,13 @@ class TransformerLM : public Module {
   // own copy of the embedding weight (same name, same init); see all_reduce_tied_embedding_grad.
   // Such a model runs through the stage entry points below (parallel/pipeline_executor.h),
   // not forward / forward_loss. P must divide the layer count (validate_layout's error).
-  explicit TransformerLM(const ModelConfig& config, const ModelLayout& layout = {});
+  //
+  // With `routers` (models/layer_router.h, checked by check_router_spec) the layers it names get
+  // layer-skip routers: MindSkip through each block's gate slot (router.weight params, zero-init:
+  // the model starts equal to the backbone). The spec is copied; router_params() lists this
+  // stage's router params, routers() returns the spec (nullptr without routers).
+  explicit TransformerLM(const ModelConfig& config, const ModelLayout& layout = {},
+                         const RouterSpec* routers = nullptr);
   // Not movable: the tied head points at the embedding's weight.
   TransformerLM(const TransformerLM&) = delete;
   TransformerLM& operator=(const TransformerLM&) = delete;
@@ -145,11 +152,17 @@ class TransformerLM : public Module {
   // Not tensor- or sequence-parallel: throws when the model was built with a tp or sp communicator.
   // `taps`, when given, receives the outputs of its layers at the T_new positions (an EAGLE
   // drafter reads the accepted prefix's); the logits are the same either way.
-  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false, HiddenTaps* taps = nullptr);
+  //
+  // Early exit (self-speculation's draft, LayerSkip-style): exit_layer = E in [1, L] runs only
+  // layers 0 .. E - 1, then the final norm and the head; only those layers' K/V are written (the
+  // later layers' slots for these positions stay stale: truncate the cache before the full model
+  // decodes them). -1 (the default) or L: the whole model.
+  Tensor forward_cached(const Tensor& ids, KVCache& kv, bool last_position_only = false, HiddenTaps* taps = nullptr,
+                        int64_t exit_layer = -1);
   // forward_cached's trunk: the final hidden states [B, T_new, hidden] (after the final norm, what
   // the LM head reads) of the new positions; infer_head turns them into logits. Medusa decoding
   // reads both: the base's logits and its heads' from the same hidden state.
-  Tensor forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps = nullptr);
+  Tensor forward_cached_hidden(const Tensor& ids, KVCache& kv, HiddenTaps* taps = nullptr, int64_t exit_layer = -1);
   // The LM head on a hidden state [B, T, hidden], saving nothing (decoding).
   Tensor infer_head(const Tensor& hidden);
   // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
@@ -229,6 +242,15 @@ class TransformerLM : public Module {
   void zero_grad();
 
   const ModelConfig& config() const { return config_; }
+  // Layer-skip routers (the constructor's RouterSpec): their params on this stage, and the spec.
+  std::vector<Param*> router_params();
+  const RouterSpec* routers() const { return routers_ ? &*routers_ : nullptr; }
+  // Token rows each sub-block kind computed over this stage's blocks (training and cached
+  // forwards) since the last reset_routed_rows(): without skipping run == total.
+  RoutedRows routed_rows() const;
+  void reset_routed_rows();
+  // The MindSkip router of global layer `layer` on this stage, or null (tests force its decisions).
+  MindSkipRouter* mindskip_router(int64_t layer);
   Communicator* tensor_parallel() const { return tp_; }
   Communicator* sequence_parallel() const { return layout_.sp; }
   const ModelLayout& layout() const { return layout_; }
@@ -245,7 +267,8 @@ class TransformerLM : public Module {
   void check_cache(const KVCache& kv, int64_t B, const char* where) const;
   // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
   // the step is not a common run), recording taps; advances kv by T.
-  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps);
+  // Runs blocks 0 .. stop - 1 only (early exit); stop = -1: all.
+  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop = -1);
   // This stage's blocks from the last to the first, reporting each one's grads ready when `report`.
   Tensor blocks_backward(Tensor dx, Cache& c, bool report);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
@@ -279,6 +302,7 @@ class TransformerLM : public Module {
   std::unique_ptr<Module> norm_f_;  // last stage
   std::optional<ColumnParallelLinear> head_;  // last stage: lm_head, or the tied head on wte's weight (no params)
   std::vector<Module*> attached_;             // attach()
+  std::optional<RouterSpec> routers_;         // layer-skip routers, or none
 };
 
 }  // namespace anvil

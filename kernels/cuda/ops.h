@@ -64,6 +64,11 @@ void distill_shard_terms(const Tensor& student, const Tensor& teacher, const Ten
 void distill_shard_grad(Tensor& student, const Tensor& teacher, const Tensor& targets, const DistillArgs& args,
                         const Tensor& norms, const Tensor& qg);
 
+// route_rows.h
+void gather_rows(const Tensor& full, const Tensor& index, Tensor& out);
+void scatter_add_rows(const Tensor& compact, const Tensor& index, Tensor& full);
+void row_dot(const Tensor& a, const Tensor& b, Tensor& out);
+
 // embedding.h
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out);
 void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
