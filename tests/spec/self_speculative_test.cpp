@@ -207,7 +207,7 @@ TEST(SelfSpeculativeInput, BadExitLayersAndGammasAreRefused) {
   KVCache kv(m.llama->config(), 1, 8);
   const std::string model_error =
       error_of([&] { m.llama->forward_cached_hidden(Tensor::from_vector(std::vector<int32_t>{1}, {1, 1}), kv, nullptr, 5); });
-  EXPECT_NE(model_error.find("exit layer 5 is outside [1, 4]"), std::string::npos) << model_error;
+  EXPECT_NE(model_error.find("exit_layer = 5 is outside [1, 4]"), std::string::npos) << model_error;
 }
 
 }  // namespace
