@@ -26,8 +26,8 @@ TEST(SelfSpecCli, DecodesLikePlainGreedyReportsAndRefusesBadFlags) {
                           "--temperature 0";
   const std::string err_file = run.dir + "/stderr.txt";
   std::string plain, early;
-  ASSERT_EQ(run_command(gen + " 2>/dev/null", plain), 0) << plain;
-  ASSERT_EQ(run_command(gen + " --early-exit 1 --gamma 3 2>" + err_file, early), 0) << early;
+  ASSERT_EQ(run_command("(" + gen + " 2>/dev/null)", plain), 0) << plain;
+  ASSERT_EQ(run_command("(" + gen + " --early-exit 1 --gamma 3 2>" + err_file + ")", early), 0) << early;
   EXPECT_EQ(early, plain);
   std::ifstream err_in(err_file);
   const std::string err((std::istreambuf_iterator<char>(err_in)), std::istreambuf_iterator<char>());
@@ -58,7 +58,7 @@ TEST(SelfSpecCli, DecodesLikePlainGreedyReportsAndRefusesBadFlags) {
   const std::pair<std::string, std::string> bad[] = {
       {eval + "--exit-layer 2", "exit layer 2 is outside [1, 1]"},
       {eval + "--exit-layer 0", "exit layer 0 is outside [1, 1]"},
-      {eval + "--exit-layer 1 --gamma 0", "gamma 0"},
+      {eval + "--exit-layer 1 --gamma 0", "--gammas 0 — every gamma"},
       {gen + " --early-exit 2", "exit layer 2 is outside [1, 1]"},
       {gen + " --early-exit 1 --gamma 0", "gamma 0"},
   };
