@@ -117,7 +117,7 @@ font = {}
 plot_cpp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "trainer", "plot.cpp")
 for ch, rows in re.findall(r"\{'(.)',\s*\{([^}]*)\}\}", open(plot_cpp).read()):
     font[ch] = [int(v, 0) for v in rows.split(",")]
-W, H, S = 960, 600, 2  # pixels, font scale
+W, H, S = 1100, 600, 2  # pixels, font scale
 img = bytearray(b"\xff" * (W * H * 3))
 
 
@@ -147,9 +147,9 @@ def line(x0, y0, x1, y1, c, thick=2):
 
 
 colors = [0x1F77B4, 0xFF7F0E, 0x2CA02C, 0xD62728, 0x9467BD, 0x8C564B]
-left, right, top, bottom = 110, W - 220, 50, H - 60
+left, right, top, bottom = 120, W - 320, 50, H - 60
 pts = [p for s in series.values() for p in s] + ([(0.0, base)] if base is not None else [])
-text(left, 14, "validation loss vs skip ratio (router points; base at skip 0)")
+text(left, 14, "validation loss vs skip ratio of each router point (dashed: the unrouted base)")
 if pts:
     xmin, xmax = 0.0, max(0.05, max(p[0] for p in pts) * 1.05)
     ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
@@ -161,7 +161,7 @@ if pts:
         xv, yv = xmin + (xmax - xmin) * k / 4, ymin + (ymax - ymin) * k / 4
         line(left, py(yv), right, py(yv), 0xE6E6E6, 1)
         line(px(xv), top, px(xv), bottom, 0xE6E6E6, 1)
-        text(left - 8 - 12 * len(f"{yv:.3f}"), py(yv) - 7, f"{yv:.3f}")
+        text(left - 8 - 12 * len(f"{yv:.4f}"), py(yv) - 7, f"{yv:.4f}")
         text(px(xv) - 12 * len(f"{xv:.2f}") // 2, bottom + 8, f"{xv:.2f}")
     line(left, top, left, bottom, 0x333333, 1)
     line(left, bottom, right, bottom, 0x333333, 1)

@@ -85,7 +85,7 @@ for kind in $kinds; do
     if "$anvil" train "${cfg[@]}" --set run.out_dir="$out/$name" "${common[@]}" "${sets[@]}" > "$out/$name.log" 2>&1; then
       touch "$out/$name.done"
     else
-      echo "   failed: see $out/$name.log ($(tail -1 "$out/$name.log"))" >&2
+      echo "   failed: see $out/$name.log ($(head -2 "$out/$name.log" | tr "\n" " "))" >&2
     fi
   done
 done
@@ -122,7 +122,8 @@ fi
 if [ -z "${SKIP_SELFSPEC:-}" ]; then
   echo "== self-speculation, exit layers $exits, gammas $gammas"
   "$anvil" eval selfspec --checkpoint "$target" --exit-layer "${exits// /,}" --gammas "${gammas// /,}" \
-    --temperatures 0,1 --num-prompts "${SPEC_PROMPTS:-8}" --prompt-tokens 32 --max-tokens 64 \
+    --temperatures 0,1 --num-prompts "${SPEC_PROMPTS:-8}" --prompt-tokens "${SPEC_PROMPT_TOKENS:-32}" \
+    --max-tokens "${SPEC_NEW_TOKENS:-64}" \
     --json "$out/selfspec.json" > "$out/selfspec.log" 2>&1 || { cat "$out/selfspec.log" >&2; exit 1; }
 fi
 
@@ -135,8 +136,10 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 {
   echo "layer-skip router bench, $(date -u '+%F %H:%M UTC'), $cpu ($(nproc) cores, $threads threads),"\
        "load average at start $load_start, at the end $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
-  echo "target $target: $(grep -E '^ +(type|hidden_size|num_hidden_layers|intermediate_size):' "$target/config.yaml" |
-                          tr -s ' ' | paste -sd ',')"
+  echo "target $target: $(python3 -c 'import sys, yaml
+m = yaml.safe_load(open(sys.argv[1]))["model"]
+print(", ".join(f"{k} {m[k]}" for k in ("type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")))' \
+    "$target/config.yaml")"
   echo "router runs: $steps steps each, capacity_weight $weight; validation: anvil eval --batches $eval_batches;" \
        "decode timing: batch $batch, $prompt_tokens prompt tokens, $new_tokens new tokens, median of $repeats"
   echo
