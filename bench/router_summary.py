@@ -27,7 +27,13 @@ def val_loss(name):
 
 
 def skip_ratio(name):
-    """1 - the last validation (else training) capacity logged by the run, or None."""
+    """1 - the capacity `anvil eval --routers` printed, else the run's last validation (else
+    training) capacity in metrics.jsonl, or None."""
+    eval_out = os.path.join(out, f"eval_{name}.txt")
+    if os.path.exists(eval_out):
+        m = re.search(r"capacity[ =:]+([0-9.]+)", open(eval_out).read())
+        if m:
+            return 1.0 - float(m.group(1))
     path = os.path.join(out, name, "metrics.jsonl")
     if not os.path.exists(path):
         return None

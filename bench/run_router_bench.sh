@@ -44,10 +44,12 @@ target=$(realpath "$target")
 mkdir -p "$out"
 out=$(realpath "$out")
 # The base's validation split, layer count and seed, so every router run evaluates on the same documents.
-read -r base_seed base_fraction layers < <(python3 -c 'import sys, yaml
+# (A run directory's config.yaml holds absolute data and tokenizer paths.)
+read -r base_seed base_fraction base_store base_tokenizer layers < <(python3 -c 'import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
-print(c.get("run", {}).get("seed", 0), c.get("data", {}).get("valid_fraction", 0), c["model"]["num_hidden_layers"])' \
-  "$target/config.yaml")
+print(c.get("run", {}).get("seed", 0), c.get("data", {}).get("valid_fraction", 0), c.get("data", {}).get("train", "none"),
+      c.get("tokenizer", {}).get("path", ""), c["model"]["num_hidden_layers"])' "$target/config.yaml")
+router_n=${ROUTER_N:-$(( layers / 2 > 0 ? layers / 2 : 1 ))}  # routers on the last n layers but the final one
 exits=${EXITS:-$(python3 -c "import sys; L = int(sys.argv[1]); print(' '.join(sorted({str(max(1, min(L - 1, L * k // 4))) for k in (1, 2, 3)}, key=int)))" "$layers")}
 
 # ---- 1. router points ----
@@ -62,7 +64,8 @@ config_of() {  # kind -> config and sets
   esac
 }
 common=(--set model.init_from="$target" --set training.steps="$steps" --set run.seed="$base_seed"
-        --set data.valid_fraction="$base_fraction" --set training.sample_every=0 --set checkpoint.every=0
+        --set data.train="$base_store" --set data.valid_fraction="$base_fraction" --set tokenizer.path="$base_tokenizer"
+        --set router.n="$router_n" --set training.sample_every=0 --set checkpoint.every=0
         --set checkpoint.resume=none --set logging.progress=never)
 : > "$out/points.tsv"
 names=()
@@ -97,7 +100,9 @@ if [ -z "${SKIP_EVAL:-}" ]; then
   for name in "${names[@]}"; do
     [ -f "$out/$name.done" ] || continue
     echo "== eval $name"
-    "$anvil" eval --checkpoint "$out/$name" --batches "$eval_batches" > "$out/eval_$name.txt" 2>&1 ||
+    # A router run loads as backbone + routers; `eval --routers` also reports the capacity when it exists.
+    "$anvil" eval --routers "$out/$name" --batches "$eval_batches" > "$out/eval_$name.txt" 2>&1 ||
+      "$anvil" eval --checkpoint "$out/$name" --batches "$eval_batches" > "$out/eval_$name.txt" 2>&1 ||
       echo "   failed: $(tail -1 "$out/eval_$name.txt")" >&2
   done
 fi
@@ -140,7 +145,7 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 m = yaml.safe_load(open(sys.argv[1]))["model"]
 print(", ".join(f"{k} {m[k]}" for k in ("type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")))' \
     "$target/config.yaml")"
-  echo "router runs: $steps steps each, capacity_weight $weight; validation: anvil eval --batches $eval_batches;" \
+  echo "router runs: $steps steps each, routers on the last $router_n layers but the final one, capacity_weight $weight; validation: anvil eval --batches $eval_batches;" \
        "decode timing: batch $batch, $prompt_tokens prompt tokens, $new_tokens new tokens, median of $repeats"
   echo
   python3 bench/router_summary.py "$out" "$png"
