@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "apps/medusa_commands.h"
+#include "apps/router_commands.h"
 #include "apps/spec_commands.h"
 #include "data/prepare.h"
 #include "data/quant_checkpoint.h"
@@ -89,6 +90,7 @@ struct GenerateArgs {
   int64_t early_exit = 0;  // with early_exit_given: self-speculation, the first early_exit layers draft `gamma` tokens
   bool early_exit_given = false;
   MedusaFlags medusa;  // medusa.run: decode with a Medusa run's heads (its base replaces --checkpoint)
+  std::string routers;  // a router run: its routers on the backbone (--checkpoint, else the run's init_from)
   int max_tokens = 64;
   double temperature = 0.8, top_p = 1.0;
   int64_t top_k = 40;
@@ -104,6 +106,7 @@ struct ConvertArgs {
 
 struct EvalArgs {
   std::string checkpoint;
+  std::string routers;  // a router run: perplexity and capacity of its routers on the backbone
   int64_t batches = 50;
   std::vector<std::string> overrides;
 };
@@ -294,16 +297,21 @@ int run_tokenizer_train(const TokenizerArgs& a) {
 
 int run_generate(const GenerateArgs& a) {
   const bool medusa = !a.medusa.run.empty();
-  ANVIL_CHECK(medusa != !a.checkpoint.empty(), medusa ? "generate: pass --medusa RUN alone, without --checkpoint (the "
-              "Medusa run names its base)" : "generate: --checkpoint is required (or --medusa RUN)");
+  const bool routed = !a.routers.empty();
+  ANVIL_CHECK(!(medusa && routed), "generate: --medusa and --routers cannot be combined — pass one");
+  ANVIL_CHECK(routed || medusa != !a.checkpoint.empty(), medusa ? "generate: pass --medusa RUN alone, without "
+              "--checkpoint (the Medusa run names its base)" : "generate: --checkpoint is required (or --medusa RUN, "
+              "or --routers RUN)");
   ANVIL_CHECK(!medusa || (a.draft.empty() && !a.early_exit_given), "generate: --medusa, --draft and --early-exit are "
               "ways to speculate — pass one");
   LoadModelOptions options;
   options.overrides = a.overrides;
-  const LoadedModel loaded = medusa ? load_medusa_run(a.medusa, a.overrides) : load_model(a.checkpoint, options);
+  const LoadedModel loaded = medusa   ? load_medusa_run(a.medusa, a.overrides)
+                             : routed ? load_router_flags(a.routers, a.checkpoint, a.overrides)
+                                      : load_model(a.checkpoint, options);
   const RunConfig& cfg = loaded.config;
   if (cfg.run.threads > 0) omp_set_num_threads(static_cast<int>(cfg.run.threads));
-  ANVIL_CHECK(!cfg.tokenizer.path.empty(), a.checkpoint, " has no tokenizer.json — generation needs one to encode "
+  ANVIL_CHECK(!cfg.tokenizer.path.empty(), routed ? a.routers : a.checkpoint, " has no tokenizer.json — generation needs one to encode "
               "the prompt; put the model's tokenizer.json beside its config.json");
   const Tokenizer tokenizer = Tokenizer::load(cfg.tokenizer.path);
   std::shared_ptr<const TokenStore> store;
@@ -611,6 +619,9 @@ int main(int argc, char** argv) {
                     "min(epsilon, alpha * exp(-H(p)))")->capture_default_str();
     cmd->add_option("--posterior-alpha", f.delta, "Typical acceptance's delta (alpha)")->capture_default_str();
   };
+  gen_cmd->add_option("--routers", gen.routers, "A router run (task.name: router) or checkpoint: decode with its "
+                      "layer-skip routers on the backbone --checkpoint (the architecture they were trained on), or "
+                      "without --checkpoint on the run's model.init_from");
   medusa_flags(gen_cmd, gen.medusa, "A Medusa run (task.name: medusa): decode its base with its heads proposing a "
                "tree of candidates, verified in one base forward (replaces --checkpoint; stats on stderr)");
   EvalArgs ev;
@@ -618,6 +629,8 @@ int main(int argc, char** argv) {
                                       "speculative decoding; eval medusa: Medusa decoding)");
   // Required unless `eval spec` runs (checked below): CLI11 would demand it of the subcommand too.
   eval_cmd->add_option("--checkpoint", ev.checkpoint, "Checkpoint or run directory");
+  eval_cmd->add_option("--routers", ev.routers, "A router run (task.name: router) or checkpoint: its routers on the "
+                       "backbone --checkpoint, or without --checkpoint the run's model.init_from; adds the capacity");
   eval_cmd->add_option("--batches", ev.batches, "Validation batches")->capture_default_str()->check(
       CLI::PositiveNumber);
   eval_cmd->add_option("--set", ev.overrides, "Override a config field, e.g. data.train=other.h5");
@@ -716,6 +729,7 @@ int main(int argc, char** argv) {
     if (*selfspec_cmd) return run_eval_selfspec(selfspec);
     if (*med_cmd) return run_eval_medusa(med);
     if (*eval_cmd) {
+      if (!ev.routers.empty()) return run_eval_routers(ev.routers, ev.checkpoint, ev.batches, ev.overrides);
       ANVIL_CHECK(!ev.checkpoint.empty(), "eval: --checkpoint is required (anvil eval --checkpoint RUN_DIR), or "
                   "use anvil eval spec, anvil eval selfspec or anvil eval medusa");
       return run_eval(ev);

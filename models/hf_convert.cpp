@@ -163,9 +163,12 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const 
   // Check everything first, so a bad file leaves the model untouched.
   std::set<std::string> used;
   std::vector<std::string> missing;
+  // Layer-skip routers (task router) train on a backbone whose files never hold them: they keep their init.
+  const std::vector<Param*> routers = model.router_params();
   for (Param* p : params) {
     if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
+    if (!index.contains(name) && std::find(routers.begin(), routers.end(), p) != routers.end()) continue;
     if (!index.contains(name)) {
       missing.push_back(name);
       continue;
@@ -217,6 +220,7 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const 
   for (Param* p : params) {
     if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
+    if (!index.contains(name)) continue;  // a router (above)
     Tensor w = index.get_f32(name);
     if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
     master_weight(*p).copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);

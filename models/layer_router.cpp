@@ -106,6 +106,12 @@ Tensor MindSkipRouter::gates(const std::vector<float>& r, int64_t B, int64_t T) 
   return g;
 }
 
+Tensor MindSkipRouter::probabilities(const Tensor& n) const {
+  std::vector<float> r = logits(n);
+  for (float& v : r) v = sigmoid(v);
+  return Tensor::from_vector(r, {static_cast<int64_t>(r.size())});
+}
+
 Tensor MindSkipRouter::infer(const Tensor& n) {
   std::vector<float> r = logits(n);
   for (float& v : r) v = sigmoid(v);

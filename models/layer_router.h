@@ -65,6 +65,8 @@ class MindSkipRouter : public BlockGate {
   size_t activation_bytes(const ActivationDims& d) const override;
   GateSkip skip_unit() const override { return unit_ == SkipUnit::Sequence ? GateSkip::Sequence : GateSkip::Token; }
   bool skips_whole_block() const override { return whole_block_; }
+  // r = sigmoid(w . xbar) of each unit of n [B, T, hidden] (host f32 [B] or [B * T]).
+  Tensor probabilities(const Tensor& n) const;
   float tau() const { return tau_; }
   SkipUnit unit() const { return unit_; }
 

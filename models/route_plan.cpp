@@ -36,7 +36,7 @@ RoutePlan plan_routes(const Tensor& g, bool per_sequence, Device device) {
       plan.index.insert(plan.index.end(), static_cast<size_t>(plan.cols) - row.size(), -1);
     }
   }
-  if (!plan.all() && !plan.none())
+  if (!plan.none())
     plan.device_index =
         Tensor::from_vector(plan.index, {static_cast<int64_t>(plan.index.size())}).to(device);
   return plan;

@@ -9,6 +9,9 @@ namespace anvil {
 namespace {
 int activation_tag(int micro_batch) { return 2 * micro_batch; }
 int gradient_tag(int micro_batch) { return 2 * micro_batch + 1; }
+// The side channel's messages (PipelineStage::stat_count) follow the M micro-batches' tags.
+int stats_forward_tag(int micro_batch, int M) { return 2 * M + 2 * micro_batch; }
+int stats_backward_tag(int micro_batch, int M) { return 2 * M + 2 * micro_batch + 1; }
 
 // The tables of every stage complete under their dependencies (the no-deadlock argument).
 void check_schedule_completes(PipeSchedule schedule, int stages, int micro_batches) {
@@ -17,12 +20,39 @@ void check_schedule_completes(PipeSchedule schedule, int stages, int micro_batch
   simulate_pipeline(tables, 1.0, 2.0);  // throws if they deadlock
 }
 
-void check_micro_batch_count(int M) {
+void check_micro_batch_count(int M, bool side_channel) {
   ANVIL_CHECK(M >= 1, "PipelineExecutor needs at least one micro-batch");
-  ANVIL_CHECK(gradient_tag(M - 1) < kMaxPortableTag, "PipelineExecutor: ", M,
-              " micro-batches exceed the message tags MPI guarantees — use at most ", kMaxPortableTag / 2);
+  const int last_tag = side_channel ? stats_backward_tag(M - 1, M) : gradient_tag(M - 1);
+  const int per_micro_batch = side_channel ? 4 : 2;
+  ANVIL_CHECK(last_tag < kMaxPortableTag, "PipelineExecutor: ", M, " micro-batches exceed the message tags MPI "
+              "guarantees — use at most ", kMaxPortableTag / per_micro_batch);
 }
 }  // namespace
+
+std::vector<float> PipelineExecutor::forward_stats(int m, int M, std::vector<std::unique_ptr<CommHandle>>& sends,
+                                                  PipelineLoss* loss) {
+  const int k = stage_impl_.stat_count();
+  std::vector<float> totals(k, 0.0f);
+  if (k == 0) return totals;
+  if (stage_ > 0) {  // the sums of the stages before this one
+    Tensor in = Tensor::empty({k}, DType::F32, stage_impl_.device());
+    pp_->recv(in, stage_ - 1, stats_forward_tag(m, M));
+    totals = in.to_vector();
+  }
+  const std::vector<float> own = stage_impl_.forward_stats(m);
+  ANVIL_CHECK(static_cast<int>(own.size()) == k, "PipelineStage::forward_stats gave ", own.size(),
+              " statistics for micro-batch ", m, ", stat_count() says ", k);
+  for (int i = 0; i < k; ++i) totals[i] += own[i];
+  if (stage_ < stages_ - 1) {
+    sends.push_back(pp_->isend(Tensor::from_vector(totals, {k}).to(stage_impl_.device()), stage_ + 1,
+                               stats_forward_tag(m, M)));
+  } else {
+    totals = loss->reduce_stats(m, std::move(totals));
+    ANVIL_CHECK(static_cast<int>(totals.size()) == k, "PipelineLoss::reduce_stats returned ", totals.size(),
+                " statistics, stat_count() says ", k);
+  }
+  return totals;
+}
 
 PipelineExecutor::PipelineExecutor(PipelineStage& stage, Communicator* pp, PipeSchedule schedule)
     : stage_impl_(stage), pp_(pp), schedule_(schedule), stage_(pp ? pp->rank() : 0), stages_(pp ? pp->size() : 1) {}
@@ -53,7 +83,8 @@ void PipelineExecutor::share_values(std::vector<PipelineLoss::Value>& values, Pi
 }
 
 PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
-  check_micro_batch_count(M);
+  const int k = stage_impl_.stat_count();
+  check_micro_batch_count(M, k > 0);
   const std::vector<PipeAction> actions = pipeline_actions(schedule_, stages_, stage_, M);
   check_schedule_completes(schedule_, stages_, M);
   const bool first = stage_ == 0, last = stage_ == stages_ - 1;
@@ -64,6 +95,7 @@ PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
 
   PipelineStepResult result;
   std::vector<PipelineLoss::Value> values(M);
+  std::map<int, std::vector<float>> stat_totals;  // side channel: m's reduced totals until its backward
   std::map<int, Shape> in_flight;  // micro-batches whose forward ran and backward did not -> their output's shape
   std::vector<std::unique_ptr<CommHandle>> sends;
   // Sends finish when the neighbour receives; drop the finished ones (and their buffers) as we go.
@@ -83,6 +115,10 @@ PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
       }
       Tensor output = stage_impl_.forward(m, input, true);
       in_flight[m] = output.shape();
+      if (k > 0) {
+        std::vector<float> totals = forward_stats(m, M, sends, &loss);
+        if (last) stat_totals[m] = std::move(totals);  // the reduced totals backward sends back
+      }
       if (last) values[m] = loss.forward(m, output, true);
       else sends.push_back(pp_->isend(output, stage_ + 1, activation_tag(m)));
       result.peak_in_flight = std::max(result.peak_in_flight, static_cast<int>(in_flight.size()));
@@ -93,6 +129,21 @@ PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
       const auto it = in_flight.find(m);
       ANVIL_CHECK(it != in_flight.end(), "pipeline table runs backward ", m, " before its forward");
       const bool gradients_travel = stage_impl_.passes_gradient();
+      if (k > 0) {  // m's totals: kept on the last stage, from the next stage elsewhere; passed on down
+        std::vector<float> totals;
+        if (last) {
+          totals = std::move(stat_totals.at(m));
+          stat_totals.erase(m);
+        } else {
+          Tensor in = Tensor::empty({k}, DType::F32, stage_impl_.device());
+          pp_->recv(in, stage_ + 1, stats_backward_tag(m, M));
+          totals = in.to_vector();
+        }
+        if (!first)
+          sends.push_back(pp_->isend(Tensor::from_vector(totals, {k}).to(stage_impl_.device()), stage_ - 1,
+                                     stats_backward_tag(m, M)));
+        stage_impl_.set_stat_totals(m, totals);
+      }
       Tensor dy;
       if (last) {
         dy = loss.backward(m);
@@ -118,7 +169,8 @@ PipelineStepResult PipelineExecutor::step(int M, PipelineLoss& loss) {
 }
 
 PipelineStepResult PipelineExecutor::evaluate(int M, PipelineLoss& loss) {
-  check_micro_batch_count(M);
+  const int k = stage_impl_.stat_count();
+  check_micro_batch_count(M, k > 0);
   const bool first = stage_ == 0, last = stage_ == stages_ - 1;
   std::vector<PipelineLoss::Value> values(M);
   std::vector<std::unique_ptr<CommHandle>> sends;
@@ -129,6 +181,7 @@ PipelineStepResult PipelineExecutor::evaluate(int M, PipelineLoss& loss) {
       pp_->recv(input, stage_ - 1, activation_tag(m));
     }
     Tensor output = stage_impl_.forward(m, input, false);
+    if (k > 0) forward_stats(m, M, sends, &loss);  // the loss sees the totals (reduce_stats); no backward
     if (last) values[m] = loss.forward(m, output, false);
     else sends.push_back(pp_->isend(output, stage_ + 1, activation_tag(m)));
   }

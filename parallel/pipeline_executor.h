@@ -22,11 +22,18 @@
 // backward m's gradient to it, both waiting for a receive (rendezvous protocol for large
 // messages).
 //
+// Side channel (PipelineStage::stat_count > 0). Forward m also sends the running sums of m's
+// statistics to s+1 (tag 2M + 2m), after the activation; backward m receives the last stage's
+// reduced totals from s+1 (tag 2M + 2m + 1) before the gradient and passes them on to s-1 at
+// once, so they never wait on a stage's backward compute. The same dependencies as the
+// activations and gradients: no new deadlock.
+//
 // Memory. The stage and the loss hold each micro-batch's saved state from its forward to
 // its backward: GPipe holds M, 1F1B at most min(M, stages - stage) (peak_in_flight of the
 // table; step() checks it and reports what it measured).
 #pragma once
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "parallel/communicator.h"
@@ -72,6 +79,10 @@ class PipelineExecutor {
   int stages() const { return stages_; }
 
  private:
+  // The side channel of forward m: receives the previous stages' sums, adds this stage's, and
+  // sends them on (isend, into `sends`) or, on the last stage, reduces them through the loss.
+  // Returns the running sums (the reduced totals on the last stage).
+  std::vector<float> forward_stats(int m, int M, std::vector<std::unique_ptr<CommHandle>>& sends, PipelineLoss* loss);
   // The last stage's values, broadcast to every pp rank.
   void share_values(std::vector<PipelineLoss::Value>& values, PipelineStepResult& result) const;
   PipelineStage& stage_impl_;

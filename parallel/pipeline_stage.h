@@ -6,6 +6,7 @@
 // tensors), indexed by the micro-batch number the executor passes.
 #pragma once
 #include <cstddef>
+#include <vector>
 
 #include "core/tensor.h"
 #include "parallel/communicator.h"
@@ -45,6 +46,23 @@ class PipelineStage {
   // (the loss's, which it may ignore) and returns an undefined tensor. Must answer alike on
   // every stage of a step.
   virtual bool passes_gradient() const { return true; }
+
+  // Side channel: a few f32 statistics of each micro-batch that travel with it through the
+  // pipeline, for an objective that depends on the whole model's state of the micro-batch (a
+  // capacity penalty over every router layer, trainer/router_task.h; a loss sum over all layers).
+  // Forward: each stage adds its own statistics of m (forward_stats, after forward(m)) to what
+  // the previous stage sent, and sends the sum on with the activation; on the last stage the
+  // totals pass through PipelineLoss::reduce_stats (e.g. an all-reduce over data parallelism)
+  // before PipelineLoss::forward(m). Backward (step() only): the last stage's reduced totals
+  // travel back with the gradient, so every stage gets them (set_stat_totals) before its
+  // backward(m). Evaluation carries them forward only: the loss sees them, the stages do not.
+  // stat_count(): how many statistics per micro-batch, the same on every stage of a step (0: no
+  // side channel, nothing is sent). Elementwise sums of f32: integer counts stay exact to 2^24.
+  virtual int stat_count() const { return 0; }
+  // After forward(m): this stage's own statistics of m, stat_count() of them.
+  virtual std::vector<float> forward_stats(int m) const { (void)m; return {}; }
+  // Before backward(m): the reduced totals of m over every stage.
+  virtual void set_stat_totals(int m, const std::vector<float>& totals) { (void)m, (void)totals; }
 };
 
 // The loss of the last stage's output, one micro-batch at a time.
@@ -63,6 +81,11 @@ class PipelineLoss {
   virtual Tensor backward(int m) = 0;
   // Bytes held for micro-batches whose forward ran and backward did not (beyond the stage's).
   virtual size_t saved_bytes() const { return 0; }
+  // The side channel (PipelineStage::stat_count): on the last stage, before forward(m), the
+  // totals of m's statistics over every stage; returns them as every stage should see them (a
+  // loss over data-parallel replicas all-reduces them here: it runs in micro-batch order, which
+  // is the same on every replica's last stage). Called in step() and evaluate().
+  virtual std::vector<float> reduce_stats(int m, std::vector<float> totals) { (void)m; return totals; }
 };
 
 }  // namespace anvil

@@ -724,6 +724,7 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
   parse_lora(ctx, sections.at("lora"), c.task.name, c.lora);
   parse_quant(sections.at("quant"), c.quant);
   parse_model(ctx, sections.at("model"), c.model);
+  config_detail::parse_router(sections.at("router"), c, c.router);
   parse_data(ctx, sections.at("data"), c.model, c.data);
   parse_tokenizer(ctx, sections.at("tokenizer"), c.model, c.tokenizer);
   parse_optimizer(sections.at("optimizer"), c.optimizer);
@@ -755,6 +756,14 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
     sections.at("medusa").require(c.medusa.warmup_steps < c.training.steps || c.medusa.stage == 1, "warmup_steps",
                                   c.medusa.warmup_steps, " heads-only steps leave none of training.steps = ",
                                   c.training.steps, " for joint training — lower medusa.warmup_steps");
+  }
+  if (c.task.name == "router") {
+    sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required for task.name: router — the "
+                                 "routers train on a frozen pretrained backbone: set model.init_from to an anvil run or "
+                                 "checkpoint directory, or a Hugging Face directory (e.g. runs/demo)");
+    sections.at("parallel").require(c.parallel.sp == 1, "sp", "must be 1 for task.name: router, got ", c.parallel.sp,
+                                    " — a sequence router decides on the mean over the whole sequence; dp, tp and pp "
+                                    "work");
   }
   if (c.lora.enabled()) {
     sections.at("model").require(!c.model.init_from.empty(), "init_from", "is required with lora.modules — the "

@@ -46,6 +46,16 @@
 //               absmax block; int: the group along in, 32/64/128), double_quant [true] (nf4 only), modules
 //               [[all-linear]] and skip [[lm_head]] (lora.modules' glob rule). Applied on load to model.init_from's
 //               dense weights; a checkpoint holds the packed codes and their scales as integer/f32 datasets.
+//   router:     (task router only; trainer/router_task.h, trainer/router_backbone.h; needs model.init_from, the
+//               frozen backbone) kind [mindskip] (mindskip: a Linear(d, 1) gate per layer on the mean of the normed
+//               hidden state, straight-through threshold tau | drllm: skip / execute / repeat per layer, trained on
+//               searched labels, trainer/drllm_task.h), layers [[] = the last n but the final one, L-1-n .. L-2],
+//               n [16]; mindskip only: scope [attention] (attention | mlp | block: what a closed gate skips), unit
+//               [sequence] (sequence | token), tau [0.5] (in (0, 1)), objective [lm] (lm: cross-entropy on the data
+//               | kl: forward KL to the frozen backbone without routers), capacity_target [0.7] (in (0, 1]),
+//               capacity_weight [0.0] (>= 0: lambda of lambda * relu(capacity - target) per micro-batch);
+//               drllm only: hidden [128], windows [8], search_budget [32] (>= 1 forward evaluations per
+//               training sequence in the label search), focal_gamma [2.0] (>= 0)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
 //               rank uses GPU local_rank % visible GPUs), precision [bf16 on cuda, fp32 on cpu] (fp32|bf16:
 //               the dtype of weights and activations; bf16 keeps f32 master weights, gradients and
@@ -139,7 +149,7 @@ struct RunSection {
 
 // What the run trains (trainer/task.h): a registered task's name.
 struct TaskSection {
-  std::string name = "lm";  // lm | sft | distill | medusa (task_names() in trainer/task_names.h)
+  std::string name = "lm";  // lm | sft | distill | medusa | router (task_names() in trainer/task_names.h)
 };
 
 // task distill (trainer/distill_task.h): the frozen target and how the drafter is scored against it.
@@ -180,6 +190,26 @@ struct MedusaSection {
   int64_t warmup_steps = 0;          // the first steps train the heads only (the backbone frozen)
   std::string backbone_loss = "lm";  // lm: cross-entropy on the data | self_distill: forward KL to the
                                      // frozen original model (model.init_from) on the data (its own generations)
+};
+
+// task router (trainer/router_backbone.h): layer-skip routers trained on the frozen model.init_from
+// backbone (ALGORITHMS.md §8). router_spec() turns it into the model's RouterSpec.
+struct RouterSection {
+  std::string kind = "mindskip";    // mindskip | drllm
+  std::vector<int64_t> layers;      // global layer indices in [0, L-2]; empty = default_router_layers(L, n)
+  int64_t n = 16;                   // >= 1: how many layers the default takes
+  // mindskip
+  std::string scope = "attention";  // attention | mlp | block: what a closed gate skips
+  std::string unit = "sequence";    // sequence (decided on the mean over tokens) | token
+  double tau = 0.5;                 // (0, 1): a gate runs iff sigmoid(w . xbar) >= tau
+  std::string objective = "lm";     // lm: cross-entropy on the data | kl: forward KL to the unrouted backbone
+  double capacity_target = 0.7;     // (0, 1]: the share of router units meant to run
+  double capacity_weight = 0.0;     // >= 0: lambda of lambda * relu(capacity - target)
+  // drllm
+  int64_t hidden = 128;             // >= 1: the router MLP's bottleneck width
+  int64_t windows = 8;              // >= 1: windows of the windowed mean
+  int64_t search_budget = 32;       // >= 1: forward evaluations per training sequence in the label search
+  double focal_gamma = 2.0;         // >= 0: the focal loss's gamma
 };
 
 // LoRA adapters (trainer/lora.h) on the frozen model.init_from base, for tasks lm, sft and distill
@@ -287,6 +317,7 @@ struct RunConfig {
   TaskSection task;
   DistillSection distill;
   MedusaSection medusa;
+  RouterSection router;
   LoraSection lora;
   QuantSection quant;
   ModelSection model;

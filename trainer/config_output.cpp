@@ -65,7 +65,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   real("peer_timeout", c.run.peer_timeout, "seconds; 0 = no peer watchdog");
 
   section = "task";
-  string("name", c.task.name, "lm | sft | distill | medusa");
+  string("name", c.task.name, "lm | sft | distill | medusa | router");
 
   section = "distill";  // written for every task (at its defaults unless the task is distill)
   string("target", c.distill.target, "frozen target: anvil checkpoint or Hugging Face directory");
@@ -96,6 +96,23 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   real("lr_multiplier", c.medusa.lr_multiplier, "stage 2: the heads' lr over the backbone's");
   integer("warmup_steps", c.medusa.warmup_steps, "stage 2: heads-only steps first");
   string("backbone_loss", c.medusa.backbone_loss, "stage 2: lm | self_distill");
+
+  section = "router";  // written for every task (at its defaults unless the task is router)
+  string("kind", c.router.kind, "mindskip | drllm");
+  std::vector<std::string> router_layers;
+  for (int64_t layer : c.router.layers) router_layers.push_back(std::to_string(layer));
+  f.push_back({section, "layers", K::List, "", router_layers, "[] = the last n but the final one"});
+  integer("n", c.router.n);
+  string("scope", c.router.scope, "mindskip: attention | mlp | block");
+  string("unit", c.router.unit, "mindskip: sequence | token");
+  real("tau", c.router.tau, "mindskip: gate runs iff sigmoid(w . xbar) >= tau");
+  string("objective", c.router.objective, "mindskip: lm | kl (to the unrouted backbone)");
+  real("capacity_target", c.router.capacity_target, "mindskip: share of router units meant to run");
+  real("capacity_weight", c.router.capacity_weight, "mindskip: lambda of lambda * relu(capacity - target)");
+  integer("hidden", c.router.hidden, "drllm: router MLP width");
+  integer("windows", c.router.windows, "drllm: windows of the windowed mean");
+  integer("search_budget", c.router.search_budget, "drllm: forward evaluations per sequence in the label search");
+  real("focal_gamma", c.router.focal_gamma, "drllm: focal loss gamma");
 
   section = "lora";  // written for every run (modules [] = no LoRA)
   f.push_back({section, "modules", K::List, "", c.lora.modules, "HF module globs; [] = off; all-linear"});

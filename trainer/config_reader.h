@@ -12,6 +12,11 @@
 
 #include "core/error.h"
 
+namespace anvil {
+struct RunConfig;
+struct RouterSection;
+}  // namespace anvil
+
 namespace anvil::config_detail {
 
 // Where the config text came from, and which YAML paths --set replaced.
@@ -80,5 +85,8 @@ class Section {
 // keys with a suggestion, and returns every schema section (absent ones empty).
 std::map<std::string, Section> read_config_tree(Context& ctx, const std::string& yaml_text,
                                                 const std::vector<std::string>& overrides);
+
+// The router section (trainer/config_router.cpp), read after the task and model sections.
+void parse_router(const Section& s, const RunConfig& c, RouterSection& r);
 
 }  // namespace anvil::config_detail

@@ -12,6 +12,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/lora.h"
 #include "trainer/parallel_spec_rows.h"
+#include "trainer/router_backbone.h"
 #include "trainer/trainer.h"
 
 namespace anvil {
@@ -64,14 +65,20 @@ void check_base_present(const std::string& dir, const CheckpointMeta& meta, cons
     return;  // parse_run_config reports it
   }
   const bool medusa = run["task"] && run["task"]["name"] && run["task"]["name"].as<std::string>() == "medusa";
+  const bool router = run["task"] && run["task"]["name"] && run["task"]["name"].as<std::string>() == "router";
   const bool lora = run["lora"] && run["lora"]["modules"] && run["lora"]["modules"].IsSequence() &&
                     run["lora"]["modules"].size() > 0;
-  if (!medusa && !lora) return;
+  if (!medusa && !lora && !router) return;
   if (!run["model"] || !run["model"]["init_from"]) return;
   const std::string base = run["model"]["init_from"].as<std::string>();
   std::error_code ec;
   if (base.empty() || fs::exists(base, ec)) return;
   std::string why;
+  if (router) {
+    ANVIL_FAIL("the router run ", dir, " was trained on the backbone ", base, " (its model.init_from), which no longer "
+               "exists — a router checkpoint holds the routers only, so the backbone's weights must be read from there: "
+               "restore it, or point at a copy of the same backbone with --set model.init_from=PATH");
+  }
   if (lora) {
     why = "a LoRA checkpoint holds the adapters (and a quantized base's packed codes) only, so the base's weights "
           "must be read from there";
@@ -137,6 +144,16 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     const CheckpointMeta meta = read_checkpoint_meta(out.source);
     check_base_present(out.source, meta, options.overrides);
     out.config = config_from_checkpoint(out.source, options.overrides);
+    if (out.config.task.name == "router") {  // the backbone from model.init_from, the routers from the checkpoint
+      out.model = build_frozen_routed(out.config, out.config.model, options.layout);
+      load_backbone_weights(*out.model, out.config.model.init_from, out.model->router_params());
+      out.step = load_router_checkpoint(*out.model, out.source);
+      const Device device = options.device ? *options.device : training_device(out.config.run);
+      const DType compute = options.compute ? *options.compute : compute_dtype(out.config.run);
+      if (device.is_cuda()) cuda_set_device(device.index);
+      out.model->to(device, compute);
+      return out;
+    }
     out.model = build_frozen(out.config.model, options.layout);
     if (const int64_t masks = parallel_spec_masks(out.config)) {  // a ParallelSpec drafter's mask tokens
       FrozenParamScope frozen;

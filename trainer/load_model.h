@@ -19,6 +19,9 @@
 // quant section and adapted (trainer/lora.h adapt_base, everything frozen), then the checkpoint's
 // adapters and packed codes (lora_checkpoint_params). Quantized Linears compute through the
 // quantized kernels, the adapters beside them, in generate, eval and KV-cache decoding alike.
+//
+// A router run (task.name: router) loads as its backbone (model.init_from) with the routers
+// attached (trainer/router_backbone.h), their weights from the checkpoint, which holds nothing else.
 #pragma once
 #include <memory>
 #include <optional>

@@ -4,16 +4,23 @@
 #include "trainer/lm_task.h"
 #include "trainer/load_model.h"
 #include "trainer/medusa_task.h"
+#include "trainer/router_task.h"
 #include "trainer/task_names.h"
 
 namespace anvil {
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"lm", "sft", "distill", "medusa"};
+  static const std::vector<std::string> names = {"lm", "sft", "distill", "medusa", "router"};
   return names;
 }
 
-std::unique_ptr<Task> make_task(const std::string& name) {
+std::unique_ptr<Task> make_task(const RunConfig& config) {
+  const std::string& name = config.task.name;
+  if (name == "router") {
+    if (config.router.kind == "mindskip") return std::make_unique<MindSkipTask>();
+    // TODO(lead, at merge): router.kind drllm -> std::make_unique<DrLLMTask>() from trainer/drllm_task.h.
+    ANVIL_FAIL("router.kind: ", config.router.kind, " is not built into this anvil — use router.kind: mindskip");
+  }
   if (name == "lm") return std::make_unique<LMTask>();
   if (name == "sft") return std::make_unique<SFTTask>();
   if (name == "distill") return std::make_unique<DistillTask>();
@@ -21,6 +28,12 @@ std::unique_ptr<Task> make_task(const std::string& name) {
   std::string choices;
   for (const std::string& n : task_names()) choices += (choices.empty() ? "" : ", ") + n;
   ANVIL_FAIL("task.name: '", name, "' is not a task — choose one of ", choices);
+}
+
+std::unique_ptr<Task> make_task(const std::string& name) {
+  RunConfig config;
+  config.task.name = name;
+  return make_task(config);
 }
 
 std::unique_ptr<TransformerLM> build_trainable_lm(const TaskEnv& env) {

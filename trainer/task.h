@@ -80,7 +80,10 @@ class Task {
   virtual std::vector<Param*> tunable_params() { return model().params(); }
 };
 
-// The task named `name` (task_names() lists them); throws naming the choices otherwise.
+// The task config.task.name names (task_names() lists them; task router: the kind config.router.kind
+// names); throws naming the choices otherwise.
+std::unique_ptr<Task> make_task(const RunConfig& config);
+// The same for a task at its section's defaults.
 std::unique_ptr<Task> make_task(const std::string& name);
 
 // The trainable causal LM of a run, built on the CPU in f32 for env.layout from config.model:

@@ -99,7 +99,7 @@ LoaderConfig loader_config(const RunConfig& config) {
   lc.shuffle = config.data.shuffle;
   lc.ignore_index = static_cast<int32_t>(config.training.ignore_index);
   lc.packing = packing_from_string(config.data.packing);
-  make_task(config.task.name)->configure_loader(lc);
+  make_task(config)->configure_loader(lc);
   return lc;
 }
 
@@ -134,7 +134,7 @@ Trainer::Trainer(RunConfig config, TrainerMode mode, std::shared_ptr<Communicato
                 config_.model.vocab_size, " — set model.vocab_size: auto or at least ", store_->info().vocab_size);
   }
 
-  task_ = make_task(config_.task.name);
+  task_ = make_task(config_);
   if (store_) task_->check_data(config_, *store_);
   LoaderConfig lc = loader_config(config_);
   if (grid_) {  // every dp rank takes its slice of the same global batch
