@@ -45,9 +45,10 @@ mkdir -p "$out"
 out=$(realpath "$out")
 # The base's validation split, layer count and seed, so every router run evaluates on the same documents.
 # (A run directory's config.yaml holds absolute data and tokenizer paths.)
-read -r base_seed base_fraction base_store base_tokenizer layers < <(python3 -c 'import sys, yaml
+read -r base_seed base_fraction base_store base_seq_len base_tokenizer layers < <(python3 -c 'import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
-print(c.get("run", {}).get("seed", 0), c.get("data", {}).get("valid_fraction", 0), c.get("data", {}).get("train", "none"),
+d = c.get("data", {})
+print(c.get("run", {}).get("seed", 0), d.get("valid_fraction", 0), d.get("train", "none"), d.get("seq_len", 256),
       c.get("tokenizer", {}).get("path", ""), c["model"]["num_hidden_layers"])' "$target/config.yaml")
 router_n=${ROUTER_N:-$(( layers / 2 > 0 ? layers / 2 : 1 ))}  # routers on the last n layers but the final one
 exits=${EXITS:-$(python3 -c "import sys; L = int(sys.argv[1]); print(' '.join(sorted({str(max(1, min(L - 1, L * k // 4))) for k in (1, 2, 3)}, key=int)))" "$layers")}
@@ -64,8 +65,10 @@ config_of() {  # kind -> config and sets
   esac
 }
 common=(--set model.init_from="$target" --set training.steps="$steps" --set run.seed="$base_seed"
-        --set data.train="$base_store" --set data.valid_fraction="$base_fraction" --set tokenizer.path="$base_tokenizer"
-        --set router.n="$router_n" --set training.sample_every=0 --set checkpoint.every=0
+        --set data.train="$base_store" --set data.valid_fraction="$base_fraction" --set data.seq_len="$base_seq_len"
+        --set tokenizer.path="$base_tokenizer"
+        --set router.n="$router_n" --set schedule.warmup_steps=$((steps / 10)) --set training.eval_every="$steps"
+        --set training.sample_every=0 --set checkpoint.every=0
         --set checkpoint.resume=none --set logging.progress=never)
 : > "$out/points.tsv"
 names=()
