@@ -24,7 +24,7 @@ out=${OUT:-$build/router_bench}
 steps=${STEPS:-200}
 caps=${CAPS:-"0.9 0.8 0.7 0.6"}
 weight=${WEIGHT:-1.0}
-kinds=${KINDS:-"mindskip_attn_seq mindskip_attn_token mindskip_block drllm"}
+kinds=${KINDS-"mindskip_attn_seq mindskip_attn_token mindskip_block drllm"}  # KINDS="" : no router points
 drllm_sweep=${DRLLM_SWEEP:-default}
 eval_batches=${EVAL_BATCHES:-20}
 batch=${BATCH:-1}
