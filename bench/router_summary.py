@@ -3,7 +3,7 @@ target) the skip ratio (1 - the last validation capacity in its metrics.jsonl, w
 validation loss from `anvil eval` (the same batches as the unrouted base's), prefill and decode
 tokens/s against the base measured in the same router_decode_bench process, and the issue's
 target (<= 1% validation-loss increase at >= 1.15x prefill tokens/s); then the early-exit
-self-speculation table (`anvil eval selfspec --json`). Draws skip ratio vs validation loss as a
+self-speculation table (medians over the runs of `anvil eval selfspec --json`). Draws skip ratio vs validation loss as a
 PNG without matplotlib (zlib + the 5x7 font of trainer/plot.cpp, read from there).
 usage: router_summary.py OUT_DIR PNG"""
 import glob
@@ -103,20 +103,28 @@ for kind in sorted({p[0] for p in points}):
     else:
         print(f"  {kind:<22} no point within 1% loss with a decode measurement")
 
-spec_path = os.path.join(out, "selfspec.json")
-if os.path.exists(spec_path):
-    report = json.load(open(spec_path))
+spec_reports = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "selfspec_*.json")))]
+if spec_reports:
+    import statistics
+    report = spec_reports[0]
+    cells = {}
+    for r in spec_reports:
+        for c in r["cases"]:
+            cells.setdefault((c["exit_layer"], c["gamma"], c["temperature"]), []).append(c)
     print(f"\nearly-exit self-speculation on the base ({report['num_layers']} layers; drafter = its first E layers + "
           f"final norm + head, sharing the KV cache): {report['prompts']} prompts, {report['max_new_tokens']} new "
-          f"tokens, batch {report['batch_size']}, {report['threads']} threads")
+          f"tokens, batch {report['batch_size']}, {report['threads']} threads; medians over {len(spec_reports)} runs "
+          f"(seeds 1..{len(spec_reports)})")
     print("tau = tokens committed per target forward (bonus included); speedup = self-spec tokens/s over plain "
-          "decoding's in the same run")
+          "decoding's in the same run (the median of the per-run ratios)")
     print(f"{'E':>3}{'gamma':>6}{'T':>5}{'tau':>7}{'accept':>8}{'spec tok/s':>12}{'plain tok/s':>13}{'speedup':>9}"
           f"{'same@T0':>9}")
-    for c in report["cases"]:
-        same = str(c["same_tokens_as_plain"]) if c["temperature"] == 0 else "-"
-        print(f"{c['exit_layer']:>3}{c['gamma']:>6}{c['temperature']:>5g}{c['tau']:>7.3f}{c['acceptance_rate']:>8.3f}"
-              f"{c['tokens_per_second']:>12.1f}{c['plain_tokens_per_second']:>13.1f}{c['speedup']:>8.2f}x{same:>9}")
+    med = lambda cs, k: statistics.median(c[k] for c in cs)
+    for (e, gamma, t), cs in sorted(cells.items()):
+        same = str(all(c["same_tokens_as_plain"] for c in cs)) if t == 0 else "-"
+        print(f"{e:>3}{gamma:>6}{t:>5g}{med(cs, 'tau'):>7.3f}{med(cs, 'acceptance_rate'):>8.3f}"
+              f"{med(cs, 'tokens_per_second'):>12.1f}{med(cs, 'plain_tokens_per_second'):>13.1f}"
+              f"{med(cs, 'speedup'):>8.2f}x{same:>9}")
 
 # ---- the figure: skip ratio (x) vs validation loss (y), one colour per router kind ----
 font = {}
@@ -154,7 +162,7 @@ def line(x0, y0, x1, y1, c, thick=2):
 
 colors = [0x1F77B4, 0xFF7F0E, 0x2CA02C, 0xD62728, 0x9467BD, 0x8C564B]
 left, right, top, bottom = 120, W - 320, 50, H - 60
-pts = [p for s in series.values() for p in s] + ([(0.0, base)] if base is not None else [])
+pts = [p for s in series.values() for p in s] + ([(0.0, base), (0.0, base * 1.01)] if base is not None else [])
 text(left, 14, "validation loss vs skip ratio of each router point (dashed: the unrouted base)")
 if pts:
     xmin, xmax = 0.0, max(0.05, max(p[0] for p in pts) * 1.05)

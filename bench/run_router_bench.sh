@@ -128,11 +128,14 @@ fi
 
 # ---- 4. early-exit self-speculation of the base ----
 if [ -z "${SKIP_SELFSPEC:-}" ]; then
-  echo "== self-speculation, exit layers $exits, gammas $gammas"
-  "$anvil" eval selfspec --checkpoint "$target" --exit-layer "${exits// /,}" --gammas "${gammas// /,}" \
-    --temperatures 0,1 --num-prompts "${SPEC_PROMPTS:-8}" --prompt-tokens "${SPEC_PROMPT_TOKENS:-32}" \
-    --max-tokens "${SPEC_NEW_TOKENS:-64}" \
-    --json "$out/selfspec.json" > "$out/selfspec.log" 2>&1 || { cat "$out/selfspec.log" >&2; exit 1; }
+  echo "== self-speculation, exit layers $exits, gammas $gammas, ${SPEC_RUNS:-3} runs"
+  rm -f "$out"/selfspec_*.json
+  for r in $(seq "${SPEC_RUNS:-3}"); do  # the summary takes medians: one short run is at the mercy of the machine
+    "$anvil" eval selfspec --checkpoint "$target" --exit-layer "${exits// /,}" --gammas "${gammas// /,}" \
+      --temperatures "${SPEC_TEMPERATURES:-0,1}" --num-prompts "${SPEC_PROMPTS:-8}" \
+      --prompt-tokens "${SPEC_PROMPT_TOKENS:-32}" --max-tokens "${SPEC_NEW_TOKENS:-64}" --seed "$r" \
+      --json "$out/selfspec_$r.json" > "$out/selfspec_$r.log" 2>&1 || { cat "$out/selfspec_$r.log" >&2; exit 1; }
+  done
 fi
 
 # ---- 5. the record ----
