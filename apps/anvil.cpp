@@ -26,6 +26,7 @@
 #include "eval/generate.h"
 #include "eval/generate_data.h"
 #include "eval/perplexity.h"
+#include "eval/self_speculative.h"
 #include "eval/spec_eval.h"
 #include "models/hf_convert.h"
 #include "models/hf_quant.h"
@@ -86,6 +87,8 @@ struct GenerateArgs {
   std::string draft;  // a drafter: speculative decoding with `gamma` draft tokens per target forward
   int gamma = 4;
   int tree_width = 1;  // > 1: a tree of this width, gamma deep, verified in one target forward
+  int64_t early_exit = 0;  // with early_exit_given: self-speculation, the first early_exit layers draft `gamma` tokens
+  bool early_exit_given = false;
   MedusaFlags medusa;  // medusa.run: decode with a Medusa run's heads (its base replaces --checkpoint)
   std::string routers;  // a router run: its routers on the backbone (--checkpoint, else the run's init_from)
   int max_tokens = 64;
@@ -299,7 +302,8 @@ int run_generate(const GenerateArgs& a) {
   ANVIL_CHECK(routed || medusa != !a.checkpoint.empty(), medusa ? "generate: pass --medusa RUN alone, without "
               "--checkpoint (the Medusa run names its base)" : "generate: --checkpoint is required (or --medusa RUN, "
               "or --routers RUN)");
-  ANVIL_CHECK(!medusa || a.draft.empty(), "generate: --medusa and --draft are two ways to speculate — pass one");
+  ANVIL_CHECK(!medusa || (a.draft.empty() && !a.early_exit_given), "generate: --medusa, --draft and --early-exit are "
+              "ways to speculate — pass one");
   LoadModelOptions options;
   options.overrides = a.overrides;
   const LoadedModel loaded = medusa   ? load_medusa_run(a.medusa, a.overrides)
@@ -325,6 +329,15 @@ int run_generate(const GenerateArgs& a) {
                                              medusa_acceptance_of(a.medusa, s.temperature), eos, &stats).c_str());
     std::fflush(stdout);
     std::fprintf(stderr, "%s\n", stats.summary().c_str());
+    return 0;
+  }
+  if (a.early_exit_given) {
+    ANVIL_CHECK(a.draft.empty() && a.tree_width == 1, "generate: --early-exit drafts with the model itself — pass it "
+                "without --draft and --tree-width");
+    std::printf("%s\n", self_speculative_complete_text(*loaded.model, a.early_exit, tokenizer, a.prompt, a.max_tokens,
+                                                       s, a.gamma, eos, &stats).c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr, "early exit %ld: %s\n", long(a.early_exit), stats.summary().c_str());
     return 0;
   }
   if (a.draft.empty()) {
@@ -586,7 +599,10 @@ int main(int argc, char** argv) {
                       "Override a config field, e.g. run.device=cpu for a checkpoint trained on a GPU");
   gen_cmd->add_option("--draft", gen.draft, "Drafter checkpoint or HF directory: lossless speculative decoding "
                       "(same output distribution; stats on stderr)");
-  gen_cmd->add_option("--gamma", gen.gamma, "Draft tokens per target forward (with --draft; a tree's depth)")
+  gen_cmd->add_option("--early-exit", gen.early_exit, "Self-speculation: the model's first E layers (+ final norm "
+                      "and head) draft --gamma tokens, the whole model verifies losslessly, sharing one KV cache; E in "
+                      "[1, layers-1] (stats on stderr)");
+  gen_cmd->add_option("--gamma", gen.gamma, "Draft tokens per target forward (with --draft or --early-exit; a tree's depth)")
       ->capture_default_str();
   gen_cmd->add_option("--tree-width", gen.tree_width, "With --draft: candidates per node of a draft tree --gamma "
                       "deep, verified in one target forward (1 = a chain)")->capture_default_str();
@@ -623,28 +639,13 @@ int main(int argc, char** argv) {
                                             "acceptance, drafter overhead, tokens/s, speedup");
   spec_cmd->add_option("--target", spec.target, "Target checkpoint or HF directory")->required();
   spec_cmd->add_option("--draft", spec.draft, "Drafter checkpoint or HF directory")->required();
-  spec_cmd->add_option("--prompts", spec.prompts_file, "Prompts, one per line")->check(CLI::ExistingFile);
-  spec_cmd->add_option("--data", spec.data, "Token store whose held-out documents give the prompts (default: the "
-                       "target's data.train)");
-  spec_cmd->add_option("--num-prompts", spec.num_prompts, "Prompts taken from --data")->capture_default_str()->check(
-      CLI::PositiveNumber);
-  spec_cmd->add_option("--prompt-tokens", spec.prompt_tokens, "Tokens per prompt from --data")->capture_default_str()
-      ->check(CLI::PositiveNumber);
   spec_cmd->add_option("--gammas", spec.gammas, "Draft tokens per target forward (tree depths with --tree-width)")
       ->delimiter(',')->capture_default_str();
   spec_cmd->add_option("--tree-width", spec.tree_width, "Candidates per node of a draft tree, each gamma its depth, "
                        "verified in one target forward (1 = chains; standalone drafters)")->capture_default_str();
-  spec_cmd->add_option("--temperatures", spec.temperatures, "Sampling temperatures (0 = greedy)")->delimiter(',')
-      ->capture_default_str();
-  spec_cmd->add_option("--max-tokens", spec.max_tokens, "New tokens per prompt")->capture_default_str()->check(
-      CLI::PositiveNumber);
-  spec_cmd->add_option("--batch-size", spec.batch_size, "Prompts decoded together")->capture_default_str()->check(
-      CLI::PositiveNumber);
-  spec_cmd->add_option("--top-k", spec.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
-  spec_cmd->add_option("--top-p", spec.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  spec_cmd->add_option("--seed", spec.seed, "Sampling seed")->capture_default_str();
-  spec_cmd->add_option("--json", spec.json, "Write the report as JSON here");
-  spec_cmd->add_option("--set", spec.overrides, "Override a field of the target's stored config");
+  add_decode_eval_flags(spec_cmd, spec);
+  EvalSelfSpecArgs selfspec;
+  auto* selfspec_cmd = add_eval_selfspec_command(eval_cmd, selfspec);
 
   EvalMedusaArgs med;
   auto* med_cmd = eval_cmd->add_subcommand("medusa", "Medusa vs plain KV-cached decoding of a Medusa run's base: tau, "
@@ -720,13 +721,17 @@ int main(int argc, char** argv) {
     if (*prep_cmd) return run_prepare(prep);
     if (*dgen_cmd) return run_data_generate(dgen);
     if (*tok_train) return run_tokenizer_train(tok);
-    if (*gen_cmd) return run_generate(gen);
+    if (*gen_cmd) {
+      gen.early_exit_given = gen_cmd->get_option("--early-exit")->count() > 0;
+      return run_generate(gen);
+    }
     if (*spec_cmd) return run_eval_spec(spec);
+    if (*selfspec_cmd) return run_eval_selfspec(selfspec);
     if (*med_cmd) return run_eval_medusa(med);
     if (*eval_cmd) {
       if (!ev.routers.empty()) return run_eval_routers(ev.routers, ev.checkpoint, ev.batches, ev.overrides);
       ANVIL_CHECK(!ev.checkpoint.empty(), "eval: --checkpoint is required (anvil eval --checkpoint RUN_DIR), or "
-                  "use anvil eval spec or anvil eval medusa");
+                  "use anvil eval spec, anvil eval selfspec or anvil eval medusa");
       return run_eval(ev);
     }
     if (*conv_cmd) return run_convert(conv);

@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include <CLI/CLI.hpp>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +12,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "eval/eagle_chain_drafter.h"
+#include "eval/self_speculative.h"
 #include "eval/spec_eval.h"
 #include "trainer/checkpoint.h"
 
@@ -106,33 +109,25 @@ LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target) {
   return drafter;
 }
 
-int run_eval_spec(const EvalSpecArgs& a) {
-  for (int gamma : a.gammas)
-    ANVIL_CHECK(gamma >= 1, "eval spec: --gammas ", gamma, " — every gamma (draft tokens per target forward) must be "
-                ">= 1, e.g. --gammas 2,4,6");
-  ANVIL_CHECK(a.tree_width >= 1, "eval spec: --tree-width ", a.tree_width, " — the tree width must be >= 1 (1: "
-              "chains), e.g. --tree-width 2");
-  for (double t : a.temperatures)
-    ANVIL_CHECK(t >= 0, "eval spec: --temperatures ", t, " — temperatures must be >= 0 (0 = greedy), e.g. 0,1");
-  LoadModelOptions options;
-  options.overrides = a.overrides;
-  const LoadedModel target = load_model(a.target, options);
-  if (target.config.run.threads > 0) omp_set_num_threads(static_cast<int>(target.config.run.threads));
-  LoadedDrafter drafter = load_drafter(a.draft, target);
+namespace {
+
+// The prompts of `eval spec` / `eval selfspec`: --prompts (encoded) or --data's held-out documents.
+std::vector<std::vector<int32_t>> eval_prompts(const EvalSpecArgs& a, const LoadedModel& target, std::string& source,
+                                               const std::string& command) {
   const auto tokenizer = tokenizer_of(target);
-  ANVIL_CHECK(a.prompts_file.empty() || a.data.empty(), "eval spec: pass --prompts or --data, not both");
-  std::string source;
-  std::vector<std::vector<int32_t>> prompts;
+  ANVIL_CHECK(a.prompts_file.empty() || a.data.empty(), command, ": pass --prompts or --data, not both");
   if (!a.prompts_file.empty()) {
-    ANVIL_CHECK(tokenizer != nullptr, "eval spec: ", a.target, " has no tokenizer.json to encode --prompts with");
-    prompts = prompts_from_file(a.prompts_file, *tokenizer, "eval spec");
+    ANVIL_CHECK(tokenizer != nullptr, command, ": ", a.target, " has no tokenizer.json to encode --prompts with");
     source = a.prompts_file;
-  } else {
-    const std::string store = a.data.empty() ? target.config.data.train : a.data;
-    ANVIL_CHECK(!store.empty() && store != "none", "eval spec: no prompts — pass --prompts FILE (one per line) or "
-                "--data STORE (held-out documents)");
-    prompts = prompts_from_store(store, target, tokenizer.get(), a.num_prompts, a.prompt_tokens, source, "eval spec");
+    return prompts_from_file(a.prompts_file, *tokenizer, command);
   }
+  const std::string store = a.data.empty() ? target.config.data.train : a.data;
+  ANVIL_CHECK(!store.empty() && store != "none", command, ": no prompts — pass --prompts FILE (one per line) or "
+              "--data STORE (held-out documents)");
+  return prompts_from_store(store, target, tokenizer.get(), a.num_prompts, a.prompt_tokens, source, command);
+}
+
+SpecEvalOptions spec_eval_options(const EvalSpecArgs& a) {
   SpecEvalOptions o;
   o.gammas = a.gammas;
   o.temperatures = a.temperatures;
@@ -141,6 +136,31 @@ int run_eval_spec(const EvalSpecArgs& a) {
   o.top_k = a.top_k;
   o.top_p = a.top_p;
   o.seed = a.seed;
+  return o;
+}
+
+void check_decode_eval_flags(const EvalSpecArgs& a, const char* command) {
+  for (int gamma : a.gammas)
+    ANVIL_CHECK(gamma >= 1, command, ": --gammas ", gamma, " — every gamma (draft tokens per target forward) must be "
+                ">= 1, e.g. --gammas 2,4,6");
+  for (double t : a.temperatures)
+    ANVIL_CHECK(t >= 0, command, ": --temperatures ", t, " — temperatures must be >= 0 (0 = greedy), e.g. 0,1");
+}
+
+}  // namespace
+
+int run_eval_spec(const EvalSpecArgs& a) {
+  check_decode_eval_flags(a, "eval spec");
+  ANVIL_CHECK(a.tree_width >= 1, "eval spec: --tree-width ", a.tree_width, " — the tree width must be >= 1 (1: "
+              "chains), e.g. --tree-width 2");
+  LoadModelOptions options;
+  options.overrides = a.overrides;
+  const LoadedModel target = load_model(a.target, options);
+  if (target.config.run.threads > 0) omp_set_num_threads(static_cast<int>(target.config.run.threads));
+  LoadedDrafter drafter = load_drafter(a.draft, target);
+  std::string source;
+  const std::vector<std::vector<int32_t>> prompts = eval_prompts(a, target, source, "eval spec");
+  SpecEvalOptions o = spec_eval_options(a);
   o.tree_width = a.tree_width;
   const TreeDrafterFactory tree = a.tree_width > 1 ? drafter.tree_factory() : nullptr;
   const int threads = omp_get_max_threads();
@@ -160,6 +180,88 @@ int run_eval_spec(const EvalSpecArgs& a) {
                                    {"cases", spec_eval_json(cases)}};
     std::ofstream out(a.json);
     ANVIL_CHECK(out.good(), "eval spec: cannot write --json ", a.json, " — check the directory exists");
+    out << report.dump(2) << "\n";
+    std::printf("wrote %s\n", a.json.c_str());
+  }
+  return 0;
+}
+
+void add_decode_eval_flags(CLI::App* cmd, EvalSpecArgs& a) {
+  cmd->add_option("--prompts", a.prompts_file, "Prompts, one per line")->check(CLI::ExistingFile);
+  cmd->add_option("--data", a.data, "Token store whose held-out documents give the prompts (default: the "
+                  "target's data.train)");
+  cmd->add_option("--num-prompts", a.num_prompts, "Prompts taken from --data")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  cmd->add_option("--prompt-tokens", a.prompt_tokens, "Tokens per prompt from --data")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--temperatures", a.temperatures, "Sampling temperatures (0 = greedy)")->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", a.max_tokens, "New tokens per prompt")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  cmd->add_option("--batch-size", a.batch_size, "Prompts decoded together")->capture_default_str()->check(
+      CLI::PositiveNumber);
+  cmd->add_option("--top-k", a.top_k, "0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", a.top_p, "1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", a.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--json", a.json, "Write the report as JSON here");
+  cmd->add_option("--set", a.overrides, "Override a field of the target's stored config");
+}
+
+CLI::App* add_eval_selfspec_command(CLI::App* eval_cmd, EvalSelfSpecArgs& a) {
+  auto* cmd = eval_cmd->add_subcommand("selfspec", "Early-exit self-speculative vs plain KV-cached decoding of one "
+                                       "model (its first E layers draft, the whole model verifies losslessly): tau, "
+                                       "acceptance, tokens/s, speedup");
+  cmd->add_option("--checkpoint", a.spec.target, "Checkpoint, run directory or HF directory")->required();
+  cmd->add_option("--exit-layer,--exit-layers", a.exit_layers, "Layers the drafter runs, E in [1, L-1] (a list: "
+                  "one table each)")->delimiter(',')->required();
+  cmd->add_option("--gamma,--gammas", a.spec.gammas, "Draft tokens per verification")->delimiter(',')
+      ->capture_default_str();
+  add_decode_eval_flags(cmd, a.spec);
+  return cmd;
+}
+
+int run_eval_selfspec(const EvalSelfSpecArgs& args) {
+  const EvalSpecArgs& a = args.spec;
+  check_decode_eval_flags(a, "eval selfspec");
+  ANVIL_CHECK(!args.exit_layers.empty(), "eval selfspec: give --exit-layer E (the layers the drafter runs)");
+  LoadModelOptions options;
+  options.overrides = a.overrides;
+  const LoadedModel target = load_model(a.target, options);
+  if (target.config.run.threads > 0) omp_set_num_threads(static_cast<int>(target.config.run.threads));
+  TransformerLM& model = *target.model;
+  for (int64_t e : args.exit_layers)  // every bad flag before any decoding
+    for (int gamma : a.gammas) check_self_speculation(model, e, gamma, "eval selfspec: --exit-layer/--gamma");
+  std::string source;
+  const std::vector<std::vector<int32_t>> prompts = eval_prompts(a, target, source, "eval selfspec");
+  const SpecEvalOptions o = spec_eval_options(a);
+  const int threads = omp_get_max_threads();
+  const int64_t L = model.config().num_hidden_layers;
+  std::printf("model %s (%ld layers), early-exit drafter = its first E layers + final norm + head, sharing its KV "
+              "cache: %zu prompts from %s, %d new tokens, batch %ld, %d threads, %s\n", target.source.c_str(), long(L),
+              prompts.size(), source.c_str(), a.max_tokens, long(a.batch_size), threads, model.device().str().c_str());
+  nlohmann::json cases_json = nlohmann::json::array();
+  for (int64_t e : args.exit_layers) {
+    const ChainDecodeFn decode = [&](const std::vector<std::vector<int32_t>>& chunk, int max_new,
+                                     const SamplingConfig& cfg, int gamma, std::optional<int32_t> stop) {
+      return self_speculative_generate(model, e, chunk, max_new, cfg, gamma, stop);
+    };
+    const std::vector<SpecEvalCase> cases = run_decode_eval(model, decode, prompts, o);
+    std::printf("exit layer %ld of %ld (c = early-exit forward time / verification forward time of layers %ld..%ld)\n%s",
+                long(e), long(L), long(e), long(L - 1), spec_eval_table(cases).c_str());
+    for (nlohmann::json c : spec_eval_json(cases)) {
+      c["exit_layer"] = e;
+      cases_json.push_back(std::move(c));
+    }
+  }
+  if (!a.json.empty()) {
+    const nlohmann::json report = {{"model", target.source},        {"num_layers", L},
+                                   {"prompts", prompts.size()},     {"prompt_source", source},
+                                   {"max_new_tokens", a.max_tokens}, {"batch_size", a.batch_size},
+                                   {"threads", threads},            {"top_k", a.top_k},
+                                   {"top_p", a.top_p},              {"seed", a.seed},
+                                   {"prompt_ids", prompts},         {"cases", cases_json}};
+    std::ofstream out(a.json);
+    ANVIL_CHECK(out.good(), "eval selfspec: cannot write --json ", a.json, " — check the directory exists");
     out << report.dump(2) << "\n";
     std::printf("wrote %s\n", a.json.c_str());
   }

@@ -8,6 +8,10 @@
 #include "models/eagle_drafter.h"
 #include "trainer/load_model.h"
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace anvil {
 
 struct EvalSpecArgs {
@@ -43,6 +47,19 @@ struct LoadedDrafter {
 LoadedDrafter load_drafter(const std::string& path, const LoadedModel& target);
 
 int run_eval_spec(const EvalSpecArgs& args);
+
+// `anvil eval selfspec`: early-exit self-speculation (eval/self_speculative.h) of one model
+// against its plain decoding, one table per exit layer. spec.target is --checkpoint; spec.draft
+// and spec.tree_width are unused.
+struct EvalSelfSpecArgs {
+  EvalSpecArgs spec;
+  std::vector<int64_t> exit_layers;
+};
+int run_eval_selfspec(const EvalSelfSpecArgs& args);
+// The flags `eval spec` and `eval selfspec` share (prompts, temperatures, lengths, batch, filters,
+// seed, --json, --set), and the `eval selfspec` subcommand under `eval`.
+void add_decode_eval_flags(CLI::App* cmd, EvalSpecArgs& args);
+CLI::App* add_eval_selfspec_command(CLI::App* eval_cmd, EvalSelfSpecArgs& args);
 
 // What `eval spec` and `eval medusa` read prompts with (`command` names the caller in errors).
 // The tokenizer a loaded model names, or null when it names none that exists.

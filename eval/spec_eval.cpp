@@ -64,8 +64,6 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
                                         const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& o,
                                         const TreeDrafterFactory& tree) {
   ANVIL_CHECK(!prompts.empty(), "eval spec: no prompts — pass --prompts FILE or --data STORE");
-  ANVIL_CHECK(o.batch_size >= 1, "eval spec: the batch size must be >= 1, got ", o.batch_size);
-  ANVIL_CHECK(!o.gammas.empty() && !o.temperatures.empty(), "eval spec: give at least one gamma and one temperature");
   ANVIL_CHECK(o.tree_width >= 1, "eval spec: the tree width must be >= 1 (1: chains), got ", o.tree_width);
   const bool trees = o.tree_width > 1;
   ANVIL_CHECK(!trees || tree, "eval spec: tree width ", o.tree_width, " needs a tree drafter");
@@ -79,10 +77,23 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
                             o.tree_width, depth, o.stop_token);
       }
   }
+  const ChainDecodeFn decode = [&](const std::vector<std::vector<int32_t>>& chunk, int max_new,
+                                   const SamplingConfig& cfg, int gamma, std::optional<int32_t> stop) {
+    return trees ? tree_speculative_generate(target, *tree(), chunk, max_new, cfg, o.tree_width, gamma, stop)
+                 : speculative_generate(target, *drafter(), chunk, max_new, cfg, gamma, stop);
+  };
+  return run_decode_eval(target, decode, prompts, o);
+}
+
+std::vector<SpecEvalCase> run_decode_eval(TransformerLM& target, const ChainDecodeFn& decode,
+                                          const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& o) {
+  ANVIL_CHECK(!prompts.empty(), "eval spec: no prompts — pass --prompts FILE or --data STORE");
+  ANVIL_CHECK(o.batch_size >= 1, "eval spec: the batch size must be >= 1, got ", o.batch_size);
+  ANVIL_CHECK(!o.gammas.empty() && !o.temperatures.empty(), "eval spec: give at least one gamma and one temperature");
   using Clock = std::chrono::steady_clock;
   {  // Untimed warm-up of both paths (thread pool, first allocations), so the first case is not charged for it.
     SamplingConfig greedy = SamplingConfig::greedy();
-    speculative_generate(target, *drafter(), {prompts[0]}, 2, greedy, 1);
+    decode({prompts[0]}, 2, greedy, 1, std::nullopt);
     generate(target, {prompts[0]}, 2, greedy);
   }
   std::vector<SpecEvalCase> cases;
@@ -106,10 +117,7 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
       for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(o.batch_size)) {
         const size_t last = std::min(prompts.size(), first + static_cast<size_t>(o.batch_size));
         const std::vector<std::vector<int32_t>> chunk(prompts.begin() + first, prompts.begin() + last);
-        const SpeculativeResult spec =
-            trees ? tree_speculative_generate(target, *tree(), chunk, o.max_new_tokens, cfg, o.tree_width, gamma,
-                                              o.stop_token)
-                  : speculative_generate(target, *drafter(), chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
+        const SpeculativeResult spec = decode(chunk, o.max_new_tokens, cfg, gamma, o.stop_token);
         const Clock::time_point t0 = Clock::now();
         const auto plain = generate(target, chunk, o.max_new_tokens, cfg, o.stop_token);
         c.plain_seconds += std::chrono::duration<double>(Clock::now() - t0).count();

@@ -77,6 +77,16 @@ std::vector<SpecEvalCase> run_spec_eval(TransformerLM& target, const DrafterFact
                                         const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options,
                                         const TreeDrafterFactory& tree = nullptr);
 
+// One decoding call of a speculative decoder (chain, tree, self-speculative): new tokens per
+// prompt and the stats, under speculative_generate's contract.
+using ChainDecodeFn = std::function<SpeculativeResult(const std::vector<std::vector<int32_t>>& prompts,
+                                                      int max_new_tokens, const SamplingConfig& config, int gamma,
+                                                      std::optional<int32_t> stop_token)>;
+// run_spec_eval's measurement for any decoder: per temperature and gamma, `decode` then plain
+// generate() of `target` on each batch_size chunk of the prompts (after an untimed warm-up of both).
+std::vector<SpecEvalCase> run_decode_eval(TransformerLM& target, const ChainDecodeFn& decode,
+                                          const std::vector<std::vector<int32_t>>& prompts, const SpecEvalOptions& options);
+
 // The report: one row per case (τ, acceptance by position, target forwards per token, c,
 // tokens/s with and without speculation, speedup) under a line defining τ.
 std::string spec_eval_table(const std::vector<SpecEvalCase>& cases);

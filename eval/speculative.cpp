@@ -338,34 +338,40 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
 
 }  // namespace
 
-SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
-                                       const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
-                                       const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token) {
+void check_speculative_call(const ModelConfig& mc, int64_t drafter_vocab, int64_t drafter_positions,
+                            const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                            const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token) {
   config.validate();
-  const ModelConfig& mc = target.config();
   ANVIL_CHECK(gamma >= 1, "speculative decoding: gamma (draft tokens per target forward) must be >= 1, got ", gamma,
               " — choose a gamma of 1 or more (4 is a common choice)");
-  ANVIL_CHECK(drafter.vocab_size() == mc.vocab_size, "speculative decoding: the drafter's vocabulary has ",
-              drafter.vocab_size(), " tokens but the target's has ", mc.vocab_size,
+  ANVIL_CHECK(drafter_vocab == mc.vocab_size, "speculative decoding: the drafter's vocabulary has ",
+              drafter_vocab, " tokens but the target's has ", mc.vocab_size,
               " — a drafter must share the target's tokenizer and vocab_size (train it with the target's tokenizer)");
   ANVIL_CHECK(max_new_tokens >= 0, "speculative decoding: max_new_tokens must be >= 0, got ", max_new_tokens);
   ANVIL_CHECK(!stop_token || (*stop_token >= 0 && *stop_token < mc.vocab_size), "speculative decoding: stop token ",
               stop_token.value_or(0), " is outside the vocabulary [0, ", mc.vocab_size, ")");
   ANVIL_CHECK(prompts.size() <= std::numeric_limits<uint32_t>::max(), "speculative decoding: too many prompts");
-  const int64_t room = std::min(mc.max_position_embeddings, drafter.max_positions());
+  const int64_t room = std::min(mc.max_position_embeddings, drafter_positions);
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& pr = prompts[i];
     ANVIL_CHECK(!pr.empty(), "speculative decoding: prompt ", i, " is empty — every prompt needs at least one token");
     const int64_t need = static_cast<int64_t>(pr.size()) + max_new_tokens + gamma - 1;
     ANVIL_CHECK(need <= room, "speculative decoding: prompt ", i, " has ", pr.size(), " tokens; with ", max_new_tokens,
                 " new tokens and gamma ", gamma, " it needs ", need, " positions (prompt + new tokens + gamma - 1), "
-                "more than the ", room, " the ", mc.max_position_embeddings <= drafter.max_positions() ? "target" : "drafter",
+                "more than the ", room, " the ", mc.max_position_embeddings <= drafter_positions ? "target" : "drafter",
                 " has (max_position_embeddings) — shorten the prompt, lower max_new_tokens to ",
                 std::max<int64_t>(0, room - static_cast<int64_t>(pr.size()) - gamma + 1), " or lower gamma");
     for (size_t t = 0; t < pr.size(); ++t)
       ANVIL_CHECK(pr[t] >= 0 && pr[t] < mc.vocab_size, "speculative decoding: prompt ", i, " token ", t, " is ", pr[t],
                   ", outside the vocabulary [0, ", mc.vocab_size, ")");
   }
+}
+
+SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
+                                       const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                                       const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token) {
+  check_speculative_call(target.config(), drafter.vocab_size(), drafter.max_positions(), prompts, max_new_tokens,
+                         config, gamma, stop_token);
   SpeculativeResult result;
   result.tokens.resize(prompts.size());
   SpeculativeStats& stats = result.stats;

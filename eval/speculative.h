@@ -144,6 +144,13 @@ struct SpeculativeResult {
   SpeculativeStats stats;
 };
 
+// speculative_generate's checks of a call (every chain decoder runs them before any work): the
+// sampling config, gamma >= 1, the drafter's vocabulary equal to the target's (`mc`), the stop
+// token, and every prompt non-empty, in the vocabulary and fitting both models' positions.
+void check_speculative_call(const ModelConfig& mc, int64_t drafter_vocab, int64_t drafter_positions,
+                            const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
+                            const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token);
+
 // Generates up to max_new_tokens tokens after each prompt with `drafter` proposing `gamma`
 // tokens per target forward; the output follows generate()'s contract (new tokens only, ending
 // at stop_token when it is drawn) and, at temperature 0, equals generate()'s tokens. Prompts of

@@ -146,10 +146,11 @@ void TransformerLM::check_cache(const KVCache& kv, int64_t B, const char* where)
   ANVIL_CHECK(kv.batch() == B, where, ": the input has batch ", B, " but the KVCache was built for batch ", kv.batch());
 }
 
-Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop) {
+Tensor TransformerLM::blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop,
+                                   int64_t first) {
   if (taps) taps->states.assign(taps->layers.size(), Tensor());
   const size_t count = stop < 0 ? blocks_.size() : static_cast<size_t>(stop);
-  for (size_t i = 0; i < count; ++i) {
+  for (size_t i = static_cast<size_t>(first); i < count; ++i) {
     x = drllm_ ? drllm_layer_cached(i, x, kv, start)  // Dr.LLM: skip / execute / repeat per row
                : blocks_[i]->forward_cached(x, kv.layer(static_cast<int64_t>(i)), start);
     if (taps)
@@ -231,14 +232,16 @@ Tensor TransformerLM::infer_head(const Tensor& hidden) {
   return head_->infer(hidden);
 }
 
-Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv) {
+Tensor TransformerLM::forward_blocks_cached(const Tensor& x, KVCache& kv, int64_t first_layer) {
   check_dtype(x, compute_, "forward_blocks_cached' input");
   ANVIL_CHECK(x.dim() == 3 && x.size(1) >= 1 && x.size(2) == config_.hidden_size, "forward_blocks_cached: the input "
               "must be [batch, T_new >= 1, ", config_.hidden_size, "], got ", x.describe());
   check_cache(kv, x.size(0), "forward_blocks_cached");
+  ANVIL_CHECK(first_layer >= 0 && first_layer < config_.num_hidden_layers, "forward_blocks_cached: first layer ",
+              first_layer, " is outside [0, ", config_.num_hidden_layers - 1, "]");
   const kernels::DecodeMatmulScope few_rows;  // as forward_cached
   kv.begin_step(x.size(1), config_.max_position_embeddings, device());
-  return blocks_cached(x, kv, kv.step_is_common_run() ? kv.length() : 0, nullptr);
+  return blocks_cached(x, kv, kv.step_is_common_run() ? kv.length() : 0, nullptr, -1, first_layer);
 }
 
 Tensor TransformerLM::backward(const Tensor& dlogits, Cache& c) {

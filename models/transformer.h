@@ -169,7 +169,9 @@ class TransformerLM : public Module {
   // The blocks alone, cached, on given input vectors x [B, T_new, hidden] (forward_blocks' cached
   // twin): appends their keys/values to kv at the positions it gives and returns the last block's
   // outputs before the final norm.
-  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv);
+  // first_layer > 0 runs layers first_layer .. L-1 only, x being layer first_layer - 1's output
+  // (the verification half of early-exit self-speculation, eval/self_speculative.h).
+  Tensor forward_blocks_cached(const Tensor& x, KVCache& kv, int64_t first_layer = 0);
 
   // Mean cross-entropy over targets != ignore_index (forward, then cross_entropy()); logits
   // stay in the cache. Under sp (ids and targets this rank's slices) the mean over the whole
@@ -279,8 +281,8 @@ class TransformerLM : public Module {
   void check_cache(const KVCache& kv, int64_t B, const char* where) const;
   // Every block on x [B, T, hidden] through kv starting at slot `start` (the rows' own slots when
   // the step is not a common run), recording taps; advances kv by T.
-  // Runs blocks 0 .. stop - 1 only (early exit); stop = -1: all.
-  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop = -1);
+  // Runs blocks first .. stop - 1 only (early exit, or its verification from layer first); stop = -1: to the last.
+  Tensor blocks_cached(Tensor x, KVCache& kv, int64_t start, HiddenTaps* taps, int64_t stop = -1, int64_t first = 0);
   // This stage's blocks from the last to the first, reporting each one's grads ready when `report`.
   Tensor blocks_backward(Tensor dx, Cache& c, bool report);
   // The head and loss on the last stage's hidden state, saving into c; the backward from it.
