@@ -245,15 +245,10 @@ SpeculativeResult medusa_generate(TransformerLM& base, MedusaHeads& heads, const
                                   const SamplingConfig& config, const MedusaAcceptance& acceptance,
                                   std::optional<int32_t> stop_token) {
   check_medusa_decoding(base, heads, tree, prompts, max_new_tokens, config, acceptance, stop_token);
-  SpeculativeResult result;
-  result.tokens.resize(prompts.size());
+  SpeculativeResult result = empty_speculative_result(prompts.size(), tree.depth());
   SpeculativeStats& stats = result.stats;
-  stats.gamma = tree.depth();
   stats.tree_width = 0;  // an irregular tree
   stats.tree_nodes = tree.nodes();
-  stats.sequences = static_cast<int64_t>(prompts.size());
-  stats.reached.assign(static_cast<size_t>(tree.depth()), 0);
-  stats.accepted.assign(static_cast<size_t>(tree.depth()), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
   for (const auto& [length, which] : prompts_by_length(prompts))

@@ -123,13 +123,8 @@ SpeculativeResult self_speculative_generate(TransformerLM& model, int64_t exit_l
   const ModelConfig& mc = model.config();
   check_speculative_call(mc, mc.vocab_size, mc.max_position_embeddings, prompts, max_new_tokens, config, gamma,
                          stop_token);
-  SpeculativeResult result;
-  result.tokens.resize(prompts.size());
+  SpeculativeResult result = empty_speculative_result(prompts.size(), gamma);
   SpeculativeStats& stats = result.stats;
-  stats.gamma = gamma;
-  stats.sequences = static_cast<int64_t>(prompts.size());
-  stats.reached.assign(static_cast<size_t>(gamma), 0);
-  stats.accepted.assign(static_cast<size_t>(gamma), 0);
   if (max_new_tokens == 0) return result;
   const DecodeClock::time_point start = DecodeClock::now();
   for (const auto& [length, which] : prompts_by_length(prompts)) {

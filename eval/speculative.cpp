@@ -338,6 +338,17 @@ void speculative_batch(TransformerLM& target, Drafter& drafter, const std::vecto
 
 }  // namespace
 
+SpeculativeResult empty_speculative_result(size_t prompts, int depth) {
+  SpeculativeResult result;
+  result.tokens.resize(prompts);
+  SpeculativeStats& stats = result.stats;
+  stats.gamma = depth;
+  stats.sequences = static_cast<int64_t>(prompts);
+  stats.reached.assign(static_cast<size_t>(depth), 0);
+  stats.accepted.assign(static_cast<size_t>(depth), 0);
+  return result;
+}
+
 void check_speculative_call(const ModelConfig& mc, int64_t drafter_vocab, int64_t drafter_positions,
                             const std::vector<std::vector<int32_t>>& prompts, int max_new_tokens,
                             const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token) {
@@ -372,13 +383,8 @@ SpeculativeResult speculative_generate(TransformerLM& target, Drafter& drafter,
                                        const SamplingConfig& config, int gamma, std::optional<int32_t> stop_token) {
   check_speculative_call(target.config(), drafter.vocab_size(), drafter.max_positions(), prompts, max_new_tokens,
                          config, gamma, stop_token);
-  SpeculativeResult result;
-  result.tokens.resize(prompts.size());
+  SpeculativeResult result = empty_speculative_result(prompts.size(), gamma);
   SpeculativeStats& stats = result.stats;
-  stats.gamma = gamma;
-  stats.sequences = static_cast<int64_t>(prompts.size());
-  stats.reached.assign(static_cast<size_t>(gamma), 0);
-  stats.accepted.assign(static_cast<size_t>(gamma), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
   for (const auto& [length, which] : prompts_by_length(prompts))

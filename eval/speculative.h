@@ -144,6 +144,10 @@ struct SpeculativeResult {
   SpeculativeStats stats;
 };
 
+// A decoder's result before any decoding: an empty row per prompt, stats.gamma = depth (γ, or a
+// tree's depth) and zeroed per-position counters over that many draft positions.
+SpeculativeResult empty_speculative_result(size_t prompts, int depth);
+
 // speculative_generate's checks of a call (every chain decoder runs them before any work): the
 // sampling config, gamma >= 1, the drafter's vocabulary equal to the target's (`mc`), the stop
 // token, and every prompt non-empty, in the vocabulary and fitting both models' positions.

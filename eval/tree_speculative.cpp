@@ -284,14 +284,9 @@ SpeculativeResult tree_speculative_generate(TransformerLM& target, TreeDrafter& 
   check_tree_decoding(target, drafter.vocab_size(), drafter.max_positions(), prompts, max_new_tokens, config, width,
                       depth, stop_token);
   const DraftTree tree = DraftTree::complete(width, depth);
-  SpeculativeResult result;
-  result.tokens.resize(prompts.size());
+  SpeculativeResult result = empty_speculative_result(prompts.size(), depth);
   SpeculativeStats& stats = result.stats;
-  stats.gamma = depth;
   stats.tree_width = width;
-  stats.sequences = static_cast<int64_t>(prompts.size());
-  stats.reached.assign(static_cast<size_t>(depth), 0);
-  stats.accepted.assign(static_cast<size_t>(depth), 0);
   if (max_new_tokens == 0) return result;
   const Clock::time_point t0 = Clock::now();
   for (const auto& [length, which] : prompts_by_length(prompts))

@@ -145,13 +145,7 @@ LoadedModel load_model(const std::string& path, const LoadModelOptions& options)
     check_base_present(out.source, meta, options.overrides);
     out.config = config_from_checkpoint(out.source, options.overrides);
     if (out.config.task.name == "router") {  // the backbone from model.init_from, the routers from the checkpoint
-      out.model = build_frozen_routed(out.config, out.config.model, options.layout);
-      load_backbone_weights(*out.model, out.config.model.init_from, out.model->router_params());
-      out.step = load_router_checkpoint(*out.model, out.source);
-      const Device device = options.device ? *options.device : training_device(out.config.run);
-      const DType compute = options.compute ? *options.compute : compute_dtype(out.config.run);
-      if (device.is_cuda()) cuda_set_device(device.index);
-      out.model->to(device, compute);
+      load_router_run(out, out.config.model, out.config.model.init_from, options);
       return out;
     }
     out.model = build_frozen(out.config.model, options.layout);

@@ -152,14 +152,19 @@ LoadedModel load_routed_model(const std::string& routers, const std::string& bac
   out.config = config_from_checkpoint(out.source, overrides);
   ANVIL_CHECK(out.config.task.name == "router", "--routers ", routers, " is not a router run (its task.name is ",
               out.config.task.name, ") — pass a run trained with task.name: router");
-  out.model = build_frozen_routed(out.config, architecture, options.layout);
+  load_router_run(out, architecture, backbone_dir, options);
+  return out;
+}
+
+void load_router_run(LoadedModel& out, const ModelConfig& backbone, const std::string& backbone_dir,
+                     const LoadModelOptions& options) {
+  out.model = build_frozen_routed(out.config, backbone, options.layout);
   load_backbone_weights(*out.model, backbone_dir, out.model->router_params());
   out.step = load_router_checkpoint(*out.model, out.source);
   const Device device = options.device ? *options.device : training_device(out.config.run);
   const DType compute = options.compute ? *options.compute : compute_dtype(out.config.run);
   if (device.is_cuda()) cuda_set_device(device.index);
   out.model->to(device, compute);
-  return out;
 }
 
 }  // namespace anvil

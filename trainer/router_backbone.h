@@ -38,6 +38,12 @@ std::unique_ptr<TransformerLM> build_frozen_routed(const RunConfig& routers, con
 // from the model's), or with other router layers, is one clear error naming the file and the fix.
 int64_t load_router_checkpoint(TransformerLM& model, const std::string& checkpoint_dir);
 
+// The router run out.config, checkpoint out.source, as a model (out.model, out.step): its routers
+// on a backbone of architecture `backbone` whose weights are read from backbone_dir, everything
+// frozen, on options' device and dtype or else the run's (run.device, run.precision).
+void load_router_run(LoadedModel& out, const ModelConfig& backbone, const std::string& backbone_dir,
+                     const LoadModelOptions& options);
+
 // `anvil generate --routers` / `anvil eval --routers`: the router run or checkpoint `routers` on a
 // backbone: `backbone` (a checkpoint, run or Hugging Face directory of the same architecture), or
 // when empty the router run's model.init_from. The config is the router run's (tokenizer, data),

@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/tiny_run.h"
 #include "trainer/trainer.h"
@@ -91,26 +92,17 @@ const Fixture& fixture() {
 // same layouts give per-step losses within 4e-8 and parameters within 4e-5 (max|diff| /
 // max|ref|), all of it from such elements. Gradient scale errors, which Adam's update
 // would hide, are caught by the grad-norm comparison.
-RunConfig config(const std::string& label, int64_t dp, int64_t zero, const std::string& store,
+RunConfig config(const std::string& label, int dp, int zero, const std::string& store,
                  std::vector<std::string> extra = {}) {
   // A job's ranks share their run directory (heartbeats, checkpoints): group_of(dp) runs
   // world / dp jobs side by side, each its own; single-process runs (on every rank) too.
   const int rank = world()->rank();
   const std::string out = fixture().run.dir + "/out_" + label +
                           (dp > 1 ? "_group" + std::to_string(rank / dp) : "_rank" + std::to_string(rank));
-  std::vector<std::string> sets = {"run.out_dir=" + out,
-                                   "checkpoint.dir=" + out + "/checkpoints",
-                                   "checkpoint.resume=none",
-                                   "optimizer.eps=1e-6",
-                                   "run.threads=1",
-                                   "data.train=" + store,
-                                   "training.steps=" + std::to_string(kSteps),
-                                   "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / dp),
-                                   "training.eval_every=0",
-                                   "checkpoint.every=0",
-                                   "checkpoint.keep=0",
-                                   "parallel.dp=" + std::to_string(dp),
-                                   "optimizer.zero=" + std::to_string(zero)};
+  // The tiny run's grad accumulation (2) and lr warm-up.
+  std::vector<std::string> sets = anvil::testing::layout_run_settings(
+      {dp, 1, 1, 1, zero}, out, kSteps, kGlobalMicroBatch, 2, /*warmup_steps=*/std::nullopt);
+  sets.insert(sets.end(), {"optimizer.eps=1e-6", "data.train=" + store});
   sets.insert(sets.end(), extra.begin(), extra.end());
   return load_run_config(fixture().run.config, sets);
 }
@@ -134,7 +126,8 @@ double tensor_error(const Tensor& a, const Tensor& b) {
   return diff / std::max(scale, 1e-30);
 }
 
-struct Layout {
+// A dp layout and its gradient bucket size.
+struct DpCase {
   int dp;
   int zero;
   double bucket_mb;  // small buckets: several per step, padded, started during backward
@@ -151,7 +144,7 @@ Trainer& reference(const std::string& store) {
   return *t;
 }
 
-void expect_same_trajectory(const std::string& store, const Layout& l) {
+void expect_same_trajectory(const std::string& store, const DpCase& l) {
   Trainer& ref = reference(store);
   const std::string label = "dp" + std::to_string(l.dp) + "z" + std::to_string(l.zero) +
                             (store == fixture().masked_store ? "_masked" : "_plain");
@@ -213,9 +206,9 @@ TEST(DataParallelLayouts, MaskedDataGivesRanksDifferentTokenCounts) {
 
 TEST(DataParallelLayouts, EveryLayoutFollowsTheSingleProcessTrajectory) {
   ASSERT_EQ(world()->size(), 4) << "run under mpirun -np 4";
-  const std::vector<Layout> layouts = {{2, 0, 0.02}, {4, 1, 0.02}, {2, 2, 0.02}, {4, 2, 25.0}, {4, 0, 25.0}};
+  const std::vector<DpCase> layouts = {{2, 0, 0.02}, {4, 1, 0.02}, {2, 2, 0.02}, {4, 2, 25.0}, {4, 0, 25.0}};
   for (const std::string& store : {fixture().run.store, fixture().masked_store})
-    for (const Layout& l : layouts) expect_same_trajectory(store, l);
+    for (const DpCase& l : layouts) expect_same_trajectory(store, l);
   // It trained: the loss fell.
   Trainer& ref = reference(fixture().run.store);
   EXPECT_LT(ref.history().back().loss, ref.history().front().loss - 0.2);

@@ -15,11 +15,13 @@
 #include <map>
 
 #include "tests/support/mpi_distill_fixture.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/reference.h"
 #include "trainer/load_model.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::is_root;
 using anvil::testing::metric;
 using anvil::testing::rel;
@@ -38,19 +40,6 @@ const anvil::testing::TinyRun& tiny() {
   return run;
 }
 
-struct Layout {
-  int dp = 1, tp = 1, pp = 1, sp = 1;
-  int size() const { return dp * tp * pp * sp; }
-  std::string label() const {
-    std::string s;
-    auto add = [&](const char* axis, int d) {
-      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
-    };
-    add("dp", dp), add("tp", tp), add("pp", pp), add("sp", sp);
-    return s.empty() ? "single" : s;
-  }
-};
-
 // The drafter: hidden 16, 2 layers (pp2), 4 query / 2 KV heads (tp2, sp2), intermediate 32.
 // drafter: standalone, or parallelspec (k = 4 masks, 8 anchors per 32-token window; sp refuses it).
 // on_policy: distill.on_policy (on-policy rows are sampled by the whole drafter: dp layouts only).
@@ -58,33 +47,20 @@ RunConfig config(const Layout& l, const std::string& drafter = "standalone", dou
   const std::string out = tiny().dir + "/out_" + drafter + (on_policy > 0 ? "_on_policy" : "") + "_" + l.label() +
                           (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
   const int64_t steps = on_policy > 0 ? kOnPolicySteps : kSteps;
-  return load_run_config(tiny().config, {"run.out_dir=" + out,
-                                         "distill.on_policy=" + std::to_string(on_policy),
-                                         "distill.drafter=" + drafter,
-                                         "checkpoint.dir=" + out + "/checkpoints",
-                                         "checkpoint.resume=none",
-                                         "task.name=distill",
-                                         "distill.target=" + tiny().dir + "/target",
-                                         "distill.loss=forward_kl",
-                                         "distill.temperature=0.8",
-                                         "model.hidden_size=16",
-                                         "model.num_hidden_layers=2",
-                                         "model.num_attention_heads=4",
-                                         "model.num_key_value_heads=2",
-                                         "model.intermediate_size=32",
-                                         "optimizer.eps=1e-5",
-                                         "run.threads=1",
-                                         "schedule.warmup_steps=0",
-                                         "training.steps=" + std::to_string(steps),
-                                         "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
-                                         "training.grad_accum_steps=2",
-                                         "training.eval_every=0",
-                                         "checkpoint.every=0",
-                                         "checkpoint.keep=0",
-                                         "parallel.dp=" + std::to_string(l.dp),
-                                         "parallel.tp=" + std::to_string(l.tp),
-                                         "parallel.pp=" + std::to_string(l.pp),
-                                         "parallel.sp=" + std::to_string(l.sp)});
+  std::vector<std::string> sets = anvil::testing::layout_run_settings(l, out, steps, kGlobalMicroBatch, 2);
+  sets.insert(sets.end(), {"distill.on_policy=" + std::to_string(on_policy),
+                           "distill.drafter=" + drafter,
+                           "task.name=distill",
+                           "distill.target=" + tiny().dir + "/target",
+                           "distill.loss=forward_kl",
+                           "distill.temperature=0.8",
+                           "model.hidden_size=16",
+                           "model.num_hidden_layers=2",
+                           "model.num_attention_heads=4",
+                           "model.num_key_value_heads=2",
+                           "model.intermediate_size=32",
+                           "optimizer.eps=1e-5"});
+  return load_run_config(tiny().config, sets);
 }
 
 Trainer& reference(const std::string& drafter = "standalone", double on_policy = 0) {

@@ -18,6 +18,7 @@
 #include "eval/eagle_chain_drafter.h"
 #include "eval/speculative.h"
 #include "models/eagle_drafter.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_distill_fixture.h"
 #include "tests/support/reference.h"
 #include "trainer/checkpoint.h"
@@ -25,6 +26,7 @@
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::error_of;
 using anvil::testing::is_root;
 using anvil::testing::metric;
@@ -42,19 +44,6 @@ const anvil::testing::TinyRun& tiny() {
       anvil::testing::shared_tiny_target_run("eagle_layouts_np" + std::to_string(world()->size()));
   return run;
 }
-
-struct Layout {
-  int dp = 1, tp = 1, pp = 1, sp = 1;
-  int size() const { return dp * tp * pp * sp; }
-  std::string label() const {
-    std::string s;
-    auto add = [&](const char* axis, int d) {
-      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
-    };
-    add("dp", dp), add("tp", tp), add("pp", pp), add("sp", sp);
-    return s.empty() ? "single" : s;
-  }
-};
 
 // The target of a tied run: the tiny Llama with tie_word_embeddings, trained 30 steps by rank 0.
 const std::string& tied_target() {
@@ -82,28 +71,15 @@ const std::string& target_dir(bool tied) {
 RunConfig config(const Layout& l, bool tied = false) {
   const std::string out = tiny().dir + "/out_" + l.label() + (tied ? "_tied" : "") +
                           (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
-  return load_run_config(tiny().config, {"run.out_dir=" + out,
-                                         "model.tie_word_embeddings=" + std::string(tied ? "true" : "false"),
-                                         "checkpoint.dir=" + out + "/checkpoints",
-                                         "checkpoint.resume=none",
-                                         "task.name=distill",
-                                         "distill.drafter=eagle",
-                                         "distill.ttt_steps=2",
-                                         "distill.target=" + target_dir(tied),
-                                         "distill.temperature=0.8",
-                                         "optimizer.eps=1e-5",
-                                         "run.threads=1",
-                                         "schedule.warmup_steps=0",
-                                         "training.steps=" + std::to_string(kSteps),
-                                         "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
-                                         "training.grad_accum_steps=2",
-                                         "training.eval_every=0",
-                                         "checkpoint.every=0",
-                                         "checkpoint.keep=0",
-                                         "parallel.dp=" + std::to_string(l.dp),
-                                         "parallel.tp=" + std::to_string(l.tp),
-                                         "parallel.pp=" + std::to_string(l.pp),
-                                         "parallel.sp=" + std::to_string(l.sp)});
+  std::vector<std::string> sets = anvil::testing::layout_run_settings(l, out, kSteps, kGlobalMicroBatch, 2);
+  sets.insert(sets.end(), {"model.tie_word_embeddings=" + std::string(tied ? "true" : "false"),
+                           "task.name=distill",
+                           "distill.drafter=eagle",
+                           "distill.ttt_steps=2",
+                           "distill.target=" + target_dir(tied),
+                           "distill.temperature=0.8",
+                           "optimizer.eps=1e-5"});
+  return load_run_config(tiny().config, sets);
 }
 
 // The single-process run, once per rank (each in its own directory).

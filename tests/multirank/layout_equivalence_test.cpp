@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <map>
 
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/tiny_run.h"
@@ -20,6 +21,7 @@
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::is_root;
 using anvil::testing::world;
 
@@ -34,24 +36,6 @@ const anvil::testing::TinyRun& tiny() {
   return run;
 }
 
-struct Layout {
-  int dp = 1, tp = 1, pp = 1, sp = 1;
-  int zero = 0;
-  std::string schedule = "1f1b";
-  int size() const { return dp * tp * pp * sp; }
-  std::string label() const {
-    std::string s;
-    auto add = [&](const char* axis, int d) {
-      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
-    };
-    add("dp", dp), add("tp", tp), add("pp", pp), add("sp", sp);
-    if (s.empty()) s = "single";
-    if (zero) s += "+zero" + std::to_string(zero);
-    if (pp > 1) s += "+" + schedule;
-    return s;
-  }
-};
-
 // The tiny run with a model every layout can split: 8 query / 4 KV heads (tp4, sp4 and
 // tp2 x sp2 divide them), 4 layers (pp4), vocabulary 512 (tp4). AdamW's eps is 1e-5:
 // see data_parallel_test.cpp for why 1e-8 turns fp32 reduction-order noise in cancelling
@@ -61,29 +45,15 @@ RunConfig config(const std::string& label, const Layout& l, std::vector<std::str
   // (on every rank) have their own.
   const std::string out =
       tiny().dir + "/out_" + label + (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
-  std::vector<std::string> sets = {"run.out_dir=" + out,
-                                   "checkpoint.dir=" + out + "/checkpoints",
-                                   "checkpoint.resume=none",
-                                   "model.hidden_size=64",
-                                   "model.num_hidden_layers=4",
-                                   "model.num_attention_heads=8",
-                                   "model.num_key_value_heads=4",
-                                   "model.intermediate_size=96",
-                                   "optimizer.eps=1e-5",
-                                   "run.threads=1",
-                                   "training.steps=" + std::to_string(kSteps),
-                                   "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
-                                   "training.grad_accum_steps=4",
-                                   "training.eval_every=0",
-                                   "training.sample_every=0",
-                                   "checkpoint.every=0",
-                                   "checkpoint.keep=0",
-                                   "parallel.dp=" + std::to_string(l.dp),
-                                   "parallel.tp=" + std::to_string(l.tp),
-                                   "parallel.pp=" + std::to_string(l.pp),
-                                   "parallel.sp=" + std::to_string(l.sp),
-                                   "optimizer.zero=" + std::to_string(l.zero)};
-  if (l.pp > 1) sets.push_back("parallel.pp_schedule=" + l.schedule);
+  // The tiny run's lr warm-up stays: the layouts agree through it too.
+  std::vector<std::string> sets =
+      anvil::testing::layout_run_settings(l, out, kSteps, kGlobalMicroBatch, 4, /*warmup_steps=*/std::nullopt);
+  sets.insert(sets.end(), {"model.hidden_size=64",
+                           "model.num_hidden_layers=4",
+                           "model.num_attention_heads=8",
+                           "model.num_key_value_heads=4",
+                           "model.intermediate_size=96",
+                           "optimizer.eps=1e-5"});
   sets.insert(sets.end(), extra.begin(), extra.end());
   return load_run_config(tiny().config, sets);
 }

@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "models/medusa_heads.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_distill_fixture.h"
 #include "tests/support/reference.h"
 #include "trainer/checkpoint.h"
@@ -25,6 +26,7 @@
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::is_root;
 using anvil::testing::rel;
 using anvil::testing::world;
@@ -44,22 +46,6 @@ const anvil::testing::TinyRun& tiny() {
 }
 std::string base_dir() { return tiny().dir + "/target"; }
 
-struct Layout {
-  int dp = 1, tp = 1, pp = 1;
-  int zero = 0;
-  int size() const { return dp * tp * pp; }
-  std::string label() const {
-    std::string s;
-    auto add = [&](const char* axis, int d) {
-      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
-    };
-    add("dp", dp), add("tp", tp), add("pp", pp);
-    if (s.empty()) s = "single";
-    if (zero) s += "+zero" + std::to_string(zero);
-    return s;
-  }
-};
-
 struct Variant {
   std::string name;
   int stage = 1;
@@ -74,31 +60,17 @@ const Variant kMedusa2SelfDistill{"medusa2_self_distill", 2, "self_distill"};
 RunConfig config(const Layout& l, const Variant& v, const std::string& what = "run") {
   const std::string out = tiny().dir + "/out_" + v.name + "_" + what + "_" + l.label() +
                           (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
-  return load_run_config(tiny().config, {"run.out_dir=" + out,
-                                         "checkpoint.dir=" + out + "/checkpoints",
-                                         "checkpoint.resume=none",
-                                         "task.name=medusa",
-                                         "model.init_from=" + base_dir(),
-                                         "medusa.num_heads=" + std::to_string(kHeads),
-                                         "medusa.num_layers=1",
-                                         "medusa.stage=" + std::to_string(v.stage),
-                                         "medusa.lr_multiplier=4",
-                                         "medusa.warmup_steps=" + std::to_string(v.stage == 2 ? kWarmup : 0),
-                                         "medusa.backbone_loss=" + v.backbone_loss,
-                                         "optimizer.eps=1e-5",
-                                         "run.threads=1",
-                                         "schedule.warmup_steps=0",
-                                         "training.steps=" + std::to_string(kSteps),
-                                         "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
-                                         "training.grad_accum_steps=2",
-                                         "training.eval_every=0",
-                                         "training.sample_every=0",
-                                         "checkpoint.every=0",
-                                         "checkpoint.keep=0",
-                                         "parallel.dp=" + std::to_string(l.dp),
-                                         "parallel.tp=" + std::to_string(l.tp),
-                                         "parallel.pp=" + std::to_string(l.pp),
-                                         "optimizer.zero=" + std::to_string(l.zero)});
+  std::vector<std::string> sets = anvil::testing::layout_run_settings(l, out, kSteps, kGlobalMicroBatch, 2);
+  sets.insert(sets.end(), {"task.name=medusa",
+                           "model.init_from=" + base_dir(),
+                           "medusa.num_heads=" + std::to_string(kHeads),
+                           "medusa.num_layers=1",
+                           "medusa.stage=" + std::to_string(v.stage),
+                           "medusa.lr_multiplier=4",
+                           "medusa.warmup_steps=" + std::to_string(v.stage == 2 ? kWarmup : 0),
+                           "medusa.backbone_loss=" + v.backbone_loss,
+                           "optimizer.eps=1e-5"});
+  return load_run_config(tiny().config, sets);
 }
 
 bool is_head(const Param& p) { return p.name.rfind(MedusaHeads::kPrefix, 0) == 0; }
@@ -235,7 +207,7 @@ void expect_same_training(const Layout& l, const Variant& v) {
 }
 
 void every_layout(const Variant& v) {
-  const std::vector<Layout> all = {{2, 1, 1}, {2, 1, 1, 1}, {1, 2, 1}, {1, 1, 2}, {2, 2, 1}};
+  const std::vector<Layout> all = {{2, 1, 1}, {2, 1, 1, 1, 1}, {1, 2, 1}, {1, 1, 2}, {2, 2, 1}};
   int ran = 0;
   for (const Layout& l : all)
     if (l.size() == world()->size()) expect_same_training(l, v), ++ran;

@@ -23,6 +23,7 @@
 
 #include "models/transformer.h"
 #include "parallel/grid.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "tests/support/small_models.h"
@@ -32,6 +33,7 @@
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::is_root;
 using anvil::testing::max_rel_diff;
 using anvil::testing::random_ids;
@@ -109,15 +111,11 @@ Opt well_conditioned(const std::string& name) {
   return o;
 }
 
-struct Layout {
-  const char* name;
-  int dp, tp, zero;
-};
 // The layouts that fit this world: groups of dp * tp consecutive ranks run side by side.
 std::vector<Layout> layouts() {
-  const std::vector<Layout> all = {{"dp4+zero1", 4, 1, 1},     {"dp4+zero2", 4, 1, 2},     {"dp2+zero1", 2, 1, 1},
-                                   {"dp2+zero2", 2, 1, 2},     {"tp2", 1, 2, 0},           {"dp2xtp2", 2, 2, 0},
-                                   {"dp2xtp2+zero1", 2, 2, 1}, {"dp2xtp2+zero2", 2, 2, 2}};
+  // {dp, tp, pp, sp, zero}
+  const std::vector<Layout> all = {{4, 1, 1, 1, 1}, {4, 1, 1, 1, 2}, {2, 1, 1, 1, 1}, {2, 1, 1, 1, 2},
+                                   {1, 2, 1, 1, 0}, {2, 2, 1, 1, 0}, {2, 2, 1, 1, 1}, {2, 2, 1, 1, 2}};
   std::vector<Layout> fit;
   const int n = world()->size();
   for (const Layout& l : all)
@@ -128,7 +126,7 @@ std::vector<Layout> layouts() {
 // The process grid of a layout (built once per layout: every split is a collective).
 ProcessGrid& grid_of(const Layout& l) {
   static std::map<std::string, std::unique_ptr<ProcessGrid>> cache;
-  auto& g = cache[l.name];
+  auto& g = cache[l.label()];
   if (!g) {
     const int size = l.dp * l.tp;
     std::shared_ptr<Communicator> group(world()->split(world()->rank() / size, world()->rank()));
@@ -314,7 +312,7 @@ void expect_same_steps_from_the_same_gradients(const Opt& o) {
         ref.step(s, o.lr, 0);
         d.step_with_gradients_of(*ref.model, o.lr);
       }
-      const std::string label = o.name + " " + mc.name + " " + l.name + ", single-process gradients";
+      const std::string label = o.name + " " + mc.name + " " + l.label() + ", single-process gradients";
       const Errors e = compare(d, ref, initial, label, kSameInputTolerance, [](const std::string&) { return true; });
       EXPECT_GE(e.moved, 100 * kTolerance) << label << ": some param barely moved";
       report(label, e);
@@ -335,7 +333,7 @@ void expect_layouts_match_one_process(const Opt& o, double clip = 0) {
         if (clip > 0) EXPECT_GT(norm, 2 * clip) << "the clip must act";
         d.step(s, o.lr, clip);
       }
-      const std::string label = o.name + " " + mc.name + " " + l.name + (clip > 0 ? ", clipped" : "");
+      const std::string label = o.name + " " + mc.name + " " + l.label() + (clip > 0 ? ", clipped" : "");
       const std::set<std::string> matrices = d.matrices();
       const Errors e = compare(d, ref, initial, label, kTolerance,
                                [&](const std::string& s) { return basis_free(o.name, s, matrices); });
@@ -388,7 +386,7 @@ TEST(OptimizerLayouts, SingleProcessStateResumesInEveryLayout) {
         ref.step(s, o.lr, 0);
         d.step_with_gradients_of(*ref.model, o.lr);
       }
-      const std::string label = o.name + " resumed in " + l.name;
+      const std::string label = o.name + " resumed in " + l.label();
       report(label, compare(d, ref, initial, label, kSameInputTolerance, [](const std::string&) { return true; }));
     }
   }
@@ -417,7 +415,7 @@ TEST(OptimizerMemory, PerRankStateBytesSumToTheSingleProcessTotal) {
       for (Param* p : d.model->params())
         if (!p->shard.sharded() && !matrices.count(p->name)) replicated_adamw += 2 * p->value.nbytes();
       const int64_t single = static_cast<int64_t>(ref.optimizer->state_bytes());
-      const std::string label = std::string(name) + " " + l.name;
+      const std::string label = std::string(name) + " " + l.label();
       const int replicas = l.zero > 0 ? 1 : l.dp;  // without ZeRO every dp rank holds everything
       EXPECT_EQ(sum, replicas * (single + (l.tp - 1) * replicated_adamw)) << label;
       for (int64_t b : per_rank) EXPECT_LT(b, single) << label << ": the state is not split";
@@ -454,14 +452,13 @@ TEST(OptimizerTrainer, MuonUnderZeroTwoTrainsSavesAndOneProcessResumes) {
   world()->barrier();
   const std::string dir = (fs::path(::testing::TempDir()) / ("anvil_" + name)).string();
   auto config = [&](const std::string& label, int degree, std::vector<std::string> extra) {
-    std::vector<std::string> sets = {
-        // A job's ranks share their run directory; single-process runs (on every rank) have their own.
-        "run.out_dir=" + dir + "/out_" + label + (degree > 1 ? "" : "_rank" + std::to_string(world()->rank())),
-        "checkpoint.resume=none", "optimizer.name=muon", "optimizer.lr=0.02", "run.threads=1",
-        "data.train=" + dir + "/gpl.h5", "training.steps=5", "training.eval_every=0",
-        "training.micro_batch_size=" + std::to_string(8 / degree), "checkpoint.every=0", "checkpoint.keep=0",
-        "parallel.dp=" + std::to_string(degree), "optimizer.zero=" + std::string(degree > 1 ? "2" : "0"),
-        "parallel.bucket_mb=0.05"};
+    // A job's ranks share their run directory; single-process runs (on every rank) have their own.
+    const std::string out = dir + "/out_" + label + (degree > 1 ? "" : "_rank" + std::to_string(world()->rank()));
+    // The tiny run's grad accumulation (2) and lr warm-up.
+    std::vector<std::string> sets = anvil::testing::layout_run_settings(
+        {degree, 1, 1, 1, degree > 1 ? 2 : 0}, out, 5, 8, 2, /*warmup_steps=*/std::nullopt);
+    sets.insert(sets.end(), {"optimizer.name=muon", "optimizer.lr=0.02", "data.train=" + dir + "/gpl.h5",
+                             "parallel.bucket_mb=0.05"});
     sets.insert(sets.end(), extra.begin(), extra.end());
     return load_run_config(dir + "/run.yaml", sets);
   };

@@ -21,11 +21,13 @@
 #include <memory>
 
 #include "tests/support/distill_fixture.h"
+#include "tests/support/layout_run.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
 #include "trainer/trainer.h"
 
 using namespace anvil;
+using anvil::testing::Layout;
 using anvil::testing::is_root;
 using anvil::testing::metric;
 using anvil::testing::rel;
@@ -53,48 +55,18 @@ const anvil::testing::TinyRun& tiny() {
   return run;
 }
 
-struct Layout {
-  int dp = 1, tp = 1, pp = 1;
-  int zero = 0;
-  int size() const { return dp * tp * pp; }
-  std::string label() const {
-    std::string s;
-    auto add = [&](const char* axis, int d) {
-      if (d > 1) s += (s.empty() ? "" : "x") + std::string(axis) + std::to_string(d);
-    };
-    add("dp", dp), add("tp", tp), add("pp", pp);
-    if (s.empty()) s = "single";
-    if (zero) s += "+zero" + std::to_string(zero);
-    return s;
-  }
-};
-
 RunConfig config(const Layout& l) {
   const std::string out = tiny().dir + "/out_" + l.label() + (l.size() > 1 ? "" : "_rank" + std::to_string(world()->rank()));
-  return load_run_config(tiny().config, {"run.out_dir=" + out,
-                                         "checkpoint.dir=" + out + "/checkpoints",
-                                         "checkpoint.resume=none",
-                                         "task.name=router",
-                                         "model={init_from: " + tiny().dir + "/target}",
-                                         "router.layers=[1, 2]",
-                                         "router.tau=0.45",
-                                         "router.capacity_weight=4",
-                                         "router.capacity_target=0.5",
-                                         "optimizer.lr=0.003",
-                                         "optimizer.weight_decay=0",
-                                         "run.threads=1",
-                                         "schedule.warmup_steps=0",
-                                         "training.steps=" + std::to_string(kSteps),
-                                         "training.micro_batch_size=" + std::to_string(kGlobalMicroBatch / l.dp),
-                                         "training.grad_accum_steps=2",
-                                         "training.eval_every=0",
-                                         "training.sample_every=0",
-                                         "checkpoint.every=0",
-                                         "checkpoint.keep=0",
-                                         "parallel.dp=" + std::to_string(l.dp),
-                                         "parallel.tp=" + std::to_string(l.tp),
-                                         "parallel.pp=" + std::to_string(l.pp),
-                                         "optimizer.zero=" + std::to_string(l.zero)});
+  std::vector<std::string> sets = anvil::testing::layout_run_settings(l, out, kSteps, kGlobalMicroBatch, 2);
+  sets.insert(sets.end(), {"task.name=router",
+                           "model={init_from: " + tiny().dir + "/target}",
+                           "router.layers=[1, 2]",
+                           "router.tau=0.45",
+                           "router.capacity_weight=4",
+                           "router.capacity_target=0.5",
+                           "optimizer.lr=0.003",
+                           "optimizer.weight_decay=0"});
+  return load_run_config(tiny().config, sets);
 }
 
 bool is_router(const Param& p) { return p.name.find(".router.") != std::string::npos; }
@@ -167,6 +139,6 @@ void expect_same_training(const Layout& l) {
 }  // namespace
 
 TEST(RouterLayoutEquivalence, Dp2TrainsLikeOneProcess) { expect_same_training({2, 1, 1}); }
-TEST(RouterLayoutEquivalence, Dp2Zero1TrainsLikeOneProcess) { expect_same_training({2, 1, 1, 1}); }
+TEST(RouterLayoutEquivalence, Dp2Zero1TrainsLikeOneProcess) { expect_same_training({2, 1, 1, 1, 1}); }
 TEST(RouterLayoutEquivalence, Tp2TrainsLikeOneProcess) { expect_same_training({1, 2, 1}); }
 TEST(RouterLayoutEquivalence, Pp2TrainsLikeOneProcess) { expect_same_training({1, 1, 2}); }
