@@ -136,7 +136,10 @@ double naive_first_step(const RunConfig& config) {
 }  // namespace
 
 TEST(LrecTask, AdaptersRecoverTheInt2ModelTowardsTheDenseOne) {
-  Trainer t(lrec_config("train", {"training.steps=12"}), TrainerMode::Quiet);
+  // 30 steps at lr 5e-3: how far int2 moves the tiny model from its dense self depends on the CPU's
+  // kernels (its 150 training steps round differently under AVX-512), and 12 steps at 1e-2 left the
+  // divergence within 3% of where it began on an AVX-512 Xeon; there this setting cuts it to 0.42x.
+  Trainer t(lrec_config("train", {"training.steps=30", "optimizer.lr=0.005"}), TrainerMode::Quiet);
   std::map<std::string, Tensor> before;
   int adapters = 0, packed = 0;
   for (Param* p : t.model().params()) {
@@ -159,7 +162,7 @@ TEST(LrecTask, AdaptersRecoverTheInt2ModelTowardsTheDenseOne) {
   const double before_val = t.evaluate(4), before_ce = val_ce();
   const double before_kl = before_val - kCeWeight * before_ce;
   t.train();
-  ASSERT_EQ(t.history().size(), 12u);
+  ASSERT_EQ(t.history().size(), 30u);
   const double after_val = t.evaluate(4), after_ce = val_ce();
   const double after_kl = after_val - kCeWeight * after_ce;
   EXPECT_GT(before_kl, 0.0);
