@@ -127,7 +127,7 @@ TEST(MindSkipTask, StartsAsTheBackboneThenOnlyTheRoutersMoveTowardTheTarget) {
   std::printf("\n");
   // The penalty drives the capacity toward the target: some sequences skip by the last step.
   // (tau 0.45: a zero router gives r = 0.5 >= tau, so each sequence crosses at its own step; Adam's
-  // momentum and skipping's stickiness — a skipped sequence gets no LM gradient — then overshoot.)
+  // momentum then overshoots: TrainSkippedHoldsTheCapacityNearTheTarget.)
   bool partial = false;
   for (const StepRecord& r : h) partial |= metric(r, "capacity") > 0.0 && metric(r, "capacity") < 0.9;
   EXPECT_TRUE(partial) << "no step skipped part of the batch";
