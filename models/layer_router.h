@@ -57,7 +57,8 @@ void check_router_spec(const RouterSpec& spec, int64_t num_layers);
 //     sequence's decision repeated over its tokens), and adds its gate sum and unit count to the
 //     StepContext's router_stats. Math in f32 whatever the compute dtype.
 //   backward(dg, c): dg host f32 [B, T] = dL/dg of each token (<dL/dh_out, f> of its row; 0 where
-//     skipped). Per unit: dL/dg_u = the sum over its tokens + StepContext::router_capacity_grad;
+//     skipped, unless the block computed the skipped units too: RouterSpec::train_skipped). Per
+//     unit: dL/dg_u = the sum over its tokens + StepContext::router_capacity_grad;
 //     straight-through: dL/dz = dL/dg_u * r (1 - r); accumulates dL/dw = sum_u dL/dz_u xbar_u and
 //     returns dL/dn [B, T, hidden] on n's device in n's dtype (through xbar: the backbone is frozen
 //     but its input gradient still reaches earlier routers).
