@@ -6,8 +6,9 @@
 // never computed) goes to the gate. With the gate's trains_skipped() (RouterSpec::train_skipped)
 // a training forward instead computes f on every token and outputs x + g f, so skipped tokens get
 // dL/dg = <dy, f> too (not a token-unit attention: see trains_skipped). Cached decoding: sequence
-// unit decided at a row's first call and remembered in the KVCache layer's route; token unit per token, a skipped token writing no
-// K/V and the layer keeping its active tokens' keys compacted (KVRoute::slots).
+// unit decided at a row's first call and remembered in the KVCache layer's route; token unit per
+// token, a skipped token writing no K/V and the layer keeping its active tokens' keys compacted
+// (KVRoute::slots).
 #include <algorithm>
 
 #include "kernels/elementwise.h"
