@@ -90,6 +90,8 @@ class TransformerBlock : public Module {
   // The hard gate deciding sub-block `sub` (0 attention, 1 feed-forward): its own, or for the
   // feed-forward the attention's when that one covers the whole block; null when not routed.
   BlockGate* router(int sub) const;
+  // Whether this training forward runs sub-block `sub` densely under its gate (RouterSpec::train_skipped).
+  bool trains_skipped(int sub, const BlockGate& gate, const Cache& c) const;
   Tensor sub_forward(int sub, const Tensor& n, Cache& c);
   Tensor sub_backward(int sub, const Tensor& dn, Cache& c);
   // norm, gate, the sub-block on the active rows only, residual: x + g f(norm(x)).

@@ -27,12 +27,15 @@ class FeedForward : public Module {
 // active rows only (skipped rows get y = x; their f is never computed). backward gets dL/dg of
 // each token and returns dL/d(normed input). skips_whole_block(): the gate sits on the
 // attention slot and its decision covers both sub-blocks (one router per block).
+// trains_skipped(): in a training forward (StepContext::router_training) the block computes f on
+// every row and outputs x + g f, so skipped rows get dL/dg = <dy, f> too (straight-through).
 enum class GateSkip { None, Sequence, Token };
 class BlockGate : public Module {
  public:
   size_t activation_bytes(const ActivationDims& d) const override = 0;
   virtual GateSkip skip_unit() const { return GateSkip::None; }
   virtual bool skips_whole_block() const { return false; }
+  virtual bool trains_skipped() const { return false; }
 };
 
 }  // namespace anvil

@@ -3,9 +3,12 @@
 // attention, so a token-unit attention sees only its sequence's active tokens, at their real
 // positions; token-local for the feed-forward), run the sub-block on the compact batch, scatter
 // x + f back; backward gathers dy likewise, and dL/dg = <dy, f> per token (0 where skipped: f was
-// never computed) goes to the gate. Cached decoding: sequence unit decided at a row's first call
-// and remembered in the KVCache layer's route; token unit per token, a skipped token writing no
-// K/V and the layer keeping its active tokens' keys compacted (KVRoute::slots).
+// never computed) goes to the gate. With the gate's trains_skipped() (RouterSpec::train_skipped)
+// a training forward instead computes f on every token and outputs x + g f, so skipped tokens get
+// dL/dg = <dy, f> too (not a token-unit attention: see trains_skipped). Cached decoding: sequence
+// unit decided at a row's first call and remembered in the KVCache layer's route; token unit per
+// token, a skipped token writing no K/V and the layer keeping its active tokens' keys compacted
+// (KVRoute::slots).
 #include <algorithm>
 
 #include "kernels/elementwise.h"
@@ -20,6 +23,7 @@ namespace {
 // a gate, 6 the attention on a compact batch (its own StepContext: compact positions).
 constexpr const char* kRouteGates[2] = {"attention_route_gates", "feed_forward_route_gates"};
 constexpr const char* kRouteOut[2] = {"attention_route_out", "feed_forward_route_out"};
+constexpr const char* kRouteDense[2] = {"attention_route_dense", "feed_forward_route_dense"};
 constexpr const char* kBlockGateGrad = "block_route_dg";  // the feed-forward's dL/dg for a whole-block gate
 constexpr size_t kCompactAttention = 6;
 
@@ -37,7 +41,23 @@ Tensor sum(const Tensor& a, const Tensor& b) {
   kernels::add(a, b, out);
   return out;
 }
+
+// out = base + g f per token for 0 / 1 gates: base plus f's active rows (the rows of a
+// token-local plan), so the active tokens get exactly the real-skip path's base + f.
+Tensor add_active(const RoutePlan& tokens, const Tensor& base, const Tensor& f) {
+  if (tokens.all()) return sum(f, base);
+  Tensor out = base.contiguous().clone();
+  if (!tokens.none()) scatter_active(tokens, gather_active(tokens, f), out);
+  return out;
+}
 }  // namespace
+
+bool TransformerBlock::trains_skipped(int sub, const BlockGate& gate, const Cache& c) const {
+  if (!gate.trains_skipped() || !c.context().router_training) return false;
+  // A token-unit attention skips for real: a dense pass would let later tokens attend to the
+  // skipped tokens' keys, which decoding (a skipped token writes no K/V) never does.
+  return !(sub == 0 && gate.skip_unit() == GateSkip::Token);
+}
 
 BlockGate* TransformerBlock::router(int sub) const {
   if (gates_[sub] && gates_[sub]->skip_unit() != GateSkip::None) return gates_[sub].get();
@@ -72,6 +92,13 @@ Tensor TransformerBlock::routed_forward(int sub, const Tensor& x, Cache& c) {
   const bool shared = sub == 1 && gate == gates_[0].get();  // the block's one decision, taken before attention
   const Tensor g = shared ? c.get(kRouteGates[0]) : gate->forward(n, c.child(4 + sub));
   c[kRouteGates[sub]] = g;
+  if (trains_skipped(sub, *gate, c)) {  // straight-through: f on every token, y = x + g f
+    count(sub, tokens, tokens);
+    Tensor f = sub_forward(sub, n, full_cache);
+    c[kRouteOut[sub]] = f;
+    c[kRouteDense[sub]] = g;
+    return add_active(plan_routes(g, false, x.device()), x, f);
+  }
   const RoutePlan plan = plan_routes(g, sub == 0, x.device());
   count(sub, plan.active, tokens);
   if (plan.all()) {  // nothing to gather: exactly the unrouted computation
@@ -101,10 +128,15 @@ Tensor TransformerBlock::routed_backward(int sub, const Tensor& dy, Cache& c) {
   }
   const Tensor g = c.get(kRouteGates[sub]);
   const int64_t B = g.size(0), T = g.size(1);
-  const RoutePlan plan = plan_routes(g, sub == 0, dy.device());
+  const bool dense = c.has(kRouteDense[sub]) && c.get(kRouteDense[sub]).defined();
+  const RoutePlan plan = plan_routes(g, sub == 0 && !dense, dy.device());
   std::vector<float> dg(static_cast<size_t>(B * T), 0.0f);  // dL/dg per token: 0 where f was not computed
   Tensor dn;
-  if (plan.all()) {
+  if (dense) {  // dL/dg = <dy, f> on every token; df = g dy
+    dg = row_dots(dy, c.get(kRouteOut[sub]));
+    dn = sub_backward(sub, add_active(plan, zeros_like(dy, dy.shape()), dy), full_cache);
+    c[kRouteDense[sub]] = Tensor();
+  } else if (plan.all()) {
     dg = row_dots(dy, c.get(kRouteOut[sub]));
     dn = sub_backward(sub, dy, full_cache);
   } else if (!plan.none()) {

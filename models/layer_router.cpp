@@ -52,11 +52,12 @@ void check_router_spec(const RouterSpec& spec, int64_t num_layers) {
 }
 
 MindSkipRouter::MindSkipRouter(const std::string& layer_prefix, int64_t hidden, SkipUnit unit, float tau,
-                               bool whole_block)
+                               bool whole_block, bool train_skipped)
     : weight(layer_prefix + ".router.weight", Tensor::zeros({1, hidden}), ParamRole::Vector, Init::Zeros),
       unit_(unit),
       tau_(tau),
-      whole_block_(whole_block) {}
+      whole_block_(whole_block),
+      train_skipped_(train_skipped) {}
 
 namespace {
 // n as f32 rows [B * T, hidden] on its device.
@@ -175,7 +176,7 @@ BlockGateFactory mindskip_gates(const RouterSpec& spec) {
     const SubBlock gated = spec.scope == SkipScope::FeedForward ? SubBlock::FeedForward : SubBlock::Attention;
     if (sub != gated) return nullptr;
     return std::make_unique<MindSkipRouter>(b.prefix, b.config.hidden_size, spec.unit, spec.tau,
-                                            spec.scope == SkipScope::Block);
+                                            spec.scope == SkipScope::Block, spec.train_skipped);
   };
 }
 

@@ -27,6 +27,12 @@ struct RouterSpec {
   float tau = 0.5f;             // MindSkip threshold: run iff sigmoid(w . xbar) >= tau
   int64_t hidden = 128;         // Dr.LLM bottleneck width h
   int64_t windows = 8;          // Dr.LLM W windows of the windowed mean
+  // MindSkip training: compute skipped units' sub-blocks too and output x + g f (g = 0 there), so
+  // dL/dg = <dy, f> reaches every unit (straight-through, as the released Router-Tuning code does).
+  // Without it a unit pushed below tau gets no LM gradient again: "sticky skipping" (ALGORITHMS.md
+  // §8). Inference always skips for real. No effect on a token-unit attention: the dense path would
+  // let later tokens see skipped tokens' keys, which decoding never does (block_routing.cpp).
+  bool train_skipped = true;
 
   bool routes(int64_t layer) const;  // whether `layer` has a router
 };
@@ -51,13 +57,15 @@ void check_router_spec(const RouterSpec& spec, int64_t num_layers);
 //     sequence's decision repeated over its tokens), and adds its gate sum and unit count to the
 //     StepContext's router_stats. Math in f32 whatever the compute dtype.
 //   backward(dg, c): dg host f32 [B, T] = dL/dg of each token (<dL/dh_out, f> of its row; 0 where
-//     skipped). Per unit: dL/dg_u = the sum over its tokens + StepContext::router_capacity_grad;
+//     skipped, unless the block computed the skipped units too: RouterSpec::train_skipped). Per
+//     unit: dL/dg_u = the sum over its tokens + StepContext::router_capacity_grad;
 //     straight-through: dL/dz = dL/dg_u * r (1 - r); accumulates dL/dw = sum_u dL/dz_u xbar_u and
 //     returns dL/dn [B, T, hidden] on n's device in n's dtype (through xbar: the backbone is frozen
 //     but its input gradient still reaches earlier routers).
 class MindSkipRouter : public BlockGate {
  public:
-  MindSkipRouter(const std::string& layer_prefix, int64_t hidden, SkipUnit unit, float tau, bool whole_block);
+  MindSkipRouter(const std::string& layer_prefix, int64_t hidden, SkipUnit unit, float tau, bool whole_block,
+                 bool train_skipped = false);
   Tensor forward(const Tensor& n, Cache& c) override;
   Tensor backward(const Tensor& dg, Cache& c) override;
   Tensor infer(const Tensor& n) override;
@@ -65,6 +73,7 @@ class MindSkipRouter : public BlockGate {
   size_t activation_bytes(const ActivationDims& d) const override;
   GateSkip skip_unit() const override { return unit_ == SkipUnit::Sequence ? GateSkip::Sequence : GateSkip::Token; }
   bool skips_whole_block() const override { return whole_block_; }
+  bool trains_skipped() const override { return train_skipped_; }
   // r = sigmoid(w . xbar) of each unit of n [B, T, hidden] (host f32 [B] or [B * T]).
   Tensor probabilities(const Tensor& n) const;
   float tau() const { return tau_; }
@@ -84,6 +93,7 @@ class MindSkipRouter : public BlockGate {
   SkipUnit unit_;
   float tau_;
   bool whole_block_;
+  bool train_skipped_;
 };
 
 // The BlockSpec::gate factory of a MindSkip spec: a router on the gated sub-block (both, as one

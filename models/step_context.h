@@ -88,6 +88,10 @@ struct StepContext {
   // set by the task between forward and backward), to each unit's dL/dg.
   RouterGateStats router_stats;
   float router_capacity_grad = 0.0f;
+  // A training forward (one that feeds a backward; set by the router task): MindSkip routers with
+  // train_skipped then compute their skipped units too (RouterSpec::train_skipped). Otherwise
+  // (evaluation, plain forwards) they skip for real.
+  bool router_training = false;
   // ---- Dr.LLM block actions (models/drllm_router.h) ----
   // Forced per-sequence actions of every global layer, host i32 [B, num_layers] (0 skip, 1 execute,
   // 2 repeat): the label path of router training, or a search candidate. Undefined: routed layers

@@ -53,7 +53,10 @@
 //               n [16]; mindskip only: scope [attention] (attention | mlp | block: what a closed gate skips), unit
 //               [sequence] (sequence | token), tau [0.5] (in (0, 1)), objective [lm] (lm: cross-entropy on the data
 //               | kl: forward KL to the frozen backbone without routers), capacity_target [0.7] (in (0, 1]),
-//               capacity_weight [0.0] (>= 0: lambda of lambda * relu(capacity - target) per micro-batch);
+//               capacity_weight [0.0] (>= 0: lambda of lambda * relu(capacity - target) per micro-batch),
+//               train_skipped [true] (training computes skipped units' sub-blocks too and multiplies them by
+//               g = 0, so the LM loss reaches every router unit: no sticky skipping; inference always skips;
+//               no effect on a token-unit attention);
 //               drllm only: hidden [128], windows [8], search_budget [32] (>= 1 forward evaluations per
 //               training sequence in the label search), focal_gamma [2.0] (>= 0)
 //   run:        name [config file's stem], out_dir [runs/<name>], seed [1234], device [cpu] (cpu|cuda; each
@@ -205,6 +208,7 @@ struct RouterSection {
   std::string objective = "lm";     // lm: cross-entropy on the data | kl: forward KL to the unrouted backbone
   double capacity_target = 0.7;     // (0, 1]: the share of router units meant to run
   double capacity_weight = 0.0;     // >= 0: lambda of lambda * relu(capacity - target)
+  bool train_skipped = true;        // training computes skipped units too (straight-through; RouterSpec::train_skipped)
   // drllm
   int64_t hidden = 128;             // >= 1: the router MLP's bottleneck width
   int64_t windows = 8;              // >= 1: windows of the windowed mean

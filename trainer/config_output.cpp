@@ -109,6 +109,7 @@ std::vector<ConfigField> config_fields(const RunConfig& c) {
   string("objective", c.router.objective, "mindskip: lm | kl (to the unrouted backbone)");
   real("capacity_target", c.router.capacity_target, "mindskip: share of router units meant to run");
   real("capacity_weight", c.router.capacity_weight, "mindskip: lambda of lambda * relu(capacity - target)");
+  boolean("train_skipped", c.router.train_skipped);
   integer("hidden", c.router.hidden, "drllm: router MLP width");
   integer("windows", c.router.windows, "drllm: windows of the windowed mean");
   integer("search_budget", c.router.search_budget, "drllm: forward evaluations per sequence in the label search");

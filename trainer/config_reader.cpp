@@ -22,7 +22,7 @@ const std::vector<ConfigSectionKeys>& run_config_schema() {
       {"medusa", {"num_heads", "num_layers", "stage", "copy_lm_head", "heads_coefficient", "decay", "schedule",
                   "schedule_steps", "lr_multiplier", "warmup_steps", "backbone_loss"}},
       {"router", {"kind", "layers", "n", "scope", "unit", "tau", "objective", "capacity_target", "capacity_weight",
-                  "hidden", "windows", "search_budget", "focal_gamma"}},
+                  "train_skipped", "hidden", "windows", "search_budget", "focal_gamma"}},
       {"lora", {"modules", "r", "alpha", "dropout", "rslora", "qa_group", "init_from"}},
       {"quant", {"scheme", "block", "double_quant", "modules", "skip"}},
       {"model",

@@ -32,6 +32,7 @@ void parse_router(const Section& s, const RunConfig& c, RouterSection& r) {
   s.read_choice("objective", r.objective, {"lm", "kl"});
   s.read("capacity_target", r.capacity_target);
   s.read("capacity_weight", r.capacity_weight);
+  s.read("train_skipped", r.train_skipped);
   s.read("hidden", r.hidden);
   s.read("windows", r.windows);
   s.read("search_budget", r.search_budget);
@@ -41,7 +42,8 @@ void parse_router(const Section& s, const RunConfig& c, RouterSection& r) {
                                                         {"tau", r.tau != defaults.tau},
                                                         {"objective", r.objective != defaults.objective},
                                                         {"capacity_target", r.capacity_target != defaults.capacity_target},
-                                                        {"capacity_weight", r.capacity_weight != defaults.capacity_weight}};
+                                                        {"capacity_weight", r.capacity_weight != defaults.capacity_weight},
+                                                        {"train_skipped", r.train_skipped != defaults.train_skipped}};
   const std::pair<const char*, bool> drllm_only[] = {{"hidden", r.hidden != defaults.hidden},
                                                      {"windows", r.windows != defaults.windows},
                                                      {"search_budget", r.search_budget != defaults.search_budget},

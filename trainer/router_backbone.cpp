@@ -25,6 +25,7 @@ RouterSpec router_spec(const RunConfig& config, int64_t num_layers) {
   spec.unit = r.unit == "token" ? SkipUnit::Token : SkipUnit::Sequence;
   spec.layers = r.layers.empty() ? default_router_layers(num_layers, r.n) : r.layers;
   spec.tau = static_cast<float>(r.tau);
+  spec.train_skipped = r.train_skipped;
   spec.hidden = r.hidden;
   spec.windows = r.windows;
   check_router_spec(spec, num_layers);

@@ -42,6 +42,7 @@ Tensor RoutedStage::forward(int m, const Tensor& input, bool for_backward) {
   StepContext& c = *contexts_.at(m);
   c.router_stats = {};  // this forward's gates only
   c.router_capacity_grad = 0;
+  c.router_training = for_backward;  // evaluation skips for real even with router.train_skipped
   return TransformerStage::forward(m, input, for_backward);
 }
 

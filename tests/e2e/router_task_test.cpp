@@ -51,6 +51,7 @@ const anvil::testing::TinyRun& tiny() {
 std::string backbone_dir() { return tiny().dir + "/target"; }
 
 constexpr double kLambda = 4.0, kTarget = 0.5;
+constexpr int kSteps = 30;  // TrainSkippedHoldsTheCapacityNearTheTarget
 
 RunConfig router_config(const std::string& label, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> all = {"run.out_dir=" + tiny().dir + "/" + label, "checkpoint.resume=none",
@@ -126,7 +127,7 @@ TEST(MindSkipTask, StartsAsTheBackboneThenOnlyTheRoutersMoveTowardTheTarget) {
   std::printf("\n");
   // The penalty drives the capacity toward the target: some sequences skip by the last step.
   // (tau 0.45: a zero router gives r = 0.5 >= tau, so each sequence crosses at its own step; Adam's
-  // momentum and skipping's stickiness — a skipped sequence gets no LM gradient — then overshoot.)
+  // momentum then overshoots: TrainSkippedHoldsTheCapacityNearTheTarget.)
   bool partial = false;
   for (const StepRecord& r : h) partial |= metric(r, "capacity") > 0.0 && metric(r, "capacity") < 0.9;
   EXPECT_TRUE(partial) << "no step skipped part of the batch";
@@ -229,4 +230,37 @@ TEST(MindSkipTask, KlObjectiveStartsAtZeroDivergence) {
   // Zero routers: the routed model's logits are the backbone's bit for bit; KL = 0 up to rounding.
   EXPECT_NEAR(t.history()[0].loss, 0.0, 1e-6);
   EXPECT_DOUBLE_EQ(metric(t.history()[0], "capacity"), 1.0);
+}
+
+// router.train_skipped (the default) against real skipping in training, same seeds: with real
+// skipping a sequence pushed below tau gets no LM gradient again and, below the target, no penalty
+// gradient either, so the capacity falls to 0 (sticky skipping, ALGORITHMS.md §8); computing the
+// skipped units keeps <dy, f> flowing and the capacity settles around the target.
+TEST(MindSkipTask, TrainSkippedHoldsTheCapacityNearTheTarget) {
+  auto capacities = [](bool train_skipped) {
+    Trainer t(router_config(train_skipped ? "dense" : "sticky",
+                            {"training.steps=" + std::to_string(kSteps), std::string("router.train_skipped=") +
+                                                                            (train_skipped ? "true" : "false")}),
+              TrainerMode::Quiet);
+    t.train();
+    std::vector<double> out;
+    for (const StepRecord& r : t.history()) out.push_back(metric(r, "capacity"));
+    return out;
+  };
+  const std::vector<double> dense = capacities(true), sticky = capacities(false);
+  ASSERT_EQ(dense.size(), static_cast<size_t>(kSteps));
+  auto tail_mean = [](const std::vector<double>& c) {  // the last quarter of the run
+    const size_t from = c.size() - c.size() / 4;
+    double sum = 0;
+    for (size_t i = from; i < c.size(); ++i) sum += c[i];
+    return sum / static_cast<double>(c.size() - from);
+  };
+  std::printf("capacity per step, train_skipped:");
+  for (double c : dense) std::printf(" %.2f", c);
+  std::printf("\ncapacity per step, real skipping:");
+  for (double c : sticky) std::printf(" %.2f", c);
+  std::printf("\n");
+  EXPECT_GE(tail_mean(dense), 0.25);
+  EXPECT_LE(tail_mean(dense), 0.85);
+  EXPECT_LT(tail_mean(sticky), 0.1);  // collapsed
 }

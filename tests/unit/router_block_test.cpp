@@ -2,7 +2,8 @@
 // the gate at a known logit, sigma'(0) = 1/4, the straight-through gradients against finite
 // differences of the surrogate loss, a token-unit attention against an explicit attention over
 // the active tokens, a routed stack of blocks against the naive soft-gated computation, and the
-// row gather / scatter kernels.
+// row gather / scatter kernels; router.train_skipped (every unit computed in training, x + g f)
+// against the real-skip output and the naive soft gate whose skipped units keep <dy, f>.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -40,10 +41,11 @@ struct RoutedBlock {
   std::unique_ptr<FeedForward> ff;
   MindSkipRouter* router = nullptr;
 
-  RoutedBlock(SkipScope scope, SkipUnit unit) {
+  RoutedBlock(SkipScope scope, SkipUnit unit, bool train_skipped = false) {
     RouterSpec rs;
     rs.scope = scope;
     rs.unit = unit;
+    rs.train_skipped = train_skipped;
     rs.layers = {0};
     spec.gate = mindskip_gates(rs);
     block = std::make_unique<TransformerBlock>(spec, ctx);
@@ -86,9 +88,10 @@ Tensor plus_scaled(const Tensor& x, const Tensor& f, const std::vector<double>& 
 
 double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
-std::shared_ptr<StepContext> context_with(float capacity_grad) {
+std::shared_ptr<StepContext> context_with(float capacity_grad, bool for_backward = true) {
   auto ctx = std::make_shared<StepContext>();
   ctx->router_capacity_grad = capacity_grad;
+  ctx->router_training = for_backward;
   return ctx;
 }
 
@@ -275,13 +278,13 @@ TEST(RouterBlock, TokenUnitSkippedTokensAreAbsentFromTheKeys) {
 namespace {
 // The naive reference of a router: a soft gate that computes everything and scales f by the
 // (forced) decision g, the sub-block's gradient <dy, f> taken with the f of skipped units set to
-// 0; its own copy of the sub-block's norm gives xbar (the straight-through gradient reaches x).
+// 0 (real skipping) or kept (train_skipped: f was computed for every unit); its own copy of the sub-block's norm gives xbar (the straight-through gradient reaches x).
 class NaiveRouterGate : public BlockGate {
  public:
   NaiveRouterGate(std::unique_ptr<Module> norm, const std::string& name, int64_t hidden, bool per_row,
-                  std::vector<float> g)
+                  std::vector<float> g, bool train_skipped)
       : weight(name, Tensor::zeros({1, hidden}), ParamRole::Vector, Init::Zeros),
-        norm_(std::move(norm)), per_row_(per_row), g_(std::move(g)) {}
+        norm_(std::move(norm)), per_row_(per_row), g_(std::move(g)), train_skipped_(train_skipped) {}
   Tensor forward(const Tensor& x, Cache& c) override {
     const Tensor n = norm_->forward(x, c.child(0));
     const int64_t B = n.size(0), T = n.size(1), C = n.size(2), per = per_row_ ? T : 1;
@@ -303,7 +306,8 @@ class NaiveRouterGate : public BlockGate {
     Tensor dn = Tensor::zeros(n.shape());
     for (size_t u = 0; u < g_.size(); ++u) {
       double dg = 0;
-      for (int64_t t = 0; t < per; ++t) dg += dw.data<float>()[u * per + t] * g_[u];  // skipped: f counts as 0
+      for (int64_t t = 0; t < per; ++t)  // real skipping: a skipped unit's f counts as 0
+        dg += dw.data<float>()[u * per + t] * (train_skipped_ ? 1.0f : g_[u]);
       const double dz = dg * r_[u] * (1 - r_[u]);
       for (int64_t t = 0; t < per; ++t)
         for (int64_t i = 0; i < C; ++i) {
@@ -323,6 +327,7 @@ class NaiveRouterGate : public BlockGate {
   std::unique_ptr<Module> norm_;
   bool per_row_;
   std::vector<float> g_;
+  bool train_skipped_;
   std::vector<double> r_;
 };
 
@@ -339,6 +344,7 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
     SkipUnit unit;
   };
   const int64_t B = 4, T = 6;
+  for (const bool train_skipped : {false, true})
   for (const Case k : {Case{SkipScope::Attention, SkipUnit::Sequence}, Case{SkipScope::FeedForward, SkipUnit::Sequence},
                        Case{SkipScope::FeedForward, SkipUnit::Token}}) {
     const ModelConfig c = config();
@@ -353,6 +359,7 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
     rs.scope = k.scope;
     rs.unit = k.unit;
     rs.layers = {0, 1};
+    rs.train_skipped = train_skipped;
     std::vector<std::unique_ptr<TransformerBlock>> routed, naive;
     std::vector<NaiveRouterGate*> naive_gates;
     for (int64_t layer : {0, 1}) {
@@ -365,7 +372,7 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
         if ((s == SubBlock::Attention ? 0 : 1) != sub) return nullptr;
         auto gate = std::make_unique<NaiveRouterGate>(
             soft.norm(b.prefix + "." + (sub == 0 ? fam.norm1 : fam.norm2), b), b.prefix + ".router.weight",
-            c.hidden_size, per_row, g);
+            c.hidden_size, per_row, g, train_skipped);
         naive_gates.push_back(gate.get());
         return gate;
       };
@@ -379,6 +386,18 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
           ->forced = g;
     }
     const Tensor x = random_tensor({B, T, 16}, 30), dy = random_tensor({B, T, 16}, 31);
+    const std::string what = std::string(skip_scope_name(k.scope)) + "/" + skip_unit_name(k.unit) +
+                             (train_skipped ? " train_skipped" : "");
+    // An evaluation forward (router_training false) skips for real whatever train_skipped says.
+    Cache ec;
+    ec.set_context(context_with(0, false));
+    Tensor ye = x;
+    for (int i = 0; i < 2; ++i) ye = routed[i]->forward(ye, ec.child(i));
+    for (int i = 0; i < 2; ++i) {
+      const RoutedRows rows = routed[i]->routed_rows();
+      EXPECT_EQ(sub == 0 ? rows.attention_run : rows.mlp_run, B * T / 2) << what;
+      routed[i]->reset_routed_rows();
+    }
     Cache rc, nc;
     rc.set_context(context_with(0));
     Tensor yr = x, yn = x;
@@ -386,8 +405,8 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
       yr = routed[i]->forward(yr, rc.child(i));
       yn = naive[i]->forward(yn, nc.child(i));
     }
-    const std::string what = std::string(skip_scope_name(k.scope)) + "/" + skip_unit_name(k.unit);
     EXPECT_LE(max_abs_diff(yr, yn), 1e-5) << what;
+    EXPECT_EQ(max_abs_diff(yr, ye), 0.0) << what;  // x + 0 f: the real-skip output
     Tensor dr = dy, dn = dy;
     for (int i = 1; i >= 0; --i) {
       dr = routed[i]->backward(dr, rc.child(i));
@@ -401,10 +420,35 @@ TEST(RouterBlock, RoutedStackMatchesNaiveSoftGates) {
         EXPECT_LE(max_abs_diff(p->grad, want), 1e-5 * (1 + kernels::max_abs(want))) << what << " " << p->name;
       }
       const RoutedRows rows = routed[i]->routed_rows();
-      EXPECT_EQ(sub == 0 ? rows.attention_run : rows.mlp_run, B * T / 2) << what;  // half the rows computed
+      // Half the rows computed, or all of them when training computes the skipped units too.
+      EXPECT_EQ(sub == 0 ? rows.attention_run : rows.mlp_run, train_skipped ? B * T : B * T / 2) << what;
       EXPECT_EQ(sub == 0 ? rows.attention_total : rows.mlp_total, B * T) << what;
     }
   }
+}
+
+// A token-unit attention keeps real skipping under train_skipped (dense, later tokens would see
+// the skipped tokens' keys): output and router gradient equal the real-skip block's.
+TEST(RouterBlock, TrainSkippedLeavesTokenUnitAttentionSkipping) {
+  RoutedBlock on(SkipScope::Attention, SkipUnit::Token, true), off(SkipScope::Attention, SkipUnit::Token, false);
+  for (Param* p : off.block->params()) p->value.copy_(find_param(*on.block, p->name)->value);
+  const Tensor w = random_tensor({1, 16}, 13, -2.0f, 2.0f);
+  const Tensor x = random_tensor({2, 6, 16}, 14), dy = random_tensor({2, 6, 16}, 15);
+  Tensor y[2], dx[2];
+  RoutedBlock* rbs[2] = {&on, &off};
+  for (int i = 0; i < 2; ++i) {
+    rbs[i]->router->weight.value.copy_(w);
+    rbs[i]->zero_grads();
+    Cache c;
+    c.set_context(context_with(0.1f));
+    y[i] = rbs[i]->block->forward(x, c);
+    dx[i] = rbs[i]->block->backward(dy, c);
+  }
+  EXPECT_EQ(max_abs_diff(y[0], y[1]), 0.0);
+  EXPECT_EQ(max_abs_diff(dx[0], dx[1]), 0.0);
+  EXPECT_EQ(max_abs_diff(on.router->weight.grad, off.router->weight.grad), 0.0);
+  EXPECT_EQ(on.block->routed_rows().attention_run, off.block->routed_rows().attention_run);
+  EXPECT_LT(on.block->routed_rows().attention_run, 12);  // some tokens skipped: the case is not trivial
 }
 
 TEST(RouteRows, GatherPadsScatterAddsAndBadIndicesAreNamed) {

@@ -35,13 +35,14 @@ TEST_F(RouterConfigTest, DefaultsResolveToTheLastNButTheFinalLayer) {
   EXPECT_EQ(spec.scope, SkipScope::Attention);
   EXPECT_EQ(spec.unit, SkipUnit::Sequence);
   EXPECT_FLOAT_EQ(spec.tau, 0.5f);
+  EXPECT_TRUE(spec.train_skipped);  // training computes skipped units by default (no sticky skipping)
   // n past the layers clips at 0: every layer but the last.
   EXPECT_EQ(router_spec(load(yaml("  n: 16\n")), 6).layers, (std::vector<int64_t>{0, 1, 2, 3, 4}));
 }
 
 TEST_F(RouterConfigTest, EveryKeyRoundTripsThroughTheResolvedYaml) {
   const RunConfig a = load(yaml("  layers: [4, 1]\n  scope: block\n  unit: token\n  tau: 0.4\n  objective: kl\n"
-                                "  capacity_target: 0.6\n  capacity_weight: 0.25\n"));
+                                "  capacity_target: 0.6\n  capacity_weight: 0.25\n  train_skipped: false\n"));
   EXPECT_EQ(a.router.layers, (std::vector<int64_t>{1, 4}));  // sorted
   const RunConfig b = load_run_config(write("resolved/config.yaml", to_yaml(a)), {});
   for (const auto& d : config_differences(a, b)) ADD_FAILURE() << d;
@@ -49,6 +50,7 @@ TEST_F(RouterConfigTest, EveryKeyRoundTripsThroughTheResolvedYaml) {
   EXPECT_EQ(spec.scope, SkipScope::Block);
   EXPECT_EQ(spec.unit, SkipUnit::Token);
   EXPECT_FLOAT_EQ(spec.tau, 0.4f);
+  EXPECT_FALSE(spec.train_skipped);
   EXPECT_EQ(load(yaml("  scope: mlp\n")).router.scope, "mlp");
   EXPECT_EQ(router_spec(load(yaml("  scope: mlp\n")), 6).scope, SkipScope::FeedForward);
   const RunConfig d = load(yaml("  hidden: 16\n  windows: 4\n  search_budget: 8\n  focal_gamma: 1.5\n"),
@@ -86,6 +88,7 @@ TEST_F(RouterConfigTest, BadInputsGiveOneClearErrorEach) {
   expect("  hidden: 64\n", {"router.hidden", "configures kind: drllm only"});
   expect("", {"router.kind", "did you mean mindskip?"}, {"router.kind=mindskp"});
   expect("  tau: 0.3\n", {"router.tau", "configures kind: mindskip only"}, {"router.kind=drllm"});
+  expect("  train_skipped: false\n", {"router.train_skipped", "configures kind: mindskip only"}, {"router.kind=drllm"});
   expect("  search_budget: 0\n", {"router.search_budget", "at least 1"}, {"router.kind=drllm"});
   expect("  focal_gamma: -1\n", {"router.focal_gamma", ">= 0"}, {"router.kind=drllm"});
   expect("  windows: 0\n", {"router.windows", "at least 1"}, {"router.kind=drllm"});
