@@ -141,10 +141,10 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const 
   const ModelConfig& config = model.config();
   const std::string& src = index.path();
   const std::string prefix = family_of(config).model_prefix;
-  const std::vector<Param*> params = model.params();
+  const std::vector<Param*> all = model.params();
 
   // Base-model files (GPT2Model / LlamaModel) drop the prefix: decide by the embedding's name.
-  const std::string embed = params.front()->name;  // wte / embed_tokens comes first
+  const std::string embed = all.front()->name;  // wte / embed_tokens comes first
   const bool unprefixed = !index.contains(embed) && embed.rfind(prefix, 0) == 0 &&
                           index.contains(embed.substr(prefix.size()));
   auto file_name = [&](const std::string& param_name) {
@@ -160,15 +160,19 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const 
   std::vector<std::string> quantized_prefixes;
   for (const std::string& m : quantized) quantized_prefixes.push_back(file_name(m) + ".");
 
+  // Layer-skip routers (task router) train on a backbone whose files never hold them: they keep their init.
+  const std::vector<Param*> routers = model.router_params();
+  std::vector<Param*> params;
+  for (Param* p : all)
+    if (index.contains(file_name(p->name)) || std::find(routers.begin(), routers.end(), p) == routers.end())
+      params.push_back(p);
+
   // Check everything first, so a bad file leaves the model untouched.
   std::set<std::string> used;
   std::vector<std::string> missing;
-  // Layer-skip routers (task router) train on a backbone whose files never hold them: they keep their init.
-  const std::vector<Param*> routers = model.router_params();
   for (Param* p : params) {
     if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
-    if (!index.contains(name) && std::find(routers.begin(), routers.end(), p) != routers.end()) continue;
     if (!index.contains(name)) {
       missing.push_back(name);
       continue;
@@ -220,7 +224,6 @@ void load_hf_weights(TransformerLM& model, const SafetensorsIndex& index, const 
   for (Param* p : params) {
     if (skipped(*p)) continue;
     const std::string name = file_name(p->name);
-    if (!index.contains(name)) continue;  // a router (above)
     Tensor w = index.get_f32(name);
     if (is_conv1d(config, p->name)) w = w.transpose(0, 1);
     master_weight(*p).copy_(p->shard.sharded() ? take_shard(*p, w.contiguous()) : w);
