@@ -4,6 +4,7 @@
 
 #include "models/drllm_actions.h"
 #include "parallel/data_parallel.h"
+#include "parallel/pipeline_schedule.h"
 #include "trainer/lm_task.h"
 #include "trainer/router_backbone.h"
 
@@ -42,20 +43,73 @@ double drllm_focal_loss(const Tensor& logits, const std::vector<int32_t>& labels
   return total;
 }
 
-void DrLLMLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro,
-                                  std::vector<std::shared_ptr<StepContext>> contexts, bool training,
-                                  const double alpha[3], std::vector<double> units) {
-  if (training || training_) sums_ = DrLLMSums{};  // an evaluation pass sums over all its batches
-  micro_ = micro;
+void DrLLMStage::set_micro_batches(std::vector<std::shared_ptr<StepContext>> contexts, bool training,
+                                   const double alpha[3], std::vector<double> units, std::vector<float> loss_scales) {
+  if (training || training_) sums_ = DrLLMStageSums{};  // an evaluation pass sums over all its batches
   contexts_ = std::move(contexts);
   training_ = training;
   for (int c = 0; c < kBlockActions; ++c) alpha_[c] = alpha[c];
   units_ = std::move(units);
+  loss_scales_ = std::move(loss_scales);
+  stats_.clear();
 }
 
-PipelineLoss::Value DrLLMLoss::forward(int m, const Tensor& hidden, bool for_backward) {
+Tensor DrLLMStage::forward(int m, const Tensor& input, bool for_backward) {
+  Tensor out = trunk_.forward(m, input, false);
+  StepContext& ctx = *contexts_.at(static_cast<size_t>(m));
+  const int64_t L = model_.config().num_hidden_layers;
+  const Tensor labels = training_ ? ctx.layer_actions.contiguous() : Tensor();
+  double focal = 0, units = 0;
+  for (StepContext::DrLLMRouterInput& in : ctx.drllm_inputs) {
+    DrLLMRouter* router = model_.drllm_routers()->at(in.layer);
+    ANVIL_CHECK(router != nullptr, "Dr.LLM: layer ", in.layer, " recorded a router input but has no router");
+    if (!training_) {
+      for (int32_t a : drllm_actions(router->infer(in.means))) sums_.router_passes += a;
+      continue;
+    }
+    const int64_t B = in.means.size(0);
+    std::vector<int32_t> y(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) y[b] = labels.data<int32_t>()[b * L + in.layer];
+    Cache rc;
+    const Tensor z = router->forward(in.means, rc);
+    Tensor dz;
+    focal += drllm_focal_loss(z, y, alpha_, gamma_, loss_scales_.at(m) / units_.at(m), dz);
+    if (for_backward) router->backward(dz, rc);
+    const std::vector<int32_t> chosen = drllm_actions(z);
+    for (int64_t b = 0; b < B; ++b) {
+      sums_.correct += chosen[b] == y[b];
+      sums_.router_passes += chosen[b];
+    }
+    units += static_cast<double>(B);
+  }
+  ctx.drllm_inputs.clear();
+  sums_.focal += focal;
+  sums_.units += units;
+  stats_[m] = {static_cast<float>(focal), static_cast<float>(units)};
+  return out;
+}
+
+std::vector<float> DrLLMStage::forward_stats(int m) const { return stats_.at(m); }
+
+void DrLLMLoss::set_micro_batches(const std::vector<LMMicroBatch>& micro,
+                                  std::vector<std::shared_ptr<StepContext>> contexts, bool training,
+                                  std::vector<double> units) {
+  if (training || training_) sums_ = DrLLMPathSums{};  // an evaluation pass sums over all its batches
+  micro_ = micro;
+  contexts_ = std::move(contexts);
+  training_ = training;
+  units_ = std::move(units);
+  totals_.clear();
+}
+
+std::vector<float> DrLLMLoss::reduce_stats(int m, std::vector<float> totals) {
+  totals_[m] = totals;
+  return totals;
+}
+
+PipelineLoss::Value DrLLMLoss::forward(int m, const Tensor& hidden, bool) {
   const LMMicroBatch& mb = micro_.at(m);
-  StepContext& ctx = *contexts_.at(m);
+  const StepContext& ctx = *contexts_.at(m);
   const int64_t B = hidden.size(0), L = model_.config().num_hidden_layers;
   // The LM loss along the path the trunk took (the labels' in training, the routers' in evaluation).
   double lm = 0, tokens = 0;
@@ -68,35 +122,10 @@ PipelineLoss::Value DrLLMLoss::forward(int m, const Tensor& hidden, bool for_bac
   sums_.path_loss += lm * tokens;
   sums_.path_tokens += tokens;
   sums_.sequences += static_cast<double>(B);
-  const Tensor labels = training_ ? ctx.layer_actions.contiguous() : Tensor();
-  double focal = 0, units = 0, router_passes = 0;
-  int64_t routed = 0;
-  for (StepContext::DrLLMRouterInput& in : ctx.drllm_inputs) {
-    DrLLMRouter* router = model_.drllm_routers()->at(in.layer);
-    ANVIL_CHECK(router != nullptr, "Dr.LLM: layer ", in.layer, " recorded a router input but has no router");
-    ++routed;
-    if (!training_) {
-      for (int32_t a : drllm_actions(router->infer(in.means))) router_passes += a;
-      continue;
-    }
-    std::vector<int32_t> y(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) y[b] = labels.data<int32_t>()[b * L + in.layer];
-    Cache rc;
-    const Tensor z = router->forward(in.means, rc);
-    Tensor dz;
-    focal += drllm_focal_loss(z, y, alpha_, gamma_, mb.loss_scale / units_.at(m), dz);
-    if (for_backward) router->backward(dz, rc);
-    const std::vector<int32_t> chosen = drllm_actions(z);
-    for (int64_t b = 0; b < B; ++b) {
-      sums_.correct += chosen[b] == y[b];
-      router_passes += chosen[b];
-    }
-    units += static_cast<double>(B);
-  }
-  ctx.drllm_inputs.clear();
-  sums_.router_passes += router_passes + static_cast<double>(B * (L - routed));
-  if (training_)
+  if (training_) {
+    const Tensor labels = ctx.layer_actions.contiguous();
     for (int64_t i = 0; i < B * L; ++i) sums_.label_passes += labels.data<int32_t>()[i];
+  }
   Value v;
   if (!training_) {
     v.loss = static_cast<float>(lm);
@@ -104,31 +133,49 @@ PipelineLoss::Value DrLLMLoss::forward(int m, const Tensor& hidden, bool for_bac
     v.objective = lm;
     return v;
   }
-  sums_.focal += focal;
-  sums_.units += units;
+  const std::vector<float>& t = totals_.at(m);  // focal sum and units over every stage
+  const double focal = t.at(0), units = t.at(1);
   v.loss = units > 0 ? static_cast<float>(focal / units) : 0.0f;
   v.weight = units;
   v.objective = mb.loss_scale * focal / units_.at(m);
   return v;
 }
 
+PipelineLoss::Value DrLLMRowLoss::forward(int, const Tensor& hidden, bool) {
+  Tensor logits;
+  {
+    Cache head;
+    logits = model_.forward_head(hidden, head);
+  }
+  const CrossEntropyLoss ce = model_.cross_entropy();
+  const int64_t R = logits.size(0);
+  losses_.assign(static_cast<size_t>(R), 0.0);
+  for (int64_t r = 0; r < R; ++r) {
+    Cache c;
+    const float mean = ce.forward(logits.slice(0, r, r + 1), targets_.slice(0, r, r + 1), c, ignore_);
+    losses_[static_cast<size_t>(r)] = CrossEntropyLoss::token_count(c) > 0 ? mean : 0.0;
+  }
+  return {};
+}
+
 void DrLLMTask::build(const TaskEnv& env) {
   env_ = env;
   const RunConfig& config = *env.config;
-  ANVIL_CHECK(env.layout.stages == 1, config.source, ": router.kind: drllm does not run under pipeline parallelism "
-              "yet (the focal loss of each stage's routers would need the pipeline's side channel) — set "
-              "parallel.pp: 1; dp and tp work");
   ANVIL_CHECK(env.layout.sp == nullptr, config.source, ": router.kind: drllm decides per whole sequence (windowed "
               "means over all its tokens) — set parallel.sp: 1");
   model_ = build_routed_backbone(env, routers_);
   ANVIL_CHECK(model_->drllm_routers() != nullptr, config.source, ": router.kind: drllm built no Dr.LLM routers");
   layers_ = model_->routers()->layers;
   trunk_ = std::make_unique<TransformerStage>(*model_);
-  stage_ = std::make_unique<DrLLMStage>(*trunk_);
-  loss_ = std::make_unique<DrLLMLoss>(*model_, static_cast<int>(config.training.ignore_index),
-                                      config.router.focal_gamma);
+  const int ignore = static_cast<int>(config.training.ignore_index);
+  stage_ = std::make_unique<DrLLMStage>(*model_, *trunk_, config.router.focal_gamma);
+  loss_ = std::make_unique<DrLLMLoss>(*model_, ignore);
+  search_pipeline_ =
+      std::make_unique<PipelineExecutor>(*trunk_, env.pp, parse_pipe_schedule(config.parallel.pp_schedule));
+  row_loss_ = std::make_unique<DrLLMRowLoss>(*model_, ignore);
   DrLLMLabelSettings settings{layers_, config.router.search_budget, kDrLLMLossTolerance};
-  const bool writer = env.layout.tp == nullptr || env.layout.tp->rank() == 0;  // tp ranks search alike
+  // tp ranks and pp stages search alike: one of them writes.
+  const bool writer = (env.layout.tp == nullptr || env.layout.tp->rank() == 0) && (env.pp == nullptr || env.pp->rank() == 0);
   const int rank = env.data_group ? env.data_group->rank() : 0;
   labels_ = std::make_unique<DrLLMLabelStore>(config.run.out_dir + "/drllm_labels",
                                               writer ? "dp" + std::to_string(rank) + ".bin" : "", settings);
@@ -143,23 +190,13 @@ std::vector<double> DrLLMTask::path_losses(const LMMicroBatch& micro, const Step
   for (int64_t r = 0; r < R; ++r)
     for (size_t j = 0; j < layers_.size(); ++j) actions.data<int32_t>()[r * L + layers_[j]] = paths[r][j];
   ctx->layer_actions = actions;
-  const Tensor targets = gather_rows(micro.targets, rows);
-  Tensor logits;
-  {
-    Cache c;
-    c.set_context(ctx);
-    const Tensor hidden = model_->forward_stage(gather_rows(micro.ids, rows), c);
-    Cache head;
-    logits = model_->forward_head(hidden, head);
-  }
-  const CrossEntropyLoss ce = model_->cross_entropy();
-  std::vector<double> out(static_cast<size_t>(R));
-  for (int64_t r = 0; r < R; ++r) {
-    Cache c;
-    const float mean = ce.forward(logits.slice(0, r, r + 1), targets.slice(0, r, r + 1), c,
-                                  static_cast<int>(env_.config->training.ignore_index));
-    out[static_cast<size_t>(r)] = CrossEntropyLoss::token_count(c) > 0 ? mean : 0.0;
-  }
+  // Forward only through the pipeline (every stage calls this alike); the last stage's losses are shared.
+  trunk_->set_inputs({gather_rows(micro.ids, rows)}, {std::move(ctx)});
+  row_loss_->set_targets(gather_rows(micro.targets, rows));
+  search_pipeline_->evaluate(1, *row_loss_);
+  std::vector<double> out = row_loss_->take();
+  out.resize(static_cast<size_t>(R), 0.0);
+  if (env_.pp) out = all_reduce_sum(*env_.pp, out);
   return out;
 }
 
@@ -224,21 +261,31 @@ PipelineLoss& DrLLMTask::prepare(const std::vector<Batch>& batches, bool trainin
   }
   double alpha[kBlockActions] = {1, 1, 1};
   if (training) drllm_class_alpha(totals.data(), alpha);
+  std::vector<double> units(totals.begin() + kBlockActions, totals.end());
+  std::vector<float> loss_scales;
+  for (const LMMicroBatch& mb : in.micro) loss_scales.push_back(mb.loss_scale);
   trunk_->set_inputs(in.ids, in.contexts);
-  loss_->set_micro_batches(in.micro, in.contexts, training, alpha,
-                           std::vector<double>(totals.begin() + kBlockActions, totals.end()));
+  stage_->set_micro_batches(in.contexts, training, alpha, units, std::move(loss_scales));
+  loss_->set_micro_batches(in.micro, in.contexts, training, std::move(units));
   return *loss_;
 }
 
 std::vector<std::pair<std::string, double>> DrLLMTask::metrics(bool training) {
-  const DrLLMSums& s = loss_->sums();
-  std::vector<double> v = {s.focal,         s.units,     s.correct,    s.sequences, s.label_passes,
-                           s.router_passes, s.path_loss, s.path_tokens, searched_};
+  const DrLLMStageSums& r = stage_->sums();
+  const DrLLMPathSums& p = loss_->sums();
+  // Each stage's routers and the last stage's path: summed over pp, then over the replicas.
+  std::vector<double> v = {r.focal, r.units, r.correct, r.router_passes, p.sequences, p.label_passes,
+                           p.path_loss, p.path_tokens};
+  if (env_.pp) v = all_reduce_sum(*env_.pp, v);
+  v.push_back(searched_);  // every stage searched the same rows
   if (env_.data_group) v = all_reduce_sum(*env_.data_group, v);
+  const double L = static_cast<double>(model_->config().num_hidden_layers);
+  // The unrouted layers run once each.
+  const double passes = v[3] + v[4] * (L - static_cast<double>(layers_.size()));
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-  if (!training) return {{"layers", ratio(v[5], v[3])}};
-  return {{"router_accuracy", ratio(v[2], v[1])}, {"label_layers", ratio(v[4], v[3])},
-          {"router_layers", ratio(v[5], v[3])},   {"path_loss", ratio(v[6], v[7])},
+  if (!training) return {{"layers", ratio(passes, v[4])}};
+  return {{"router_accuracy", ratio(v[2], v[1])}, {"label_layers", ratio(v[5], v[4])},
+          {"router_layers", ratio(passes, v[4])},   {"path_loss", ratio(v[6], v[7])},
           {"searched", v[8]}};
 }
 

@@ -12,19 +12,24 @@
 //        and dp rank; 0 for a class absent from the step): inverse label frequency, 1 when balanced.
 //      The objective of micro-batch m is (1/M) * sum of FL over its (sequence, routed layer)
 //      units / the global micro-batch's unit count, so every dp layout takes the same gradient.
-//      Nothing flows into the backbone (no backward through it, no gradient between stages).
+//      Nothing flows into the backbone (no backward through it, no gradient between stages): each
+//      stage scores its own routers, and the side channel brings the focal sums to the last stage.
+//   Under pp the search's candidate paths run through the pipeline (forward only) and the last
+//   stage's per-row losses are shared over pp, so every stage searches alike.
 // The logged training loss is that focal objective; evaluation runs the routed model (the routers
 // decide) and reports its cross-entropy as val_loss. Metrics: router_accuracy (argmax vs label),
 // label_layers / router_layers (block passes per sequence along the label path / the routers'
 // choices on it, all L layers counted: the base is L), path_loss (the LM loss along the label
 // path), searched (sequences searched this step); val_layers after evaluation.
-// A checkpoint holds the routers only. Runs under dp and tp; pp and sp are refused.
+// A checkpoint holds the routers only. Runs under dp, tp and pp; sp is refused.
 #pragma once
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
 
 #include "models/lm_pipeline.h"
+#include "parallel/pipeline_executor.h"
 #include "trainer/drllm_labels.h"
 #include "trainer/drllm_search.h"
 #include "trainer/task.h"
@@ -41,50 +46,93 @@ double drllm_focal_loss(const Tensor& logits, const std::vector<int32_t>& labels
 // alpha_c = N / (3 n_c) from the class counts (0 where n_c = 0).
 void drllm_class_alpha(const double counts[3], double alpha[3]);
 
-// The frozen trunk forward only (nothing saved, no gradient passes between stages or into it).
+// This stage's share of a step's or an evaluation pass's sums, over its micro-batches.
+struct DrLLMStageSums {
+  double focal = 0, units = 0, correct = 0;  // focal loss, (sequence, routed layer) units, argmax == label
+  double router_passes = 0;                  // block passes the routers chose at this stage's routed layers
+};
+// The loss stage's sums (the last stage's; zero elsewhere).
+struct DrLLMPathSums {
+  double sequences = 0, label_passes = 0;  // label_passes: block passes over all layers along the labels
+  double path_loss = 0, path_tokens = 0;   // LM loss along the path taken
+};
+
+// The frozen trunk forward only (nothing saved, no gradient passes between stages or into it),
+// then this stage's routers on the inputs their layers recorded: in training the focal loss
+// against the labels, whose gradient they take at once (nothing flows through the backbone, so a
+// stage needs nothing from the others); in evaluation their decisions. The side channel carries
+// each micro-batch's focal sum and unit count to the last stage, which reports the step's loss.
 class DrLLMStage : public PipelineStage {
  public:
-  explicit DrLLMStage(TransformerStage& trunk) : trunk_(trunk) {}
+  DrLLMStage(TransformerLM& model, TransformerStage& trunk, double gamma) : model_(model), trunk_(trunk), gamma_(gamma) {}
+  // training: contexts carry the label paths (layer_actions); alpha of the step; units[m] the global
+  // micro-batch m's unit count and loss_scale[m] its share of the objective. Evaluation: the routers
+  // decide; a pass sums over all its calls until the next training step.
+  void set_micro_batches(std::vector<std::shared_ptr<StepContext>> contexts, bool training, const double alpha[3],
+                         std::vector<double> units, std::vector<float> loss_scales);
   Shape input_shape(int m) const override { return trunk_.input_shape(m); }
   DType activation_dtype() const override { return trunk_.activation_dtype(); }
   Device device() const override { return trunk_.device(); }
-  Tensor forward(int m, const Tensor& input, bool) override { return trunk_.forward(m, input, false); }
+  Tensor forward(int m, const Tensor& input, bool for_backward) override;
   Tensor backward(int, const Tensor&) override { return Tensor(); }
   size_t saved_bytes() const override { return 0; }
   bool passes_gradient() const override { return false; }
-
- private:
-  TransformerStage& trunk_;
-};
-
-// This rank's sums over the micro-batches of a step or an evaluation pass.
-struct DrLLMSums {
-  double focal = 0, units = 0, correct = 0;  // focal loss, (sequence, routed layer) units, argmax == label
-  double sequences = 0, label_passes = 0, router_passes = 0;  // block passes over all layers, summed over sequences
-  double path_loss = 0, path_tokens = 0;     // LM loss along the path taken
-};
-
-class DrLLMLoss : public PipelineLoss {
- public:
-  DrLLMLoss(TransformerLM& model, int ignore_index, double gamma) : model_(model), ignore_(ignore_index), gamma_(gamma) {}
-  // training: micro-batches with layer_actions (labels) on their contexts, alpha of the step,
-  // units[m] the global micro-batch m's unit count; evaluation: the routers decide.
-  void set_micro_batches(const std::vector<LMMicroBatch>& micro, std::vector<std::shared_ptr<StepContext>> contexts,
-                         bool training, const double alpha[3], std::vector<double> units);
-  Value forward(int m, const Tensor& hidden, bool for_backward) override;
-  Tensor backward(int) override { return Tensor(); }  // the routers took their gradients in forward
-  DrLLMSums& sums() { return sums_; }
+  // Side channel: m's focal-loss sum and unit count at this stage.
+  int stat_count() const override { return 2; }
+  std::vector<float> forward_stats(int m) const override;
+  const DrLLMStageSums& sums() const { return sums_; }
 
  private:
   TransformerLM& model_;
-  int ignore_;
+  TransformerStage& trunk_;
   double gamma_;
-  std::vector<LMMicroBatch> micro_;
   std::vector<std::shared_ptr<StepContext>> contexts_;
   bool training_ = false;
   double alpha_[3] = {1, 1, 1};
   std::vector<double> units_;
-  DrLLMSums sums_;
+  std::vector<float> loss_scales_;
+  std::map<int, std::vector<float>> stats_;  // forward_stats of the micro-batches run
+  DrLLMStageSums sums_;
+};
+
+// The last stage: the LM loss along the path taken, and the step's focal loss from the side channel.
+class DrLLMLoss : public PipelineLoss {
+ public:
+  DrLLMLoss(TransformerLM& model, int ignore_index) : model_(model), ignore_(ignore_index) {}
+  // micro-batches with their contexts (training: layer_actions = labels), units[m] as DrLLMStage's.
+  void set_micro_batches(const std::vector<LMMicroBatch>& micro, std::vector<std::shared_ptr<StepContext>> contexts,
+                         bool training, std::vector<double> units);
+  std::vector<float> reduce_stats(int m, std::vector<float> totals) override;
+  Value forward(int m, const Tensor& hidden, bool for_backward) override;
+  Tensor backward(int) override { return Tensor(); }  // the routers took their gradients in forward
+  const DrLLMPathSums& sums() const { return sums_; }
+
+ private:
+  TransformerLM& model_;
+  int ignore_;
+  std::vector<LMMicroBatch> micro_;
+  std::vector<std::shared_ptr<StepContext>> contexts_;
+  bool training_ = false;
+  std::vector<double> units_;
+  std::map<int, std::vector<float>> totals_;  // m's side-channel totals over every stage
+  DrLLMPathSums sums_;
+};
+
+// The per-row LM loss of a search's candidate paths (one micro-batch), on the last stage.
+class DrLLMRowLoss : public PipelineLoss {
+ public:
+  DrLLMRowLoss(TransformerLM& model, int ignore_index) : model_(model), ignore_(ignore_index) {}
+  void set_targets(Tensor targets) { targets_ = std::move(targets); }
+  Value forward(int m, const Tensor& hidden, bool for_backward) override;
+  Tensor backward(int) override { ANVIL_FAIL("DrLLMRowLoss: the label search runs forward only"); }
+  // Each row's mean token loss (0 off the last stage, or for a row without targets).
+  std::vector<double> take() { return std::move(losses_); }
+
+ private:
+  TransformerLM& model_;
+  int ignore_;
+  Tensor targets_;
+  std::vector<double> losses_;
 };
 
 class DrLLMTask : public Task {
@@ -115,6 +163,8 @@ class DrLLMTask : public Task {
   std::unique_ptr<TransformerStage> trunk_;
   std::unique_ptr<DrLLMStage> stage_;
   std::unique_ptr<DrLLMLoss> loss_;
+  std::unique_ptr<PipelineExecutor> search_pipeline_;  // the label search's forwards, over trunk_
+  std::unique_ptr<DrLLMRowLoss> row_loss_;
   std::unique_ptr<DrLLMLabelStore> labels_;
   double searched_ = 0;  // sequences searched in this step's prepare (this rank)
 };

@@ -102,14 +102,3 @@ TEST(DrLLMTask, TrainsOnlyTheRoutersOnSearchedLabelsAndResumesBitwise) {
   with_backbone.params = checkpoint_tensors({backbone[0]});
   EXPECT_NE(anvil::testing::error_of([&] { load_checkpoint(dir, with_backbone); }), "(no error)");
 }
-
-TEST(DrLLMTask, RefusesPipelineParallelismWithAClearError) {
-  // pp needs two ranks; the refusal is checked where the layout is known: the layer-count check
-  // of the config would name pp first, so this test checks the task's own message via build().
-  const RunConfig config = drllm_config("pp", {"checkpoint.resume=none"});
-  TaskEnv env;
-  env.config = &config;
-  env.layout.stages = 2;
-  auto task = make_task(config);
-  EXPECT_NE(anvil::testing::error_of([&] { task->build(env); }).find("parallel.pp: 1"), std::string::npos);
-}
