@@ -21,6 +21,7 @@
 #include <memory>
 
 #include "tests/support/distill_fixture.h"
+#include "tests/support/mpi_distill_fixture.h"
 #include "tests/support/layout_run.h"
 #include "tests/support/mpi_world.h"
 #include "tests/support/reference.h"
@@ -38,20 +39,10 @@ namespace {
 constexpr int64_t kGlobalMicroBatch = 8;
 constexpr int64_t kSteps = 10;
 
-// The tiny run and its 4-layer backbone in dir/target, written once by rank 0.
+// The tiny run and its 4-layer backbone in dir/target (20 steps), written once by rank 0.
 const anvil::testing::TinyRun& tiny() {
-  static const anvil::testing::TinyRun run = [] {
-    anvil::testing::TinyRun r = anvil::testing::shared_tiny_run("router_layouts_np" + std::to_string(world()->size()));
-    if (is_root()) {
-      Trainer backbone(load_run_config(r.config, {"run.out_dir=" + r.dir + "/target", "training.steps=20",
-                                                  "model.num_hidden_layers=4", "training.eval_every=0",
-                                                  "checkpoint.resume=none", "run.threads=1"}),
-                       TrainerMode::Quiet);
-      backbone.train();
-    }
-    world()->barrier();
-    return r;
-  }();
+  static const anvil::testing::TinyRun run = anvil::testing::shared_tiny_target_run(
+      "router_layouts_np" + std::to_string(world()->size()), {"model.num_hidden_layers=4", "training.steps=20"});
   return run;
 }
 
