@@ -92,6 +92,9 @@ class TransformerBlock : public Module {
   BlockGate* router(int sub) const;
   // Whether this training forward runs sub-block `sub` densely under its gate (RouterSpec::train_skipped).
   bool trains_skipped(int sub, const BlockGate& gate, const Cache& c) const;
+  // Whether this training forward, skipping a token-unit attention for real, also runs a dense probe
+  // for the skipped tokens' dL/dg (RouterSpec::train_skipped on a token-unit attention).
+  bool probes_skipped(int sub, const BlockGate& gate, const Cache& c) const;
   Tensor sub_forward(int sub, const Tensor& n, Cache& c);
   Tensor sub_backward(int sub, const Tensor& dn, Cache& c);
   // norm, gate, the sub-block on the active rows only, residual: x + g f(norm(x)).

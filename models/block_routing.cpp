@@ -5,7 +5,9 @@
 // x + f back; backward gathers dy likewise, and dL/dg = <dy, f> per token (0 where skipped: f was
 // never computed) goes to the gate. With the gate's trains_skipped() (RouterSpec::train_skipped)
 // a training forward instead computes f on every token and outputs x + g f, so skipped tokens get
-// dL/dg = <dy, f> too (not a token-unit attention: see trains_skipped). Cached decoding: sequence
+// dL/dg = <dy, f> too. A token-unit attention keeps skipping for real (see trains_skipped) and
+// takes the skipped tokens' f from a forward-only dense probe for their dL/dg alone (see
+// probes_skipped). Cached decoding: sequence
 // unit decided at a row's first call and remembered in the KVCache layer's route; token unit per
 // token, a skipped token writing no K/V and the layer keeping its active tokens' keys compacted
 // (KVRoute::slots).
@@ -20,12 +22,14 @@ namespace anvil {
 
 namespace {
 // Cache slots of a routed block; children 0 norm1, 1 attention, 2 norm2, 3 feed-forward, 4 + sub
-// a gate, 6 the attention on a compact batch (its own StepContext: compact positions).
+// a gate, 6 the attention on a compact batch (its own StepContext: compact positions), 7 the
+// dense probe of a token-unit attention (dropped at once).
 constexpr const char* kRouteGates[2] = {"attention_route_gates", "feed_forward_route_gates"};
 constexpr const char* kRouteOut[2] = {"attention_route_out", "feed_forward_route_out"};
 constexpr const char* kRouteDense[2] = {"attention_route_dense", "feed_forward_route_dense"};
 constexpr const char* kBlockGateGrad = "block_route_dg";  // the feed-forward's dL/dg for a whole-block gate
-constexpr size_t kCompactAttention = 6;
+constexpr const char* kRouteProbe = "attention_route_probe";  // f of every token, for the skipped ones' dL/dg
+constexpr size_t kCompactAttention = 6, kProbeAttention = 7;
 
 // Host f32 [M] of dL/dg per row: the row dots of dy and f.
 std::vector<float> row_dots(const Tensor& dy, const Tensor& f) {
@@ -57,6 +61,10 @@ bool TransformerBlock::trains_skipped(int sub, const BlockGate& gate, const Cach
   // A token-unit attention skips for real: a dense pass would let later tokens attend to the
   // skipped tokens' keys, which decoding (a skipped token writes no K/V) never does.
   return !(sub == 0 && gate.skip_unit() == GateSkip::Token);
+}
+
+bool TransformerBlock::probes_skipped(int sub, const BlockGate& gate, const Cache& c) const {
+  return sub == 0 && gate.skip_unit() == GateSkip::Token && gate.trains_skipped() && c.context().router_training;
 }
 
 BlockGate* TransformerBlock::router(int sub) const {
@@ -101,6 +109,14 @@ Tensor TransformerBlock::routed_forward(int sub, const Tensor& x, Cache& c) {
   }
   const RoutePlan plan = plan_routes(g, sub == 0, x.device());
   count(sub, plan.active, tokens);
+  if (!plan.all() && probes_skipped(sub, *gate, c)) {
+    // The output skips for real; the skipped tokens' routers get <dy, f> with f from attention over
+    // every token (so its keys include the other skipped tokens: an estimate used for dL/dg alone,
+    // where df = g dy = 0). Not counted in routed_rows: it computes nothing the output uses.
+    Cache& probe = c.child(kProbeAttention);
+    c[kRouteProbe] = sub_forward(sub, n, probe);
+    probe.clear();
+  }
   if (plan.all()) {  // nothing to gather: exactly the unrouted computation
     Tensor f = sub_forward(sub, n, full_cache);
     c[kRouteOut[sub]] = f;
@@ -145,6 +161,13 @@ Tensor TransformerBlock::routed_backward(int sub, const Tensor& dy, Cache& c) {
     const Tensor dnc = sub_backward(sub, dyc, sub == 0 ? c.child(kCompactAttention) : full_cache);
     dn = zeros_like(dy, dy.shape());
     scatter_active(plan, dnc, dn);
+  }
+  if (c.has(kRouteProbe) && c.get(kRouteProbe).defined()) {  // the skipped tokens' dL/dg = <dy, f_probe>
+    const std::vector<float> probe = row_dots(dy, c.get(kRouteProbe));
+    const Tensor gh = g.to(Device::cpu()).contiguous();
+    for (size_t i = 0; i < dg.size(); ++i)
+      if (gh.data<float>()[i] == 0.0f) dg[i] = probe[i];
+    c[kRouteProbe] = Tensor();
   }
   c[kRouteOut[sub]] = Tensor();
   c[kRouteGates[sub]] = Tensor();

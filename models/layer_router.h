@@ -30,8 +30,9 @@ struct RouterSpec {
   // MindSkip training: compute skipped units' sub-blocks too and output x + g f (g = 0 there), so
   // dL/dg = <dy, f> reaches every unit (straight-through, as the released Router-Tuning code does).
   // Without it a unit pushed below tau gets no LM gradient again: "sticky skipping" (ALGORITHMS.md
-  // §8). Inference always skips for real. No effect on a token-unit attention: the dense path would
-  // let later tokens see skipped tokens' keys, which decoding never does (block_routing.cpp).
+  // §8). Inference always skips for real. A token-unit attention skips for real in training too (a
+  // dense pass would let later tokens see skipped tokens' keys, which decoding never does); its
+  // skipped tokens take f from a forward-only dense probe for dL/dg alone (block_routing.cpp).
   bool train_skipped = true;
 
   bool routes(int64_t layer) const;  // whether `layer` has a router
