@@ -8,7 +8,8 @@
 #   2. validation loss of the base and of every point with `anvil eval` (the same batches: the router runs
 #      take the base's run.seed and data.valid_fraction), skip ratio = 1 - the run's last val_capacity;
 #   3. real prefill and decode tokens/s of every point against the base in the same process
-#      (build/bin/router_decode_bench, one process per kind, medians of REPEATS);
+#      (build/bin/router_decode_bench, one process per kind, PROMPTS batches of BATCH held-out
+#      prompts each, medians of REPEATS);
 #   4. early-exit self-speculation of the base for EXITS x GAMMAS (`anvil eval selfspec`: tau, speedup);
 #   5. bench/results/cpu-router-<date>.txt (date, machine, load, tables) and .png (skip ratio vs loss).
 # Every stage can be skipped or rerun alone: SKIP_TRAIN=1 SKIP_EVAL=1 SKIP_DECODE=1 SKIP_SELFSPEC=1; a point
@@ -28,6 +29,7 @@ kinds=${KINDS-"mindskip_attn_seq mindskip_attn_token mindskip_block drllm"}  # K
 drllm_sweep=${DRLLM_SWEEP:-default}
 eval_batches=${EVAL_BATCHES:-20}
 batch=${BATCH:-1}
+prompt_batches=${PROMPTS:-8}  # timed batches of held-out prompts: the routers decide per prompt
 prompt_tokens=${PROMPT_TOKENS:-128}
 new_tokens=${NEW_TOKENS:-64}
 repeats=${REPEATS:-3}
@@ -120,7 +122,7 @@ if [ -z "${SKIP_DECODE:-}" ]; then
     done < "$out/points.tsv"
     [ ${#routed[@]} -gt 0 ] || continue
     echo "== decode timing $kind"
-    "$timer" --base "$target" "${routed[@]}" --batch "$batch" --prompt-tokens "$prompt_tokens" --new-tokens "$new_tokens" \
+    "$timer" --base "$target" "${routed[@]}" --batch "$batch" --prompts "$prompt_batches" --prompt-tokens "$prompt_tokens" --new-tokens "$new_tokens" \
       --repeats "$repeats" --json "$out/decode_$kind.json" > "$out/decode_$kind.log" 2>&1 ||
       echo "   failed: $(tail -1 "$out/decode_$kind.log")" >&2
   done
@@ -152,7 +154,7 @@ m = yaml.safe_load(open(sys.argv[1]))["model"]
 print(", ".join(f"{k} {m[k]}" for k in ("type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")))' \
     "$target/config.yaml")"
   echo "router runs: $steps steps each, routers on the last $router_n layers but the final one, capacity_weight $weight; validation: anvil eval --batches $eval_batches;" \
-       "decode timing: batch $batch, $prompt_tokens prompt tokens, $new_tokens new tokens, median of $repeats"
+       "decode timing: $prompt_batches batches of $batch held-out prompts, $prompt_tokens prompt tokens, $new_tokens new tokens, median of $repeats"
   echo
   python3 bench/router_summary.py "$out" "$png"
 } | tee "$result"
