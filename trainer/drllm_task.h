@@ -125,7 +125,7 @@ class DrLLMRowLoss : public PipelineLoss {
   void set_targets(Tensor targets) { targets_ = std::move(targets); }
   Value forward(int m, const Tensor& hidden, bool for_backward) override;
   Tensor backward(int) override { ANVIL_FAIL("DrLLMRowLoss: the label search runs forward only"); }
-  // Each row's mean token loss (0 off the last stage, or for a row without targets).
+  // Each row's mean token loss on the last stage (0 for a row without targets); empty elsewhere.
   std::vector<double> take() { return std::move(losses_); }
 
  private:
